@@ -36,16 +36,28 @@ def test_identity_at_init_logits(tiny, rank):
     assert torch.equal(got[mask], ref[mask])
 
 
-def test_perturbed_adapter_changes_video_rows_only(tiny):
+@pytest.mark.parametrize("present", [[True, False], [False, True, True], [True, False, True]])
+def test_perturbed_adapter_changes_video_rows_only(tiny, present):
     base, adapted = tiny(), tiny()
     vm = attach_adapters(adapted, tiny_config(adapted))
     perturb_adapters(vm)
-    codes = codes_for(base)
+    n = len(present)
+    codes = codes_for(base, batch=n)
     ref, mask = logits(base.lm, codes)
-    with vm.video(random_video_batch(2, [True, False])):
+    video = random_video_batch(n, present)
+    with vm.video(video):
         got, _ = logits(vm.lm, codes)
-    assert not torch.allclose(got[0][mask[0]], ref[0][mask[0]], atol=1e-3)
-    assert torch.equal(got[1][mask[1]], ref[1][mask[1]])  # null video: exactly the base model
+    for i, has_video in enumerate(present):
+        if has_video:
+            assert not torch.allclose(got[i][mask[i]], ref[i][mask[i]], atol=1e-3)
+            # Each row gets its own video: the same as running that sample alone.
+            single = random_video_batch(1, [True])
+            single.global_feats, single.local = video.global_feats[i:i + 1], video.local[i:i + 1]
+            with vm.video(single):
+                alone, _ = logits(vm.lm, codes[i:i + 1])
+            torch.testing.assert_close(got[i][mask[i]], alone[0][mask[i]], atol=1e-5, rtol=1e-5)
+        else:
+            assert torch.equal(got[i][mask[i]], ref[i][mask[i]])  # null video: exactly the base model
     # With no video set at all the model is the base model too.
     got_none, _ = logits(vm.lm, codes)
     assert torch.equal(got_none[mask], ref[mask])
@@ -137,27 +149,87 @@ def test_config_must_fit_backbone(tiny):
         attach_adapters(wide, tiny_config(small))
 
 
+def streamed_logits(lm, codes, cond, prompt=5):
+    """Logits as generation computes them: a prompt chunk, then one step at a time,
+    without autograd (the wrappers then update rows in place)."""
+    steps = []
+    with lm.streaming(), torch.no_grad():
+        steps.append(lm(codes[..., :prompt], [], condition_tensors=cond))
+        for t in range(prompt, codes.shape[-1]):
+            steps.append(lm(codes[..., t:t + 1], [], condition_tensors=cond))
+    return torch.cat(steps, dim=2)
+
+
+# Rows [True, True, False] take the contiguous-rows path, [True, False, True] the indexed
+# one; a chunk of 4 steps makes the cached in-attention states roll over several times.
+@pytest.mark.parametrize("present", [[True, False], [True, True, False], [True, False, True]])
 @pytest.mark.parametrize("frame_offset", [0, 7])
-def test_streaming_equals_full_forward(tiny, frame_offset):
+def test_streaming_equals_full_forward(tiny, monkeypatch, frame_offset, present):
+    import vidmusician.inject
+
+    monkeypatch.setattr(vidmusician.inject, "RHYTHM_CHUNK", 4)
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))
     perturb_adapters(vm)
     lm = vm.lm
-    codes = codes_for(musicgen, batch=2, steps=30)
-    cond = lm.condition_provider(lm.condition_provider.tokenize(null_text(2)))
-    with vm.video(random_video_batch(2, [True, False]), frame_offset=frame_offset):
+    n = len(present)
+    codes = codes_for(musicgen, batch=n, steps=30)
+    cond = lm.condition_provider(lm.condition_provider.tokenize(null_text(n)))
+    with vm.video(random_video_batch(n, present), frame_offset=frame_offset):
         full = lm(codes, [], condition_tensors=cond)
-        steps = []
-        with lm.streaming():
-            steps.append(lm(codes[..., :5], [], condition_tensors=cond))  # a prompt chunk first
-            for t in range(5, codes.shape[-1]):
-                steps.append(lm(codes[..., t:t + 1], [], condition_tensors=cond))
-    streamed = torch.cat(steps, dim=2)
+        streamed = streamed_logits(lm, codes, cond)
     torch.testing.assert_close(streamed, full, atol=1e-5, rtol=1e-5)
     # The offset matters: the same tokens under another offset give other logits.
-    with vm.video(random_video_batch(2, [True, False]), frame_offset=frame_offset + 3):
+    with vm.video(random_video_batch(n, present), frame_offset=frame_offset + 3):
         shifted = lm(codes, [], condition_tensors=cond)
     assert not torch.allclose(shifted[0], full[0], atol=1e-4)
+
+
+def test_new_video_mid_stream_is_not_served_from_cache(tiny):
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    perturb_adapters(vm)
+    lm = vm.lm
+    codes = codes_for(musicgen, batch=2, steps=12)
+    cond = lm.condition_provider(lm.condition_provider.tokenize(null_text(2)))
+    last = []
+    for switch in (False, True):
+        vm.set_video(random_video_batch(2, [True, True], seed=0))
+        with lm.streaming():
+            lm(codes[..., :10], [], condition_tensors=cond)
+            if switch:
+                vm.set_video(random_video_batch(2, [True, True], seed=5))
+            last.append(lm(codes[..., 10:11], [], condition_tensors=cond))
+    vm.set_video(None)
+    assert not torch.allclose(last[0], last[1], atol=1e-4)
+
+
+def test_semantic_cross_attention_matches_reference():
+    from vidmusician.layers import SemanticCrossAttention
+
+    torch.manual_seed(0)
+    attn = SemanticCrossAttention(dim=24, memory_dim=12, attn_dim=16, heads=4)
+    with torch.no_grad():
+        attn.out.weight.normal_()
+        attn.out.bias.normal_()
+    B, S, T = 3, 5, 6
+    h, memory = torch.randn(B, S, 24), torch.randn(B, T, 12)
+    key_mask = torch.ones(B, T, dtype=torch.bool)
+    key_mask[0, 4:] = False  # a video shorter than the window
+    key_mask[2, 1:] = False  # row 2: no frame; its first key stays visible, and its delta must be 0
+    has_frame = torch.tensor([True, True, False])
+    got = attn(h, attn.prepare(memory, key_mask, has_frame))
+
+    # Reference: the textbook multi-head cross-attention on the same weights.
+    q = attn.q(attn.norm(h)).view(B, S, 4, 4).transpose(1, 2)
+    k, v = attn.kv(memory).view(B, T, 2, 4, 4).permute(2, 0, 3, 1, 4)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    ref = attn.out(ref.transpose(1, 2).reshape(B, S, 16))
+    torch.testing.assert_close(got[:2], ref[:2], atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[2], torch.zeros_like(got[2]))
+    # Zero-initialized output projection: exactly zero for every row.
+    fresh = SemanticCrossAttention(dim=24, memory_dim=12, attn_dim=16, heads=4)
+    assert torch.equal(fresh(h, fresh.prepare(memory, key_mask, has_frame)), torch.zeros(B, S, 24))
 
 
 def test_only_adapters_move_in_an_optimizer_step(tiny):

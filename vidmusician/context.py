@@ -97,36 +97,56 @@ class VideoContext:
     """Per-call video state shared by the wrapper layers of one model.
 
     ``batch`` and ``frame_offset`` are set by the caller; :meth:`begin_forward`
-    runs before every transformer forward and prepares what the layers of that
-    forward share (which rows carry video, the local slice, the visual memory,
-    and the running in-attention state).
+    runs before every transformer forward. What depends only on the video and the
+    model's batch layout (which rows carry video, the window's key mask) is kept
+    until the video or the layout changes; what depends on adapter weights (the
+    visual memory, the in-attention states) is made fresh for every forward, or
+    cached by the streaming modules for the length of one generation.
     """
 
     def __init__(self, max_global_tokens: int):
         self.max_global_tokens = max_global_tokens
         self.batch: VideoBatch | None = None
         self.frame_offset = 0
-        self._clear_forward()
+        self.window_id = 0  # changes whenever the video, offset or row layout changes
+        self._reset_layout()
+        self._begin(0, 0, None)
 
-    def _clear_forward(self):
+    def _reset_layout(self):
+        self.window_id += 1
+        self._layout_key = None
         self.rows: torch.Tensor | None = None  # rows of the model batch that carry video
-        self.position = 0  # first sequence step of this forward
-        self.steps = 0
-        self.rhythm_state: torch.Tensor | None = None  # r_j of the last in-attention layer
-        self._memory_fn = None
+        self.row_span: tuple[int, int] | None = None  # (start, stop) when those rows are contiguous
+        self._window_mask = None
+
+    def _begin(self, position: int, steps: int, inputs):
+        self.position = position  # first sequence step of this forward
+        self.steps = steps
+        self._inputs = inputs
         self._memory = None
-        self._mask = None
+        self._rhythm = None
 
     def set(self, batch: VideoBatch | None, frame_offset: int = 0):
         self.batch = batch
         self.frame_offset = int(frame_offset)
-        self._clear_forward()
+        self._reset_layout()
+        self._begin(0, 0, None)
 
-    def begin_forward(self, model_batch: int, position: int, steps: int, device, memory_fn):
-        """Prepares the shared per-forward state; called by a hook on the transformer."""
-        self._clear_forward()
+    def begin_forward(self, model_batch: int, position: int, steps: int, device, inputs):
+        """Prepares the shared per-forward state; called by a hook on the transformer.
+
+        Args:
+            inputs: the adapters' shared inputs (visual memory and in-attention chain).
+        """
+        self._begin(int(position), int(steps), inputs)
         if self.batch is None:
             return
+        if self._layout_key != (model_batch, device):
+            self._reset_layout()
+            self._layout_key = (model_batch, device)
+            self._set_rows(model_batch, device)
+
+    def _set_rows(self, model_batch: int, device):
         B = self.batch.size
         if model_batch == B:
             present = self.batch.present
@@ -135,28 +155,27 @@ class VideoContext:
             # unconditional half gets the null video, so the adapter delta is 0 there.
             present = torch.cat([self.batch.present, torch.zeros_like(self.batch.present)])
         else:
+            self._layout_key = None
             raise ConfigError(f"the video batch has {B} samples but the model runs {model_batch}; "
                               f"set one video (or None) per sample")
-        rows = present.nonzero().flatten()
-        if rows.numel() == 0:
+        rows = present.nonzero().flatten().tolist()
+        if not rows:
             return
-        self.rows = rows.to(device)
-        self.position = int(position)
-        self.steps = int(steps)
-        self._memory_fn = memory_fn
+        self.rows = torch.tensor(rows, device=device)
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            self.row_span = (rows[0], rows[-1] + 1)
 
     def video_rows(self) -> torch.Tensor:
         """Rows of the video batch for the model rows that carry video."""
         return self.rows % self.batch.size
 
-    def local_slice(self) -> torch.Tensor:
-        """[n, steps, P]: the local signal for this forward's steps (zeros past the end)."""
-        start = self.frame_offset + self.position
+    def local(self, start: int, steps: int) -> torch.Tensor:
+        """[n, steps, P]: the local signal from codec frame ``start`` (zeros past the end)."""
         # Slice time before rows: a long video's full signal is never copied per step.
-        chunk = self.batch.local[:, start:start + self.steps]
+        chunk = self.batch.local[:, start:start + steps]
         chunk = chunk[self.video_rows().to(chunk.device)]
-        if chunk.shape[1] < self.steps:  # past the end of the video: no change
-            chunk = F.pad(chunk, (0, 0, 0, self.steps - chunk.shape[1]))
+        if chunk.shape[1] < steps:  # past the end of the video: no change
+            chunk = F.pad(chunk, (0, 0, 0, steps - chunk.shape[1]))
         return chunk
 
     def global_window(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,19 +191,26 @@ class VideoContext:
         return tokens, mask
 
     def memory_mask(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(key mask [n, T], has_frame [n]) of this window, computed once per forward."""
-        if self._mask is None:
+        """(key mask [n, T], has_frame [n]) of this window, on the model's device."""
+        if self._window_mask is None:
             mask = self.global_window()[1]
             has_frame = mask.any(dim=1)
             # A row with no frame in this window would make attention NaN: let it
-            # see its first (zero) token and drop its delta through has_frame.
+            # see its first (zero) token; the cross-attention drops its output.
             mask = mask.clone()
             mask[:, 0] |= ~has_frame
-            self._mask = (mask, has_frame)
-        return self._mask
+            device = self._layout_key[1]
+            self._window_mask = (mask.to(device), has_frame.to(device))
+        return self._window_mask
 
     def memory(self) -> torch.Tensor:
         """[n, T, Dm]: the projected visual memory of this window, computed once per forward."""
         if self._memory is None:
-            self._memory = self._memory_fn(self.global_window()[0])
+            self._memory = self._inputs.memory(self.global_window()[0])
         return self._memory
+
+    def rhythm(self, slot: int) -> torch.Tensor:
+        """[n, steps, dim]: r_j of the ``slot``-th in-attention layer for this forward's steps."""
+        if self._rhythm is None:
+            self._rhythm = self._inputs.rhythm_states(self)
+        return self._rhythm[slot]

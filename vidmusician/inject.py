@@ -3,7 +3,8 @@
 Each adapted ``lm.transformer.layers[i]`` is replaced by an :class:`AdaptedLayer`
 that owns the base layer (``base_layer``) and its adapters, adds the adapter
 delta to the hidden states, then calls the base layer unchanged. The shared
-inputs (visual memory projection, Zero-Linear O) live in ``lm.video_inputs``.
+inputs (visual memory projection, Zero-Linear O, and the in-attention chain,
+which depends only on the video) live in ``lm.video_inputs``.
 The video reaches the layers through a :class:`~vidmusician.context.VideoContext`
 prepared by a forward pre-hook on ``lm.transformer`` before every forward.
 """
@@ -27,80 +28,111 @@ STAGE_GROUPS = {1: ("semantic",), 2: ("rhythm",)}
 GROUP_NAMES = ("semantic", "rhythm")
 
 
-class VideoInputs(nn.Module):
-    """Adapter parts shared by all layers: the visual memory and the Zero-Linear O."""
+# Generation steps whose in-attention states are computed at once (see VideoInputs).
+RHYTHM_CHUNK = 64
+
+
+class VideoInputs(StreamingModule):
+    """Adapter parts shared by all layers: the visual memory and the in-attention chain.
+
+    The chain ``r_j = L_j(r_{j-1})``, ``r_0 = O(local)`` reads only the video, not
+    the hidden states, so all its layers are computed together for a forward's
+    steps; while streaming, for :data:`RHYTHM_CHUNK` steps ahead, so that a
+    generation step only slices them.
+    """
 
     def __init__(self, config: AdapterConfig):
         super().__init__()
         self.memory = VisualMemory(config.global_dim, config.memory_dim, config.max_global_tokens)
         self.rhythm_in = RhythmInput(config.local_dim, config.dim) if config.rhythm_layers else None
+        # The layers' IdentityLinear modules in chain order; a plain attribute (they
+        # are registered, and saved, under their layers).
+        self.__dict__["chain"] = []
+
+    def rhythm_states(self, ctx: VideoContext) -> list[torch.Tensor]:
+        """[r_1, r_2, ...] for the forward's steps, each [n, steps, dim]."""
+        start, steps = ctx.frame_offset + ctx.position, ctx.steps
+        if not self._is_streaming:
+            return self._run_chain(ctx.local(start, steps))
+        cached = self._streaming_state.get("rhythm")
+        if cached is None or cached[0] != ctx.window_id or not cached[1] <= start <= start + steps <= cached[2]:
+            stop = start + max(steps, RHYTHM_CHUNK)
+            cached = (ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start)))
+            self._streaming_state["rhythm"] = cached
+        first = start - cached[1]
+        return [r[:, first:first + steps] for r in cached[3]]
+
+    def _run_chain(self, local: torch.Tensor) -> list[torch.Tensor]:
+        ref = self.rhythm_in.proj.weight
+        r = self.rhythm_in(local.to(ref.device, ref.dtype))
+        states = []
+        for linear in self.chain:
+            r = linear(r)
+            states.append(r)
+        return states
 
 
 class AdaptedLayer(StreamingModule):
     """A transformer layer with its video adapters; the base layer runs unchanged.
 
-    ``h = h + r_j`` (in-attention) and ``h = h + CrossAttn(norm(h), M)`` (semantic)
+    ``h = h + r_j`` (in-attention) then ``h = h + CrossAttn(norm(h), M)`` (semantic)
     for the rows that carry video, then ``base_layer(h)``.
     """
 
-    def __init__(self, base_layer: nn.Module, index: int, context: VideoContext, inputs: VideoInputs,
-                 semantic: SemanticCrossAttention | None, rhythm: IdentityLinear | None, chain_start: bool):
+    def __init__(self, base_layer: nn.Module, index: int, context: VideoContext,
+                 semantic: SemanticCrossAttention | None, rhythm: IdentityLinear | None, rhythm_slot: int | None):
         super().__init__()
         self.base_layer = base_layer
         self.index = index
         self.semantic = semantic
         self.rhythm = rhythm
-        self.chain_start = chain_start
+        self.rhythm_slot = rhythm_slot  # position of this layer in the in-attention chain
         self.gradient_checkpointing = False
-        # Plain attributes (not submodules): shared objects owned elsewhere.
+        # A plain attribute (not a submodule): shared, owned by the VidMusician.
         self.__dict__["context"] = context
-        self.__dict__["inputs"] = inputs
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         ctx = self.context
         if ctx.rows is not None and (self.semantic is not None or self.rhythm is not None):
-            x = x.index_add(0, ctx.rows, self._delta(x.index_select(0, ctx.rows)).to(x.dtype))
+            # Inference past the first layer: x is the previous layer's fresh output
+            # and no autograd graph holds it, so its rows are updated in place.
+            in_place = self.index > 0 and not torch.is_grad_enabled()
+            if ctx.row_span is not None:  # e.g. the conditional half of a CFG batch
+                a, b = ctx.row_span
+                if in_place:
+                    x[a:b] = self._adapt(x[a:b])
+                else:
+                    x = torch.cat([x[:a], self._adapt(x[a:b]), x[b:]])
+            else:
+                rows = self._adapt(x.index_select(0, ctx.rows))
+                x = x.index_copy_(0, ctx.rows, rows) if in_place else x.index_copy(0, ctx.rows, rows)
         if self.gradient_checkpointing and torch.is_grad_enabled():
             # Only the frozen base layer is recomputed in backward; the adapters,
             # which read shared per-forward state, run once.
             return checkpoint(self.base_layer, x, *args, use_reentrant=False, **kwargs)
         return self.base_layer(x, *args, **kwargs)
 
-    def _delta(self, h: torch.Tensor) -> torch.Tensor:
+    def _adapt(self, x: torch.Tensor) -> torch.Tensor:
         ctx = self.context
-        ref = next(self.parameters_of_adapters())
-        h = h.to(ref.dtype)  # adapters keep fp32 weights; autocast still applies
-        delta = torch.zeros_like(h)
+        module = self.semantic if self.semantic is not None else self.rhythm
+        h = x.to(next(module.parameters()).dtype)  # adapters keep fp32 weights; autocast still applies
         if self.rhythm is not None:
-            if self.chain_start:
-                r = self.inputs.rhythm_in(ctx.local_slice().to(h.device, h.dtype))
-            else:
-                r = ctx.rhythm_state
-            r = self.rhythm(r)
-            ctx.rhythm_state = r
-            delta = delta + r
+            h = h + ctx.rhythm(self.rhythm_slot)
         if self.semantic is not None:
-            kv = self._semantic_kv()
-            memory_mask, has_frame = ctx.memory_mask()
-            d = self.semantic(h + delta, kv, memory_mask.to(h.device))
-            delta = delta + torch.where(has_frame.to(h.device)[:, None, None], d, torch.zeros_like(d))
-        return delta
+            h = h + self.semantic(h, self._semantic_window())
+        return h.to(x.dtype)
 
-    def _semantic_kv(self):
-        # Keys/values of the memory are constant over a window: cache them in the
-        # streaming state (reset by audiocraft's streaming() on exit).
+    def _semantic_window(self) -> tuple:
+        # Keys/values of the memory are constant over a window: while streaming
+        # they are kept in the streaming state (reset by audiocraft's streaming()).
+        ctx = self.context
         state = self._streaming_state
-        if self._is_streaming and "video_k" in state:
-            return state["video_k"], state["video_v"]
-        k, v = self.semantic.keys_values(self.context.memory())
+        if self._is_streaming and state.get("window_id") == ctx.window_id:
+            return state["semantic"]
+        prepared = self.semantic.prepare(ctx.memory(), *ctx.memory_mask())
         if self._is_streaming:
-            state["video_k"], state["video_v"] = k, v
-        return k, v
-
-    def parameters_of_adapters(self):
-        for module in (self.semantic, self.rhythm):
-            if module is not None:
-                yield from module.parameters()
+            state["window_id"], state["semantic"] = ctx.window_id, prepared
+        return prepared
 
 
 def _check_supported(musicgen):
@@ -141,10 +173,13 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None):
     inputs = VideoInputs(config).to(ref.device)
     lm.add_module("video_inputs", inputs)
     layers = lm.transformer.layers
-    first_rhythm = config.rhythm_layers[0] if config.rhythm_layers else None
     for i in sorted(set(config.semantic_layers) | set(config.rhythm_layers)):
         semantic, rhythm = (m.to(ref.device) if m is not None else None for m in _layer_adapters(config, i))
-        layers[i] = AdaptedLayer(layers[i], i, context, inputs, semantic, rhythm, chain_start=(i == first_rhythm))
+        slot = None
+        if rhythm is not None:
+            slot = len(inputs.chain)
+            inputs.chain.append(rhythm)
+        layers[i] = AdaptedLayer(layers[i], i, context, semantic, rhythm, slot)
 
     def begin_forward(transformer, args, kwargs):
         x = args[0] if args else kwargs["x"]
@@ -155,7 +190,7 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None):
                               "call set_generation_params(two_step_cfg=False)")
         offsets = transformer._streaming_state.get("offsets")
         position = int(offsets[0]) if offsets is not None else 0
-        context.begin_forward(x.shape[0], position, x.shape[1], x.device, inputs.memory)
+        context.begin_forward(x.shape[0], position, x.shape[1], x.device, inputs)
 
     hook = lm.transformer.register_forward_pre_hook(begin_forward, with_kwargs=True)
     vm = VidMusician(musicgen, config, context, hook)

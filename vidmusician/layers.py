@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -45,8 +44,11 @@ class SemanticCrossAttention(nn.Module):
     """Pre-norm multi-head cross-attention from hidden states to the visual memory.
 
     ``delta = Out(Attn(Q(norm(h)), K(M), V(M)))`` with ``Out`` zero-initialized.
-    Keys and values of a memory depend only on the memory, so they are computed
-    once per window (:meth:`keys_values`) and reused at every generation step.
+    Everything that depends only on the memory (scaled keys, values, the key
+    mask as an additive bias, the output bias) is made once per window by
+    :meth:`prepare` and reused at every generation step, so a step costs a
+    norm, the query projection, two small batched matmuls, a softmax and the
+    output projection.
     """
 
     def __init__(self, dim: int, memory_dim: int, attn_dim: int, heads: int):
@@ -62,19 +64,35 @@ class SemanticCrossAttention(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """memory [B, T, memory_dim] -> keys, values [B, heads, T, head_dim]."""
-        B, T, _ = memory.shape
-        k, v = self.kv(memory).view(B, T, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        return k, v
+    def prepare(self, memory: torch.Tensor, key_mask: torch.Tensor, has_frame: torch.Tensor) -> tuple:
+        """Per-window attention inputs.
 
-    def forward(self, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor) -> torch.Tensor:
-        """h [B, S, dim]; key_mask [B, T] True where a global frame exists -> delta [B, S, dim]."""
+        Args:
+            memory: [B, T, memory_dim].
+            key_mask: [B, T], True where a global frame exists (at least one per row).
+            has_frame: [B]; rows without any frame get a zero delta.
+        """
+        B, T, _ = memory.shape
+        H = self.heads
+        k, v = self.kv(memory).view(B, T, 2, H, -1).permute(2, 0, 3, 1, 4)  # [B, H, T, hd] each
+        keys = (k * k.shape[-1] ** -0.5).transpose(-1, -2).reshape(B * H, -1, T)
+        # Zero values and bias for frameless rows: their delta is exactly 0.
+        keep = has_frame.to(v.dtype)
+        values = (v * keep[:, None, None, None]).reshape(B * H, T, -1)
+        mask_bias = torch.zeros(B, T, dtype=k.dtype, device=k.device).masked_fill(~key_mask, float("-inf"))
+        mask_bias = mask_bias[:, None, None, :].expand(B, H, 1, T).reshape(B * H, 1, T)
+        out_bias = (self.out.bias * keep[:, None])[:, None, :]
+        return keys, values, mask_bias, out_bias
+
+    def forward(self, h: torch.Tensor, prepared: tuple) -> torch.Tensor:
+        """h [B, S, dim], ``prepared`` from :meth:`prepare` -> delta [B, S, dim]."""
+        keys, values, mask_bias, out_bias = prepared
         B, S, _ = h.shape
-        q = self.q(self.norm(h)).view(B, S, self.heads, -1).transpose(1, 2)
-        k, v = kv
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
-        return self.out(attn.transpose(1, 2).reshape(B, S, -1))
+        H = self.heads
+        q = self.q(self.norm(h)).view(B, S, H, -1).transpose(1, 2).reshape(B * H, S, -1)
+        attn = torch.bmm(torch.baddbmm(mask_bias, q, keys).softmax(dim=-1), values)
+        attn = attn.view(B, H, S, -1).transpose(1, 2).reshape(B, S, -1)
+        return torch.baddbmm(out_bias, attn, self.out.weight.t().expand(B, -1, -1))
 
 
 class IdentityLinear(nn.Module):
