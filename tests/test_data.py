@@ -13,7 +13,8 @@ import vidmusician.backbones as backbones
 from vidmusician.cli import main
 from vidmusician.dataset import INDEX_NAME, Collate, MismatchedVideos, PreparedDataset, read_jsonl
 from vidmusician.errors import DataError
-from vidmusician.prepare import holdout_ids, list_sources, load_audio, prepare, window_starts
+from vidmusician.audio_io import read_audio
+from vidmusician.prepare import holdout_ids, list_sources, prepare, window_starts
 
 TINY = dict(backbone="tiny", encoder="tiny", progress=False, device="cpu")
 
@@ -82,7 +83,7 @@ def test_cached_codes_and_features_are_those_of_the_window(prepared, folder):
     data = [PreparedDataset(out, split) for split in ("train", "holdout")]
     ex = next(d[i] for d in data for i, r in enumerate(d.rows) if r["source"] == "good1.mp4" and r["start"] == 2.0)
     cm = backbones.tiny_musicgen().compression_model
-    wav = load_audio(folder / "good1.mp4", 32000, 1, align_to_video=True)
+    wav = read_audio(folder / "good1.mp4", 32000, 1, align_to_video=True)
     with torch.no_grad():
         codes, _ = cm.encode(wav[None, :, 64000:128000])
         elsewhere, _ = cm.encode(wav[None, :, 32000:96000])

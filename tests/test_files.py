@@ -138,12 +138,31 @@ def test_load_backbone_reads_audiocraft_export_despite_weights_only(tiny, tmp_pa
     with pytest.raises(Exception, match="[Ww]eights only"):
         torch.load(folder / "state_dict.bin")
     loaded = load_backbone(str(folder), device="cpu")
-    for a, b in ((musicgen.lm, loaded.lm), (musicgen.compression_model, loaded.compression_model)):
-        sa, sb = a.state_dict(), b.state_dict()
-        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert same_state(musicgen.lm, loaded.lm) and same_state(musicgen.compression_model, loaded.compression_model)
     # The allowance is scoped to the load: a plain torch.load still refuses afterwards.
     with pytest.raises(Exception, match="[Ww]eights only"):
         torch.load(folder / "state_dict.bin")
+
+
+def same_state(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_load_codec_reads_only_the_codec(tiny, tmp_path):
+    from vidmusician.backbones import load_codec
+
+    musicgen = tiny()
+    folder = export_musicgen(musicgen, lm_config(32, 4, 4, card=400), codec_config(25, 400), tmp_path / "mg")
+    (folder / "state_dict.bin").unlink()  # the LM's file is not needed
+    assert same_state(load_codec(str(folder), device="cpu"), musicgen.compression_model)
+    # 'tiny' (and 'random-*', below) give the codec their whole backbones have.
+    assert same_state(load_codec("tiny", device="cpu"), musicgen.compression_model)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneError, match="missing compression_state_dict.bin"):
+        load_codec(str(tmp_path / "empty"), device="cpu")
+    with pytest.raises(BackboneError, match="unknown architecture"):
+        load_codec("random-huge")
 
 
 def test_load_backbone_bad_folder(tmp_path):
@@ -157,5 +176,12 @@ def test_random_small_has_the_real_architecture():
     lm = musicgen.lm
     assert (lm.dim, len(lm.transformer.layers), lm.transformer.layers[0].self_attn.num_heads) == (1024, 24, 16)
     assert (lm.num_codebooks, lm.card, musicgen.compression_model.frame_rate) == (4, 2048, 50)
+    from vidmusician.backbones import load_codec
+
+    assert same_state(load_codec("random-small", device="cpu"), musicgen.compression_model)
+    # The random codec is informative: noise maps to varied codes in every codebook.
+    with torch.no_grad():
+        codes = musicgen.compression_model.encode(torch.randn(1, 1, 64000) * 0.3)[0]
+    assert all(len(torch.unique(codes[0, k])) > 5 for k in range(4))
     with pytest.raises(BackboneError, match="unknown architecture"):
         random_musicgen("huge")

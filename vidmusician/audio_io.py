@@ -1,4 +1,5 @@
-"""Writing generated music: WAV/FLAC with soundfile, or muxed into the video with PyAV.
+"""Reading music (PyAV), and writing generated music: WAV/FLAC with soundfile, or
+muxed into the video with PyAV.
 
 Every writer goes through a temporary name in the destination folder and renames
 at the end, so a failure (or Ctrl-C) never leaves a partial file under the
@@ -14,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError, VideoError
+from .errors import AudioError, ConfigError, VideoError
 from .fileio import atomic_write
 
-__all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "check_output_path", "write_audio", "mux_audio", "write_output"]
+__all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "write_audio", "mux_audio",
+           "write_output"]
 
 # Output suffix -> soundfile format / FFmpeg muxer.
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -25,6 +27,49 @@ VIDEO_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
 # AAC at this rate is transparent for MusicGen's 32 kHz output.
 AAC_BIT_RATE = 192_000
 _LAYOUTS = {1: "mono", 2: "stereo"}
+
+
+def read_audio(path, sample_rate: int, channels: int, align_to_video: bool = False) -> torch.Tensor:
+    """Decodes a file's first audio stream with PyAV, resampled: ``[channels, samples]`` float32.
+
+    Args:
+        path: audio or video file.
+        sample_rate, channels: the codec's.
+        align_to_video: time 0 is the first video frame (the audio track of a music
+            video may start earlier or later); otherwise the first audio sample.
+    """
+    import av
+
+    layout = _LAYOUTS.get(channels)
+    if layout is None:
+        raise ConfigError(f"codec channels must be 1 or 2, got {channels}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioError(f"{path}: has no audio stream (the music of a pair must have one)")
+            stream = container.streams.audio[0]
+            zero = 0.0
+            if align_to_video and container.streams.video:
+                v = container.streams.video[0]
+                zero = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
+            resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+            chunks, first = [], None
+            for frame in container.decode(stream):
+                if first is None and frame.time is not None:
+                    first = frame.time
+                chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    except av.FFmpegError as exc:
+        raise AudioError(f"{path}: cannot decode the audio ({getattr(exc, 'strerror', None) or exc})") from None
+    if not chunks:
+        raise AudioError(f"{path}: the audio stream has no samples")
+    wav = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))
+    shift = int(round(((first or 0.0) - zero) * sample_rate))
+    if shift > 0:  # audio starts after time 0: silence before it
+        wav = torch.nn.functional.pad(wav, (shift, 0))
+    elif shift < 0:
+        wav = wav[:, -shift:]
+    return wav
 
 
 def check_output_path(path) -> str:

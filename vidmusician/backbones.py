@@ -95,7 +95,9 @@ def codec_config(frame_rate: int, bins: int, n_q: int = 4, sample_rate: int = 32
         "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": sample_rate, "channels": 1},
         "seanet": {"dimension": 32, "n_filters": 4, "n_residual_layers": 1, "ratios": ratios,
                    "encoder": {}, "decoder": {}},
-        "rvq": {"n_q": n_q, "bins": bins},
+        # One k-means pass initializes the random codebooks (see _build_codec); more
+        # cost seconds per build and buy nothing for random weights.
+        "rvq": {"n_q": n_q, "bins": bins, "kmeans_iters": 1},
     })
 
 
@@ -105,10 +107,31 @@ def _build(lm_cfg, codec_cfg, name: str, seed: int, max_duration: float = 30):
 
     with _seeded(seed):
         lm = builders.get_lm_model(lm_cfg).eval()
+    return MusicGen(name, _build_codec(codec_cfg, seed), lm, max_duration=max_duration)
+
+
+def _build_codec(codec_cfg, seed: int):
+    """The random codec of a tiny/random backbone; seeded on its own, so that
+    :func:`load_codec` builds the same one without the LM."""
+    from audiocraft.models import builders
+
+    with _seeded(seed), torch.no_grad():
         cm = builders.get_compression_model(codec_cfg).eval()
-        # RVQ codebooks start un-initialized (k-means on the first batch): do it now, seeded.
-        cm.quantizer(torch.randn(8, cm.quantizer.dimension, 64, device=lm_cfg.device), cm.frame_rate)
-    return MusicGen(name, cm, lm, max_duration=max_duration)
+        # RVQ codebooks start un-initialized (k-means on the first batch): do it now,
+        # seeded, on the encoder's own embeddings of a second of noise (so audio maps
+        # to varied codes), jittered to twice as many vectors as codebook entries (so
+        # that the residual codebooks see non-zero residuals).
+        emb = cm.encoder(torch.randn(2, cm.channels, cm.sample_rate, device=codec_cfg.device))
+        frames = emb.transpose(1, 2).reshape(-1, emb.shape[1])
+        picks = frames[torch.randint(len(frames), (2 * cm.cardinality,), device=frames.device)]
+        picks = picks + 0.1 * frames.std() * torch.randn_like(picks)
+        cm.quantizer(picks.T[None], cm.frame_rate)
+    return cm
+
+
+# Codec frame rate and codebook size of the tiny and random backbones.
+TINY_CODEC = dict(frame_rate=25, bins=400)
+RANDOM_CODEC = dict(frame_rate=50, bins=2048)
 
 
 def tiny_musicgen(dim: int = 32, num_heads: int = 4, num_layers: int = 4, seed: int = 0, device="cpu"):
@@ -117,8 +140,8 @@ def tiny_musicgen(dim: int = 32, num_heads: int = 4, num_layers: int = 4, seed: 
     A small EnCodec at 32 kHz / 25 Hz with 4 codebooks of 400 (audiocraft's debug
     codec sizes) and a tiny LM with MusicGen's layer structure. Random weights make noise.
     """
-    return _build(lm_config(dim, num_heads, num_layers, card=400, device=str(device)),
-                  codec_config(25, 400, device=str(device)), "tiny", seed)
+    return _build(lm_config(dim, num_heads, num_layers, card=TINY_CODEC["bins"], device=str(device)),
+                  codec_config(**TINY_CODEC, device=str(device)), "tiny", seed)
 
 
 def random_musicgen(size: str = "small", seed: int = 0, device="cpu"):
@@ -132,8 +155,8 @@ def random_musicgen(size: str = "small", seed: int = 0, device="cpu"):
     """
     if size not in ARCHITECTURES:
         raise BackboneError(f"unknown architecture {size!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return _build(lm_config(**ARCHITECTURES[size], card=2048, device=str(device)),
-                  codec_config(50, 2048, device=str(device)), f"random-{size}", seed)
+    return _build(lm_config(**ARCHITECTURES[size], card=RANDOM_CODEC["bins"], device=str(device)),
+                  codec_config(**RANDOM_CODEC, device=str(device)), f"random-{size}", seed)
 
 
 def export_musicgen(musicgen, lm_cfg, codec_cfg, directory) -> Path:
@@ -161,28 +184,64 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     """
     from audiocraft.models.musicgen import MusicGen
 
-    name = str(name_or_path)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name, device = str(name_or_path), _default_device(device)
     if name == "tiny":
         return tiny_musicgen(device=device)
     if name.startswith("random-"):
         return random_musicgen(name.removeprefix("random-"), device=device)
-    looks_local = os.path.sep in name and not name.startswith("facebook/") or name.startswith(".") or os.path.exists(name)
-    if looks_local:
-        missing = [f for f in ("state_dict.bin", "compression_state_dict.bin") if not os.path.isfile(os.path.join(name, f))]
-        if missing:
-            raise BackboneError(f"{name}: not a MusicGen folder (missing {', '.join(missing)}); "
-                                f"pass a hub name like facebook/musicgen-small or a folder in audiocraft's layout")
-    try:
-        with audiocraft_checkpoint_globals():
-            musicgen = MusicGen.get_pretrained(name, device=device)
-    except (OSError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"{name}: could not load the MusicGen backbone ({first}); check the name, "
-                            f"the network for a first download, or pass a local folder") from None
+    _check_local_folder(name, ("state_dict.bin", "compression_state_dict.bin"))
+    with _load_errors(name, "MusicGen backbone"):
+        musicgen = MusicGen.get_pretrained(name, device=device)
     musicgen.name = name
     return musicgen
+
+
+def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
+    """Loads only a backbone's codec (EnCodec), for encoding music without the LM.
+
+    Takes the same names as :func:`load_backbone`; a local folder needs only
+    ``compression_state_dict.bin``. The codec of 'tiny' and 'random-*' is the
+    one :func:`tiny_musicgen` / :func:`random_musicgen` build.
+    """
+    from audiocraft.models import loaders
+
+    name, device = str(name_or_path), _default_device(device)
+    if name == "tiny":
+        return _build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
+    if name.startswith("random-"):
+        if name.removeprefix("random-") not in ARCHITECTURES:
+            raise BackboneError(f"unknown architecture {name!r}; choose one of "
+                                f"{', '.join('random-' + a for a in ARCHITECTURES)}")
+        return _build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)
+    _check_local_folder(name, ("compression_state_dict.bin",))
+    with _load_errors(name, "codec"):
+        return loaders.load_compression_model(name, device=device).eval()
+
+
+def _default_device(device) -> str:
+    return str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_local_folder(name: str, files: tuple[str, ...]) -> None:
+    looks_local = os.path.sep in name and not name.startswith("facebook/") or name.startswith(".") or os.path.exists(name)
+    if not looks_local:
+        return
+    missing = [f for f in files if not os.path.isfile(os.path.join(name, f))]
+    if missing:
+        raise BackboneError(f"{name}: not a MusicGen folder (missing {', '.join(missing)}); "
+                            f"pass a hub name like facebook/musicgen-small or a folder in audiocraft's layout")
+
+
+@contextlib.contextmanager
+def _load_errors(name: str, what: str):
+    """audiocraft's checkpoint globals for the load, and its errors as one line."""
+    try:
+        with audiocraft_checkpoint_globals():
+            yield
+    except (OSError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(f"{name}: could not load the {what} ({first}); check the name, "
+                            f"the network for a first download, or pass a local folder") from None
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ import torch
 
 from .dataset import ERRORS_NAME, INDEX_NAME, META_NAME, DatasetMeta, ShardWriter, append_jsonl, complete_rows, read_jsonl
 from .encoders import DEFAULT_ENCODER
-from .errors import AudioError, ConfigError, DataError, VidMusicianError
+from .errors import ConfigError, DataError, VidMusicianError
+from .audio_io import read_audio
 from .video import VIDEO_SUFFIXES, probe
 from .features import VideoFeatures
 from .fileio import atomic_write
@@ -86,49 +87,6 @@ def list_sources(src) -> list[Source]:
     return sources
 
 
-def load_audio(path, sample_rate: int, channels: int, align_to_video: bool = False) -> torch.Tensor:
-    """Decodes a file's first audio stream with PyAV, resampled: ``[channels, samples]`` float32.
-
-    Args:
-        path: audio or video file.
-        sample_rate, channels: the codec's.
-        align_to_video: time 0 is the first video frame (the audio track of a music
-            video may start earlier or later); otherwise the first audio sample.
-    """
-    import av
-
-    layout = {1: "mono", 2: "stereo"}.get(channels)
-    if layout is None:
-        raise ConfigError(f"codec channels must be 1 or 2, got {channels}")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise AudioError(f"{path}: has no audio stream (the music of a pair must have one)")
-            stream = container.streams.audio[0]
-            zero = 0.0
-            if align_to_video and container.streams.video:
-                v = container.streams.video[0]
-                zero = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
-            resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
-            chunks, first = [], None
-            for frame in container.decode(stream):
-                if first is None and frame.time is not None:
-                    first = frame.time
-                chunks += [f.to_ndarray() for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray() for f in resampler.resample(None)]
-    except av.FFmpegError as exc:
-        raise AudioError(f"{path}: cannot decode the audio ({getattr(exc, 'strerror', None) or exc})") from None
-    if not chunks:
-        raise AudioError(f"{path}: the audio stream has no samples")
-    wav = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))
-    shift = int(round(((first or 0.0) - zero) * sample_rate))
-    if shift > 0:  # audio starts after time 0: silence before it
-        wav = torch.nn.functional.pad(wav, (shift, 0))
-    elif shift < 0:
-        wav = wav[:, -shift:]
-    return wav
-
-
 def window_starts(duration: float, window: float, hop: float, grid: float) -> tuple[list[float], float]:
     """Window starts (on ``grid``) and length covering a clip: every ``hop``, plus one ending at the end.
 
@@ -175,7 +133,7 @@ def process_source(source: Source, cm, encoder, meta: DatasetMeta) -> list[tuple
     from .features import extract_features
 
     probe(source.video)  # a file that is not a video fails here, with the clearest message
-    wav = load_audio(source.audio or source.video, meta.sample_rate, meta.channels,
+    wav = read_audio(source.audio or source.video, meta.sample_rate, meta.channels,
                      align_to_video=source.audio is None)
     feats = extract_features(source.video, encoder, meta.global_fps, meta.local_fps)
     duration = min(feats.duration, wav.shape[-1] / meta.sample_rate)
@@ -204,7 +162,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     Args:
         src: a folder of music videos, or a CSV/JSONL of ``video, audio, text`` pairs.
         out: dataset folder; a rerun continues where the last run stopped.
-        backbone: MusicGen whose codec encodes the music (a name for ``load_backbone``).
+        backbone: MusicGen whose codec encodes the music (a name for ``load_codec``: hub
+            name, local folder, 'tiny', 'random-SIZE').
         encoder: visual encoder spec for :func:`vidmusician.features.load_encoder`.
         window, hop: window length and step in seconds.
         holdout: fraction of sources held out for evaluation.
@@ -247,10 +206,10 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     if not pending:
         return report
 
-    from .backbones import load_backbone
+    from .backbones import load_codec
     from .features import load_encoder
 
-    cm = load_backbone(backbone, device=device).compression_model.eval()
+    cm = load_codec(backbone, device=device)  # the codec alone: the LM is not needed to encode
     enc = load_encoder(encoder, device=device)
     meta = DatasetMeta(backbone=backbone, sample_rate=int(cm.sample_rate), channels=int(cm.channels),
                        frame_rate=float(cm.frame_rate), n_q=int(cm.num_codebooks), card=int(cm.cardinality),

@@ -41,12 +41,12 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     Raises:
         AudioError: The file is missing, unreadable, or has no audio stream.
     """
-    from .prepare import load_audio as decode
+    from .audio_io import read_audio
 
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file; check the path")
-    return np.ascontiguousarray(decode(path, sample_rate, channels=1, align_to_video=True)[0].numpy())
+    return np.ascontiguousarray(read_audio(path, sample_rate, channels=1, align_to_video=True)[0].numpy())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,8 @@ def add_arguments(parser):
                              "with columns video, audio (optional), text (optional)")
     parser.add_argument("out", metavar="OUT", help="dataset folder to write (a rerun continues)")
     parser.add_argument("--backbone", default="facebook/musicgen-small",
-                        help="MusicGen whose codec encodes the music: hub name, local folder or 'tiny'")
+                        help="MusicGen whose codec encodes the music: hub name, local folder or 'tiny' "
+                             "(only the codec is loaded)")
     parser.add_argument("--encoder", default="ViT-B-32:openai", help="visual encoder spec ('tiny' for tests)")
     parser.add_argument("--window", type=float, default=30.0, help="window length in seconds (default 30)")
     parser.add_argument("--hop", type=float, default=30.0, help="step between windows in seconds (default 30)")
