@@ -93,7 +93,7 @@ class AdaptedLayer(StreamingModule):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         ctx = self.context
-        if ctx.rows is not None and (self.semantic is not None or self.rhythm is not None):
+        if ctx.rows is not None:  # every AdaptedLayer has a semantic or a rhythm adapter
             # Inference past the first layer: x is the previous layer's fresh output
             # and no autograd graph holds it, so its rows are updated in place.
             in_place = self.index > 0 and not torch.is_grad_enabled()
