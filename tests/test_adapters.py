@@ -149,11 +149,11 @@ def test_config_must_fit_backbone(tiny):
         attach_adapters(wide, tiny_config(small))
 
 
-def streamed_logits(lm, codes, cond, prompt=5):
+def streamed_logits(lm, codes, cond, prompt=5, grad=False):
     """Logits as generation computes them: a prompt chunk, then one step at a time,
     without autograd (the wrappers then update rows in place)."""
     steps = []
-    with lm.streaming(), torch.no_grad():
+    with lm.streaming(), torch.set_grad_enabled(grad):
         steps.append(lm(codes[..., :prompt], [], condition_tensors=cond))
         for t in range(prompt, codes.shape[-1]):
             steps.append(lm(codes[..., t:t + 1], [], condition_tensors=cond))
@@ -183,6 +183,29 @@ def test_streaming_equals_full_forward(tiny, monkeypatch, frame_offset, present)
     with vm.video(random_video_batch(n, present), frame_offset=frame_offset + 3):
         shifted = lm(codes, [], condition_tensors=cond)
     assert not torch.allclose(shifted[0], full[0], atol=1e-4)
+
+
+def test_in_place_rows_with_a_backbone_in_another_dtype(tiny):
+    """A bf16 backbone with fp32 adapters: the in-place path writes the adapted rows back."""
+    from vidmusician.inject import adapter_modules
+
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    perturb_adapters(vm)
+    lm = vm.lm.to(torch.bfloat16)
+    for group in adapter_modules(lm).values():
+        for module in group.values():
+            module.float()
+    codes = codes_for(musicgen, batch=2, steps=12)
+    cond = lm.condition_provider(lm.condition_provider.tokenize(null_text(2)))
+    with vm.video(random_video_batch(2, [True, False])):
+        in_place = streamed_logits(lm, codes, cond)
+        copied = streamed_logits(lm, codes, cond, grad=True)  # autograd on: rows are copied, not updated
+    base = streamed_logits(lm, codes, cond)
+    assert in_place.dtype == torch.bfloat16
+    torch.testing.assert_close(in_place, copied.detach(), atol=0, rtol=0)
+    assert not torch.equal(in_place[0], base[0])
+    assert torch.equal(in_place[1], base[1])
 
 
 def test_new_video_mid_stream_is_not_served_from_cache(tiny):
@@ -218,18 +241,32 @@ def test_semantic_cross_attention_matches_reference():
     key_mask[0, 4:] = False  # a video shorter than the window
     key_mask[2, 1:] = False  # row 2: no frame; its first key stays visible, and its delta must be 0
     has_frame = torch.tensor([True, True, False])
-    got = attn(h, attn.prepare(memory, key_mask, has_frame))
+    prepared = attn.prepare(memory, key_mask, has_frame)
+    got = attn(h, prepared)
 
     # Reference: the textbook multi-head cross-attention on the same weights.
     q = attn.q(attn.norm(h)).view(B, S, 4, 4).transpose(1, 2)
     k, v = attn.kv(memory).view(B, T, 2, 4, 4).permute(2, 0, 3, 1, 4)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
     ref = attn.out(ref.transpose(1, 2).reshape(B, S, 16))
-    torch.testing.assert_close(got[:2], ref[:2], atol=1e-5, rtol=1e-5)
-    assert torch.equal(got[2], torch.zeros_like(got[2]))
-    # Zero-initialized output projection: exactly zero for every row.
+    torch.testing.assert_close(got[:2], h[:2] + ref[:2], atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[2], h[2])  # no frame: exactly no change
+    # Training reaches every weight as through the reference (the folding is exact).
+    w = torch.randn(B, S, 24)
+    params = [attn.q.weight, attn.kv.weight, attn.out.weight, attn.out.bias, attn.norm.weight]
+    grads = torch.autograd.grad((got[:2] * w[:2]).sum(), params)
+    ref_grads = torch.autograd.grad((ref[:2] * w[:2]).sum(), params)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    # In place: the same values, written into h itself.
+    h_in = h.clone()
+    with torch.no_grad():
+        out = attn(h_in, prepared, in_place=True)
+    assert out.data_ptr() == h_in.data_ptr()
+    torch.testing.assert_close(h_in, got, atol=1e-6, rtol=1e-6)
+    # Zero-initialized output projection: exactly no change for every row.
     fresh = SemanticCrossAttention(dim=24, memory_dim=12, attn_dim=16, heads=4)
-    assert torch.equal(fresh(h, fresh.prepare(memory, key_mask, has_frame)), torch.zeros(B, S, 24))
+    assert torch.equal(fresh(h, fresh.prepare(memory, key_mask, has_frame)), h)
 
 
 def test_only_adapters_move_in_an_optimizer_step(tiny):

@@ -100,11 +100,15 @@ class AdaptedLayer(StreamingModule):
             if ctx.row_span is not None:  # e.g. the conditional half of a CFG batch
                 a, b = ctx.row_span
                 if in_place:
-                    x[a:b] = self._adapt(x[a:b])
+                    rows = x[a:b]
+                    out = self._adapt(rows, in_place=True)
+                    if out is not rows:  # a dtype conversion made a copy
+                        rows.copy_(out)
                 else:
                     x = torch.cat([x[:a], self._adapt(x[a:b]), x[b:]])
             else:
-                rows = self._adapt(x.index_select(0, ctx.rows))
+                # index_select copies the rows, so they may be updated in place.
+                rows = self._adapt(x.index_select(0, ctx.rows), in_place=not torch.is_grad_enabled())
                 x = x.index_copy_(0, ctx.rows, rows) if in_place else x.index_copy(0, ctx.rows, rows)
         if self.gradient_checkpointing and torch.is_grad_enabled():
             # Only the frozen base layer is recomputed in backward; the adapters,
@@ -112,14 +116,17 @@ class AdaptedLayer(StreamingModule):
             return checkpoint(self.base_layer, x, *args, use_reentrant=False, **kwargs)
         return self.base_layer(x, *args, **kwargs)
 
-    def _adapt(self, x: torch.Tensor) -> torch.Tensor:
+    def _adapt(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """``x + r_j``, then ``+ CrossAttn(norm(.), M)``; with ``in_place``, into x when dtypes allow."""
         ctx = self.context
         module = self.semantic if self.semantic is not None else self.rhythm
         h = x.to(next(module.parameters()).dtype)  # adapters keep fp32 weights; autocast still applies
+        in_place = in_place and h is x
         if self.rhythm is not None:
-            h = h + ctx.rhythm(self.rhythm_slot)
+            r = ctx.rhythm(self.rhythm_slot)
+            h = h.add_(r) if in_place else h + r
         if self.semantic is not None:
-            h = h + self.semantic(h, self._semantic_window())
+            h = self.semantic(h, self._semantic_window(), in_place=in_place)
         return h.to(x.dtype)
 
     def _semantic_window(self) -> tuple:

@@ -43,12 +43,17 @@ class VisualMemory(nn.Module):
 class SemanticCrossAttention(nn.Module):
     """Pre-norm multi-head cross-attention from hidden states to the visual memory.
 
-    ``delta = Out(Attn(Q(norm(h)), K(M), V(M)))`` with ``Out`` zero-initialized.
-    Everything that depends only on the memory (scaled keys, values, the key
-    mask as an additive bias, the output bias) is made once per window by
-    :meth:`prepare` and reused at every generation step, so a step costs a
-    norm, the query projection, two small batched matmuls, a softmax and the
-    output projection.
+    ``h + Out(Attn(Q(norm(h)), K(M), V(M)))`` with ``Out`` zero-initialized.
+    The memory is constant over a window, so :meth:`prepare` folds the query
+    projection into the keys and the output projection into the values once
+    per window::
+
+        scores_h = norm(h) Wq_h^T K_h^T / sqrt(d)  =  norm(h) @ QK_h^T   QK_h = K_h Wq_h / sqrt(d): [T, dim]
+        Out(...)  = sum_h softmax(scores_h) V_h Wo_h^T + b  =  p @ VO      VO_h = V_h Wo_h^T + b / heads: [T, dim]
+
+    (``b`` is spread over the heads' values as ``b / heads``: each head's
+    weights sum to 1.) A step then costs a norm, two small batched matmuls and
+    a softmax, and the second matmul adds the result onto ``h`` itself.
     """
 
     def __init__(self, dim: int, memory_dim: int, attn_dim: int, heads: int):
@@ -65,7 +70,7 @@ class SemanticCrossAttention(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def prepare(self, memory: torch.Tensor, key_mask: torch.Tensor, has_frame: torch.Tensor) -> tuple:
-        """Per-window attention inputs.
+        """Per-window attention inputs ``(QK [B, H*T, dim], VO [B, H*T, dim], mask bias [B, 1, H*T])``.
 
         Args:
             memory: [B, T, memory_dim].
@@ -74,25 +79,30 @@ class SemanticCrossAttention(nn.Module):
         """
         B, T, _ = memory.shape
         H = self.heads
-        k, v = self.kv(memory).view(B, T, 2, H, -1).permute(2, 0, 3, 1, 4)  # [B, H, T, hd] each
-        keys = (k * k.shape[-1] ** -0.5).transpose(-1, -2).reshape(B * H, -1, T)
-        # Zero values and bias for frameless rows: their delta is exactly 0.
-        keep = has_frame.to(v.dtype)
-        values = (v * keep[:, None, None, None]).reshape(B * H, T, -1)
-        mask_bias = torch.zeros(B, T, dtype=k.dtype, device=k.device).masked_fill(~key_mask, float("-inf"))
-        mask_bias = mask_bias[:, None, None, :].expand(B, H, 1, T).reshape(B * H, 1, T)
-        out_bias = (self.out.bias * keep[:, None])[:, None, :]
-        return keys, values, mask_bias, out_bias
+        dim, attn_dim = self.q.in_features, self.q.out_features
+        k, v = self.kv(memory).view(B, T, 2, H, attn_dim // H).unbind(2)  # [B, T, H, hd] each
+        wq = self.q.weight.view(H, -1, dim)  # [H, hd, dim]
+        wo = self.out.weight.view(dim, H, -1)  # [dim, H, hd]
+        # Both are stored [H*T, dim] row-major: a step reads them as contiguous rows.
+        qk = torch.einsum("hed,bthe->bhtd", wq, k * k.shape[-1] ** -0.5).reshape(B, H * T, dim).contiguous()
+        vo = torch.einsum("bthe,dhe->bhtd", v, wo) + self.out.bias / H
+        # Zero values (bias included) for frameless rows: their delta is exactly 0.
+        vo = (vo * has_frame.to(vo.dtype)[:, None, None, None]).reshape(B, H * T, dim).contiguous()
+        mask_bias = torch.zeros(B, T, dtype=qk.dtype, device=qk.device).masked_fill(~key_mask, float("-inf"))
+        mask_bias = mask_bias[:, None, None, :].expand(B, 1, H, T).reshape(B, 1, H * T)
+        return qk, vo, mask_bias
 
-    def forward(self, h: torch.Tensor, prepared: tuple) -> torch.Tensor:
-        """h [B, S, dim], ``prepared`` from :meth:`prepare` -> delta [B, S, dim]."""
-        keys, values, mask_bias, out_bias = prepared
+    def forward(self, h: torch.Tensor, prepared: tuple, in_place: bool = False) -> torch.Tensor:
+        """h [B, S, dim], ``prepared`` from :meth:`prepare` -> h + delta.
+
+        With ``in_place`` the delta is added into ``h`` itself (only where no
+        autograd graph holds ``h``).
+        """
+        qk, vo, mask_bias = prepared
         B, S, _ = h.shape
-        H = self.heads
-        q = self.q(self.norm(h)).view(B, S, H, -1).transpose(1, 2).reshape(B * H, S, -1)
-        attn = torch.bmm(torch.baddbmm(mask_bias, q, keys).softmax(dim=-1), values)
-        attn = attn.view(B, H, S, -1).transpose(1, 2).reshape(B, S, -1)
-        return torch.baddbmm(out_bias, attn, self.out.weight.t().expand(B, -1, -1))
+        scores = torch.baddbmm(mask_bias, self.norm(h), qk.transpose(1, 2))  # [B, S, H*T]
+        p = scores.view(B, S, self.heads, -1).softmax(dim=-1).view(B, S, -1)
+        return h.baddbmm_(p, vo) if in_place else torch.baddbmm(h, p, vo)
 
 
 class IdentityLinear(nn.Module):
