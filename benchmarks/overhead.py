@@ -6,8 +6,12 @@ generation of the same audio length with CFG on, alternating base and adapted
 runs (ABBA) so both see the same machine state; the ratio is the median of the
 rounds' own adapted/base ratios. Prints the ratio and the trainable
 parameter counts of every preset. It also times single streaming LM steps (the
-unit of generation, CFG batch of 2) alternating base and adapted, which isolates
-the per-step cost of the adapters from sampling and decoding.
+unit of generation, CFG batch of 2) in back-to-back pairs, which isolates the
+per-step cost of the adapters from sampling and decoding; each pair's own ratio
+is taken, so a slow spell of a shared machine weighs on both sides of a pair.
+Last, it times the same steps with every base layer skipped on both sides, which
+leaves the adapters' own work per step: small and steady where whole steps are
+noisy, and the expected ratio follows from it.
 
     .venv/bin/python benchmarks/overhead.py [--size small] [--seconds 4] [--rounds 3] [--steps 40] [--device cpu]
 """
@@ -15,16 +19,18 @@ the per-step cost of the adapters from sampling and decoding.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 import torch
+from torch import nn
 
 from vidmusician import attach_adapters
 from vidmusician.backbones import random_musicgen
 from vidmusician.config import AdapterConfig, load_preset, preset_names
 from vidmusician.context import VideoBatch
-from vidmusician.inject import count_adapter_parameters
+from vidmusician.inject import AdaptedLayer, count_adapter_parameters
 
 
 def video_batch(config: AdapterConfig, seconds: float) -> VideoBatch:
@@ -50,8 +56,12 @@ def timed_generate(musicgen, seconds: float, device) -> float:
     return time.perf_counter() - start
 
 
-def timed_steps(base, adapted, steps: int, device) -> tuple[float, float]:
-    """Median seconds of one streaming LM step (batch 2: CFG's [cond; uncond]), interleaved."""
+def timed_steps(base, adapted, steps: int, device) -> tuple[float, float, list[float]]:
+    """One streaming LM step (batch 2: CFG's [cond; uncond]), base and adapted back to back.
+
+    Returns the median seconds of each and the pairs' own adapted/base ratios; the
+    order within a pair alternates, so neither side always runs first.
+    """
     from audiocraft.modules.conditioners import ConditioningAttributes
 
     conds = [ConditioningAttributes(text={"description": None})] * 2
@@ -61,7 +71,8 @@ def timed_steps(base, adapted, steps: int, device) -> tuple[float, float]:
     times = {"base": [], "adapted": []}
     with torch.no_grad(), base.lm.streaming(), adapted.lm.streaming():
         for i in range(steps + 2):
-            for name, lm in (("base", base.lm), ("adapted", adapted.lm)):
+            order = (("base", base.lm), ("adapted", adapted.lm))
+            for name, lm in (order if i % 2 == 0 else order[::-1]):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
@@ -70,7 +81,44 @@ def timed_steps(base, adapted, steps: int, device) -> tuple[float, float]:
                     torch.cuda.synchronize()
                 if i >= 2:  # the first steps fill caches
                     times[name].append(time.perf_counter() - start)
-    return statistics.median(times["base"]), statistics.median(times["adapted"])
+    ratios = [a / b for a, b in zip(times["adapted"], times["base"])]
+    return statistics.median(times["base"]), statistics.median(times["adapted"]), ratios
+
+
+class _Skip(nn.Module):
+    """Stands in for a transformer layer's own work: returns its input."""
+
+    def forward(self, x, *args, **kwargs):
+        return x
+
+
+@contextlib.contextmanager
+def base_layers_skipped(lm):
+    """Every base transformer layer returns its input; the adapters around them still run.
+
+    The step then costs only the embeddings, the output heads and the adapters, so the
+    difference between an adapted and a base model is the adapters' own work.
+    """
+    layers = lm.transformer.layers
+    saved = [(layer, getattr(layer, "base_layer", None)) for layer in layers]
+    try:
+        for i, (layer, _) in enumerate(saved):
+            if isinstance(layer, AdaptedLayer):
+                layer.base_layer = _Skip()
+            else:
+                layers[i] = _Skip()
+        yield
+    finally:
+        for i, (layer, base_layer) in enumerate(saved):
+            if isinstance(layer, AdaptedLayer):
+                layer.base_layer = base_layer
+            layers[i] = layer
+
+
+def spread(ratios: list[float]) -> str:
+    """The middle half of a list of ratios, as text."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return f"middle half {q1:.3f}-{q3:.3f}"
 
 
 def main():
@@ -103,19 +151,24 @@ def main():
         for name in (("base", "adapted") if i % 2 == 0 else ("adapted", "base")):
             times[name].append(timed_generate(models[name], args.seconds, device))
     b, a = statistics.median(times["base"]), statistics.median(times["adapted"])
-    paired = statistics.median(x / y for x, y in zip(times["adapted"], times["base"]))
+    rounds = [x / y for x, y in zip(times["adapted"], times["base"])]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"\n{args.size} architecture, {args.seconds:g} s of audio, CFG on, batch 1, {name}, "
           f"{args.rounds} interleaved rounds")
     print(f"  base     median {b:7.2f} s   best {min(times['base']):7.2f} s   ({args.seconds / b:.2f} x real time)")
     print(f"  adapted  median {a:7.2f} s   best {min(times['adapted']):7.2f} s   ({args.seconds / a:.2f} x real time)")
-    print(f"  ratio adapted / base: {paired:.3f} (median of the rounds' ratios; "
-          f"of medians {a / b:.3f}, of bests {min(times['adapted']) / min(times['base']):.3f})")
-    sb, sa = timed_steps(base, adapted, args.steps, device)
-    print(f"\none streaming LM step (CFG batch 2), median of {args.steps} interleaved steps")
-    print(f"  base     {sb * 1e3:7.1f} ms")
-    print(f"  adapted  {sa * 1e3:7.1f} ms")
-    print(f"  ratio adapted / base: {sa / sb:.3f}")
+    print(f"  ratio adapted / base: {statistics.median(rounds):.3f} (median of the rounds' ratios, "
+          f"which ran from {min(rounds):.3f} to {max(rounds):.3f})")
+    sb, sa, pairs = timed_steps(base, adapted, args.steps, device)
+    print(f"\none streaming LM step (CFG batch 2), {args.steps} interleaved pairs")
+    print(f"  base     median {sb * 1e3:7.1f} ms")
+    print(f"  adapted  median {sa * 1e3:7.1f} ms")
+    print(f"  ratio adapted / base: {statistics.median(pairs):.3f} (median of the pairs' ratios; {spread(pairs)})")
+    with base_layers_skipped(base.lm), base_layers_skipped(adapted.lm):
+        kb, ka, _ = timed_steps(base, adapted, args.steps, device)
+    work = ka - kb
+    print(f"\nthe adapters' own work in a step (base layers skipped on both sides, {args.steps} interleaved pairs)")
+    print(f"  {work * 1e3:.2f} ms per step: {work / sb:.1%} of a base step, so an expected ratio of {1 + work / sb:.3f}")
 
 
 if __name__ == "__main__":
