@@ -36,6 +36,23 @@ def test_identity_at_init_logits(tiny, rank):
     assert torch.equal(got[mask], ref[mask])
 
 
+def test_identity_at_init_under_autocast(tiny):
+    """Mixed precision (as audiocraft runs generation on GPUs): the adapters must not
+    round the hidden states to the autocast dtype, in training or in generation."""
+    base, adapted = tiny(), tiny()
+    vm = attach_adapters(adapted, tiny_config(adapted))
+    codes = codes_for(base, steps=12)
+    cond = base.lm.condition_provider(base.lm.condition_provider.tokenize(null_text(2)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, mask = logits(base.lm, codes)
+        ref_streamed = streamed_logits(base.lm, codes, cond)
+        with vm.video(random_video_batch(2, [True, True])):
+            got, _ = logits(vm.lm, codes)
+            got_streamed = streamed_logits(vm.lm, codes, cond)
+    assert torch.equal(got[mask], ref[mask])
+    assert torch.equal(got_streamed, ref_streamed)
+
+
 @pytest.mark.parametrize("present", [[True, False], [False, True, True], [True, False, True]])
 def test_perturbed_adapter_changes_video_rows_only(tiny, present):
     base, adapted = tiny(), tiny()

@@ -53,7 +53,7 @@ class SemanticCrossAttention(nn.Module):
 
     (``b`` is spread over the heads' values as ``b / heads``: each head's
     weights sum to 1.) A step then costs a norm, two small batched matmuls and
-    a softmax, and the second matmul adds the result onto ``h`` itself.
+    a softmax; in generation the second matmul adds the result into ``h`` in place.
     """
 
     def __init__(self, dim: int, memory_dim: int, attn_dim: int, heads: int):
@@ -102,7 +102,11 @@ class SemanticCrossAttention(nn.Module):
         B, S, _ = h.shape
         scores = torch.baddbmm(mask_bias, self.norm(h), qk.transpose(1, 2))  # [B, S, H*T]
         p = scores.view(B, S, self.heads, -1).softmax(dim=-1).view(B, S, -1)
-        return h.baddbmm_(p, vo) if in_place else torch.baddbmm(h, p, vo)
+        if in_place:
+            return h.baddbmm_(p.to(h.dtype), vo)
+        # Added outside the matmul: under autocast the matmul runs in half precision,
+        # and the hidden states themselves must not be rounded with it.
+        return h + torch.bmm(p, vo)
 
 
 class IdentityLinear(nn.Module):
