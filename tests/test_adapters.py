@@ -51,6 +51,14 @@ def test_identity_at_init_under_autocast(tiny):
             got_streamed = streamed_logits(vm.lm, codes, cond)
     assert torch.equal(got[mask], ref[mask])
     assert torch.equal(got_streamed, ref_streamed)
+    # Perturbed, the adapters reach the video rows under autocast too, and only them.
+    perturb_adapters(vm)
+    with torch.autocast("cpu", dtype=torch.bfloat16), vm.video(random_video_batch(2, [True, False])):
+        got, _ = logits(vm.lm, codes)
+        got_streamed = streamed_logits(vm.lm, codes, cond)
+    assert not torch.allclose(got[0][mask[0]], ref[0][mask[0]], atol=1e-2)
+    assert not torch.allclose(got_streamed[0], ref_streamed[0], atol=1e-2)
+    assert torch.equal(got[1][mask[1]], ref[1][mask[1]]) and torch.equal(got_streamed[1], ref_streamed[1])
 
 
 @pytest.mark.parametrize("present", [[True, False], [False, True, True], [True, False, True]])

@@ -153,9 +153,7 @@ def random_musicgen(size: str = "small", seed: int = 0, device="cpu"):
         seed: RNG seed of the random weights.
         device: where to build the model.
     """
-    if size not in ARCHITECTURES:
-        raise BackboneError(f"unknown architecture {size!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return _build(lm_config(**ARCHITECTURES[size], card=RANDOM_CODEC["bins"], device=str(device)),
+    return _build(lm_config(**_architecture(size), card=RANDOM_CODEC["bins"], device=str(device)),
                   codec_config(**RANDOM_CODEC, device=str(device)), f"random-{size}", seed)
 
 
@@ -209,13 +207,17 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     if name == "tiny":
         return _build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
     if name.startswith("random-"):
-        if name.removeprefix("random-") not in ARCHITECTURES:
-            raise BackboneError(f"unknown architecture {name!r}; choose one of "
-                                f"{', '.join('random-' + a for a in ARCHITECTURES)}")
+        _architecture(name.removeprefix("random-"))  # the codec is the same for every size
         return _build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)
     _check_local_folder(name, ("compression_state_dict.bin",))
     with _load_errors(name, "codec"):
         return loaders.load_compression_model(name, device=device).eval()
+
+
+def _architecture(size: str) -> dict:
+    if size not in ARCHITECTURES:
+        raise BackboneError(f"unknown architecture {size!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[size]
 
 
 def _default_device(device) -> str:
