@@ -45,9 +45,11 @@ class VideoInputs(StreamingModule):
         super().__init__()
         self.memory = VisualMemory(config.global_dim, config.memory_dim, config.max_global_tokens)
         self.rhythm_in = RhythmInput(config.local_dim, config.dim) if config.rhythm_layers else None
-        # The layers' IdentityLinear modules in chain order; a plain attribute (they
-        # are registered, and saved, under their layers).
+        # Plain attributes (the modules are registered, and saved, under their layers):
+        # the layers' IdentityLinear modules in chain order, and the adapted layers by
+        # index, which stay reachable while VidMusician.disable_adapters() takes them out.
         self.__dict__["chain"] = []
+        self.__dict__["layers"] = {}
 
     def rhythm_states(self, ctx: VideoContext) -> list[torch.Tensor]:
         """[r_1, r_2, ...] for the forward's steps, each [n, steps, dim]."""
@@ -119,15 +121,16 @@ class AdaptedLayer(StreamingModule):
     def _adapt(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """``x + r_j``, then ``+ CrossAttn(norm(.), M)``; with ``in_place``, into x when dtypes allow."""
         ctx = self.context
-        module = self.semantic if self.semantic is not None else self.rhythm
-        h = x.to(next(module.parameters()).dtype)  # adapters keep fp32 weights; autocast still applies
+        # Adapters keep fp32 weights on a half-precision backbone; autocast still applies.
+        dtype = (self.semantic if self.semantic is not None else self.rhythm).dtype
+        h = x if x.dtype == dtype else x.to(dtype)
         in_place = in_place and h is x
         if self.rhythm is not None:
             r = ctx.rhythm(self.rhythm_slot)
             h = h.add_(r) if in_place else h + r
         if self.semantic is not None:
             h = self.semantic(h, self._semantic_window(), in_place=in_place)
-        return h.to(x.dtype)
+        return h if h.dtype == x.dtype else h.to(x.dtype)
 
     def _semantic_window(self) -> tuple:
         # Keys/values of the memory are constant over a window: while streaming
@@ -150,7 +153,7 @@ def _check_supported(musicgen):
         raise BackboneError(
             f"{musicgen.name}: models that fuse conditions by 'prepend' (e.g. musicgen-melody) shift token "
             f"positions and are not supported yet; use musicgen-small/medium/large")
-    if any(isinstance(layer, AdaptedLayer) for layer in lm.transformer.layers):
+    if hasattr(lm, "video_inputs") or any(isinstance(layer, AdaptedLayer) for layer in lm.transformer.layers):
         raise BackboneError(f"{musicgen.name}: adapters are already attached to this model")
 
 
@@ -186,7 +189,7 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None):
         if rhythm is not None:
             slot = len(inputs.chain)
             inputs.chain.append(rhythm)
-        layers[i] = AdaptedLayer(layers[i], i, context, semantic, rhythm, slot)
+        layers[i] = inputs.layers[i] = AdaptedLayer(layers[i], i, context, semantic, rhythm, slot)
 
     def begin_forward(transformer, args, kwargs):
         x = args[0] if args else kwargs["x"]
@@ -249,10 +252,9 @@ def adapter_modules(lm) -> dict[str, dict[str, nn.Module]]:
     out["semantic"]["video_inputs.memory"] = inputs.memory
     if inputs.rhythm_in is not None:
         out["rhythm"]["video_inputs.rhythm_in"] = inputs.rhythm_in
-    for i, layer in enumerate(lm.transformer.layers):
-        if isinstance(layer, AdaptedLayer):
-            for group in ("semantic", "rhythm"):
-                module = getattr(layer, group)
-                if module is not None:
-                    out[group][f"transformer.layers.{i}.{group}"] = module
+    for i, layer in inputs.layers.items():
+        for group in ("semantic", "rhythm"):
+            module = getattr(layer, group)
+            if module is not None:
+                out[group][f"transformer.layers.{i}.{group}"] = module
     return out

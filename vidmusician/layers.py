@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -69,8 +70,15 @@ class SemanticCrossAttention(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.norm.weight.dtype
+
     def prepare(self, memory: torch.Tensor, key_mask: torch.Tensor, has_frame: torch.Tensor) -> tuple:
-        """Per-window attention inputs ``(QK [B, H*T, dim], VO [B, H*T, dim], mask bias [B, 1, H*T])``.
+        """Per-window attention inputs ``(QK^T [B, dim, H*T], VO [B, H*T, dim], mask bias [B, 1, H*T])``.
+
+        ``QK^T`` is a transposed view of a row-major ``[B, H*T, dim]`` tensor: a step
+        reads both matrices as contiguous rows.
 
         Args:
             memory: [B, T, memory_dim].
@@ -83,14 +91,13 @@ class SemanticCrossAttention(nn.Module):
         k, v = self.kv(memory).view(B, T, 2, H, attn_dim // H).unbind(2)  # [B, T, H, hd] each
         wq = self.q.weight.view(H, -1, dim)  # [H, hd, dim]
         wo = self.out.weight.view(dim, H, -1)  # [dim, H, hd]
-        # Both are stored [H*T, dim] row-major: a step reads them as contiguous rows.
         qk = torch.einsum("hed,bthe->bhtd", wq, k * k.shape[-1] ** -0.5).reshape(B, H * T, dim).contiguous()
         vo = torch.einsum("bthe,dhe->bhtd", v, wo) + self.out.bias / H
         # Zero values (bias included) for frameless rows: their delta is exactly 0.
         vo = (vo * has_frame.to(vo.dtype)[:, None, None, None]).reshape(B, H * T, dim).contiguous()
         mask_bias = torch.zeros(B, T, dtype=qk.dtype, device=qk.device).masked_fill(~key_mask, float("-inf"))
         mask_bias = mask_bias[:, None, None, :].expand(B, 1, H, T).reshape(B, 1, H * T)
-        return qk, vo, mask_bias
+        return qk.transpose(1, 2), vo, mask_bias
 
     def forward(self, h: torch.Tensor, prepared: tuple, in_place: bool = False) -> torch.Tensor:
         """h [B, S, dim], ``prepared`` from :meth:`prepare` -> h + delta.
@@ -98,12 +105,14 @@ class SemanticCrossAttention(nn.Module):
         With ``in_place`` the delta is added into ``h`` itself (only where no
         autograd graph holds ``h``).
         """
-        qk, vo, mask_bias = prepared
-        B, S, _ = h.shape
-        scores = torch.baddbmm(mask_bias, self.norm(h), qk.transpose(1, 2))  # [B, S, H*T]
-        p = scores.view(B, S, self.heads, -1).softmax(dim=-1).view(B, S, -1)
+        qk_t, vo, mask_bias = prepared
+        B, S, dim = h.shape
+        norm = self.norm  # called functionally: per step, a module call costs as much as the norm
+        scores = torch.baddbmm(mask_bias, F.layer_norm(h, (dim,), norm.weight, norm.bias, norm.eps), qk_t)
+        p = scores.view(B, S, self.heads, -1).softmax(dim=-1).view(B, S, -1)  # [B, S, H*T]
         if in_place:
-            return h.baddbmm_(p.to(h.dtype), vo)
+            # Under autocast p may come out in another dtype than h; baddbmm_ needs one.
+            return h.baddbmm_(p if p.dtype == h.dtype else p.to(h.dtype), vo)
         # Added outside the matmul: under autocast the matmul runs in half precision,
         # and the hidden states themselves must not be rounded with it.
         return h + torch.bmm(p, vo)
@@ -134,6 +143,10 @@ class IdentityLinear(nn.Module):
             # Zero update (LoRA's B = 0): the map starts as exactly the identity.
             nn.init.zeros_(self.up.weight)
             nn.init.zeros_(self.up.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return (self.linear if self.rank is None else self.up).weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rank is None:
