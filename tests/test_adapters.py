@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from audiocraft.modules.conditioners import ConditioningAttributes
@@ -144,6 +146,61 @@ def test_generate_identity_at_init_and_change_when_perturbed(tiny):
     with vm.video(random_video_batch(2, [True, False])):
         moved = generate_tokens(adapted, 2, seed=7)
     assert not torch.equal(moved[0], ref[0])
+
+
+def test_disabled_adapters_run_the_base_model_and_come_back(tiny):
+    base, adapted = tiny(), tiny()
+    vm = attach_adapters(adapted, tiny_config(adapted))
+    perturb_adapters(vm)
+    codes = codes_for(base)
+    ref, mask = logits(base.lm, codes)
+    keys = set(vm.adapter_state_dict())
+    with vm.video(random_video_batch(2, [True, True])):
+        moved, _ = logits(vm.lm, codes)
+        with vm.disable_adapters():
+            off, _ = logits(vm.lm, codes)
+            assert set(vm.adapter_state_dict()) == keys  # still reachable: saving works inside
+            with pytest.raises(ConfigError, match="already disabled"), vm.disable_adapters():
+                pass
+        back, _ = logits(vm.lm, codes)
+    assert not torch.allclose(moved[mask], ref[mask], atol=1e-3)
+    assert torch.equal(off[mask], ref[mask])
+    assert torch.equal(back[mask], moved[mask])
+    with vm.video(random_video_batch(2, [True, True])), vm.disable_adapters():
+        assert torch.equal(generate_tokens(adapted, 2, seed=7), generate_tokens(base, 2, seed=7))
+
+
+def test_adapters_disabled_mid_stream_are_a_null_video_for_those_steps(tiny):
+    """Toggled step by step while streaming (as the overhead benchmark does), the
+    enabled steps still read the video at their own positions."""
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    perturb_adapters(vm)
+    codes = codes_for(musicgen, steps=12)
+    cond = musicgen.lm.condition_provider(musicgen.lm.condition_provider.tokenize(null_text(2)))
+    video = random_video_batch(2, [True, False])
+
+    def stream(step_without_video):
+        steps = []
+        vm.set_video(video)
+        with musicgen.lm.streaming(), torch.no_grad():
+            for t in range(codes.shape[-1]):
+                with step_without_video(t % 3 == 1):
+                    steps.append(musicgen.lm(codes[..., t:t + 1], [], condition_tensors=cond))
+        vm.set_video(None)
+        return torch.cat(steps, dim=2)
+
+    @contextlib.contextmanager
+    def null_video(active):
+        if active:
+            vm.set_video(None)
+        yield
+        if active:
+            vm.set_video(video)
+
+    disabled = stream(lambda active: vm.disable_adapters() if active else contextlib.nullcontext())
+    assert torch.equal(disabled, stream(null_video))
+    assert not torch.allclose(disabled, stream(lambda active: contextlib.nullcontext()), atol=1e-3)
 
 
 def test_two_step_cfg_is_refused(tiny):

@@ -29,6 +29,7 @@ class VidMusician:
         self.config = config
         self.context = context
         self._hook = hook
+        self._adapters_disabled = False
         self.trainable_groups: tuple[str, ...] = ()
         self.generation_params = None  # pipeline.GenerationParams; None: audiocraft's defaults
         self.encoder = None  # VisualEncoder for video files; loaded from config.encoder on first use
@@ -141,6 +142,31 @@ class VidMusician:
         for layer in self.lm.transformer.layers:
             if isinstance(layer, AdaptedLayer):
                 layer.gradient_checkpointing = enabled
+
+    @contextlib.contextmanager
+    def disable_adapters(self):
+        """``with vm.disable_adapters(): ...`` runs the base MusicGen, without a second copy.
+
+        Every adapted layer's own base layer is put back into the transformer for the
+        block, so the model computes exactly what the base model computes (the video,
+        if set, is ignored); the adapters come back on exit, trained weights and all.
+        Streaming state lives in the base layers, so a block may also start or end
+        mid-generation. Meant for inference: the adapters' parameters are not part of
+        ``lm.parameters()`` inside the block.
+        """
+        if self._adapters_disabled:
+            raise ConfigError("the adapters are already disabled (disable_adapters() blocks do not nest)")
+        layers = self.lm.transformer.layers
+        adapted = self.lm.video_inputs.layers
+        self._adapters_disabled = True
+        for i, layer in adapted.items():
+            layers[i] = layer.base_layer
+        try:
+            yield self
+        finally:
+            for i, layer in adapted.items():
+                layers[i] = layer
+            self._adapters_disabled = False
 
     # -- files ---------------------------------------------------------------
 
