@@ -1,26 +1,34 @@
 """Generation overhead of the video adapters: adapted over base MusicGen wall time.
 
-Builds the small architecture (1024 wide, 24 layers, random weights) twice with
-the same seed, attaches the musicgen-small preset's adapters to one, and times
-generation of the same audio length with CFG on, alternating base and adapted
-runs (ABBA) so both see the same machine state; the ratio is the median of the
-rounds' own adapted/base ratios. Prints the ratio and the trainable
-parameter counts of every preset. It also times single streaming LM steps (the
-unit of generation, CFG batch of 2) in back-to-back pairs, which isolates the
-per-step cost of the adapters from sampling and decoding; each pair's own ratio
-is taken, so a slow spell of a shared machine weighs on both sides of a pair.
-Last, it times the same steps with every base layer skipped on both sides, which
-leaves the adapters' own work per step: small and steady where whole steps are
-noisy, and the expected ratio follows from it.
+Builds the small architecture (1024 wide, 24 layers, random weights) with the
+musicgen-small preset's adapters, and times the base model against the adapted one:
 
-    .venv/bin/python benchmarks/overhead.py [--size small] [--seconds 4] [--rounds 3] [--steps 40] [--device cpu]
+- Generation of the same audio length, CFG on. Two copies of the model generate
+  step-locked: each in its own thread, taking turns at every LM step, so both see
+  the same machine state step by step (a slow spell of a shared machine weighs on
+  both), and each is timed over its own turns only (its steps and sampling, its
+  conditioning and decoding at the ends). One copy runs with its adapters disabled
+  (``VidMusician.disable_adapters``: the base layers themselves), and the copies swap
+  roles every round, so that a difference in speed between the two copies' places
+  in memory cancels out. The ratio is the geometric mean of the rounds' ratios.
+- Single streaming LM steps (the unit of generation, CFG batch of 2) of one model,
+  with and without its adapters in back-to-back pairs: the very same weights on
+  both sides, and each pair's own ratio.
+- The same steps with every base layer skipped, which leaves the adapters' own work.
+
+Prints the ratios and the trainable parameter counts of every preset.
+
+    .venv/bin/python benchmarks/overhead.py [--size small] [--seconds 4] [--rounds 4] [--steps 40]
+        [--attn-heads N] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
+import threading
 import time
 
 import torch
@@ -44,43 +52,117 @@ def video_batch(config: AdapterConfig, seconds: float) -> VideoBatch:
                       config.global_fps, config.frame_rate)
 
 
-def timed_generate(musicgen, seconds: float, device) -> float:
-    musicgen.set_generation_params(duration=seconds, use_sampling=True, top_k=250, cfg_coef=3.0)
-    torch.manual_seed(0)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    musicgen.generate([None], return_tokens=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+class TakeTurns:
+    """Runs generations in threads that take turns, one LM step each, and times each one's turns.
+
+    A turn starts when a thread is handed the turn and ends when its model starts its
+    next LM step (a forward pre-hook hands the turn on), so a thread's time is its
+    own steps, sampling and loop; the first turn holds its conditioning, the last its
+    decoding. Only one thread runs at a time.
+    """
+
+    def __init__(self, names: list[str], device: torch.device):
+        self.names = names
+        self.device = device
+        self.cond = threading.Condition()
+        self.turn = names[0]
+        self.done: set[str] = set()
+        self.seconds = dict.fromkeys(names, 0.0)
+        self.since = 0.0
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _pass(self, name: str, finished: bool = False):
+        with self.cond:
+            self.seconds[name] += self._clock() - self.since
+            if finished:
+                self.done.add(name)
+            waiting = [n for n in self.names if n not in self.done]
+            if waiting:
+                i = self.names.index(name)
+                # The next unfinished thread after this one, this one itself if it is alone.
+                self.turn = next(n for n in self.names[i + 1:] + self.names[:i + 1] if n in waiting)
+                self.cond.notify_all()
+            if not finished:
+                self.cond.wait_for(lambda: self.turn == name)
+                self.since = self._clock()
+
+    def run(self, jobs: dict[str, tuple[nn.Module, callable]]):
+        """``jobs``: name -> (the LM whose steps mark turns, a function that generates)."""
+        errors = []
+
+        def worker(name, lm, fn):
+            hook = lm.register_forward_pre_hook(lambda *_: self._pass(name))
+            try:
+                with self.cond:
+                    self.cond.wait_for(lambda: self.turn == name)
+                    self.since = self._clock()
+                fn()
+            except BaseException as e:  # reported by the main thread
+                errors.append(e)
+            finally:
+                hook.remove()
+                self._pass(name, finished=True)
+
+        threads = [threading.Thread(target=worker, args=(name, *jobs[name])) for name in self.names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return self.seconds
 
 
-def timed_steps(base, adapted, steps: int, device) -> tuple[float, float, list[float]]:
-    """One streaming LM step (batch 2: CFG's [cond; uncond]), base and adapted back to back.
+def generate_in_turns(models: dict, seconds: float, first: str, device) -> dict[str, float]:
+    """Generates ``seconds`` of audio with every model, step-locked; returns each one's seconds.
+
+    ``models``: name -> (a MusicGen, a context to generate in).
+    """
+    names = [first] + [n for n in models if n != first]
+    with contextlib.ExitStack() as stack:
+        for musicgen, context in models.values():
+            musicgen.set_generation_params(duration=seconds, use_sampling=True, top_k=250, cfg_coef=3.0)
+            stack.enter_context(context)
+        # The threads share the global random generator; the sampled tokens do not matter here.
+        torch.manual_seed(0)
+        turns = TakeTurns(names, device)
+        return turns.run({name: (m.lm, lambda m=m: m.generate([None], return_tokens=True))
+                          for name, (m, _) in models.items()})
+
+
+def timed_steps(vm, steps: int, device) -> tuple[float, float, list[float]]:
+    """One streaming LM step (batch 2: CFG's [cond; uncond]) of one model, with its adapters
+    and without (disabled), back to back.
 
     Returns the median seconds of each and the pairs' own adapted/base ratios; the
-    order within a pair alternates, so neither side always runs first.
+    order within a pair alternates, so neither side always runs first. Both sides
+    step the same streaming state, as generation does.
     """
     from audiocraft.modules.conditioners import ConditioningAttributes
 
+    lm = vm.lm
     conds = [ConditioningAttributes(text={"description": None})] * 2
-    provider = base.lm.condition_provider
+    provider = lm.condition_provider
     tensors = provider(provider.tokenize(conds))
-    tokens = torch.randint(0, base.lm.card, (2, base.lm.num_codebooks, 1), device=device)
+    tokens = torch.randint(0, lm.card, (2, lm.num_codebooks, 1), device=device)
     times = {"base": [], "adapted": []}
-    with torch.no_grad(), base.lm.streaming(), adapted.lm.streaming():
+    sides = (("base", vm.disable_adapters), ("adapted", contextlib.nullcontext))
+    with torch.no_grad(), lm.streaming():
         for i in range(steps + 2):
-            order = (("base", base.lm), ("adapted", adapted.lm))
-            for name, lm in (order if i % 2 == 0 else order[::-1]):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                lm(tokens, [], condition_tensors=tensors)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if i >= 2:  # the first steps fill caches
-                    times[name].append(time.perf_counter() - start)
+            for name, side in (sides if i % 2 == 0 else sides[::-1]):
+                with side():
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    lm(tokens, [], condition_tensors=tensors)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    if i >= 2:  # the first steps fill caches
+                        times[name].append(time.perf_counter() - start)
     ratios = [a / b for a, b in zip(times["adapted"], times["base"])]
     return statistics.median(times["base"]), statistics.median(times["adapted"]), ratios
 
@@ -97,7 +179,7 @@ def base_layers_skipped(lm):
     """Every base transformer layer returns its input; the adapters around them still run.
 
     The step then costs only the embeddings, the output heads and the adapters, so the
-    difference between an adapted and a base model is the adapters' own work.
+    difference between steps with and without the adapters is the adapters' own work.
     """
     layers = lm.transformer.layers
     saved = [(layer, getattr(layer, "base_layer", None)) for layer in layers]
@@ -125,8 +207,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small", choices=["small", "medium", "large"])
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of audio per generation")
-    parser.add_argument("--rounds", type=int, default=3, help="timed (base, adapted) pairs")
+    parser.add_argument("--rounds", type=int, default=4, help="timed step-locked generations of both")
     parser.add_argument("--steps", type=int, default=40, help="timed streaming LM steps per model")
+    parser.add_argument("--attn-heads", type=int, default=None,
+                        help="cross-attention heads instead of the preset's (the parameter count stays)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -137,39 +221,51 @@ def main():
         print(f"  {name:<16} semantic {c['semantic'] / 1e6:6.2f}M  rhythm {c['rhythm'] / 1e6:6.2f}M  "
               f"total {c['total'] / 1e6:6.2f}M")
 
-    base = random_musicgen(args.size, device=device)
-    adapted = random_musicgen(args.size, device=device)
     config = load_preset(f"musicgen-{args.size}")
-    vm = attach_adapters(adapted, config)
-    vm.set_video(video_batch(config, args.seconds))
+    if args.attn_heads is not None:
+        config = dataclasses.replace(config, attn_heads=args.attn_heads)
+    video = video_batch(config, args.seconds)
+    copies = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the same weights in both copies
+        vm = attach_adapters(random_musicgen(args.size, device=device), config)
+        vm.set_video(video)
+        copies.append(vm)
 
-    timed_generate(base, 0.2, device), timed_generate(adapted, 0.2, device)  # warm-up
+    def roles(i):
+        """Round i: copy i % 2 runs with its adapters, the other one without."""
+        adapted, base = copies[i % 2], copies[1 - i % 2]
+        return {"base": (base.musicgen, base.disable_adapters()),
+                "adapted": (adapted.musicgen, contextlib.nullcontext())}
+
+    generate_in_turns(roles(0), 0.2, "base", device)  # warm-up
     times = {"base": [], "adapted": []}
-    models = {"base": base, "adapted": adapted}
     for i in range(args.rounds):
-        # ABBA order: a slow drift of the machine's speed weighs on both sides alike.
-        for name in (("base", "adapted") if i % 2 == 0 else ("adapted", "base")):
-            times[name].append(timed_generate(models[name], args.seconds, device))
+        seconds = generate_in_turns(roles(i), args.seconds, ("base", "adapted")[i // 2 % 2], device)
+        for name in times:
+            times[name].append(seconds[name])
     b, a = statistics.median(times["base"]), statistics.median(times["adapted"])
     rounds = [x / y for x, y in zip(times["adapted"], times["base"])]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"\n{args.size} architecture, {args.seconds:g} s of audio, CFG on, batch 1, {name}, "
-          f"{args.rounds} interleaved rounds")
+    print(f"\n{args.size} architecture, {config.attn_heads}-head cross-attention, {args.seconds:g} s of audio, "
+          f"CFG on, batch 1, {name}, "
+          f"{args.rounds} rounds, base and adapted step-locked, the two copies swapping roles")
     print(f"  base     median {b:7.2f} s   best {min(times['base']):7.2f} s   ({args.seconds / b:.2f} x real time)")
     print(f"  adapted  median {a:7.2f} s   best {min(times['adapted']):7.2f} s   ({args.seconds / a:.2f} x real time)")
-    print(f"  ratio adapted / base: {statistics.median(rounds):.3f} (median of the rounds' ratios, "
-          f"which ran from {min(rounds):.3f} to {max(rounds):.3f})")
-    sb, sa, pairs = timed_steps(base, adapted, args.steps, device)
-    print(f"\none streaming LM step (CFG batch 2), {args.steps} interleaved pairs")
+    print(f"  ratio adapted / base: {statistics.geometric_mean(rounds):.3f} (geometric mean of the rounds' "
+          f"ratios, which ran from {min(rounds):.3f} to {max(rounds):.3f})")
+    vm = copies[0]
+    sb, sa, pairs = timed_steps(vm, args.steps, device)
+    print(f"\none streaming LM step (CFG batch 2) of one model, with and without adapters, "
+          f"{args.steps} interleaved pairs")
     print(f"  base     median {sb * 1e3:7.1f} ms")
     print(f"  adapted  median {sa * 1e3:7.1f} ms")
     print(f"  ratio adapted / base: {statistics.median(pairs):.3f} (median of the pairs' ratios; {spread(pairs)})")
-    with base_layers_skipped(base.lm), base_layers_skipped(adapted.lm):
-        kb, ka, _ = timed_steps(base, adapted, args.steps, device)
+    with base_layers_skipped(vm.lm):
+        kb, ka, _ = timed_steps(vm, args.steps, device)
     work = ka - kb
-    print(f"\nthe adapters' own work in a step (base layers skipped on both sides, {args.steps} interleaved pairs)")
+    print(f"\nthe adapters' own work in a step (every base layer skipped, {args.steps} interleaved pairs)")
     print(f"  {work * 1e3:.2f} ms per step: {work / sb:.1%} of a base step, so an expected ratio of {1 + work / sb:.3f}")
-
 
 if __name__ == "__main__":
     main()
