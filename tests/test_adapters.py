@@ -396,9 +396,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
         perturb_adapters(vm, scale=0.1)
         vm.set_trainable(["semantic", "rhythm"])
         vm.enable_gradient_checkpointing(checkpointing)
+        calls = []  # a checkpointed base layer runs again in backward
+        base_layer = vm.lm.video_inputs.layers[0].base_layer
+        base_layer.register_forward_pre_hook(lambda *_: calls.append(1))
         codes = codes_for(musicgen)
         out = vm.compute_predictions(codes, random_video_batch(2, [True, True]))
         torch.nn.functional.cross_entropy(out.logits[out.mask], codes[out.mask]).backward()
+        assert len(calls) == (2 if checkpointing else 1)
         grads.append([p.grad.clone() for p in vm.trainable_parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -134,14 +134,11 @@ class VidMusician:
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recomputes the frozen base layers in backward instead of storing activations."""
-        from .inject import AdaptedLayer
-
         # The wrappers checkpoint only their base layer; audiocraft's own
         # per-layer checkpointing would also re-run the adapters.
         self.lm.transformer.checkpointing = "none"
-        for layer in self.lm.transformer.layers:
-            if isinstance(layer, AdaptedLayer):
-                layer.gradient_checkpointing = enabled
+        for layer in self.lm.video_inputs.layers.values():
+            layer.gradient_checkpointing = enabled
 
     @contextlib.contextmanager
     def disable_adapters(self):
