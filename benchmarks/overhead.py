@@ -52,6 +52,13 @@ def video_batch(config: AdapterConfig, seconds: float) -> VideoBatch:
                       config.global_fps, config.frame_rate)
 
 
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class TakeTurns:
     """Runs generations in threads that take turns, one LM step each, and times each one's turns.
 
@@ -70,14 +77,9 @@ class TakeTurns:
         self.seconds = dict.fromkeys(names, 0.0)
         self.since = 0.0
 
-    def _clock(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def _pass(self, name: str, finished: bool = False):
         with self.cond:
-            self.seconds[name] += self._clock() - self.since
+            self.seconds[name] += clock(self.device) - self.since
             if finished:
                 self.done.add(name)
             waiting = [n for n in self.names if n not in self.done]
@@ -88,7 +90,7 @@ class TakeTurns:
                 self.cond.notify_all()
             if not finished:
                 self.cond.wait_for(lambda: self.turn == name)
-                self.since = self._clock()
+                self.since = clock(self.device)
 
     def run(self, jobs: dict[str, tuple[nn.Module, callable]]):
         """``jobs``: name -> (the LM whose steps mark turns, a function that generates)."""
@@ -99,7 +101,7 @@ class TakeTurns:
             try:
                 with self.cond:
                     self.cond.wait_for(lambda: self.turn == name)
-                    self.since = self._clock()
+                    self.since = clock(self.device)
                 fn()
             except BaseException as e:  # reported by the main thread
                 errors.append(e)
@@ -155,14 +157,10 @@ def timed_steps(vm, steps: int, device) -> tuple[float, float, list[float]]:
         for i in range(steps + 2):
             for name, side in (sides if i % 2 == 0 else sides[::-1]):
                 with side():
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
-                    start = time.perf_counter()
+                    start = clock(device)
                     lm(tokens, [], condition_tensors=tensors)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize()
                     if i >= 2:  # the first steps fill caches
-                        times[name].append(time.perf_counter() - start)
+                        times[name].append(clock(device) - start)
     ratios = [a / b for a, b in zip(times["adapted"], times["base"])]
     return statistics.median(times["base"]), statistics.median(times["adapted"]), ratios
 

@@ -153,7 +153,7 @@ def _check_supported(musicgen):
         raise BackboneError(
             f"{musicgen.name}: models that fuse conditions by 'prepend' (e.g. musicgen-melody) shift token "
             f"positions and are not supported yet; use musicgen-small/medium/large")
-    if hasattr(lm, "video_inputs") or any(isinstance(layer, AdaptedLayer) for layer in lm.transformer.layers):
+    if hasattr(lm, "video_inputs"):  # attach_adapters adds it
         raise BackboneError(f"{musicgen.name}: adapters are already attached to this model")
 
 

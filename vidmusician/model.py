@@ -29,7 +29,6 @@ class VidMusician:
         self.config = config
         self.context = context
         self._hook = hook
-        self._adapters_disabled = False
         self.trainable_groups: tuple[str, ...] = ()
         self.generation_params = None  # pipeline.GenerationParams; None: audiocraft's defaults
         self.encoder = None  # VisualEncoder for video files; loaded from config.encoder on first use
@@ -151,11 +150,10 @@ class VidMusician:
         mid-generation. Meant for inference: the adapters' parameters are not part of
         ``lm.parameters()`` inside the block.
         """
-        if self._adapters_disabled:
-            raise ConfigError("the adapters are already disabled (disable_adapters() blocks do not nest)")
         layers = self.lm.transformer.layers
         adapted = self.lm.video_inputs.layers
-        self._adapters_disabled = True
+        if any(layers[i] is not layer for i, layer in adapted.items()):
+            raise ConfigError("the adapters are already disabled (disable_adapters() blocks do not nest)")
         for i, layer in adapted.items():
             layers[i] = layer.base_layer
         try:
@@ -163,7 +161,6 @@ class VidMusician:
         finally:
             for i, layer in adapted.items():
                 layers[i] = layer
-            self._adapters_disabled = False
 
     # -- files ---------------------------------------------------------------
 
