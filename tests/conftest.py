@@ -12,6 +12,10 @@ logging.getLogger("xformers").setLevel(logging.ERROR)
 # other at every small op (several times faster on a 2-core machine).
 torch.set_num_threads(1)
 
+# Device parameter of the tests that also run on a GPU (skipped where there is none).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA device"))]
+
 # Widths of the tiny visual encoder (`load_encoder('tiny')`): CLIP embedding and patch count.
 TINY_GLOBAL_DIM = 32
 TINY_LOCAL_DIM = 16
@@ -46,7 +50,7 @@ def perturb_adapters(vm, scale: float = 0.5, seed: int = 1):
     with torch.no_grad():
         for tensor in vm.adapter_state_dict().values():
             if tensor.is_floating_point():
-                tensor.add_(torch.randn(tensor.shape, generator=g) * scale)
+                tensor.add_(torch.randn(tensor.shape, generator=g).to(tensor.device) * scale)
 
 
 @pytest.fixture

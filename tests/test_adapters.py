@@ -8,7 +8,7 @@ import pytest
 import torch
 from audiocraft.modules.conditioners import ConditioningAttributes
 
-from conftest import perturb_adapters, random_video_batch, tiny_config
+from conftest import DEVICES, perturb_adapters, random_video_batch, tiny_config
 from vidmusician import attach_adapters
 from vidmusician.errors import BackboneError, ConfigError
 
@@ -19,7 +19,8 @@ def null_text(n):
 
 def codes_for(musicgen, batch=2, steps=40, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, musicgen.lm.card, (batch, musicgen.lm.num_codebooks, steps), generator=g)
+    codes = torch.randint(0, musicgen.lm.card, (batch, musicgen.lm.num_codebooks, steps), generator=g)
+    return codes.to(musicgen.device)
 
 
 def logits(lm, codes):
@@ -27,9 +28,10 @@ def logits(lm, codes):
     return out.logits, out.mask
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rank", [None, 4])
-def test_identity_at_init_logits(tiny, rank):
-    base, adapted = tiny(), tiny()
+def test_identity_at_init_logits(tiny, rank, device):
+    base, adapted = tiny(device=device), tiny(device=device)
     vm = attach_adapters(adapted, tiny_config(adapted, rhythm_rank=rank))
     codes = codes_for(base)
     ref, mask = logits(base.lm, codes)
@@ -38,14 +40,16 @@ def test_identity_at_init_logits(tiny, rank):
     assert torch.equal(got[mask], ref[mask])
 
 
-def test_identity_at_init_under_autocast(tiny):
-    """Mixed precision (as audiocraft runs generation on GPUs): the adapters must not
-    round the hidden states to the autocast dtype, in training or in generation."""
-    base, adapted = tiny(), tiny()
+@pytest.mark.parametrize("device", DEVICES)
+def test_identity_at_init_under_autocast(tiny, device):
+    """Mixed precision (as audiocraft runs generation on GPUs, in float16): the adapters
+    must not round the hidden states to the autocast dtype, in training or in generation."""
+    base, adapted = tiny(device=device), tiny(device=device)
     vm = attach_adapters(adapted, tiny_config(adapted))
     codes = codes_for(base, steps=12)
     cond = base.lm.condition_provider(base.lm.condition_provider.tokenize(null_text(2)))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    autocast = torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16)
+    with autocast:
         ref, mask = logits(base.lm, codes)
         ref_streamed = streamed_logits(base.lm, codes, cond)
         with vm.video(random_video_batch(2, [True, True])):
@@ -55,7 +59,7 @@ def test_identity_at_init_under_autocast(tiny):
     assert torch.equal(got_streamed, ref_streamed)
     # Perturbed, the adapters reach the video rows under autocast too, and only them.
     perturb_adapters(vm)
-    with torch.autocast("cpu", dtype=torch.bfloat16), vm.video(random_video_batch(2, [True, False])):
+    with autocast, vm.video(random_video_batch(2, [True, False])):
         got, _ = logits(vm.lm, codes)
         got_streamed = streamed_logits(vm.lm, codes, cond)
     assert not torch.allclose(got[0][mask[0]], ref[0][mask[0]], atol=1e-2)
@@ -63,9 +67,10 @@ def test_identity_at_init_under_autocast(tiny):
     assert torch.equal(got[1][mask[1]], ref[1][mask[1]]) and torch.equal(got_streamed[1], ref_streamed[1])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("present", [[True, False], [False, True, True], [True, False, True]])
-def test_perturbed_adapter_changes_video_rows_only(tiny, present):
-    base, adapted = tiny(), tiny()
+def test_perturbed_adapter_changes_video_rows_only(tiny, present, device):
+    base, adapted = tiny(device=device), tiny(device=device)
     vm = attach_adapters(adapted, tiny_config(adapted))
     perturb_adapters(vm)
     n = len(present)
@@ -108,8 +113,9 @@ def test_each_adapter_group_is_wired(tiny, group):
     assert not torch.allclose(got[mask], ref[mask], atol=1e-3)
 
 
-def test_cfg_batch_gives_null_video_to_the_unconditional_half(tiny):
-    base, adapted = tiny(), tiny()
+@pytest.mark.parametrize("device", DEVICES)
+def test_cfg_batch_gives_null_video_to_the_unconditional_half(tiny, device):
+    base, adapted = tiny(device=device), tiny(device=device)
     vm = attach_adapters(adapted, tiny_config(adapted))
     perturb_adapters(vm)
     codes = codes_for(base, batch=2)
@@ -135,8 +141,10 @@ def generate_tokens(musicgen, n, seed):
     return musicgen.generate([None] * n, return_tokens=True)[1]
 
 
-def test_generate_identity_at_init_and_change_when_perturbed(tiny):
-    base, adapted = tiny(), tiny()
+@pytest.mark.parametrize("device", DEVICES)
+def test_generate_identity_at_init_and_change_when_perturbed(tiny, device):
+    """On a GPU, MusicGen generates under float16 autocast."""
+    base, adapted = tiny(device=device), tiny(device=device)
     vm = attach_adapters(adapted, tiny_config(adapted))
     ref = generate_tokens(base, 2, seed=7)
     with vm.video(random_video_batch(2, [True, True])):
@@ -246,11 +254,12 @@ def streamed_logits(lm, codes, cond, prompt=5, grad=False):
 # one; a chunk of 4 steps makes the cached in-attention states roll over several times.
 @pytest.mark.parametrize("present", [[True, False], [True, True, False], [True, False, True]])
 @pytest.mark.parametrize("frame_offset", [0, 7])
-def test_streaming_equals_full_forward(tiny, monkeypatch, frame_offset, present):
+@pytest.mark.parametrize("device", DEVICES)
+def test_streaming_equals_full_forward(tiny, monkeypatch, device, frame_offset, present):
     import vidmusician.inject
 
     monkeypatch.setattr(vidmusician.inject, "RHYTHM_CHUNK", 4)
-    musicgen = tiny()
+    musicgen = tiny(device=device)
     vm = attach_adapters(musicgen, tiny_config(musicgen))
     perturb_adapters(vm)
     lm = vm.lm
@@ -351,8 +360,9 @@ def test_semantic_cross_attention_matches_reference():
     assert torch.equal(fresh(h, fresh.prepare(memory, key_mask, has_frame)), h)
 
 
-def test_only_adapters_move_in_an_optimizer_step(tiny):
-    musicgen = tiny()
+@pytest.mark.parametrize("device", DEVICES)
+def test_only_adapters_move_in_an_optimizer_step(tiny, device):
+    musicgen = tiny(device=device)
     vm = attach_adapters(musicgen, tiny_config(musicgen))
     perturb_adapters(vm, scale=0.1)
     vm.set_trainable(["semantic", "rhythm"])
