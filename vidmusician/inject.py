@@ -120,26 +120,29 @@ class AdaptedLayer(StreamingModule):
 
     def _adapt(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """``x + r_j``, then ``+ CrossAttn(norm(.), M)``; with ``in_place``, into x when dtypes allow."""
-        ctx = self.context
+        # Submodules read from _modules: this runs for every adapted layer at every
+        # generation step, and each nn.Module attribute lookup costs about a microsecond.
+        modules = self._modules  # a module set to None is not in it
+        semantic, rhythm = modules.get("semantic"), modules.get("rhythm")
         # Adapters keep fp32 weights on a half-precision backbone; autocast still applies.
-        dtype = (self.semantic if self.semantic is not None else self.rhythm).dtype
+        dtype = (semantic if semantic is not None else rhythm).dtype
         h = x if x.dtype == dtype else x.to(dtype)
         in_place = in_place and h is x
-        if self.rhythm is not None:
-            r = ctx.rhythm(self.rhythm_slot)
+        if rhythm is not None:
+            r = self.context.rhythm(self.rhythm_slot)
             h = h.add_(r) if in_place else h + r
-        if self.semantic is not None:
-            h = self.semantic(h, self._semantic_window(), in_place=in_place)
+        if semantic is not None:
+            h = semantic(h, self._semantic_window(semantic), in_place=in_place)
         return h if h.dtype == x.dtype else h.to(x.dtype)
 
-    def _semantic_window(self) -> tuple:
+    def _semantic_window(self, semantic: SemanticCrossAttention) -> tuple:
         # Keys/values of the memory are constant over a window: while streaming
         # they are kept in the streaming state (reset by audiocraft's streaming()).
         ctx = self.context
         state = self._streaming_state
         if self._is_streaming and state.get("window_id") == ctx.window_id:
             return state["semantic"]
-        prepared = self.semantic.prepare(ctx.memory(), *ctx.memory_mask())
+        prepared = semantic.prepare(ctx.memory(), *ctx.memory_mask())
         if self._is_streaming:
             state["window_id"], state["semantic"] = ctx.window_id, prepared
         return prepared

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -53,14 +52,18 @@ class SemanticCrossAttention(nn.Module):
         Out(...)  = sum_h softmax(scores_h) V_h Wo_h^T + b  =  p @ VO      VO_h = V_h Wo_h^T + b / heads: [T, dim]
 
     (``b`` is spread over the heads' values as ``b / heads``: each head's
-    weights sum to 1.) A step then costs a norm, two small batched matmuls and
-    a softmax; in generation the second matmul adds the result into ``h`` in place.
+    weights sum to 1.) The norm's weight ``w`` and bias ``beta`` fold in too: with
+    ``n`` the standardized ``h``, ``norm(h) @ QK^T = n @ (QK diag(w))^T + QK beta``,
+    the second term a per-window score bias. A step then costs a standardization,
+    two small batched matmuls and a softmax; in generation the second matmul
+    adds the result into ``h`` in place.
     """
 
     def __init__(self, dim: int, memory_dim: int, attn_dim: int, heads: int):
         super().__init__()
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
+        self.eps = self.norm.eps  # a plain attribute: read at every generation step
         self.q = nn.Linear(dim, attn_dim, bias=False)
         self.kv = nn.Linear(memory_dim, 2 * attn_dim, bias=False)
         self.out = nn.Linear(attn_dim, dim)
@@ -75,10 +78,11 @@ class SemanticCrossAttention(nn.Module):
         return self.norm.weight.dtype
 
     def prepare(self, memory: torch.Tensor, key_mask: torch.Tensor, has_frame: torch.Tensor) -> tuple:
-        """Per-window attention inputs ``(QK^T [B, dim, H*T], VO [B, H*T, dim], mask bias [B, 1, H*T])``.
+        """Per-window attention inputs ``(QK^T [B, dim, H*T], VO [B, H*T, dim], score bias [B, 1, H*T])``.
 
-        ``QK^T`` is a transposed view of a row-major ``[B, H*T, dim]`` tensor: a step
-        reads both matrices as contiguous rows.
+        ``QK^T`` (norm weight folded in) is a transposed view of a row-major
+        ``[B, H*T, dim]`` tensor: a step reads both matrices as contiguous rows. The
+        score bias holds the norm bias's scores and ``-inf`` at missing frames.
 
         Args:
             memory: [B, T, memory_dim].
@@ -91,13 +95,14 @@ class SemanticCrossAttention(nn.Module):
         k, v = self.kv(memory).view(B, T, 2, H, attn_dim // H).unbind(2)  # [B, T, H, hd] each
         wq = self.q.weight.view(H, -1, dim)  # [H, hd, dim]
         wo = self.out.weight.view(dim, H, -1)  # [dim, H, hd]
-        qk = torch.einsum("hed,bthe->bhtd", wq, k * k.shape[-1] ** -0.5).reshape(B, H * T, dim).contiguous()
+        qk = torch.einsum("hed,bthe->bhtd", wq, k * k.shape[-1] ** -0.5).reshape(B, H * T, dim)
         vo = torch.einsum("bthe,dhe->bhtd", v, wo) + self.out.bias / H
         # Zero values (bias included) for frameless rows: their delta is exactly 0.
         vo = (vo * has_frame.to(vo.dtype)[:, None, None, None]).reshape(B, H * T, dim).contiguous()
         mask_bias = torch.zeros(B, T, dtype=qk.dtype, device=qk.device).masked_fill(~key_mask, float("-inf"))
         mask_bias = mask_bias[:, None, None, :].expand(B, 1, H, T).reshape(B, 1, H * T)
-        return qk.transpose(1, 2), vo, mask_bias
+        score_bias = mask_bias + (qk @ self.norm.bias)[:, None, :]
+        return (qk * self.norm.weight).contiguous().transpose(1, 2), vo, score_bias
 
     def forward(self, h: torch.Tensor, prepared: tuple, in_place: bool = False) -> torch.Tensor:
         """h [B, S, dim], ``prepared`` from :meth:`prepare` -> h + delta.
@@ -105,10 +110,10 @@ class SemanticCrossAttention(nn.Module):
         With ``in_place`` the delta is added into ``h`` itself (only where no
         autograd graph holds ``h``).
         """
-        qk_t, vo, mask_bias = prepared
+        qk_t, vo, score_bias = prepared
         B, S, dim = h.shape
-        norm = self.norm  # called functionally: per step, a module call costs as much as the norm
-        scores = torch.baddbmm(mask_bias, F.layer_norm(h, (dim,), norm.weight, norm.bias, norm.eps), qk_t)
+        # The standardization alone: the norm's affine part is folded into the prepared inputs.
+        scores = torch.baddbmm(score_bias, torch.layer_norm(h, (dim,), None, None, self.eps), qk_t)
         p = scores.view(B, S, self.heads, -1).softmax(dim=-1).view(B, S, -1)  # [B, S, H*T]
         if in_place:
             # Under autocast p may come out in another dtype than h; baddbmm_ needs one.
