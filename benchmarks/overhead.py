@@ -11,6 +11,9 @@ musicgen-small preset's adapters, and times the base model against the adapted o
   (``VidMusician.disable_adapters``: the base layers themselves), and the copies swap
   roles every round, so that a difference in speed between the two copies' places
   in memory cancels out. The ratio is the geometric mean of the rounds' ratios.
+- The LM steps of generations of one model with its adapters on at every other
+  step: the same weights and the same moment of the machine on both sides, each
+  step timed with its sampling.
 - Single streaming LM steps (the unit of generation, CFG batch of 2) of one model,
   with and without its adapters in back-to-back pairs: the very same weights on
   both sides, and each pair's own ratio.
@@ -136,6 +139,41 @@ def generate_in_turns(models: dict, seconds: float, first: str, device) -> dict[
                           for name, (m, _) in models.items()})
 
 
+def generate_toggled(vm, seconds: float, device) -> dict[str, list[float]]:
+    """One generation of one model, its adapters on at every other LM step.
+
+    Each step is timed from the start of its LM forward to the start of the next (the
+    step, its sampling, the loop) and filed under the side it ran on: the very same
+    weights and the same moment of the machine on both sides. The first two steps
+    fill caches and are left out. Returns ``{"base": [...], "adapted": [...]}``.
+    """
+    times = {"base": [], "adapted": []}
+    state = {"since": None, "disabled": None, "steps": 0}
+
+    def toggle(*_):
+        now = clock(device)
+        if state["since"] is not None and state["steps"] > 2:
+            times["base" if state["disabled"] else "adapted"].append(now - state["since"])
+        state["steps"] += 1
+        if state["disabled"] is not None:  # adapters back on
+            state["disabled"].__exit__(None, None, None)
+            state["disabled"] = None
+        elif state["steps"] > 1:  # the first step runs adapted, so streaming starts with them
+            state["disabled"] = vm.disable_adapters()
+            state["disabled"].__enter__()
+        state["since"] = clock(device)
+
+    vm.musicgen.set_generation_params(duration=seconds, use_sampling=True, top_k=250, cfg_coef=3.0)
+    hook = vm.lm.register_forward_pre_hook(toggle)
+    try:
+        vm.musicgen.generate([None], return_tokens=True)
+    finally:
+        hook.remove()
+        if state["disabled"] is not None:
+            state["disabled"].__exit__(None, None, None)
+    return times
+
+
 def timed_steps(vm, steps: int, device) -> tuple[float, float, list[float]]:
     """One streaming LM step (batch 2: CFG's [cond; uncond]) of one model, with its adapters
     and without (disabled), back to back.
@@ -253,8 +291,17 @@ def main():
     print(f"  base     median {b:7.2f} s   best {min(times['base']):7.2f} s   ({args.seconds / b:.2f} x real time)")
     print(f"  adapted  median {a:7.2f} s   best {min(times['adapted']):7.2f} s   ({args.seconds / a:.2f} x real time)")
     print(f"  ratio adapted / base: {statistics.geometric_mean(rounds):.3f} (geometric mean of the rounds' "
-          f"ratios, which ran from {min(rounds):.3f} to {max(rounds):.3f})")
+          f"ratios: {', '.join(f'{r:.3f}' for r in rounds)}; copy 0 adapted in rounds 1, 3, ...)")
     vm = copies[0]
+    toggled = {"base": [], "adapted": []}
+    for _ in range(2):
+        for name, steps in generate_toggled(vm, args.seconds, device).items():
+            toggled[name] += steps
+    print(f"\nthe LM steps of 2 generations of one model, its adapters on at every other step "
+          f"({len(toggled['adapted'])} steps each; a step: forward, sampling, loop)")
+    print(f"  base     median {statistics.median(toggled['base']) * 1e3:7.1f} ms")
+    print(f"  adapted  median {statistics.median(toggled['adapted']) * 1e3:7.1f} ms")
+    print(f"  ratio adapted / base: {sum(toggled['adapted']) / sum(toggled['base']):.3f} (ratio of the sums)")
     sb, sa, pairs = timed_steps(vm, args.steps, device)
     print(f"\none streaming LM step (CFG batch 2) of one model, with and without adapters, "
           f"{args.steps} interleaved pairs")

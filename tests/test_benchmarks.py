@@ -10,6 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import random_video_batch, tiny_config
+from vidmusician import attach_adapters
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -62,3 +65,22 @@ def test_a_failing_generation_is_reported_and_the_other_one_finishes():
     with pytest.raises(RuntimeError, match="generation failed"):
         turns.run({"bad": (bad, fail), "good": (good, lambda: [good() for _ in range(3)])})
     assert log == ["bad", "good", "good", "good"]
+
+
+def test_toggled_generation_runs_adapters_at_every_other_step(tiny):
+    overhead = load_script("overhead")
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    vm.set_video(random_video_batch(1, [True]))
+    layer = vm.lm.video_inputs.layers[0]
+    calls, before_step = [], []
+    layer.register_forward_pre_hook(lambda *_: calls.append(1))
+    vm.lm.register_forward_pre_hook(lambda *_: before_step.append(len(calls)))
+    times = overhead.generate_toggled(vm, 1.0, torch.device("cpu"))
+    per_step = [b - a for a, b in zip(before_step, before_step[1:] + [len(calls)])]
+    assert len(per_step) > 10
+    assert per_step == [1, 0] * (len(per_step) // 2) + [1] * (len(per_step) % 2)
+    # Steps 1 and 2 warm up and the last one has no end mark; the rest alternate sides.
+    assert len(times["base"]) + len(times["adapted"]) == len(per_step) - 3
+    assert abs(len(times["base"]) - len(times["adapted"])) <= 1
+    assert vm.lm.transformer.layers[0] is layer  # the adapters are on again
