@@ -6,12 +6,13 @@
 # files (VIDMUSICIAN_VENV_CACHE, default ~/.cache/vidmusician) and .venv links
 # to it, so a fresh clone with unchanged requirements reuses it in seconds.
 # Any change to requirements/*.txt builds a new one; a half-built one is never
-# reused (the .complete marker is written last).
+# reused (the .complete marker is written last). Every install runs under
+# requirements/constraints.txt, the versions the stack was last tested with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=$(cat requirements/torch.txt requirements/audiocraft.txt requirements/runtime.txt \
-        | sha256sum | cut -c1-16)
+        requirements/constraints.txt | sha256sum | cut -c1-16)
 cache=${VIDMUSICIAN_VENV_CACHE:-$HOME/.cache/vidmusician}
 venv="$cache/venv-$stamp"
 
@@ -25,11 +26,11 @@ else
   pip=("$venv/bin/python" -m pip --disable-pip-version-check)
   "${pip[@]}" install -q --upgrade pip
   # torch first: otherwise a later package pulls a second torch build.
-  "${pip[@]}" install -r requirements/torch.txt
+  "${pip[@]}" install -r requirements/torch.txt -c requirements/constraints.txt
   # audiocraft without its pins (torch==2.1.0, xformers<0.0.23, numpy<2);
   # pip prints a resolver complaint about them and still succeeds.
-  "${pip[@]}" install --no-deps -r requirements/audiocraft.txt
-  "${pip[@]}" install -r requirements/runtime.txt -c requirements/torch.txt
+  "${pip[@]}" install --no-deps -r requirements/audiocraft.txt -c requirements/constraints.txt
+  "${pip[@]}" install -r requirements/runtime.txt -c requirements/torch.txt -c requirements/constraints.txt
   touch "$venv/.complete"
 fi
 
