@@ -55,6 +55,10 @@ def video_batch(config: AdapterConfig, seconds: float) -> VideoBatch:
                       config.global_fps, config.frame_rate)
 
 
+# Generation settings of every timed generation: sampling as MusicGen's defaults, CFG on.
+GENERATION = dict(use_sampling=True, top_k=250, cfg_coef=3.0)
+
+
 def clock(device: torch.device) -> float:
     """``time.perf_counter()`` once the device's queued work is done."""
     if device.type == "cuda":
@@ -130,7 +134,7 @@ def generate_in_turns(models: dict, seconds: float, first: str, device) -> dict[
     names = [first] + [n for n in models if n != first]
     with contextlib.ExitStack() as stack:
         for musicgen, context in models.values():
-            musicgen.set_generation_params(duration=seconds, use_sampling=True, top_k=250, cfg_coef=3.0)
+            musicgen.set_generation_params(duration=seconds, **GENERATION)
             stack.enter_context(context)
         # The threads share the global random generator; the sampled tokens do not matter here.
         torch.manual_seed(0)
@@ -148,29 +152,28 @@ def generate_toggled(vm, seconds: float, device) -> dict[str, list[float]]:
     fill caches and are left out. Returns ``{"base": [...], "adapted": [...]}``.
     """
     times = {"base": [], "adapted": []}
-    state = {"since": None, "disabled": None, "steps": 0}
+    state = {"step": 0, "since": 0.0}
+    disabled = contextlib.ExitStack()
 
     def toggle(*_):
         now = clock(device)
-        if state["since"] is not None and state["steps"] > 2:
-            times["base" if state["disabled"] else "adapted"].append(now - state["since"])
-        state["steps"] += 1
-        if state["disabled"] is not None:  # adapters back on
-            state["disabled"].__exit__(None, None, None)
-            state["disabled"] = None
-        elif state["steps"] > 1:  # the first step runs adapted, so streaming starts with them
-            state["disabled"] = vm.disable_adapters()
-            state["disabled"].__enter__()
+        step = state["step"]  # the step that just ended: odd steps ran adapted
+        if step > 2:
+            times["adapted" if step % 2 else "base"].append(now - state["since"])
+        state["step"] = step + 1
+        if (step + 1) % 2:  # the first step runs adapted, so streaming starts with the adapters
+            disabled.close()
+        else:
+            disabled.enter_context(vm.disable_adapters())
         state["since"] = clock(device)
 
-    vm.musicgen.set_generation_params(duration=seconds, use_sampling=True, top_k=250, cfg_coef=3.0)
+    vm.musicgen.set_generation_params(duration=seconds, **GENERATION)
     hook = vm.lm.register_forward_pre_hook(toggle)
     try:
         vm.musicgen.generate([None], return_tokens=True)
     finally:
         hook.remove()
-        if state["disabled"] is not None:
-            state["disabled"].__exit__(None, None, None)
+        disabled.close()
     return times
 
 

@@ -63,7 +63,6 @@ class SemanticCrossAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
-        self.eps = self.norm.eps  # a plain attribute: read at every generation step
         self.q = nn.Linear(dim, attn_dim, bias=False)
         self.kv = nn.Linear(memory_dim, 2 * attn_dim, bias=False)
         self.out = nn.Linear(attn_dim, dim)
@@ -113,7 +112,7 @@ class SemanticCrossAttention(nn.Module):
         qk_t, vo, score_bias = prepared
         B, S, dim = h.shape
         # The standardization alone: the norm's affine part is folded into the prepared inputs.
-        scores = torch.baddbmm(score_bias, torch.layer_norm(h, (dim,), None, None, self.eps), qk_t)
+        scores = torch.baddbmm(score_bias, torch.layer_norm(h, (dim,), None, None, self.norm.eps), qk_t)
         p = scores.view(B, S, self.heads, -1).softmax(dim=-1).view(B, S, -1)  # [B, S, H*T]
         if in_place:
             # Under autocast p may come out in another dtype than h; baddbmm_ needs one.
