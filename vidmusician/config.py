@@ -82,11 +82,20 @@ class AdapterConfig:
 
     @classmethod
     def for_backbone(cls, musicgen, **overrides) -> "AdapterConfig":
-        """A config sized to a loaded MusicGen (width, depth, frame rate)."""
+        """A config sized to a loaded MusicGen, starting from its shipped preset.
+
+        The preset is found by the backbone's name, else by its LM architecture
+        (width and depth), so a fine-tuned export gets its base model's adapter
+        sizes; without one the class defaults apply. Width, depth and frame rate
+        always come from the backbone; ``overrides`` go on top of everything.
+        """
         from .backbones import backbone_spec
 
         spec = backbone_spec(musicgen)
-        base = dict(backbone=spec.name, dim=spec.dim, num_layers=spec.num_layers, frame_rate=spec.frame_rate)
+        preset = preset_for(spec.name, spec.dim, spec.num_layers)
+        base = preset.to_dict() if preset is not None else {}
+        base.pop("version", None)  # the writer's version, not the preset's
+        base.update(backbone=spec.name, dim=spec.dim, num_layers=spec.num_layers, frame_rate=spec.frame_rate)
         base.update(overrides)
         return cls(**base)
 
@@ -132,11 +141,24 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> AdapterConfig:
-    """Loads a shipped preset by name ('musicgen-small', 'musicgen-medium', 'musicgen-large')."""
+    """Loads a shipped preset by name ('musicgen-small', 'musicgen-stereo-medium', ...)."""
     path = PRESET_DIR / f"{name.removeprefix('facebook/')}.json"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
     return AdapterConfig.load(path)
+
+
+def preset_for(backbone: str, dim: int, num_layers: int) -> AdapterConfig | None:
+    """The preset of a backbone: the one named after it, else the mono preset of the
+    same LM architecture (a fine-tuned export keeps its base model's shape), else None."""
+    named = PRESET_DIR / f"{backbone.removeprefix('facebook/')}.json"
+    if backbone.startswith("facebook/") and named.is_file():
+        return AdapterConfig.load(named)
+    for name in preset_names():
+        preset = load_preset(name)
+        if "stereo" not in name and (preset.dim, preset.num_layers) == (dim, num_layers):
+            return preset
+    return None
 
 
 def _version() -> str:

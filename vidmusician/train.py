@@ -199,14 +199,37 @@ def holdout_loss(objective: Objective, dataset, accelerator, batch_size: int, ma
     return float((sums / counts.clamp(min=1)).mean())
 
 
+def use_training_precision(musicgen) -> None:
+    """Holds the frozen LM in float32 for training, whatever the loader chose.
+
+    audiocraft's loader puts the LM in float16 on any non-CPU device, which suits
+    generation. Training back-propagates through the whole frozen stack to reach
+    the adapters of the early layers: float16 weights would round every gradient
+    path and ignore ``--mixed-precision``. So the weights are float32 (as the
+    adapters are) and Accelerate's autocast picks the compute precision: bf16 or
+    fp16 matmuls with ``--mixed-precision bf16|fp16``, float32 with ``no``.
+    Generation keeps audiocraft's float16 backbone on GPU.
+    """
+    musicgen.lm.float()
+
+
+def fresh_config(musicgen, meta: DatasetMeta, recipe: Recipe):
+    """The config of fresh adapters: the backbone's preset, the dataset's encoder, the recipe's overrides."""
+    from .config import AdapterConfig
+
+    return AdapterConfig.for_backbone(
+        musicgen, encoder=meta.encoder, global_dim=meta.global_dim, local_dim=meta.local_dim,
+        global_fps=meta.global_fps, local_fps=meta.local_fps, **recipe.adapter)
+
+
 def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups."""
     from .backbones import backbone_spec, load_backbone
-    from .config import AdapterConfig
     from .inject import attach_adapters
     from .model import VidMusician
 
     musicgen = load_backbone(args.backbone or meta.backbone, device=device)
+    use_training_precision(musicgen)
     spec = backbone_spec(musicgen)
     diffs = [f"{k} {getattr(meta, k)} vs {getattr(spec, k)}" for k in ("frame_rate", "n_q", "card", "sample_rate")
              if getattr(meta, k) != getattr(spec, k)]
@@ -217,10 +240,7 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     if init:
         vm = VidMusician.from_pretrained(init, backbone=musicgen)
     else:
-        config = AdapterConfig.for_backbone(
-            musicgen, encoder=meta.encoder, global_dim=meta.global_dim, local_dim=meta.local_dim,
-            global_fps=meta.global_fps, local_fps=meta.local_fps, **recipe.adapter)
-        vm = attach_adapters(musicgen, config)
+        vm = attach_adapters(musicgen, fresh_config(musicgen, meta, recipe))
     c = vm.config
     if (c.encoder, c.global_dim, c.local_dim) != (meta.encoder, meta.global_dim, meta.local_dim):
         raise DataError(f"{args.data}: features from encoder {meta.encoder!r} ({meta.global_dim}/{meta.local_dim}-d), "

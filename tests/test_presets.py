@@ -1,0 +1,138 @@
+"""What training builds is what the presets promise; the training dtype policy.
+
+The real architectures are built on the meta device (no memory, no weights) by
+audiocraft's own builder, so the counts are those of the real models at no cost.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from vidmusician.config import AdapterConfig, load_preset, preset_names
+from vidmusician.dataset import DatasetMeta
+from vidmusician.inject import attach_adapters, count_adapter_parameters
+from vidmusician.train import Recipe, build_model, fresh_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SIZES = ("small", "medium", "large")
+
+
+def meta_backbone(name: str, size: str):
+    """A MusicGen of a real LM architecture on the meta device, with the real codec's rates."""
+    from audiocraft.models import builders
+
+    from vidmusician.backbones import ARCHITECTURES, lm_config
+
+    with torch.device("meta"):
+        lm = builders.get_lm_model(lm_config(**ARCHITECTURES[size], card=2048, device="meta")).eval()
+    codec = types.SimpleNamespace(frame_rate=50, sample_rate=32000, channels=1)
+    return types.SimpleNamespace(name=name, lm=lm, compression_model=codec)
+
+
+def dataset_meta(**fields) -> DatasetMeta:
+    values = dict(backbone="tiny", sample_rate=32000, channels=1, frame_rate=25.0, n_q=4, card=400,
+                  encoder="tiny", global_dim=32, local_dim=16, global_fps=1.0, local_fps=25.0, window=4.0, hop=4.0)
+    values.update(fields)
+    return DatasetMeta(**values)
+
+
+def without_version(config: AdapterConfig) -> dict:
+    data = config.to_dict()
+    data.pop("version")
+    return data
+
+
+@pytest.fixture(scope="module")
+def medium_and_large():
+    return {size: meta_backbone(f"facebook/musicgen-{size}", size) for size in ("medium", "large")}
+
+
+@pytest.mark.parametrize("size", ["medium", "large"])
+def test_fresh_training_adapter_is_the_preset(medium_and_large, size):
+    musicgen = medium_and_large[size]
+    meta = dataset_meta(backbone=musicgen.name, frame_rate=50.0, n_q=4, card=2048, encoder="ViT-B-32:openai",
+                        global_dim=512, local_dim=49, window=30.0, hop=30.0)
+    config = fresh_config(musicgen, meta, Recipe(stage=1))
+    preset = load_preset(f"musicgen-{size}")
+    assert without_version(config) == without_version(preset)
+    vm = attach_adapters(musicgen, config)
+    counts = vm.parameter_counts()
+    expected = count_adapter_parameters(preset)
+    assert (counts["semantic"], counts["rhythm"], counts["adapters"]) == (
+        expected["semantic"], expected["rhythm"], expected["total"])
+    # The paper's whole adapter is 24.79M for medium.
+    assert size != "medium" or expected["total"] <= 24.79e6
+
+
+def test_recipe_overrides_go_on_top_of_the_preset(medium_and_large):
+    musicgen = medium_and_large["medium"]
+    config = fresh_config(musicgen, dataset_meta(), Recipe(adapter={"attn_dim": 128, "rhythm_rank": 16}))
+    assert (config.attn_dim, config.rhythm_rank, config.attn_heads) == (128, 16, 4)
+    assert (config.encoder, config.global_dim, config.local_dim) == ("tiny", 32, 16)  # the dataset's encoder
+
+
+def test_a_fine_tuned_export_gets_its_architectures_preset(medium_and_large):
+    lm = medium_and_large["medium"].lm
+    finetune = types.SimpleNamespace(name="someone/musicgen-finetune", lm=lm,
+                                     compression_model=medium_and_large["medium"].compression_model)
+    config = AdapterConfig.for_backbone(finetune)
+    assert config.backbone == "someone/musicgen-finetune"
+    assert without_version(config) == dict(without_version(load_preset("musicgen-medium")),
+                                           backbone="someone/musicgen-finetune")
+
+
+def test_a_backbone_without_a_preset_gets_the_defaults(tiny):
+    config = AdapterConfig.for_backbone(tiny())
+    assert (config.dim, config.attn_dim) == (32, AdapterConfig.attn_dim)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_stereo_presets_are_the_mono_ones_for_the_stereo_backbone(size):
+    stereo, mono = load_preset(f"musicgen-stereo-{size}"), load_preset(f"facebook/musicgen-{size}")
+    assert stereo.backbone == f"facebook/musicgen-stereo-{size}"
+    assert dict(without_version(stereo), backbone=mono.backbone) == without_version(mono)
+    spec = meta_backbone(stereo.backbone, "small") if size == "small" else None
+    if spec is not None:  # found by name, not by architecture (which would give the mono preset)
+        assert AdapterConfig.for_backbone(spec).backbone == stereo.backbone
+
+
+def test_readme_table_matches_the_presets():
+    rows = dict(re.findall(r"^\| (musicgen-[\w-]+) \| (.+) \|$", README.read_text(), re.M))
+    assert set(rows) == set(preset_names())
+    for name, cells in rows.items():
+        counts = count_adapter_parameters(load_preset(name))
+        shown = [float(m) for m in re.findall(r"([\d.]+)M", cells)[:3]]
+        assert shown == [round(counts[g] / 1e6, 2) for g in ("semantic", "rhythm", "total")], name
+
+
+def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch):
+    """audiocraft's loader returns a float16 LM on GPU; training must not back-propagate through it."""
+    import vidmusician.backbones as backbones
+    from conftest import random_video_batch
+
+    from vidmusician.train import Objective
+
+    def half_precision_loader(name, device=None):
+        musicgen = tiny()
+        musicgen.lm.half()  # what audiocraft's loader does on any non-CPU device
+        return musicgen
+
+    monkeypatch.setattr(backbones, "load_backbone", half_precision_loader)
+    args = types.SimpleNamespace(backbone="tiny", init=None, data="data")
+    recipe = Recipe(stage=2, adapter={"memory_dim": 32, "attn_dim": 16, "attn_heads": 2}, gradient_checkpointing=False)
+    vm = build_model(args, recipe, dataset_meta(), "cpu")
+    assert {p.dtype for p in vm.lm.parameters()} == {torch.float32}
+
+    # One step under bf16 autocast (what --mixed-precision bf16 runs): fp32 gradients on every adapter.
+    codes = torch.randint(0, 400, (2, 4, 50), generator=torch.Generator().manual_seed(0))
+    videos = random_video_batch(2, [True, True], num_frames=50)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sums, counts = Objective(vm)(codes, torch.ones(2, 50, dtype=torch.bool), videos, [None, None])
+    (sums / counts).mean().backward()
+    grads = [p.grad for p in vm.trainable_parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
