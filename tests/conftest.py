@@ -25,7 +25,7 @@ def tiny_config(musicgen, **overrides):
     from vidmusician.config import AdapterConfig
 
     kwargs = dict(global_dim=TINY_GLOBAL_DIM, local_dim=TINY_LOCAL_DIM, memory_dim=32, attn_dim=16,
-                  attn_heads=2, encoder="tiny")
+                  attn_heads=2, encoder="tiny", rhythm_rank=8)
     kwargs.update(overrides)
     return AdapterConfig.for_backbone(musicgen, **kwargs)
 

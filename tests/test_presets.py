@@ -136,3 +136,36 @@ def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch
     (sums / counts).mean().backward()
     grads = [p.grad for p in vm.trainable_parameters()]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_a_schedule_that_never_reaches_its_learning_rate_warns(tmp_path, capsys):
+    from vidmusician.train import lr_factor, main, schedule_warning
+
+    assert schedule_warning(Recipe(max_steps=20, warmup_steps=2)) is None
+    assert lr_factor(2, Recipe(max_steps=20, warmup_steps=2)) == pytest.approx(1.0)
+    message = schedule_warning(Recipe(max_steps=20, warmup_steps=500, lr=1e-4))
+    assert "warmup_steps 500 >= max_steps 20" in message and "peaks at 4e-06" in message
+    # The trainer says it before anything else (here the missing dataset then stops it).
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"stage": 1, "max_steps": 20}')
+    assert main(["--recipe", str(recipe), "--data", str(tmp_path / "none"), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "warning: warmup_steps 500 >= max_steps 20" in err and len(err.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("rank, dim, ok", [(15, 32, True), (16, 32, False), (64, 32, False), (64, 1024, True)])
+def test_a_rhythm_rank_that_is_not_low_rank_is_refused(rank, dim, ok):
+    from vidmusician.errors import ConfigError
+
+    if ok:
+        AdapterConfig(dim=dim, num_layers=4, rhythm_rank=rank)
+    else:
+        with pytest.raises(ConfigError, match=f"rhythm_rank {rank} is not low rank for width {dim}"):
+            AdapterConfig(dim=dim, num_layers=4, rhythm_rank=rank)
+    # A full-width identity linear is always allowed, and is what a narrow backbone gets by default.
+    AdapterConfig(dim=dim, num_layers=4, rhythm_rank=None)
+
+
+def test_a_narrow_backbone_defaults_to_a_full_width_rhythm_linear(tiny):
+    assert AdapterConfig.for_backbone(tiny()).rhythm_rank is None
+    assert AdapterConfig.for_backbone(tiny(), rhythm_rank=4).rhythm_rank == 4

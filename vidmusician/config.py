@@ -79,6 +79,10 @@ class AdapterConfig:
             raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
         if self.rhythm_rank is not None and self.rhythm_rank <= 0:
             raise ConfigError(f"rhythm_rank must be positive or null, got {self.rhythm_rank}")
+        if self.rhythm_rank is not None and not low_rank_is_smaller(self.rhythm_rank, self.dim):
+            # x + up(down(x)) has 2 * rank * dim weights: from rank dim/2 on, more than a full linear.
+            raise ConfigError(f"rhythm_rank {self.rhythm_rank} is not low rank for width {self.dim} "
+                              f"(use a rank below {self.dim // 2 + self.dim % 2}, or null for a full-width linear)")
 
     @classmethod
     def for_backbone(cls, musicgen, **overrides) -> "AdapterConfig":
@@ -96,6 +100,10 @@ class AdapterConfig:
         base = preset.to_dict() if preset is not None else {}
         base.pop("version", None)  # the writer's version, not the preset's
         base.update(backbone=spec.name, dim=spec.dim, num_layers=spec.num_layers, frame_rate=spec.frame_rate)
+        if preset is None and not low_rank_is_smaller(cls.rhythm_rank, spec.dim):
+            # A narrow backbone (the tiny test model): the default rank would not be low
+            # rank there, and a full-width linear is the smaller choice.
+            base["rhythm_rank"] = None
         base.update(overrides)
         return cls(**base)
 
@@ -134,6 +142,11 @@ class AdapterConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object")
         return cls.from_dict(data, source=str(path))
+
+
+def low_rank_is_smaller(rank: int, dim: int) -> bool:
+    """Whether an identity + rank-``rank`` update has fewer weights than a full ``dim x dim`` linear."""
+    return 2 * rank < dim
 
 
 def preset_names() -> list[str]:

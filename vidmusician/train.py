@@ -109,6 +109,16 @@ class Recipe:
         return cls(**data)
 
 
+def schedule_warning(r: Recipe) -> str | None:
+    """Why a recipe's schedule never reaches its learning rate, or None when it does."""
+    if r.warmup_steps < r.max_steps:
+        return None
+    peak = r.lr * lr_factor(r.max_steps - 1, r)
+    return (f"warmup_steps {r.warmup_steps} >= max_steps {r.max_steps}: the learning rate peaks at {peak:.2g}, "
+            f"never reaching lr {r.lr:g}; set warmup_steps below max_steps (e.g. --set warmup_steps="
+            f"{max(1, r.max_steps // 10)})")
+
+
 def lr_factor(step: int, r: Recipe) -> float:
     """Learning-rate multiplier after ``step`` optimizer steps: linear warmup, then cosine to min_lr."""
     if step < r.warmup_steps:
@@ -282,6 +292,8 @@ def train(args) -> Path:
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=recipe.grad_accum,
                               cpu=cpu)
+    if accelerator.is_main_process and schedule_warning(recipe):
+        print(f"vidmusician.train: warning: {schedule_warning(recipe)}", file=sys.stderr)
     resume_from = latest_checkpoint(out)
     if resume_from is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
