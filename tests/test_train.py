@@ -67,6 +67,27 @@ def flash_data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def mixed_data(flash_data, tmp_path_factory):
+    """flash_data with every third window cut to 2 s: windows of two lengths, as short clips give."""
+    from vidmusician.dataset import PreparedDataset
+    from vidmusician.prepare import slice_features
+
+    root = tmp_path_factory.mktemp("mixed") / "data"
+    root.mkdir()
+    DatasetMeta.load(flash_data).save(root)
+    writer = ShardWriter(root)
+    for split in ("train", "holdout"):
+        dataset = PreparedDataset(flash_data, split)
+        for i, (row, ex) in enumerate(zip(dataset.rows, dataset)):
+            codes, feats = ex.codes, ex.features
+            if i % 3 == 0:
+                codes, feats = codes[:, :FRAMES // 2], slice_features(feats, 0.0, SECONDS / 2)
+            writer.add({"source": row["source"], "split": split, "text": None}, [(0.0, codes, feats)])
+    writer.flush()
+    return root
+
+
 def recipe(tmp_path, **fields) -> Path:
     data = dict(stage=2, trainable=["semantic", "rhythm"], adapter=dict(TINY_ADAPTER, rhythm_rank=None),
                 batch_size=2, max_steps=6, lr=0.01, min_lr=0.001, warmup_steps=2, weight_decay=0.0,
@@ -134,23 +155,62 @@ def test_it_learns_where_the_video_flashes(flash_data, tmp_path):
 # ---- two processes ---------------------------------------------------------------------------
 
 
-def test_two_processes_give_the_adapter_of_one(flash_data, tmp_path):
-    """Global batch 4 both ways: 1 process x 2 windows x 2 accumulation = 2 processes x 1 x 2."""
+def test_two_processes_give_the_adapter_of_one(mixed_data, tmp_path):
+    """Global batch 4 three ways, on windows of two lengths: 1 process x 2 windows x 2 accumulation
+    = 2 processes x 1 x 2 = 1 process x 1 x 4. The loss is the mean over the global batch's tokens."""
     r = recipe(tmp_path, grad_accum=2, max_steps=6, eval_every=3)
     one = tmp_path / "one"
-    ok(run(["--recipe", r, "--data", flash_data, "--output", one, "--set", "batch_size=2"]))
+    ok(run(["--recipe", r, "--data", mixed_data, "--output", one, "--set", "batch_size=2"]))
     two = tmp_path / "two"
     launcher = [str(REPO / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "vidmusician.train"]
-    proc = ok(run(["--recipe", r, "--data", flash_data, "--output", two, "--set", "batch_size=1"], launcher=launcher))
+    proc = ok(run(["--recipe", r, "--data", mixed_data, "--output", two, "--set", "batch_size=1"], launcher=launcher))
     assert "global batch 4" in proc.stdout  # really two processes of one window each
-    a, b = adapter(one), adapter(two)
-    assert max_diff(a, b) < 1e-4
+    accumulated = tmp_path / "accumulated"
+    ok(run(["--recipe", r, "--data", mixed_data, "--output", accumulated, "--set", "batch_size=1",
+            "--set", "grad_accum=4"]))
+    a, b, c = adapter(one), adapter(two), adapter(accumulated)
+    assert max_diff(a, b) < 1e-4 and max_diff(a, c) < 1e-4
     moved = a["video_inputs.rhythm_in.proj.weight"].abs().max().item()  # zero at init
     assert moved > 100 * 1e-4
+    losses = [[r["loss"] for r in log_rows(run_dir) if "loss" in r] for run_dir in (one, two, accumulated)]
+    assert all(abs(x - y) < 1e-5 for x, y in zip(losses[0], losses[1])) and losses[0] == pytest.approx(losses[2])
     holdout = [(x["holdout_loss"], y["holdout_loss"]) for x, y in zip(log_rows(one), log_rows(two)) if "holdout_loss" in x]
     assert len(holdout) == 2 and all(abs(x - y) < 1e-4 for x, y in holdout)
+
+
+def test_a_window_has_the_same_loss_alone_and_padded_in_a_batch(tiny):
+    """The delay pattern's last steps of a short window must not be predicted from padding."""
+    import dataclasses
+
+    from conftest import perturb_adapters, random_video_batch, tiny_config
+
+    from vidmusician.inject import attach_adapters
+    from vidmusician.train import Objective, loss_mask
+
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    perturb_adapters(vm)  # the video matters, so a mix-up of rows would show
+    objective = Objective(vm)
+    codes = torch.randint(0, 400, (2, 4, 60), generator=torch.Generator().manual_seed(0))
+    valid = torch.ones(2, 60, dtype=torch.bool)
+    valid[1, 40:] = False  # sample 1 is a 40-frame window padded to 60
+    videos = random_video_batch(2, [True, True], num_frames=60)
+
+    def sample(i, frames):
+        return dataclasses.replace(videos, global_feats=videos.global_feats[i:i + 1],
+                                   global_mask=videos.global_mask[i:i + 1], local=videos.local[i:i + 1, :frames],
+                                   present=videos.present[i:i + 1])
+
+    with torch.no_grad():
+        padded, counts = objective(codes, valid, videos, [None, None])
+        first = objective(codes[:1], valid[:1], sample(0, 60), [None])
+        second = objective(codes[1:, :, :40], valid[1:, :40], sample(1, 40), [None])
+    torch.testing.assert_close(padded, first[0] + second[0], rtol=1e-5, atol=1e-4)
+    assert torch.equal(counts, first[1] + second[1])
+    assert counts.tolist() == [100, 98, 96, 94]  # 60 + 40 frames, less each window's own delays
+    assert torch.equal(loss_mask(vm.lm, valid).sum(dim=(0, 2)), counts)
 
 
 # ---- resume ----------------------------------------------------------------------------------
@@ -285,3 +345,60 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown recipe keys"):
         Recipe.load(path, ["max_step=7"])
+
+
+# ---- resume: the RNG and damaged checkpoints -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_run(flash_data, tmp_path_factory):
+    """A 4-step run in this process with checkpoints at steps 2 and 4, and the RNG state it ended with."""
+    tmp = tmp_path_factory.mktemp("short")
+    r = recipe(tmp, max_steps=4, save_every=2, keep_checkpoints=3, eval_every=1000)
+    out = tmp / "run"
+    args = ["--recipe", str(r), "--data", str(flash_data), "--backbone", "tiny"]
+    assert main(args + ["--output", str(out)]) == 0
+    return args, out, torch.get_rng_state()
+
+
+def rewound(run_dir: Path, to: Path) -> Path:
+    """A copy of a run as if it had stopped after its step-2 checkpoint."""
+    import shutil
+
+    shutil.copytree(run_dir, to)
+    shutil.rmtree(to / "adapter")
+    (to / "checkpoints" / "latest").write_text("step-00000002\n")
+    return to
+
+
+def test_resume_restores_the_rng_where_it_is_next_used(short_run, tmp_path):
+    """After a resume the RNG runs on exactly as in the uninterrupted run (dropout or augmentation
+    would see the same numbers): here, the state both runs end with."""
+    args, straight, end_state = short_run
+    import shutil
+
+    out = rewound(straight, tmp_path / "run")
+    shutil.rmtree(out / "checkpoints" / "step-00000004")
+    assert main(args + ["--output", str(out), "--resume"]) == 0
+    assert torch.equal(torch.get_rng_state(), end_state)
+    assert max_diff(adapter(straight), adapter(out)) < 1e-6
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(short_run, tmp_path, capsys):
+    args, straight, _ = short_run
+    out = rewound(straight, tmp_path / "run")
+    (out / "checkpoints" / "latest").write_text("step-00000004\n")
+    newest = out / "checkpoints" / "step-00000004" / "optimizer.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a full disk cut it short
+    capsys.readouterr()
+    assert main(args + ["--output", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"{newest.parent}: damaged checkpoint" in err and "resuming from step-00000002" in err
+    assert max_diff(adapter(straight), adapter(out)) < 1e-6  # steps 3-4 redone exactly
+
+    # Nothing readable left: a clear error, never a silent start from scratch.
+    (out / "checkpoints" / "step-00000002" / "adapter_model.safetensors").write_bytes(b"garbage")
+    (out / "checkpoints" / "step-00000004" / "trainer_state.json").write_text("{")
+    assert main(args + ["--output", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "no complete checkpoint to resume from" in err and "delete" in err and "Traceback" not in err

@@ -34,7 +34,7 @@ from torch import nn
 
 from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
 from .errors import ConfigError, DataError, VidMusicianError
-from .train_state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
 
 
 @dataclass
@@ -142,6 +142,30 @@ def codebook_losses(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tenso
     return torch.stack(sums), torch.stack(counts)
 
 
+def loss_mask(lm, valid: torch.Tensor) -> torch.Tensor:
+    """[B, K, T]: the positions the loss counts, each window masked at its own length.
+
+    audiocraft's delay pattern leaves the last ``delay_k`` steps of codebook k
+    undefined; in a batch padded to a longer window those steps would be
+    predicted from the padding. Masking every window by its own length's pattern
+    makes a window's loss the same alone or padded in any batch.
+    """
+    B, T = valid.shape
+    K = lm.num_codebooks
+    lengths = valid.sum(dim=1).tolist()
+    mask = torch.zeros(B, K, T, dtype=torch.bool, device=valid.device)
+    for length in set(lengths):
+        if length == 0:
+            continue
+        pattern = lm.pattern_provider.get_pattern(length)
+        codes = torch.zeros(1, K, length, dtype=torch.long)
+        steps = pattern.build_pattern_sequence(codes, lm.special_token_id, keep_only_valid_steps=True)[0].shape[-1]
+        own = pattern.revert_pattern_logits(torch.zeros(1, 1, K, steps), float("nan"), keep_only_valid_steps=True)[2]
+        rows = [i for i, n in enumerate(lengths) if n == length]
+        mask[rows, :, :length] = own.to(valid.device)
+    return mask
+
+
 class Objective(nn.Module):
     """The training forward as one module, so DDP sees (and syncs) the whole step."""
 
@@ -155,7 +179,7 @@ class Objective(nn.Module):
 
         conditions = [ConditioningAttributes(text={"description": t}) for t in texts]
         out = self.vm.compute_predictions(codes, videos, conditions)
-        return codebook_losses(out.logits, codes, out.mask & valid[:, None, :])
+        return codebook_losses(out.logits, codes, out.mask & loss_mask(self.lm, valid))
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -314,8 +338,9 @@ def train(args) -> Path:
 
     state = TrainState()
     if resume_from is not None:
-        state = load_checkpoint(resume_from, vm, optimizer, scheduler, accelerator)
-        accelerator.print(f"resumed from {resume_from} at step {state.step}")
+        state = resume(out, vm, optimizer, scheduler, accelerator,
+                       say=lambda line: accelerator.is_main_process and print(line, file=sys.stderr))
+        accelerator.print(f"resumed at step {state.step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, sort_keys=True) + "\n")
@@ -340,28 +365,35 @@ def train(args) -> Path:
                            recipe.seed, start=state.step * recipe.grad_accum)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=Collate(meta.frame_rate),
                                          num_workers=recipe.num_workers)
-    batches = iter(loader)
+    batches = iter(loader)  # draws a seed from the RNG: restore the checkpoint's state after it
+    restore_rng(state)
     accelerator.print(f"training {len(train_set)} windows, global batch {sampler.global_batch * recipe.grad_accum}, "
                       f"steps {state.step} -> {recipe.max_steps}")
     t0, logged = time.time(), state.step
+    # backward() divides by grad_accum and DDP averages over processes: undo both, so
+    # that each micro-batch's share of the global mean reaches the gradient whole.
+    share = recipe.grad_accum * accelerator.num_processes
     while state.step < recipe.max_steps:
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for _ in range(recipe.grad_accum):
-            batch = next(batches).to(accelerator.device)
-            # accumulate(): no DDP gradient sync until the last micro-batch; backward scales by 1/grad_accum.
+        micro = [next(batches).to(accelerator.device) for _ in range(recipe.grad_accum)]
+        # The step's loss is the mean over every valid token of the global batch (per
+        # codebook), however the batch is split over processes and micro-batches.
+        counts = sum(loss_mask(vm.lm, b.valid).sum(dim=(0, 2)) for b in micro).float()
+        tokens = accelerator.reduce(counts, "sum").clamp(min=1)
+        loss_sum = torch.zeros_like(tokens)
+        for batch in micro:
+            # accumulate(): no DDP gradient sync until the last micro-batch.
             with accelerator.accumulate(objective):
-                sums, counts = objective(batch.codes, batch.valid, batch.videos, batch.texts)
-                loss = (sums / counts.clamp(min=1)).mean()
-                accelerator.backward(loss)
+                sums, _ = objective(batch.codes, batch.valid, batch.videos, batch.texts)
+                accelerator.backward((sums / tokens).mean() * share)
                 if accelerator.sync_gradients and recipe.grad_clip:
                     accelerator.clip_grad_norm_(params, recipe.grad_clip)
                 optimizer.step()  # a no-op until the gradients are synced
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
+            loss_sum += sums.detach()
         scheduler.step()
         state.step += 1
         if state.step % recipe.log_every == 0 or state.step == recipe.max_steps:
-            loss = accelerator.reduce(loss_sum / recipe.grad_accum, "mean").item()
+            loss = (accelerator.reduce(loss_sum, "sum") / tokens).mean().item()
             log(step=state.step, loss=loss, lr=scheduler.get_last_lr()[0],
                 sec_per_step=(time.time() - t0) / (state.step - logged))
             t0, logged = time.time(), state.step

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .checkpoint import WEIGHTS_NAME, read_adapter_weights
-from .errors import DataError
+from .errors import ConfigError, DataError, VidMusicianError
 from .fileio import atomic_write
 from .inject import adapter_modules
 
@@ -42,17 +42,22 @@ class TrainState:
     """What the loop counts; the data position is derived from ``step``."""
 
     step: int = 0
+    rng: dict | None = None  # this process's RNG state to restore, when resumed
 
 
 def latest_checkpoint(run_dir) -> Path | None:
-    """The checkpoint ``checkpoints/latest`` names, or None."""
-    pointer = Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not (path / STATE_NAME).is_file():
-        raise DataError(f"{pointer} names {path.name}, which is incomplete; delete {pointer} to start over")
-    return path
+    """The checkpoint ``checkpoints/latest`` names, else the newest checkpoint folder, or None.
+
+    Whether it is whole is checked when it is read (:func:`resume`).
+    """
+    ckpts = Path(run_dir) / CHECKPOINTS
+    pointer = ckpts / LATEST
+    if pointer.is_file():
+        path = ckpts / pointer.read_text().strip()
+        if (path / STATE_NAME).is_file():
+            return path
+    folders = sorted(p for p in ckpts.glob("step-*") if p.is_dir())
+    return folders[-1] if folders else None
 
 
 def parameter_names(vm) -> dict[int, str]:
@@ -93,25 +98,82 @@ def save_checkpoint(run_dir, state: TrainState, vm, optimizer, scheduler, accele
     return final
 
 
-def load_checkpoint(path, vm, optimizer, scheduler, accelerator) -> TrainState:
-    """Restores a checkpoint written by :func:`save_checkpoint` into live training objects."""
+@dataclass
+class Checkpoint:
+    """A checkpoint read whole from disk, checked before anything live is touched."""
+
+    path: Path
+    meta: dict
+    adapter: dict
+    optimizer: dict
+
+
+def read_checkpoint(path) -> Checkpoint:
+    """Reads every file of a checkpoint; a missing, truncated or corrupt one is a DataError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    meta = json.loads((path / STATE_NAME).read_text())
-    vm.load_adapter_state_dict(read_adapter_weights(path / WEIGHTS_NAME), source=str(path))
+    try:
+        meta = json.loads((path / STATE_NAME).read_text())
+        int(meta["step"]), meta["rng"], meta["param_groups"], meta["scheduler"]  # noqa: B018 (all present)
+        adapter = read_adapter_weights(path / WEIGHTS_NAME)
+        optimizer = load_file(str(path / OPTIMIZER_NAME))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError, VidMusicianError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DataError(f"{path}: damaged checkpoint ({reason})") from None
+    return Checkpoint(path, meta, adapter, optimizer)
+
+
+def resume(run_dir, vm, optimizer, scheduler, accelerator, say=print) -> TrainState:
+    """Restores the newest complete checkpoint of a run into live training objects.
+
+    A damaged checkpoint (truncated by a full disk, overwritten) is reported and
+    the one before it is used; when none is readable, a DataError names them and
+    the run does not start over silently. The RNG state comes back in
+    ``TrainState.rng``: the caller restores it with :func:`restore_rng` where it
+    is next drawn from (after the data iterator is made, which takes a seed).
+    """
+    ckpts = Path(run_dir) / CHECKPOINTS
+    candidates = sorted((p for p in ckpts.glob("step-*") if p.is_dir()), reverse=True)
+    damaged = []
+    for path in candidates:
+        try:
+            ckpt = read_checkpoint(path)
+            _apply(ckpt, vm, optimizer, scheduler, accelerator)
+        except DataError as exc:
+            damaged.append(str(exc))
+            say(f"warning: {exc}; trying the checkpoint before it")
+            continue
+        if damaged:
+            say(f"warning: resuming from {path.name}, the newest complete checkpoint")
+        meta = ckpt.meta
+        rng = meta["rng"]
+        return TrainState(step=int(meta["step"]), rng=rng[accelerator.process_index % len(rng)])
+    raise DataError(f"{ckpts}: no complete checkpoint to resume from ({'; '.join(damaged) or 'none found'}); "
+                    f"delete {ckpts} to start over")
+
+
+def _apply(ckpt: Checkpoint, vm, optimizer, scheduler, accelerator) -> None:
+    meta, path = ckpt.meta, ckpt.path
+    try:
+        vm.load_adapter_state_dict(ckpt.adapter, source=str(path))
+    except VidMusicianError as exc:
+        raise DataError(f"{path}: damaged checkpoint ({exc})") from None
     names = _optimizer_names(vm, optimizer)
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / OPTIMIZER_NAME)), meta["param_groups"],
-                                                   names, path))
+    optimizer.load_state_dict(_unflatten_optimizer(ckpt.optimizer, meta["param_groups"], names, path))
     scheduler.load_state_dict(meta["scheduler"])
-    if accelerator.scaler is not None and meta["scaler"] is not None:
+    if accelerator.scaler is not None and meta.get("scaler") is not None:
         accelerator.scaler.load_state_dict(meta["scaler"])
-    rank, rng = accelerator.process_index, meta["rng"]
     if meta["num_processes"] != accelerator.num_processes:
         warnings.warn(f"{path}: saved by {meta['num_processes']} processes, resumed by "
                       f"{accelerator.num_processes}: the data order and global batch change")
-    _set_rng_state(rng[rank % len(rng)])
-    return TrainState(step=int(meta["step"]))
+
+
+def restore_rng(state: TrainState) -> None:
+    """Sets this process's Python, NumPy, torch and CUDA RNG states to the checkpoint's."""
+    if state.rng is not None:
+        _set_rng_state(state.rng)
 
 
 def _optimizer_names(vm, optimizer) -> list[list[str]]:
@@ -138,12 +200,14 @@ def _flatten_optimizer(state_dict: dict, names: list[list[str]]):
 def _unflatten_optimizer(tensors: dict, groups: list[dict], names: list[list[str]], source: Path) -> dict:
     saved = [g["params"] for g in groups]
     if saved != names:
-        raise DataError(f"{source}: the checkpoint trained other parameters than this run "
+        raise ConfigError(f"{source}: the checkpoint trained other parameters than this run "
                         f"(another recipe's trainable groups?); resume with the recipe it was made with")
     index = {name: i for i, name in enumerate(n for group in names for n in group)}
     state: dict[int, dict] = {}
     for key, tensor in tensors.items():
         name, slot = key.rsplit(".", 1)
+        if name not in index:
+            raise DataError(f"{source}: damaged checkpoint (unknown optimizer tensor {key})")
         state.setdefault(index[name], {})[slot] = tensor
     ids, groups_out = iter(range(len(index))), []
     for group in groups:
