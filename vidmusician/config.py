@@ -61,6 +61,7 @@ class AdapterConfig:
     version: str = field(default_factory=lambda: _version())
 
     def __post_init__(self):
+        self._check_numbers()
         # Defaults follow the paper: cross-attention in every layer, in-attention
         # in the first three quarters of the stack (rhythm is a low-level cue).
         if self.semantic_layers is None:
@@ -77,12 +78,30 @@ class AdapterConfig:
             raise ConfigError(f"attn_dim {self.attn_dim} is not divisible by attn_heads {self.attn_heads}")
         if self.stage not in (1, 2):
             raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
-        if self.rhythm_rank is not None and self.rhythm_rank <= 0:
-            raise ConfigError(f"rhythm_rank must be positive or null, got {self.rhythm_rank}")
         if self.rhythm_rank is not None and not low_rank_is_smaller(self.rhythm_rank, self.dim):
             # x + up(down(x)) has 2 * rank * dim weights: from rank dim/2 on, more than a full linear.
             raise ConfigError(f"rhythm_rank {self.rhythm_rank} is not low rank for width {self.dim} "
                               f"(use a rank below {self.dim // 2 + self.dim % 2}, or null for a full-width linear)")
+
+    def _check_numbers(self) -> None:
+        """Every number in range before anything divides by it or allocates with it (one line)."""
+        from .checks import MAX_COUNT, number
+
+        for name in ("dim", "num_layers", "global_dim", "local_dim", "memory_dim", "attn_dim", "attn_heads",
+                     "max_global_tokens"):
+            number(name, getattr(self, name), integer=True, low=1, high=MAX_COUNT, source="adapter config")
+        for name in ("frame_rate", "global_fps", "local_fps"):
+            number(name, getattr(self, name), low=0, high=1000, low_open=True, source="adapter config")
+        if self.rhythm_rank is not None:
+            number("rhythm_rank", self.rhythm_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
+        for name in ("semantic_layers", "rhythm_layers"):
+            layers = getattr(self, name)
+            if layers is not None and (not isinstance(layers, list)
+                                       or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
+                raise ConfigError(f"adapter config: {name} must be a list of layer indices, got {layers!r}")
+        for name in ("backbone", "encoder"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"adapter config: {name} must be a string, got {getattr(self, name)!r}")
 
     @classmethod
     def for_backbone(cls, musicgen, **overrides) -> "AdapterConfig":
@@ -124,6 +143,8 @@ class AdapterConfig:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise ConfigError(f"{source}: invalid adapter config ({exc})") from None
+        except ConfigError as exc:  # name the file rather than "adapter config"
+            raise ConfigError(f"{source}: {str(exc).removeprefix('adapter config: ')}") from None
 
     def save(self, path) -> None:
         Path(path).write_text(self.to_json())

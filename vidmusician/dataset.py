@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,9 +32,11 @@ from .features import VideoFeatures
 
 META_NAME = "dataset.json"
 INDEX_NAME = "index.jsonl"
+# What every index line holds (``shard_bytes`` and ``shard_crc32`` too since format 2).
+INDEX_KEYS = ("source", "split", "shard", "key", "window", "windows", "seconds", "frames")
 ERRORS_NAME = "errors.jsonl"
 SHARD_DIR = "shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: index lines carry each shard's size and CRC-32
 
 
 @dataclass
@@ -75,17 +78,33 @@ class DatasetMeta:
         return [f"{k}: {mine[k]} vs {theirs[k]}" for k in mine if k != "format_version" and mine[k] != theirs[k]]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Lines of a JSONL file; a torn last line (a kill mid-append) is dropped."""
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (a kill mid-append, no newline yet) is dropped.
+
+    Any other line that is not a JSON object with the ``required`` keys is damage
+    no kill can cause: a DataError names the file and the line.
+    """
     if not path.is_file():
         return []
+    lines = path.read_text(errors="replace").splitlines()
+    torn = has_torn_tail(path)
     rows = []
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(lines, start=1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            row = None
+        if isinstance(row, dict) and all(k in row for k in required):
+            rows.append(row)
+        elif not (torn and n == len(lines)):
+            raise DataError(f"{path}: line {n} is damaged; delete that line (its source is prepared again by "
+                            f"the next `vidmusician prepare`) or prepare the dataset anew")
     return rows
+
+
+def has_torn_tail(path: Path) -> bool:
+    """Whether a JSONL file ends in a partial line (a kill mid-append)."""
+    return path.is_file() and path.stat().st_size > 0 and not _ends_with_newline(path)
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
@@ -93,9 +112,11 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    if has_torn_tail(path):  # cut off a line a kill left half-written, so it never ends up mid-file
+        data = path.read_bytes()
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
     with open(path, "a") as f:
-        if f.tell() and not _ends_with_newline(path):
-            text = "\n" + text  # after a torn line: start a fresh one
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -113,6 +134,15 @@ def complete_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         count[r["source"]] = count.get(r["source"], 0) + 1
     return [r for r in rows if count[r["source"]] == r["windows"]]
+
+
+def file_crc32(path) -> int:
+    """CRC-32 of a file's bytes, read in blocks (the shards' integrity record)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 class ShardWriter:
@@ -158,9 +188,15 @@ class ShardWriter:
         if not self._rows:
             return
         path = self.root / SHARD_DIR / self._rows[0]["shard"]
-        tensors = self._tensors
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "vidmusician.dataset"}))
-        append_jsonl(self.root / INDEX_NAME, self._rows)
+        tensors, record = self._tensors, {}
+
+        def write(tmp):
+            save_file(tensors, tmp, metadata={"format": "vidmusician.dataset"})
+            record.update(shard_bytes=os.path.getsize(tmp), shard_crc32=file_crc32(tmp))
+
+        atomic_write(path, write)
+        # The integrity record travels in the index lines, which are written after the shard.
+        append_jsonl(self.root / INDEX_NAME, [dict(row, **record) for row in self._rows])
         self._next += 1
         self._tensors, self._rows = {}, []
 
@@ -185,33 +221,68 @@ class PreparedDataset(torch.utils.data.Dataset):
     def __init__(self, root, split: str = "train"):
         self.root = Path(root)
         self.meta = DatasetMeta.load(self.root)
-        rows = complete_rows(read_jsonl(self.root / INDEX_NAME))
+        rows = complete_rows(read_jsonl(self.root / INDEX_NAME, INDEX_KEYS))
         self.rows = [r for r in rows if r["split"] == split]
         self.split = split
         self.has_text = any(r.get("text") for r in self.rows)
+        self._records = {r["shard"]: (r.get("shard_bytes"), r.get("shard_crc32")) for r in self.rows}
         self._shards: dict[str, object] = {}  # opened lazily, per DataLoader worker
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> Example:
+        from safetensors import SafetensorError
+
         row = self.rows[i]
         shard = self._open(row["shard"])
         key, m = row["key"], self.meta
-        feats = VideoFeatures(shard.get_tensor(f"{key}.global").float(), shard.get_tensor(f"{key}.local").float(),
-                              m.global_fps, m.local_fps, float(row["seconds"]), m.encoder)
-        return Example(shard.get_tensor(f"{key}.codes").long(), feats, row.get("text"))
+        try:
+            codes = shard.get_tensor(f"{key}.codes")
+            global_feats, local_feats = shard.get_tensor(f"{key}.global"), shard.get_tensor(f"{key}.local")
+        except (SafetensorError, OSError) as exc:
+            raise self._damaged(row["shard"], f"window {key} unreadable: {exc}") from None
+        self._check(row, codes, global_feats, local_feats)
+        feats = VideoFeatures(global_feats.float(), local_feats.float(), m.global_fps, m.local_fps,
+                              float(row["seconds"]), m.encoder)
+        return Example(codes.long(), feats, row.get("text"))
+
+    def _check(self, row: dict, codes, global_feats, local_feats) -> None:
+        """What training would trip over deep inside the model, named here with its shard."""
+        m, key = self.meta, row["key"]
+        problem = None
+        if codes.dim() != 2 or tuple(codes.shape) != (m.n_q, int(row["frames"])):
+            problem = f"codes of shape {tuple(codes.shape)}, expected ({m.n_q}, {row['frames']})"
+        elif codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= m.card):
+            problem = f"codes outside the codebook of {m.card}"
+        elif global_feats.dim() != 2 or global_feats.shape[-1] != m.global_dim or not len(global_feats):
+            problem = f"global features of shape {tuple(global_feats.shape)}, expected (T, {m.global_dim})"
+        elif local_feats.dim() != 2 or local_feats.shape[-1] != m.local_dim or not len(local_feats):
+            problem = f"local features of shape {tuple(local_feats.shape)}, expected (T, {m.local_dim})"
+        elif not (torch.isfinite(global_feats).all() and torch.isfinite(local_feats).all()):
+            problem = "features that are not finite"
+        if problem:
+            raise self._damaged(row["shard"], f"window {key} has {problem}")
+
+    def _damaged(self, name: str, problem: str) -> DataError:
+        path = self.root / SHARD_DIR / name
+        return DataError(f"{path}: damaged shard ({problem}); delete it and its lines in {INDEX_NAME}, "
+                         f"then rerun `vidmusician prepare` to redo those sources")
 
     def _open(self, name: str):
         from safetensors import SafetensorError, safe_open
 
         if name not in self._shards:
             path = self.root / SHARD_DIR / name
+            size, crc = self._records.get(name, (None, None))
             try:
+                if size is not None and path.stat().st_size != size:
+                    raise self._damaged(name, f"{path.stat().st_size} bytes, {size} were written")
+                if crc is not None and file_crc32(path) != crc:
+                    raise self._damaged(name, "its checksum differs from the one written by prepare")
                 self._shards[name] = safe_open(str(path), framework="pt")
             except (SafetensorError, OSError) as exc:
-                raise DataError(f"{path}: unreadable shard ({exc}); delete it and its index lines, "
-                                f"then rerun `vidmusician prepare`") from None
+                raise self._damaged(name, f"unreadable: {exc}") from None
         return self._shards[name]
 
 

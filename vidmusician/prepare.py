@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import ERRORS_NAME, INDEX_NAME, META_NAME, DatasetMeta, ShardWriter, append_jsonl, complete_rows, read_jsonl
+from .dataset import (ERRORS_NAME, INDEX_KEYS, INDEX_NAME, META_NAME, DatasetMeta, ShardWriter, append_jsonl,
+                      complete_rows, has_torn_tail, read_jsonl)
 from .encoders import DEFAULT_ENCODER
 from .errors import ConfigError, DataError, VidMusicianError
 from .audio_io import read_audio
@@ -190,9 +191,9 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
         if diffs:
             raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); use a new folder")
 
-    rows = read_jsonl(out / INDEX_NAME)
+    rows = read_jsonl(out / INDEX_NAME, INDEX_KEYS)
     done = complete_rows(rows)
-    if len(done) != len(rows):  # a run was killed mid-append: keep whole sources only
+    if len(done) != len(rows) or has_torn_tail(out / INDEX_NAME):  # killed mid-append: keep whole sources only
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in done)
         atomic_write(out / INDEX_NAME, lambda tmp: Path(tmp).write_text(text))
     errors = read_jsonl(out / ERRORS_NAME)

@@ -80,14 +80,50 @@ class Recipe:
     seed: int = 1234
     num_workers: int = 2
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self, source: str = "recipe") -> None:
+        """Refuses values no one meant (``batch_size=0``, ``lr=-1``, a string for a number), in one line."""
+        from .checks import MAX_COUNT, number
+        from .inject import GROUP_NAMES
+
+        ints = dict(batch_size=1, grad_accum=1, max_steps=1, warmup_steps=0, eval_every=1, eval_windows=1,
+                    save_every=1, keep_checkpoints=1, log_every=1, seed=0, num_workers=0)
+        for name, low in ints.items():
+            number(name, getattr(self, name), integer=True, low=low, high=MAX_COUNT, source=source)
+        number("lr", self.lr, low=0, high=1, low_open=True, source=source)
+        number("min_lr", self.min_lr, low=0, high=self.lr, source=source)
+        number("weight_decay", self.weight_decay, low=0, high=1, source=source)
+        number("grad_clip", self.grad_clip, low=0, source=source)
+        if self.stage not in (1, 2) or isinstance(self.stage, bool):
+            raise ConfigError(f"{source}: stage must be 1 or 2, got {self.stage!r}")
+        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
+            raise ConfigError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {self.betas!r}")
+        for beta in self.betas:
+            number("betas", beta, low=0, high=0.999999, source=source)
+        if self.trainable is not None and (not isinstance(self.trainable, list)
+                                           or not set(self.trainable) <= set(GROUP_NAMES)):
+            raise ConfigError(f"{source}: trainable must be a list of {list(GROUP_NAMES)}, got {self.trainable!r}")
+        if not isinstance(self.adapter, dict):
+            raise ConfigError(f"{source}: adapter must be an object of adapter config fields, got {self.adapter!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(f"{source}: gradient_checkpointing must be true or false, "
+                              f"got {self.gradient_checkpointing!r}")
+
     @classmethod
     def load(cls, path, overrides: list[str] = ()) -> "Recipe":
+        from .checks import json_object
+
         try:
-            data = json.loads(Path(path).read_text())
+            data = json_object(json.loads(Path(path).read_text()), str(path))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such recipe; see recipes/ for examples") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: a folder, not a recipe file; see recipes/ for examples") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            reason = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
+            raise ConfigError(f"{path}: not valid JSON ({reason})") from None
         data.pop("description", None)
         for item in overrides:
             key, sep, value = item.partition("=")
@@ -101,12 +137,18 @@ class Recipe:
             target = data
             for p in parents:
                 target = target.setdefault(p, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"--set {item!r}: {p} is not an object")
             target[leaf] = value
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown recipe keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ConfigError as exc:  # name the file (and the --set) rather than "recipe"
+            where = f"{path}{' with --set ' + ' '.join(overrides) if overrides else ''}"
+            raise ConfigError(f"{where}: {str(exc).removeprefix('recipe: ')}") from None
 
 
 def schedule_warning(r: Recipe) -> str | None:
@@ -418,9 +460,17 @@ def main(argv=None) -> int:
     try:
         train(args)
     except VidMusicianError as exc:
-        print(f"vidmusician.train: error: {exc}", file=sys.stderr)
+        print(f"vidmusician.train: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(exc: VidMusicianError) -> str:
+    """The error's own line, also when a DataLoader worker re-raised it with its traceback."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):  # torch's ExceptionWrapper: the message is last
+        return lines[-1].split(": ", 1)[-1]
+    return str(exc)
 
 
 if __name__ == "__main__":
