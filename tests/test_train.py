@@ -402,3 +402,63 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(short_run, tmp_path, 
     assert main(args + ["--output", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "no complete checkpoint to resume from" in err and "delete" in err and "Traceback" not in err
+
+
+# ---- the launcher dies -----------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_stop_when_the_launcher_is_killed(flash_data, tmp_path):
+    """accelerate launch starts workers in their own sessions: killing it alone must not leave them training."""
+    import signal
+    import time
+
+    log = tmp_path / "out.txt"
+    launcher = [str(REPO / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(30500 + os.getpid() % 1000), "-m", "vidmusician.train"]
+    args = ["--recipe", recipe(tmp_path, max_steps=100000, log_every=1, batch_size=1), "--data", flash_data,
+            "--output", tmp_path / "run", "--backbone", "tiny"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    with open(log, "w") as out:
+        proc = subprocess.Popen(launcher + [str(a) for a in args], cwd=REPO, env=env, stdout=out, stderr=out)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while "step 2 " not in log.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert "step 2 " in log.read_text(), log.read_text()[-3000:]
+        workers += children(proc.pid)
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while any(alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(w) for w in workers), log.read_text()[-2000:]
+        assert "the launcher is gone" in log.read_text()
+    finally:
+        for pid in [proc.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

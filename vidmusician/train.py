@@ -455,8 +455,36 @@ def train(args) -> Path:
     return release
 
 
+def stop_with_launcher(interval: float = 1.0) -> None:
+    """Ends this worker when the launcher that started it dies.
+
+    ``accelerate launch`` / torchrun start each worker in its own session, so a
+    launcher killed with SIGKILL (or lost with its terminal) leaves its workers
+    training on, holding GPUs. A daemon thread watches the parent: once this
+    process has been handed to another one, the launcher is gone and the worker
+    stops as a SIGTERM would stop it. Checkpoints already written stay; resume
+    with ``--resume``.
+    """
+    import signal
+    import threading
+
+    launcher = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            if os.getppid() != launcher:
+                print("vidmusician.train: the launcher is gone; stopping this worker", file=sys.stderr)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by accelerate launch / torchrun
+        stop_with_launcher()
     try:
         train(args)
     except VidMusicianError as exc:
