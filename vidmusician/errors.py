@@ -32,3 +32,24 @@ class BackboneError(VidMusicianError):
 
 class DataError(VidMusicianError):
     """A prepared dataset is missing or inconsistent."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system failure: the path, what the system said, and what to do."""
+    import errno
+
+    path = exc.filename if exc.filename is not None else ""
+    fixes = {
+        errno.ENOSPC: "the disk is full; free space or write elsewhere (earlier outputs were left intact)",
+        errno.EDQUOT: "the disk quota is exceeded; free space or write elsewhere",
+        errno.EROFS: "the file system is read-only; choose a writable folder",
+        errno.EACCES: "permission denied; choose a folder you can write to",
+        errno.EPERM: "operation not permitted; choose a folder you can write to",
+        errno.ENAMETOOLONG: "the file name is too long for this file system; use a shorter name",
+        errno.ENOTDIR: "a part of this path is a file, not a folder",
+        errno.EISDIR: "this is a folder; give a file name",
+        errno.EEXIST: "this already exists and is in the way",
+        errno.ENOENT: "no such file or folder",
+    }
+    what = fixes.get(exc.errno, exc.strerror or type(exc).__name__)
+    return f"{path}: {what}" if path else what

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
-from .errors import ConfigError, DataError, VidMusicianError
+from .errors import ConfigError, DataError, VidMusicianError, os_error_line
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
 
 
@@ -489,6 +489,9 @@ def main(argv=None) -> int:
         train(args)
     except VidMusicianError as exc:
         print(f"vidmusician.train: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk or a read-only run folder: checkpoints already written stay
+        print(f"vidmusician.train: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     return 0
 
