@@ -24,8 +24,10 @@ that ``load_backbone`` and audiocraft read, each in the format the hub serves:
 ``google/flan-t5-base``             a T5 whose tokenizer is only ``spiece.model`` (sentencepiece)
 ==================================  ==============================================================
 
-All share one tiny LM (dim 32, 2 layers, 4 codebooks of 2048 at 50 Hz, like the
-real codec's interface). Building everything takes a few seconds.
+The LMs are tiny (dim 32, 2 layers; ``facebook/musicgen-small`` and the fine-tune
+share one) with the real codec's interface: 32 kHz mono, 50 Hz, 4 codebooks of 2048.
+Building everything takes a few seconds. The repository names are module constants
+(``MUSICGEN``, ``FINETUNE``, ``STEREO``, ``MELODY``, ``ENCODEC``, ``T5``, ``SPIECE_T5``).
 
 Use from a test module (``tests/`` is on ``sys.path``)::
 
@@ -328,8 +330,17 @@ def build_hub(cache, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def hub_cache(tmp_path_factory) -> Path:
-    """The miniature hub cache, built once per test session (its folder is ``HF_HUB_CACHE``)."""
-    return build_hub(tmp_path_factory.mktemp("hf_home") / "hub")
+    """The miniature hub cache, built once per test session (its folder is ``HF_HUB_CACHE``).
+
+    Each module that imports this fixture gets its own copy of it from pytest; the
+    marker file makes them share one build.
+    """
+    cache = tmp_path_factory.getbasetemp() / "hf_home" / "hub"
+    if not (cache / ".complete").is_file():
+        shutil.rmtree(cache, ignore_errors=True)
+        build_hub(cache)
+        (cache / ".complete").touch()
+    return cache
 
 
 @pytest.fixture
