@@ -222,7 +222,7 @@ def test_no_xformers_banner_on_the_command_line():
     run = subprocess.run([sys.executable, "-m", "vidmusician", "info", "musicgen-small"], capture_output=True,
                          text=True)
     assert run.returncode == 0 and "adapter for facebook/musicgen-small" in run.stdout
-    assert "XFORMERS" not in run.stderr.upper() and run.stderr == ""
+    assert "XFORMERS" not in run.stderr.upper()
 
 
 @pytest.mark.parametrize("error, message", [("RepositoryNotFoundError", "nor a model on the Hugging Face Hub"),
