@@ -9,7 +9,8 @@ that ``load_backbone`` and audiocraft read, each in the format the hub serves:
                                     OmegaConf DictConfig in musicgen-small's config layout: T5
                                     ``t5-base`` text conditioner, cross fuser, delay pattern) and
                                     ``compression_state_dict.bin`` = ``{'pretrained':
-                                    'facebook/encodec_32khz'}``, as on the hub
+                                    'facebook/encodec_32khz'}``, as on the hub; ``config.json`` of
+                                    the transformers port (``model_type`` only)
 ``someone/musicgen-finetune``       the same LM exported by ``audiocraft.utils.export`` (``xp.cfg``
                                     a YAML string) with a full audiocraft EnCodec export as codec
 ``facebook/musicgen-stereo-small``  stereo: ``interleave_stereo_codebooks.use``, 8 codebooks
@@ -305,6 +306,13 @@ def build_hub(cache, seed: int = 0) -> Path:
             torch.save({"best_state": state, "xp.cfg": xp_cfg, "version": "1.0.0", "exported": True},
                        folder / "state_dict.bin")
             torch.save(codec_pkg, folder / "compression_state_dict.bin")
+            if not yaml:  # Meta's repositories also hold the transformers port (its config here)
+                transformers_config(folder, "musicgen")
+
+        def transformers_config(folder, model_type):
+            (folder / "config.json").write_text(json.dumps(
+                {"model_type": model_type, "architectures": [f"{model_type.title().replace('_', '')}"
+                                                             "ForConditionalGeneration"]}, indent=2))
 
         mono, stereo = musicgen_cfg(), musicgen_cfg(2 * N_Q, stereo=True)
         mono_state = lm_state(mono)
@@ -320,9 +328,7 @@ def build_hub(cache, seed: int = 0) -> Path:
             torch.save({"best_state": {}, "xp.cfg": OmegaConf.create(musicgen_cfg(melody=True)),
                         "version": "1.0.0", "exported": True}, folder / "state_dict.bin")
             torch.save(pointer, folder / "compression_state_dict.bin")
-            (folder / "config.json").write_text(json.dumps(
-                {"model_type": "musicgen_melody", "architectures": ["MusicgenMelodyForConditionalGeneration"],
-                 "num_chroma": 12, "chroma_length": 235}, indent=2))
+            transformers_config(folder, "musicgen_melody")
 
         repo(MELODY, melody)
     return cache
