@@ -2,9 +2,9 @@
 
 ``load_backbone`` goes through audiocraft's own ``MusicGen.get_pretrained`` (hub
 names and local folders in audiocraft's export format), after reading the LM's
-config to refuse what the adapters do not support. ``tiny_musicgen`` and ``random_musicgen`` build models
-with audiocraft's own classes and random weights, so tests and benchmarks run
-with no download.
+config to refuse what the adapters do not support. ``tiny_musicgen`` and
+``random_musicgen`` build models with audiocraft's own classes and random
+weights, so tests and benchmarks run with no download.
 """
 
 from __future__ import annotations
