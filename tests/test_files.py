@@ -149,17 +149,21 @@ def same_state(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_load_codec_reads_only_the_codec(tiny, tmp_path):
+def test_load_codec_reads_only_the_codec(tiny, tmp_path, monkeypatch):
+    from audiocraft.models import builders, loaders
+
     from vidmusician.backbones import load_codec
 
     musicgen = tiny()
     folder = export_musicgen(musicgen, lm_config(32, 4, 4, card=400), codec_config(25, 400), tmp_path / "mg")
-    (folder / "state_dict.bin").unlink()  # the LM's file is not needed
+    # Only the LM's config is read (it says how the codec is wrapped), never its model.
+    for module, fn in ((builders, "get_lm_model"), (loaders, "load_lm_model")):
+        monkeypatch.setattr(module, fn, lambda *a, **k: pytest.fail("the LM was loaded"))
     assert same_state(load_codec(str(folder), device="cpu"), musicgen.compression_model)
     # 'tiny' (and 'random-*', below) give the codec their whole backbones have.
     assert same_state(load_codec("tiny", device="cpu"), musicgen.compression_model)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BackboneError, match="missing compression_state_dict.bin"):
+    with pytest.raises(BackboneError, match="missing state_dict.bin, compression_state_dict.bin"):
         load_codec(str(tmp_path / "empty"), device="cpu")
     with pytest.raises(BackboneError, match="unknown architecture"):
         load_codec("random-huge")

@@ -1,16 +1,21 @@
 """Backbones: pretrained MusicGen loading, and random ones for tests and benchmarks.
 
 ``load_backbone`` goes through audiocraft's own ``MusicGen.get_pretrained`` (hub
-names and local folders). ``tiny_musicgen`` and ``random_musicgen`` build models
-with audiocraft's own classes and random weights, so tests and benchmarks run
-with no download.
+names and local folders in audiocraft's export format), after reading the LM's
+config to refuse what the adapters do not support. ``tiny_musicgen`` and
+``random_musicgen`` build models with audiocraft's own classes and random
+weights, so tests and benchmarks run with no download.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
+import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,11 +178,15 @@ def export_musicgen(musicgen, lm_cfg, codec_cfg, directory) -> Path:
 def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     """Loads a MusicGen through audiocraft's ``MusicGen.get_pretrained``.
 
+    The LM's config is read first (without its weights), so that a backbone the
+    adapters do not support is refused before anything else is downloaded or built.
+
     Args:
-        name_or_path: a hub name ('facebook/musicgen-small', downloaded on first
-            use), a local folder in audiocraft's layout (``state_dict.bin`` +
-            ``compression_state_dict.bin``), 'tiny' (:func:`tiny_musicgen`), or
-            'random-small' / 'random-medium' / 'random-large' (:func:`random_musicgen`).
+        name_or_path: a hub name ('facebook/musicgen-small', 'facebook/musicgen-stereo-small',
+            or any repository in audiocraft's export format; downloaded on first use),
+            a local folder in that format (``state_dict.bin`` + ``compression_state_dict.bin``),
+            'tiny' (:func:`tiny_musicgen`), or 'random-small' / 'random-medium' /
+            'random-large' (:func:`random_musicgen`).
         device: 'cuda' or 'cpu'; default: CUDA when available.
     """
     from audiocraft.models.musicgen import MusicGen
@@ -187,7 +196,7 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         return tiny_musicgen(device=device)
     if name.startswith("random-"):
         return random_musicgen(name.removeprefix("random-"), device=device)
-    _check_local_folder(name, ("state_dict.bin", "compression_state_dict.bin"))
+    read_lm_config(name)
     with _load_errors(name, "MusicGen backbone"):
         musicgen = MusicGen.get_pretrained(name, device=device)
     musicgen.name = name
@@ -195,13 +204,15 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
 
 
 def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
-    """Loads only a backbone's codec (EnCodec), for encoding music without the LM.
+    """Loads only a backbone's codec, for encoding music without the LM.
 
-    Takes the same names as :func:`load_backbone`; a local folder needs only
-    ``compression_state_dict.bin``. The codec of 'tiny' and 'random-*' is the
-    one :func:`tiny_musicgen` / :func:`random_musicgen` build.
+    Takes the same names as :func:`load_backbone`. The codec is wrapped as
+    ``MusicGen`` wraps it (stereo models interleave two channels' codebooks: 8
+    codebooks, 2 channels), following the LM's config, which is read without
+    materializing the LM's weights. The codec of 'tiny' and 'random-*' is the one
+    :func:`tiny_musicgen` / :func:`random_musicgen` build.
     """
-    from audiocraft.models import loaders
+    from audiocraft.models import builders, loaders
 
     name, device = str(name_or_path), _default_device(device)
     if name == "tiny":
@@ -209,9 +220,60 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     if name.startswith("random-"):
         _architecture(name.removeprefix("random-"))  # the codec is the same for every size
         return _build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)
-    _check_local_folder(name, ("compression_state_dict.bin",))
+    cfg = read_lm_config(name)
     with _load_errors(name, "codec"):
-        return loaders.load_compression_model(name, device=device).eval()
+        codec = loaders.load_compression_model(name, device=device)
+    return builders.get_wrapped_compression_model(codec, cfg).eval()
+
+
+def read_lm_config(name: str):
+    """The LM config (``xp.cfg``) of a MusicGen export, read without its weights; refuses unsupported models.
+
+    A hub repository's ``config.json`` (the transformers port, when there is one)
+    is checked first, so that a melody model is refused before its weights are
+    downloaded; then ``state_dict.bin`` is memory-mapped and only its config is read.
+
+    Raises:
+        BackboneError: a missing folder, a name not on the hub (or not in the cache
+            when offline), a file that is not an audiocraft export, or a backbone
+            that fuses conditions by 'prepend' (see :func:`check_fuser`).
+    """
+    from omegaconf import OmegaConf
+
+    if _is_local(name):
+        _check_local_folder(name, ("state_dict.bin", "compression_state_dict.bin"))
+        state_dict = os.path.join(name, "state_dict.bin")
+    else:
+        hf_config = _hub_file(name, "config.json", required=False)
+        if hf_config is not None and _json_field(hf_config, "model_type") == "musicgen_melody":
+            check_fuser(name, {"prepend": ["self_wav"]})
+        state_dict = _hub_file(name, "state_dict.bin")
+    with _load_errors(name, "MusicGen config"):
+        # Memory-mapped, the LM's tensors stay on disk; only files in torch's zip format can be.
+        pkg = torch.load(state_dict, map_location="cpu", mmap=zipfile.is_zipfile(state_dict), weights_only=True)
+    if not isinstance(pkg, dict) or "xp.cfg" not in pkg:
+        raise BackboneError(f"{name}: state_dict.bin has no 'xp.cfg'; not a MusicGen in audiocraft's export format")
+    cfg = OmegaConf.create(pkg["xp.cfg"])
+    check_fuser(name, cfg.get("fuser") or {})
+    return cfg
+
+
+def check_fuser(name: str, fuse2cond) -> None:
+    """Refuses a backbone that fuses conditions by 'prepend' (musicgen-melody's chroma).
+
+    Prepended conditions shift every token position, which the adapters' timeline
+    (step s <-> video time s / frame_rate) does not account for yet.
+
+    Args:
+        name: the backbone's name, for the message.
+        fuse2cond: the fuser's method -> condition names (audiocraft's ``ConditionFuser.fuse2cond``
+            or the ``fuser`` section of the LM config).
+    """
+    prepended = list(fuse2cond.get("prepend") or [])
+    if prepended:
+        raise BackboneError(
+            f"{name}: prepends its {', '.join(map(str, prepended))} condition (melody models), which shifts "
+            f"token positions and is not supported yet; use a musicgen small/medium/large or stereo model")
 
 
 def _architecture(size: str) -> dict:
@@ -224,14 +286,58 @@ def _default_device(device) -> str:
     return str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# A Hugging Face repository id: 'org/name'.
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _is_local(name: str) -> bool:
+    """Whether ``name`` means a folder: it exists, or it cannot be a hub repository id ('org/name')."""
+    return os.path.exists(name) or not _REPO_ID.fullmatch(name) or ".." in name
+
+
 def _check_local_folder(name: str, files: tuple[str, ...]) -> None:
-    looks_local = os.path.sep in name and not name.startswith("facebook/") or name.startswith(".") or os.path.exists(name)
-    if not looks_local:
-        return
+    if not os.path.isdir(name):
+        raise BackboneError(f"{name}: no such folder; pass a hub name like facebook/musicgen-small "
+                            f"or a folder in audiocraft's layout ({', '.join(files)})")
     missing = [f for f in files if not os.path.isfile(os.path.join(name, f))]
     if missing:
         raise BackboneError(f"{name}: not a MusicGen folder (missing {', '.join(missing)}); "
                             f"pass a hub name like facebook/musicgen-small or a folder in audiocraft's layout")
+
+
+def _hub_file(repo: str, filename: str, required: bool = True) -> str | None:
+    """A file of a hub repository, downloaded into the cache audiocraft reads (None: absent, not required)."""
+    import audiocraft
+    from audiocraft.models.loaders import get_audiocraft_cache_dir
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        # The same call as audiocraft's loader, so that its own load finds the file in the cache.
+        return hf_hub_download(repo_id=repo, filename=filename, cache_dir=get_audiocraft_cache_dir(),
+                               library_name="audiocraft", library_version=audiocraft.__version__)
+    except RepositoryNotFoundError:
+        raise BackboneError(f"{repo}: no such folder, nor a model on the Hugging Face Hub (a private one needs "
+                            f"`hf auth login`); pass a hub name like facebook/musicgen-small or a local folder") from None
+    except LocalEntryNotFoundError:
+        if not required:
+            return None
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
+        raise BackboneError(f"{repo}: no such folder, and the hub model's {filename} is not in the Hugging Face "
+                            f"cache ({why}); download it once with a network connection, or pass a local folder") from None
+    except EntryNotFoundError:
+        if not required:
+            return None
+        raise BackboneError(f"{repo}: the repository has no {filename}; not a MusicGen in audiocraft's "
+                            f"export format (state_dict.bin + compression_state_dict.bin)") from None
+
+
+def _json_field(path: str, key: str):
+    try:
+        with open(path) as f:
+            return json.load(f).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None  # not the transformers port's config: the LM config decides
 
 
 @contextlib.contextmanager
@@ -240,7 +346,7 @@ def _load_errors(name: str, what: str):
     try:
         with audiocraft_checkpoint_globals():
             yield
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(f"{name}: could not load the {what} ({first}); check the name, "
                             f"the network for a first download, or pass a local folder") from None

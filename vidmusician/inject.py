@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from audiocraft.modules.streaming import StreamingModule
 
+from .backbones import check_fuser
 from .config import AdapterConfig
 from .context import VideoContext
 from .errors import BackboneError, ConfigError
@@ -152,10 +153,8 @@ def _check_supported(musicgen):
     lm = getattr(musicgen, "lm", None)
     if lm is None or not hasattr(lm, "transformer"):
         raise BackboneError("expected an audiocraft MusicGen (with .lm.transformer)")
-    if getattr(lm, "fuser", None) is not None and lm.fuser.fuse2cond.get("prepend"):
-        raise BackboneError(
-            f"{musicgen.name}: models that fuse conditions by 'prepend' (e.g. musicgen-melody) shift token "
-            f"positions and are not supported yet; use musicgen-small/medium/large")
+    if getattr(lm, "fuser", None) is not None:
+        check_fuser(musicgen.name, lm.fuser.fuse2cond)
     if hasattr(lm, "video_inputs"):  # attach_adapters adds it
         raise BackboneError(f"{musicgen.name}: adapters are already attached to this model")
 
