@@ -169,3 +169,11 @@ def test_a_rhythm_rank_that_is_not_low_rank_is_refused(rank, dim, ok):
 def test_a_narrow_backbone_defaults_to_a_full_width_rhythm_linear(tiny):
     assert AdapterConfig.for_backbone(tiny()).rhythm_rank is None
     assert AdapterConfig.for_backbone(tiny(), rhythm_rank=4).rhythm_rank == 4
+
+
+def test_a_preset_is_only_used_for_a_backbone_of_its_shape(tiny):
+    """A miniature export under a real hub name (what the offline tests load) gets no preset."""
+    musicgen = tiny()
+    musicgen.name = "facebook/musicgen-small"
+    config = AdapterConfig.for_backbone(musicgen)
+    assert (config.num_layers, config.semantic_layers, config.backbone) == (4, [0, 1, 2, 3], "facebook/musicgen-small")

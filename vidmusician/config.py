@@ -184,10 +184,13 @@ def load_preset(name: str) -> AdapterConfig:
 
 def preset_for(backbone: str, dim: int, num_layers: int) -> AdapterConfig | None:
     """The preset of a backbone: the one named after it, else the mono preset of the
-    same LM architecture (a fine-tuned export keeps its base model's shape), else None."""
+    same LM architecture (a fine-tuned export keeps its base model's shape), else None.
+    A preset is only ever returned for a backbone of its width and depth."""
     named = PRESET_DIR / f"{backbone.removeprefix('facebook/')}.json"
     if backbone.startswith("facebook/") and named.is_file():
-        return AdapterConfig.load(named)
+        preset = AdapterConfig.load(named)
+        if (preset.dim, preset.num_layers) == (dim, num_layers):
+            return preset
     for name in preset_names():
         preset = load_preset(name)
         if "stereo" not in name and (preset.dim, preset.num_layers) == (dim, num_layers):
