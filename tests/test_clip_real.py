@@ -111,6 +111,14 @@ def test_openai_tag_through_open_clips_download_gets_quick_gelu(hub_tag, files):
     assert gelu_class(plain) is torch.nn.GELU
 
 
+def test_tag_built_with_the_other_activation_warns_once_in_our_words(hub_tag):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encoder = load_encoder(f"{cf.ARCH}:{cf.TAG}", device="cpu", activation="gelu")
+    assert encoder.activation == "gelu"
+    assert [str(w.message).split(":")[0] for w in caught] == [f"visual encoder '{cf.ARCH}"]  # not open_clip's
+
+
 def test_openai_archive_loads_and_equals_the_quickgelu_state_dict(files):
     import open_clip
 
@@ -172,7 +180,9 @@ def test_features_file_and_cache_key_carry_the_activation(files, video, tmp_path
         assert f.metadata()["encoder_activation"] == "quick_gelu"
     assert VideoFeatures.load(path).encoder_activation == "quick_gelu"
     # Same spec and video, the other activation: another cache entry, other features.
-    gelu = extract_features(video, load_encoder(spec, device="cpu", activation="gelu"), cache_dir=tmp_path / "cache")
+    with pytest.warns(UserWarning, match="built with GELU"):
+        gelu_encoder = load_encoder(spec, device="cpu", activation="gelu")
+    gelu = extract_features(video, gelu_encoder, cache_dir=tmp_path / "cache")
     assert gelu.encoder_activation == "gelu" and len(list((tmp_path / "cache").iterdir())) == 2
     assert not torch.allclose(gelu.global_feats, quick.global_feats, atol=1e-4)
     # A file written before the activation was recorded still loads (None: the legacy activation).
@@ -247,7 +257,8 @@ def features_of(video, encoder) -> VideoFeatures:
 
 def test_generate_refuses_features_made_with_the_other_activation(adapted, files, video):
     spec = adapted.config.encoder
-    gelu = features_of(video, load_encoder(spec, device="cpu", activation="gelu"))
+    with pytest.warns(UserWarning, match="built with GELU"):
+        gelu = features_of(video, load_encoder(spec, device="cpu", activation="gelu"))
     with pytest.raises(ConfigError, match=r"^video features: features made with GELU .* trained on QuickGELU") as err:
         adapted.generate([gelu], duration=0.5)
     assert "\n" not in str(err.value)
@@ -295,30 +306,33 @@ def test_training_refuses_a_dataset_of_the_other_activation(adapted, tmp_path):
 
 # ---- no raw open_clip warning on the command line ------------------------------------------------
 
-# Registers the test tag in the child process as the fixture does, then runs the real CLI.
+# In one child process (imports cost seconds): registers the test tag as the fixture does, then runs
+# the real CLI once per argument list, a marker line on stderr after each.
 _CLI = """
-import sys, clip_files
+import json, sys, clip_files as cf
 from open_clip import pretrained
-cf = clip_files
+from vidmusician.cli import main
 cf.register_arch()
 cfg = dict(pretrained.get_pretrained_cfg("ViT-B-32", "openai"), url="", hf_hub=cf.HUB_REPO + "/")
 for name in (cf.ARCH, cf.ARCH_QUICKGELU):
     pretrained._PRETRAINED[name] = {cf.TAG: cfg}
-from vidmusician.cli import main
-sys.exit(main(sys.argv[1:]))
+for argv in json.loads(sys.argv[1]):
+    assert main(argv) == 0
+    print("-- done", file=sys.stderr, flush=True)
 """
 
 
-@pytest.mark.parametrize("spec, ours", [(f"{cf.ARCH}:{cf.TAG}", None), (cf.ARCH, "no weights given")])
-def test_features_cli_stderr_has_no_raw_warnings(hub_tag, video, tmp_path, spec, ours):
+def test_features_cli_stderr_has_no_raw_warnings(hub_tag, video, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    out = tmp_path / "f.safetensors"
-    proc = subprocess.run([sys.executable, "-c", _CLI, "features", str(video), "-o", str(out), "--encoder", spec, "-q"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    runs = [["features", str(video), "-o", str(tmp_path / f"{i}.safetensors"), "--encoder", spec, "-q"]
+            for i, spec in enumerate([f"{cf.ARCH}:{cf.TAG}", cf.ARCH])]
+    proc = subprocess.run([sys.executable, "-c", _CLI, json.dumps(runs)], capture_output=True, text=True, env=env,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    if ours is None:
-        assert lines == []
-        assert "(QuickGELU)" in proc.stdout
-    else:
-        assert len(lines) == 1 and lines[0].startswith("vidmusician features: warning: ") and ours in lines[0]
+    tag_run, random_run, rest = proc.stderr.split("-- done\n")
+    # The pretrained tag: open_clip's QuickGELU-mismatch warning would have been here.
+    assert tag_run == "" and rest == ""
+    assert "encoder vmtest-clip-tiny:openai (QuickGELU)" in proc.stdout
+    # Random weights: our one-line warning, and not open_clip's "initialized randomly" log line.
+    assert random_run.startswith("vidmusician features: warning: visual encoder 'vmtest-clip-tiny': no weights given")
+    assert random_run.count("\n") == 1, random_run
