@@ -336,3 +336,19 @@ def test_features_cli_stderr_has_no_raw_warnings(hub_tag, video, tmp_path):
     # Random weights: our one-line warning, and not open_clip's "initialized randomly" log line.
     assert random_run.startswith("vidmusician features: warning: visual encoder 'vmtest-clip-tiny': no weights given")
     assert random_run.count("\n") == 1, random_run
+
+
+def test_prepare_cli_warns_in_one_line_of_ours(tmp_path, capsys):
+    from vidmusician.cli import main
+
+    cf.register_arch()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "broken.mp4").write_bytes(b"not a video")  # the encoder loads, then the file is skipped
+    argv = ["prepare", str(src), str(tmp_path / "ds"), "--backbone", "tiny", "--encoder", cf.ARCH, "--device", "cpu"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "UserWarning" not in err and ".py:" not in err
+    assert [line for line in err.splitlines() if "warn" in line.lower()] == [
+        f"vidmusician prepare: warning: visual encoder '{cf.ARCH}': no weights given, using random weights "
+        "(use NAME:TAG)"]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import one_line_warnings
 
 HELP = "Extract visual features (global CLIP embeddings, local change signal) of a video."
 
@@ -46,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{output}: is a directory; give a file name for the features (-o OUT.safetensors)")
     if not output.parent.is_dir():
         raise ConfigError(f"{output}: folder {output.parent} does not exist")
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
+    with one_line_warnings("features"):
         feats = extract_features(
             args.video, encoder=args.encoder, global_fps=args.global_fps, local_fps=args.local_fps,
             batch_size=args.batch_size, cache_dir=args.cache_dir or args.cache or None, progress=not args.quiet,
@@ -61,8 +59,3 @@ def run(args: argparse.Namespace) -> int:
         f"({ACTIVATION_NAMES.get(feats.encoder_activation, feats.encoder_activation)})"
     )
     return 0
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings as one line of ours (no file, line and source)."""
-    print(f"vidmusician features: warning: {message}", file=sys.stderr)
