@@ -92,6 +92,9 @@ def resolve_encoder(spec: str | None, activation: str | None = None) -> EncoderP
         activation: Build with this activation instead of the one the weights were
             trained with (an adapter trained on such features expects it).
 
+    Returns:
+        The :class:`EncoderPlan`; nothing is loaded or downloaded.
+
     Raises:
         ConfigError: Unknown model or tag, missing checkpoint, unknown activation.
     """
@@ -232,10 +235,11 @@ def _tag_activation(model_name: str, pretrained: str | None) -> str | None:
 
 def _is_torchscript(path: str) -> bool:
     """A TorchScript archive: a zip with compiled code (``torch.save`` zips have only data)."""
-    if not zipfile.is_zipfile(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):  # not a zip: a pickle or safetensors state dict
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
 def _file_stats(path: Path) -> list:
