@@ -274,8 +274,9 @@ def test_cli_writes_features_file(flashes, tmp_path, capsys):
     assert main(["features", str(flashes), "-o", str(out), "--encoder", "tiny", "-q", "--local-fps", "10"]) == 0
     feats = VideoFeatures.load(out)
     assert feats.local_feats.shape == (40, 16) and feats.global_feats.shape == (4, 32)
-    assert (feats.local_fps, feats.global_fps, feats.encoder) == (10.0, 1.0, "tiny")
-    assert str(out) in capsys.readouterr().out
+    assert (feats.local_fps, feats.global_fps, feats.encoder, feats.encoder_activation) == (10.0, 1.0, "tiny", "gelu")
+    printed = capsys.readouterr().out
+    assert str(out) in printed and printed.rstrip().endswith("encoder tiny (GELU)")
 
 
 def test_cli_default_output_and_cache_flag(tmp_path, monkeypatch):

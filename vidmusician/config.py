@@ -35,6 +35,12 @@ class AdapterConfig:
         rhythm_rank: None for full-width identity-initialized in-attention linears,
             or the rank of their trainable update (identity + low-rank).
         encoder: visual encoder spec ('ViT-B-32:openai', 'tiny', ...).
+        encoder_activation: MLP activation of the encoder that made the training
+            features, 'quick_gelu' or 'gelu'; features made with another are refused.
+            None: the encoder's own (QuickGELU for 'ViT-B-32:openai'). An adapter
+            folder written before it was recorded loads with what those versions
+            built: open_clip's config for the architecture, the pretrained tag ignored
+            (GELU for 'ViT-B-32:openai'; see vidmusician.encoder_specs.legacy_activation).
         global_fps: frames per second of the global features.
         local_fps: frames per second of the local change signal before resampling.
         stage: 1 (semantic only trains) or 2 (rhythm trains too).
@@ -55,6 +61,7 @@ class AdapterConfig:
     max_global_tokens: int = 30
     rhythm_rank: int | None = 64
     encoder: str = "ViT-B-32:openai"
+    encoder_activation: str | None = None
     global_fps: float = 1.0
     local_fps: float = 25.0
     stage: int = 2
@@ -162,6 +169,12 @@ class AdapterConfig:
             raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object")
+        if path.name == CONFIG_NAME and "encoder_activation" not in data:
+            # A trained adapter from before the activation was recorded: its features
+            # were made with the activation of the architecture's open_clip config.
+            from .encoder_specs import legacy_activation
+
+            data["encoder_activation"] = legacy_activation(data.get("encoder", cls.encoder))
         return cls.from_dict(data, source=str(path))
 
 

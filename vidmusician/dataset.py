@@ -27,6 +27,7 @@ import torch
 
 from .fileio import atomic_write
 from .context import VideoBatch
+from .encoder_specs import legacy_activation
 from .errors import DataError
 from .features import VideoFeatures
 
@@ -57,6 +58,9 @@ class DatasetMeta:
     window: float
     hop: float
     format_version: int = FORMAT_VERSION
+    # MLP activation of the encoder ('quick_gelu'/'gelu'); datasets prepared before
+    # it was recorded load with the one those versions built (legacy_activation).
+    encoder_activation: str | None = None
 
     def save(self, root: Path) -> None:
         text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -68,8 +72,11 @@ class DatasetMeta:
         if not path.is_file():
             raise DataError(f"{root}: not a prepared dataset (no {META_NAME}); run `vidmusician prepare SRC {root}`")
         try:
-            return cls(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
+            data = json.loads(path.read_text())
+            if "encoder_activation" not in data:
+                data["encoder_activation"] = legacy_activation(data.get("encoder"))
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: unreadable dataset description ({exc})") from None
 
     def differences(self, other: "DatasetMeta") -> list[str]:
@@ -244,7 +251,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             raise self._damaged(row["shard"], f"window {key} unreadable: {exc}") from None
         self._check(row, codes, global_feats, local_feats)
         feats = VideoFeatures(global_feats.float(), local_feats.float(), m.global_fps, m.local_fps,
-                              float(row["seconds"]), m.encoder)
+                              float(row["seconds"]), m.encoder, m.encoder_activation)
         return Example(codes.long(), feats, row.get("text"))
 
     def _check(self, row: dict, codes, global_feats, local_feats) -> None:

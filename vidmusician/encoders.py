@@ -4,12 +4,18 @@
 
 - ``None`` -> ``ViT-B-32:openai`` (the paper's encoder);
 - ``NAME:TAG`` -> open_clip's pretrained weights (downloaded once to open_clip's cache);
-- ``NAME:/path/to/checkpoint`` -> that checkpoint file for architecture NAME;
+- ``NAME:/path/to/checkpoint`` -> that checkpoint file for architecture NAME: a state
+  dict (``.pt``/``.bin``/``.safetensors``), or OpenAI's TorchScript archive
+  (``ViT-B-32.pt``, read by open_clip's OpenAI loader);
 - ``/path/to/dir`` or ``local-dir:/path`` or ``hf-hub:org/repo`` -> open_clip's folder
   format (``open_clip_config.json`` + weights);
 - ``NAME`` -> random weights (with a warning);
 - ``tiny`` -> a tiny random ViT registered as an open_clip model config: fixed
   seed, no download, fast on CPU; for tests and offline checks.
+
+The MLP activation (QuickGELU for OpenAI's CLIP, GELU otherwise) follows the
+weights, as :mod:`vidmusician.encoder_specs` resolves it per spec form, and is
+recorded as :attr:`VisualEncoder.activation`.
 
 Preprocessing follows the model's own open_clip preprocess config (size, resize
 mode, interpolation, mean/std), so a checkpoint brings its normalization with it.
@@ -22,34 +28,26 @@ happened in the decoder and only crop and normalization remain.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import tempfile
 import warnings
-from pathlib import Path
 
 import torch
 
+from .encoder_specs import (
+    ACTIVATION_NAMES,
+    DEFAULT_ENCODER,
+    GELU,
+    QUICK_GELU,
+    TINY_CONFIG,
+    TINY_MODEL_NAME,
+    TINY_SEED,
+    TINY_SPEC,
+    EncoderPlan,
+    resolve_encoder,
+)
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_ENCODER", "VisualEncoder", "encoder_fingerprint", "load_encoder"]
-
-DEFAULT_ENCODER = "ViT-B-32:openai"
-TINY_SPEC = "tiny"
-TINY_MODEL_NAME = "vidmusician-tiny"
-# Fixed so that every process builds the same random tiny encoder: features
-# cached or stored by one test run stay valid in the next.
-TINY_SEED = 0
-# The tiny architecture, as data in open_clip's model-config format. 32 px images
-# in 8 px patches give a 4x4 grid (16 patch tokens), like ViT-B-32's 7x7 in small.
-# The text tower is required by open_clip's CLIP class; it is dropped after
-# building, and kept minimal (vocab 64) so building it costs nothing.
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32, "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-}
+__all__ = ["DEFAULT_ENCODER", "VisualEncoder", "encoder_fingerprint", "load_encoder", "TINY_CONFIG", "TINY_MODEL_NAME"]
 
 
 class VisualEncoder:
@@ -59,12 +57,14 @@ class VisualEncoder:
         visual: The vision tower of an open_clip model (``model.visual``), a
             ``VisionTransformer``.
         name: The spec it was built from (recorded in features files).
-        fingerprint: What identifies its weights for the feature cache (the spec,
-            plus size and mtime of a local checkpoint).
+        fingerprint: What identifies its features for the feature cache (the spec,
+            the activation, size and mtime of a local checkpoint).
         device: Where it runs.
 
     Attributes:
         name: The spec it was built from, e.g. ``ViT-B-32:openai`` or ``tiny``.
+        activation: The MLP activation of its blocks, ``"quick_gelu"`` or ``"gelu"``
+            (read from the model): part of what the features are.
         global_dim: Embedding dimension (512 for ViT-B-32, 32 for tiny).
         num_patches: Patch tokens per frame (49 for ViT-B-32 at 224 px, 16 for tiny).
         token_dim: Width of a patch token (768 for ViT-B-32, 64 for tiny).
@@ -81,7 +81,8 @@ class VisualEncoder:
                 f"visual encoder {name!r}: {type(visual).__name__} has no patch tokens; use an open_clip ViT"
             )
         self.name = name
-        self.fingerprint = fingerprint or name
+        self.activation = _activation_of(visual, name)
+        self.fingerprint = fingerprint or f"{name}|{self.activation}"
         self.device = torch.device(device or "cpu")
         # Frozen feature extractor: eval mode (no dropout), no gradients.
         self.model = visual.to(self.device).eval().requires_grad_(False)
@@ -100,7 +101,7 @@ class VisualEncoder:
 
     def __repr__(self) -> str:
         return (
-            f"VisualEncoder({self.name!r}, global_dim={self.global_dim}, num_patches={self.num_patches}, "
+            f"VisualEncoder({self.name!r}, activation={self.activation!r}, global_dim={self.global_dim}, num_patches={self.num_patches}, "
             f"image_size={self.image_size}, device={self.device})"
         )
 
@@ -172,13 +173,17 @@ class VisualEncoder:
         return torch.autocast("cuda", dtype=dtype)
 
 
-def load_encoder(spec: str | None = None, device=None) -> VisualEncoder:
+def load_encoder(spec: str | None = None, device=None, activation: str | None = None) -> VisualEncoder:
     """Builds the visual encoder named by a spec (see the module docstring).
 
     Args:
         spec: ``NAME[:TAG]``, ``NAME:/path/to/checkpoint``, a folder in open_clip's
             format, ``hf-hub:org/repo``, ``tiny``, or None for ``ViT-B-32:openai``.
         device: Device to run on; None picks CUDA when available.
+        activation: The activation an adapter's features were made with, when it
+            differs from the one the weights were trained with (adapters written
+            before the activation was recorded expect GELU for ``ViT-B-32:openai``):
+            the encoder is built with it, with a warning. None: the weights' own.
 
     Returns:
         The encoder, frozen, in eval mode.
@@ -189,110 +194,123 @@ def load_encoder(spec: str | None = None, device=None) -> VisualEncoder:
     """
     import open_clip
 
-    spec = spec or DEFAULT_ENCODER
+    plan = resolve_encoder(spec, activation)
     device = torch.device(device) if device is not None else _default_device()
-    if spec == TINY_SPEC:
-        _register_tiny()
+    if plan.activation != plan.trained_with and plan.trained_with is not None:
+        warnings.warn(
+            f"visual encoder {plan.spec!r}: built with {ACTIVATION_NAMES[plan.activation]} as the adapter's features "
+            f"were, though its weights were trained with {ACTIVATION_NAMES[plan.trained_with]}; "
+            f"retrain the adapter on {ACTIVATION_NAMES[plan.trained_with]} features", stacklevel=2)
+    if plan.spec == TINY_SPEC:
         # Build on CPU under a fixed seed, leaving the caller's RNG state untouched.
         with torch.random.fork_rng(devices=[]), _quiet_open_clip():
             torch.manual_seed(TINY_SEED)
-            model = open_clip.create_model(TINY_MODEL_NAME)
-        return VisualEncoder(model.visual, spec, encoder_fingerprint(spec), device)
+            model = open_clip.create_model(TINY_MODEL_NAME, **plan.create_kwargs())
+    else:
+        if plan.pretrained is None and not plan.model_name.startswith(("local-dir:", "hf-hub:")):
+            warnings.warn(f"visual encoder {plan.spec!r}: no weights given, using random weights (use NAME:TAG)",
+                          stacklevel=2)
+        try:
+            with _quiet_open_clip():
+                if plan.openai_archive:
+                    model = _load_openai_archive(plan)
+                else:
+                    model = open_clip.create_model(plan.model_name, pretrained=plan.pretrained, device="cpu",
+                                                   **plan.create_kwargs())
+        except ConfigError:
+            raise
+        except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HTTP errors
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise ConfigError(f"visual encoder {plan.spec!r}: cannot build it ({reason})") from None
+    encoder = VisualEncoder(model.visual, plan.spec, plan.fingerprint, device)
+    assert plan.activation in (None, encoder.activation), (plan, encoder.activation)
+    return encoder
 
-    model_name, pretrained, fingerprint = _parse_spec(spec)
-    if pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:")):
-        warnings.warn(f"visual encoder {spec!r}: no weights given, using random weights (use NAME:TAG)", stacklevel=2)
-    try:
-        with _quiet_open_clip():
-            model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
-    except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HTTP errors
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ConfigError(f"visual encoder {spec!r}: cannot build it ({reason})") from None
-    return VisualEncoder(model.visual, spec, fingerprint, device)
 
+def encoder_fingerprint(spec: str | None, activation: str | None = None) -> str:
+    """What identifies the features an encoder makes, without loading it (for the feature cache).
 
-def encoder_fingerprint(spec: str | None) -> str:
-    """What identifies an encoder's weights, without loading them (for the feature cache).
-
-    The spec itself for the tiny encoder and pretrained tags; with the size and
-    mtime of the weight files for local checkpoints, so a replaced checkpoint is
-    a different encoder.
+    The spec and the activation; with the size and mtime of the weight files for
+    local checkpoints, so a replaced checkpoint is a different encoder. ``activation``
+    as for :func:`load_encoder`.
 
     Raises:
         ConfigError: The spec is invalid.
     """
-    spec = spec or DEFAULT_ENCODER
-    if spec == TINY_SPEC:
-        return f"{TINY_MODEL_NAME}:seed{TINY_SEED}"
-    return _parse_spec(spec)[2]
+    return resolve_encoder(spec, activation).fingerprint
 
 
-def _parse_spec(spec: str) -> tuple[str, str | None, str]:
-    """Splits a spec into open_clip's (model_name, pretrained) and a cache fingerprint."""
-    import open_clip
+def _load_openai_archive(plan: EncoderPlan):
+    """OpenAI's TorchScript archive through open_clip's OpenAI loader, checked against the named architecture.
 
-    _register_tiny()  # also makes "vidmusician-tiny:/path/to/checkpoint" a valid spec
-    if spec.startswith(("hf-hub:", "local-dir:")):
-        path = spec.split(":", 1)[1]
-        return spec, None, _fingerprint(spec, Path(path)) if spec.startswith("local-dir:") else spec
-    if os.path.isdir(spec):
-        return f"local-dir:{spec}", None, _fingerprint(spec, Path(spec))
-    if os.path.isfile(spec):
-        raise ConfigError(f"visual encoder {spec!r}: a checkpoint file needs its architecture, e.g. ViT-B-32:{spec}")
-    name, _, pretrained = spec.partition(":")
-    if name.replace("/", "-") not in open_clip.list_models():
-        raise ConfigError(
-            f"visual encoder {spec!r}: unknown open_clip model {name!r} "
-            "(e.g. ViT-B-32, ViT-B-16, ViT-L-14; see open_clip.list_models()), or a folder that does not exist"
-        )
-    if not pretrained:
-        return name, None, name
-    if os.path.isfile(pretrained):
-        return name, pretrained, _fingerprint(spec, Path(pretrained))
-    if pretrained in open_clip.list_pretrained_tags_by_model(name):
-        return name, pretrained, spec
-    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
-        raise ConfigError(f"visual encoder {spec!r}: checkpoint {pretrained} not found")
-    known = open_clip.list_pretrained_tags_by_model(name)
-    tags = ", ".join(known[:6]) + (f", ... ({len(known)} in all)" if len(known) > 6 else "") if known else "none"
-    raise ConfigError(f"visual encoder {spec!r}: unknown pretrained tag {pretrained!r} for {name} (known: {tags})")
-
-
-def _fingerprint(spec: str, path: Path) -> str:
-    """The spec plus size and mtime of the weight file(s): a changed checkpoint is a new encoder."""
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return json.dumps([spec, stats])
-
-
-def _register_tiny() -> None:
-    """Adds TINY_CONFIG to open_clip's model registry (once per process).
-
-    open_clip's public way to add an architecture is a JSON file
-    (``add_model_config``); the file is only read during registration.
+    open_clip's ``create_model`` reads checkpoints with ``torch.load(weights_only=True)``,
+    which cannot read an archive; its OpenAI loader rebuilds the model from the
+    archive's state dict instead (as ``load_openai_model`` does in fp32).
     """
     import open_clip
+    from open_clip.model import build_model_from_openai_state_dict
 
-    if TINY_MODEL_NAME in open_clip.list_models():
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{TINY_MODEL_NAME}.json"
-        path.write_text(json.dumps(TINY_CONFIG))
-        open_clip.add_model_config(path)
+    try:
+        state_dict = torch.jit.load(plan.pretrained, map_location="cpu").state_dict()
+        model = build_model_from_openai_state_dict(
+            state_dict, quick_gelu=plan.activation == QUICK_GELU, cast_dtype=None).float()
+    except Exception as exc:  # TorchScript errors, or keys that are not OpenAI's CLIP
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(f"visual encoder {plan.spec!r}: not an OpenAI CLIP archive ({reason})") from None
+    name = plan.model_name.replace("/", "-")
+    want, have = _vit_shape(open_clip.get_model_config(name)), _vit_shape(model)
+    if want != have:
+        raise ConfigError(f"visual encoder {plan.spec!r}: the archive holds a ViT of {_describe(have)}, {name} is one "
+                          f"of {_describe(want)}; name the archive's architecture")
+    return model
+
+
+def _vit_shape(source) -> tuple:
+    """(width, layers, patch, image size, embed dim) of a model config or a built CLIP."""
+    if isinstance(source, dict):
+        v = source.get("vision_cfg", {})
+        patch, size = v.get("patch_size"), v.get("image_size", 224)
+        first = [x if isinstance(x, int) or x is None else tuple(x)[0] for x in (patch, size)]
+        return (v.get("width"), v.get("layers"), *first, source.get("embed_dim"))
+    v = source.visual
+    return (v.conv1.out_channels, len(v.transformer.resblocks), v.patch_size[0], v.image_size[0], v.output_dim)
+
+
+def _describe(shape: tuple) -> str:
+    width, layers, patch, size, embed = shape
+    return f"width {width}, {layers} layers, {patch} px patches at {size} px, {embed}-d embeddings"
+
+
+def _activation_of(visual: torch.nn.Module, name: str) -> str:
+    """The MLP activation of a vision tower's blocks, from its modules."""
+    from open_clip.transformer import QuickGELU
+
+    kinds = {QUICK_GELU if isinstance(m, QuickGELU) else GELU
+             for m in visual.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}
+    if len(kinds) != 1:
+        raise ConfigError(f"visual encoder {name!r}: cannot tell its MLP activation (found {sorted(kinds)}); "
+                          "use an open_clip ViT")
+    return kinds.pop()
 
 
 @contextlib.contextmanager
 def _quiet_open_clip():
-    """Silences open_clip's logging while it builds a model.
+    """Silences open_clip's logging and warnings while it builds a model.
 
     open_clip logs on the root logger ("initialized randomly" for the tiny encoder,
-    the download error it then raises); Python prints those on stderr when logging
-    is not configured. Its failures reach the user as our one-line error instead.
+    the download error it then raises), which Python prints on stderr when logging
+    is not configured, and warns with file and line (a QuickGELU mismatch with the
+    pretrained tag, when an adapter asks for the other activation). Its failures
+    reach the user as our one-line error, the activation as our own warning; and
+    torch warns that ``torch.jit.load``, which OpenAI's format needs, is deprecated.
     """
     previous = logging.root.manager.disable
     logging.disable(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"open_clip(\.|$)")
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning)
+            yield
     finally:
         logging.disable(previous)
 

@@ -50,6 +50,10 @@ class VideoFeatures:
         local_fps: Rate of ``local_feats``.
         duration: Video duration in seconds.
         encoder: Spec of the visual encoder that made them.
+        encoder_activation: Its MLP activation, ``"quick_gelu"`` or ``"gelu"``; None
+            in files written before it was recorded (then it was what open_clip's
+            config for the architecture gives: see
+            :func:`vidmusician.encoder_specs.legacy_activation`).
     """
 
     global_feats: torch.Tensor
@@ -58,6 +62,7 @@ class VideoFeatures:
     local_fps: float
     duration: float
     encoder: str
+    encoder_activation: str | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes a safetensors file (tensors ``global``, ``local``; the rest as metadata).
@@ -77,6 +82,7 @@ class VideoFeatures:
             "local_fps": repr(float(self.local_fps)),
             "duration": repr(float(self.duration)),
             "encoder": self.encoder,
+            **({"encoder_activation": self.encoder_activation} if self.encoder_activation else {}),
             "format": "vidmusician.features",
             "version": str(FEATURES_VERSION),
         }
@@ -105,7 +111,7 @@ class VideoFeatures:
                 tensors = {k: f.get_tensor(k) for k in ("global", "local") if k in f.keys()}
             feats = cls(
                 tensors["global"], tensors["local"], float(meta["global_fps"]), float(meta["local_fps"]),
-                float(meta["duration"]), meta["encoder"],
+                float(meta["duration"]), meta["encoder"], meta.get("encoder_activation"),
             )
         except KeyError as exc:
             raise DataError(f"{path}: not a features file (missing {exc.args[0]!r})") from None
@@ -137,7 +143,7 @@ def extract_features(
         local_fps: Rate of the local change signal.
         batch_size: Frames per decode chunk and encoder batch.
         cache_dir: Folder of cached features, keyed by the video's content hash,
-            the encoder and both rates; ``True`` uses ``~/.cache/vidmusician/features``
+            the encoder (with its activation) and both rates; ``True`` uses ``~/.cache/vidmusician/features``
             (or ``$XDG_CACHE_HOME/vidmusician/features``); None disables caching.
         progress: Show a progress bar (tqdm) when extraction takes more than a second.
         device: Device for an encoder loaded from a spec; None picks CUDA when
@@ -248,7 +254,7 @@ def _compute(
                 local_feats[l0:l1] = change.clamp_(0.0, 2.0).cpu()
                 prev = cur[-1]
             bar.update(len(chunk))
-    return VideoFeatures(global_feats, local_feats, global_fps, local_fps, duration, encoder.name)
+    return VideoFeatures(global_feats, local_feats, global_fps, local_fps, duration, encoder.name, encoder.activation)
 
 
 def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
@@ -298,7 +304,7 @@ def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
 
 
 def _cache_path(cache_dir, video: Path, encoder, global_fps: float, local_fps: float) -> Path:
-    """``<cache_dir>/<key>.safetensors``, key = hash of (content, encoder, rates, version)."""
+    """``<cache_dir>/<key>.safetensors``, key = hash of (content, encoder and its activation, rates, version)."""
     if cache_dir is True:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         cache_dir = base / "vidmusician" / "features"

@@ -325,7 +325,7 @@ def _load(adapter, backbone, encoder, device):
     # Fresh adapters are identity at init: the video runs through every step of
     # the path (an installation check) and the music equals the base model's.
     config = AdapterConfig.for_backbone(musicgen, global_dim=enc.global_dim, local_dim=enc.num_patches,
-                                        encoder=enc.name)
+                                        encoder=enc.name, encoder_activation=enc.activation)
     vm = attach_adapters(musicgen, config)
     vm.encoder = enc
     return vm, musicgen
@@ -336,18 +336,14 @@ def _is_musicgen(obj) -> bool:
 
 
 def _set_encoder(vm, spec):
-    """Loads the encoder ``spec`` for ``vm`` (checked against the adapter's widths)."""
+    """Loads the encoder ``spec`` for ``vm`` (checked against the adapter's widths and activation)."""
+    from .encoder_specs import check_encoder_fit
     from .encoders import VisualEncoder, load_encoder
 
     c = vm.config
-    enc = spec if isinstance(spec, VisualEncoder) else load_encoder(spec, device=vm.device)
-    if (enc.global_dim, enc.num_patches) != (c.global_dim, c.local_dim):
-        raise ConfigError(f"visual encoder {enc.name!r} gives {enc.global_dim}-d embeddings and "
-                          f"{enc.num_patches} patches, the adapter expects {c.global_dim} and {c.local_dim}: "
-                          f"use the adapter's encoder {c.encoder!r}")
-    if enc.name != c.encoder:
-        warnings.warn(f"visual encoder {enc.name!r} differs from the adapter's {c.encoder!r}; "
-                      f"the music may not follow the video", stacklevel=3)
+    activation = c.encoder_activation if spec == c.encoder else None  # the adapter's own encoder, as it was trained
+    enc = spec if isinstance(spec, VisualEncoder) else load_encoder(spec, device=vm.device, activation=activation)
+    check_encoder_fit(c, f"visual encoder {enc.name!r}", enc.name, enc.activation, (enc.global_dim, enc.num_patches))
     vm.encoder = enc
     return enc
 
@@ -359,9 +355,9 @@ def _features_of(vm, video, progress: bool):
     if video is None:
         return None
     if isinstance(video, VideoFeatures):
-        if video.encoder != vm.config.encoder:
-            warnings.warn(f"features made with encoder {video.encoder!r}, the adapter was trained with "
-                          f"{vm.config.encoder!r}", stacklevel=3)
+        from .encoder_specs import check_encoder_fit
+
+        check_encoder_fit(vm.config, "video features", video.encoder, video.encoder_activation)
         return video
     if not isinstance(video, (str, os.PathLike)):
         raise ConfigError(f"a video must be a file path, VideoFeatures or None, got {type(video).__name__}")

@@ -215,7 +215,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     meta = DatasetMeta(backbone=backbone, sample_rate=int(cm.sample_rate), channels=int(cm.channels),
                        frame_rate=float(cm.frame_rate), n_q=int(cm.num_codebooks), card=int(cm.cardinality),
                        encoder=encoder, global_dim=int(enc.global_dim), local_dim=int(enc.num_patches),
-                       global_fps=float(global_fps), local_fps=float(local_fps), window=float(window), hop=float(hop))
+                       global_fps=float(global_fps), local_fps=float(local_fps), window=float(window), hop=float(hop),
+                       encoder_activation=enc.activation)
     if (out / META_NAME).is_file() and DatasetMeta.load(out).differences(meta):
         raise DataError(f"{out}: prepared with another codec or encoder "
                         f"({'; '.join(DatasetMeta.load(out).differences(meta))}); use a new folder")

@@ -295,12 +295,14 @@ def fresh_config(musicgen, meta: DatasetMeta, recipe: Recipe):
 
     return AdapterConfig.for_backbone(
         musicgen, encoder=meta.encoder, global_dim=meta.global_dim, local_dim=meta.local_dim,
-        global_fps=meta.global_fps, local_fps=meta.local_fps, **recipe.adapter)
+        global_fps=meta.global_fps, local_fps=meta.local_fps, encoder_activation=meta.encoder_activation,
+        **recipe.adapter)
 
 
 def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups."""
     from .backbones import backbone_spec, load_backbone
+    from .encoder_specs import check_encoder_fit
     from .inject import attach_adapters
     from .model import VidMusician
 
@@ -318,9 +320,8 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     else:
         vm = attach_adapters(musicgen, fresh_config(musicgen, meta, recipe))
     c = vm.config
-    if (c.encoder, c.global_dim, c.local_dim) != (meta.encoder, meta.global_dim, meta.local_dim):
-        raise DataError(f"{args.data}: features from encoder {meta.encoder!r} ({meta.global_dim}/{meta.local_dim}-d), "
-                        f"the adapter expects {c.encoder!r} ({c.global_dim}/{c.local_dim}-d)")
+    check_encoder_fit(c, str(args.data), meta.encoder, meta.encoder_activation, (meta.global_dim, meta.local_dim),
+                      error=DataError, same_spec=True, fix=f"prepare it with --encoder {c.encoder}, or train a fresh adapter on it")
     if math.ceil(meta.window * meta.global_fps) > c.max_global_tokens:
         raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
     vm.set_stage(recipe.stage)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import one_line_warnings
 
 HELP = "Extract visual features (global CLIP embeddings, local change signal) of a video."
 
@@ -18,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--encoder", default=None, metavar="NAME[:TAG]|PATH|tiny",
-        help="open_clip visual encoder: NAME:TAG (e.g. ViT-B-32:openai, the default), NAME:/path/to/checkpoint, "
-        "an open_clip model folder, or 'tiny' (random, offline, for tests)",
+        help="open_clip visual encoder: NAME:TAG (e.g. ViT-B-32:openai, the default), NAME:/path/to/checkpoint "
+        "(a state dict, or OpenAI's TorchScript .pt; NAME-quickgelu for QuickGELU weights), an open_clip model "
+        "folder, hf-hub:ORG/REPO, or 'tiny' (random, offline, for tests)",
     )
     parser.add_argument("--global-fps", type=float, default=1.0, help="rate of the global embeddings (default 1)")
     parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the local change signal (default 25)")
@@ -35,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..encoder_specs import ACTIVATION_NAMES
     from ..features import extract_features
 
     output = args.output or args.video.with_name(f"{args.video.stem}.features.safetensors")
@@ -42,15 +45,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{output}: is a directory; give a file name for the features (-o OUT.safetensors)")
     if not output.parent.is_dir():
         raise ConfigError(f"{output}: folder {output.parent} does not exist")
-    feats = extract_features(
-        args.video, encoder=args.encoder, global_fps=args.global_fps, local_fps=args.local_fps,
-        batch_size=args.batch_size, cache_dir=args.cache_dir or args.cache or None, progress=not args.quiet,
-        device=args.device,
-    )
+    with one_line_warnings("features"):
+        feats = extract_features(
+            args.video, encoder=args.encoder, global_fps=args.global_fps, local_fps=args.local_fps,
+            batch_size=args.batch_size, cache_dir=args.cache_dir or args.cache or None, progress=not args.quiet,
+            device=args.device,
+        )
     feats.save(output)
     g, loc = feats.global_feats, feats.local_feats
     print(
         f"{output}: global {list(g.shape)} at {feats.global_fps:g} fps, local {list(loc.shape)} at "
-        f"{feats.local_fps:g} fps, {feats.duration:.2f} s, encoder {feats.encoder}"
+        f"{feats.local_fps:g} fps, {feats.duration:.2f} s, encoder {feats.encoder} "
+        f"({ACTIVATION_NAMES.get(feats.encoder_activation, feats.encoder_activation)})"
     )
     return 0

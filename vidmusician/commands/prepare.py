@@ -27,10 +27,12 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from ..prepare import prepare
+    from . import one_line_warnings
 
-    report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
-                     hop=args.hop, holdout=args.holdout, global_fps=args.global_fps, local_fps=args.local_fps,
-                     retry_errors=args.retry_errors, device=args.device)
+    with one_line_warnings("prepare"):
+        report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
+                         hop=args.hop, holdout=args.holdout, global_fps=args.global_fps, local_fps=args.local_fps,
+                         retry_errors=args.retry_errors, device=args.device)
     print(f"{report.sources} sources: {report.already_done} already done, {report.prepared} prepared "
           f"({report.windows} windows), {len(report.failed)} failed")
     for failure in report.failed:
