@@ -9,6 +9,7 @@ and PyAV bundles FFmpeg's libraries.
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -72,11 +73,16 @@ def read_audio(path, sample_rate: int, channels: int, align_to_video: bool = Fal
     return wav
 
 
-def check_output_path(path) -> str:
+def check_output_path(path, inputs=()) -> str:
     """Checks an output path before any work is done; returns 'audio' or 'video'.
 
+    Args:
+        path: the output file.
+        inputs: files the command reads: the output must not replace one of them.
+
     Raises:
-        ConfigError: unknown extension, missing folder, or the path is a folder.
+        ConfigError: unknown extension, missing or read-only folder, a name too long
+            for the file system, the path is a folder, or the path is an input.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -92,7 +98,36 @@ def check_output_path(path) -> str:
         raise ConfigError(f"{path}: folder {parent} does not exist; create it first")
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; give a file name ending in {suffix}")
+    check_writable(path)
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise ConfigError(f"{path}: is the input {source}; writing it would replace the input, "
+                              f"give another output name (e.g. {path.stem}_scored{suffix})")
     return kind
+
+
+def check_writable(path) -> None:
+    """Refuses, before any work, a file that cannot be created: read-only folder, name too long."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    # The atomic writer adds a hidden prefix and a suffix to the name: leave room for them.
+    if len(path.name.encode()) + 40 > name_max:
+        raise ConfigError(f"{str(path)[:80]}...: the file name is too long for this file system "
+                          f"({len(path.name.encode())} bytes, at most {name_max - 40}); use a shorter name")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{path}: folder {parent} is not writable (read-only or no permission); "
+                          f"choose another output folder")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def write_output(path, wav: torch.Tensor, sample_rate: int, video=None) -> Path:

@@ -17,12 +17,19 @@ from .errors import VidMusicianError, os_error_line
 COMMANDS = ("info", "features", "generate", "prepare", "eval")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``vidmusician generate: error: ...`` (``-h`` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="vidmusician", description="Video-to-music generation with MusicGen adapters.")
+    parser = Parser(prog="vidmusician", description="Video-to-music generation with MusicGen adapters.")
     parser.add_argument("--version", action="version", version=f"vidmusician {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"vidmusician.commands.{name}")

@@ -32,6 +32,8 @@ __all__ = ["DEFAULT_BACKBONE", "GenerationParams", "Window", "plan_windows", "ge
            "generate_batch", "generate"]
 
 DEFAULT_BACKBONE = "facebook/musicgen-small"
+# 24 hours: far beyond any video anyone scores; larger values are typos that would overflow.
+MAX_DURATION = 86400.0
 # audiocraft extends by 18 s of a 30 s window; keep that ratio for other window lengths.
 STRIDE_FRACTION = 0.6
 
@@ -296,8 +298,8 @@ def check_duration(duration):
         value = float(duration)
     except (TypeError, ValueError):
         raise ConfigError(f"duration must be a number of seconds, got {duration!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"duration must be a positive number of seconds, got {duration}")
+    if not (0 < value <= MAX_DURATION):
+        raise ConfigError(f"duration must be a number of seconds in (0, {MAX_DURATION:g}], got {duration}")
     return value
 
 

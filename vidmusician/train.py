@@ -18,7 +18,6 @@ continues from the latest one exactly. The release adapter is ``OUTPUT/adapter``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -334,7 +333,9 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vidmusician.train", description=__doc__.split("\n\n")[0])
+    from .cli import Parser
+
+    p = Parser(prog="python -m vidmusician.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, help="recipe JSON (recipes/stage1_semantic.json, ...)")
     p.add_argument("--data", required=True, help="dataset folder from `vidmusician prepare`")
     p.add_argument("--output", required=True, help="run folder: checkpoints/, adapter/, log.jsonl")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..audio_io import check_writable
+from ..checks import arg_number
 from ..errors import ConfigError
 from . import one_line_warnings
 
@@ -23,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(a state dict, or OpenAI's TorchScript .pt; NAME-quickgelu for QuickGELU weights), an open_clip model "
         "folder, hf-hub:ORG/REPO, or 'tiny' (random, offline, for tests)",
     )
-    parser.add_argument("--global-fps", type=float, default=1.0, help="rate of the global embeddings (default 1)")
-    parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the local change signal (default 25)")
-    parser.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch (default 64)")
+    parser.add_argument("--global-fps", type=arg_number(low=0, high=1000, low_open=True), default=1.0,
+                        help="rate of the global embeddings, in (0, 1000] (default 1)")
+    parser.add_argument("--local-fps", type=arg_number(low=0, high=1000, low_open=True), default=25.0,
+                        help="rate of the local change signal, in (0, 1000] (default 25)")
+    parser.add_argument("--batch-size", type=arg_number(integer=True, low=1, high=65536), default=64,
+                        help="frames per encoder batch, in [1, 65536] (default 64)")
     # Two flags rather than one with an optional value: `--cache VIDEO` would read VIDEO as the folder.
     parser.add_argument(
         "--cache", action="store_true",
@@ -45,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{output}: is a directory; give a file name for the features (-o OUT.safetensors)")
     if not output.parent.is_dir():
         raise ConfigError(f"{output}: folder {output.parent} does not exist")
+    check_writable(output)
+    if output.exists() and args.video.exists() and output.samefile(args.video):
+        raise ConfigError(f"{output}: is the input video; give another output name (-o OUT.safetensors)")
     with one_line_warnings("features"):
         feats = extract_features(
             args.video, encoder=args.encoder, global_fps=args.global_fps, local_fps=args.local_fps,
