@@ -9,6 +9,7 @@ and PyAV bundles FFmpeg's libraries.
 
 from __future__ import annotations
 
+import io
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import AudioError, ConfigError, VideoError
+from .errors import AudioError, ConfigError, VideoError, short_path
 from .fileio import atomic_write
 
 __all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "write_audio", "mux_audio",
@@ -116,7 +117,7 @@ def check_writable(path) -> None:
         name_max = 255
     # The atomic writer adds a hidden prefix and a suffix to the name: leave room for them.
     if len(path.name.encode()) + 40 > name_max:
-        raise ConfigError(f"{str(path)[:80]}...: the file name is too long for this file system "
+        raise ConfigError(f"{short_path(path)}: the file name is too long for this file system "
                           f"({len(path.name.encode())} bytes, at most {name_max - 40}); use a shorter name")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"{path}: folder {parent} is not writable (read-only or no permission); "
@@ -155,7 +156,11 @@ def write_audio(path, wav: torch.Tensor, sample_rate: int) -> Path:
     if fmt is None:
         check_output_path(path)  # raises with the list of formats
     data = _as_float_array(wav).T  # soundfile wants [samples, channels]
-    atomic_write(path, lambda tmp: sf.write(str(tmp), data, sample_rate, format=fmt, subtype="PCM_16"))
+    # Encoded in memory, then written by Python: a full disk is then an OSError that says
+    # so (libsndfile reports only "System error"), and the earlier file stays untouched.
+    buffer = io.BytesIO()
+    sf.write(buffer, data, sample_rate, format=fmt, subtype="PCM_16")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     return path
 
 

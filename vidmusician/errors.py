@@ -38,7 +38,7 @@ def os_error_line(exc: OSError) -> str:
     """One line for a file-system failure: the path, what the system said, and what to do."""
     import errno
 
-    path = exc.filename if exc.filename is not None else ""
+    path = short_path(exc.filename) if exc.filename is not None else ""
     fixes = {
         errno.ENOSPC: "the disk is full; free space or write elsewhere (earlier outputs were left intact)",
         errno.EDQUOT: "the disk quota is exceeded; free space or write elsewhere",
@@ -53,3 +53,9 @@ def os_error_line(exc: OSError) -> str:
     }
     what = fixes.get(exc.errno, exc.strerror or type(exc).__name__)
     return f"{path}: {what}" if path else what
+
+
+def short_path(path, limit: int = 120) -> str:
+    """A path for a message: long ones (a 300-character name) keep their start and end."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 3):]}"

@@ -40,7 +40,7 @@ def run(args) -> int:
     # Every check that needs no model comes first: a bad argument costs nothing.
     check_duration(args.duration)
     output = Path(args.output) if args.output else Path(f"{Path(args.video).stem}_music.wav")
-    check_output_path(output)
+    check_output_path(output, inputs=[args.video])
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         wav, sample_rate = generate(

@@ -1,0 +1,237 @@
+"""Every command against bad input and a file system that says no: one line, exit 2, nothing lost.
+
+Each case runs the command's entry point (``vidmusician.cli.main``, the console
+script's function, or ``python -m vidmusician.train``'s ``main``) and checks what
+a user sees: exit status 2, one short line on stderr naming the input, no
+traceback, no partial output, and earlier outputs unchanged. Read-only folders
+and full disks are real: small tmpfs mounts (the tests run as root in CI; without
+root they are skipped with the reason). ``test_cli_in_a_real_process`` runs a case
+of each kind through a separate process, as a user's shell does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media import flash_video
+
+from vidmusician import cli
+from vidmusician.train import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--backbone", "tiny", "--encoder", "tiny"]
+LONG_NAME = "v" * 300 + ".mp4"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    music = 0.1 * np.random.default_rng(0).standard_normal((1, 64000)).astype(np.float32)
+    return flash_video(path, [0.5, 1.2], 2.0, size=32, audio=music)
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """A factory of small tmpfs folders: ``mount(kb, readonly=False)``; unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small or read-only file system")
+    mounted = []
+
+    def make(kb: int = 64, readonly: bool = False, fill: dict | None = None) -> Path:
+        path = tmp_path / f"fs{len(mounted)}"
+        path.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(path)]).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(path)
+        for name, data in (fill or {}).items():
+            (path / name).write_bytes(data)
+        if readonly:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", str(path)])
+
+
+def full(folder: Path) -> None:
+    """Fills a tmpfs to the last byte."""
+    with contextlib.suppress(OSError), open(folder / "filler", "wb") as f:
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+
+
+def run(capsys, *args, train: bool = False) -> tuple[int, str]:
+    capsys.readouterr()
+    args = [str(a) for a in args]
+    try:
+        code = train_main(args) if train else cli.main(args)
+    except SystemExit as exc:  # argparse's errors exit; the console script exits the same way
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def refused(result: tuple[int, str], *needles: str) -> str:
+    code, err = result
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if ": error: " in line]
+    # One error line; other lines may only be the command's own one-line warnings.
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert all(": warning: " in line for line in lines if line not in errors), err
+    assert len(errors[0]) < 400, errors[0]
+    assert all(n in err for n in needles), err
+    return err
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files a failed write left behind."""
+    return [p.name for p in folder.iterdir() if p.name.endswith(".part") or p.name.startswith(".tmp")]
+
+
+# ---- generate ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["missing", "not a video", "long name"])
+def test_generate_refuses_bad_videos(case, clip, tmp_path, capsys):
+    video = {"missing": tmp_path / "missing.mp4", "long name": tmp_path / LONG_NAME}.get(case)
+    if case == "not a video":
+        video = tmp_path / "notes.mp4"
+        video.write_text("these are notes, not a video")
+    out = tmp_path / "out.wav"
+    refused(run(capsys, "generate", video, *TINY, "-o", out), str(video)[:40])
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--duration", "1e300"], "duration must be a number of seconds in (0, 86400]"),
+    (["--duration", "-2"], "duration must be"),
+    (["--duration", "nan"], "duration must be"),
+    (["--top-k", "ten"], "--top-k"),
+])
+def test_generate_refuses_numbers_no_one_meant(args, needle, clip, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    refused(run(capsys, "generate", clip, *TINY, "-o", out, *args), needle)
+    assert not out.exists()
+
+
+def test_generate_never_writes_over_its_input(clip, tmp_path, capsys):
+    video = tmp_path / "mine.mp4"
+    video.write_bytes(clip.read_bytes())
+    refused(run(capsys, "generate", video, *TINY, "-o", video), "is the input")
+    assert video.read_bytes() == clip.read_bytes()
+
+
+@pytest.mark.parametrize("target, needle", [("folder", "is a folder"), ("long", "too long"),
+                                            ("missing folder", "does not exist")])
+def test_generate_refuses_outputs_it_cannot_write(target, needle, clip, tmp_path, capsys):
+    (tmp_path / "taken.wav").mkdir()
+    out = {"folder": tmp_path / "taken.wav", "long": tmp_path / ("o" * 300 + ".wav"),
+           "missing folder": tmp_path / "nope" / "out.wav"}[target]
+    refused(run(capsys, "generate", clip, *TINY, "-o", out), needle)
+
+
+def test_generate_into_a_read_only_folder(mount, clip, capsys):
+    folder = mount(readonly=True)
+    refused(run(capsys, "generate", clip, *TINY, "-o", folder / "out.wav"), "not writable")
+
+
+def test_a_full_disk_keeps_the_earlier_output(mount, clip, tmp_path, capsys):
+    """The music is written to a temporary name first: a full disk must not cost the earlier file."""
+    earlier = b"RIFF-an-earlier-good-output"
+    folder = mount(kb=256, fill={"out.wav": earlier})
+    full(folder)
+    err = refused(run(capsys, "generate", clip, *TINY, "-o", folder / "out.wav", "--quiet"), "disk is full")
+    assert "out.wav" in err or str(folder) in err
+    assert (folder / "out.wav").read_bytes() == earlier and not leftovers(folder)
+
+
+# ---- features ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, needle", [(["--global-fps", "0"], "--global-fps: must be in (0, 1000]"),
+                                          (["--local-fps", "1e300"], "--local-fps"),
+                                          (["--batch-size", "0"], "--batch-size: must be in [1, 65536]")])
+def test_features_refuses_numbers_no_one_meant(args, needle, clip, tmp_path, capsys):
+    refused(run(capsys, "features", clip, "--encoder", "tiny", "-o", tmp_path / "f.safetensors", *args), needle)
+    assert not (tmp_path / "f.safetensors").exists()
+
+
+def test_features_full_disk_and_read_only(mount, clip, capsys):
+    earlier = b"an earlier features file"
+    small = mount(kb=64, fill={"f.safetensors": earlier})
+    full(small)
+    refused(run(capsys, "features", clip, "--encoder", "tiny", "-o", small / "f.safetensors", "-q"), "disk is full")
+    assert (small / "f.safetensors").read_bytes() == earlier and not leftovers(small)
+    readonly = mount(readonly=True)
+    refused(run(capsys, "features", clip, "--encoder", "tiny", "-o", readonly / "f.safetensors"), "not writable")
+
+
+# ---- prepare -------------------------------------------------------------------------------------
+
+
+def test_prepare_refuses_bad_sources_and_settings(clip, tmp_path, capsys):
+    refused(run(capsys, "prepare", tmp_path / "nothing", tmp_path / "data", *TINY), "nothing")
+    refused(run(capsys, "prepare", clip.parent, tmp_path / "data", *TINY, "--window", "0"), "window")
+    refused(run(capsys, "prepare", clip.parent, tmp_path / "data", *TINY, "--holdout", "1.5"), "holdout")
+    a_file = tmp_path / "data.txt"
+    a_file.write_text("a file where the dataset folder goes")
+    refused(run(capsys, "prepare", clip.parent, a_file, *TINY), str(a_file))
+    assert a_file.read_text() == "a file where the dataset folder goes"
+
+
+def test_prepare_into_a_read_only_or_full_file_system(mount, clip, capsys):
+    readonly = mount(readonly=True)
+    refused(run(capsys, "prepare", clip.parent, readonly / "data", *TINY), str(readonly))
+    small = mount(kb=48)
+    full(small)
+    refused(run(capsys, "prepare", clip.parent, small / "data", *TINY, "--window", "1", "--hop", "1"),
+            "disk is full")
+    assert not (small / "data").exists() or not leftovers(small / "data")
+
+
+# ---- train ---------------------------------------------------------------------------------------
+
+
+def test_train_refuses_a_missing_dataset_and_a_read_only_run_folder(mount, tmp_path, capsys):
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"stage": 1, "max_steps": 2, "warmup_steps": 1}))
+    refused(run(capsys, "--recipe", recipe, "--data", tmp_path / "none", "--output", tmp_path / "run", train=True),
+            "not a prepared dataset")
+    refused(run(capsys, "--recipe", tmp_path / "none.json", "--data", tmp_path, "--output", tmp_path / "run",
+                train=True), "no such recipe")
+    refused(run(capsys, "--recipe", recipe, train=True), "required")
+
+
+# ---- eval and info -------------------------------------------------------------------------------
+
+
+def test_eval_and_info_refuse_bad_input(tmp_path, capsys):
+    refused(run(capsys, "eval", "--videos", tmp_path / "none", "--generated", tmp_path), "no such folder")
+    refused(run(capsys, "info", "musicgen-huge"), "unknown preset")
+    (tmp_path / "adapter_config.json").write_text("[1, 2]")
+    refused(run(capsys, "info", tmp_path), "expected a JSON object")
+    (tmp_path / "adapter_config.json").write_text('{"attn_heads": 0}')
+    refused(run(capsys, "info", tmp_path), "attn_heads must be a whole number")
+
+
+# ---- in a real process ---------------------------------------------------------------------------
+
+
+def test_cli_in_a_real_process(tmp_path):
+    """Exit status and stderr as a shell sees them: an argument error and a user error."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for args, needle in (([str(tmp_path / "x.mp4"), "--duration", "0"], "duration"),
+                         ([str(tmp_path / "x.mp4")], "no such file")):
+        proc = subprocess.run([sys.executable, "-m", "vidmusician", "generate", *args], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert needle in proc.stderr and "Traceback" not in proc.stderr
