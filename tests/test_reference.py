@@ -115,17 +115,18 @@ def adapt_by_hand(base_lm, vm, video, frame_offset: int, steps: int):
             for i in sorted(set(config.semantic_layers) | set(config.rhythm_layers))]
 
 
-# Full-width in-attention, and a rank below the model width (32); the windows start at
-# frame 0 and one second in (another stretch of local frames and global tokens).
-@pytest.mark.parametrize("rank, frame_offset", [(None, 0), (8, 25)])
-def test_adapted_model_matches_the_design_written_out(tiny, rank, frame_offset):
+# Full-width in-attention, and a rank below the model width (32); windows that start at
+# frame 0 and one second in (another stretch of local frames and global tokens); video
+# rows in one span and scattered (the wrappers' two ways of picking rows).
+@pytest.mark.parametrize("rank, frame_offset, present", [(None, 0, [True, True, False]),
+                                                         (8, 25, [True, False, True])])
+def test_adapted_model_matches_the_design_written_out(tiny, rank, frame_offset, present):
     base, musicgen = tiny(), tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen, rhythm_rank=rank))
     perturb_adapters(vm, scale=0.2)  # the norms' weights and biases too
     vm.set_trainable(["semantic", "rhythm"])
-    present = [True, False, True]
     video = random_video_batch(3, present)
-    video.global_mask[2, 5:] = False  # a video that ends inside the window
+    video.global_mask[1 if present[1] else 2, 5:] = False  # a video that ends inside the window
     codes = codes_for(musicgen, batch=3, steps=24)
     cond = base.lm.condition_provider(base.lm.condition_provider.tokenize(null_text(3)))
     hooks = adapt_by_hand(base.lm, vm, video, frame_offset, codes.shape[-1])
