@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from media import flash_video, write_audio
 
 import vidmusician.backbones as backbones
+import vidmusician.features as features
 from vidmusician.cli import main
 from vidmusician.dataset import INDEX_NAME, Collate, MismatchedVideos, PreparedDataset, read_jsonl
 from vidmusician.errors import DataError
@@ -97,19 +99,31 @@ def test_cached_codes_and_features_are_those_of_the_window(prepared, folder):
     assert torch.allclose(ex.features.global_feats, whole.global_feats[2:4], rtol=1e-2, atol=1e-2)
 
 
-def test_rerun_does_no_work(prepared, folder, monkeypatch):
+def test_rerun_does_no_work(prepared, folder, monkeypatch, tmp_path):
     out, _ = prepared
     shards = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
     index = (out / INDEX_NAME).read_text()
+    loads = []
 
-    def no_models(*args, **kwargs):
-        raise AssertionError("a rerun with nothing to do must not load the codec")
+    def spy(loader):
+        def load(*args, **kwargs):
+            loads.append(loader.__name__)
+            return loader(*args, **kwargs)
+        return load
 
-    monkeypatch.setattr(backbones, "load_backbone", no_models)
+    for module, name in ((backbones, "load_codec"), (backbones, "load_backbone"), (features, "load_encoder")):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
     report = prepare(folder, out, window=2.0, hop=1.0, holdout=0.3, **TINY)
     assert (report.already_done, report.prepared, report.failed) == (5, 0, [])
+    assert loads == []  # nothing to do: no model is loaded
     assert (out / INDEX_NAME).read_text() == index
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == shards
+    # The spies are where prepare loads its models: a run with work (retrying the two
+    # failed sources, on a copy) goes through them, and loads the codec without the LM.
+    copy = shutil.copytree(out, tmp_path / "ds")
+    report = prepare(folder, copy, window=2.0, hop=1.0, holdout=0.3, retry_errors=True, **TINY)
+    assert (report.already_done, len(report.failed)) == (3, 2)
+    assert sorted(loads) == ["load_codec", "load_encoder"]
 
 
 def test_rerun_with_other_settings_is_refused(prepared, folder):

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import perturb_adapters, random_video_batch, tiny_config
+import vidmusician.backbones as backbones
 from vidmusician import VidMusician, attach_adapters
 from vidmusician.backbones import export_musicgen, load_backbone, codec_config, lm_config, random_musicgen
 from vidmusician.checkpoint import WEIGHTS_NAME
+from vidmusician.cli import main
 from vidmusician.config import AdapterConfig, load_preset
 from vidmusician.errors import AdapterError, BackboneError, ConfigError
 from vidmusician.inject import count_adapter_parameters
@@ -121,14 +122,21 @@ def test_medium_preset_within_paper_budget_and_counts_match_real_modules(tiny):
     assert (meta["semantic"], meta["rhythm"]) == (real["semantic"], real["rhythm"])
 
 
-def test_info_cli_json():
-    out = subprocess.run([sys.executable, "-m", "vidmusician", "info", "musicgen-medium", "--json"],
-                         capture_output=True, text=True, check=True)
-    data = json.loads(out.stdout)
-    assert data["trainable_parameters"]["total"] == count_adapter_parameters(load_preset("musicgen-medium"))["total"]
+def test_info_cli(saved, capsys):
+    expected = count_adapter_parameters(load_preset("musicgen-medium"))
+    assert main(["info", "musicgen-medium", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trainable_parameters"] == {k: expected[k] for k in ("semantic", "rhythm", "total")}
     assert data["config"]["dim"] == 1536
-    bad = subprocess.run([sys.executable, "-m", "vidmusician", "info", "musicgen-huge"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown preset" in bad.stderr
+    assert main(["info", "musicgen-medium"]) == 0
+    text = capsys.readouterr().out
+    assert "dim 1536, 48 layers" in text and f"{expected['total']:,}" in text
+    _, folder = saved  # an adapter folder works as well as a preset name
+    assert main(["info", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["backbone"] == "tiny"
+    assert main(["info", "musicgen-huge"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1 and "unknown preset" in out.err
 
 
 def test_load_backbone_reads_audiocraft_export_despite_weights_only(tiny, tmp_path):
@@ -175,14 +183,48 @@ def test_load_backbone_bad_folder(tmp_path):
         load_backbone(str(tmp_path / "empty"), device="cpu")
 
 
-def test_random_small_has_the_real_architecture():
-    musicgen = random_musicgen("small")
-    lm = musicgen.lm
-    assert (lm.dim, len(lm.transformer.layers), lm.transformer.layers[0].self_attn.num_heads) == (1024, 24, 16)
-    assert (lm.num_codebooks, lm.card, musicgen.compression_model.frame_rate) == (4, 2048, 50)
+def test_random_backbones_have_the_real_architectures(monkeypatch):
+    """The LMs are built by audiocraft's builder on the meta device (shapes, no memory);
+    the codec, which they share, is built once and for real."""
+    import audiocraft.models.musicgen
+    from audiocraft.models import builders
+    from omegaconf import OmegaConf
+
     from vidmusician.backbones import load_codec
 
-    assert same_state(load_codec("random-small", device="cpu"), musicgen.compression_model)
+    build_lm = builders.get_lm_model
+
+    def build_lm_on_meta(cfg):
+        cfg.device = "meta"
+        with torch.device("meta"):
+            return build_lm(cfg)
+
+    monkeypatch.setattr(builders, "get_lm_model", build_lm_on_meta)
+    # audiocraft's MusicGen cannot hold a meta LM (it sets up autocast on the LM's device).
+    monkeypatch.setattr(audiocraft.models.musicgen, "MusicGen", lambda name, compression_model, lm, max_duration:
+                        SimpleNamespace(name=name, compression_model=compression_model, lm=lm))
+    # A random codec is a function of its config and seed (seeded k-means): built once per
+    # (config, seed), so a load_codec that asked for another one would build another codec.
+    codecs, build_codec = {}, backbones._build_codec
+
+    def build_codec_once(cfg, seed):
+        key = (OmegaConf.to_yaml(cfg), seed)
+        if key not in codecs:
+            codecs[key] = build_codec(cfg, seed)
+        return codecs[key]
+
+    monkeypatch.setattr(backbones, "_build_codec", build_codec_once)
+    real = {"small": (1024, 24, 16), "medium": (1536, 48, 24), "large": (2048, 48, 32)}  # width, layers, heads
+    for size, (dim, layers, heads) in real.items():
+        musicgen = random_musicgen(size)
+        lm = musicgen.lm
+        assert all(p.is_meta for p in lm.parameters())
+        assert (lm.dim, len(lm.transformer.layers), lm.transformer.layers[0].self_attn.num_heads) == (dim, layers, heads)
+        assert (lm.num_codebooks, lm.card, musicgen.compression_model.frame_rate) == (4, 2048, 50)
+        assert musicgen.name == f"random-{size}"
+        # load_codec gives the codec of the whole backbone.
+        assert same_state(load_codec(f"random-{size}", device="cpu"), musicgen.compression_model)
+    assert len(codecs) == 1
     # The random codec is informative: noise maps to varied codes in every codebook.
     with torch.no_grad():
         codes = musicgen.compression_model.encode(torch.randn(1, 1, 64000) * 0.3)[0]
