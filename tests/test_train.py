@@ -162,7 +162,7 @@ def test_two_processes_give_the_adapter_of_one(mixed_data, tmp_path):
     one = tmp_path / "one"
     ok(run(["--recipe", r, "--data", mixed_data, "--output", one, "--set", "batch_size=2"]))
     two = tmp_path / "two"
-    launcher = [str(REPO / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "vidmusician.train"]
     proc = ok(run(["--recipe", r, "--data", mixed_data, "--output", two, "--set", "batch_size=1"], launcher=launcher))
@@ -433,7 +433,7 @@ def test_workers_stop_when_the_launcher_is_killed(flash_data, tmp_path):
     import time
 
     log = tmp_path / "out.txt"
-    launcher = [str(REPO / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "--main_process_port", str(30500 + os.getpid() % 1000), "-m", "vidmusician.train"]
     args = ["--recipe", recipe(tmp_path, max_steps=100000, log_every=1, batch_size=1), "--data", flash_data,
