@@ -59,16 +59,16 @@ def record_lm(lm, log):
 # Which batch runs
 
 
-@pytest.mark.parametrize("coefs, has_video, rows, video_rows", [
+@pytest.mark.parametrize("coefs, has_video, rows, why", [
     (dict(cfg_coef=3.0), True, (True, False), "two branches, video in cond"),
     (dict(text_cfg_coef=2.0, video_cfg_coef=2.0), True, (True, False), "t == v: two branches"),
     (dict(cfg_coef=4.0, video_cfg_coef=0.0), True, (False, False), "v == 0: plain MusicGen"),
     (dict(text_cfg_coef=2.0, video_cfg_coef=5.0), False, (False, False), "no video: two branches"),
     (dict(text_cfg_coef=2.0), True, (True, False, False), "t != v: three branches"),
 ])
-def test_the_cheapest_batch_that_computes_the_guidance(coefs, has_video, rows, video_rows):
+def test_the_cheapest_batch_that_computes_the_guidance(coefs, has_video, rows, why):
     g = GenerationParams(**coefs).guidance(has_video)
-    assert g.video == rows, video_rows
+    assert g.video == rows, why
     assert g.text == ((True, True, False) if len(rows) == 3 else (True, False))
     assert g.text_coef == coefs.get("text_cfg_coef", coefs.get("cfg_coef", 3.0))
     if len(rows) == 3:
