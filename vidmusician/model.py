@@ -245,7 +245,7 @@ class VidMusician:
             text_cfg_coef: ``t``, guidance of the text alone; None: ``cfg_coef``.
             video_cfg_coef: ``v``, guidance of the video on top of the text; None:
                 ``cfg_coef``. With ``v != t`` (and ``v != 0``) every step runs a third,
-                text-only branch: about 1.5x the time. 0: plain MusicGen with the text.
+                text-only branch: up to 1.5x the time. 0: plain MusicGen with the text.
         """
         from .sampling import GenerationParams
 

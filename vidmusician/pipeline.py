@@ -208,7 +208,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         text_cfg_coef: guidance of the text alone; default ``cfg_coef``.
         video_cfg_coef: guidance of the video on top of the text; default ``cfg_coef``.
             Different from ``text_cfg_coef`` (and not 0), each step runs a third,
-            text-only branch: about 1.5x the time. 0: plain MusicGen with the text.
+            text-only branch: up to 1.5x the time. 0: plain MusicGen with the text.
 
     Returns:
         ``(wav, sample_rate)``: ``wav`` a float tensor ``[channels, samples]`` on

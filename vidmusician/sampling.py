@@ -102,7 +102,7 @@ class GenerationParams:
         text_cfg_coef: guidance of the text alone (``t``); None: ``cfg_coef``.
         video_cfg_coef: guidance of the video on top of the text (``v``); None:
             ``cfg_coef``. With ``t != v`` (and ``v != 0``) a step runs three
-            branches, ``[text+video; text; null]``, about 1.5x a two-branch step.
+            branches, ``[text+video; text; null]``: 1.5x the rows of a two-branch step.
         extend_stride: seconds a new window advances past the previous one for
             music longer than the backbone's window; None: 0.6 of the window
             (audiocraft's 18 s of 30 s).

@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
                         help="guidance of the text alone (default: --cfg-coef)")
     parser.add_argument("--video-cfg", type=float, metavar="V",
                         help="guidance of the video on top of the text (default: --cfg-coef); different from "
-                             "the text's, every step runs a third, text-only branch (about 1.5x the time); "
+                             "the text's, every step runs a third, text-only branch (up to 1.5x the time); "
                              "0: plain MusicGen with the text")
     parser.add_argument("--top-k", type=int, default=250, metavar="K", help="top-k sampling (default 250)")
     parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default 1.0)")
