@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from vidmusician.prepare import merge_parts, prepare
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--backbone", "tiny", "--encoder", "tiny", "--window", "2", "--hop", "1", "--holdout", "0.3",
             "--device", "cpu"]
-DURATIONS = [2.0, 3.0, 2.0, 2.5, 3.0, 2.0]
+DURATIONS = [3.0, 4.0, 3.0, 3.5, 4.0, 3.0]  # two windows or more each: a kill can split a source
 
 
 def env() -> dict:
@@ -108,13 +109,13 @@ import vidmusician.dataset as dataset
 import vidmusician.prepare as prepare
 
 rng = random.Random(int(os.environ["KILL_SEED"]))
-kill_at = int(os.environ["KILL_AT"])
+kill_in, kill_at = os.environ["KILL_IN"], int(os.environ["KILL_AT"])
 calls = 0
 
-def hook(what):
+def hook(what):  # the kill_at-th call of the kill_in kind
     global calls
-    calls += 1
-    return calls == kill_at
+    calls += what == kill_in
+    return what == kill_in and calls == kill_at
 
 def die():  # SIGTERM (what schedulers send) or SIGKILL, at this point
     os.kill(os.getpid(), getattr(signal, os.environ["KILL_WITH"]))
@@ -148,8 +149,8 @@ real_append = dataset.append_jsonl
 def append(path, rows):  # during the index append: some lines, the last one torn
     if hook("index"):
         text = "".join(__import__("json").dumps(r, sort_keys=True) + "\\n" for r in rows)
-        with open(path, "a") as f:
-            f.write(text[:rng.randrange(1, len(text))])
+        with open(path, "a") as f:  # at least the first line whole: a partly indexed source
+            f.write(text[:rng.randrange(text.index("\\n") + 1, len(text))])
         die()
     real_append(path, rows)
 
@@ -163,15 +164,17 @@ sys.exit(main(["prepare"] + sys.argv[1:]))
 
 
 def test_kills_at_random_points_redo_no_finished_source(folder, straight, tmp_path):
-    """SIGTERM, then SIGKILLs, each at a random call of encoding, shard write or index append; then a full run."""
+    """SIGTERM during encoding, SIGKILL during an index append and during a shard write (random calls, random
+    cuts), then a run to the end."""
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     out, work = tmp_path / "ds", tmp_path / "work.txt"
     rng = random.Random(0)
-    for round_, signame in enumerate(["SIGTERM", "SIGKILL", "SIGKILL", None]):
+    rounds = [("SIGTERM", "encode"), ("SIGKILL", "index"), ("SIGKILL", "shard"), (None, "none")]
+    for round_, (signame, where) in enumerate(rounds):
         before = inodes(out) if out.exists() else {}
         work.write_text("")
-        points = dict(KILL_AT=str(rng.randint(2, 7) if signame else 0), KILL_WITH=signame or "SIGKILL",
+        points = dict(KILL_IN=where, KILL_AT=str(rng.randint(2, 3)), KILL_WITH=signame or "SIGKILL",
                       KILL_SEED=str(round_), WORK_LOG=str(work))
         proc = subprocess.run([sys.executable, str(killer), *prepare_cmd(folder, out)[4:]], cwd=REPO,
                               env=dict(env(), **points), capture_output=True, text=True, timeout=240)
@@ -185,9 +188,12 @@ def test_kills_at_random_points_redo_no_finished_source(folder, straight, tmp_pa
         after = inodes(out)
         assert all(after[s] == ino for s, ino in before.items())  # finished shards never rewritten
         PreparedDataset(out)  # what a kill leaves always reads (only complete sources)
+        if where == "index":  # the kill left a partly indexed source: it does not count as finished
+            assert len(dataset_rows(out)) < len(read_jsonl(out / INDEX_NAME))
         # SIGTERM removes the shard it was writing; what a SIGKILL leaves, the next run removes
         assert not list((out / SHARD_DIR).glob(".*.part")) or signame == "SIGKILL"
-    assert len(before) >= 2  # the kills left finished sources to keep
+    assert len(before) >= 3  # the kills left finished sources to keep
+    assert re.search(r"seconds: audio [\d.]+, video [\d.]+, codec [\d.]+, write [\d.]+", proc.stdout), proc.stdout
     assert content(out) == content(straight)
 
 
@@ -205,12 +211,13 @@ def test_a_merge_cut_short_reads_the_same_and_a_rerun_completes_it(straight, fol
     (out / "errors.jsonl").write_text(errors[0])
     # a source split over two files is complete in neither: it does not count
     assert len(dataset_rows(out)) < len(lines)
-    (out / "index.part-0.jsonl").write_text("".join(lines[:3]))
-    (out / "index.part-1.jsonl").write_text("".join(lines[3:]))
+    first = json.loads(lines[0])["windows"]  # the lines of the first source, then the others
+    (out / "index.part-0.jsonl").write_text("".join(lines[:first]))
+    (out / "index.part-1.jsonl").write_text("".join(lines[first:]))
     assert content(out) == expected
     # Killed after the rename, before the parts were removed: rows in both count once.
     merge_parts(out)
-    (out / "index.part-1.jsonl").write_text("".join(lines[3:]))
+    (out / "index.part-1.jsonl").write_text("".join(lines[first:]))
     assert content(out) == expected
     assert len(PreparedDataset(out, "train")) + len(PreparedDataset(out, "holdout")) == len(lines)
     ok(run(prepare_cmd(folder, out)))  # nothing to redo; folds the leftover part in
