@@ -68,13 +68,27 @@ def test_tensorboard_gets_losses_learning_rate_and_audio_samples(data, tmp_path,
     assert samples == ["step-00000002.wav", "step-00000004.wav"]
     wav, rate = sf.read(run / "samples" / samples[0])
     assert rate == 32000 and len(wav) == 4 * 32000 and abs(wav).max() > 0
-    # The bar (stderr) shows the loss and the time left; log lines stay whole on stdout.
-    assert "training" in err and "loss=" in err and "<" in err
-    assert "step 4 loss" in out
+    assert "step 4 loss" in out and "training:" not in err  # no bar when stderr is not a terminal (a log file)
+
+
+def test_the_bar_shows_loss_and_time_left(tmp_path, capsys):
+    from accelerate import Accelerator
+
+    from vidmusician.monitor import Monitor
+
+    monitor = Monitor(Accelerator(cpu=True), tmp_path, {}, 1, 5, progress=True)
+    monitor.step()
+    monitor.log(2, loss=2.5, lr=0.125)
+    monitor.step()
+    monitor.close()
+    out = capsys.readouterr()
+    bar = out.err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("training:  60%") and "3/5" in bar and "<00:" in bar and "loss=2.5" in bar, out.err
+    assert "step 2 loss 2.5 lr 0.125" in out.out
 
 
 def test_a_sample_leaves_the_training_random_state_alone(data, tmp_path):
-    """A seeded sample leaves the RNG alone: what a checkpoint saves (and so resume) is the same with or without samples."""
+    """A seeded sample leaves the RNG alone: a checkpoint saves (and resume restores) the same state either way."""
     from accelerate import Accelerator
 
     from vidmusician import attach_adapters

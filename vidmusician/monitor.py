@@ -57,17 +57,19 @@ class Monitor:
         out: the run folder.
         config: the recipe, stored by the trackers as hyperparameters.
         start, total: the step the run starts at and the last step.
+        progress: show the bar; default: when stderr is a terminal (a log file gets the log lines only).
     """
 
-    def __init__(self, accelerator, out: Path, config: dict, start: int, total: int):
+    def __init__(self, accelerator, out: Path, config: dict, start: int, total: int, progress: bool | None = None):
         from tqdm.auto import tqdm
 
         self.accelerator, self.out = accelerator, Path(out)
         self.main = accelerator.is_main_process
         if accelerator.trackers or accelerator.log_with:
             accelerator.init_trackers("vidmusician", config=flat_config(config))
+        progress = sys.stderr.isatty() if progress is None else progress
         # The bar goes to stderr; log lines go to stdout above it (tqdm.write keeps them apart).
-        self.bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=not self.main,
+        self.bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=not (self.main and progress),
                         dynamic_ncols=True, file=sys.stderr)
 
     def step(self) -> None:
