@@ -4,19 +4,28 @@ Layout of a dataset folder (written by :mod:`vidmusician.prepare`)::
 
     dataset.json        what made it: backbone codec, visual encoder, window, fps
     index.jsonl         one line per window: source, start, length, shard, split, text
-    shards/NNNNNN.safetensors
-                        per window ``<key>.codes`` [K, T] int16, ``<key>.global``
-                        [Tg, Dg] and ``<key>.local`` [Tl, P] float16
+    index.part-R.jsonl  the lines written by process R of a multi-process run
+                        (merged into index.jsonl when the run ends)
+    shards/<hash>.safetensors
+                        one shard per source, named by a hash of its id (older
+                        datasets: NNNNNN.safetensors of several sources): per window
+                        ``<key>.codes`` [K, T] int16, ``<key>.global`` [Tg, Dg] and
+                        ``<key>.local`` [Tl, P] float16
     errors.jsonl        sources that could not be used, with the reason
+                        (``errors.part-R.jsonl`` while a multi-process run goes on)
 
-A shard is written under a temporary name and renamed; its index lines are
-appended after the rename, so every index line points at a complete shard. A
-source is done when all its windows are in the index (each line says how many
-its source has); a torn last line or a partly indexed source is redone.
+A shard is written under a temporary name, synced and renamed; its index lines
+are appended (in one write, synced) after the rename, so every index line points
+at a complete shard. A source is done when all its windows are in one index file
+(each line says how many its source has); a torn last line or a partly indexed
+source is redone. Readers take the union of the index files, one row per
+(source, window), sorted by (source, window): the dataset is the same whatever
+the number of processes that wrote it and the order they finished in.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
@@ -33,6 +42,9 @@ from .features import VideoFeatures
 
 META_NAME = "dataset.json"
 INDEX_NAME = "index.jsonl"
+# Index and error lines of process R of a multi-process run, until the run merges them.
+INDEX_PART = "index.part-{rank}.jsonl"
+ERRORS_PART = "errors.part-{rank}.jsonl"
 # What every index line holds (``shard_bytes`` and ``shard_crc32`` too since format 2).
 INDEX_KEYS = ("source", "split", "shard", "key", "window", "windows", "seconds", "frames")
 ERRORS_NAME = "errors.jsonl"
@@ -152,11 +164,98 @@ def file_crc32(path) -> int:
     return crc
 
 
+def index_files(root, name: str = INDEX_NAME, part: str = INDEX_PART) -> list[Path]:
+    """The merged file and the per-process parts of a dataset's index (or errors), in a fixed order."""
+    root = Path(root)
+    parts = sorted(root.glob(part.format(rank="*")), key=lambda p: p.name)
+    return [root / name] + parts
+
+
+def dataset_rows(root) -> list[dict]:
+    """The index rows of every complete source, from all index files, sorted by (source, window).
+
+    A source is complete when all its windows are in one file; a (source, window)
+    found in two files (a merge cut short by a kill) counts once.
+    """
+    rows: dict[tuple, dict] = {}
+    for path in index_files(root):
+        for r in complete_rows(read_jsonl(path, INDEX_KEYS)):
+            rows.setdefault((r["source"], r["window"]), r)
+    return [rows[k] for k in sorted(rows)]
+
+
+def error_rows(root) -> list[dict]:
+    """The sources listed as bad in ``errors.jsonl`` and its parts, each once, sorted by source."""
+    rows: dict[str, dict] = {}
+    for path in index_files(root, ERRORS_NAME, ERRORS_PART):
+        for r in read_jsonl(path, ("source",)):
+            rows.setdefault(r["source"], r)
+    return [rows[k] for k in sorted(rows)]
+
+
+def shard_name(source_id: str) -> str:
+    """The shard of one source: named by its id's hash, so any process writes the same file for it."""
+    return hashlib.sha1(source_id.encode()).hexdigest()[:20] + ".safetensors"
+
+
+def _window_tensors(key: str, codes: torch.Tensor, feats: VideoFeatures) -> dict[str, torch.Tensor]:
+    return {f"{key}.codes": codes.to(torch.int16).cpu().contiguous(),
+            f"{key}.global": feats.global_feats.to(torch.float16).cpu().contiguous(),
+            f"{key}.local": feats.local_feats.to(torch.float16).cpu().contiguous()}
+
+
+def _window_row(source: dict, shard: str, key: str, i: int, n: int, start: float, codes, feats) -> dict:
+    return dict(source, shard=shard, key=key, window=i, windows=n, start=round(start, 6),
+                seconds=round(feats.duration, 6), frames=int(codes.shape[-1]))
+
+
+def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
+    """Writes a shard atomically (synced before the rename); returns its integrity record."""
+    from safetensors.torch import save_file
+
+    record = {}
+
+    def write(tmp):
+        save_file(tensors, tmp, metadata={"format": "vidmusician.dataset"})
+        with open(tmp, "rb") as f:  # on disk before its name, and before index lines point at it
+            os.fsync(f.fileno())
+        record.update(shard_bytes=os.path.getsize(tmp), shard_crc32=file_crc32(tmp))
+
+    atomic_write(path, write)
+    return record
+
+
+def commit_source(root, index: Path, source: dict, windows: list[tuple[float, torch.Tensor, VideoFeatures]]) -> None:
+    """Writes all windows of one source as its own shard, then appends their index lines to ``index``.
+
+    What a kill at any moment leaves: no shard, or a complete shard without
+    (or with a torn part of) its index lines; readers and reruns take only
+    sources whose lines are all present, so a source is either done or redone.
+
+    Args:
+        root: dataset folder.
+        index: the index file this process appends to (``index.jsonl`` or its part).
+        source: ``{"source": id, "split": ..., "text": ...}`` copied into each index line.
+        windows: ``(start seconds, codes [K, T], features of the window)`` per window.
+    """
+    root = Path(root)
+    (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    name = shard_name(source["source"])
+    tensors, rows = {}, []
+    for i, (start, codes, feats) in enumerate(windows):
+        tensors.update(_window_tensors(str(i), codes, feats))
+        rows.append(_window_row(source, name, str(i), i, len(windows), start, codes, feats))
+    record = _write_shard(root / SHARD_DIR / name, tensors)
+    # The integrity record travels in the index lines, which are written after the shard.
+    append_jsonl(index, [dict(row, **record) for row in rows])
+
+
 class ShardWriter:
-    """Collects windows and writes them as safetensors shards plus index lines.
+    """Collects windows of several sources into numbered shards plus index lines (tests, benchmarks).
 
     Windows of one source go into the same shard, and a source's index lines are
-    written together after its shard is complete.
+    written together after its shard is complete. ``vidmusician prepare`` writes
+    one shard per source instead (:func:`commit_source`).
     """
 
     def __init__(self, root, shard_windows: int = 256):
@@ -179,30 +278,16 @@ class ShardWriter:
         name = f"{self._next:06d}.safetensors"
         for i, (start, codes, feats) in enumerate(windows):
             key = f"{len(self._rows)}"
-            self._tensors[f"{key}.codes"] = codes.to(torch.int16).cpu().contiguous()
-            self._tensors[f"{key}.global"] = feats.global_feats.to(torch.float16).cpu().contiguous()
-            self._tensors[f"{key}.local"] = feats.local_feats.to(torch.float16).cpu().contiguous()
-            self._rows.append(dict(source, shard=name, key=key, window=i, windows=len(windows),
-                                   start=round(start, 6), seconds=round(feats.duration, 6),
-                                   frames=int(codes.shape[-1])))
+            self._tensors.update(_window_tensors(key, codes, feats))
+            self._rows.append(_window_row(source, name, key, i, len(windows), start, codes, feats))
         if len(self._rows) >= self.shard_windows:
             self.flush()
 
     def flush(self) -> None:
         """Writes the pending shard, then its index lines."""
-        from safetensors.torch import save_file
-
         if not self._rows:
             return
-        path = self.root / SHARD_DIR / self._rows[0]["shard"]
-        tensors, record = self._tensors, {}
-
-        def write(tmp):
-            save_file(tensors, tmp, metadata={"format": "vidmusician.dataset"})
-            record.update(shard_bytes=os.path.getsize(tmp), shard_crc32=file_crc32(tmp))
-
-        atomic_write(path, write)
-        # The integrity record travels in the index lines, which are written after the shard.
+        record = _write_shard(self.root / SHARD_DIR / self._rows[0]["shard"], self._tensors)
         append_jsonl(self.root / INDEX_NAME, [dict(row, **record) for row in self._rows])
         self._next += 1
         self._tensors, self._rows = {}, []
@@ -228,8 +313,7 @@ class PreparedDataset(torch.utils.data.Dataset):
     def __init__(self, root, split: str = "train"):
         self.root = Path(root)
         self.meta = DatasetMeta.load(self.root)
-        rows = complete_rows(read_jsonl(self.root / INDEX_NAME, INDEX_KEYS))
-        self.rows = [r for r in rows if r["split"] == split]
+        self.rows = [r for r in dataset_rows(self.root) if r["split"] == split]
         self.split = split
         self.has_text = any(r.get("text") for r in self.rows)
         self._records = {r["shard"]: (r.get("shard_bytes"), r.get("shard_crc32")) for r in self.rows}

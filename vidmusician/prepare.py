@@ -13,14 +13,20 @@ import csv
 import hashlib
 import json
 import math
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .dataset import (ERRORS_NAME, INDEX_KEYS, INDEX_NAME, META_NAME, DatasetMeta, ShardWriter, append_jsonl,
-                      complete_rows, has_torn_tail, read_jsonl)
+from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR,
+                      DatasetMeta, append_jsonl, commit_source, complete_rows, dataset_rows, error_rows,
+                      has_torn_tail, index_files, read_jsonl)
 from .encoders import DEFAULT_ENCODER
 from .errors import ConfigError, DataError, VidMusicianError
 from .audio_io import read_audio
@@ -52,6 +58,11 @@ class PrepareReport:
     prepared: int = 0
     failed: list = field(default_factory=list)
     windows: int = 0
+    seconds: dict = field(default_factory=dict)  # time spent per stage: audio, video (decode + encoder), codec, write
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (what schedulers send before a kill). Not an Exception: nothing may swallow it."""
 
 
 def list_sources(src) -> list[Source]:
@@ -129,20 +140,36 @@ def encode_windows(cm, wav: torch.Tensor, starts: list[float], length: float, ba
     return torch.cat(out)
 
 
-def process_source(source: Source, cm, encoder, meta: DatasetMeta) -> list[tuple[float, torch.Tensor, VideoFeatures]]:
-    """All windows of one source: ``(start, codes [K, T], window features)``."""
+def load_audio(source: Source, meta: DatasetMeta) -> torch.Tensor:
+    """The music of a source at the codec's rate and channels (checks first that the video is one)."""
+    probe(source.video)  # a file that is not a video fails here, with the clearest message
+    return read_audio(source.audio or source.video, meta.sample_rate, meta.channels,
+                      align_to_video=source.audio is None)
+
+
+def process_source(source: Source, cm, encoder, meta: DatasetMeta, wav: torch.Tensor | None = None,
+                   seconds: dict | None = None) -> list[tuple[float, torch.Tensor, VideoFeatures]]:
+    """All windows of one source: ``(start, codes [K, T], window features)``.
+
+    Args:
+        wav: the source's music if already loaded (:func:`load_audio`).
+        seconds: adds the time of each stage ("video": decode + encoder, "codec") to this dict.
+    """
     from .features import extract_features
 
-    probe(source.video)  # a file that is not a video fails here, with the clearest message
-    wav = read_audio(source.audio or source.video, meta.sample_rate, meta.channels,
-                     align_to_video=source.audio is None)
+    seconds = {} if seconds is None else seconds
+    wav = load_audio(source, meta) if wav is None else wav
+    t = time.perf_counter()
     feats = extract_features(source.video, encoder, meta.global_fps, meta.local_fps)
+    seconds["video"] = seconds.get("video", 0.0) + time.perf_counter() - t
     duration = min(feats.duration, wav.shape[-1] / meta.sample_rate)
     duration = math.floor(duration * meta.frame_rate + 1e-6) / meta.frame_rate  # whole codec frames
     if duration < MIN_SECONDS:
         raise DataError(f"{source.video}: only {duration:.2f} s of video with music (at least {MIN_SECONDS:g} s needed)")
     starts, length = window_starts(duration, meta.window, meta.hop, grid=1.0 / meta.global_fps)
+    t = time.perf_counter()
     codes = encode_windows(cm, wav, starts, length)
+    seconds["codec"] = seconds.get("codec", 0.0) + time.perf_counter() - t
     return [(s, c, slice_features(feats, s, length)) for s, c in zip(starts, codes)]
 
 
@@ -154,11 +181,89 @@ def holdout_ids(ids: list[str], fraction: float) -> set[str]:
     return set(sorted(ids, key=lambda s: hashlib.sha1(s.encode()).hexdigest())[:n])
 
 
+class Processes:
+    """This process's place in a multi-process run (``accelerate launch``, torchrun), or a run of one.
+
+    Args:
+        cpu: form the process group on the CPU (gloo) even where CUDA is present.
+    """
+
+    def __init__(self, cpu: bool = False):
+        self.state = None
+        self.rank, self.world, self.device = 0, 1, None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from datetime import timedelta
+
+            from accelerate import PartialState
+
+            # Processes wait at the end for the slowest one, which may be hours behind
+            # on a large share: the default 30-minute collective timeout would end the run.
+            self.state = PartialState(cpu=cpu or not torch.cuda.is_available(), timeout=timedelta(days=30))
+            self.rank, self.world, self.device = self.state.process_index, self.state.num_processes, self.state.device
+
+    def barrier(self) -> None:
+        """Waits for every process (a no-op alone)."""
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+@contextmanager
+def stop_on_sigterm():
+    """Turns SIGTERM into :class:`Terminated` in the main thread (and restores the old handler after).
+
+    Python's default for SIGTERM ends the process on the spot; as an exception it
+    unwinds like Ctrl-C: a shard being written is removed, finished sources stay.
+    """
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def merge_parts(out: Path) -> None:
+    """Folds the per-process index and error parts into ``index.jsonl`` / ``errors.jsonl``.
+
+    The merged file is written whole under a temporary name and renamed, then the
+    parts are removed: a kill in between leaves rows in both, which readers count once.
+    """
+    for name, part, rows in ((INDEX_NAME, INDEX_PART, dataset_rows), (ERRORS_NAME, ERRORS_PART, error_rows)):
+        parts = index_files(out, name, part)[1:]
+        if not parts:
+            continue
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows(out))
+        atomic_write(out / name, lambda tmp: Path(tmp).write_text(text))
+        for p in parts:
+            p.unlink()
+
+
+def keep_complete_sources(path: Path) -> None:
+    """Drops the lines of partly written sources (and a torn last line) from the index file this process appends to.
+
+    A kill mid-append can leave some of a source's lines; the source is redone
+    and its lines appended anew, so the old ones must go first.
+    """
+    rows = read_jsonl(path, INDEX_KEYS)
+    done = complete_rows(rows)
+    if len(done) != len(rows) or has_torn_tail(path):
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in done)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
             window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
-            local_fps: float = 25.0, retry_errors: bool = False, shard_windows: int = 256,
-            device=None, progress: bool = True) -> PrepareReport:
+            local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True) -> PrepareReport:
     """Prepares a training dataset in ``out`` (see the module docstring).
+
+    Under ``accelerate launch`` / torchrun, each process prepares its share of the
+    sources and the report counts that share; process 0 merges the index at the end.
 
     Args:
         src: a folder of music videos, or a CSV/JSONL of ``video, audio, text`` pairs.
@@ -170,12 +275,12 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
         holdout: fraction of sources held out for evaluation.
         global_fps, local_fps: rates of the visual features.
         retry_errors: try again the sources listed in ``errors.jsonl``.
-        shard_windows: windows per shard file.
-        device: where the codec and encoder run (default: CUDA when available).
+        device: where the codec and encoder run (default: this process's GPU when there is one).
         progress: show a progress bar.
-    """
-    from tqdm.auto import tqdm
 
+    Raises:
+        Terminated: on SIGTERM; every source finished before it is kept.
+    """
     if not (window > 0 and hop > 0 and 0 <= holdout < 1):
         raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
     if abs(hop * global_fps - round(hop * global_fps)) > 1e-6:
@@ -191,52 +296,94 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
         if diffs:
             raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); use a new folder")
 
-    rows = read_jsonl(out / INDEX_NAME, INDEX_KEYS)
-    done = complete_rows(rows)
-    if len(done) != len(rows) or has_torn_tail(out / INDEX_NAME):  # killed mid-append: keep whole sources only
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in done)
-        atomic_write(out / INDEX_NAME, lambda tmp: Path(tmp).write_text(text))
-    errors = read_jsonl(out / ERRORS_NAME)
-    if retry_errors and errors:
-        (out / ERRORS_NAME).unlink()
-        errors = []
-    finished = {r["source"] for r in done} | {e["source"] for e in errors}
+    procs = Processes(cpu=device is not None and torch.device(device).type == "cpu")
+    one = procs.world == 1
+    index = out / (INDEX_NAME if one else INDEX_PART.format(rank=procs.rank))
+    errors_file = out / (ERRORS_NAME if one else ERRORS_PART.format(rank=procs.rank))
+    keep_complete_sources(index)  # only this process writes this file
+    if procs.rank == 0:
+        # Shards a SIGKILL left half-written under their temporary names: no index line points at them.
+        for path in (out / SHARD_DIR).glob(".*.part"):
+            path.unlink(missing_ok=True)
+        if retry_errors:
+            for path in index_files(out, ERRORS_NAME, ERRORS_PART):
+                path.unlink(missing_ok=True)
+    procs.barrier()  # no process writes a shard or an error before this is done
+    finished = {r["source"] for r in dataset_rows(out)} | {e["source"] for e in error_rows(out)}
     held = holdout_ids([s.id for s in sources], holdout)
-    pending = [s for s in sources if s.id not in finished]
-    report = PrepareReport(sources=len(sources), already_done=len(sources) - len(pending))
-    if not pending:
-        return report
+    mine = sources[procs.rank::procs.world]  # a fixed share: a rerun gives each process the same sources
+    pending = [s for s in mine if s.id not in finished]
+    report = PrepareReport(sources=len(mine), already_done=len(mine) - len(pending))
+    if pending:
+        with stop_on_sigterm():
+            _prepare_sources(pending, out, index, errors_file, held, report, asked,
+                             device if device is not None else procs.device, progress and procs.rank == 0)
+    procs.barrier()
+    if procs.rank == 0:
+        merge_parts(out)
+    procs.barrier()  # no process returns before the dataset is whole
+    return report
+
+
+def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file: Path, held: set, report,
+                     asked: dict, device, progress: bool) -> None:
+    """Prepares and commits each pending source in turn, the next one's audio decoding meanwhile."""
+    from tqdm.auto import tqdm
 
     from .backbones import load_codec
     from .features import load_encoder
 
-    cm = load_codec(backbone, device=device)  # the codec alone: the LM is not needed to encode
-    enc = load_encoder(encoder, device=device)
-    meta = DatasetMeta(backbone=backbone, sample_rate=int(cm.sample_rate), channels=int(cm.channels),
-                       frame_rate=float(cm.frame_rate), n_q=int(cm.num_codebooks), card=int(cm.cardinality),
-                       encoder=encoder, global_dim=int(enc.global_dim), local_dim=int(enc.num_patches),
-                       global_fps=float(global_fps), local_fps=float(local_fps), window=float(window), hop=float(hop),
-                       encoder_activation=enc.activation)
+    cm = load_codec(asked["backbone"], device=device)  # the codec alone: the LM is not needed to encode
+    enc = load_encoder(asked["encoder"], device=device)
+    meta = DatasetMeta(sample_rate=int(cm.sample_rate), channels=int(cm.channels), frame_rate=float(cm.frame_rate),
+                       n_q=int(cm.num_codebooks), card=int(cm.cardinality), global_dim=int(enc.global_dim),
+                       local_dim=int(enc.num_patches), encoder_activation=enc.activation, **asked)
     if (out / META_NAME).is_file() and DatasetMeta.load(out).differences(meta):
         raise DataError(f"{out}: prepared with another codec or encoder "
                         f"({'; '.join(DatasetMeta.load(out).differences(meta))}); use a new folder")
-    meta.save(out)
+    meta.save(out)  # every process writes the same description (atomically)
 
-    writer = ShardWriter(out, shard_windows)
+    def load(source):
+        t = time.perf_counter()
+        try:
+            return load_audio(source, meta), time.perf_counter() - t
+        except VidMusicianError as exc:
+            return exc, time.perf_counter() - t
+
+    seconds = report.seconds
     bar = tqdm(pending, unit="video", desc="prepare", disable=not progress)
-    try:
-        for source in bar:
+    # One source's audio decodes in a thread while the previous one goes through the encoders.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidmusician-audio") as pool:
+        ahead = pool.submit(load, pending[0])
+        for n, source in enumerate(bar):
+            wav, took = ahead.result()
+            seconds["audio"] = seconds.get("audio", 0.0) + took
+            if n + 1 < len(pending):
+                ahead = pool.submit(load, pending[n + 1])
             try:
-                windows = process_source(source, cm, enc, meta)
+                if isinstance(wav, VidMusicianError):
+                    raise wav
+                windows = process_source(source, cm, enc, meta, wav=wav, seconds=seconds)
             except VidMusicianError as exc:
                 report.failed.append({"source": source.id, "error": str(exc)})
-                append_jsonl(out / ERRORS_NAME, [report.failed[-1]])
+                append_jsonl(errors_file, [report.failed[-1]])
                 continue
+            t = time.perf_counter()
             split = "holdout" if source.id in held else "train"
-            writer.add({"source": source.id, "split": split, "text": source.text}, windows)
+            commit_source(out, index, {"source": source.id, "split": split, "text": source.text}, windows)
+            seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t
             report.prepared += 1
             report.windows += len(windows)
             bar.set_postfix(windows=report.windows, errors=len(report.failed))
-    finally:
-        writer.flush()  # what is complete is kept, even on Ctrl-C
-    return report
+
+
+if __name__ == "__main__":  # accelerate launch -m vidmusician.prepare SRC OUT ...: one worker
+    import sys
+
+    from .cli import main
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # stop when the launcher dies (see vidmusician.train)
+        from .train import stop_with_launcher
+
+        stop_with_launcher()
+    sys.exit(main(["prepare", *sys.argv[1:]]))

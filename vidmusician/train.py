@@ -14,6 +14,10 @@ MusicGen's own: masked cross-entropy per codebook of ``LMModel.compute_predictio
 averaged over codebooks. Checkpoints (``OUTPUT/checkpoints/step-N``) hold only the
 adapter, the optimizer, the scheduler, the RNG states and the step; ``--resume``
 continues from the latest one exactly. The release adapter is ``OUTPUT/adapter``.
+A progress bar shows the loss and the time left; ``--report-to tensorboard`` (or
+any Accelerate tracker) records the losses and learning rate, and each evaluation
+writes a short sample of music for a holdout clip to ``OUTPUT/samples`` (see
+:mod:`vidmusician.monitor`).
 """
 
 from __future__ import annotations
@@ -345,21 +349,29 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                    help="default: the accelerate config's (bf16 in recipes/accelerate/*.yaml), else no")
+    p.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
+                   help="Accelerate trackers for losses, learning rate and audio samples: tensorboard, wandb, "
+                        "mlflow, ... or all (files under OUTPUT/trackers; default: none)")
     return p.parse_args(argv)
 
 
 def train(args) -> Path:
     """Runs one training stage; returns the release adapter folder."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    from .monitor import Monitor, check_trackers
 
     recipe = Recipe.load(args.recipe, args.set)
     out = Path(args.output)
+    trackers = check_trackers(args.report_to)
     # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes, but
     # Accelerate forms their (gloo) process group only when told to run on the CPU.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=recipe.grad_accum,
-                              cpu=cpu)
+                              cpu=cpu, log_with=trackers or None,
+                              project_config=ProjectConfiguration(project_dir=str(out),
+                                                                  logging_dir=str(out / "trackers")))
     if accelerator.is_main_process and schedule_warning(recipe):
         print(f"vidmusician.train: warning: {schedule_warning(recipe)}", file=sys.stderr)
     resume_from = latest_checkpoint(out)
@@ -390,20 +402,18 @@ def train(args) -> Path:
         (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, sort_keys=True) + "\n")
         vm.print_trainable_parameters()
 
-    def log(**row):
-        if accelerator.is_main_process:
-            accelerator.print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+    monitor = Monitor(accelerator, out, dataclasses.asdict(recipe), state.step, recipe.max_steps)
 
     def evaluate(step):
         # The unwrapped module: processes may hold different numbers of holdout batches,
         # so evaluation must not run DDP's collective forward.
         model = accelerator.unwrap_model(objective)
         if len(holdout):
-            log(step=step, holdout_loss=holdout_loss(model, holdout, accelerator, recipe.batch_size, recipe.eval_windows),
-                holdout_loss_mismatched_video=holdout_loss(model, MismatchedVideos(holdout), accelerator,
-                                                           recipe.batch_size, recipe.eval_windows))
+            monitor.log(step, holdout_loss=holdout_loss(model, holdout, accelerator, recipe.batch_size,
+                                                        recipe.eval_windows),
+                        holdout_loss_mismatched_video=holdout_loss(model, MismatchedVideos(holdout), accelerator,
+                                                                   recipe.batch_size, recipe.eval_windows))
+            monitor.sample(vm, holdout, step, recipe.seed)
 
     sampler = EpochBatches(len(train_set), recipe.batch_size, accelerator.num_processes, accelerator.process_index,
                            recipe.seed, start=state.step * recipe.grad_accum)
@@ -436,10 +446,11 @@ def train(args) -> Path:
             loss_sum += sums.detach()
         scheduler.step()
         state.step += 1
+        monitor.step()
         if state.step % recipe.log_every == 0 or state.step == recipe.max_steps:
             loss = (accelerator.reduce(loss_sum, "sum") / tokens).mean().item()
-            log(step=state.step, loss=loss, lr=scheduler.get_last_lr()[0],
-                sec_per_step=(time.time() - t0) / (state.step - logged))
+            monitor.log(state.step, loss=loss, lr=scheduler.get_last_lr()[0],
+                        sec_per_step=(time.time() - t0) / (state.step - logged))
             t0, logged = time.time(), state.step
         if state.step % recipe.eval_every == 0:
             evaluate(state.step)
@@ -453,7 +464,7 @@ def train(args) -> Path:
         vm.save_pretrained(release)
         accelerator.print(f"adapter written to {release}")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    monitor.close()
     return release
 
 

@@ -1,4 +1,8 @@
-"""`vidmusician prepare SRC OUT`: cache codec codes and visual features of (video, music) pairs."""
+"""`vidmusician prepare SRC OUT`: cache codec codes and visual features of (video, music) pairs.
+
+Several processes or machines: ``accelerate launch -m vidmusician.prepare SRC OUT ...``
+(same arguments); see :mod:`vidmusician.prepare`.
+"""
 
 from __future__ import annotations
 
@@ -26,15 +30,24 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..prepare import prepare
+    import sys
+
+    from ..prepare import Terminated, prepare
     from . import one_line_warnings
 
-    with one_line_warnings("prepare"):
-        report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
-                         hop=args.hop, holdout=args.holdout, global_fps=args.global_fps, local_fps=args.local_fps,
-                         retry_errors=args.retry_errors, device=args.device)
+    try:
+        with one_line_warnings("prepare"):
+            report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
+                             hop=args.hop, holdout=args.holdout, global_fps=args.global_fps,
+                             local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device)
+    except Terminated:
+        print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {args.out}: "
+              f"run the same command again to continue", file=sys.stderr)
+        return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
     print(f"{report.sources} sources: {report.already_done} already done, {report.prepared} prepared "
           f"({report.windows} windows), {len(report.failed)} failed")
+    if report.seconds:  # where the time went: what to speed up (or to spread over more processes)
+        print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items()))
     for failure in report.failed:
         print(f"  skipped {failure['error']}")
     if report.failed:

@@ -1,0 +1,223 @@
+"""`prepare` at scale: several processes give the same dataset as one; kills lose no finished source."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from media import flash_video
+
+from vidmusician.dataset import INDEX_NAME, SHARD_DIR, PreparedDataset, dataset_rows, error_rows, read_jsonl
+from vidmusician.prepare import merge_parts, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = ["--backbone", "tiny", "--encoder", "tiny", "--window", "2", "--hop", "1", "--holdout", "0.3",
+            "--device", "cpu"]
+DURATIONS = [3.0, 4.0, 3.0, 3.5, 4.0, 3.0]  # two windows or more each: a kill can split a source
+
+
+def env() -> dict:
+    # One thread per process: the same arithmetic (so the same bytes) in every run, and two cores in CI.
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def prepare_cmd(src: Path, out: Path, *extra: str, launcher: list[str] | None = None) -> list[str]:
+    return (launcher or [sys.executable, "-m", "vidmusician", "prepare"]) + [str(src), str(out), *SETTINGS, *extra]
+
+
+def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def content(root: Path) -> tuple[list[str], dict[str, str], list[str]]:
+    """What a dataset holds, order aside: its index lines, its shards' bytes (hashed), its bad sources."""
+    rows = sorted(json.dumps(r, sort_keys=True) for r in dataset_rows(root))
+    shards = {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in (root / SHARD_DIR).glob("*.safetensors")}
+    errors = [e["source"] for e in error_rows(root)]
+    return rows, shards, errors
+
+
+def inodes(root: Path) -> dict[str, int]:
+    """Shard inode of each complete source: a source redone gets a new shard file (a new inode)."""
+    return {r["source"]: (root / SHARD_DIR / r["shard"]).stat().st_ino for r in dataset_rows(root)}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Six music videos and two bad files (one without audio, one not a video)."""
+    src = tmp_path_factory.mktemp("videos")
+    for i, duration in enumerate(DURATIONS):
+        noise = np.random.default_rng(i).uniform(-0.8, 0.8, int(duration * 32000)).astype(np.float32)
+        flash_video(src / f"v{i}.mp4", [0.5 + 0.1 * i], duration, audio=noise)
+    flash_video(src / "silent.mp4", [0.5], 2.0)
+    (src / "broken.mp4").write_bytes(b"not a video")
+    return src
+
+
+@pytest.fixture(scope="module")
+def straight(folder, tmp_path_factory) -> Path:
+    """The dataset of one uninterrupted process."""
+    out = tmp_path_factory.mktemp("straight") / "ds"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses run (OMP_NUM_THREADS=1): the same bytes
+    try:
+        prepare(folder, out, backbone="tiny", encoder="tiny", window=2, hop=1, holdout=0.3, device="cpu",
+                progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_two_processes_give_the_dataset_of_one(folder, straight, tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(31500 + os.getpid() % 1000), "-m", "vidmusician.prepare"]
+    out = tmp_path / "ds"
+    proc = ok(run(prepare_cmd(folder, out, launcher=launcher)))
+    assert proc.stdout.count("4 sources:") == 2, proc.stdout  # each process reports its share: 8 = 4 + 4
+    rows, shards, errors = content(out)
+    assert (rows, shards) == content(straight)[:2] and len(shards) == len(DURATIONS)
+    # Bad files of both processes in one errors.jsonl, each once; no per-process parts left.
+    assert sorted(errors) == ["broken.mp4", "silent.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "errors.jsonl", INDEX_NAME, SHARD_DIR]
+    # The same windows in the same order for training, however the index lines were written.
+    assert [r["shard"] + r["key"] for r in PreparedDataset(out).rows] == \
+        [r["shard"] + r["key"] for r in PreparedDataset(straight).rows]
+
+
+KILLER = """
+import os, random, signal, sys
+import safetensors.torch as st
+import vidmusician.dataset as dataset
+import vidmusician.prepare as prepare
+
+rng = random.Random(int(os.environ["KILL_SEED"]))
+kill_in, kill_at = os.environ["KILL_IN"], int(os.environ["KILL_AT"])
+calls = 0
+
+def hook(what):  # the kill_at-th call of the kill_in kind
+    global calls
+    calls += what == kill_in
+    return what == kill_in and calls == kill_at
+
+def die():  # SIGTERM (what schedulers send) or SIGKILL, at this point
+    os.kill(os.getpid(), getattr(signal, os.environ["KILL_WITH"]))
+
+def wrap(module, name, before=None, after=None):
+    real = getattr(module, name)
+    def wrapped(*args, **kwargs):
+        if before:
+            before(*args)
+        out = real(*args, **kwargs)
+        if after:
+            after(*args)
+        return out
+    setattr(module, name, wrapped)
+
+def log_work(source, *rest):  # every source that reaches the encoders: the work done
+    with open(os.environ["WORK_LOG"], "a") as f:
+        f.write(source.id + "\\n")
+
+def encoding(*args):  # during encoding: the codes are computed, not yet written
+    if hook("encode"):
+        die()
+
+def shard_write(tensors, filename, *rest):  # during a shard write: half the file is there
+    if hook("shard"):
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        die()
+
+real_append = dataset.append_jsonl
+def append(path, rows):  # during the index append: some lines, the last one torn
+    if hook("index"):
+        text = "".join(__import__("json").dumps(r, sort_keys=True) + "\\n" for r in rows)
+        with open(path, "a") as f:  # at least the first line whole: a partly indexed source
+            f.write(text[:rng.randrange(text.index("\\n") + 1, len(text))])
+        die()
+    real_append(path, rows)
+
+wrap(prepare, "process_source", before=log_work)
+wrap(prepare, "encode_windows", after=encoding)
+wrap(st, "save_file", after=shard_write)
+dataset.append_jsonl = append
+from vidmusician.cli import main
+sys.exit(main(["prepare"] + sys.argv[1:]))
+"""
+
+
+def test_kills_at_random_points_redo_no_finished_source(folder, straight, tmp_path):
+    """SIGTERM during encoding, SIGKILL during an index append and during a shard write (random calls, random
+    cuts), then a run to the end."""
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    out, work = tmp_path / "ds", tmp_path / "work.txt"
+    rng = random.Random(0)
+    rounds = [("SIGTERM", "encode"), ("SIGKILL", "index"), ("SIGKILL", "shard"), (None, "none")]
+    for round_, (signame, where) in enumerate(rounds):
+        before = inodes(out) if out.exists() else {}
+        work.write_text("")
+        points = dict(KILL_IN=where, KILL_AT=str(rng.randint(2, 3)), KILL_WITH=signame or "SIGKILL",
+                      KILL_SEED=str(round_), WORK_LOG=str(work))
+        proc = subprocess.run([sys.executable, str(killer), *prepare_cmd(folder, out)[4:]], cwd=REPO,
+                              env=dict(env(), **points), capture_output=True, text=True, timeout=240)
+        expected = {"SIGTERM": 143, "SIGKILL": -signal.SIGKILL, None: 0}[signame]
+        assert proc.returncode == expected, proc.stderr[-2000:]
+        if signame == "SIGTERM":  # one line, no traceback
+            assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+            assert proc.stderr.strip().splitlines()[-1].startswith("vidmusician prepare: stopped by SIGTERM")
+        redone = set(work.read_text().split()) & set(before)
+        assert not redone, f"round {round_}: finished sources redone: {redone}"
+        after = inodes(out)
+        assert all(after[s] == ino for s, ino in before.items())  # finished shards never rewritten
+        PreparedDataset(out)  # what a kill leaves always reads (only complete sources)
+        if where == "index":  # the kill left a partly indexed source: it does not count as finished
+            assert len(dataset_rows(out)) < len(read_jsonl(out / INDEX_NAME))
+        # SIGTERM removes the shard it was writing; what a SIGKILL leaves, the next run removes
+        assert not list((out / SHARD_DIR).glob(".*.part")) or signame == "SIGKILL"
+    assert len(before) >= 3  # the kills left finished sources to keep
+    assert re.search(r"seconds: audio [\d.]+, video [\d.]+, codec [\d.]+, write [\d.]+", proc.stdout), proc.stdout
+    assert content(out) == content(straight)
+
+
+def test_a_merge_cut_short_reads_the_same_and_a_rerun_completes_it(straight, folder, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(straight, out)
+    lines = (out / INDEX_NAME).read_text().splitlines(keepends=True)
+    expected = content(out)
+    # Killed before the merge's rename: only the parts of two processes.
+    (out / "index.part-0.jsonl").write_text("".join(lines[::2]))
+    (out / "index.part-1.jsonl").write_text("".join(lines[1::2]))
+    (out / INDEX_NAME).unlink()
+    errors = (out / "errors.jsonl").read_text().splitlines(keepends=True)
+    (out / "errors.part-1.jsonl").write_text("".join(errors))
+    (out / "errors.jsonl").write_text(errors[0])
+    # a source split over two files is complete in neither: it does not count
+    assert len(dataset_rows(out)) < len(lines)
+    first = json.loads(lines[0])["windows"]  # the lines of the first source, then the others
+    (out / "index.part-0.jsonl").write_text("".join(lines[:first]))
+    (out / "index.part-1.jsonl").write_text("".join(lines[first:]))
+    assert content(out) == expected
+    # Killed after the rename, before the parts were removed: rows in both count once.
+    merge_parts(out)
+    (out / "index.part-1.jsonl").write_text("".join(lines[first:]))
+    assert content(out) == expected
+    assert len(PreparedDataset(out, "train")) + len(PreparedDataset(out, "holdout")) == len(lines)
+    ok(run(prepare_cmd(folder, out)))  # nothing to redo; folds the leftover part in
+    assert content(out) == expected and not list(out.glob("*.part-*"))

@@ -1,0 +1,119 @@
+"""What training shows: trackers' event files with the expected scalars, audio samples, a progress bar."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import soundfile as sf
+import torch
+
+from vidmusician.dataset import DatasetMeta, ShardWriter
+from vidmusician.features import VideoFeatures
+from vidmusician.monitor import flat_config
+from vidmusician.train import main
+
+CARD = 400
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Eight sources of one random 4 s window each; two held out."""
+    root = tmp_path_factory.mktemp("monitor") / "data"
+    root.mkdir()
+    DatasetMeta("tiny", 32000, 1, 25.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 4.0, 4.0).save(root)
+    writer = ShardWriter(root)
+    g = torch.Generator().manual_seed(0)
+    for i in range(8):
+        feats = VideoFeatures(torch.randn(4, 32, generator=g), torch.rand(100, 16, generator=g), 1.0, 25.0, 4.0,
+                              "tiny")
+        writer.add({"source": f"v{i}", "split": "train" if i < 6 else "holdout", "text": None},
+                   [(0.0, torch.randint(0, CARD, (4, 100), generator=g), feats)])
+    writer.flush()
+    return root
+
+
+def train(data, tmp_path, capsys, *extra: str) -> tuple[int, str, str]:
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"stage": 1, "batch_size": 2, "max_steps": 4, "warmup_steps": 1, "num_workers": 0,
+                                  "eval_every": 2, "eval_windows": 2, "save_every": 1000, "log_every": 1,
+                                  "gradient_checkpointing": False,
+                                  "adapter": {"memory_dim": 32, "attn_dim": 16, "attn_heads": 2}}))
+    capsys.readouterr()
+    code = main(["--recipe", str(recipe), "--data", str(data), "--output", str(tmp_path / "run"),
+                 "--backbone", "tiny", *extra])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_tensorboard_gets_losses_learning_rate_and_audio_samples(data, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, out, err = train(data, tmp_path, capsys, "--report-to", "tensorboard")
+    assert code == 0, err
+    run = tmp_path / "run"
+    events = EventAccumulator(str(run / "trackers" / "vidmusician"), size_guidance={"audio": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("loss", "lr", "holdout_loss", "holdout_loss_mismatched_video"):
+        assert tag in scalars, scalars
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("holdout_loss")] == [2, 4]
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx(losses, rel=1e-6)
+    assert [e.step for e in events.Audio("holdout_sample")] == [2, 4]
+    # A sample per evaluation beside the checkpoints: 4 s (the clip's length, under the 5 s cap) of music.
+    samples = sorted(p.name for p in (run / "samples").iterdir())
+    assert samples == ["step-00000002.wav", "step-00000004.wav"]
+    wav, rate = sf.read(run / "samples" / samples[0])
+    assert rate == 32000 and len(wav) == 4 * 32000 and abs(wav).max() > 0
+    assert "step 4 loss" in out and "training:" not in err  # no bar when stderr is not a terminal (a log file)
+
+
+def test_the_bar_shows_loss_and_time_left(tmp_path, capsys):
+    from accelerate import Accelerator
+
+    from vidmusician.monitor import Monitor
+
+    monitor = Monitor(Accelerator(cpu=True), tmp_path, {}, 1, 5, progress=True)
+    monitor.step()
+    monitor.log(2, loss=2.5, lr=0.125)
+    monitor.step()
+    monitor.close()
+    out = capsys.readouterr()
+    bar = out.err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("training:  60%") and "3/5" in bar and "<00:" in bar and "loss=2.5" in bar, out.err
+    assert "step 2 loss 2.5 lr 0.125" in out.out
+
+
+def test_a_sample_leaves_the_training_random_state_alone(data, tmp_path):
+    """A seeded sample leaves the RNG alone: a checkpoint saves (and resume restores) the same state either way."""
+    from accelerate import Accelerator
+
+    from vidmusician import attach_adapters
+    from vidmusician.backbones import tiny_musicgen
+    from vidmusician.config import AdapterConfig
+    from vidmusician.dataset import PreparedDataset
+    from vidmusician.monitor import Monitor
+
+    musicgen = tiny_musicgen()
+    vm = attach_adapters(musicgen, AdapterConfig.for_backbone(musicgen, encoder="tiny", global_dim=32, local_dim=16,
+                                                              memory_dim=32, attn_dim=16, attn_heads=2))
+    monitor = Monitor(Accelerator(cpu=True), tmp_path, {}, 0, 1)
+    torch.manual_seed(5)
+    state = torch.random.get_rng_state()
+    path = monitor.sample(vm, PreparedDataset(data, "holdout"), 3, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert path == tmp_path / "samples" / "step-00000003.wav" and path.is_file()
+    monitor.close()
+
+
+def test_unknown_or_missing_tracker_is_one_line(data, tmp_path, capsys):
+    code, _, err = train(data, tmp_path, capsys, "--report-to", "tensorbored")
+    assert code == 2 and "--report-to tensorbored: unknown tracker" in err and len(err.strip().splitlines()) == 1
+
+
+def test_recipe_becomes_flat_hyperparameters():
+    assert flat_config({"lr": 0.1, "betas": [0.9, 0.95], "adapter": {"rank": 4}, "init_adapter": None}) == \
+        {"lr": 0.1, "betas": "[0.9, 0.95]", "adapter.rank": 4, "init_adapter": "null"}
