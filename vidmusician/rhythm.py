@@ -4,14 +4,17 @@ Music: onsets by librosa's spectral-flux detector with D2M-GAN's settings (the
 ones its BCS/BHS were published with) and beats by librosa's dynamic-
 programming tracker. Video: the per-frame change signal of
 :func:`vidmusician.features.extract_features` (mean over patches of the local
-features) or the mean optical-flow magnitude, and visual beats by peak picking
-on it. The metrics on the resulting event times are in
+features) or the mean optical-flow magnitude, and visual beats: the frames whose
+change stands out from the clip's own (a threshold on the prominence over a
+moving median, in robust standard deviations of the clip, with a floor in the
+signal's units), so a clip without events has none. The metrics on the resulting event times are in
 :mod:`vidmusician.metrics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +161,21 @@ def music_rhythm(audio: np.ndarray | str | Path, config: OnsetConfig = OnsetConf
 
 @dataclasses.dataclass(frozen=True)
 class VisualBeatConfig:
-    """Peak picking of visual beats on a per-frame signal.
+    """Peak picking of visual beats on a per-frame change signal.
+
+    A visual beat is a frame whose change stands out from the clip's own
+    ongoing change: its prominence (the signal minus a moving median, the
+    baseline that steady motion such as a pan or a drifting object sets) must
+    exceed ``threshold = max(spread * sigma, floor)``, with ``sigma`` the
+    robust standard deviation (1.4826 x the median absolute deviation) of the
+    prominence over the whole clip. ``spread`` makes the threshold relative
+    to the clip's own fluctuations; ``floor``, in the signal's units, keeps a
+    nearly static clip (whose fluctuations are codec noise, sigma ~ 0) from
+    having beats at all. So a static, slowly panning or steadily moving clip
+    has none, and a cut or a flash is one.
 
     Windows are in seconds so the same settings hold at any frame rate; each
-    is rounded to whole frames (at least 1). As for music onsets, the signal
-    is normalized to [0, 1] first, so ``delta`` is relative to the strongest
-    change of the clip.
+    is rounded to whole frames (at least 1).
 
     Attributes:
         pre_max: Seconds before a peak it must be the maximum of.
@@ -171,32 +183,45 @@ class VisualBeatConfig:
             frame, exclusive) makes the earliest frame of a change the beat:
             a one-frame flash changes the signal on the frame it appears and
             the frame it goes, and the beat is when it appears.
-        pre_avg: Seconds before a peak in the local mean.
-        post_avg: Seconds after a peak in the local mean.
-        delta: Margin over the local mean, in units of the normalized signal.
         wait: Seconds to skip after a beat.
+        baseline: Length of the moving-median window, seconds.
+        spread: Prominence needed, in robust standard deviations of the
+            clip's prominence.
+        floor: Prominence always needed, in the signal's units.
 
     Why these values: ``wait`` of 0.1 s merges a flash's two changes (on and
     off, one frame apart) into one beat and caps visual beats at 10 per
-    second, faster than any musical beat; ``pre_max`` of 0.12 s is Bailando's
-    3-frame tolerance at 25 fps; the 0.4 s mean window makes a beat stand out
-    from the motion around it rather than from the whole clip. Because the
-    threshold is relative, a clip with no strong change still gets beats at
-    its largest wiggles.
+    second, faster than any musical beat; ``pre_max`` of 0.12 s is 3 frames at
+    25 fps; a 1 s median ignores events up to a few per second (they are a
+    minority of its frames) yet follows a change of pace; 5 sigma leaves
+    Gaussian noise about one false beat per 10^6 frames. The floors are in
+    :data:`VISUAL_BEAT_PRESETS`.
     """
 
     pre_max: float = 0.12
     post_max: float = 0.0
-    pre_avg: float = 0.2
-    post_avg: float = 0.2
-    delta: float = 0.1
     wait: float = 0.1
+    baseline: float = 1.0
+    spread: float = 5.0
+    floor: float = 0.02
 
-    def frames(self, fps: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"delta": self.delta}
-        for name in ("pre_max", "post_max", "pre_avg", "post_avg", "wait"):
-            out[name] = max(int(round(getattr(self, name) * fps)), 1)
-        return out
+    def __post_init__(self):
+        for name in ("pre_max", "post_max", "wait", "baseline", "spread", "floor"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"visual beat setting {name}={value!r} must be a finite number >= 0")
+
+    def frames(self, fps: float) -> dict[str, int]:
+        """The windows in whole frames (at least 1) at a frame rate."""
+        return {n: max(int(round(getattr(self, n) * fps)), 1) for n in ("pre_max", "post_max", "wait", "baseline")}
+
+
+# Floors per signal. "change" (1 - cosine of CLIP patch tokens, mean over
+# patches) is in [0, 2]: 0.02 is above what codec noise and a small object's
+# step give, far below a cut (0.2 and up). "flow" is the mean flow magnitude in
+# pixels of frames at most 128 px: 0.25 px is above a small object's 1-pixel
+# step averaged over the frame (~0.1 px).
+VISUAL_BEAT_PRESETS = {"change": VisualBeatConfig(floor=0.02), "flow": VisualBeatConfig(floor=0.25)}
 
 
 @dataclasses.dataclass
@@ -205,10 +230,12 @@ class VisualRhythm:
 
     Attributes:
         duration: Video length in seconds.
-        signal: ``[T]`` change per frame, normalized to [0, 1].
+        signal: ``[T]`` change per frame, in the source's units.
         fps: Frames per second of ``signal``.
         beats: Visual beat times, seconds.
         source: ``"change"`` (CLIP patch change) or ``"flow"`` (optical flow).
+        baseline: ``[T]`` moving median of ``signal``.
+        threshold: Prominence over ``baseline`` a beat needed.
     """
 
     duration: float
@@ -216,6 +243,8 @@ class VisualRhythm:
     fps: float
     beats: np.ndarray
     source: str
+    baseline: np.ndarray | None = None
+    threshold: float = 0.0
 
     @property
     def times(self) -> np.ndarray:
@@ -241,30 +270,66 @@ def change_signal(local_feats: np.ndarray) -> np.ndarray:
     return signal
 
 
-def _normalize(signal: np.ndarray) -> np.ndarray:
-    signal = np.asarray(signal, dtype=np.float64) - np.min(signal, initial=0.0)
-    peak = signal.max(initial=0.0)
-    return signal / peak if peak > 0 else signal
+def beat_threshold(
+    signal: np.ndarray, fps: float, config: VisualBeatConfig = VisualBeatConfig()
+) -> tuple[np.ndarray, float]:
+    """The baseline of a change signal and the prominence a visual beat needs.
+
+    Args:
+        signal: ``[T]`` change per frame, in its own units.
+        fps: Frame rate of ``signal``.
+        config: Settings (see :class:`VisualBeatConfig`).
+
+    Returns:
+        ``(baseline [T], threshold)``: a frame can be a beat when
+        ``signal - baseline >= threshold``.
+    """
+    from scipy import ndimage
+
+    x = np.asarray(signal, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return x, config.floor
+    # Odd, so the median is centered on the frame.
+    size = config.frames(fps)["baseline"] // 2 * 2 + 1
+    baseline = ndimage.median_filter(x, size=size, mode="nearest")
+    prominence = x - baseline
+    sigma = 1.4826 * np.median(np.abs(prominence - np.median(prominence)))
+    return baseline, float(max(config.spread * sigma, config.floor))
 
 
 def pick_visual_beats(signal: np.ndarray, fps: float, config: VisualBeatConfig = VisualBeatConfig()) -> np.ndarray:
-    """Visual beats: peaks of a per-frame change signal.
+    """Visual beats: frames whose change stands out from the clip's own (see :class:`VisualBeatConfig`).
 
     Args:
-        signal: ``[T]`` change per frame (any scale; normalized here).
+        signal: ``[T]`` change per frame, in its own units (not normalized:
+            the floor is in those units).
         fps: Frame rate of ``signal``.
         config: Peak-picking settings.
 
     Returns:
         Beat times in seconds (frame index / fps).
     """
-    import librosa
+    return _pick(signal, fps, config)[2]
 
-    x = _normalize(signal)
-    if x.size == 0 or x.max() == 0:
-        return np.zeros(0)
-    peaks = librosa.util.peak_pick(x, **config.frames(fps))
-    return peaks.astype(np.float64) / fps
+
+def _pick(signal: np.ndarray, fps: float, config: VisualBeatConfig) -> tuple[np.ndarray, float, np.ndarray]:
+    """``(baseline, threshold, beat times)`` of a signal."""
+    baseline, threshold = beat_threshold(signal, fps, config)
+    prominence = np.asarray(signal, np.float64).reshape(-1) - baseline
+    frames = config.frames(fps)
+    if prominence.size == 0:
+        return baseline, threshold, np.zeros(0)
+    pre, post = frames["pre_max"], frames["post_max"]
+    # Window of frame n: prominence[n - pre : n + post] (post exclusive), as in librosa.util.peak_pick.
+    padded = np.pad(prominence, (pre, post - 1), constant_values=-np.inf)
+    local_max = np.lib.stride_tricks.sliding_window_view(padded, pre + post).max(axis=1)
+    candidates = np.flatnonzero((prominence >= local_max) & (prominence >= threshold) & (prominence > 0))
+    beats, last = [], -np.inf
+    for n in candidates:
+        if n > last + frames["wait"]:
+            beats.append(n)
+            last = n
+    return baseline, threshold, np.asarray(beats, dtype=np.float64) / fps
 
 
 def visual_rhythm(
@@ -272,7 +337,7 @@ def visual_rhythm(
     encoder: Any = None,
     fps: float = 25.0,
     source: str = "change",
-    config: VisualBeatConfig = VisualBeatConfig(),
+    config: VisualBeatConfig | None = None,
     cache_dir: str | Path | bool | None = None,
 ) -> VisualRhythm:
     """The visual change signal of a video and its visual beats.
@@ -285,7 +350,8 @@ def visual_rhythm(
         fps: Frame rate of the signal (the local feature rate).
         source: ``"change"``: mean CLIP patch change (the signal the rhythmic
             adapter sees); ``"flow"``: mean optical-flow magnitude.
-        config: Peak-picking settings.
+        config: Peak-picking settings; ``None``: the source's
+            :data:`VISUAL_BEAT_PRESETS`.
         cache_dir: Feature cache for ``source="change"``, as in
             :func:`~vidmusician.features.extract_features`.
 
@@ -302,8 +368,9 @@ def visual_rhythm(
         rate = fps
     else:
         raise ConfigError(f"unknown visual beat source {source!r}; use 'change' or 'flow'")
-    signal = _normalize(signal)
-    return VisualRhythm(duration, signal.astype(np.float32), rate, pick_visual_beats(signal, rate, config), source)
+    config = VISUAL_BEAT_PRESETS[source] if config is None else config
+    baseline, threshold, beats = _pick(signal, rate, config)
+    return VisualRhythm(duration, signal.astype(np.float32), rate, beats, source, baseline.astype(np.float32), threshold)
 
 
 def flow_signal(video: str | Path, fps: float = 25.0, max_side: int = 128) -> tuple[np.ndarray, float]:
