@@ -18,7 +18,7 @@ from media import click_track, flash_video
 
 from vidmusician import metrics
 from vidmusician.cli import main
-from vidmusician.rhythm import load_audio
+from vidmusician.rhythm import load_audio, music_rhythm
 
 DURATION = 8.0
 SR = 32000
@@ -58,7 +58,7 @@ CASES = {
     "more": (train(13), train(13), [0.5, 2.5],
              dict(beat_alignment=1.0, bcs=8 / 2, bhs=1.0, loris_cover=2 / 8, loris_hit=1.0, loris_f1=0.4)),
 }
-SIGMA = 3 / 25  # Bailando's 3 frames at the 25 fps visual-beat rate
+SIGMA = 3 / 25  # the default --ba-sigma: Bailando's 3 frames, at the 25 fps visual-beat rate
 
 
 def detected(t):
@@ -108,7 +108,10 @@ def test_exit_code_and_files(run):
     assert code == 0
     assert [f["name"] for f in report["files"]] == sorted(CASES)
     assert report["unmatched"] == {"no_generated": ["orphan"], "no_reference": []}
-    assert report["settings"]["sigma_seconds"] == pytest.approx(SIGMA)
+    assert report["settings"]["ba_sigma"] == pytest.approx(SIGMA)
+    assert report["settings"]["ba_sigma_bailando"] == pytest.approx(3 / 60)
+    assert report["settings"]["d2m_onsets"]["pad_mode"] == report["settings"]["loris_onsets"]["pad_mode"] == "reflect"
+    assert report["settings"]["visual"]["floor"] == 0.02
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -124,7 +127,8 @@ def test_per_file_metrics_equal_hand_values(run, name):
     assert row["beat_alignment"] == pytest.approx(expected["beat_alignment"], abs=0.05)
     assert row["beat_alignment"] == pytest.approx(beat_alignment_by_hand(gen, flashes), abs=1e-9)
     assert row["counts"] == {"visual_beats": len(flashes), "music_beats": len(gen),
-                             "generated_onsets": len(gen), "reference_onsets": len(ref)}
+                             "generated_onsets": len(gen), "reference_onsets": len(ref),
+                             "generated_onsets_loris": len(gen), "reference_onsets_loris": len(ref)}
 
 
 def test_means(run):
@@ -220,3 +224,35 @@ def test_embedder_needs_a_reference_and_must_import(tmp_path, capsys):
     _bad(argv + ["--embedder", "test_eval_cli:toy_embedder"], tmp_path, capsys, "--reference")
     _bad(argv + ["--embedder", "no_such_module_xyz:f"], tmp_path, capsys, "no_such_module_xyz")
     _bad(argv + ["--embedder", "no_colon"], tmp_path, capsys, "module:name")
+
+
+def test_one_run_scores_d2m_and_loris_each_with_its_own_onsets(tmp_path):
+    # A click 0.09 s after another is an onset for LORIS's 3-frame windows but
+    # not for D2M-GAN's 1-frame mean (it must rise 0.4 over the frame before),
+    # so the generated onsets fill bins {0, 2} for D2M-GAN and {0, 1, 2} for LORIS.
+    videos, generated = tmp_path / "v", tmp_path / "g"
+    videos.mkdir()
+    generated.mkdir()
+    reference = click_track(mid_hop([0.5, 1.5, 2.5, 3.5]), 4.0, SR)
+    flash_video(videos / "clip.mp4", [0.6, 2.6], 4.0, audio=reference)
+    sf.write(generated / "clip.wav", click_track(mid_hop([0.5, 0.97, 1.06, 2.5]), 4.0, SR), SR)
+    out = tmp_path / "report.json"
+    argv = ["eval", "--videos", str(videos), "--generated", str(generated), "--reference", str(videos),
+            "--encoder", "tiny", "--quiet", "--out", str(out), "--ba-sigma", "0.05"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    row = report["files"][0]
+    assert row["counts"]["generated_onsets"] == 3 and row["counts"]["generated_onsets_loris"] == 4
+    assert (row["bcs"], row["bhs"]) == (2 / 4, 2 / 4)
+    assert (row["loris_cover"], row["loris_hit"]) == (3 / 3, 3 / 4)
+    assert report["settings"]["ba_sigma"] == 0.05
+    # Bailando's beat alignment with the sigma given in seconds (flashes ~70 ms
+    # after the clicks: the default 0.12 s forgives that more than 0.05 s does).
+    beats = music_rhythm(generated / "clip.wav").beats
+    assert row["beat_alignment"] == pytest.approx(metrics.beat_alignment_score(beats, [0.6, 2.6], 0.05), abs=1e-12)
+    assert row["beat_alignment"] < metrics.beat_alignment_score(beats, [0.6, 2.6], SIGMA) - 0.1
+
+
+@pytest.mark.parametrize("value", ["0", "-0.1", "nan"])
+def test_ba_sigma_must_be_positive(tmp_path, capsys, value):
+    _bad(_one_clip(tmp_path) + ["--ba-sigma", value], tmp_path, capsys, "--ba-sigma", "0.05")

@@ -10,8 +10,9 @@ Per clip:
 - ``beat_alignment``: Bailando's score of the generated music's beats against
   the video's visual beats (no reference needed);
 - ``bcs``, ``bhs``: D2M-GAN's beats coverage / hit scores of the generated
-  onsets against the reference onsets;
-- ``loris_cover``, ``loris_hit``, ``loris_f1``: LORIS's variant of the same.
+  onsets against the reference onsets, both found with D2M-GAN's settings;
+- ``loris_cover``, ``loris_hit``, ``loris_f1``: LORIS's variant of the same,
+  with onsets found with LORIS's settings.
 
 Over the set: the mean of each (skipping undefined values), and the Fréchet
 distance of generated vs reference music under an embedder the caller supplies.
@@ -29,7 +30,17 @@ from typing import Any, Callable, Iterable
 from . import metrics
 from .errors import ConfigError
 from .video import VIDEO_SUFFIXES
-from .rhythm import MusicRhythm, OnsetConfig, VisualBeatConfig, VisualRhythm, load_audio, music_rhythm, visual_rhythm
+from .rhythm import (
+    ONSET_PRESETS,
+    VISUAL_BEAT_PRESETS,
+    MusicRhythm,
+    OnsetConfig,
+    VisualBeatConfig,
+    VisualRhythm,
+    load_audio,
+    music_rhythm,
+    visual_rhythm,
+)
 
 # Preference order when one stem has several audio files: lossless first.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac") + VIDEO_SUFFIXES
@@ -43,28 +54,40 @@ class EvalSettings:
     """How events are found and compared.
 
     Attributes:
-        onsets: Music onset detection (D2M-GAN's settings by default).
-        visual: Visual beat peak picking.
-        local_fps: Rate of the visual change signal; Bailando's sigma of 3
-            frames is taken at this rate.
+        d2m_onsets: Onset detection for D2M-GAN's BCS/BHS (its settings by
+            default); its envelope also gives the music beats.
+        loris_onsets: Onset detection for LORIS's scores (its settings by
+            default), on the same envelope.
+        visual: Visual beat picking; ``None``: the source's preset
+            (:data:`~vidmusician.rhythm.VISUAL_BEAT_PRESETS`).
+        local_fps: Rate of the visual change signal.
         source: Visual signal, ``"change"`` (CLIP patch change) or ``"flow"``.
-        sigma_frames: Bailando's sigma, in frames of ``local_fps``.
+        ba_sigma: Bailando's tolerance in seconds (default 0.12 s, 3 frames
+            at 25 fps; Bailando's own is 0.05 s, 3 frames at 60 fps).
     """
 
-    onsets: OnsetConfig = OnsetConfig()
-    visual: VisualBeatConfig = VisualBeatConfig()
+    d2m_onsets: OnsetConfig = ONSET_PRESETS["d2m"]
+    loris_onsets: OnsetConfig = ONSET_PRESETS["loris"]
+    visual: VisualBeatConfig | None = None
     local_fps: float = 25.0
     source: str = "change"
-    sigma_frames: float = metrics.BAILANDO_SIGMA_FRAMES
+    ba_sigma: float = metrics.DEFAULT_BA_SIGMA
+
+    def __post_init__(self):
+        if not (math.isfinite(self.ba_sigma) and self.ba_sigma > 0):
+            raise ConfigError(f"--ba-sigma must be positive seconds, got {self.ba_sigma} (Bailando's is 0.05)")
+        if not (math.isfinite(self.local_fps) and self.local_fps > 0):
+            raise ConfigError(f"--local-fps must be positive, got {self.local_fps}")
 
     @property
-    def sigma(self) -> float:
-        """Bailando's sigma in seconds."""
-        return metrics.bailando_sigma(self.local_fps, self.sigma_frames)
+    def visual_config(self) -> VisualBeatConfig:
+        """The visual beat settings in use."""
+        return VISUAL_BEAT_PRESETS[self.source] if self.visual is None else self.visual
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["sigma_seconds"] = self.sigma
+        out["visual"] = dataclasses.asdict(self.visual_config)
+        out["ba_sigma_bailando"] = metrics.bailando_sigma()
         return out
 
 
@@ -93,11 +116,14 @@ class ClipResult:
     scores: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
+        ref = self.reference_music
         counts = {
             "visual_beats": len(self.visual.beats),
             "music_beats": len(self.music.beats),
             "generated_onsets": len(self.music.onsets),
-            "reference_onsets": None if self.reference_music is None else len(self.reference_music.onsets),
+            "reference_onsets": None if ref is None else len(ref.onsets),
+            "generated_onsets_loris": len(self.music.other_onsets["loris"]),
+            "reference_onsets_loris": None if ref is None else len(ref.other_onsets["loris"]),
         }
         durations = {
             "video": self.visual.duration,
@@ -123,7 +149,8 @@ def score_clip(
     Events are compared over the span the two sides share: music beats past
     the end of the video have no visual beat to meet (Bailando likewise cuts
     the music to the motion's length), and onsets are binned over the shorter
-    of the two tracks.
+    of the two tracks. BCS/BHS use ``onsets`` (D2M-GAN's settings), LORIS's
+    scores ``other_onsets["loris"]``.
 
     Args:
         visual: The video's visual beats.
@@ -140,7 +167,7 @@ def score_clip(
     if reference is not None:
         duration = min(music.duration, reference.duration)
         scores["bcs"], scores["bhs"] = metrics.beats_scores(music.onsets, reference.onsets, duration)
-        loris = metrics.loris_scores(music.onsets, reference.onsets, duration)
+        loris = metrics.loris_scores(music.other_onsets["loris"], reference.other_onsets["loris"], duration)
         scores.update(loris_cover=loris.cover, loris_hit=loris.hit, loris_f1=loris.f1)
     return scores
 
@@ -349,11 +376,17 @@ def evaluate(
 
 def _evaluate_clip(name, video, generated, reference, encoder, settings: EvalSettings, cache) -> ClipResult:
     visual = visual_rhythm(
-        video, encoder=encoder, fps=settings.local_fps, source=settings.source, config=settings.visual, cache_dir=cache
+        video,
+        encoder=encoder,
+        fps=settings.local_fps,
+        source=settings.source,
+        config=settings.visual_config,
+        cache_dir=cache,
     )
-    music = music_rhythm(generated, settings.onsets)
-    ref = music_rhythm(reference, settings.onsets) if reference is not None else None
-    scores = score_clip(visual, music, ref, settings.sigma)
+    onsets = {"loris": settings.loris_onsets}
+    music = music_rhythm(generated, settings.d2m_onsets, onsets)
+    ref = music_rhythm(reference, settings.d2m_onsets, onsets) if reference is not None else None
+    scores = score_clip(visual, music, ref, settings.ba_sigma)
     return ClipResult(name, video, generated, reference, visual, music, ref, scores)
 
 

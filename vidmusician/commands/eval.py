@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..metrics import BAILANDO_FPS, DEFAULT_BA_SIGMA, bailando_sigma
+
 HELP = "score generated music against its videos (beat alignment, BCS/BHS, LORIS F1) and plot visual beats vs onsets"
 
 
@@ -25,10 +27,10 @@ def add_arguments(parser):
                         help="reuse visual features cached by content hash, as for `vidmusician features`")
     parser.add_argument("--visual-source", choices=("change", "flow"), default="change",
                         help="visual beats from the CLIP patch change signal (default) or optical-flow magnitude")
-    parser.add_argument("--local-fps", type=float, default=25.0,
-                        help="rate of the visual signal; Bailando's sigma is 3 frames at this rate (default 25)")
-    parser.add_argument("--onsets", choices=("d2m", "loris"), default="d2m",
-                        help="onset peak-picking settings of D2M-GAN (default) or LORIS")
+    parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the visual signal (default 25)")
+    parser.add_argument("--ba-sigma", type=float, default=DEFAULT_BA_SIGMA, metavar="SECONDS",
+                        help=f"tolerance of the beat-alignment score (default {DEFAULT_BA_SIGMA:g}: 3 frames at "
+                             f"25 fps; Bailando's is {bailando_sigma():g}, 3 frames at {BAILANDO_FPS:g} fps)")
     parser.add_argument("--embedder", metavar="MODULE:NAME",
                         help="callable (audio, sample_rate) -> [n, D] embeddings; adds the Fréchet distance "
                              "of generated vs reference music (needs --reference)")
@@ -38,13 +40,10 @@ def add_arguments(parser):
 def run(args) -> int:
     from ..errors import ConfigError
     from ..evaluation import EvalSettings, evaluate, load_embedder
-    from ..rhythm import ONSET_PRESETS
 
-    if not args.local_fps > 0:
-        raise ConfigError(f"--local-fps must be positive, got {args.local_fps}")
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a folder; give a file name such as report.json")
-    settings = EvalSettings(onsets=ONSET_PRESETS[args.onsets], local_fps=args.local_fps, source=args.visual_source)
+    settings = EvalSettings(local_fps=args.local_fps, source=args.visual_source, ba_sigma=args.ba_sigma)
     embedder = load_embedder(args.embedder) if args.embedder else None
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = evaluate(
