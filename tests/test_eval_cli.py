@@ -149,8 +149,8 @@ def test_frechet_distance_uses_the_embedder(run):
     gen = [load_audio(root / "generated" / f"{n}.wav", 16000) for n in names]
     ref = [load_audio(root / "videos" / f"{n}.mp4", 16000) for n in names]
     expected = metrics.frechet_audio_distance(gen, ref, 16000, toy_embedder)
-    assert report["frechet_distance"] == pytest.approx(expected, rel=1e-9)
-    assert report["frechet_distance"] > 0
+    assert report["frechet_distance"] == {"test_eval_cli:toy_embedder": pytest.approx(expected, rel=1e-9)}
+    assert expected > 0
 
 
 def test_plots_are_pngs(run):
@@ -222,8 +222,10 @@ def test_unreadable_generated_audio(tmp_path, capsys):
 def test_embedder_needs_a_reference_and_must_import(tmp_path, capsys):
     argv = _one_clip(tmp_path)
     _bad(argv + ["--embedder", "test_eval_cli:toy_embedder"], tmp_path, capsys, "--reference")
+    argv += ["--reference", str(tmp_path / "v")]
     _bad(argv + ["--embedder", "no_such_module_xyz:f"], tmp_path, capsys, "no_such_module_xyz")
-    _bad(argv + ["--embedder", "no_colon"], tmp_path, capsys, "module:name")
+    _bad(argv + ["--embedder", ":f"], tmp_path, capsys, "package.module:name")
+    _bad(argv + ["--embedder", "panns"], tmp_path, capsys, "unknown embedder", "clap, vggish")
 
 
 def test_one_run_scores_d2m_and_loris_each_with_its_own_onsets(tmp_path):

@@ -14,18 +14,21 @@ Per clip:
 - ``loris_cover``, ``loris_hit``, ``loris_f1``: LORIS's variant of the same,
   with onsets found with LORIS's settings.
 
+With a text prompt per clip: ``clap_text``, the CLAP text-music score
+(:mod:`vidmusician.embedders`).
+
 Over the set: the mean of each (skipping undefined values), and the Fréchet
-distance of generated vs reference music under an embedder the caller supplies.
+audio distance of generated vs reference music under each embedder given
+(CLAP, VGGish, or one of the caller's).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from . import metrics
 from .errors import ConfigError
@@ -46,7 +49,7 @@ from .rhythm import (
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac") + VIDEO_SUFFIXES
 
 REFERENCE_METRICS = ("bcs", "bhs", "loris_cover", "loris_hit", "loris_f1")
-METRICS = ("beat_alignment",) + REFERENCE_METRICS
+METRICS = ("beat_alignment",) + REFERENCE_METRICS + ("clap_text",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +166,7 @@ def score_clip(
     """
     span = min(visual.duration, music.duration)
     scores = {"beat_alignment": metrics.beat_alignment_score(music.beats[music.beats < span], visual.beats, sigma)}
-    scores.update({k: math.nan for k in REFERENCE_METRICS})
+    scores.update({k: math.nan for k in REFERENCE_METRICS + ("clap_text",)})
     if reference is not None:
         duration = min(music.duration, reference.duration)
         scores["bcs"], scores["bhs"] = metrics.beats_scores(music.onsets, reference.onsets, duration)
@@ -241,8 +244,8 @@ class EvalReport:
     Attributes:
         clips: One result per matched clip, by name.
         means: ``{metric: mean over clips}`` (see :func:`metrics.mean_scores`).
-        frechet_distance: Generated vs reference, or ``None`` without an
-            embedder or a reference.
+        frechet_distance: Generated vs reference, by embedder name (empty
+            without an embedder).
         unmatched: Videos with no generated file, and clips with no reference
             file when a reference folder was given.
         settings: The settings used.
@@ -250,7 +253,7 @@ class EvalReport:
 
     clips: list[ClipResult]
     means: dict[str, float]
-    frechet_distance: float | None
+    frechet_distance: dict[str, float]
     unmatched: dict[str, list[str]]
     settings: EvalSettings
 
@@ -259,7 +262,7 @@ class EvalReport:
             "settings": self.settings.to_dict(),
             "files": [c.to_dict() for c in self.clips],
             "mean": {k: _json_float(v) for k, v in self.means.items()},
-            "frechet_distance": None if self.frechet_distance is None else _json_float(self.frechet_distance),
+            "frechet_distance": {k: _json_float(v) for k, v in self.frechet_distance.items()},
             "unmatched": self.unmatched,
         }
 
@@ -275,9 +278,11 @@ class EvalReport:
 
     def table(self) -> str:
         """A fixed-width table of per-clip scores and their means."""
-        heads = ("file",) + METRICS
-        rows = [[c.name] + [_fmt(c.scores[k]) for k in METRICS] for c in self.clips]
-        rows.append(["mean"] + [_fmt(self.means[k]) for k in METRICS])
+        # The text score only where a prompt was given.
+        shown = [k for k in METRICS if k != "clap_text" or math.isfinite(self.means.get(k, math.nan))]
+        heads = ("file", *shown)
+        rows = [[c.name] + [_fmt(c.scores[k]) for k in shown] for c in self.clips]
+        rows.append(["mean"] + [_fmt(self.means[k]) for k in shown])
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
 
         def line(cells: list[str]) -> str:
@@ -286,8 +291,7 @@ class EvalReport:
 
         rule = line(["-" * w for w in widths])
         out = [line(list(heads)), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
-        if self.frechet_distance is not None:
-            out.append(f"frechet_distance: {_fmt(self.frechet_distance)}")
+        out += [f"frechet_distance[{k}]: {_fmt(v)}" for k, v in self.frechet_distance.items()]
         return "\n".join(out)
 
 
@@ -298,7 +302,9 @@ def evaluate(
     *,
     encoder: Any = None,
     settings: EvalSettings = EvalSettings(),
-    embedder: metrics.Embedder | None = None,
+    embedders: Mapping[str, metrics.Embedder] | None = None,
+    prompts: Mapping[str, str] | str | None = None,
+    text_embedder: Any = None,
     plot_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     feature_cache: str | Path | bool | None = None,
@@ -314,9 +320,14 @@ def evaluate(
             :func:`vidmusician.features.load_encoder`, a loaded encoder, or
             ``None`` for the default one. Loaded once for all clips.
         settings: Event detection settings.
-        embedder: Embedder for the Fréchet distance (needs ``reference``). It
-            receives audio at its ``sample_rate`` attribute if it has one,
-            else at 32 kHz.
+        embedders: Embedders for the Fréchet audio distance, by name (needs
+            ``reference``). Each receives audio at its ``sample_rate``
+            attribute if it has one, else at 32 kHz.
+        prompts: Text prompt of each clip, by name, for the CLAP text-music
+            score (clips without one have none), or one prompt for all.
+        text_embedder: The CLAP model for that score (a
+            :class:`~vidmusician.embedders.ClapEmbedder`); needed with
+            ``prompts``.
         plot_dir: When given, one PNG per clip is written there.
         log: Receives one line per clip and per warning (e.g. ``print``).
         feature_cache: ``cache_dir`` of
@@ -332,8 +343,11 @@ def evaluate(
             cannot be read (the message names the file).
     """
     log = log or (lambda line: None)
-    if embedder is not None and reference is None:
+    embedders = dict(embedders or {})
+    if embedders and reference is None:
         raise ConfigError("a Fréchet distance needs reference music; pass --reference with --embedder")
+    if prompts and text_embedder is None:
+        raise ConfigError("a CLAP text-music score needs a CLAP model; pass text_embedder")
     vids = list_videos(videos)
     gens = match_audio(list(vids), generated, "generated")
     if not gens:
@@ -356,20 +370,27 @@ def evaluate(
     clips = []
     for name in sorted(gens):
         clip = _evaluate_clip(name, vids[name], gens[name], refs.get(name), encoder, settings, feature_cache)
-        log(f"{clip.name}: " + ", ".join(f"{k}={_fmt(clip.scores[k])}" for k in METRICS))
+        log(f"{clip.name}: " + ", ".join(f"{k}={_fmt(clip.scores[k])}" for k in METRICS if k != "clap_text"))
         if plot_dir is not None:
             from .plots import plot_clip
 
             plot_clip(clip, Path(plot_dir) / f"{clip.name}.png")
         clips.append(clip)
 
-    fd = None
-    if embedder is not None:
+    if prompts:
+        from .embedders import clap_text_scores
+
+        texts = [prompts if isinstance(prompts, str) else prompts.get(c.name) for c in clips]
+        for clip, score in zip(clips, clap_text_scores([c.generated for c in clips], texts, text_embedder)):
+            clip.scores["clap_text"] = score
+    fd = {}
+    paired = [c for c in clips if c.reference is not None]
+    for name, embedder in embedders.items():
         rate = int(getattr(embedder, "sample_rate", 32000))
-        paired = [c for c in clips if c.reference is not None]
         gen = [load_audio(c.generated, rate) for c in paired]
         ref = [load_audio(c.reference, rate) for c in paired]
-        fd = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+        fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+        log(f"frechet_distance[{name}]: {_fmt(fd[name])}")
     means = metrics.mean_scores([c.scores for c in clips], METRICS)
     return EvalReport(clips, means, fd, unmatched, settings)
 
@@ -395,31 +416,6 @@ def _load_encoder(spec: Any) -> Any:
     from .features import VisualEncoder, load_encoder
 
     return spec if isinstance(spec, VisualEncoder) else load_encoder(spec)
-
-
-def load_embedder(spec: str) -> metrics.Embedder:
-    """Imports an embedder named ``"package.module:name"``.
-
-    ``name`` must be a callable ``(audio [S] float32, sample_rate) -> [n, D]``;
-    a ``sample_rate`` attribute on it sets the rate it receives.
-
-    Raises:
-        ConfigError: The spec is malformed, the module or name is missing, or
-            the object is not callable.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"--embedder {spec!r}: expected 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"--embedder {spec!r}: cannot import {module_name} ({exc}); install it or fix the name"
-        ) from None
-    obj = getattr(module, attr, None)
-    if not callable(obj):
-        raise ConfigError(f"--embedder {spec!r}: {module_name} has no callable {attr!r}")
-    return obj
 
 
 # --------------------------------------------------------------------------- #

@@ -261,8 +261,8 @@ class Embedder(Protocol):
     """Maps a mono waveform to a set of embeddings (one row per frame or clip).
 
     Any callable with this signature plugs into :func:`frechet_audio_distance`
-    and ``vidmusician eval --embedder module:factory``; none is shipped, so
-    the choice of model (VGGish, CLAP, PANNs, ...) stays with the user.
+    and ``vidmusician eval --embedder module:name``;
+    :mod:`vidmusician.embedders` has CLAP and VGGish.
     """
 
     def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray: ...
@@ -364,6 +364,30 @@ def frechet_audio_distance(
         return np.concatenate(rows, axis=0) if rows else np.zeros((0, 0))
 
     return frechet_distance(pool(generated), pool(reference))
+
+
+def clap_score(audio_embeddings: np.ndarray, text_embedding: np.ndarray) -> float:
+    """CLAP text-music score: cosine similarity of a clip's audio and its prompt's text embedding.
+
+    As reported by text-to-music papers (e.g. the CLAP score of Stable Audio's
+    and MusicLDM's evaluations), from LAION-CLAP (Wu et al., 2023). A clip
+    embedded window by window is represented by the mean of its windows'
+    unit-norm embeddings.
+
+    Args:
+        audio_embeddings: ``[n, D]`` (or ``[D]``) audio embeddings of one clip.
+        text_embedding: ``[D]`` embedding of its prompt.
+
+    Returns:
+        The cosine in ``[-1, 1]``.
+    """
+    audio = np.atleast_2d(np.asarray(audio_embeddings, np.float64))
+    text = np.asarray(text_embedding, np.float64).reshape(-1)
+    if audio.shape[1] != text.size:
+        raise ConfigError(f"audio and text embeddings differ in size ({audio.shape[1]} vs {text.size}); use one CLAP model")
+    audio = audio / np.linalg.norm(audio, axis=1, keepdims=True)
+    mean = audio.mean(axis=0)
+    return float(mean @ text / (np.linalg.norm(mean) * np.linalg.norm(text)))
 
 
 # --------------------------------------------------------------------------- #

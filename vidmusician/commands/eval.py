@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..embedders import DEFAULT_CLAP
 from ..metrics import BAILANDO_FPS, DEFAULT_BA_SIGMA, bailando_sigma
 
 HELP = "score generated music against its videos (beat alignment, BCS/BHS, LORIS F1) and plot visual beats vs onsets"
@@ -31,25 +32,44 @@ def add_arguments(parser):
     parser.add_argument("--ba-sigma", type=float, default=DEFAULT_BA_SIGMA, metavar="SECONDS",
                         help=f"tolerance of the beat-alignment score (default {DEFAULT_BA_SIGMA:g}: 3 frames at "
                              f"25 fps; Bailando's is {bailando_sigma():g}, 3 frames at {BAILANDO_FPS:g} fps)")
-    parser.add_argument("--embedder", metavar="MODULE:NAME",
-                        help="callable (audio, sample_rate) -> [n, D] embeddings; adds the Fréchet distance "
-                             "of generated vs reference music (needs --reference)")
+    parser.add_argument("--embedder", action="append", default=[], metavar="clap|vggish|MODULE:NAME",
+                        help="adds the Fréchet audio distance of generated vs reference music (needs --reference) "
+                             "under CLAP, VGGish or your callable (audio, sample_rate) -> [n, D]; repeat for several")
+    parser.add_argument("--clap-model", default=DEFAULT_CLAP, metavar="ID|DIR",
+                        help=f"CLAP checkpoint for --embedder clap and the text score (default {DEFAULT_CLAP}, "
+                             "downloaded on first use)")
+    parser.add_argument("--vggish-weights", metavar="FILE",
+                        help="VGGish weights for --embedder vggish (default torchvggish's release, downloaded on "
+                             "first use)")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help='JSON {"clip": "text prompt", ...}: adds clap_text, the CLAP text-music score of '
+                             "each clip against the prompt it was generated from")
+    parser.add_argument("--text", metavar="PROMPT", help="one prompt for every clip, as --prompts")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args) -> int:
     from ..errors import ConfigError
-    from ..evaluation import EvalSettings, evaluate, load_embedder
+    from ..embedders import load_embedder, read_prompts
+    from ..evaluation import EvalSettings, evaluate
 
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a folder; give a file name such as report.json")
     settings = EvalSettings(local_fps=args.local_fps, source=args.visual_source, ba_sigma=args.ba_sigma)
-    embedder = load_embedder(args.embedder) if args.embedder else None
+    if args.prompts and args.text:
+        raise ConfigError("--prompts and --text both give prompts; pass one of them")
+    if args.embedder and args.reference is None:
+        raise ConfigError("a Fréchet distance needs reference music; pass --reference with --embedder")
+    prompts = read_prompts(args.prompts) if args.prompts else args.text
+    embedders = dict(load_embedder(spec, args.clap_model, args.vggish_weights) for spec in args.embedder)
+    clap = None
+    if prompts:
+        clap = embedders.get("clap") or load_embedder("clap", args.clap_model)[1]
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = evaluate(
         args.videos, args.generated, args.reference,
-        encoder=args.encoder, settings=settings, embedder=embedder, plot_dir=args.plot, log=log,
-        feature_cache=args.cache,
+        encoder=args.encoder, settings=settings, embedders=embedders, prompts=prompts, text_embedder=clap,
+        plot_dir=args.plot, log=log, feature_cache=args.cache,
     )
     print(report.table())
     if args.out:
@@ -57,3 +77,4 @@ def run(args) -> int:
         if log:
             log(f"wrote {args.out}")
     return 0
+
