@@ -249,6 +249,8 @@ class EvalReport:
         unmatched: Videos with no generated file, and clips with no reference
             file when a reference folder was given.
         settings: The settings used.
+        kl_divergence: PaSST label KL divergences (see
+            :func:`vidmusician.audio_kl.passt_kl_divergence`), or ``None``.
     """
 
     clips: list[ClipResult]
@@ -256,6 +258,7 @@ class EvalReport:
     frechet_distance: dict[str, float]
     unmatched: dict[str, list[str]]
     settings: EvalSettings
+    kl_divergence: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -264,6 +267,7 @@ class EvalReport:
             "mean": {k: _json_float(v) for k, v in self.means.items()},
             "frechet_distance": {k: _json_float(v) for k, v in self.frechet_distance.items()},
             "unmatched": self.unmatched,
+            "kl_divergence": self.kl_divergence,
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -292,6 +296,8 @@ class EvalReport:
         rule = line(["-" * w for w in widths])
         out = [line(list(heads)), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
         out += [f"frechet_distance[{k}]: {_fmt(v)}" for k, v in self.frechet_distance.items()]
+        if self.kl_divergence is not None:
+            out.append(f"kl_divergence[passt]: {_fmt(self.kl_divergence['kld'])}")
         return "\n".join(out)
 
 
@@ -305,6 +311,7 @@ def evaluate(
     embedders: Mapping[str, metrics.Embedder] | None = None,
     prompts: Mapping[str, str] | str | None = None,
     text_embedder: Any = None,
+    kl_metric: Any = None,
     plot_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     feature_cache: str | Path | bool | None = None,
@@ -328,6 +335,9 @@ def evaluate(
         text_embedder: The CLAP model for that score (a
             :class:`~vidmusician.embedders.ClapEmbedder`); needed with
             ``prompts``.
+        kl_metric: When given (a :class:`vidmusician.audio_kl.PasstKL`), the
+            KL divergence of its classifier's label distributions, generated
+            vs reference (needs ``reference``).
         plot_dir: When given, one PNG per clip is written there.
         log: Receives one line per clip and per warning (e.g. ``print``).
         feature_cache: ``cache_dir`` of
@@ -344,8 +354,8 @@ def evaluate(
     """
     log = log or (lambda line: None)
     embedders = dict(embedders or {})
-    if embedders and reference is None:
-        raise ConfigError("a Fréchet distance needs reference music; pass --reference with --embedder")
+    if (embedders or kl_metric is not None) and reference is None:
+        raise ConfigError("a Fréchet distance or KL divergence needs reference music; pass --reference")
     if prompts and text_embedder is None:
         raise ConfigError("a CLAP text-music score needs a CLAP model; pass text_embedder")
     vids = list_videos(videos)
@@ -391,8 +401,13 @@ def evaluate(
         ref = [load_audio(c.reference, rate) for c in paired]
         fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
         log(f"frechet_distance[{name}]: {_fmt(fd[name])}")
+    kl = None
+    if kl_metric is not None:
+        from .audio_kl import passt_kl_divergence
+
+        kl = passt_kl_divergence([c.generated for c in paired], [c.reference for c in paired], kl_metric)
     means = metrics.mean_scores([c.scores for c in clips], METRICS)
-    return EvalReport(clips, means, fd, unmatched, settings)
+    return EvalReport(clips, means, fd, unmatched, settings, kl)
 
 
 def _evaluate_clip(name, video, generated, reference, encoder, settings: EvalSettings, cache) -> ClipResult:

@@ -41,6 +41,10 @@ def add_arguments(parser):
     parser.add_argument("--vggish-weights", metavar="FILE",
                         help="VGGish weights for --embedder vggish (default torchvggish's release, downloaded on "
                              "first use)")
+    parser.add_argument("--kl", action="store_true",
+                        help="adds the KL divergence of PaSST's AudioSet label distributions, generated vs reference "
+                             "(audiocraft's metric, as MusicGen reports it; needs --reference and hear21passt; "
+                             "weights download on first use)")
     parser.add_argument("--prompts", metavar="FILE",
                         help='JSON {"clip": "text prompt", ...}: adds clap_text, the CLAP text-music score of '
                              "each clip against the prompt it was generated from")
@@ -58,17 +62,23 @@ def run(args) -> int:
     settings = EvalSettings(local_fps=args.local_fps, source=args.visual_source, ba_sigma=args.ba_sigma)
     if args.prompts and args.text:
         raise ConfigError("--prompts and --text both give prompts; pass one of them")
-    if args.embedder and args.reference is None:
-        raise ConfigError("a Fréchet distance needs reference music; pass --reference with --embedder")
+    if (args.embedder or args.kl) and args.reference is None:
+        raise ConfigError("--embedder and --kl compare with reference music; pass --reference")
     prompts = read_prompts(args.prompts) if args.prompts else args.text
     embedders = dict(load_embedder(spec, args.clap_model, args.vggish_weights) for spec in args.embedder)
     clap = None
     if prompts:
         clap = embedders.get("clap") or load_embedder("clap", args.clap_model)[1]
+    kl_metric = None
+    if args.kl:
+        from ..audio_kl import PasstKL
+
+        kl_metric = PasstKL()
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = evaluate(
         args.videos, args.generated, args.reference,
         encoder=args.encoder, settings=settings, embedders=embedders, prompts=prompts, text_embedder=clap,
+        kl_metric=kl_metric,
         plot_dir=args.plot, log=log, feature_cache=args.cache,
     )
     print(report.table())
