@@ -18,7 +18,14 @@ from media import flash_video
 
 from vidmusician import metrics
 from vidmusician.cli import main
-from vidmusician.embedders import DEFAULT_CLAP, ClapEmbedder, VGGishEmbedder, clap_text_scores, load_embedder
+from vidmusician.embedders import (
+    DEFAULT_CLAP,
+    ClapEmbedder,
+    VGGishEmbedder,
+    clap_score,
+    clap_text_scores,
+    load_embedder,
+)
 from vidmusician.errors import ConfigError
 
 CLAP_DIM = 8
@@ -149,17 +156,17 @@ def test_clap_text_score(clap, tmp_path):
     from vidmusician.rhythm import load_audio
 
     audio = clap(load_audio(files[0], 48000), 48000)
-    assert scores[0] == pytest.approx(metrics.clap_score(audio, clap.embed_text(["calm piano"])[0]), abs=1e-9)
+    assert scores[0] == pytest.approx(clap_score(audio, clap.embed_text(["calm piano"])[0]), abs=1e-9)
     assert clap.embed_text(["calm piano", "upbeat drums and bass"]).shape == (2, CLAP_DIM)
 
 
 def test_clap_score_by_hand():
     # Two windows' unit vectors average to the diagonal: cosine 1 with a diagonal text.
-    assert metrics.clap_score([[2.0, 0.0], [0.0, 1.0]], [1.0, 1.0]) == pytest.approx(1.0)
-    assert metrics.clap_score([[1.0, 0.0]], [0.0, 3.0]) == pytest.approx(0.0)
-    assert metrics.clap_score([1.0, 0.0], [-1.0, 0.0]) == pytest.approx(-1.0)
+    assert clap_score([[2.0, 0.0], [0.0, 1.0]], [1.0, 1.0]) == pytest.approx(1.0)
+    assert clap_score([[1.0, 0.0]], [0.0, 3.0]) == pytest.approx(0.0)
+    assert clap_score([1.0, 0.0], [-1.0, 0.0]) == pytest.approx(-1.0)
     with pytest.raises(ConfigError, match="one CLAP model"):
-        metrics.clap_score([[1.0, 0.0]], [1.0, 0.0, 0.0])
+        clap_score([[1.0, 0.0]], [1.0, 0.0, 0.0])
 
 
 # --------------------------------------------------------------------------- #

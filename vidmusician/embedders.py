@@ -29,7 +29,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError
-from .metrics import clap_score
 
 DEFAULT_CLAP = "laion/larger_clap_music"
 
@@ -237,12 +236,36 @@ def read_prompts(path: str | Path) -> dict[str, str]:
     return data
 
 
+def clap_score(audio_embeddings: np.ndarray, text_embedding: np.ndarray) -> float:
+    """CLAP text-music score: cosine similarity of a clip's audio and its prompt's text embedding.
+
+    As reported by text-to-music papers (e.g. the CLAP score of Stable Audio's
+    and MusicLDM's evaluations), from LAION-CLAP (Wu et al., 2023). A clip
+    embedded window by window is represented by the mean of its windows'
+    unit-norm embeddings.
+
+    Args:
+        audio_embeddings: ``[n, D]`` (or ``[D]``) audio embeddings of one clip.
+        text_embedding: ``[D]`` embedding of its prompt.
+
+    Returns:
+        The cosine in ``[-1, 1]``.
+    """
+    audio = np.atleast_2d(np.asarray(audio_embeddings, np.float64))
+    text = np.asarray(text_embedding, np.float64).reshape(-1)
+    if audio.shape[1] != text.size:
+        raise ConfigError(f"audio and text embeddings differ in size ({audio.shape[1]} vs {text.size}); use one CLAP model")
+    audio = audio / np.linalg.norm(audio, axis=1, keepdims=True)
+    mean = audio.mean(axis=0)
+    return float(mean @ text / (np.linalg.norm(mean) * np.linalg.norm(text)))
+
+
 def clap_text_scores(
     files: Sequence[str | Path], prompts: Sequence[str | None], clap: ClapEmbedder
 ) -> list[float]:
     """The CLAP text-music score of each file against its prompt (``nan`` without one).
 
-    See :func:`vidmusician.metrics.clap_score`.
+    See :func:`clap_score`.
 
     Args:
         files: Generated music files.

@@ -366,30 +366,6 @@ def frechet_audio_distance(
     return frechet_distance(pool(generated), pool(reference))
 
 
-def clap_score(audio_embeddings: np.ndarray, text_embedding: np.ndarray) -> float:
-    """CLAP text-music score: cosine similarity of a clip's audio and its prompt's text embedding.
-
-    As reported by text-to-music papers (e.g. the CLAP score of Stable Audio's
-    and MusicLDM's evaluations), from LAION-CLAP (Wu et al., 2023). A clip
-    embedded window by window is represented by the mean of its windows'
-    unit-norm embeddings.
-
-    Args:
-        audio_embeddings: ``[n, D]`` (or ``[D]``) audio embeddings of one clip.
-        text_embedding: ``[D]`` embedding of its prompt.
-
-    Returns:
-        The cosine in ``[-1, 1]``.
-    """
-    audio = np.atleast_2d(np.asarray(audio_embeddings, np.float64))
-    text = np.asarray(text_embedding, np.float64).reshape(-1)
-    if audio.shape[1] != text.size:
-        raise ConfigError(f"audio and text embeddings differ in size ({audio.shape[1]} vs {text.size}); use one CLAP model")
-    audio = audio / np.linalg.norm(audio, axis=1, keepdims=True)
-    mean = audio.mean(axis=0)
-    return float(mean @ text / (np.linalg.norm(mean) * np.linalg.norm(text)))
-
-
 # --------------------------------------------------------------------------- #
 # Aggregation
 

@@ -63,8 +63,8 @@ def plot_rhythm(
         # Scaled to the larger of the signal and the beat threshold, so a clip
         # with no beat shows how far its change stays below the threshold.
         level = None if visual.baseline is None else visual.baseline + visual.threshold
-        scale = max(float(np.max(visual.signal, initial=0.0)), float(np.max(level, initial=0.0)) if level is not None else 0.0)
-        scale = scale if scale > 0 else 1.0
+        scale = max(np.max(visual.signal, initial=0.0), 0.0 if level is None else np.max(level, initial=0.0))
+        scale = float(scale) if scale > 0 else 1.0
         top.plot(visual.times, visual.signal / scale, color="0.25", lw=1.0, label=label)
         if level is not None:
             top.plot(visual.times, level / scale, color=_VISUAL, lw=0.8, ls=":", label="beat threshold")
