@@ -255,6 +255,19 @@ def test_one_run_scores_d2m_and_loris_each_with_its_own_onsets(tmp_path):
     assert row["beat_alignment"] < metrics.beat_alignment_score(beats, [0.6, 2.6], SIGMA) - 0.1
 
 
+def test_beat_floor_sets_the_visual_threshold(tmp_path):
+    # Flashes change the tiny encoder's signal by ~1.9: a floor of 5 leaves no beat.
+    argv = _one_clip(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["eval", *argv, "--encoder", "tiny", "--quiet", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["files"][0]["counts"]["visual_beats"] == 1
+    assert main(["eval", *argv, "--encoder", "tiny", "--quiet", "--out", str(out), "--beat-floor", "5"]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["visual"]["floor"] == 5.0
+    assert report["files"][0]["counts"]["visual_beats"] == 0
+    assert main(["eval", *argv, "--encoder", "tiny", "--quiet", "--out", str(out), "--beat-floor", "-1"]) == 2
+
+
 @pytest.mark.parametrize("value", ["0", "-0.1", "nan"])
 def test_ba_sigma_must_be_positive(tmp_path, capsys, value):
     _bad(_one_clip(tmp_path) + ["--ba-sigma", value], tmp_path, capsys, "--ba-sigma", "0.05")

@@ -257,9 +257,9 @@ class VisualBeatConfig:
 
 # Floors per signal. "change" (1 - cosine of CLIP patch tokens, mean over
 # patches) is in [0, 2]: 0.02 is above what codec noise and a small object's
-# step give, far below a cut (0.2 and up). "flow" is the mean flow magnitude in
-# pixels of frames at most 128 px: 0.25 px is above a small object's 1-pixel
-# step averaged over the frame (~0.1 px).
+# step give, while a hard cut replaces most patches' content. "flow" is the
+# mean flow magnitude in pixels of frames at most 128 px: 0.25 px is above a
+# small object's 1-pixel step averaged over the frame (~0.1 px).
 VISUAL_BEAT_PRESETS = {"change": VisualBeatConfig(floor=0.02), "flow": VisualBeatConfig(floor=0.25)}
 
 

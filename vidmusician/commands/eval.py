@@ -1,14 +1,16 @@
-"""`vidmusician eval`: rhythm-alignment metrics of generated music against its videos."""
+"""`vidmusician eval`: rhythm-alignment, audio-quality and text-adherence metrics of generated music."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 from ..embedders import DEFAULT_CLAP
 from ..metrics import BAILANDO_FPS, DEFAULT_BA_SIGMA, bailando_sigma
 
-HELP = "score generated music against its videos (beat alignment, BCS/BHS, LORIS F1) and plot visual beats vs onsets"
+HELP = ("score generated music against its videos (beat alignment, BCS/BHS, LORIS F1), its reference (FAD, KL) "
+        "and its prompts (CLAP score); plot visual beats vs onsets")
 
 
 def add_arguments(parser):
@@ -28,6 +30,10 @@ def add_arguments(parser):
                         help="reuse visual features cached by content hash, as for `vidmusician features`")
     parser.add_argument("--visual-source", choices=("change", "flow"), default="change",
                         help="visual beats from the CLIP patch change signal (default) or optical-flow magnitude")
+    parser.add_argument("--beat-floor", type=float, metavar="VALUE",
+                        help="smallest change a visual beat needs, in the signal's units (default 0.02 for "
+                             "change, 0.25 px for flow); beats must also stand 5 robust deviations above the "
+                             "clip's own change")
     parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the visual signal (default 25)")
     parser.add_argument("--ba-sigma", type=float, default=DEFAULT_BA_SIGMA, metavar="SECONDS",
                         help=f"tolerance of the beat-alignment score (default {DEFAULT_BA_SIGMA:g}: 3 frames at "
@@ -56,10 +62,14 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..embedders import load_embedder, read_prompts
     from ..evaluation import EvalSettings, evaluate
+    from ..rhythm import VISUAL_BEAT_PRESETS
 
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a folder; give a file name such as report.json")
-    settings = EvalSettings(local_fps=args.local_fps, source=args.visual_source, ba_sigma=args.ba_sigma)
+    visual = None
+    if args.beat_floor is not None:
+        visual = dataclasses.replace(VISUAL_BEAT_PRESETS[args.visual_source], floor=args.beat_floor)
+    settings = EvalSettings(visual=visual, local_fps=args.local_fps, source=args.visual_source, ba_sigma=args.ba_sigma)
     if args.prompts and args.text:
         raise ConfigError("--prompts and --text both give prompts; pass one of them")
     if (args.embedder or args.kl) and args.reference is None:
