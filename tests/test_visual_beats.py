@@ -121,3 +121,18 @@ def test_bad_settings_are_refused():
         VisualBeatConfig(spread=-1.0)
     with pytest.raises(ConfigError, match="floor"):
         VisualBeatConfig(floor=float("nan"))
+
+
+def test_beat_alignment_of_a_clip_without_events_is_zero_whatever_the_music(clips, tmp_path):
+    import soundfile as sf
+    from media import click_track
+
+    from vidmusician.evaluation import evaluate
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "g").mkdir()
+    (tmp_path / "v" / "square.mp4").write_bytes(clips["drifting_square"].read_bytes())
+    sf.write(tmp_path / "g" / "square.wav", click_track([0.5 + 0.5 * k for k in range(10)], DURATION), 32000)
+    clip = evaluate(tmp_path / "v", tmp_path / "g", encoder="tiny").clips[0]
+    assert clip.visual.beats.size == 0 and clip.music.beats.size >= 8
+    assert clip.scores["beat_alignment"] == 0.0
