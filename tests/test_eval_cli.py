@@ -18,7 +18,7 @@ from media import click_track, flash_video
 
 from vidmusician import metrics
 from vidmusician.cli import main
-from vidmusician.rhythm import load_audio
+from vidmusician.rhythm import load_audio, music_rhythm
 
 DURATION = 8.0
 SR = 32000
@@ -58,7 +58,7 @@ CASES = {
     "more": (train(13), train(13), [0.5, 2.5],
              dict(beat_alignment=1.0, bcs=8 / 2, bhs=1.0, loris_cover=2 / 8, loris_hit=1.0, loris_f1=0.4)),
 }
-SIGMA = 3 / 25  # Bailando's 3 frames at the 25 fps visual-beat rate
+SIGMA = 3 / 25  # the default --ba-sigma: Bailando's 3 frames, at the 25 fps visual-beat rate
 
 
 def detected(t):
@@ -108,7 +108,10 @@ def test_exit_code_and_files(run):
     assert code == 0
     assert [f["name"] for f in report["files"]] == sorted(CASES)
     assert report["unmatched"] == {"no_generated": ["orphan"], "no_reference": []}
-    assert report["settings"]["sigma_seconds"] == pytest.approx(SIGMA)
+    assert report["settings"]["ba_sigma"] == pytest.approx(SIGMA)
+    assert report["settings"]["ba_sigma_bailando"] == pytest.approx(3 / 60)
+    assert report["settings"]["d2m_onsets"]["pad_mode"] == report["settings"]["loris_onsets"]["pad_mode"] == "reflect"
+    assert report["settings"]["visual"]["floor"] == 0.02
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -124,7 +127,8 @@ def test_per_file_metrics_equal_hand_values(run, name):
     assert row["beat_alignment"] == pytest.approx(expected["beat_alignment"], abs=0.05)
     assert row["beat_alignment"] == pytest.approx(beat_alignment_by_hand(gen, flashes), abs=1e-9)
     assert row["counts"] == {"visual_beats": len(flashes), "music_beats": len(gen),
-                             "generated_onsets": len(gen), "reference_onsets": len(ref)}
+                             "generated_onsets": len(gen), "reference_onsets": len(ref),
+                             "generated_onsets_loris": len(gen), "reference_onsets_loris": len(ref)}
 
 
 def test_means(run):
@@ -145,8 +149,8 @@ def test_frechet_distance_uses_the_embedder(run):
     gen = [load_audio(root / "generated" / f"{n}.wav", 16000) for n in names]
     ref = [load_audio(root / "videos" / f"{n}.mp4", 16000) for n in names]
     expected = metrics.frechet_audio_distance(gen, ref, 16000, toy_embedder)
-    assert report["frechet_distance"] == pytest.approx(expected, rel=1e-9)
-    assert report["frechet_distance"] > 0
+    assert report["frechet_distance"] == {"test_eval_cli:toy_embedder": pytest.approx(expected, rel=1e-9)}
+    assert expected > 0
 
 
 def test_plots_are_pngs(run):
@@ -218,5 +222,52 @@ def test_unreadable_generated_audio(tmp_path, capsys):
 def test_embedder_needs_a_reference_and_must_import(tmp_path, capsys):
     argv = _one_clip(tmp_path)
     _bad(argv + ["--embedder", "test_eval_cli:toy_embedder"], tmp_path, capsys, "--reference")
+    argv += ["--reference", str(tmp_path / "v")]
     _bad(argv + ["--embedder", "no_such_module_xyz:f"], tmp_path, capsys, "no_such_module_xyz")
-    _bad(argv + ["--embedder", "no_colon"], tmp_path, capsys, "module:name")
+    _bad(argv + ["--embedder", ":f"], tmp_path, capsys, "package.module:name")
+    _bad(argv + ["--embedder", "panns"], tmp_path, capsys, "unknown embedder", "clap, vggish")
+
+
+def test_one_run_scores_d2m_and_loris_each_with_its_own_onsets(tmp_path):
+    # A click 0.09 s after another is an onset for LORIS's 3-frame windows but
+    # not for D2M-GAN's 1-frame mean (it must rise 0.4 over the frame before),
+    # so the generated onsets fill bins {0, 2} for D2M-GAN and {0, 1, 2} for LORIS.
+    videos, generated = tmp_path / "v", tmp_path / "g"
+    videos.mkdir()
+    generated.mkdir()
+    reference = click_track(mid_hop([0.5, 1.5, 2.5, 3.5]), 4.0, SR)
+    flash_video(videos / "clip.mp4", [0.6, 2.6], 4.0, audio=reference)
+    sf.write(generated / "clip.wav", click_track(mid_hop([0.5, 0.97, 1.06, 2.5]), 4.0, SR), SR)
+    out = tmp_path / "report.json"
+    argv = ["eval", "--videos", str(videos), "--generated", str(generated), "--reference", str(videos),
+            "--encoder", "tiny", "--quiet", "--out", str(out), "--ba-sigma", "0.05"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    row = report["files"][0]
+    assert row["counts"]["generated_onsets"] == 3 and row["counts"]["generated_onsets_loris"] == 4
+    assert (row["bcs"], row["bhs"]) == (2 / 4, 2 / 4)
+    assert (row["loris_cover"], row["loris_hit"]) == (3 / 3, 3 / 4)
+    assert report["settings"]["ba_sigma"] == 0.05
+    # Bailando's beat alignment with the sigma given in seconds (flashes ~70 ms
+    # after the clicks: the default 0.12 s forgives that more than 0.05 s does).
+    beats = music_rhythm(generated / "clip.wav").beats
+    assert row["beat_alignment"] == pytest.approx(metrics.beat_alignment_score(beats, [0.6, 2.6], 0.05), abs=1e-12)
+    assert row["beat_alignment"] < metrics.beat_alignment_score(beats, [0.6, 2.6], SIGMA) - 0.1
+
+
+def test_beat_floor_sets_the_visual_threshold(tmp_path):
+    # Flashes change the tiny encoder's signal by ~1.9: a floor of 5 leaves no beat.
+    argv = _one_clip(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["eval", *argv, "--encoder", "tiny", "--quiet", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["files"][0]["counts"]["visual_beats"] == 1
+    assert main(["eval", *argv, "--encoder", "tiny", "--quiet", "--out", str(out), "--beat-floor", "5"]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["visual"]["floor"] == 5.0
+    assert report["files"][0]["counts"]["visual_beats"] == 0
+    assert main(["eval", *argv, "--encoder", "tiny", "--quiet", "--out", str(out), "--beat-floor", "-1"]) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-0.1", "nan"])
+def test_ba_sigma_must_be_positive(tmp_path, capsys, value):
+    _bad(_one_clip(tmp_path) + ["--ba-sigma", value], tmp_path, capsys, "--ba-sigma", "0.05")

@@ -81,7 +81,8 @@ def test_bad_event_times_are_refused():
 
 def test_beat_alignment_perfect_and_half():
     sigma = metrics.bailando_sigma(25.0)
-    assert sigma == pytest.approx(0.12)
+    assert sigma == pytest.approx(0.12) == metrics.DEFAULT_BA_SIGMA
+    assert metrics.bailando_sigma() == pytest.approx(0.05)  # Bailando's own: 3 frames at 60 fps
     music = [0.5, 1.5, 2.5, 3.5]
     assert metrics.beat_alignment_score(music, music, sigma) == 1.0
     # Half the music beats sit on a visual beat; the other half are 10 sigma away
@@ -228,6 +229,50 @@ def test_music_onsets_and_beats_of_a_click_track(tmp_path):
         np.testing.assert_allclose(r.beats, expected, atol=1e-6, err_msg=str(path))
         assert r.duration == pytest.approx(6.0, abs=0.05)
         assert r.envelope.max() == 1.0 and len(r.envelope) == pytest.approx(6.0 / HOP, abs=2)
+
+
+def _music_from_the_first_sample(sr: int) -> np.ndarray:
+    """A tone with noise, loud from sample 0 (a clip cut from a song), and clicks."""
+    t = np.arange(3 * sr) / sr
+    y = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.size)
+    click = 0.9 * np.sin(2 * np.pi * 1000 * t[:200]) * np.exp(-t[:200] / 0.002)
+    for at in (0.5, 0.95, 1.04, 2.1):
+        y[int(at * sr) : int(at * sr) + 200] += click
+    return y.astype(np.float32)
+
+
+def test_onsets_are_the_reference_implementations_own():
+    import librosa
+
+    from vidmusician.rhythm import ONSET_PRESETS, music_rhythm
+
+    sr = 22050
+    y = _music_from_the_first_sample(sr)
+    r = music_rhythm(y, ONSET_PRESETS["d2m"], {"loris": ONSET_PRESETS["loris"]})
+
+    # The reference calls (beat_detect of D2M-GAN's and LORIS's beats_scores.py),
+    # with the STFT padding of the librosa they ran (0.8: reflect).
+    def reference(pad_mode=None, **peaks):
+        env = librosa.onset.onset_strength(y=y, sr=sr, **({"pad_mode": pad_mode} if pad_mode else {}))
+        return librosa.onset.onset_detect(onset_envelope=env, sr=sr, wait=1, delta=0.2, units="time", **peaks)
+
+    d2m = dict(pre_avg=1, post_avg=1, post_max=1)  # pre_max left at librosa's default, as D2M-GAN does
+    loris = dict(pre_avg=3, post_avg=3, pre_max=3, post_max=3)
+    np.testing.assert_array_equal(r.onsets, reference("reflect", **d2m))
+    np.testing.assert_array_equal(r.other_onsets["loris"], reference("reflect", **loris))
+    assert r.onsets.min() > 0.4
+    # Today's librosa pads with zeros: the music then rises out of silence, an
+    # onset in its first 0.1 s (bin 0) that the references never saw.
+    for peaks in (d2m, loris):
+        today = reference(**peaks)
+        assert today.min() < 0.1 and len(today) == len(reference("reflect", **peaks)) + 1
+
+
+def test_other_onset_settings_must_share_the_envelope():
+    from vidmusician.rhythm import OnsetConfig, music_rhythm
+
+    with pytest.raises(ConfigError, match="another envelope"):
+        music_rhythm(np.zeros(22050, np.float32), OnsetConfig(), {"zeros": OnsetConfig(pad_mode="constant")})
 
 
 def test_silence_has_no_onsets_or_beats():

@@ -10,32 +10,43 @@ Per clip:
 - ``beat_alignment``: Bailando's score of the generated music's beats against
   the video's visual beats (no reference needed);
 - ``bcs``, ``bhs``: D2M-GAN's beats coverage / hit scores of the generated
-  onsets against the reference onsets;
-- ``loris_cover``, ``loris_hit``, ``loris_f1``: LORIS's variant of the same.
+  onsets against the reference onsets, both found with D2M-GAN's settings;
+- ``loris_cover``, ``loris_hit``, ``loris_f1``: LORIS's variant of the same,
+  with onsets found with LORIS's settings.
+
+With a text prompt per clip: ``clap_text``, the CLAP text-music score
+(:mod:`vidmusician.embedders`).
 
 Over the set: the mean of each (skipping undefined values), and the Fréchet
-distance of generated vs reference music under an embedder the caller supplies.
+audio distance of generated vs reference music under each embedder given
+(CLAP, VGGish, or one of the caller's).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Mapping
 
 from . import metrics
 from .errors import ConfigError
-from .video import VIDEO_SUFFIXES
-from .rhythm import MusicRhythm, OnsetConfig, VisualBeatConfig, VisualRhythm, load_audio, music_rhythm, visual_rhythm
-
-# Preference order when one stem has several audio files: lossless first.
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac") + VIDEO_SUFFIXES
+from .eval_files import list_videos, match_audio
+from .rhythm import (
+    ONSET_PRESETS,
+    VISUAL_BEAT_PRESETS,
+    MusicRhythm,
+    OnsetConfig,
+    VisualBeatConfig,
+    VisualRhythm,
+    load_audio,
+    music_rhythm,
+    visual_rhythm,
+)
 
 REFERENCE_METRICS = ("bcs", "bhs", "loris_cover", "loris_hit", "loris_f1")
-METRICS = ("beat_alignment",) + REFERENCE_METRICS
+METRICS = ("beat_alignment",) + REFERENCE_METRICS + ("clap_text",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,28 +54,40 @@ class EvalSettings:
     """How events are found and compared.
 
     Attributes:
-        onsets: Music onset detection (D2M-GAN's settings by default).
-        visual: Visual beat peak picking.
-        local_fps: Rate of the visual change signal; Bailando's sigma of 3
-            frames is taken at this rate.
+        d2m_onsets: Onset detection for D2M-GAN's BCS/BHS (its settings by
+            default); its envelope also gives the music beats.
+        loris_onsets: Onset detection for LORIS's scores (its settings by
+            default), on the same envelope.
+        visual: Visual beat picking; ``None``: the source's preset
+            (:data:`~vidmusician.rhythm.VISUAL_BEAT_PRESETS`).
+        local_fps: Rate of the visual change signal.
         source: Visual signal, ``"change"`` (CLIP patch change) or ``"flow"``.
-        sigma_frames: Bailando's sigma, in frames of ``local_fps``.
+        ba_sigma: Bailando's tolerance in seconds (default 0.12 s, 3 frames
+            at 25 fps; Bailando's own is 0.05 s, 3 frames at 60 fps).
     """
 
-    onsets: OnsetConfig = OnsetConfig()
-    visual: VisualBeatConfig = VisualBeatConfig()
+    d2m_onsets: OnsetConfig = ONSET_PRESETS["d2m"]
+    loris_onsets: OnsetConfig = ONSET_PRESETS["loris"]
+    visual: VisualBeatConfig | None = None
     local_fps: float = 25.0
     source: str = "change"
-    sigma_frames: float = metrics.BAILANDO_SIGMA_FRAMES
+    ba_sigma: float = metrics.DEFAULT_BA_SIGMA
+
+    def __post_init__(self):
+        if not (math.isfinite(self.ba_sigma) and self.ba_sigma > 0):
+            raise ConfigError(f"--ba-sigma must be positive seconds, got {self.ba_sigma} (Bailando's is 0.05)")
+        if not (math.isfinite(self.local_fps) and self.local_fps > 0):
+            raise ConfigError(f"--local-fps must be positive, got {self.local_fps}")
 
     @property
-    def sigma(self) -> float:
-        """Bailando's sigma in seconds."""
-        return metrics.bailando_sigma(self.local_fps, self.sigma_frames)
+    def visual_config(self) -> VisualBeatConfig:
+        """The visual beat settings in use."""
+        return VISUAL_BEAT_PRESETS[self.source] if self.visual is None else self.visual
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["sigma_seconds"] = self.sigma
+        out["visual"] = dataclasses.asdict(self.visual_config)
+        out["ba_sigma_bailando"] = metrics.bailando_sigma()
         return out
 
 
@@ -93,11 +116,14 @@ class ClipResult:
     scores: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
+        ref = self.reference_music
         counts = {
             "visual_beats": len(self.visual.beats),
             "music_beats": len(self.music.beats),
             "generated_onsets": len(self.music.onsets),
-            "reference_onsets": None if self.reference_music is None else len(self.reference_music.onsets),
+            "reference_onsets": None if ref is None else len(ref.onsets),
+            "generated_onsets_loris": len(self.music.other_onsets["loris"]),
+            "reference_onsets_loris": None if ref is None else len(ref.other_onsets["loris"]),
         }
         durations = {
             "video": self.visual.duration,
@@ -123,7 +149,8 @@ def score_clip(
     Events are compared over the span the two sides share: music beats past
     the end of the video have no visual beat to meet (Bailando likewise cuts
     the music to the motion's length), and onsets are binned over the shorter
-    of the two tracks.
+    of the two tracks. BCS/BHS use ``onsets`` (D2M-GAN's settings), LORIS's
+    scores ``other_onsets["loris"]``.
 
     Args:
         visual: The video's visual beats.
@@ -136,71 +163,13 @@ def score_clip(
     """
     span = min(visual.duration, music.duration)
     scores = {"beat_alignment": metrics.beat_alignment_score(music.beats[music.beats < span], visual.beats, sigma)}
-    scores.update({k: math.nan for k in REFERENCE_METRICS})
+    scores.update({k: math.nan for k in REFERENCE_METRICS + ("clap_text",)})
     if reference is not None:
         duration = min(music.duration, reference.duration)
         scores["bcs"], scores["bhs"] = metrics.beats_scores(music.onsets, reference.onsets, duration)
-        loris = metrics.loris_scores(music.onsets, reference.onsets, duration)
+        loris = metrics.loris_scores(music.other_onsets["loris"], reference.other_onsets["loris"], duration)
         scores.update(loris_cover=loris.cover, loris_hit=loris.hit, loris_f1=loris.f1)
     return scores
-
-
-# --------------------------------------------------------------------------- #
-# Matching files
-
-
-def list_videos(directory: str | Path) -> dict[str, Path]:
-    """Videos in a folder (not recursive), by stem.
-
-    Raises:
-        ConfigError: The folder is missing or holds no video.
-    """
-    directory = _existing_dir(directory, "videos")
-    found: dict[str, Path] = {}
-    for p in sorted(directory.iterdir()):
-        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
-            if p.stem in found:
-                # Generated files are matched by stem: two videos of one stem are ambiguous.
-                raise ConfigError(f"{p}: has the same name as {found[p.stem].name}; rename one of them")
-            found[p.stem] = p
-    if not found:
-        raise ConfigError(f"{directory}: no video files ({', '.join(VIDEO_SUFFIXES)}); pass the folder of input videos")
-    return found
-
-
-def match_audio(stems: Iterable[str], directory: str | Path, role: str) -> dict[str, Path]:
-    """For each stem, the audio file of that stem in a folder.
-
-    When a stem has several candidates the first suffix of
-    :data:`AUDIO_SUFFIXES` wins (lossless before lossy before video).
-
-    Args:
-        stems: Stems to look for.
-        directory: Folder to look in (not recursive).
-        role: ``"generated"`` or ``"reference"``, for messages.
-
-    Returns:
-        ``{stem: file}`` for the stems found.
-
-    Raises:
-        ConfigError: The folder is missing.
-    """
-    directory = _existing_dir(directory, role)
-    rank = {s: i for i, s in enumerate(AUDIO_SUFFIXES)}
-    wanted = set(stems)
-    best: dict[str, Path] = {}
-    for p in sorted(directory.iterdir()):
-        if p.is_file() and p.stem in wanted and p.suffix.lower() in rank:
-            if p.stem not in best or rank[p.suffix.lower()] < rank[best[p.stem].suffix.lower()]:
-                best[p.stem] = p
-    return best
-
-
-def _existing_dir(directory: str | Path, role: str) -> Path:
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ConfigError(f"{directory}: no such folder (--{role}); check the path")
-    return directory
 
 
 # --------------------------------------------------------------------------- #
@@ -214,26 +183,30 @@ class EvalReport:
     Attributes:
         clips: One result per matched clip, by name.
         means: ``{metric: mean over clips}`` (see :func:`metrics.mean_scores`).
-        frechet_distance: Generated vs reference, or ``None`` without an
-            embedder or a reference.
+        frechet_distance: Generated vs reference, by embedder name (empty
+            without an embedder).
         unmatched: Videos with no generated file, and clips with no reference
             file when a reference folder was given.
         settings: The settings used.
+        kl_divergence: PaSST label KL divergences (see
+            :func:`vidmusician.audio_kl.passt_kl_divergence`), or ``None``.
     """
 
     clips: list[ClipResult]
     means: dict[str, float]
-    frechet_distance: float | None
+    frechet_distance: dict[str, float]
     unmatched: dict[str, list[str]]
     settings: EvalSettings
+    kl_divergence: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "settings": self.settings.to_dict(),
             "files": [c.to_dict() for c in self.clips],
             "mean": {k: _json_float(v) for k, v in self.means.items()},
-            "frechet_distance": None if self.frechet_distance is None else _json_float(self.frechet_distance),
+            "frechet_distance": {k: _json_float(v) for k, v in self.frechet_distance.items()},
             "unmatched": self.unmatched,
+            "kl_divergence": self.kl_divergence,
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -248,9 +221,11 @@ class EvalReport:
 
     def table(self) -> str:
         """A fixed-width table of per-clip scores and their means."""
-        heads = ("file",) + METRICS
-        rows = [[c.name] + [_fmt(c.scores[k]) for k in METRICS] for c in self.clips]
-        rows.append(["mean"] + [_fmt(self.means[k]) for k in METRICS])
+        # The text score only where a prompt was given.
+        shown = [k for k in METRICS if k != "clap_text" or math.isfinite(self.means.get(k, math.nan))]
+        heads = ("file", *shown)
+        rows = [[c.name] + [_fmt(c.scores[k]) for k in shown] for c in self.clips]
+        rows.append(["mean"] + [_fmt(self.means[k]) for k in shown])
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
 
         def line(cells: list[str]) -> str:
@@ -259,8 +234,9 @@ class EvalReport:
 
         rule = line(["-" * w for w in widths])
         out = [line(list(heads)), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
-        if self.frechet_distance is not None:
-            out.append(f"frechet_distance: {_fmt(self.frechet_distance)}")
+        out += [f"frechet_distance[{k}]: {_fmt(v)}" for k, v in self.frechet_distance.items()]
+        if self.kl_divergence is not None:
+            out.append(f"kl_divergence[passt]: {_fmt(self.kl_divergence['kld'])}")
         return "\n".join(out)
 
 
@@ -271,7 +247,10 @@ def evaluate(
     *,
     encoder: Any = None,
     settings: EvalSettings = EvalSettings(),
-    embedder: metrics.Embedder | None = None,
+    embedders: Mapping[str, metrics.Embedder] | None = None,
+    prompts: Mapping[str, str] | str | None = None,
+    text_embedder: Any = None,
+    kl_metric: Any = None,
     plot_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
     feature_cache: str | Path | bool | None = None,
@@ -287,9 +266,17 @@ def evaluate(
             :func:`vidmusician.features.load_encoder`, a loaded encoder, or
             ``None`` for the default one. Loaded once for all clips.
         settings: Event detection settings.
-        embedder: Embedder for the Fréchet distance (needs ``reference``). It
-            receives audio at its ``sample_rate`` attribute if it has one,
-            else at 32 kHz.
+        embedders: Embedders for the Fréchet audio distance, by name (needs
+            ``reference``). Each receives audio at its ``sample_rate``
+            attribute if it has one, else at 32 kHz.
+        prompts: Text prompt of each clip, by name, for the CLAP text-music
+            score (clips without one have none), or one prompt for all.
+        text_embedder: The CLAP model for that score (a
+            :class:`~vidmusician.embedders.ClapEmbedder`); needed with
+            ``prompts``.
+        kl_metric: When given (a :class:`vidmusician.audio_kl.PasstKL`), the
+            KL divergence of its classifier's label distributions, generated
+            vs reference (needs ``reference``).
         plot_dir: When given, one PNG per clip is written there.
         log: Receives one line per clip and per warning (e.g. ``print``).
         feature_cache: ``cache_dir`` of
@@ -305,8 +292,11 @@ def evaluate(
             cannot be read (the message names the file).
     """
     log = log or (lambda line: None)
-    if embedder is not None and reference is None:
-        raise ConfigError("a Fréchet distance needs reference music; pass --reference with --embedder")
+    embedders = dict(embedders or {})
+    if (embedders or kl_metric is not None) and reference is None:
+        raise ConfigError("a Fréchet distance or KL divergence needs reference music; pass --reference")
+    if prompts and text_embedder is None:
+        raise ConfigError("a CLAP text-music score needs a CLAP model; pass text_embedder")
     vids = list_videos(videos)
     gens = match_audio(list(vids), generated, "generated")
     if not gens:
@@ -329,31 +319,49 @@ def evaluate(
     clips = []
     for name in sorted(gens):
         clip = _evaluate_clip(name, vids[name], gens[name], refs.get(name), encoder, settings, feature_cache)
-        log(f"{clip.name}: " + ", ".join(f"{k}={_fmt(clip.scores[k])}" for k in METRICS))
+        log(f"{clip.name}: " + ", ".join(f"{k}={_fmt(clip.scores[k])}" for k in METRICS if k != "clap_text"))
         if plot_dir is not None:
             from .plots import plot_clip
 
             plot_clip(clip, Path(plot_dir) / f"{clip.name}.png")
         clips.append(clip)
 
-    fd = None
-    if embedder is not None:
+    if prompts:
+        from .embedders import clap_text_scores
+
+        texts = [prompts if isinstance(prompts, str) else prompts.get(c.name) for c in clips]
+        for clip, score in zip(clips, clap_text_scores([c.generated for c in clips], texts, text_embedder)):
+            clip.scores["clap_text"] = score
+    fd = {}
+    paired = [c for c in clips if c.reference is not None]
+    for name, embedder in embedders.items():
         rate = int(getattr(embedder, "sample_rate", 32000))
-        paired = [c for c in clips if c.reference is not None]
         gen = [load_audio(c.generated, rate) for c in paired]
         ref = [load_audio(c.reference, rate) for c in paired]
-        fd = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+        fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+        log(f"frechet_distance[{name}]: {_fmt(fd[name])}")
+    kl = None
+    if kl_metric is not None:
+        from .audio_kl import passt_kl_divergence
+
+        kl = passt_kl_divergence([c.generated for c in paired], [c.reference for c in paired], kl_metric)
     means = metrics.mean_scores([c.scores for c in clips], METRICS)
-    return EvalReport(clips, means, fd, unmatched, settings)
+    return EvalReport(clips, means, fd, unmatched, settings, kl)
 
 
 def _evaluate_clip(name, video, generated, reference, encoder, settings: EvalSettings, cache) -> ClipResult:
     visual = visual_rhythm(
-        video, encoder=encoder, fps=settings.local_fps, source=settings.source, config=settings.visual, cache_dir=cache
+        video,
+        encoder=encoder,
+        fps=settings.local_fps,
+        source=settings.source,
+        config=settings.visual_config,
+        cache_dir=cache,
     )
-    music = music_rhythm(generated, settings.onsets)
-    ref = music_rhythm(reference, settings.onsets) if reference is not None else None
-    scores = score_clip(visual, music, ref, settings.sigma)
+    onsets = {"loris": settings.loris_onsets}
+    music = music_rhythm(generated, settings.d2m_onsets, onsets)
+    ref = music_rhythm(reference, settings.d2m_onsets, onsets) if reference is not None else None
+    scores = score_clip(visual, music, ref, settings.ba_sigma)
     return ClipResult(name, video, generated, reference, visual, music, ref, scores)
 
 
@@ -362,31 +370,6 @@ def _load_encoder(spec: Any) -> Any:
     from .features import VisualEncoder, load_encoder
 
     return spec if isinstance(spec, VisualEncoder) else load_encoder(spec)
-
-
-def load_embedder(spec: str) -> metrics.Embedder:
-    """Imports an embedder named ``"package.module:name"``.
-
-    ``name`` must be a callable ``(audio [S] float32, sample_rate) -> [n, D]``;
-    a ``sample_rate`` attribute on it sets the rate it receives.
-
-    Raises:
-        ConfigError: The spec is malformed, the module or name is missing, or
-            the object is not callable.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"--embedder {spec!r}: expected 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"--embedder {spec!r}: cannot import {module_name} ({exc}); install it or fix the name"
-        ) from None
-    obj = getattr(module, attr, None)
-    if not callable(obj):
-        raise ConfigError(f"--embedder {spec!r}: {module_name} has no callable {attr!r}")
-    return obj
 
 
 # --------------------------------------------------------------------------- #

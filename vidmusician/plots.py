@@ -60,9 +60,16 @@ def plot_rhythm(
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 4.8), constrained_layout=True)
     try:
         label = "optical flow" if visual.source == "flow" else "visual change"
-        top.plot(visual.times, visual.signal, color="0.25", lw=1.0, label=label)
+        # Scaled to the larger of the signal and the beat threshold, so a clip
+        # with no beat shows how far its change stays below the threshold.
+        level = None if visual.baseline is None else visual.baseline + visual.threshold
+        scale = max(np.max(visual.signal, initial=0.0), 0.0 if level is None else np.max(level, initial=0.0))
+        scale = float(scale) if scale > 0 else 1.0
+        top.plot(visual.times, visual.signal / scale, color="0.25", lw=1.0, label=label)
+        if level is not None:
+            top.plot(visual.times, level / scale, color=_VISUAL, lw=0.8, ls=":", label="beat threshold")
         _events(top, visual.beats, _VISUAL, "visual beats")
-        top.set_ylabel(label + "\n(normalized)")
+        top.set_ylabel(label + "\n(scaled)")
         top.set_ylim(0, 1.08)
 
         bottom.plot(music.envelope_times, music.envelope, color="0.25", lw=0.8, label="onset envelope")

@@ -4,16 +4,19 @@ Music: onsets by librosa's spectral-flux detector with D2M-GAN's settings (the
 ones its BCS/BHS were published with) and beats by librosa's dynamic-
 programming tracker. Video: the per-frame change signal of
 :func:`vidmusician.features.extract_features` (mean over patches of the local
-features) or the mean optical-flow magnitude, and visual beats by peak picking
-on it. The metrics on the resulting event times are in
+features) or the mean optical-flow magnitude, and visual beats: the frames whose
+change stands out from the clip's own (a threshold on the prominence over a
+moving median, in robust standard deviations of the clip, with a floor in the
+signal's units), so a clip without events has none. The metrics on the resulting event times are in
 :mod:`vidmusician.metrics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -51,17 +54,26 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class OnsetConfig:
-    """Settings of music onset detection (librosa's ``onset_detect``).
+    """Settings of music onset detection (librosa's ``onset_strength`` and ``onset_detect``).
 
     The defaults are D2M-GAN's (``beat_detect`` in
     https://github.com/L-YeZhu/Beats_Scores): audio at 22.05 kHz, hop 512,
     peak picking with ``pre_max=1, post_max=1, pre_avg=1, post_avg=1,
-    delta=0.2, wait=1`` frames on the normalized onset envelope. LORIS uses
-    3-frame windows instead (``pre_max=post_max=pre_avg=post_avg=3``).
+    delta=0.2, wait=1`` frames on the normalized onset envelope (its call
+    leaves ``pre_max`` at librosa's default, ``0.03 * sr // hop = 1``). LORIS
+    (``beat_detect`` in https://github.com/OpenGVLab/LORIS) uses 3-frame
+    windows instead (``pre_max=post_max=pre_avg=post_avg=3``).
+
+    Both ran librosa 0.8, whose STFT padded the signal by reflection; librosa
+    0.10 changed the default to zeros (``"constant"``), which makes music
+    that is already loud at its first sample rise out of silence, an onset in
+    the first 0.1 s that the reference implementations do not find. So
+    ``pad_mode`` is the reference's ``"reflect"``.
 
     Attributes:
         sample_rate: Rate the audio is analysed at, Hz.
         hop_length: Samples between onset-envelope frames.
+        pad_mode: How the STFT pads the signal's ends (``numpy.pad`` mode).
         pre_max: Frames before a peak it must be the maximum of.
         post_max: Frames after (exclusive) a peak it must be the maximum of.
         pre_avg: Frames before a peak in the local mean.
@@ -72,6 +84,7 @@ class OnsetConfig:
 
     sample_rate: int = 22050
     hop_length: int = 512
+    pad_mode: str = "reflect"
     pre_max: int = 1
     post_max: int = 1
     pre_avg: int = 1
@@ -81,6 +94,10 @@ class OnsetConfig:
 
     def peak_kwargs(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("pre_max", "post_max", "pre_avg", "post_avg", "delta", "wait")}
+
+    def envelope_key(self) -> tuple[int, int, str]:
+        """What the onset envelope depends on (the rest is peak picking)."""
+        return self.sample_rate, self.hop_length, self.pad_mode
 
 
 # Onset settings of the two reference implementations of the bin scores.
@@ -100,6 +117,8 @@ class MusicRhythm:
         envelope_fps: Frames per second of ``envelope`` (``sample_rate / hop``).
         onsets: Onset times, seconds.
         beats: Beat times, seconds.
+        other_onsets: Onset times picked on the same envelope with other
+            settings, by name (e.g. ``{"loris": ...}``).
     """
 
     duration: float
@@ -107,38 +126,60 @@ class MusicRhythm:
     envelope_fps: float
     onsets: np.ndarray
     beats: np.ndarray
+    other_onsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def envelope_times(self) -> np.ndarray:
         return np.arange(len(self.envelope)) / self.envelope_fps
 
 
-def music_rhythm(audio: np.ndarray | str | Path, config: OnsetConfig = OnsetConfig()) -> MusicRhythm:
+def music_rhythm(
+    audio: np.ndarray | str | Path,
+    config: OnsetConfig = OnsetConfig(),
+    others: Mapping[str, OnsetConfig] | None = None,
+) -> MusicRhythm:
     """Onsets and beats of a piece of music.
 
     Args:
         audio: A file (see :func:`load_audio`) or a mono waveform already at
             ``config.sample_rate``.
         config: Detection settings.
+        others: More onset settings, by name, whose onsets go to
+            ``other_onsets``; they must share ``config``'s envelope settings
+            (rate, hop, padding), so the envelope is computed once.
 
     Returns:
         The :class:`MusicRhythm`.
+
+    Raises:
+        ConfigError: A setting in ``others`` needs a different envelope.
     """
     import librosa
 
+    others = dict(others or {})
+    for name, other in others.items():
+        if other.envelope_key() != config.envelope_key():
+            raise ConfigError(
+                f"onset settings {name!r} need another envelope (rate, hop, padding {other.envelope_key()} "
+                f"vs {config.envelope_key()}); analyse the music once per envelope"
+            )
     if isinstance(audio, (str, Path)):
         audio = load_audio(audio, config.sample_rate)
     y = np.asarray(audio, dtype=np.float32).reshape(-1)
     sr, hop = config.sample_rate, config.hop_length
-    env = librosa.onset.onset_strength(y=y, sr=sr, hop_length=hop)
+    env = librosa.onset.onset_strength(y=y, sr=sr, hop_length=hop, pad_mode=config.pad_mode)
     # onset_detect normalizes the envelope the same way before peak picking, so
     # the stored envelope is the one the onsets were picked on.
     env = env - env.min()
     if env.max() > 0:
         env = env / env.max()
-    onsets = librosa.onset.onset_detect(
-        onset_envelope=env, sr=sr, hop_length=hop, units="time", normalize=False, **config.peak_kwargs()
-    )
+
+    def pick(cfg: OnsetConfig) -> np.ndarray:
+        times = librosa.onset.onset_detect(
+            onset_envelope=env, sr=sr, hop_length=hop, units="time", normalize=False, **cfg.peak_kwargs()
+        )
+        return np.asarray(times, dtype=np.float64)
+
     if env.max() > 0:
         _, beats = librosa.beat.beat_track(onset_envelope=env, sr=sr, hop_length=hop, units="time")
     else:  # silence: beat_track would warn and return nothing anyway
@@ -147,8 +188,9 @@ def music_rhythm(audio: np.ndarray | str | Path, config: OnsetConfig = OnsetConf
         duration=len(y) / sr,
         envelope=env.astype(np.float32),
         envelope_fps=sr / hop,
-        onsets=np.asarray(onsets, dtype=np.float64),
+        onsets=pick(config),
         beats=np.asarray(beats, dtype=np.float64),
+        other_onsets={name: pick(other) for name, other in others.items()},
     )
 
 
@@ -158,12 +200,21 @@ def music_rhythm(audio: np.ndarray | str | Path, config: OnsetConfig = OnsetConf
 
 @dataclasses.dataclass(frozen=True)
 class VisualBeatConfig:
-    """Peak picking of visual beats on a per-frame signal.
+    """Peak picking of visual beats on a per-frame change signal.
+
+    A visual beat is a frame whose change stands out from the clip's own
+    ongoing change: its prominence (the signal minus a moving median, the
+    baseline that steady motion such as a pan or a drifting object sets) must
+    exceed ``threshold = max(spread * sigma, floor)``, with ``sigma`` the
+    robust standard deviation (1.4826 x the median absolute deviation) of the
+    prominence over the whole clip. ``spread`` makes the threshold relative
+    to the clip's own fluctuations; ``floor``, in the signal's units, keeps a
+    nearly static clip (whose fluctuations are codec noise, sigma ~ 0) from
+    having beats at all. So a static, slowly panning or steadily moving clip
+    has none, and a cut or a flash is one.
 
     Windows are in seconds so the same settings hold at any frame rate; each
-    is rounded to whole frames (at least 1). As for music onsets, the signal
-    is normalized to [0, 1] first, so ``delta`` is relative to the strongest
-    change of the clip.
+    is rounded to whole frames (at least 1).
 
     Attributes:
         pre_max: Seconds before a peak it must be the maximum of.
@@ -171,32 +222,45 @@ class VisualBeatConfig:
             frame, exclusive) makes the earliest frame of a change the beat:
             a one-frame flash changes the signal on the frame it appears and
             the frame it goes, and the beat is when it appears.
-        pre_avg: Seconds before a peak in the local mean.
-        post_avg: Seconds after a peak in the local mean.
-        delta: Margin over the local mean, in units of the normalized signal.
         wait: Seconds to skip after a beat.
+        baseline: Length of the moving-median window, seconds.
+        spread: Prominence needed, in robust standard deviations of the
+            clip's prominence.
+        floor: Prominence always needed, in the signal's units.
 
     Why these values: ``wait`` of 0.1 s merges a flash's two changes (on and
     off, one frame apart) into one beat and caps visual beats at 10 per
-    second, faster than any musical beat; ``pre_max`` of 0.12 s is Bailando's
-    3-frame tolerance at 25 fps; the 0.4 s mean window makes a beat stand out
-    from the motion around it rather than from the whole clip. Because the
-    threshold is relative, a clip with no strong change still gets beats at
-    its largest wiggles.
+    second, faster than any musical beat; ``pre_max`` of 0.12 s is 3 frames at
+    25 fps; a 1 s median ignores events up to a few per second (they are a
+    minority of its frames) yet follows a change of pace; 5 sigma leaves
+    Gaussian noise about one false beat per 10^6 frames. The floors are in
+    :data:`VISUAL_BEAT_PRESETS`.
     """
 
     pre_max: float = 0.12
     post_max: float = 0.0
-    pre_avg: float = 0.2
-    post_avg: float = 0.2
-    delta: float = 0.1
     wait: float = 0.1
+    baseline: float = 1.0
+    spread: float = 5.0
+    floor: float = 0.02
 
-    def frames(self, fps: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"delta": self.delta}
-        for name in ("pre_max", "post_max", "pre_avg", "post_avg", "wait"):
-            out[name] = max(int(round(getattr(self, name) * fps)), 1)
-        return out
+    def __post_init__(self):
+        for name in ("pre_max", "post_max", "wait", "baseline", "spread", "floor"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"visual beat setting {name}={value!r} must be a finite number >= 0")
+
+    def frames(self, fps: float) -> dict[str, int]:
+        """The windows in whole frames (at least 1) at a frame rate."""
+        return {n: max(int(round(getattr(self, n) * fps)), 1) for n in ("pre_max", "post_max", "wait", "baseline")}
+
+
+# Floors per signal. "change" (1 - cosine of CLIP patch tokens, mean over
+# patches) is in [0, 2]: 0.02 is above what codec noise and a small object's
+# step give, while a hard cut replaces most patches' content. "flow" is the
+# mean flow magnitude in pixels of frames at most 128 px: 0.25 px is above a
+# small object's 1-pixel step averaged over the frame (~0.1 px).
+VISUAL_BEAT_PRESETS = {"change": VisualBeatConfig(floor=0.02), "flow": VisualBeatConfig(floor=0.25)}
 
 
 @dataclasses.dataclass
@@ -205,10 +269,12 @@ class VisualRhythm:
 
     Attributes:
         duration: Video length in seconds.
-        signal: ``[T]`` change per frame, normalized to [0, 1].
+        signal: ``[T]`` change per frame, in the source's units.
         fps: Frames per second of ``signal``.
         beats: Visual beat times, seconds.
         source: ``"change"`` (CLIP patch change) or ``"flow"`` (optical flow).
+        baseline: ``[T]`` moving median of ``signal``.
+        threshold: Prominence over ``baseline`` a beat needed.
     """
 
     duration: float
@@ -216,6 +282,8 @@ class VisualRhythm:
     fps: float
     beats: np.ndarray
     source: str
+    baseline: np.ndarray | None = None
+    threshold: float = 0.0
 
     @property
     def times(self) -> np.ndarray:
@@ -241,30 +309,66 @@ def change_signal(local_feats: np.ndarray) -> np.ndarray:
     return signal
 
 
-def _normalize(signal: np.ndarray) -> np.ndarray:
-    signal = np.asarray(signal, dtype=np.float64) - np.min(signal, initial=0.0)
-    peak = signal.max(initial=0.0)
-    return signal / peak if peak > 0 else signal
+def beat_threshold(
+    signal: np.ndarray, fps: float, config: VisualBeatConfig = VisualBeatConfig()
+) -> tuple[np.ndarray, float]:
+    """The baseline of a change signal and the prominence a visual beat needs.
+
+    Args:
+        signal: ``[T]`` change per frame, in its own units.
+        fps: Frame rate of ``signal``.
+        config: Settings (see :class:`VisualBeatConfig`).
+
+    Returns:
+        ``(baseline [T], threshold)``: a frame can be a beat when
+        ``signal - baseline >= threshold``.
+    """
+    from scipy import ndimage
+
+    x = np.asarray(signal, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return x, config.floor
+    # Odd, so the median is centered on the frame.
+    size = config.frames(fps)["baseline"] // 2 * 2 + 1
+    baseline = ndimage.median_filter(x, size=size, mode="nearest")
+    prominence = x - baseline
+    sigma = 1.4826 * np.median(np.abs(prominence - np.median(prominence)))
+    return baseline, float(max(config.spread * sigma, config.floor))
 
 
 def pick_visual_beats(signal: np.ndarray, fps: float, config: VisualBeatConfig = VisualBeatConfig()) -> np.ndarray:
-    """Visual beats: peaks of a per-frame change signal.
+    """Visual beats: frames whose change stands out from the clip's own (see :class:`VisualBeatConfig`).
 
     Args:
-        signal: ``[T]`` change per frame (any scale; normalized here).
+        signal: ``[T]`` change per frame, in its own units (not normalized:
+            the floor is in those units).
         fps: Frame rate of ``signal``.
         config: Peak-picking settings.
 
     Returns:
         Beat times in seconds (frame index / fps).
     """
-    import librosa
+    return _pick(signal, fps, config)[2]
 
-    x = _normalize(signal)
-    if x.size == 0 or x.max() == 0:
-        return np.zeros(0)
-    peaks = librosa.util.peak_pick(x, **config.frames(fps))
-    return peaks.astype(np.float64) / fps
+
+def _pick(signal: np.ndarray, fps: float, config: VisualBeatConfig) -> tuple[np.ndarray, float, np.ndarray]:
+    """``(baseline, threshold, beat times)`` of a signal."""
+    baseline, threshold = beat_threshold(signal, fps, config)
+    prominence = np.asarray(signal, np.float64).reshape(-1) - baseline
+    frames = config.frames(fps)
+    if prominence.size == 0:
+        return baseline, threshold, np.zeros(0)
+    pre, post = frames["pre_max"], frames["post_max"]
+    # Window of frame n: prominence[n - pre : n + post] (post exclusive), as in librosa.util.peak_pick.
+    padded = np.pad(prominence, (pre, post - 1), constant_values=-np.inf)
+    local_max = np.lib.stride_tricks.sliding_window_view(padded, pre + post).max(axis=1)
+    candidates = np.flatnonzero((prominence >= local_max) & (prominence >= threshold) & (prominence > 0))
+    beats, last = [], -np.inf
+    for n in candidates:
+        if n > last + frames["wait"]:
+            beats.append(n)
+            last = n
+    return baseline, threshold, np.asarray(beats, dtype=np.float64) / fps
 
 
 def visual_rhythm(
@@ -272,7 +376,7 @@ def visual_rhythm(
     encoder: Any = None,
     fps: float = 25.0,
     source: str = "change",
-    config: VisualBeatConfig = VisualBeatConfig(),
+    config: VisualBeatConfig | None = None,
     cache_dir: str | Path | bool | None = None,
 ) -> VisualRhythm:
     """The visual change signal of a video and its visual beats.
@@ -285,7 +389,8 @@ def visual_rhythm(
         fps: Frame rate of the signal (the local feature rate).
         source: ``"change"``: mean CLIP patch change (the signal the rhythmic
             adapter sees); ``"flow"``: mean optical-flow magnitude.
-        config: Peak-picking settings.
+        config: Peak-picking settings; ``None``: the source's
+            :data:`VISUAL_BEAT_PRESETS`.
         cache_dir: Feature cache for ``source="change"``, as in
             :func:`~vidmusician.features.extract_features`.
 
@@ -298,60 +403,12 @@ def visual_rhythm(
         feats = extract_features(video, encoder=encoder, local_fps=fps, cache_dir=cache_dir)
         signal, rate, duration = change_signal(feats.local_feats), float(feats.local_fps), float(feats.duration)
     elif source == "flow":
+        from .optical_flow import flow_signal
+
         signal, duration = flow_signal(video, fps=fps)
         rate = fps
     else:
         raise ConfigError(f"unknown visual beat source {source!r}; use 'change' or 'flow'")
-    signal = _normalize(signal)
-    return VisualRhythm(duration, signal.astype(np.float32), rate, pick_visual_beats(signal, rate, config), source)
-
-
-def flow_signal(video: str | Path, fps: float = 25.0, max_side: int = 128) -> tuple[np.ndarray, float]:
-    """Mean optical-flow magnitude per frame, a motion signal for visual beats.
-
-    Flow is dense single-scale Lucas-Kanade (Lucas & Kanade, 1981) between
-    consecutive samples, on grayscale frames decoded at most ``max_side``
-    pixels on their longer side: a coarse motion energy, not accurate flow,
-    which is all peak picking needs (and it needs no OpenCV).
-
-    Args:
-        video: Video file.
-        fps: Sampling rate of the signal.
-        max_side: Longer side of the decoded frames, pixels.
-
-    Returns:
-        ``([T] magnitude in pixels of the decoded size per frame, duration in
-        seconds)``; frame 0 is 0 (no previous frame).
-    """
-    from .video import iter_frames, probe
-
-    info = probe(video)
-    scale = min(1.0, max_side / max(info.width, info.height))
-    # Even sizes, because the decoder's scaler works on 4:2:0 chroma blocks.
-    size = (max(2, int(info.height * scale) // 2 * 2), max(2, int(info.width * scale) // 2 * 2))
-    mags, prev = [], None
-    for _, frames in iter_frames(video, fps, size=size):
-        gray = frames.float().mean(dim=1).numpy() / 255.0  # [n, H, W]
-        for frame in gray:
-            mags.append(0.0 if prev is None else _lucas_kanade_magnitude(prev, frame))
-            prev = frame
-    return np.asarray(mags, dtype=np.float64), float(info.duration)
-
-
-def _lucas_kanade_magnitude(a: np.ndarray, b: np.ndarray, window: float = 2.0) -> float:
-    from scipy import ndimage
-
-    a, b = ndimage.gaussian_filter(a, 1.0), ndimage.gaussian_filter(b, 1.0)
-    mid = 0.5 * (a + b)
-    iy, ix = np.gradient(mid)
-    it = b - a
-    # Structure tensor and mismatch vector summed over a Gaussian window.
-    sxx, sxy, syy = (ndimage.gaussian_filter(v, window) for v in (ix * ix, ix * iy, iy * iy))
-    sxt, syt = (ndimage.gaussian_filter(v, window) for v in (ix * it, iy * it))
-    det = sxx * syy - sxy * sxy
-    # Flat regions (no texture) have no defined flow: leave them at 0 rather
-    # than dividing by a vanishing determinant.
-    ok = det > 1e-9
-    u = np.where(ok, (-syy * sxt + sxy * syt) / np.where(ok, det, 1.0), 0.0)
-    v = np.where(ok, (sxy * sxt - sxx * syt) / np.where(ok, det, 1.0), 0.0)
-    return float(np.mean(np.hypot(u, v)))
+    config = VISUAL_BEAT_PRESETS[source] if config is None else config
+    baseline, threshold, beats = _pick(signal, rate, config)
+    return VisualRhythm(duration, signal.astype(np.float32), rate, beats, source, baseline.astype(np.float32), threshold)
