@@ -10,6 +10,7 @@ and PyAV bundles FFmpeg's libraries.
 from __future__ import annotations
 
 import io
+import json
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -131,7 +132,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def write_output(path, wav: torch.Tensor, sample_rate: int, video=None) -> Path:
+def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: dict | None = None) -> Path:
     """Writes ``wav`` to ``path``: an audio file, or ``video`` with the music as its soundtrack.
 
     Args:
@@ -139,16 +140,18 @@ def write_output(path, wav: torch.Tensor, sample_rate: int, video=None) -> Path:
         wav: ``[channels, samples]`` float audio in [-1, 1].
         sample_rate: sample rate of ``wav``.
         video: the source video; required for a video output.
+        tags: what made the music (e.g. the visual encoder), stored in the file's
+            comment as JSON; :func:`read_tags` reads it back.
     """
     if check_output_path(path) == "audio":
-        return write_audio(path, wav, sample_rate)
+        return write_audio(path, wav, sample_rate, tags)
     if video is None:
         raise ConfigError(f"{path}: a video output needs the source video")
-    return mux_audio(video, wav, sample_rate, path)
+    return mux_audio(video, wav, sample_rate, path, tags)
 
 
-def write_audio(path, wav: torch.Tensor, sample_rate: int) -> Path:
-    """Writes ``[channels, samples]`` float audio as 16-bit WAV or FLAC (by suffix)."""
+def write_audio(path, wav: torch.Tensor, sample_rate: int, tags: dict | None = None) -> Path:
+    """Writes ``[channels, samples]`` float audio as 16-bit WAV or FLAC (by suffix), ``tags`` in its comment."""
     import soundfile as sf
 
     path = Path(path)
@@ -159,16 +162,52 @@ def write_audio(path, wav: torch.Tensor, sample_rate: int) -> Path:
     # Encoded in memory, then written by Python: a full disk is then an OSError that says
     # so (libsndfile reports only "System error"), and the earlier file stays untouched.
     buffer = io.BytesIO()
-    sf.write(buffer, data, sample_rate, format=fmt, subtype="PCM_16")
+    with sf.SoundFile(buffer, "w", sample_rate, data.shape[1], "PCM_16", format=fmt) as f:
+        if tags:
+            f.comment = _tag_text(tags)
+        f.write(data)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     return path
 
 
-def mux_audio(video, wav: torch.Tensor, sample_rate: int, path) -> Path:
+TAG_PREFIX = "vidmusician "
+
+
+def _tag_text(tags: dict) -> str:
+    return TAG_PREFIX + json.dumps(tags, sort_keys=True)
+
+
+def read_tags(path) -> dict:
+    """The tags :func:`write_output` stored in a file; ``{}`` for any other file."""
+    text = None
+    try:
+        if Path(path).suffix.lower() in AUDIO_FORMATS:
+            import soundfile as sf
+
+            with sf.SoundFile(str(path)) as f:
+                text = f.comment
+        else:
+            import av
+
+            with av.open(str(path)) as container:  # Matroska names the tag COMMENT
+                text = {k.lower(): v for k, v in container.metadata.items()}.get("comment")
+    except Exception:  # unreadable or untagged: the caller falls back to its default
+        return {}
+    if not text or not text.startswith(TAG_PREFIX):
+        return {}
+    try:
+        tags = json.loads(text[len(TAG_PREFIX):])
+    except json.JSONDecodeError:
+        return {}
+    return tags if isinstance(tags, dict) else {}
+
+
+def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | None = None) -> Path:
     """Writes ``video``'s video stream (copied, not re-encoded) with ``wav`` as AAC audio.
 
     The source's own audio streams are dropped. Music longer than the video is cut
-    at the video's end, so the output is as long as the video.
+    at the video's end, so the output is as long as the video. ``tags`` go into the
+    container's comment (see :func:`read_tags`).
 
     Raises:
         VideoError: the source cannot be read, or its codec cannot go into the
@@ -198,6 +237,8 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path) -> Path:
             music = audio if end is None else audio[:, : int(round(end * sample_rate))]
             try:
                 with av.open(str(tmp), mode="w", format=fmt) as dst:
+                    if tags:
+                        dst.metadata["comment"] = _tag_text(tags)
                     vout = dst.add_stream_from_template(vin)
                     aout = dst.add_stream("aac", rate=sample_rate, layout=_LAYOUTS[audio.shape[0]])
                     aout.bit_rate = AAC_BIT_RATE

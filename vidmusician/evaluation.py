@@ -28,7 +28,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from . import metrics
 from .errors import ConfigError
@@ -190,6 +190,9 @@ class EvalReport:
         settings: The settings used.
         kl_divergence: PaSST label KL divergences (see
             :func:`vidmusician.audio_kl.passt_kl_divergence`), or ``None``.
+        encoder: The visual encoder of the change signal: ``{"spec", "activation",
+            "source"}`` (source: given, recorded in the generated files, or
+            default), or ``None`` with optical flow.
     """
 
     clips: list[ClipResult]
@@ -198,6 +201,7 @@ class EvalReport:
     unmatched: dict[str, list[str]]
     settings: EvalSettings
     kl_divergence: dict[str, float] | None = None
+    encoder: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +211,7 @@ class EvalReport:
             "frechet_distance": {k: _json_float(v) for k, v in self.frechet_distance.items()},
             "unmatched": self.unmatched,
             "kl_divergence": self.kl_divergence,
+            "encoder": self.encoder,
         }
 
     def write_json(self, path: str | Path) -> Path:
@@ -235,6 +240,8 @@ class EvalReport:
         rule = line(["-" * w for w in widths])
         out = [line(list(heads)), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
         out += [f"frechet_distance[{k}]: {_fmt(v)}" for k, v in self.frechet_distance.items()]
+        if self.encoder is not None:
+            out.append(f"visual encoder: {self.encoder['spec']} ({self.encoder['activation']}, {self.encoder['source']})")
         if self.kl_divergence is not None:
             out.append(f"kl_divergence[passt]: {_fmt(self.kl_divergence['kld'])}")
         return "\n".join(out)
@@ -315,6 +322,9 @@ def evaluate(
         if names:
             log(f"warning: {len(names)} video(s) {what[key]}: {', '.join(names)}")
 
+    encoder_source = "given"
+    if encoder is None and settings.source == "change":
+        encoder, encoder_source = encoder_of(gens.values(), log)
     encoder = _load_encoder(encoder) if settings.source == "change" else None
     clips = []
     for name in sorted(gens):
@@ -346,7 +356,9 @@ def evaluate(
 
         kl = passt_kl_divergence([c.generated for c in paired], [c.reference for c in paired], kl_metric)
     means = metrics.mean_scores([c.scores for c in clips], METRICS)
-    return EvalReport(clips, means, fd, unmatched, settings, kl)
+    used = None if encoder is None else {"spec": encoder.name, "activation": encoder.activation,
+                                         "source": encoder_source}
+    return EvalReport(clips, means, fd, unmatched, settings, kl, used)
 
 
 def _evaluate_clip(name, video, generated, reference, encoder, settings: EvalSettings, cache) -> ClipResult:
@@ -363,6 +375,24 @@ def _evaluate_clip(name, video, generated, reference, encoder, settings: EvalSet
     ref = music_rhythm(reference, settings.d2m_onsets, onsets) if reference is not None else None
     scores = score_clip(visual, music, ref, settings.ba_sigma)
     return ClipResult(name, video, generated, reference, visual, music, ref, scores)
+
+
+def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[str | None, str]:
+    """The visual encoder the generated music was made with, from the tags `generate` writes.
+
+    Returns ``(spec, source)``: the recorded spec when every tagged file agrees
+    (``"recorded in the generated files"``), else ``(None, "default")``, which
+    loads ``ViT-B-32:openai``.
+    """
+    from .audio_io import read_tags
+
+    recorded = {read_tags(path).get("encoder") for path in generated} - {None}
+    if len(recorded) == 1:
+        return recorded.pop(), "recorded in the generated files"
+    if len(recorded) > 1:
+        log(f"warning: the generated files were made with different encoders ({', '.join(sorted(recorded))}); "
+            f"using the default, pass --encoder to choose")
+    return None, "default"
 
 
 def _load_encoder(spec: Any) -> Any:

@@ -24,8 +24,9 @@ def add_arguments(parser):
     parser.add_argument("--out", metavar="FILE", help="write per-file and mean metrics to this JSON file")
     parser.add_argument("--plot", metavar="DIR", help="write one PNG per file: visual beats above music onsets")
     parser.add_argument("--encoder", metavar="NAME[:TAG]|PATH|tiny",
-                        help="visual encoder for the change signal, as for `vidmusician features` "
-                             "(default ViT-B-32:openai)")
+                        help="visual encoder for the change signal, as for `vidmusician features` (default: "
+                             "the one `vidmusician generate` recorded in the generated files, else "
+                             "ViT-B-32:openai); the report says which was used")
     parser.add_argument("--cache", nargs="?", const=True, default=None, metavar="DIR",
                         help="reuse visual features cached by content hash, as for `vidmusician features`")
     parser.add_argument("--visual-source", choices=("change", "flow"), default="change",

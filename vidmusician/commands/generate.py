@@ -54,10 +54,23 @@ def run(args) -> int:
             duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
             video_cfg_coef=args.video_cfg, top_k=args.top_k, temperature=args.temperature,
             seed=args.seed, device=args.device, progress=not args.quiet, extend_stride=args.extend_stride)
-    write_output(output, wav, sample_rate, video=args.video)
+    write_output(output, wav, sample_rate, video=args.video, tags=music_tags(args))
     seconds = wav.shape[-1] / sample_rate
     print(f"wrote {output} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
     return 0
+
+
+def music_tags(args) -> dict | None:
+    """What made the music, for `vidmusician eval` to find the same visual encoder (None: no adapter)."""
+    if not args.adapter:
+        return None  # plain MusicGen: no visual encoder shaped the music
+    from ..config import AdapterConfig
+    from ..encoder_specs import natural_activation
+
+    config = AdapterConfig.load(args.adapter)
+    encoder = args.encoder or config.encoder
+    activation = config.encoder_activation or natural_activation(encoder)
+    return {"encoder": encoder, "encoder_activation": activation, "adapter": str(args.adapter)}
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
