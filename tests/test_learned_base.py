@@ -65,6 +65,9 @@ def test_synthetic_music_and_its_event_reader():
     assert lb.event_onsets(codes[0]) == [5, 20]
     assert codes[0, 6] == lb.EVENT + 1 and codes[0, 7] == lb.BACKGROUND + 2 * lb.PERIOD + (7 + 1) % lb.PERIOD
     assert lb.piece_style(codes[0]) == 2
+    held = codes[0].clone()
+    held[21] = lb.EVENT  # the attack held for a second frame: still one event
+    assert lb.event_onsets(held) == [5, 20]
     assert lb.match_events([5, 21, 40], [5, 20, 30], tolerance=1) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
     assert lb.match_events([5, 22], [5, 20], tolerance=1) == pytest.approx((0.5, 0.5, 0.5))
     assert lb.match_events([], [], tolerance=1) == (1.0, 1.0, 1.0)
