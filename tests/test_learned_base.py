@@ -41,6 +41,13 @@ def test_the_base_has_learned_music(learned):
     assert not any(p.requires_grad for p in learned.lm.parameters())
 
 
+def test_its_codec_is_the_tiny_codec(learned):
+    from vidmusician.backbones import load_codec
+
+    codec, tiny = load_codec("tiny-learned", device="cpu").state_dict(), learned.compression_model.state_dict()
+    assert codec.keys() == tiny.keys() and all(torch.equal(codec[k], tiny[k]) for k in codec)
+
+
 def test_the_base_is_built_identically_from_the_same_seed(tmp_path, monkeypatch):
     monkeypatch.setenv("VIDMUSICIAN_CACHE", str(tmp_path))
     short = lb.BaseRecipe(steps=3, batch_size=2, num_frames=40)
