@@ -185,7 +185,8 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         name_or_path: a hub name ('facebook/musicgen-small', 'facebook/musicgen-stereo-small',
             or any repository in audiocraft's export format; downloaded on first use),
             a local folder in that format (``state_dict.bin`` + ``compression_state_dict.bin``),
-            'tiny' (:func:`tiny_musicgen`), or 'random-small' / 'random-medium' /
+            'tiny' (:func:`tiny_musicgen`), 'tiny-learned' (its LM trained on synthetic
+            music: :func:`vidmusician.learned_base.learned_musicgen`), or 'random-small' / 'random-medium' /
             'random-large' (:func:`random_musicgen`).
         device: 'cuda' or 'cpu'; default: CUDA when available.
     """
@@ -194,6 +195,10 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     name, device = str(name_or_path), _default_device(device)
     if name == "tiny":
         return tiny_musicgen(device=device)
+    if name == "tiny-learned":
+        from .learned_base import learned_musicgen
+
+        return learned_musicgen(device=device)
     if name.startswith("random-"):
         return random_musicgen(name.removeprefix("random-"), device=device)
     read_lm_config(name)
@@ -210,12 +215,12 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     ``MusicGen`` wraps it (stereo models interleave two channels' codebooks: 8
     codebooks, 2 channels), following the LM's config, which is read without
     materializing the LM's weights. The codec of 'tiny' and 'random-*' is the one
-    :func:`tiny_musicgen` / :func:`random_musicgen` build.
+    :func:`tiny_musicgen` / :func:`random_musicgen` build ('tiny-learned' has the codec of 'tiny').
     """
     from audiocraft.models import builders, loaders
 
     name, device = str(name_or_path), _default_device(device)
-    if name == "tiny":
+    if name in ("tiny", "tiny-learned"):
         return _build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
     if name.startswith("random-"):
         _architecture(name.removeprefix("random-"))  # the codec is the same for every size

@@ -1,0 +1,38 @@
+"""benchmarks/alignment.py: its videos carry their events where it says, and the whole script runs (tiny settings;
+its numbers are printed, never asserted)."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from test_benchmarks import load_script
+
+
+def test_the_videos_change_at_their_event_frames(tmp_path):
+    from vidmusician.features import extract_features
+
+    alignment = load_script("alignment")
+    events = [10, 30, 51]
+    video = alignment.write_video(tmp_path / "v.mp4", scene=2, events=events, num_frames=75)
+    change = extract_features(video, "tiny", device="cpu").local_feats.float().mean(dim=1)
+    change[0] = 0  # the first frame has no predecessor (d_0 = 1)
+    # A flash changes its own frame and the next one; the drifting square barely changes any other.
+    top = sorted(change.topk(2 * len(events)).indices.tolist())
+    assert top == sorted(f + d for f in events for d in (0, 1)), (top, change)
+
+
+def test_the_script_trains_both_stages_and_prints_every_condition(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the trainer's processes: the CI machine has two cores
+    monkeypatch.setattr(sys, "argv", ["alignment.py", "--train", "4", "--holdout", "2", "--test", "2", "--scenes", "2",
+                                      "--batch", "2", "--steps1", "2", "--steps2", "2", "--seconds", "2",
+                                      "--workdir", str(tmp_path / "w")])
+    load_script("alignment").main()
+    out = capsys.readouterr().out
+    assert (tmp_path / "w" / "stage1" / "adapter" / "adapter_config.json").is_file()
+    assert '"stage": 2' in (tmp_path / "w" / "stage2" / "adapter" / "adapter_config.json").read_text()
+    rows = re.findall(r"^(default s|greedy)\s+(.+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert [(m, c) for m, c, *_ in rows] == [
+        (m, c) for m in ("default s", "greedy")
+        for c in ("no video", "stage 1", "stage 1+2", "stage 1+2, shuffled video")], out
+    assert all(0 <= float(x) <= 1 for row in rows for x in row[2:])
