@@ -84,3 +84,24 @@ def test_toggled_generation_runs_adapters_at_every_other_step(tiny):
     assert len(times["base"]) + len(times["adapted"]) == len(per_step) - 3
     assert abs(len(times["base"]) - len(times["adapted"])) <= 1
     assert vm.lm.transformer.layers[0] is layer  # the adapters are on again
+
+
+def test_guidance_benchmark_steps_two_and_three_branches_side_by_side(tiny, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its timing helpers from overhead.py
+    guidance = load_script("guidance")
+    copies = []
+    for _ in range(2):
+        musicgen = tiny()
+        copies.append(attach_adapters(musicgen, tiny_config(musicgen)))
+    videos = copies[0].make_batch(random_video_batch(2, [True, False]))
+    rows = [[], []]  # model rows of every LM forward, per copy
+    for vm, log in zip(copies, rows):
+        vm.lm.register_forward_pre_hook(lambda m, args, log=log: log.append(args[0].shape[0]))
+    times, ratios = guidance.paired_steps(copies, videos, steps=3, device=torch.device("cpu"))
+    assert len(times["two"]) == len(times["three"]) == len(ratios) == 6
+    # Copy 0 steps two branches (4 rows), then, swapped, three (6 rows); copy 1 the other way round.
+    assert rows == [[4] * 5 + [6] * 5, [6] * 5 + [4] * 5]
+    rows[0].clear(), rows[1].clear()
+    ratios = guidance.generations_in_turns(copies, videos, seconds=0.2, rounds=1, device=torch.device("cpu"))
+    assert len(ratios) == 1 and ratios[0] > 0
+    assert set(rows[0]) == set(rows[1]) == {4, 6}  # the copies swapped settings between the rounds

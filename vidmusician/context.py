@@ -108,6 +108,7 @@ class VideoContext:
         self.max_global_tokens = max_global_tokens
         self.batch: VideoBatch | None = None
         self.frame_offset = 0
+        self.branches: tuple[bool, ...] | None = None
         self.window_id = 0  # changes whenever the video, offset or row layout changes
         self._reset_layout()
         self._begin(0, 0, None)
@@ -126,9 +127,21 @@ class VideoContext:
         self._memory = None
         self._rhythm = None
 
-    def set(self, batch: VideoBatch | None, frame_offset: int = 0):
+    def set(self, batch: VideoBatch | None, frame_offset: int = 0, branches: tuple[bool, ...] | None = None):
+        """Conditions the following forwards on ``batch``.
+
+        Args:
+            batch: the video of each sample (None: no video, the base model).
+            frame_offset: codec frame of the video that sequence step 0 reads.
+            branches: the model batch's row layout: one flag per block of
+                ``batch.size`` rows, True where the block carries the video (e.g.
+                ``(True, False, False)`` for guidance's ``[text+video; text; null]``).
+                None: audiocraft's own batches, told apart by their size: one row
+                per sample (video), or ``[cond; uncond]`` (video; null).
+        """
         self.batch = batch
         self.frame_offset = int(frame_offset)
+        self.branches = None if branches is None else tuple(bool(b) for b in branches)
         self._reset_layout()
         self._begin(0, 0, None)
 
@@ -148,16 +161,18 @@ class VideoContext:
 
     def _set_rows(self, model_batch: int, device):
         B = self.batch.size
-        if model_batch == B:
-            present = self.batch.present
-        elif model_batch == 2 * B:
-            # Classifier-free guidance runs [cond; uncond] in one batch: the
-            # unconditional half gets the null video, so the adapter delta is 0 there.
-            present = torch.cat([self.batch.present, torch.zeros_like(self.batch.present)])
-        else:
+        branches = self.branches
+        if branches is None:
+            # audiocraft's own batches: the samples alone, or classifier-free guidance's
+            # [cond; uncond], whose unconditional half gets the null video (delta 0).
+            branches = {B: (True,), 2 * B: (True, False)}.get(model_batch, ())
+        if model_batch != len(branches) * B:
             self._layout_key = None
-            raise ConfigError(f"the video batch has {B} samples but the model runs {model_batch}; "
-                              f"set one video (or None) per sample")
+            raise ConfigError(f"the video batch has {B} samples but the model runs {model_batch} rows"
+                              + (f" in {len(branches)} branches" if self.branches else "")
+                              + "; set one video (or None) per sample")
+        absent = torch.zeros_like(self.batch.present)
+        present = torch.cat([self.batch.present if video else absent for video in branches])
         rows = present.nonzero().flatten().tolist()
         if not rows:
             return

@@ -30,7 +30,7 @@ class VidMusician:
         self.context = context
         self._hook = hook
         self.trainable_groups: tuple[str, ...] = ()
-        self.generation_params = None  # pipeline.GenerationParams; None: audiocraft's defaults
+        self.generation_params = None  # sampling.GenerationParams; None: audiocraft's defaults
         self.encoder = None  # VisualEncoder for video files; loaded from config.encoder on first use
 
     @property
@@ -225,25 +225,34 @@ class VidMusician:
 
     def set_generation_params(self, use_sampling: bool = True, top_k: int = 250, top_p: float = 0.0,
                               temperature: float = 1.0, cfg_coef: float = 3.0, extend_stride: float | None = None,
-                              two_step_cfg: bool = False) -> None:
+                              two_step_cfg: bool = False, text_cfg_coef: float | None = None,
+                              video_cfg_coef: float | None = None) -> None:
         """Sets the sampling parameters of :meth:`generate` (MusicGen's names and defaults).
+
+        Guidance: ``logits = null + t * (text - null) + v * (text_video - text)``.
 
         Args:
             use_sampling: sample (True) or take the argmax.
             top_k: top-k sampling (0: off).
             top_p: nucleus sampling mass (0: use top_k).
             temperature: softmax temperature.
-            cfg_coef: classifier-free guidance coefficient (scales text and video together).
+            cfg_coef: classifier-free guidance coefficient of text and video together
+                (``t = v``, MusicGen's two-branch batch); the default of the two below.
             extend_stride: seconds between windows beyond the backbone's window;
                 None: 0.6 of the window (audiocraft's 18 s of 30 s).
             two_step_cfg: refused (ConfigError): the adapters could not tell the
                 unconditional pass apart.
+            text_cfg_coef: ``t``, guidance of the text alone; None: ``cfg_coef``.
+            video_cfg_coef: ``v``, guidance of the video on top of the text; None:
+                ``cfg_coef``. With ``v != t`` (and ``v != 0``) every step runs a third,
+                text-only branch: about 1.5x the time. 0: plain MusicGen with the text.
         """
-        from .pipeline import GenerationParams
+        from .sampling import GenerationParams
 
         self.generation_params = GenerationParams(
             use_sampling=use_sampling, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
-            extend_stride=extend_stride, two_step_cfg=two_step_cfg)
+            text_cfg_coef=text_cfg_coef, video_cfg_coef=video_cfg_coef, extend_stride=extend_stride,
+            two_step_cfg=two_step_cfg)
 
     def generate(self, videos, texts=None, duration: float | None = None, seed: int | None = None,
                  progress: bool = False, return_tokens: bool = False):

@@ -10,8 +10,9 @@ windows of ``max_duration`` seconds, each new window prompted by the tail of the
 previous one, advancing by ``extend_stride``. The window loop is reimplemented
 here rather than patched into audiocraft so that every window can be told where
 it starts in the video: ``context.set(videos, frame_offset)`` with the codec frame
-of the window's first token (its prompt's first token). With the same seed and no
-video it samples exactly the tokens ``MusicGen.generate`` samples.
+of the window's first token (its prompt's first token), and the row layout of the
+guided batch (:mod:`vidmusician.sampling`): which rows carry the video. With the
+same seed and no video it samples exactly the tokens ``MusicGen.generate`` samples.
 """
 
 from __future__ import annotations
@@ -27,82 +28,17 @@ from typing import Sequence
 import torch
 
 from .errors import ConfigError
+from .sampling import GenerationParams, guidance_conditions, sample_window
 
 __all__ = ["DEFAULT_BACKBONE", "GenerationParams", "Window", "plan_windows", "generate_tokens",
            "generate_batch", "generate"]
 
 DEFAULT_BACKBONE = "facebook/musicgen-small"
-# audiocraft extends by 18 s of a 30 s window; keep that ratio for other window lengths.
-STRIDE_FRACTION = 0.6
-
-
-@dataclass
-class GenerationParams:
-    """Sampling and windowing parameters (audiocraft's names and defaults).
-
-    Attributes:
-        use_sampling: sample (True) or take the argmax (False).
-        top_k: sample among the k most likely tokens (0: no top-k).
-        top_p: nucleus sampling mass; 0 uses top_k instead.
-        temperature: softmax temperature.
-        cfg_coef: classifier-free guidance coefficient; the unconditional branch
-            has neither text nor video, so it scales both.
-        extend_stride: seconds a new window advances past the previous one for
-            music longer than the backbone's window; None: 0.6 of the window
-            (audiocraft's 18 s of 30 s).
-        two_step_cfg: must stay False (see below).
-    """
-
-    use_sampling: bool = True
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
-    cfg_coef: float = 3.0
-    extend_stride: float | None = None
-    two_step_cfg: bool = False
-
-    def __post_init__(self):
-        if self.two_step_cfg:
-            # Two-step CFG runs the conditional and unconditional branches as two
-            # batches of the same size: the adapters cannot tell which one must get
-            # the null video, so the guidance would be wrong.
-            raise ConfigError("two_step_cfg=True is not supported with video adapters: the unconditional "
-                              "pass cannot be told apart; use the default batched CFG (two_step_cfg=False)")
-        if int(self.top_k) != self.top_k or self.top_k < 0:
-            raise ConfigError(f"top_k must be a non-negative integer, got {self.top_k}")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in [0, 1], got {self.top_p}")
-        if self.use_sampling and not self.temperature > 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if not math.isfinite(self.cfg_coef):
-            raise ConfigError(f"cfg_coef must be a finite number, got {self.cfg_coef}")
-        if self.extend_stride is not None and not self.extend_stride > 0:
-            raise ConfigError(f"extend_stride must be positive seconds, got {self.extend_stride}")
-        self.top_k = int(self.top_k)
-
-    def lm_kwargs(self, lm) -> dict:
-        """Keyword arguments of ``LMModel.generate``."""
-        if self.top_k > lm.card:
-            raise ConfigError(f"top_k {self.top_k} exceeds the backbone's {lm.card} tokens per codebook")
-        return dict(use_sampling=self.use_sampling, temp=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                    cfg_coef=self.cfg_coef, two_step_cfg=False)
-
-    def window_frames(self, musicgen) -> tuple[int, int]:
-        """(window length, stride) in codec frames for this backbone."""
-        fr, max_duration = musicgen.frame_rate, musicgen.max_duration
-        stride = STRIDE_FRACTION * max_duration if self.extend_stride is None else self.extend_stride
-        if not stride < max_duration:
-            raise ConfigError(f"extend_stride {stride} s must be shorter than the backbone's "
-                              f"{max_duration} s window")
-        stride_frames = int(fr * stride)
-        if stride_frames < 1:
-            raise ConfigError(f"extend_stride {stride} s is shorter than one codec frame (1/{fr} s)")
-        return int(max_duration * fr), stride_frames
 
 
 @dataclass(frozen=True)
 class Window:
-    """One ``lm.generate`` call of a long generation, in codec frames.
+    """One window of a long generation (one streaming pass), in codec frames.
 
     Attributes:
         index: 0 for the first window.
@@ -152,21 +88,29 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
         ``[B, K, num_frames]`` codes.
     """
     lm = musicgen.lm
+    params.check(lm)
     window, stride = params.window_frames(musicgen)
     windows = plan_windows(num_frames, window, stride)
-    lm_kwargs = params.lm_kwargs(lm)
+    has_video = vm is not None and videos is not None and bool(videos.present.any())
+    guidance = params.guidance(has_video)
     bar = _progress_bar(lm, windows, progress)
-    pieces, prompt = [], None
+    pieces = []
+    device = next(lm.parameters()).device
+    prompt = torch.zeros(len(attributes), lm.num_codebooks, 0, dtype=torch.long, device=device)
     try:
+        with musicgen.autocast:
+            # Encoded once: the text conditions are the same in every window.
+            conditions = guidance_conditions(lm, attributes, guidance)
         for w in windows:
             if vm is not None:
-                # Step 0 of this window is frame w.frame_offset of the video.
-                vm.context.set(videos, w.frame_offset)
+                # Step 0 of this window is frame w.frame_offset of the video; the
+                # model's rows are the guidance's branches, which say who gets it.
+                vm.context.set(videos, w.frame_offset, branches=guidance.video)
             if len(windows) > 1:
                 bar.set_description(f"window {w.index + 1}/{len(windows)}")
             with musicgen.autocast:
-                codes = lm.generate(prompt, attributes, max_gen_len=w.frames,
-                                    callback=lambda *_: bar.update(1), **lm_kwargs)
+                codes = sample_window(lm, prompt, conditions, guidance, w.frames, params,
+                                      callback=lambda: bar.update(1))
             pieces.append(codes[..., w.prompt_frames:])
             prompt = codes[..., stride:]
     finally:
@@ -233,7 +177,8 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
 
 def generate(video, adapter=None, backbone=None, encoder: str | None = None, text: str | None = None,
              duration: float | None = None, cfg_coef: float = 3.0, top_k: int = 250, temperature: float = 1.0,
-             seed: int | None = None, device=None, progress: bool = True, extend_stride: float | None = None):
+             seed: int | None = None, device=None, progress: bool = True, extend_stride: float | None = None,
+             text_cfg_coef: float | None = None, video_cfg_coef: float | None = None):
     """Generates music for a video.
 
     Loads everything on each call; to generate repeatedly, load a
@@ -252,7 +197,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         text: optional text prompt ("lo-fi, piano"), through MusicGen's own text
             conditioning, together with the video.
         duration: seconds of music; default: the video's duration.
-        cfg_coef: classifier-free guidance coefficient.
+        cfg_coef: classifier-free guidance coefficient of text and video together.
         top_k: top-k sampling.
         temperature: sampling temperature.
         seed: seeds the sampling: same seed, same music. None: not seeded.
@@ -260,6 +205,10 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         progress: progress bars on stderr.
         extend_stride: seconds between windows for music longer than the backbone's
             window (30 s); default 0.6 of the window (18 s).
+        text_cfg_coef: guidance of the text alone; default ``cfg_coef``.
+        video_cfg_coef: guidance of the video on top of the text; default ``cfg_coef``.
+            Different from ``text_cfg_coef`` (and not 0), each step runs a third,
+            text-only branch: about 1.5x the time. 0: plain MusicGen with the text.
 
     Returns:
         ``(wav, sample_rate)``: ``wav`` a float tensor ``[channels, samples]`` on
@@ -270,7 +219,8 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     """
     from .video import probe
 
-    params = GenerationParams(top_k=top_k, temperature=temperature, cfg_coef=cfg_coef, extend_stride=extend_stride)
+    params = GenerationParams(top_k=top_k, temperature=temperature, cfg_coef=cfg_coef, text_cfg_coef=text_cfg_coef,
+                              video_cfg_coef=video_cfg_coef, extend_stride=extend_stride)
     duration = check_duration(duration)
     info = probe(video)  # fails fast on a bad video, before any model loads
     if duration is None:

@@ -1,0 +1,255 @@
+"""Text and video guided apart: ``null + t (text - null) + v (text_video - text)``.
+
+Three branches ``[text+video; text; null]`` in one batch where ``t != v``; the
+two-branch batch of MusicGen where the third adds nothing. Everything runs on the
+tiny backbone with perturbed adapters (so the video acts) and the 25 Hz codec.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import perturb_adapters, random_video_batch, tiny_config
+from vidmusician import cli
+from vidmusician.backbones import tiny_musicgen
+from vidmusician.errors import ConfigError
+from vidmusician.inject import attach_adapters
+from vidmusician.sampling import GenerationParams, Guidance, guidance_conditions, guided_logits
+
+FRAME_RATE = 25  # the tiny backbone's codec
+TEXTS = ["piano", "drums"]
+
+
+@pytest.fixture(scope="module")
+def base():
+    """One tiny MusicGen per module; tests take deep copies (building one runs k-means)."""
+    return tiny_musicgen()
+
+
+def adapted(base, max_duration=None):
+    """A tiny VidMusician whose adapters act: perturbed away from their identity init."""
+    musicgen = copy.deepcopy(base)
+    if max_duration is not None:
+        musicgen.max_duration = max_duration
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    perturb_adapters(vm, scale=0.1)
+    return vm
+
+
+def video(present=(True, False), seconds=1.0):
+    """Random features of ``seconds`` per sample; ``present[i]`` False: a null video."""
+    return random_video_batch(len(present), list(present), num_frames=int(seconds * FRAME_RATE))
+
+
+def sample(vm, videos, seed=3, duration=None, **coefs):
+    """The codes ``vm.generate`` samples with these guidance coefficients."""
+    vm.set_generation_params(**coefs)
+    return vm.generate(videos, texts=TEXTS, duration=duration, seed=seed, return_tokens=True)[1]
+
+
+def record_lm(lm, log):
+    """Logs every LM forward's raw logits (all branches' rows)."""
+    return lm.register_forward_hook(lambda m, args, out: log.append(out.detach().clone()))
+
+
+# --------------------------------------------------------------------------- #
+# Which batch runs
+
+
+@pytest.mark.parametrize("coefs, has_video, rows, video_rows", [
+    (dict(cfg_coef=3.0), True, (True, False), "two branches, video in cond"),
+    (dict(text_cfg_coef=2.0, video_cfg_coef=2.0), True, (True, False), "t == v: two branches"),
+    (dict(cfg_coef=4.0, video_cfg_coef=0.0), True, (False, False), "v == 0: plain MusicGen"),
+    (dict(text_cfg_coef=2.0, video_cfg_coef=5.0), False, (False, False), "no video: two branches"),
+    (dict(text_cfg_coef=2.0), True, (True, False, False), "t != v: three branches"),
+])
+def test_the_cheapest_batch_that_computes_the_guidance(coefs, has_video, rows, video_rows):
+    g = GenerationParams(**coefs).guidance(has_video)
+    assert g.video == rows, video_rows
+    assert g.text == ((True, True, False) if len(rows) == 3 else (True, False))
+    assert g.text_coef == coefs.get("text_cfg_coef", coefs.get("cfg_coef", 3.0))
+    if len(rows) == 3:
+        assert g.video_coef == coefs.get("video_cfg_coef", 3.0)
+
+
+@pytest.mark.parametrize("name", ["cfg_coef", "text_cfg_coef", "video_cfg_coef"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "3"])
+def test_bad_coefficients_are_refused(name, value):
+    with pytest.raises(ConfigError, match=f"{name} must be a finite number"):
+        GenerationParams(**{name: value})
+
+
+# --------------------------------------------------------------------------- #
+# Equal coefficients: today's guidance
+
+
+def test_equal_coefficients_sample_todays_tokens_in_todays_batch(base):
+    vm = adapted(base)
+    videos = video()
+    # Today's path: audiocraft's own LMModel.generate, CFG [cond; uncond] of 2B rows.
+    attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS, None)
+    torch.manual_seed(3)
+    with vm.video(videos):
+        today = vm.lm.generate(None, attributes, max_gen_len=FRAME_RATE, use_sampling=True, top_k=250,
+                               cfg_coef=2.5)
+    rows = []
+    vm.lm.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    assert torch.equal(sample(vm, videos, cfg_coef=2.5), today)
+    assert torch.equal(sample(vm, videos, text_cfg_coef=2.5, video_cfg_coef=2.5), today)
+    assert set(rows) == {4}  # two branches of two samples: the cost of today's step
+    # The video does act here: without it the tokens differ.
+    assert not torch.equal(sample(vm, videos, cfg_coef=2.5, video_cfg_coef=0.0), today)
+
+
+def forward_once(vm, guidance, videos, steps=6, seed=0):
+    """Raw [rows, K, steps, card] and guided [B, K, card] logits of one full forward."""
+    B = videos.size
+    g = torch.Generator().manual_seed(seed)
+    sequence = torch.randint(0, vm.lm.card, (B, vm.lm.num_codebooks, steps), generator=g)
+    attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS[:B], None)
+    conditions = guidance_conditions(vm.lm, attributes, guidance)
+    log = []
+    hook = record_lm(vm.lm, log)
+    vm.context.set(vm.make_batch(videos), 0, branches=guidance.video)
+    try:
+        with torch.no_grad():
+            guided = guided_logits(vm.lm, sequence, conditions, guidance)
+    finally:
+        vm.context.set(None)
+        hook.remove()
+    return log[0], guided
+
+
+@pytest.mark.parametrize("t, v, two", [(2.5, 2.5, Guidance.two_branch(2.5)),
+                                       (2.5, 0.0, Guidance.two_branch(2.5, video=False))])
+def test_three_branches_reduce_to_two_up_to_rounding(base, t, v, two):
+    vm = adapted(base)
+    videos = video()
+    _, three = forward_once(vm, Guidance.three_branch(t, v), videos)
+    _, reference = forward_once(vm, two, videos)
+    torch.testing.assert_close(three, reference, rtol=1e-5, atol=1e-4)
+    # ...and the reference is not the same with and without the video.
+    _, other = forward_once(vm, Guidance.two_branch(2.5, video=v == 0), videos)
+    assert not torch.allclose(other[0], reference[0], atol=1e-3)
+
+
+# --------------------------------------------------------------------------- #
+# The video reaches the text+video rows, and nothing else
+
+
+def test_only_text_video_rows_get_the_video_in_a_three_branch_step(base):
+    vm = adapted(base)
+    videos = video((True, False))  # a video and a null video
+    guidance = Guidance.three_branch(2.0, 5.0)
+    raw, guided = forward_once(vm, guidance, videos)
+    with vm.disable_adapters():
+        plain, plain_guided = forward_once(vm, guidance, videos)
+    tv, text, null = raw.split(2)
+    assert torch.equal(text, plain[2:4]) and torch.equal(null, plain[4:])  # no video there
+    assert not torch.allclose(tv[0], plain[0], atol=1e-3)  # the video row does get it
+    assert torch.equal(tv[1], plain[1])  # the null video's text+video row is its text row
+    assert torch.equal(tv[1], text[1])
+    assert not torch.allclose(guided[0], plain_guided[0], atol=1e-3)
+    assert torch.equal(guided[1], plain_guided[1])
+
+
+def test_every_streaming_step_of_every_window_routes_the_video_to_its_rows(base):
+    """A long video (4 windows of 2 s), a batch with a null video, three branches."""
+    vm = adapted(base, max_duration=2)
+    videos = video((False, True), seconds=4.0)
+    seen = []
+    ctx = vm.context
+    vm.lm.video_inputs.layers[0].register_forward_pre_hook(
+        lambda m, args: seen.append((ctx.frame_offset, ctx.steps, args[0].shape[0], tuple(ctx.rows.tolist()))))
+    tokens = sample(vm, videos, text_cfg_coef=2.0, video_cfg_coef=5.0, extend_stride=1.0)
+    assert tokens.shape == (2, 4, 4 * FRAME_RATE)
+    assert sorted({offset for offset, *_ in seen}) == [0, 25, 50]
+    # Every forward: 3 branches of 2 rows; only row 1 (the second sample's text+video row) has video.
+    assert {(rows, video_rows) for *_, rows, video_rows in seen} == {(6, (1,))}
+    assert sum(steps == 1 for _, steps, *_ in seen) > 3 * FRAME_RATE  # one step at a time: streamed
+
+
+@pytest.mark.parametrize("windows", [1, 3])
+def test_video_guidance_changes_only_the_samples_with_video(base, windows):
+    """Sampled tokens: the null video's sample is what the base model samples with the
+    same coefficients, in every window; the video's sample is not."""
+    vm = adapted(base, max_duration=2)
+    videos = video((True, False), seconds=windows + 1.0)
+    coefs = dict(text_cfg_coef=2.0, video_cfg_coef=5.0, extend_stride=1.0)
+    got = sample(vm, videos, **coefs)
+    with vm.disable_adapters():
+        plain = sample(vm, videos, **coefs)
+    assert torch.equal(got[1], plain[1])
+    assert not torch.equal(got[0], plain[0])
+
+
+def test_video_coefficient_zero_is_plain_musicgen_bitwise(base):
+    vm = adapted(base)
+    videos = video((True, True))
+    log = []
+    hook = record_lm(vm.lm, log)
+    tokens = sample(vm, videos, text_cfg_coef=3.0, video_cfg_coef=0.0)
+    hook.remove()
+    # Plain MusicGen (no adapters at all), its own generate, guidance 3 on the text.
+    plain = copy.deepcopy(base)
+    reference_log = []
+    record_lm(plain.lm, reference_log)
+    plain.set_generation_params(duration=1.0, cfg_coef=3.0)
+    torch.manual_seed(3)
+    _, reference = plain.generate(TEXTS, return_tokens=True)
+    assert torch.equal(tokens, reference)
+    assert len(log) == len(reference_log)
+    assert all(torch.equal(a, b) for a, b in zip(log, reference_log))
+
+
+# --------------------------------------------------------------------------- #
+# Python API and CLI
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from media import flash_video
+
+    return flash_video(tmp_path_factory.mktemp("media") / "clip.mp4", [0.2, 0.6], duration=1.0)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(base, tmp_path_factory):
+    path = tmp_path_factory.mktemp("adapter") / "tiny-adapter"
+    adapted(base).save_pretrained(path)
+    return path
+
+
+def test_cli_steers_text_and_video_apart(clip, adapter_dir, tmp_path):
+    def music(*flags):
+        out = tmp_path / "out.wav"
+        assert cli.main(["generate", str(clip), "--adapter", str(adapter_dir), "-o", str(out), "-q",
+                         "--seed", "2", "--text", "piano", *flags]) == 0
+        return out.read_bytes()
+
+    today = music()  # --cfg-coef 3: text and video together
+    assert music("--text-cfg", "3", "--video-cfg", "3") == today
+    assert music("--text-cfg", "1") != today  # t = 1, v = 3
+    assert music("--video-cfg", "6") != today  # t = 3, v = 6
+
+
+def test_cli_bad_coefficient_is_one_line(clip, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    assert cli.main(["generate", str(clip), "--backbone", "tiny", "-o", str(out), "-q", "--video-cfg", "nan"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "video_cfg_coef must be a finite number" in err[0]
+    assert not out.exists()
+
+
+def test_a_layout_that_does_not_fit_the_model_batch_is_a_clear_error(base):
+    vm = adapted(base)
+    guidance = Guidance.two_branch(3.0)  # 4 rows for 2 samples...
+    attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS, None)
+    conditions = guidance_conditions(vm.lm, attributes, guidance)
+    sequence = torch.zeros(4, vm.lm.num_codebooks, 1, dtype=torch.long)
+    vm.context.set(vm.make_batch(video()), 0, branches=(True, False, False))  # ...told 3 branches
+    with pytest.raises(ConfigError, match="2 samples but the model runs 4 rows in 3 branches"):
+        vm.lm(sequence, [], condition_tensors=conditions)
