@@ -1,0 +1,54 @@
+"""`vidmusician demo`: a web page (Gradio) to score a video in the browser."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HELP = "serve a web page that scores a video: drop a video, get it back with music and the alignment plot"
+
+
+def add_arguments(parser) -> None:
+    from ..demo.scoring import DEFAULT_MAX_DURATION
+
+    parser.add_argument("--adapter", metavar="DIR", help="adapter folder; without one the music is the backbone's")
+    parser.add_argument("--backbone", metavar="NAME|PATH|tiny",
+                        help="as for `vidmusician generate` (default: the adapter's, or facebook/musicgen-small)")
+    parser.add_argument("--encoder", metavar="SPEC|tiny",
+                        help="visual encoder (default: the adapter's, or ViT-B-32:openai)")
+    parser.add_argument("--device", metavar="DEV", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: the network)")
+    parser.add_argument("--port", type=int, default=7860, metavar="N", help="port (default 7860)")
+    parser.add_argument("--share", action="store_true",
+                        help="also serve through a temporary public gradio.live link (needs internet access)")
+    parser.add_argument("--max-duration", type=float, default=DEFAULT_MAX_DURATION, metavar="S",
+                        help=f"longest video (or duration) a visitor may ask for (default {DEFAULT_MAX_DURATION:g} s)")
+    parser.add_argument("--no-examples", action="store_true", help="do not offer the synthetic example clips")
+
+
+def run(args) -> int:
+    from ..errors import ConfigError
+    from ..demo.scoring import Scorer
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    # Models first: a bad adapter, backbone or encoder fails here, before the page is up.
+    scorer = Scorer(adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, device=args.device,
+                    max_duration=args.max_duration)
+    try:
+        # Read by gradio when it is imported: no telemetry or version check, and its
+        # uploads and cached outputs go under the scorer's folder, removed on exit.
+        os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+        os.environ["GRADIO_TEMP_DIR"] = str(scorer.workdir / "gradio")
+        from ..demo import build_app, write_examples
+
+        examples = None if args.no_examples else write_examples(scorer.workdir / "examples")
+        app = build_app(scorer, examples)
+        print(f"vidmusician demo: serving on http://{args.host}:{args.port} (Ctrl+C stops it)",
+              file=sys.stderr, flush=True)
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
+                   mcp_server=False, quiet=True, allowed_paths=[str(scorer.workdir)])
+    finally:
+        scorer.close()
+    return 0
