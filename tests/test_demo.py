@@ -68,14 +68,39 @@ def test_score_gives_video_wav_and_plot_of_the_video_length(scorer, clip):
     assert not result.folder.exists()
 
 
-def test_same_seed_same_music(scorer, clip):
+def test_same_seed_same_music(scorer, clip, capsys):
     from vidmusician.demo import ScoreRequest
 
     a, b = (scorer.score(ScoreRequest(str(clip), seed=5, duration=1.0)) for _ in range(2))
+    # tqdm bars over the sampling steps: what the page's gr.Progress(track_tqdm=True) follows.
+    assert "step" in capsys.readouterr().err
     assert a.wav.read_bytes() == b.wav.read_bytes() and a.folder != b.folder
     assert len(sf.read(a.wav)[0]) == 32000  # the duration asked for, not the video's
     for r in (a, b):
         scorer.discard(r.folder)
+
+
+def test_two_visitors_at_once_get_their_own_results(scorer, clip):
+    from vidmusician.demo import ScoreRequest
+
+    asks = {"a": 0.4, "b": 0.8}
+    results, errors = {}, []
+
+    def visit(name):
+        try:
+            results[name] = scorer.score(ScoreRequest(str(clip), seed=1, duration=asks[name]))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=visit, args=(name,)) for name in asks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and set(results) == set(asks)
+    for name, seconds in asks.items():
+        assert len(sf.read(results[name].wav)[0]) == round(seconds * 32000)
+        scorer.discard(results[name].folder)
 
 
 def test_guidance_and_sampling_reach_the_model(scorer, clip):
@@ -156,6 +181,21 @@ def test_cancel_stops_generation_and_leaves_nothing(scorer, clip):
     scorer.discard(scorer.score(R(str(clip), seed=0, duration=0.2)).folder)
 
 
+def test_cancel_button_flags_only_its_own_session():
+    from vidmusician.demo.app import _Jobs
+
+    jobs = _Jobs()
+    mine, theirs = jobs.start("me"), jobs.start("them")
+    jobs.cancel("me")
+    assert mine.is_set() and not theirs.is_set()
+    jobs.finish("me", mine)
+    again = jobs.start("me")
+    jobs.finish("me", mine)  # a late finish of the old job keeps the new job's flag
+    jobs.cancel("me")
+    assert again.is_set()
+    jobs.cancel("nobody")  # nothing running: nothing happens
+
+
 def test_cli_adapter_for_another_backbone_is_one_line(tmp_path, capsys):
     from conftest import tiny_config
     from vidmusician.backbones import tiny_musicgen
@@ -176,6 +216,13 @@ def test_cli_bad_option_is_one_line(argv, match, capsys):
     assert cli.main(["demo", "--backbone", "tiny", "--encoder", "tiny", *argv]) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
+    assert cli.main(["demo", "--backbone", "tiny", "--encoder", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "needs gradio" in err and "vidmusician[demo]" in err and len(err.strip().splitlines()) == 1
 
 
 def test_examples_have_visual_beats(tmp_path):
@@ -205,7 +252,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 # networking, updates, sync or QUIC, and a profile of its own.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1500")
+                  "--window-size=1280,1560")
 PAGE_TIMEOUT = 240  # seconds; a slow, shared 2-core machine
 
 

@@ -33,6 +33,7 @@ def run(args) -> int:
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    _require_gradio()
     # Models first: a bad adapter, backbone or encoder fails here, before the page is up.
     scorer = Scorer(adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, device=args.device,
                     max_duration=args.max_duration)
@@ -52,3 +53,18 @@ def run(args) -> int:
     finally:
         scorer.close()
     return 0
+
+
+def _require_gradio() -> None:
+    """Fails in one line before any model loads when the page's library is missing."""
+    import importlib.util
+
+    from ..errors import ConfigError
+
+    try:
+        found = importlib.util.find_spec("gradio") is not None
+    except ValueError:  # a module entry of None (blocked) has no spec
+        found = False
+    if not found:
+        raise ConfigError("the demo page needs gradio: `pip install 'vidmusician[demo]'` "
+                          "(`make setup` installs it)")

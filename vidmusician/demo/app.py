@@ -90,8 +90,6 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
                 with gr.Row():
                     run_button = gr.Button("Score", variant="primary", elem_id="run")
                     cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
-                if examples:
-                    gr.Examples(examples, inputs=[video, text], label="Examples (synthetic clips)")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
                 out_video = gr.Video(label="Video with music", interactive=False, height=280, elem_id="out-video")
@@ -99,6 +97,8 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
         # Full width: the figure is wide (one time axis, legends on the right).
         out_plot = gr.Image(label="Visual beats (top) and music onsets (bottom)", type="filepath",
                             interactive=False, elem_id="out-plot")
+        if examples:
+            gr.Examples(examples, inputs=[video, text], label="Examples (synthetic clips)")
         folder = gr.State(None)
         job = run_button.click(
             run, inputs=[video, text, duration, seed, top_k, temperature, text_cfg, video_cfg],
