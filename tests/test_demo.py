@@ -218,6 +218,24 @@ def test_cli_bad_option_is_one_line(argv, match, capsys):
     assert match in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_port_in_use_is_one_line_before_loading_anything(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # A backbone that cannot load: the port is checked first.
+        rc = cli.main(["demo", "--backbone", "/nonexistent", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip() == f"vidmusician demo: error: --port {port}: already in use on 127.0.0.1; " \
+                                      f"pick another port"
+
+
+def test_cli_host_not_of_this_machine_is_one_line(capsys):
+    assert cli.main(["demo", "--backbone", "/nonexistent", "--host", "192.0.2.1", "--port", "8999"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 192.0.2.1 --port 8999: cannot listen there" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
     assert cli.main(["demo", "--backbone", "tiny", "--encoder", "tiny"]) == 2
@@ -246,6 +264,11 @@ def test_examples_have_visual_beats(tmp_path):
 # --------------------------------------------------------------------------- #
 # The page in a real browser
 
+try:
+    from selenium.webdriver.common.by import By
+except ImportError:  # the browser test is skipped without selenium
+    By = None
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # Headless Chromium that never reaches past this machine: no background
@@ -254,6 +277,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1280,1560")
 PAGE_TIMEOUT = 240  # seconds; a slow, shared 2-core machine
+PROGRESS = r"/\d+\/[\d.]+k? step/"  # tqdm's count as Gradio shows it: "44/1.8k step"
 
 
 def _free_port() -> int:
@@ -275,7 +299,7 @@ class _Server:
         env = dict(os.environ, TMPDIR=str(self.tmp))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vidmusician", "demo", "--backbone", "tiny", "--encoder", "tiny", "--device", "cpu",
-             "--port", str(port), "--max-duration", "10"],
+             "--port", str(port), "--max-duration", "120"],
             cwd=folder, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
@@ -292,9 +316,9 @@ class _Server:
             time.sleep(0.5)
 
     def stop(self) -> int:
-        """Ctrl+C, as a person stops it; the demo removes its folder on the way out."""
+        """SIGTERM, as `kill` stops it; the demo removes its folder on the way out."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -316,7 +340,7 @@ def server(tmp_path):
 
 @pytest.fixture
 def browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -326,6 +350,7 @@ def browser(tmp_path):
     options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}")
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(PAGE_TIMEOUT)
+    driver.out_dir = tmp_path  # where a timed-out wait leaves its screenshot
     yield driver
     driver.quit()
 
@@ -334,24 +359,35 @@ def _wait(driver, script: str, what: str):
     """Polls ``script`` in the page until it returns something truthy."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, PAGE_TIMEOUT, poll_frequency=0.25).until(
-        lambda d: d.execute_script(script), message=f"waited {PAGE_TIMEOUT} s for {what}")
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        return WebDriverWait(driver, PAGE_TIMEOUT, poll_frequency=0.25).until(lambda d: d.execute_script(script))
+    except TimeoutException:
+        shot = Path(driver.out_dir) / "timeout.png"
+        driver.save_screenshot(str(shot))
+        text = driver.execute_script("return document.body.innerText")
+        raise AssertionError(f"waited {PAGE_TIMEOUT} s for {what}; page in {shot}:\n{text}") from None
 
 
 def _upload(driver, path: Path):
-    from selenium.webdriver.common.by import By
-
     clear = driver.find_elements(By.CSS_SELECTOR, "#video-in button[aria-label='Clear']")
     if clear:
         clear[0].click()
     _wait(driver, "return document.querySelector('#video-in input[type=file]')", "the upload field")
     driver.find_element(By.CSS_SELECTOR, "#video-in input[type=file]").send_keys(str(path))
-    _wait(driver, "return document.querySelector('#video-in video')", "the uploaded video")
+    # Until the player shows this file: the previous upload's player may still be there.
+    _wait(driver, f"var v = document.querySelector('#video-in video'); "
+                  f"return v && v.src.endsWith('/' + {path.name!r})", f"{path.name} in the player")
+
+
+def _set_duration(driver, seconds: float) -> None:
+    field = driver.find_element(By.CSS_SELECTOR, "#duration input")
+    field.clear()
+    field.send_keys(str(seconds))
 
 
 def _score(driver, expect: str) -> str:
-    from selenium.webdriver.common.by import By
-
     driver.find_element(By.CSS_SELECTOR, "#run").click()
     return _wait(driver, f"var t = document.querySelector('#status').innerText; "
                          f"return t.includes({expect!r}) && t", f"'{expect}' in the status")
@@ -373,8 +409,8 @@ def _check_results(driver, seconds: float):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-                    reason="needs Debian's chromium and chromium-driver (make setup installs them)")
+@pytest.mark.skipif(By is None or not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                    reason="needs selenium, and Debian's chromium and chromium-driver (make setup installs them)")
 def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
     browser.get(server.url)
     seconds = probe(clip).duration
@@ -389,9 +425,19 @@ def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
     fake.write_text("these are not frames\n")
     _upload(browser, fake)
     status = _score(browser, "Error")
-    assert "notes.mp4" in status and len(status.strip().splitlines()) == 1
+    # One line naming the file as the visitor knows it (not the server's copy).
+    assert status.strip().startswith("Error: notes.mp4: not a readable video") and len(status.splitlines()) == 1
 
-    _upload(browser, clip)  # the server still serves
+    # A long job: progress over the sampling steps, then Cancel stops it.
+    _upload(browser, clip)
+    _set_duration(browser, 100)  # thousands of steps: time to press Cancel
+    browser.find_element(By.CSS_SELECTOR, "#run").click()
+    _wait(browser, f"return {PROGRESS}.test(document.body.innerText)", "progress in steps")
+    browser.find_element(By.CSS_SELECTOR, "#cancel").click()
+    _wait(browser, "return document.querySelector('#status').innerText.includes('Cancelled')", "'Cancelled'")
+    _wait(browser, f"return !{PROGRESS}.test(document.body.innerText)", "the progress to go")
+
+    _set_duration(browser, 0)  # the server still serves
     _score(browser, "Done")
     _check_results(browser, seconds)
 

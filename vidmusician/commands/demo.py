@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 HELP = "serve a web page that scores a video: drop a video, get it back with music and the alignment plot"
@@ -34,6 +35,7 @@ def run(args) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     _require_gradio()
+    _check_port(args.host, args.port)
     # Models first: a bad adapter, backbone or encoder fails here, before the page is up.
     scorer = Scorer(adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, device=args.device,
                     max_duration=args.max_duration)
@@ -46,13 +48,22 @@ def run(args) -> int:
 
         examples = None if args.no_examples else write_examples(scorer.workdir / "examples")
         app = build_app(scorer, examples)
+        # `kill` (and service managers) stop a server with SIGTERM: leave as tidily as on Ctrl+C.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         print(f"vidmusician demo: serving on http://{args.host}:{args.port} (Ctrl+C stops it)",
               file=sys.stderr, flush=True)
-        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
-                   mcp_server=False, quiet=True, allowed_paths=[str(scorer.workdir)])
+        try:
+            app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
+                       mcp_server=False, quiet=True, allowed_paths=[str(scorer.workdir)])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         scorer.close()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _require_gradio() -> None:
@@ -68,3 +79,20 @@ def _require_gradio() -> None:
     if not found:
         raise ConfigError("the demo page needs gradio: `pip install 'vidmusician[demo]'` "
                           "(`make setup` installs it)")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fails in one line, before any model loads, when the address is taken or not this machine's."""
+    import errno
+    import socket
+
+    from ..errors import ConfigError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            s.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--port {port}: already in use on {host}; pick another port") from None
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None

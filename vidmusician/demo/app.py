@@ -9,6 +9,7 @@ page's stable handles, for tests and for scripts that drive it.
 
 import math
 import threading
+from pathlib import Path
 
 from ..errors import VidMusicianError
 from .scoring import Cancelled, ScoreRequest, Scorer
@@ -50,7 +51,9 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
         except Cancelled:
             return None, None, None, "Cancelled.", None
         except VidMusicianError as exc:
-            return None, None, None, f"**Error:** {exc}", None
+            # The visitor knows the file by its name, not by the server's copy of it.
+            message = str(exc).replace(video, Path(video).name)
+            return None, None, None, f"**Error:** {message}", None
         finally:
             jobs.finish(request.session_hash, cancel)
         score = "n/a (no beats to compare)" if math.isnan(result.beat_alignment) else f"{result.beat_alignment:.3f}"
