@@ -109,9 +109,8 @@ class Scorer:
             Cancelled: ``cancel`` was set; nothing is left behind.
         """
         from ..audio_io import write_audio
-        from ..video import probe
-
         from ..pipeline import check_duration
+        from ..video import probe
 
         cancel = cancel or threading.Event()
         duration = check_duration(request.duration)
