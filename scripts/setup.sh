@@ -16,6 +16,19 @@ stamp=$(cat requirements/torch.txt requirements/audiocraft.txt requirements/runt
 cache=${VIDMUSICIAN_VENV_CACHE:-$HOME/.cache/vidmusician}
 venv="$cache/venv-$stamp"
 
+# The browser test of `vidmusician demo` drives Debian's Chromium through its
+# chromedriver: install both where either is missing (CI runs as root with apt).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium and chromium-driver (for the browser test)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "setup: warning: /usr/bin/chromium or /usr/bin/chromedriver is missing and this is not root with" \
+         "apt-get; run \`sudo apt-get install chromium chromium-driver\` or the browser test is skipped" >&2
+  fi
+fi
+
 if [ -f "$venv/.complete" ]; then
   echo "setup: reusing $venv (requirements unchanged)"
 else

@@ -14,7 +14,7 @@ import sys
 
 from .errors import VidMusicianError, os_error_line
 
-COMMANDS = ("info", "features", "generate", "prepare", "eval")
+COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo")
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,447 @@
+"""`vidmusician demo`: the scoring behind the page, and the page driven by a real browser."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from media import flash_video, write_audio
+
+from vidmusician import cli
+from vidmusician.errors import VidMusicianError
+from vidmusician.video import probe
+
+FLASHES = [0.4, 1.2, 2.0]
+CLIP_SECONDS = 2.4
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return flash_video(tmp_path_factory.mktemp("media") / "clip.mp4", FLASHES, duration=CLIP_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    from vidmusician.demo import Scorer
+
+    s = Scorer(backbone="tiny", encoder="tiny", device="cpu", max_duration=10,
+               workdir=tmp_path_factory.mktemp("demo"))
+    yield s
+    s.close()
+
+
+def _jobs(scorer) -> list[Path]:
+    return [p for p in scorer.workdir.iterdir() if p.is_dir()]
+
+
+# --------------------------------------------------------------------------- #
+# Scoring (no browser)
+
+
+def test_score_gives_video_wav_and_plot_of_the_video_length(scorer, clip):
+    from vidmusician.demo import ScoreRequest
+
+    result = scorer.score(ScoreRequest(str(clip), text="piano", seed=3))
+    assert result.folder.parent == scorer.workdir
+    wav, sr = sf.read(result.wav)
+    assert sr == 32000 and len(wav) == round(probe(clip).duration * sr)
+    muxed = probe(result.video)
+    assert muxed.has_audio and abs(muxed.duration - CLIP_SECONDS) < 0.05
+    assert result.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0 <= result.beat_alignment <= 1
+    # The features were computed once: the plot's visual rhythm read the cached ones.
+    assert len(list((result.folder / "features").rglob("*.safetensors"))) == 1
+    scorer.discard(result.folder)
+    assert not result.folder.exists()
+
+
+def test_same_seed_same_music(scorer, clip, capsys):
+    from vidmusician.demo import ScoreRequest
+
+    a, b = (scorer.score(ScoreRequest(str(clip), seed=5, duration=1.0)) for _ in range(2))
+    # tqdm bars over the sampling steps: what the page's gr.Progress(track_tqdm=True) follows.
+    assert "step" in capsys.readouterr().err
+    assert a.wav.read_bytes() == b.wav.read_bytes() and a.folder != b.folder
+    assert len(sf.read(a.wav)[0]) == 32000  # the duration asked for, not the video's
+    for r in (a, b):
+        scorer.discard(r.folder)
+
+
+def test_two_visitors_at_once_get_their_own_results(scorer, clip):
+    from vidmusician.demo import ScoreRequest
+
+    asks = {"a": 0.4, "b": 0.8}
+    results, errors = {}, []
+
+    def visit(name):
+        try:
+            results[name] = scorer.score(ScoreRequest(str(clip), seed=1, duration=asks[name]))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=visit, args=(name,)) for name in asks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and set(results) == set(asks)
+    for name, seconds in asks.items():
+        assert len(sf.read(results[name].wav)[0]) == round(seconds * 32000)
+        scorer.discard(results[name].folder)
+
+
+def test_guidance_and_sampling_reach_the_model(scorer, clip):
+    from vidmusician.demo import ScoreRequest
+
+    seen = []
+    handle = scorer.vm.lm.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    try:
+        result = scorer.score(ScoreRequest(str(clip), text="piano", seed=1, duration=0.2, text_cfg=3.0,
+                                           video_cfg=1.0, top_k=7, temperature=0.5))
+    finally:
+        handle.remove()
+    params = scorer.vm.generation_params
+    assert (params.top_k, params.temperature, params.text_cfg_coef, params.video_cfg_coef) == (7, 0.5, 3.0, 1.0)
+    assert set(seen) == {3}  # t != v: three branches, [text+video; text; null]
+    scorer.discard(result.folder)
+
+
+def _not_a_video(tmp):
+    path = tmp / "notes.mp4"
+    path.write_text("these are not frames\n")
+    return path, {}
+
+
+def _audio_only(tmp):
+    return write_audio(tmp / "song.mp4", np.zeros(32000, dtype=np.float32)), {}
+
+
+def _too_long(tmp):
+    return flash_video(tmp / "long.mp4", [1.0], duration=11.0), {}
+
+
+def _duration_too_long(tmp):
+    return flash_video(tmp / "short.mp4", [0.5], duration=1.0), {"duration": 60.0}
+
+
+@pytest.mark.parametrize("make, match", [
+    (_not_a_video, "notes.mp4"),
+    (_audio_only, "song.mp4"),
+    (_too_long, "limit of 10 s"),
+    (_duration_too_long, "duration asked for is 60.0 s"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(scorer, tmp_path, make, match):
+    from vidmusician.demo import ScoreRequest
+
+    video, kwargs = make(tmp_path)
+    before = _jobs(scorer)
+    with pytest.raises(VidMusicianError, match=match) as info:
+        scorer.score(ScoreRequest(str(video), **kwargs))
+    assert "\n" not in str(info.value)
+    assert _jobs(scorer) == before
+
+
+def test_cancel_stops_generation_and_leaves_nothing(scorer, clip):
+    from vidmusician.demo import Cancelled, ScoreRequest
+
+    cancel = threading.Event()
+    steps = []
+
+    def press_cancel_at_step_3(module, args):
+        steps.append(1)
+        if len(steps) == 3:
+            cancel.set()
+
+    # Registered before the scorer's own hook, so it runs first on every step.
+    handle = scorer.vm.lm.register_forward_pre_hook(press_cancel_at_step_3)
+    try:
+        with pytest.raises(Cancelled):
+            scorer.score(ScoreRequest(str(clip), seed=0), cancel)
+    finally:
+        handle.remove()
+    assert len(steps) == 3  # stopped at the step the flag was set, not at the end (~60 steps)
+    assert _jobs(scorer) == []
+    assert not scorer.vm.lm._forward_pre_hooks  # the scorer's hook is gone too
+    # The model is free again.
+    from vidmusician.demo import ScoreRequest as R
+
+    scorer.discard(scorer.score(R(str(clip), seed=0, duration=0.2)).folder)
+
+
+def test_cancel_button_flags_only_its_own_session():
+    from vidmusician.demo.app import _Jobs
+
+    jobs = _Jobs()
+    mine, theirs = jobs.start("me"), jobs.start("them")
+    jobs.cancel("me")
+    assert mine.is_set() and not theirs.is_set()
+    jobs.finish("me", mine)
+    again = jobs.start("me")
+    jobs.finish("me", mine)  # a late finish of the old job keeps the new job's flag
+    jobs.cancel("me")
+    assert again.is_set()
+    jobs.cancel("nobody")  # nothing running: nothing happens
+
+
+def test_cli_adapter_for_another_backbone_is_one_line(tmp_path, capsys):
+    from conftest import tiny_config
+    from vidmusician.backbones import tiny_musicgen
+    from vidmusician.inject import attach_adapters
+
+    musicgen = tiny_musicgen(dim=64)
+    attach_adapters(musicgen, tiny_config(musicgen)).save_pretrained(tmp_path / "adapter")
+    rc = cli.main(["demo", "--adapter", str(tmp_path / "adapter"), "--backbone", "tiny", "--port", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not match" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--port", "0"], "--port"),
+    (["--max-duration", "0"], "--max-duration"),
+])
+def test_cli_bad_option_is_one_line(argv, match, capsys):
+    assert cli.main(["demo", "--backbone", "tiny", "--encoder", "tiny", *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_port_in_use_is_one_line_before_loading_anything(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # A backbone that cannot load: the port is checked first.
+        rc = cli.main(["demo", "--backbone", "/nonexistent", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip() == f"vidmusician demo: error: --port {port}: already in use on 127.0.0.1; " \
+                                      f"pick another port"
+
+
+def test_cli_host_not_of_this_machine_is_one_line(capsys):
+    assert cli.main(["demo", "--backbone", "/nonexistent", "--host", "192.0.2.1", "--port", "8999"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 192.0.2.1 --port 8999: cannot listen there" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if it were not installed
+    assert cli.main(["demo", "--backbone", "tiny", "--encoder", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "needs gradio" in err and "vidmusician[demo]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_examples_have_visual_beats(tmp_path):
+    from vidmusician.demo import write_examples
+    from vidmusician.demo.examples import EXAMPLES
+
+    rows = write_examples(tmp_path)
+    assert [Path(v).name for v, _ in rows] == [f"{stem}.mp4" for stem, *_ in EXAMPLES]
+    from vidmusician.rhythm import visual_rhythm
+
+    stem, bpm, seconds, _ = EXAMPLES[1]
+    info = probe(rows[1][0])
+    assert abs(info.duration - seconds) < 0.05
+    beats = visual_rhythm(rows[1][0], encoder="tiny").beats
+    # The square jumps every 60 / bpm seconds; the visual beats are those jumps.
+    expected = np.arange(1, int(seconds * bpm / 60)) * 60 / bpm
+    assert len(beats) >= len(expected) - 2, (beats, expected)  # peak picking may skip one near an edge
+    assert np.abs(beats[:, None] - expected[None, :]).min(axis=1).max() < 0.05, (beats, expected)
+
+
+# --------------------------------------------------------------------------- #
+# The page in a real browser
+
+try:
+    from selenium.webdriver.common.by import By
+except ImportError:  # the browser test is skipped without selenium
+    By = None
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# Headless Chromium that never reaches past this machine: no background
+# networking, updates, sync or QUIC, and a profile of its own.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1560")
+PAGE_TIMEOUT = 240  # seconds; a slow, shared 2-core machine
+PROGRESS = r"/\d+\/[\d.]+k? step/"  # tqdm's count as Gradio shows it: "44/1.8k step"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """``vidmusician demo --backbone tiny --encoder tiny`` on a free local port, with its own TMPDIR."""
+
+    def __init__(self, folder: Path):
+        self.tmp = folder / "tmp"
+        self.tmp.mkdir()
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}/"
+        self.log_path = folder / "server.log"
+        self._log = open(self.log_path, "w")
+        env = dict(os.environ, TMPDIR=str(self.tmp))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vidmusician", "demo", "--backbone", "tiny", "--encoder", "tiny", "--device", "cpu",
+             "--port", str(port), "--max-duration", "120"],
+            cwd=folder, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + PAGE_TIMEOUT
+        while True:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the demo did not start: " + self.log_path.read_text()
+            time.sleep(0.5)
+
+    def stop(self) -> int:
+        """SIGTERM, as `kill` stops it; the demo removes its folder on the way out."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = _Server(tmp_path)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}")
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(PAGE_TIMEOUT)
+    driver.out_dir = tmp_path  # where a timed-out wait leaves its screenshot
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, script: str, what: str):
+    """Polls ``script`` in the page until it returns something truthy."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        return WebDriverWait(driver, PAGE_TIMEOUT, poll_frequency=0.25).until(lambda d: d.execute_script(script))
+    except TimeoutException:
+        shot = Path(driver.out_dir) / "timeout.png"
+        driver.save_screenshot(str(shot))
+        text = driver.execute_script("return document.body.innerText")
+        raise AssertionError(f"waited {PAGE_TIMEOUT} s for {what}; page in {shot}:\n{text}") from None
+
+
+def _upload(driver, path: Path):
+    clear = driver.find_elements(By.CSS_SELECTOR, "#video-in button[aria-label='Clear']")
+    if clear:
+        clear[0].click()
+    _wait(driver, "return document.querySelector('#video-in input[type=file]')", "the upload field")
+    driver.find_element(By.CSS_SELECTOR, "#video-in input[type=file]").send_keys(str(path))
+    # Until the player shows this file: the previous upload's player may still be there.
+    _wait(driver, f"var v = document.querySelector('#video-in video'); "
+                  f"return v && v.src.endsWith('/' + {path.name!r})", f"{path.name} in the player")
+
+
+def _set_duration(driver, seconds: float) -> None:
+    field = driver.find_element(By.CSS_SELECTOR, "#duration input")
+    field.clear()
+    field.send_keys(str(seconds))
+
+
+def _score(driver, expect: str) -> str:
+    driver.find_element(By.CSS_SELECTOR, "#run").click()
+    return _wait(driver, f"var t = document.querySelector('#status').innerText; "
+                         f"return t.includes({expect!r}) && t", f"'{expect}' in the status")
+
+
+def _check_results(driver, seconds: float):
+    duration = _wait(driver, "var v = document.querySelector('#out-video video'); "
+                             "return v && v.readyState >= 1 && isFinite(v.duration) && v.duration",
+                     "the scored video to load")
+    assert abs(duration - seconds) < 0.1
+    width = _wait(driver, "var i = document.querySelector('#out-plot img'); "
+                          "return i && i.complete && i.naturalWidth", "the plot image")
+    assert width > 300
+    href = _wait(driver, "var a = document.querySelector('#out-wav a[href]'); return a && a.href", "the WAV link")
+    with urllib.request.urlopen(href, timeout=60) as r:
+        data = r.read()
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        assert f.samplerate == 32000 and abs(f.frames / f.samplerate - seconds) < 0.05
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(By is None or not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+                    reason="needs selenium, and Debian's chromium and chromium-driver (make setup installs them)")
+def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
+    browser.get(server.url)
+    seconds = probe(clip).duration
+
+    _upload(browser, clip)
+    assert "Beat alignment" in _score(browser, "Done")
+    _check_results(browser, seconds)
+    browser.save_screenshot(str(tmp_path / "demo_page.png"))
+    print(f"screenshot: {tmp_path / 'demo_page.png'}")
+
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("these are not frames\n")
+    _upload(browser, fake)
+    status = _score(browser, "Error")
+    # One line naming the file as the visitor knows it (not the server's copy).
+    assert status.strip().startswith("Error: notes.mp4: not a readable video") and len(status.splitlines()) == 1
+
+    # A long job: progress over the sampling steps, then Cancel stops it.
+    _upload(browser, clip)
+    _set_duration(browser, 100)  # thousands of steps: time to press Cancel
+    browser.find_element(By.CSS_SELECTOR, "#run").click()
+    _wait(browser, f"return {PROGRESS}.test(document.body.innerText)", "progress in steps")
+    browser.find_element(By.CSS_SELECTOR, "#cancel").click()
+    _wait(browser, "return document.querySelector('#status').innerText.includes('Cancelled')", "'Cancelled'")
+    _wait(browser, f"return !{PROGRESS}.test(document.body.innerText)", "the progress to go")
+
+    _set_duration(browser, 0)  # the server still serves
+    _score(browser, "Done")
+    _check_results(browser, seconds)
+
+    (folder,) = server.tmp.glob("vidmusician-demo-*")
+    assert sorted(p.name for p in folder.iterdir()) == ["examples", "gradio"]  # job folders went once served
+    server.stop()
+    assert not folder.exists()  # and the rest on exit

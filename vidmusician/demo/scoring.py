@@ -1,0 +1,209 @@
+"""Scoring one uploaded video with models loaded once: the work behind the web page.
+
+:class:`Scorer` loads the backbone, adapter and visual encoder once per process
+and turns a video into three files in a job folder of its own: the video with
+the music muxed in, the music as WAV, and the alignment plot of ``vidmusician
+eval --plot`` (visual beats above the music's onsets) with its beat-alignment
+score. Jobs run one at a time on the shared model; a job that fails or is
+cancelled removes its folder, so no partial file is ever served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, VidMusicianError
+
+__all__ = ["DEFAULT_MAX_DURATION", "Cancelled", "ScoreRequest", "ScoreResult", "Scorer"]
+
+# Ten minutes of music is already hours of CPU and minutes of GPU: beyond that a
+# shared page would be held by one user.
+DEFAULT_MAX_DURATION = 600.0
+
+
+class Cancelled(Exception):
+    """The job was cancelled from the page (not an error: nothing is shown but a note)."""
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """What the page asks for; ``None`` fields take the defaults of ``vidmusician generate``."""
+
+    video: str
+    text: str | None = None
+    duration: float | None = None
+    seed: int | None = None
+    top_k: int = 250
+    temperature: float = 1.0
+    text_cfg: float = 3.0
+    video_cfg: float = 3.0
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One finished job's files (all in ``folder``) and its beat-alignment score."""
+
+    folder: Path
+    video: Path
+    wav: Path
+    plot: Path
+    beat_alignment: float
+    duration: float
+
+
+class Scorer:
+    """The models of one demo process, and the jobs run on them one at a time.
+
+    Args:
+        adapter: adapter folder, or None (untrained adapters: the video only
+            sets the length and the plot, the music is the backbone's).
+        backbone: as for :func:`vidmusician.generate`.
+        encoder: visual encoder spec; default: the adapter's, or ``ViT-B-32:openai``.
+        device: 'cuda' or 'cpu'; default: CUDA when available.
+        max_duration: longest music (and video, when no duration is given) a
+            job may ask for, in seconds.
+        workdir: folder for job folders; default: a new temporary one, removed
+            by :meth:`close`.
+    """
+
+    def __init__(self, adapter=None, backbone=None, encoder=None, device=None,
+                 max_duration: float = DEFAULT_MAX_DURATION, workdir=None):
+        from ..encoders import DEFAULT_ENCODER
+        from ..pipeline import _load
+
+        if not max_duration > 0:
+            raise ConfigError(f"--max-duration must be a positive number of seconds, got {max_duration}")
+        self.max_duration = float(max_duration)
+        if adapter is None and encoder is None:
+            # The plot needs the visual change signal, so an encoder is always loaded.
+            encoder = DEFAULT_ENCODER
+        self.vm, self.musicgen = _load(adapter, backbone, encoder, device)
+        if self.vm.encoder is None:  # an adapter without --encoder: its own
+            from ..encoders import load_encoder
+
+            self.vm.encoder = load_encoder(self.vm.config.encoder, device=self.vm.device)
+        self.adapter = adapter
+        self._own_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="vidmusician-demo-") if workdir is None else workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # one job at a time on the model
+
+    def score(self, request: ScoreRequest, cancel: threading.Event | None = None) -> ScoreResult:
+        """Generates music for ``request.video``, muxes it, plots and scores the alignment.
+
+        Args:
+            request: the video and the settings.
+            cancel: set it to stop the job at the next sampling step.
+
+        Returns:
+            The :class:`ScoreResult`; its folder is the caller's to :meth:`discard`.
+
+        Raises:
+            VidMusicianError: bad video or setting (one line).
+            Cancelled: ``cancel`` was set; nothing is left behind.
+        """
+        from ..audio_io import write_audio
+        from ..pipeline import check_duration
+        from ..video import probe
+
+        cancel = cancel or threading.Event()
+        duration = check_duration(request.duration)
+        info = probe(request.video)  # a bad file fails here, before any work
+        length = info.duration if duration is None else duration
+        if length > self.max_duration:
+            what = "the video is" if duration is None else "the duration asked for is"
+            raise ConfigError(f"{Path(request.video).name}: {what} {length:.1f} s, longer than this page's "
+                              f"limit of {self.max_duration:g} s; use a shorter clip or duration")
+        folder = self.workdir / uuid.uuid4().hex
+        folder.mkdir()
+        try:
+            with self._lock, self._stop_on(cancel):
+                if cancel.is_set():
+                    raise Cancelled()
+                features = self._features(request.video, folder)
+                self.vm.set_generation_params(top_k=request.top_k, temperature=request.temperature,
+                                              text_cfg_coef=request.text_cfg, video_cfg_coef=request.video_cfg)
+                wav = self.vm.generate([features], [request.text or None], duration=length, seed=request.seed,
+                                       progress=True)[0]
+            if cancel.is_set():
+                raise Cancelled()
+            stem = Path(request.video).stem or "video"
+            wav_path = write_audio(folder / f"{stem}_music.wav", wav, self.vm.sample_rate)
+            video_path = self._mux(request.video, wav, folder / f"{stem}_scored.mp4")
+            score, plot = self._plot(request.video, wav_path, folder, stem)
+            if cancel.is_set():
+                raise Cancelled()
+            return ScoreResult(folder, video_path, wav_path, plot, score, wav.shape[-1] / self.vm.sample_rate)
+        except BaseException:
+            self.discard(folder)
+            raise
+
+    def discard(self, folder) -> None:
+        """Removes a job folder (once the page has served its files)."""
+        folder = Path(folder)
+        if folder.parent == self.workdir:  # never anything outside the demo's own folder
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def close(self) -> None:
+        """Removes the work folder, when this scorer made it."""
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- steps ---------------------------------------------------------------
+
+    def _features(self, video, folder: Path):
+        from ..features import extract_features
+
+        c = self.vm.config
+        # Cached in the job folder: the plot's visual rhythm reads the same features
+        # back instead of running the encoder over the video a second time.
+        return extract_features(video, self.vm.encoder, global_fps=c.global_fps, local_fps=c.local_fps,
+                                cache_dir=folder / "features", progress=True)
+
+    def _mux(self, video, wav, path: Path) -> Path:
+        from ..audio_io import mux_audio
+
+        try:
+            return mux_audio(video, wav, self.vm.sample_rate, path)
+        except VidMusicianError:
+            # A stream mp4 cannot hold (VP8/VP9 from a .webm): mkv, which the browser may not play.
+            return mux_audio(video, wav, self.vm.sample_rate, path.with_suffix(".mkv"))
+
+    def _plot(self, video, wav_path: Path, folder: Path, stem: str) -> tuple[float, Path]:
+        from ..evaluation import ClipResult, EvalSettings, score_clip
+        from ..plots import plot_clip
+        from ..rhythm import music_rhythm, visual_rhythm
+
+        c = self.vm.config
+        settings = EvalSettings(local_fps=c.local_fps)
+        visual = visual_rhythm(video, encoder=self.vm.encoder, fps=settings.local_fps, source=settings.source,
+                               config=settings.visual, cache_dir=folder / "features")
+        music = music_rhythm(wav_path, settings.onsets)
+        scores = score_clip(visual, music, None, settings.sigma)
+        clip = ClipResult(stem, Path(video), wav_path, None, visual, music, None, scores)
+        plot = plot_clip(clip, folder / f"{stem}_alignment.png")
+        return scores["beat_alignment"], plot
+
+    @contextlib.contextmanager
+    def _stop_on(self, cancel: threading.Event):
+        """Raises :class:`Cancelled` at the next forward pass of the LM once ``cancel`` is set.
+
+        A forward pre-hook on this instance (torch's public hook API), removed on
+        exit: generation runs in a worker thread that cannot be killed, and every
+        sampling step passes through the LM.
+        """
+        def check(module, args):
+            if cancel.is_set():
+                raise Cancelled()
+
+        handle = self.vm.lm.register_forward_pre_hook(check)
+        try:
+            yield
+        finally:
+            handle.remove()
