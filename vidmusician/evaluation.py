@@ -328,7 +328,7 @@ def evaluate(
     encoder = _load_encoder(encoder) if settings.source == "change" else None
     clips = []
     for name in sorted(gens):
-        clip = _evaluate_clip(name, vids[name], gens[name], refs.get(name), encoder, settings, feature_cache)
+        clip = evaluate_clip(name, vids[name], gens[name], refs.get(name), encoder, settings, feature_cache)
         log(f"{clip.name}: " + ", ".join(f"{k}={_fmt(clip.scores[k])}" for k in METRICS if k != "clap_text"))
         if plot_dir is not None:
             from .plots import plot_clip
@@ -361,7 +361,17 @@ def evaluate(
     return EvalReport(clips, means, fd, unmatched, settings, kl, used)
 
 
-def _evaluate_clip(name, video, generated, reference, encoder, settings: EvalSettings, cache) -> ClipResult:
+def evaluate_clip(name: str, video, generated, reference=None, encoder=None, settings: EvalSettings = EvalSettings(),
+                  cache=None) -> ClipResult:
+    """Events and scores of one clip: ``video``'s visual beats against ``generated`` music (and ``reference``).
+
+    Args:
+        name: The clip's name in the report.
+        video, generated, reference: Files (``reference`` may be None).
+        encoder: A loaded visual encoder for the change signal (None with ``source="flow"``).
+        settings: Event detection settings.
+        cache: ``cache_dir`` of the visual features.
+    """
     visual = visual_rhythm(
         video,
         encoder=encoder,

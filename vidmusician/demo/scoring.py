@@ -176,19 +176,14 @@ class Scorer:
             return mux_audio(video, wav, self.vm.sample_rate, path.with_suffix(".mkv"))
 
     def _plot(self, video, wav_path: Path, folder: Path, stem: str) -> tuple[float, Path]:
-        from ..evaluation import ClipResult, EvalSettings, score_clip
+        from ..evaluation import EvalSettings, evaluate_clip
         from ..plots import plot_clip
-        from ..rhythm import music_rhythm, visual_rhythm
 
-        c = self.vm.config
-        settings = EvalSettings(local_fps=c.local_fps)
-        visual = visual_rhythm(video, encoder=self.vm.encoder, fps=settings.local_fps, source=settings.source,
-                               config=settings.visual, cache_dir=folder / "features")
-        music = music_rhythm(wav_path, settings.onsets)
-        scores = score_clip(visual, music, None, settings.sigma)
-        clip = ClipResult(stem, Path(video), wav_path, None, visual, music, None, scores)
+        # What `vidmusician eval --plot` draws and scores, with the adapter's encoder and rate.
+        settings = EvalSettings(local_fps=self.vm.config.local_fps)
+        clip = evaluate_clip(stem, Path(video), wav_path, None, self.vm.encoder, settings, folder / "features")
         plot = plot_clip(clip, folder / f"{stem}_alignment.png")
-        return scores["beat_alignment"], plot
+        return clip.scores["beat_alignment"], plot
 
     @contextlib.contextmanager
     def _stop_on(self, cancel: threading.Event):
