@@ -269,6 +269,9 @@ def test_config_choice_and_its_errors(base_t5, tiny):
         attach_adapters(musicgen, other)
     with pytest.raises(ConfigError, match="t5 must be an object with keys"):
         AdapterConfig.from_dict(dict(config.to_dict(), t5=[1, 2]), source="x.json")
+    # A config made by hand (no t5 shapes) is sized to the backbone's T5 when attached.
+    by_hand = AdapterConfig(**dict(config.to_dict(), t5=None))
+    assert attach_adapters(fresh(base_t5), by_hand).config.t5 == config.t5
     old = config.to_dict()
     for key in ("semantic_encoder", "t5", "lora_rank", "lora_alpha"):
         old.pop(key)
@@ -298,3 +301,25 @@ def test_hub_backbone_t5_path(offline_hub):
         moved, _ = logits(vm.lm, codes)
     assert not torch.allclose(moved[0][mask[0]], ref[0][mask[0]], atol=1e-4)
     assert torch.equal(moved[1][mask[1]], ref[1][mask[1]])
+
+
+def test_tiny_t5_backbone_encodes_text_with_audiocraft_t5_conditioner(base_t5):
+    from audiocraft.modules.conditioners import T5Conditioner
+
+    from vidmusician.backbones import load_backbone, load_codec
+
+    conditioner = base_t5.lm.condition_provider.conditioners["description"]
+    assert isinstance(conditioner, T5Conditioner) and conditioner.name == "t5-small"
+    # The frozen T5 is kept out of the LM's state dict, as audiocraft keeps a released model's.
+    assert {k for k in base_t5.lm.state_dict() if ".description." in k} == {
+        "condition_provider.conditioners.description.output_proj.weight",
+        "condition_provider.conditioners.description.output_proj.bias"}
+    with torch.no_grad():
+        embeds = text_embeddings(base_t5, ["lo fi piano", "upbeat rock", None])
+    assert not torch.equal(embeds[0], embeds[1]) and not embeds[2].any()  # words matter; no text is masked
+    loaded = load_backbone("tiny-t5", device="cpu")
+    assert loaded.name == "tiny-t5" and torch.equal(text_embeddings(loaded, ["calm jazz"]),
+                                                    text_embeddings(base_t5, ["calm jazz"]))
+    codec = load_codec("tiny-t5", device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(codec.state_dict().values(),
+                                                 base_t5.compression_model.state_dict().values()))

@@ -176,13 +176,14 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None):
     if config is None:
         config = AdapterConfig.for_backbone(musicgen)
     _check_config_fits(config, musicgen)
+    text_conditioner = _text_conditioner(config, musicgen)
     for p in lm.parameters():
         p.requires_grad_(False)
     lm.eval()
 
     ref = next(lm.parameters())
     context = VideoContext(config.max_global_tokens)
-    inputs = VideoInputs(config, _text_conditioner(config, musicgen)).to(ref.device)
+    inputs = VideoInputs(config, text_conditioner).to(ref.device)
     lm.add_module("video_inputs", inputs)
     layers = lm.transformer.layers
     for i in sorted(set(config.semantic_layers) | set(config.rhythm_layers)):
