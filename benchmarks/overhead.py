@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import statistics
 import threading
 import time
@@ -314,7 +315,8 @@ def main():
         config = dataclasses.replace(load_preset(f"musicgen-{args.size}"), semantic_encoder=encoder)
         if args.attn_heads is not None:
             config = dataclasses.replace(config, attn_heads=args.attn_heads)
-        copies = None  # the previous encoder's copies go before this one's are built
+        copies = None  # the previous encoder's copies go before this one's are built (hooks make cycles)
+        gc.collect()
         copies = adapted_copies(config, args.size, args.seconds, device)
         results[encoder] = generation_rounds(copies, args.seconds, args.rounds, device)
         print(f"\n{args.size} architecture, semantic encoder {encoder}, {config.attn_heads}-head cross-attention, "
