@@ -1,7 +1,10 @@
 """Generation overhead of the video adapters: adapted over base MusicGen wall time.
 
-Builds the small architecture (1024 wide, 24 layers, random weights) with the
-musicgen-small preset's adapters, and times the base model against the adapted one:
+Builds the small architecture (1024 wide, 24 layers, random weights, a random
+t5-base-shaped text encoder) with the musicgen-small preset's adapters, once per
+semantic encoder ('linear' and the preset's 't5-lora', side by side: the T5 pass
+runs once per window, in the first step), and times the base model against the
+adapted one:
 
 - Generation of the same audio length, CFG on. Two copies of the model generate
   step-locked: each in its own thread, taking turns at every LM step, so both see
@@ -22,7 +25,7 @@ musicgen-small preset's adapters, and times the base model against the adapted o
 Prints the ratios and the trainable parameter counts of every preset.
 
     .venv/bin/python benchmarks/overhead.py [--size small] [--seconds 4] [--rounds 4] [--steps 40]
-        [--attn-heads N] [--device cpu]
+        [--attn-heads N] [--semantic-encoders linear,t5-lora] [--device cpu]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import statistics
 import threading
 import time
@@ -236,6 +240,48 @@ def base_layers_skipped(lm):
             layers[i] = layer
 
 
+def adapted_copies(config: AdapterConfig, size: str, seconds: float, device) -> list:
+    """Two VidMusicians with the same weights (random backbone and adapters), the video set."""
+    video = video_batch(config, seconds)
+    copies = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the same weights in both copies
+        vm = attach_adapters(random_musicgen(size, device=device), config)
+        vm.set_video(video)
+        copies.append(vm)
+    return copies
+
+
+def generation_rounds(copies: list, seconds: float, rounds: int, device) -> tuple[dict, list[float]]:
+    """Step-locked generations of the two copies, one adapted and one not, swapping roles.
+
+    Returns each side's seconds per round and the rounds' adapted/base ratios.
+    """
+    def roles(i):
+        """Round i: copy i % 2 runs with its adapters, the other one without."""
+        adapted, base = copies[i % 2], copies[1 - i % 2]
+        return {"base": (base.musicgen, base.disable_adapters()),
+                "adapted": (adapted.musicgen, contextlib.nullcontext())}
+
+    # Warm-up at full length: a short one left the first timed round off by 1-3% in
+    # runs that compared a model with itself.
+    generate_in_turns(roles(0), seconds, "base", device)
+    times = {"base": [], "adapted": []}
+    for i in range(rounds):
+        took = generate_in_turns(roles(i), seconds, ("base", "adapted")[i // 2 % 2], device)
+        for side in times:
+            times[side].append(took[side])
+    return times, [x / y for x, y in zip(times["adapted"], times["base"])]
+
+
+def report_generation(times: dict, rounds: list[float], seconds: float) -> None:
+    b, a = statistics.median(times["base"]), statistics.median(times["adapted"])
+    print(f"  base     median {b:7.2f} s   best {min(times['base']):7.2f} s   ({seconds / b:.2f} x real time)")
+    print(f"  adapted  median {a:7.2f} s   best {min(times['adapted']):7.2f} s   ({seconds / a:.2f} x real time)")
+    print(f"  ratio adapted / base: {statistics.geometric_mean(rounds):.3f} (geometric mean of the rounds' "
+          f"ratios: {', '.join(f'{r:.3f}' for r in rounds)}; copy 0 adapted in rounds 1, 3, ...)")
+
+
 def spread(ratios: list[float]) -> str:
     """The middle half of a list of ratios, as text."""
     q1, _, q3 = statistics.quantiles(ratios, n=4)
@@ -250,6 +296,9 @@ def main():
     parser.add_argument("--steps", type=int, default=40, help="timed streaming LM steps per model")
     parser.add_argument("--attn-heads", type=int, default=None,
                         help="cross-attention heads instead of the preset's (the parameter count stays)")
+    parser.add_argument("--semantic-encoders", default="linear,t5-lora",
+                        help="comma-separated semantic encoders to time generation with, side by side; the "
+                             "per-step views run with the last one")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -260,41 +309,23 @@ def main():
         print(f"  {name:<16} semantic {c['semantic'] / 1e6:6.2f}M  rhythm {c['rhythm'] / 1e6:6.2f}M  "
               f"total {c['total'] / 1e6:6.2f}M")
 
-    config = load_preset(f"musicgen-{args.size}")
-    if args.attn_heads is not None:
-        config = dataclasses.replace(config, attn_heads=args.attn_heads)
-    video = video_batch(config, args.seconds)
-    copies = []
-    for _ in range(2):
-        torch.manual_seed(0)  # the same weights in both copies
-        vm = attach_adapters(random_musicgen(args.size, device=device), config)
-        vm.set_video(video)
-        copies.append(vm)
-
-    def roles(i):
-        """Round i: copy i % 2 runs with its adapters, the other one without."""
-        adapted, base = copies[i % 2], copies[1 - i % 2]
-        return {"base": (base.musicgen, base.disable_adapters()),
-                "adapted": (adapted.musicgen, contextlib.nullcontext())}
-
-    # Warm-up at full length: a short one left the first timed round off by 1-3% in
-    # runs that compared a model with itself.
-    generate_in_turns(roles(0), args.seconds, "base", device)
-    times = {"base": [], "adapted": []}
-    for i in range(args.rounds):
-        seconds = generate_in_turns(roles(i), args.seconds, ("base", "adapted")[i // 2 % 2], device)
-        for name in times:
-            times[name].append(seconds[name])
-    b, a = statistics.median(times["base"]), statistics.median(times["adapted"])
-    rounds = [x / y for x, y in zip(times["adapted"], times["base"])]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"\n{args.size} architecture, {config.attn_heads}-head cross-attention, {args.seconds:g} s of audio, "
-          f"CFG on, batch 1, {name}, "
-          f"{args.rounds} rounds, base and adapted step-locked, the two copies swapping roles")
-    print(f"  base     median {b:7.2f} s   best {min(times['base']):7.2f} s   ({args.seconds / b:.2f} x real time)")
-    print(f"  adapted  median {a:7.2f} s   best {min(times['adapted']):7.2f} s   ({args.seconds / a:.2f} x real time)")
-    print(f"  ratio adapted / base: {statistics.geometric_mean(rounds):.3f} (geometric mean of the rounds' "
-          f"ratios: {', '.join(f'{r:.3f}' for r in rounds)}; copy 0 adapted in rounds 1, 3, ...)")
+    results = {}
+    for encoder in args.semantic_encoders.split(","):
+        config = dataclasses.replace(load_preset(f"musicgen-{args.size}"), semantic_encoder=encoder)
+        if args.attn_heads is not None:
+            config = dataclasses.replace(config, attn_heads=args.attn_heads)
+        copies = None  # the previous encoder's copies go before this one's are built (hooks make cycles)
+        gc.collect()
+        copies = adapted_copies(config, args.size, args.seconds, device)
+        results[encoder] = generation_rounds(copies, args.seconds, args.rounds, device)
+        print(f"\n{args.size} architecture, semantic encoder {encoder}, {config.attn_heads}-head cross-attention, "
+              f"{args.seconds:g} s of audio, CFG on, batch 1, {name}, "
+              f"{args.rounds} rounds, base and adapted step-locked, the two copies swapping roles")
+        report_generation(*results[encoder], args.seconds)
+    if len(results) > 1:
+        print("\ngeneration ratio adapted / base, side by side: " + ", ".join(
+            f"{encoder} {statistics.geometric_mean(rounds):.3f}" for encoder, (_, rounds) in results.items()))
     vm = copies[0]
     toggled = {"base": [], "adapted": []}
     for _ in range(2):
@@ -316,6 +347,15 @@ def main():
     work = ka - kb
     print(f"\nthe adapters' own work in a step (every base layer skipped, {args.steps} interleaved pairs)")
     print(f"  {work * 1e3:.2f} ms per step: {work / sb:.1%} of a base step, so an expected ratio of {1 + work / sb:.3f}")
+    if vm.config.semantic_encoder == "t5-lora":
+        tokens, mask = vm.context.global_window()
+        with torch.no_grad():
+            vm.lm.video_inputs.memory(tokens, mask)  # warm-up
+            start = clock(device)
+            vm.lm.video_inputs.memory(tokens, mask)
+            took = clock(device) - start
+        print(f"\nthe semantic encoder's pass over a window ({tokens.shape[1]} tokens through the T5, once per window)")
+        print(f"  {took * 1e3:.1f} ms: {took / sb:.2f} base steps")
 
 if __name__ == "__main__":
     main()

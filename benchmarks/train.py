@@ -11,7 +11,9 @@ returning freed memory to the OS):
 
 - cached:  codes and features read from a prepared dataset (what ``vidmusician.train`` does);
 - encode:  the same, but the codes come from encoding the (already decoded) audio each step;
-- cached, no checkpointing: the backbone's activations kept for backward.
+- cached, no checkpointing: the backbone's activations kept for backward;
+- cached, 'linear': the preset with the 'linear' semantic encoder instead of the paper's
+  't5-lora' (a second model with the same backbone weights), for the cost of the T5 pass.
 
     .venv/bin/python benchmarks/train.py [--seconds 5] [--batch 1] [--steps 3] [--device cpu]
 """
@@ -29,9 +31,11 @@ from pathlib import Path
 
 import torch
 
-CONFIGS = {"cached": ("cached", True), "encode": ("encode", True), "cached-no-gc": ("cached", False)}
+# name -> (where the codes come from, gradient checkpointing, semantic encoder)
+CONFIGS = {"cached": ("cached", True, "t5-lora"), "encode": ("encode", True, "t5-lora"),
+           "cached-no-gc": ("cached", False, "t5-lora"), "cached-linear": ("cached", True, "linear")}
 LABELS = {"cached": "cached codes (checkpointing)", "encode": "encode the audio each step (checkpointing)",
-          "cached-no-gc": "cached codes, no checkpointing"}
+          "cached-no-gc": "cached codes, no checkpointing", "cached-linear": "cached codes, 'linear' semantic encoder"}
 
 
 def real_codec(device: str):
@@ -70,15 +74,19 @@ def write_dataset(root: Path, config, windows: int, seconds: float, frame_rate: 
     writer.flush()
 
 
-def build(args):
-    """The adapted backbone (real codec architecture), its optimizer, and a prepared dataset folder."""
+def build(args, semantic_encoder: str):
+    """The adapted backbone (real codec architecture) and its optimizer."""
+    import dataclasses
+
     from vidmusician.backbones import random_musicgen
     from vidmusician.config import load_preset
     from vidmusician.inject import attach_adapters
 
+    torch.manual_seed(0)  # the same weights for every semantic encoder
     musicgen = random_musicgen("small", device=args.device)
     musicgen.compression_model = real_codec(args.device)
-    vm = attach_adapters(musicgen, load_preset("musicgen-small"))
+    config = dataclasses.replace(load_preset("musicgen-small"), semantic_encoder=semantic_encoder)
+    vm = attach_adapters(musicgen, config)
     vm.set_trainable(["semantic", "rhythm"])
     vm.train()
     return vm, torch.optim.AdamW(vm.trainable_parameters(), lr=1e-4)
@@ -108,8 +116,11 @@ def run(args) -> dict[str, dict]:
     from vidmusician.dataset import Collate, PreparedDataset
     from vidmusician.train import Objective
 
-    vm, optimizer = build(args)
-    objective = Objective(vm)
+    models = {}
+    for encoder in dict.fromkeys(c[2] for c in CONFIGS.values()):
+        vm, optimizer = build(args, encoder)
+        models[encoder] = (vm, Objective(vm), optimizer)
+    vm = models["t5-lora"][0]
     cm = vm.musicgen.compression_model
     times = {name: [] for name in CONFIGS}
     peaks = {}
@@ -120,10 +131,11 @@ def run(args) -> dict[str, dict]:
         audio = torch.randn(args.batch, 1, int(args.seconds * cm.sample_rate), device=args.device) * 0.1
 
         def one(name):
-            mode, checkpointing = CONFIGS[name]
-            vm.enable_gradient_checkpointing(checkpointing)
+            mode, checkpointing, encoder = CONFIGS[name]
+            model, objective, optimizer = models[encoder]
+            model.enable_gradient_checkpointing(checkpointing)
             batch = collate([data[i] for i in range(len(data))])  # read from the shards, as the trainer does
-            return step(vm, objective, optimizer, batch, audio, mode, args)
+            return step(model, objective, optimizer, batch, audio, mode, args)
 
         for round_ in range(args.steps + 1):
             for name in CONFIGS:
@@ -191,7 +203,8 @@ def main():
     results = run(args)
 
     device = torch.cuda.get_device_name() if gpu else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"MusicGen-small LM + musicgen-small adapters, semantic + rhythm training; {device}; torch {torch.__version__}")
+    print(f"MusicGen-small LM + musicgen-small adapters (t5-lora unless named), semantic + rhythm training; "
+          f"{device}; torch {torch.__version__}")
     print(f"batch {args.batch} x {args.seconds:g} s windows, bf16 autocast {'on' if args.bf16 else 'off'}, "
           f"median of {args.steps} interleaved rounds after a warmup round\n")
     print(f"{'configuration':<44}{'s/step':>9}{'peak MB':>10}{'peak over step start MB':>25}")
@@ -201,6 +214,7 @@ def main():
     print(f"\nencode audio / cached codes, step time:  {e['sec_per_step'] / c['sec_per_step']:.2f}x")
     print(f"checkpointing / none, step time:         {c['sec_per_step'] / n['sec_per_step']:.2f}x")
     print(f"checkpointing / none, peak over start:   {c['over_mb'] / max(n['over_mb'], 1):.2f}x")
+    print(f"t5-lora / linear, step time:             {c['sec_per_step'] / results['cached-linear']['sec_per_step']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ SIZES = ("small", "medium", "large")
 
 
 def meta_backbone(name: str, size: str):
-    """A MusicGen of a real LM architecture on the meta device, with the real codec's rates."""
+    """A MusicGen of a real LM architecture (t5-base text encoder) on the meta device, with the real codec's rates."""
     from audiocraft.models import builders
 
     from vidmusician.backbones import ARCHITECTURES, lm_config
+    from vidmusician.t5 import T5_BASE, attach_random_t5
 
     with torch.device("meta"):
         lm = builders.get_lm_model(lm_config(**ARCHITECTURES[size], card=2048, device="meta")).eval()
+    attach_random_t5(lm, "t5-base", T5_BASE, device="meta")  # the released models' text encoder
     codec = types.SimpleNamespace(frame_rate=50, sample_rate=32000, channels=1)
     return types.SimpleNamespace(name=name, lm=lm, compression_model=codec)
 

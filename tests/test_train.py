@@ -462,3 +462,46 @@ def test_workers_stop_when_the_launcher_is_killed(flash_data, tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+
+@pytest.fixture(scope="module")
+def style_data(tmp_path_factory):
+    """16 training and 6 holdout 2 s videos, each one scene all along (one of two); the music's
+    codebook 0 holds the scene's token throughout. Only the video's content tells which."""
+    import numpy as np
+    from media import _scene, moving_square, write_video
+
+    root = tmp_path_factory.mktemp("style") / "data"
+    root.mkdir()
+    seconds, frames = 2.0, 50
+    DatasetMeta("tiny", 32000, 1, 25.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, seconds, seconds).save(root)
+    encoder = load_encoder("tiny", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    yy, xx = np.mgrid[:64, :64]
+    writer = ShardWriter(root)
+    for i in range(22):
+        scene = i % 2  # holdout alternates, so the mismatched control (window i + 3) has the other scene
+        video = moving_square(frames, 64)
+        square = video != video[:, :1, :1]
+        video[:] = _scene(scene, yy, xx)
+        video[square] = 200
+        path = write_video(root / f"s{i}.mp4", video, 25)
+        codes = torch.randint(0, 400, (4, frames), generator=g)
+        codes[0] = (FLASH, QUIET)[scene]
+        writer.add({"source": f"s{i}", "split": "train" if i < 16 else "holdout", "text": None},
+                   [(0.0, codes, extract_features(path, encoder))])
+    writer.flush()
+    return root
+
+
+def test_the_t5_lora_semantic_path_learns_the_video_alone(style_data, tmp_path):
+    """Stage 1 only (embedding manager, T5 LoRA, projector, cross-attention) on the tiny-t5
+    backbone: what the scene looks like reaches the music only through the T5 path."""
+    out = tmp_path / "run"
+    adapter = dict(TINY_ADAPTER, rhythm_rank=None, semantic_encoder="t5-lora", lora_rank=4)
+    ok(run(["--recipe", recipe(tmp_path, stage=1, trainable=["semantic"], adapter=adapter, batch_size=8,
+                               max_steps=30, warmup_steps=5, eval_every=15, log_every=15),
+            "--data", style_data, "--backbone", "tiny-t5", "--output", out]))
+    final = [r for r in log_rows(out) if "holdout_loss" in r][-1]
+    assert final["holdout_loss"] < final["holdout_loss_mismatched_video"] - 0.3, final

@@ -106,12 +106,16 @@ def codec_config(frame_rate: int, bins: int, n_q: int = 4, sample_rate: int = 32
     })
 
 
-def _build(lm_cfg, codec_cfg, name: str, seed: int, max_duration: float = 30):
+def _build(lm_cfg, codec_cfg, name: str, seed: int, t5: tuple[str, dict] | None = None, max_duration: float = 30):
     from audiocraft.models import builders
     from audiocraft.models.musicgen import MusicGen
 
+    from .t5 import attach_random_t5
+
     with _seeded(seed):
         lm = builders.get_lm_model(lm_cfg).eval()
+    if t5 is not None:  # (T5 name, architecture): replaces the lookup-table text conditioner
+        attach_random_t5(lm, *t5, seed=seed, device=lm_cfg.device)
     return MusicGen(name, _build_codec(codec_cfg, seed), lm, max_duration=max_duration)
 
 
@@ -139,14 +143,24 @@ TINY_CODEC = dict(frame_rate=25, bins=400)
 RANDOM_CODEC = dict(frame_rate=50, bins=2048)
 
 
-def tiny_musicgen(dim: int = 32, num_heads: int = 4, num_layers: int = 4, seed: int = 0, device="cpu"):
+def tiny_musicgen(dim: int = 32, num_heads: int = 4, num_layers: int = 4, seed: int = 0, device="cpu",
+                  t5: bool = False):
     """A tiny random MusicGen for tests and offline checks (no download).
 
     A small EnCodec at 32 kHz / 25 Hz with 4 codebooks of 400 (audiocraft's debug
     codec sizes) and a tiny LM with MusicGen's layer structure. Random weights make noise.
+
+    Args:
+        t5: encode text with audiocraft's T5Conditioner around a one-block random T5
+            (named 't5-small', 512 wide; see :mod:`vidmusician.t5`), as the released
+            models do, instead of a lookup table: what the 't5-lora' semantic encoder
+            needs. Loaded by the name 'tiny-t5'.
     """
+    from .t5 import TINY_T5
+
     return _build(lm_config(dim, num_heads, num_layers, card=TINY_CODEC["bins"], device=str(device)),
-                  codec_config(**TINY_CODEC, device=str(device)), "tiny", seed)
+                  codec_config(**TINY_CODEC, device=str(device)), "tiny-t5" if t5 else "tiny", seed,
+                  t5=("t5-small", TINY_T5) if t5 else None)
 
 
 def random_musicgen(size: str = "small", seed: int = 0, device="cpu"):
@@ -154,12 +168,15 @@ def random_musicgen(size: str = "small", seed: int = 0, device="cpu"):
 
     Args:
         size: 'small' (1024 wide, 16 heads, 24 layers), 'medium' (1536/24/48) or
-            'large' (2048/32/48); 4 codebooks of 2048 at 50 Hz like the real models.
+            'large' (2048/32/48); 4 codebooks of 2048 at 50 Hz like the real models,
+            and text through a random ``t5-base``-shaped T5 (tiny vocabulary).
         seed: RNG seed of the random weights.
         device: where to build the model.
     """
+    from .t5 import T5_BASE
+
     return _build(lm_config(**_architecture(size), card=RANDOM_CODEC["bins"], device=str(device)),
-                  codec_config(**RANDOM_CODEC, device=str(device)), f"random-{size}", seed)
+                  codec_config(**RANDOM_CODEC, device=str(device)), f"random-{size}", seed, t5=("t5-base", T5_BASE))
 
 
 def export_musicgen(musicgen, lm_cfg, codec_cfg, directory) -> Path:
@@ -185,7 +202,7 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         name_or_path: a hub name ('facebook/musicgen-small', 'facebook/musicgen-stereo-small',
             or any repository in audiocraft's export format; downloaded on first use),
             a local folder in that format (``state_dict.bin`` + ``compression_state_dict.bin``),
-            'tiny' (:func:`tiny_musicgen`), 'tiny-learned' (its LM trained on synthetic
+            'tiny' / 'tiny-t5' (:func:`tiny_musicgen`), 'tiny-learned' (its LM trained on synthetic
             music: :func:`vidmusician.learned_base.learned_musicgen`), or 'random-small' / 'random-medium' /
             'random-large' (:func:`random_musicgen`).
         device: 'cuda' or 'cpu'; default: CUDA when available.
@@ -193,8 +210,8 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     from audiocraft.models.musicgen import MusicGen
 
     name, device = str(name_or_path), _default_device(device)
-    if name == "tiny":
-        return tiny_musicgen(device=device)
+    if name in ("tiny", "tiny-t5"):
+        return tiny_musicgen(device=device, t5=name == "tiny-t5")
     if name == "tiny-learned":
         from .learned_base import learned_musicgen
 
@@ -214,13 +231,13 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     Takes the same names as :func:`load_backbone`. The codec is wrapped as
     ``MusicGen`` wraps it (stereo models interleave two channels' codebooks: 8
     codebooks, 2 channels), following the LM's config, which is read without
-    materializing the LM's weights. The codec of 'tiny' and 'random-*' is the one
+    materializing the LM's weights. The codec of 'tiny', 'tiny-t5' and 'random-*' is the one
     :func:`tiny_musicgen` / :func:`random_musicgen` build ('tiny-learned' has the codec of 'tiny').
     """
     from audiocraft.models import builders, loaders
 
     name, device = str(name_or_path), _default_device(device)
-    if name in ("tiny", "tiny-learned"):
+    if name in ("tiny", "tiny-t5", "tiny-learned"):
         return _build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
     if name.startswith("random-"):
         _architecture(name.removeprefix("random-"))  # the codec is the same for every size

@@ -44,6 +44,16 @@ class AdapterConfig:
         global_fps: frames per second of the global features.
         local_fps: frames per second of the local change signal before resampling.
         stage: 1 (semantic only trains) or 2 (rhythm trains too).
+        semantic_encoder: how global tokens become the memory: 'linear' (LayerNorm +
+            Linear + learned positions) or 't5-lora' (the paper's: an embedding manager
+            into the backbone's own T5 encoder with LoRA, then a projector; see
+            :mod:`vidmusician.semantic`). A config without the key (written before the
+            choice existed) is 'linear'.
+        lora_rank: rank of the T5's LoRA ('t5-lora').
+        lora_alpha: LoRA alpha (the update is scaled by alpha / rank).
+        t5: the backbone's T5 encoder shapes ({d_model, d_kv, num_heads, num_layers}),
+            which size the LoRA and the embedding manager; filled in from the backbone
+            ('t5-lora' only).
         version: vidmusician version that wrote the config.
     """
 
@@ -65,6 +75,12 @@ class AdapterConfig:
     global_fps: float = 1.0
     local_fps: float = 25.0
     stage: int = 2
+    # The default stays 'linear' so that a config without the key (an adapter saved
+    # before the choice existed) means what it meant; the presets choose 't5-lora'.
+    semantic_encoder: str = "linear"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    t5: dict | None = None
     version: str = field(default_factory=lambda: _version())
 
     def __post_init__(self):
@@ -85,6 +101,9 @@ class AdapterConfig:
             raise ConfigError(f"attn_dim {self.attn_dim} is not divisible by attn_heads {self.attn_heads}")
         if self.stage not in (1, 2):
             raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
+        if self.semantic_encoder not in SEMANTIC_ENCODERS:
+            raise ConfigError(f"semantic_encoder {self.semantic_encoder!r} is not one of "
+                              f"{', '.join(map(repr, SEMANTIC_ENCODERS))}")
         if self.rhythm_rank is not None and not low_rank_is_smaller(self.rhythm_rank, self.dim):
             # x + up(down(x)) has 2 * rank * dim weights: from rank dim/2 on, more than a full linear.
             raise ConfigError(f"rhythm_rank {self.rhythm_rank} is not low rank for width {self.dim} "
@@ -99,6 +118,12 @@ class AdapterConfig:
             number(name, getattr(self, name), integer=True, low=1, high=MAX_COUNT, source="adapter config")
         for name in ("frame_rate", "global_fps", "local_fps"):
             number(name, getattr(self, name), low=0, high=1000, low_open=True, source="adapter config")
+        number("lora_rank", self.lora_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
+        number("lora_alpha", self.lora_alpha, low=0, high=1e6, low_open=True, source="adapter config")
+        if self.t5 is not None:
+            from .t5 import check_architecture
+
+            self.t5 = check_architecture(self.t5)
         if self.rhythm_rank is not None:
             number("rhythm_rank", self.rhythm_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
         for name in ("semantic_layers", "rhythm_layers"):
@@ -106,7 +131,7 @@ class AdapterConfig:
             if layers is not None and (not isinstance(layers, list)
                                        or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
                 raise ConfigError(f"adapter config: {name} must be a list of layer indices, got {layers!r}")
-        for name in ("backbone", "encoder"):
+        for name in ("backbone", "encoder", "semantic_encoder"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"adapter config: {name} must be a string, got {getattr(self, name)!r}")
 
@@ -131,6 +156,10 @@ class AdapterConfig:
             # rank there, and a full-width linear is the smaller choice.
             base["rhythm_rank"] = None
         base.update(overrides)
+        if base.get("semantic_encoder", cls.semantic_encoder) == "t5-lora":
+            base["t5"] = backbone_t5(musicgen)  # the T5 the adapter will run through
+        elif "t5" not in overrides:
+            base["t5"] = None  # a 'linear' adapter depends on no T5
         return cls(**base)
 
     def to_dict(self) -> dict:
@@ -176,6 +205,20 @@ class AdapterConfig:
 
             data["encoder_activation"] = legacy_activation(data.get("encoder", cls.encoder))
         return cls.from_dict(data, source=str(path))
+
+
+SEMANTIC_ENCODERS = ("linear", "t5-lora")
+
+
+def backbone_t5(musicgen) -> dict:
+    """The architecture of the backbone's T5 text encoder; ConfigError when it has none."""
+    from .t5 import architecture, text_conditioner
+
+    conditioner = text_conditioner(musicgen)
+    if conditioner is None:
+        raise ConfigError(f"backbone {musicgen.name!r} has no T5 text encoder, which semantic_encoder 't5-lora' "
+                          f"runs the video through; use semantic_encoder 'linear'")
+    return architecture(conditioner.t5)
 
 
 def low_rank_is_smaller(rank: int, dim: int) -> bool:

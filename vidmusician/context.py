@@ -221,7 +221,9 @@ class VideoContext:
     def memory(self) -> torch.Tensor:
         """[n, T, Dm]: the projected visual memory of this window, computed once per forward."""
         if self._memory is None:
-            self._memory = self._inputs.memory(self.global_window()[0])
+            # Once per forward; while streaming the layers keep what they derive from it
+            # for the whole window, so a T5 pass runs once per window, not per step.
+            self._memory = self._inputs.memory(self.global_window()[0], self.memory_mask()[0])
         return self._memory
 
     def rhythm(self, slot: int) -> torch.Tensor:

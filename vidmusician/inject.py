@@ -42,9 +42,9 @@ class VideoInputs(StreamingModule):
     generation step only slices them.
     """
 
-    def __init__(self, config: AdapterConfig):
+    def __init__(self, config: AdapterConfig, text_conditioner=None):
         super().__init__()
-        self.memory = VisualMemory(config.global_dim, config.memory_dim, config.max_global_tokens)
+        self.memory = semantic_encoder(config, text_conditioner)
         self.rhythm_in = RhythmInput(config.local_dim, config.dim) if config.rhythm_layers else None
         # Plain attributes (the modules are registered, and saved, under their layers):
         # the layers' IdentityLinear modules in chain order, and the adapted layers by
@@ -176,13 +176,14 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None):
     if config is None:
         config = AdapterConfig.for_backbone(musicgen)
     _check_config_fits(config, musicgen)
+    text_conditioner = _text_conditioner(config, musicgen)
     for p in lm.parameters():
         p.requires_grad_(False)
     lm.eval()
 
     ref = next(lm.parameters())
     context = VideoContext(config.max_global_tokens)
-    inputs = VideoInputs(config).to(ref.device)
+    inputs = VideoInputs(config, text_conditioner).to(ref.device)
     lm.add_module("video_inputs", inputs)
     layers = lm.transformer.layers
     for i in sorted(set(config.semantic_layers) | set(config.rhythm_layers)):
@@ -210,6 +211,30 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None):
     return vm
 
 
+def semantic_encoder(config: AdapterConfig, text_conditioner=None) -> nn.Module:
+    """The module that turns a window's global tokens into the visual memory (``config.semantic_encoder``).
+
+    Args:
+        config: the adapter config.
+        text_conditioner: the backbone's audiocraft T5Conditioner ('t5-lora'); None
+            builds a T5 of ``config.t5``'s shapes on the current device (for counting
+            parameters on the meta device).
+    """
+    if config.semantic_encoder == "linear":
+        return VisualMemory(config.global_dim, config.memory_dim, config.max_global_tokens)
+    from .semantic import T5SemanticEncoder
+    from .t5 import encoder_from_architecture
+
+    if text_conditioner is not None:
+        t5, autocast = text_conditioner.t5, text_conditioner.autocast
+    elif config.t5 is not None:
+        t5, autocast = encoder_from_architecture(config.t5), None
+    else:
+        raise ConfigError("semantic_encoder 't5-lora' needs the T5's shapes (config.t5) or a backbone's T5")
+    return T5SemanticEncoder(config.global_dim, config.memory_dim, config.max_global_tokens, t5,
+                             config.lora_rank, config.lora_alpha, autocast)
+
+
 def _layer_adapters(config: AdapterConfig, i: int):
     semantic = (SemanticCrossAttention(config.dim, config.memory_dim, config.attn_dim, config.attn_heads)
                 if i in config.semantic_layers else None)
@@ -233,6 +258,23 @@ def count_adapter_parameters(config: AdapterConfig) -> dict[str, int]:
             counts["rhythm"] += sum(p.numel() for p in rhythm.parameters()) if rhythm else 0
     counts["total"] = counts["semantic"] + counts["rhythm"]
     return counts
+
+
+def _text_conditioner(config: AdapterConfig, musicgen):
+    """The backbone's T5 conditioner when the config runs the video through it (its shapes checked)."""
+    if config.semantic_encoder != "t5-lora":
+        return None
+    from .config import backbone_t5
+    from .t5 import text_conditioner
+
+    own = backbone_t5(musicgen)
+    if config.t5 is None:
+        config.t5 = own  # a config made by hand: sized to this backbone's T5
+    elif config.t5 != own:
+        diffs = ", ".join(f"{k} {config.t5[k]} != {own[k]}" for k in own if config.t5[k] != own[k])
+        raise ConfigError(f"adapter config for {config.backbone!r} was made for another T5 text encoder than "
+                          f"backbone {musicgen.name!r} has ({diffs})")
+    return text_conditioner(musicgen)
 
 
 def _check_config_fits(config: AdapterConfig, musicgen):

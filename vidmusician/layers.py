@@ -15,7 +15,10 @@ from torch import nn
 
 
 class VisualMemory(nn.Module):
-    """Projects global visual tokens to the memory every cross-attention reads.
+    """Projects global visual tokens to the memory every cross-attention reads ('linear').
+
+    Also the embedding manager and the projector of the 't5-lora' path (LayerNorm +
+    Linear + learned positions either side of T5; see :mod:`vidmusician.semantic`).
 
     Args:
         global_dim: width of the global visual embeddings (CLIP image embeddings).
@@ -32,8 +35,12 @@ class VisualMemory(nn.Module):
         # from step 0; harmless at init because the cross-attention outputs zero.
         self.pos = nn.Parameter(torch.randn(max_tokens, memory_dim) * 0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, T, global_dim] -> memory [B, T, memory_dim] (T <= max_tokens)."""
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T, global_dim] -> memory [B, T, memory_dim] (T <= max_tokens).
+
+        ``mask`` ([B, T], True where a frame exists) is accepted for the semantic
+        encoders' common signature; tokens are mapped one by one, so it changes nothing.
+        """
         T = tokens.shape[1]
         if T > self.pos.shape[0]:
             raise ValueError(f"{T} global tokens exceed the position table ({self.pos.shape[0]})")

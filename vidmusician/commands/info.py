@@ -32,6 +32,12 @@ def run(args) -> int:
           f"local {c.local_dim}-d at {c.local_fps:g} fps")
     print(f"  semantic         cross-attention in {len(c.semantic_layers)} layers "
           f"(width {c.attn_dim}, {c.attn_heads} heads, memory {c.memory_dim}-d, {c.max_global_tokens} tokens)")
+    if c.semantic_encoder == "t5-lora":
+        t5 = c.t5 or {}
+        print(f"  semantic encoder t5-lora: embedding manager -> the backbone's T5 ({t5.get('num_layers')} blocks, "
+              f"{t5.get('d_model')}-d) with LoRA rank {c.lora_rank}, alpha {c.lora_alpha:g} -> projector")
+    else:
+        print("  semantic encoder linear: LayerNorm + Linear + learned positions")
     rank = "full" if c.rhythm_rank is None else f"rank {c.rhythm_rank}"
     print(f"  rhythm           in-attention in {len(c.rhythm_layers)} layers ({rank})")
     print(f"  stage            {c.stage}")
