@@ -131,6 +131,7 @@ def test_info_cli(saved, capsys):
     assert main(["info", "musicgen-medium"]) == 0
     text = capsys.readouterr().out
     assert "dim 1536, 48 layers" in text and f"{expected['total']:,}" in text
+    assert "ViT-B-32:openai (QuickGELU)" in text  # the activation the features are made with
     _, folder = saved  # an adapter folder works as well as a preset name
     assert main(["info", str(folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["backbone"] == "tiny"

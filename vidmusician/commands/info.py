@@ -28,7 +28,11 @@ def run(args) -> int:
         return 0
     c = config
     print(f"adapter for {c.backbone} (dim {c.dim}, {c.num_layers} layers, {c.frame_rate:g} Hz codec)")
-    print(f"  visual encoder   {c.encoder}: global {c.global_dim}-d at {c.global_fps:g} fps, "
+    from ..encoder_specs import ACTIVATION_NAMES, natural_activation
+
+    activation = c.encoder_activation or natural_activation(c.encoder)
+    print(f"  visual encoder   {c.encoder} ({ACTIVATION_NAMES.get(activation, activation or 'activation unknown')}): "
+          f"global {c.global_dim}-d at {c.global_fps:g} fps, "
           f"local {c.local_dim}-d at {c.local_fps:g} fps")
     print(f"  semantic         cross-attention in {len(c.semantic_layers)} layers "
           f"(width {c.attn_dim}, {c.attn_heads} heads, memory {c.memory_dim}-d, {c.max_global_tokens} tokens)")
