@@ -30,7 +30,7 @@ import torch
 from .errors import ConfigError
 from .sampling import GenerationParams, guidance_conditions, sample_window
 
-__all__ = ["DEFAULT_BACKBONE", "GenerationParams", "Window", "plan_windows", "generate_tokens",
+__all__ = ["DEFAULT_BACKBONE", "load_models", "GenerationParams", "Window", "plan_windows", "generate_tokens",
            "generate_batch", "generate"]
 
 DEFAULT_BACKBONE = "facebook/musicgen-small"
@@ -228,7 +228,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     if duration is None:
         duration = info.duration
     _check_seed(seed)
-    vm, musicgen = _load(adapter, backbone, encoder, device)
+    vm, musicgen = load_models(adapter, backbone, encoder, device)
     if adapter is None:
         warnings.warn("no adapter: the video does not condition the music, it only sets its length "
                       "(pass an adapter folder for music that follows the video)", stacklevel=2)
@@ -256,8 +256,19 @@ def check_duration(duration):
 # -- internals -----------------------------------------------------------------
 
 
-def _load(adapter, backbone, encoder, device):
-    """(VidMusician or None, MusicGen) for :func:`generate`."""
+def load_models(adapter=None, backbone=None, encoder=None, device=None):
+    """The models :func:`generate` runs, loaded once for many calls (as the demo does).
+
+    Args:
+        adapter: adapter folder, or None for plain MusicGen.
+        backbone: a loaded MusicGen or a name for :func:`~vidmusician.backbones.load_backbone`
+            (default: the adapter's, else ``facebook/musicgen-small``).
+        encoder: visual encoder spec (default: the adapter's).
+        device: where the models run (default: CUDA when available).
+
+    Returns:
+        ``(VidMusician or None, MusicGen)``: None when there is neither an adapter nor an encoder.
+    """
     from .backbones import load_backbone
     from .checkpoint import load_adapter
 

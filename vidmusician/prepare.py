@@ -382,8 +382,8 @@ if __name__ == "__main__":  # accelerate launch -m vidmusician.prepare SRC OUT .
 
     from .cli import main
 
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # stop when the launcher dies (see vidmusician.train)
-        from .train import stop_with_launcher
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # stop when the launcher dies (see vidmusician.launch)
+        from .launch import stop_with_launcher
 
-        stop_with_launcher()
+        stop_with_launcher("vidmusician.prepare")
     sys.exit(main(["prepare", *sys.argv[1:]]))

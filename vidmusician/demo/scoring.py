@@ -75,7 +75,7 @@ class Scorer:
     def __init__(self, adapter=None, backbone=None, encoder=None, device=None,
                  max_duration: float = DEFAULT_MAX_DURATION, workdir=None):
         from ..encoders import DEFAULT_ENCODER
-        from ..pipeline import _load
+        from ..pipeline import load_models
 
         if not max_duration > 0:
             raise ConfigError(f"--max-duration must be a positive number of seconds, got {max_duration}")
@@ -83,7 +83,7 @@ class Scorer:
         if adapter is None and encoder is None:
             # The plot needs the visual change signal, so an encoder is always loaded.
             encoder = DEFAULT_ENCODER
-        self.vm, self.musicgen = _load(adapter, backbone, encoder, device)
+        self.vm, self.musicgen = load_models(adapter, backbone, encoder, device)
         if self.vm.encoder is None:  # an adapter without --encoder: its own
             from ..encoders import load_encoder
 
