@@ -211,18 +211,19 @@ def _window_row(source: dict, shard: str, key: str, i: int, n: int, start: float
 
 def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
     """Writes a shard atomically (synced before the rename); returns its integrity record."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    record = {}
+    # Serialized once in memory: the record is taken from the bytes written, not read back.
+    data = save(tensors, metadata={"format": "vidmusician.dataset"})
 
     def write(tmp):
-        save_file(tensors, tmp, metadata={"format": "vidmusician.dataset"})
-        with open(tmp, "rb") as f:  # on disk before its name, and before index lines point at it
-            os.fsync(f.fileno())
-        record.update(shard_bytes=os.path.getsize(tmp), shard_crc32=file_crc32(tmp))
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before its name, and before index lines point at it
 
     atomic_write(path, write)
-    return record
+    return {"shard_bytes": len(data), "shard_crc32": zlib.crc32(data)}
 
 
 def commit_source(root, index: Path, source: dict, windows: list[tuple[float, torch.Tensor, VideoFeatures]]) -> None:
