@@ -210,6 +210,16 @@ def test_train_refuses_a_missing_dataset_and_a_read_only_run_folder(mount, tmp_p
                 train=True), "no such recipe")
     refused(run(capsys, "--recipe", recipe, train=True), "required")
 
+    # A dataset that trains, and a run folder on a read-only file system: one line, nothing written.
+    from test_damage import random_dataset
+
+    data = random_dataset(tmp_path / "data")
+    readonly = mount(readonly=True)
+    recipe.write_text(json.dumps({"stage": 1, "max_steps": 2, "warmup_steps": 1, "batch_size": 2, "num_workers": 0,
+                                  "adapter": {"memory_dim": 32, "attn_dim": 16, "attn_heads": 2}}))
+    refused(run(capsys, "--recipe", recipe, "--data", data, "--output", readonly / "run", "--backbone", "tiny",
+                train=True), "read-only")
+
 
 # ---- eval and info -------------------------------------------------------------------------------
 

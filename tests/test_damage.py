@@ -25,8 +25,11 @@ def window(seed: int, codes=None):
 
 @pytest.fixture
 def data(tmp_path) -> Path:
-    """Eight sources of one random window each, in shards of two windows."""
-    root = tmp_path / "data"
+    return random_dataset(tmp_path / "data")
+
+
+def random_dataset(root: Path) -> Path:
+    """Eight sources of one random window each (tiny backbone and encoder), in shards of two windows."""
     root.mkdir()
     DatasetMeta("tiny", 32000, 1, 25.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 4.0, 4.0).save(root)
     writer = ShardWriter(root, shard_windows=2)
