@@ -158,6 +158,9 @@ def test_clap_text_score(clap, tmp_path):
     audio = clap(load_audio(files[0], 48000), 48000)
     assert scores[0] == pytest.approx(clap_score(audio, clap.embed_text(["calm piano"])[0]), abs=1e-9)
     assert clap.embed_text(["calm piano", "upbeat drums and bass"]).shape == (2, CLAP_DIM)
+    # The prompt is what is scored: another prompt gives another score for the same music.
+    other = clap_text_scores(files[:1], ["upbeat drums and bass"], clap)[0]
+    assert abs(other - scores[0]) > 1e-6
 
 
 def test_clap_score_by_hand():

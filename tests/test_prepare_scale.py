@@ -103,7 +103,6 @@ def test_two_processes_give_the_dataset_of_one(folder, straight, tmp_path):
 
 KILLER = """
 import os, random, signal, sys
-import safetensors.torch as st
 import vidmusician.dataset as dataset
 import vidmusician.prepare as prepare
 
@@ -138,11 +137,16 @@ def encoding(*args):  # during encoding: the codes are computed, not yet written
     if hook("encode"):
         die()
 
-def shard_write(tensors, filename, *rest):  # during a shard write: half the file is there
-    if hook("shard"):
-        with open(filename, "r+b") as f:
-            f.truncate(os.path.getsize(filename) // 2)
+real_atomic_write = dataset.atomic_write
+def atomic_write(path, write):  # during a shard write: half the file is there, not yet renamed
+    if "shards" not in str(path) or not hook("shard"):
+        return real_atomic_write(path, write)
+    def half(tmp):
+        write(tmp)
+        with open(tmp, "r+b") as f:
+            f.truncate(os.path.getsize(tmp) // 2)
         die()
+    return real_atomic_write(path, half)
 
 real_append = dataset.append_jsonl
 def append(path, rows):  # during the index append: some lines, the last one torn
@@ -155,7 +159,7 @@ def append(path, rows):  # during the index append: some lines, the last one tor
 
 wrap(prepare, "process_source", before=log_work)
 wrap(prepare, "encode_windows", after=encoding)
-wrap(st, "save_file", after=shard_write)
+dataset.atomic_write = atomic_write
 dataset.append_jsonl = append
 from vidmusician.cli import main
 sys.exit(main(["prepare"] + sys.argv[1:]))

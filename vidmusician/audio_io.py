@@ -102,7 +102,7 @@ def check_output_path(path, inputs=()) -> str:
         raise ConfigError(f"{path}: is a folder; give a file name ending in {suffix}")
     check_writable(path)
     for source in inputs:
-        if source is not None and _same_file(path, Path(source)):
+        if source is not None and same_file(path, source):
             raise ConfigError(f"{path}: is the input {source}; writing it would replace the input, "
                               f"give another output name (e.g. {path.stem}_scored{suffix})")
     return kind
@@ -125,7 +125,9 @@ def check_writable(path) -> None:
                           f"choose another output folder")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a, b) -> bool:
+    """Whether two paths name one existing file (hard links and symlinks included)."""
+    a, b = Path(a), Path(b)
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:

@@ -231,7 +231,9 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     Takes the same names as :func:`load_backbone`. The codec is wrapped as
     ``MusicGen`` wraps it (stereo models interleave two channels' codebooks: 8
     codebooks, 2 channels), following the LM's config, which is read without
-    materializing the LM's weights. The codec of 'tiny', 'tiny-t5' and 'random-*' is the one
+    materializing the LM's weights: a local folder needs ``state_dict.bin`` beside
+    ``compression_state_dict.bin`` for that config (a codec alone could not tell a stereo
+    model's wrapping). The codec of 'tiny', 'tiny-t5' and 'random-*' is the one
     :func:`tiny_musicgen` / :func:`random_musicgen` build ('tiny-learned' has the codec of 'tiny').
     """
     from audiocraft.models import builders, loaders

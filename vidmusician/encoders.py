@@ -223,7 +223,9 @@ def load_encoder(spec: str | None = None, device=None, activation: str | None = 
             reason = " ".join(str(exc).split())[:300] or type(exc).__name__
             raise ConfigError(f"visual encoder {plan.spec!r}: cannot build it ({reason})") from None
     encoder = VisualEncoder(model.visual, plan.spec, plan.fingerprint, device)
-    assert plan.activation in (None, encoder.activation), (plan, encoder.activation)
+    if plan.activation not in (None, encoder.activation):
+        raise ConfigError(f"visual encoder {plan.spec!r}: built with {encoder.activation}, but its weights "
+                          f"need {plan.activation}; name the activation in the spec (e.g. NAME-quickgelu:PATH)")
     return encoder
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..audio_io import check_writable
+from ..audio_io import check_writable, same_file
 from ..checks import arg_number
 from ..errors import ConfigError
 from . import one_line_warnings
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not output.parent.is_dir():
         raise ConfigError(f"{output}: folder {output.parent} does not exist")
     check_writable(output)
-    if output.exists() and args.video.exists() and output.samefile(args.video):
+    if same_file(output, args.video):
         raise ConfigError(f"{output}: is the input video; give another output name (-o OUT.safetensors)")
     with one_line_warnings("features"):
         feats = extract_features(
