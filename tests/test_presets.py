@@ -179,3 +179,14 @@ def test_a_preset_is_only_used_for_a_backbone_of_its_shape(tiny):
     musicgen.name = "facebook/musicgen-small"
     config = AdapterConfig.for_backbone(musicgen)
     assert (config.num_layers, config.semantic_layers, config.backbone) == (4, [0, 1, 2, 3], "facebook/musicgen-small")
+
+
+def test_an_adapter_saved_with_a_rank_now_refused_still_loads(tmp_path):
+    """The low-rank rule is for new adapters: one trained before it keeps loading, with a warning."""
+    import json
+
+    data = json.loads(AdapterConfig(dim=32, num_layers=4, rhythm_rank=8).to_json())
+    data["rhythm_rank"] = 64  # what the old default gave a 32-wide backbone
+    (tmp_path / "adapter_config.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="rhythm_rank 64 is not low rank for width 32 .*; kept as saved"):
+        assert AdapterConfig.load(tmp_path).rhythm_rank == 64

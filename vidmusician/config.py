@@ -82,8 +82,11 @@ class AdapterConfig:
     lora_alpha: float = 16.0
     t5: dict | None = None
     version: str = field(default_factory=lambda: _version())
+    # Read from a file (not a field): rules added since the file was written warn instead of refusing,
+    # so an adapter someone trained keeps loading.
+    saved: dataclasses.InitVar[bool] = False
 
-    def __post_init__(self):
+    def __post_init__(self, saved: bool = False):
         self._check_numbers()
         # Defaults follow the paper: cross-attention in every layer, in-attention
         # in the first three quarters of the stack (rhythm is a low-level cue).
@@ -106,8 +109,11 @@ class AdapterConfig:
                               f"{', '.join(map(repr, SEMANTIC_ENCODERS))}")
         if self.rhythm_rank is not None and not low_rank_is_smaller(self.rhythm_rank, self.dim):
             # x + up(down(x)) has 2 * rank * dim weights: from rank dim/2 on, more than a full linear.
-            raise ConfigError(f"rhythm_rank {self.rhythm_rank} is not low rank for width {self.dim} "
-                              f"(use a rank below {self.dim // 2 + self.dim % 2}, or null for a full-width linear)")
+            message = (f"rhythm_rank {self.rhythm_rank} is not low rank for width {self.dim} "
+                       f"(use a rank below {self.dim // 2 + self.dim % 2}, or null for a full-width linear)")
+            if not saved:
+                raise ConfigError(message)
+            warnings.warn(f"{message}; kept as saved, new adapters refuse it")
 
     def _check_numbers(self) -> None:
         """Every number in range before anything divides by it or allocates with it (one line)."""
@@ -176,7 +182,7 @@ class AdapterConfig:
             # A newer vidmusician may add fields; old code can still use the rest.
             warnings.warn(f"{source}: ignoring unknown adapter config keys {unknown} (written by a newer vidmusician?)")
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**{k: v for k, v in data.items() if k in known}, saved=True)
         except TypeError as exc:
             raise ConfigError(f"{source}: invalid adapter config ({exc})") from None
         except ConfigError as exc:  # name the file rather than "adapter config"

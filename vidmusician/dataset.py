@@ -105,8 +105,11 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     """
     if not path.is_file():
         return []
-    lines = path.read_text(errors="replace").splitlines()
-    torn = has_torn_tail(path)
+    # One read: judged from the same bytes, so an append by another process in between
+    # cannot make a torn line look like damage.
+    data = path.read_bytes()
+    torn = bool(data) and not data.endswith(b"\n")
+    lines = data.decode(errors="replace").splitlines()
     rows = []
     for n, line in enumerate(lines, start=1):
         try:

@@ -15,7 +15,7 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], durable: bool = False) -> Path:
     """Calls ``write(tmp)`` on a hidden temporary name beside ``path``, then renames it to ``path``.
 
     The rename is atomic within a folder: ``path`` is either the complete new file
@@ -25,13 +25,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     Args:
         path: the file to write.
         write: writes the content to the path it is given.
+        durable: also sync the file before the rename and the folder after it, so the
+            new file survives a power loss (for a file whose predecessors are then deleted).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
         write(tmp)
         os.chmod(tmp, _default_mode())
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     except OSError as exc:
         if exc.filename is None or str(exc.filename) == str(tmp):
             # Name the file the user asked for, not the temporary one (a full disk says no

@@ -239,7 +239,7 @@ def merge_parts(out: Path) -> None:
         if not parts:
             continue
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows(out))
-        atomic_write(out / name, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(out / name, lambda tmp: Path(tmp).write_text(text), durable=True)  # the parts go next
         for p in parts:
             p.unlink()
 
@@ -254,7 +254,7 @@ def keep_complete_sources(path: Path) -> None:
     done = complete_rows(rows)
     if len(done) != len(rows) or has_torn_tail(path):
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in done)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=True)  # it replaces synced lines
 
 
 def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
