@@ -75,6 +75,30 @@ def test_the_cheapest_batch_that_computes_the_guidance(coefs, has_video, rows, w
         assert g.video_coef == coefs.get("video_cfg_coef", 3.0)
 
 
+def test_without_any_prompt_the_text_branch_is_the_null_branch(base):
+    """No text in the batch: [text+video; null] with v alone, and it equals the three-branch logits."""
+    g = GenerationParams(text_cfg_coef=2.0, video_cfg_coef=5.0).guidance(has_video=True, has_text=False)
+    assert (g.video, g.text, g.text_coef) == ((True, False), (True, False), 5.0)
+    vm = adapted(base)
+    videos = video()
+    _, three = forward_once(vm, Guidance.three_branch(2.0, 5.0), videos, texts=[None, None])
+    raw, two = forward_once(vm, g, videos, texts=[None, None])
+    assert raw.shape[0] == 2 * videos.size
+    torch.testing.assert_close(three, two, rtol=1e-5, atol=1e-4)
+    # Had the text coefficient been used, the guided logits would differ.
+    _, wrong = forward_once(vm, Guidance.two_branch(2.0), videos, texts=[None, None])
+    assert not torch.allclose(wrong, two, atol=1e-3)
+    # generate() finds that no sample has a prompt: every step runs two branches.
+    log = []
+    hook = record_lm(vm.lm, log)
+    try:
+        vm.set_generation_params(text_cfg_coef=2.0, video_cfg_coef=5.0)
+        vm.generate(videos, texts=[None, None], duration=0.2, seed=0)
+    finally:
+        hook.remove()
+    assert {out.shape[0] for out in log} == {2 * videos.size}
+
+
 @pytest.mark.parametrize("name", ["cfg_coef", "text_cfg_coef", "video_cfg_coef"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "3"])
 def test_bad_coefficients_are_refused(name, value):
@@ -104,12 +128,12 @@ def test_equal_coefficients_sample_todays_tokens_in_todays_batch(base):
     assert not torch.equal(sample(vm, videos, cfg_coef=2.5, video_cfg_coef=0.0), today)
 
 
-def forward_once(vm, guidance, videos, steps=6, seed=0):
+def forward_once(vm, guidance, videos, steps=6, seed=0, texts=None):
     """Raw [rows, K, steps, card] and guided [B, K, card] logits of one full forward."""
     B = videos.size
     g = torch.Generator().manual_seed(seed)
     sequence = torch.randint(0, vm.lm.card, (B, vm.lm.num_codebooks, steps), generator=g)
-    attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS[:B], None)
+    attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS[:B] if texts is None else texts, None)
     conditions = guidance_conditions(vm.lm, attributes, guidance)
     log = []
     hook = record_lm(vm.lm, log)

@@ -94,7 +94,9 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
     window, stride = params.window_frames(musicgen)
     windows = plan_windows(num_frames, window, stride)
     has_video = vm is not None and videos is not None and bool(videos.present.any())
-    guidance = params.guidance(has_video)
+    # No prompt in the batch: its text rows would be its null rows, a third branch for nothing.
+    has_text = any(value for a in attributes for value in a.text.values())
+    guidance = params.guidance(has_video, has_text)
     bar = _progress_bar(lm, windows, progress)
     pieces = []
     device = next(lm.parameters()).device

@@ -65,11 +65,13 @@ class Guidance:
         return cls((True, False, False), (True, True, False), text_coef, video_coef)
 
     @classmethod
-    def plan(cls, text_coef: float, video_coef: float, has_video: bool = True) -> "Guidance":
+    def plan(cls, text_coef: float, video_coef: float, has_video: bool = True, has_text: bool = True) -> "Guidance":
         """The cheapest batch that computes ``null + t (text - null) + v (text_video - text)``."""
         if not has_video or video_coef == 0:
             # text_video == text (no video), or its weight is 0: plain MusicGen with the text.
             return cls.two_branch(text_coef, video=False)
+        if not has_text:
+            return cls.two_branch(video_coef)  # text == null: null + v (video - null)
         if text_coef == video_coef:
             return cls.two_branch(text_coef)  # null + t (text_video - null)
         return cls.three_branch(text_coef, video_coef)
@@ -140,11 +142,11 @@ class GenerationParams:
             raise ConfigError(f"extend_stride must be positive seconds, got {self.extend_stride}")
         self.top_k = int(self.top_k)
 
-    def guidance(self, has_video: bool = True) -> Guidance:
+    def guidance(self, has_video: bool = True, has_text: bool = True) -> Guidance:
         """The guided step these coefficients call for (see :meth:`Guidance.plan`)."""
         t = self.cfg_coef if self.text_cfg_coef is None else self.text_cfg_coef
         v = self.cfg_coef if self.video_cfg_coef is None else self.video_cfg_coef
-        return Guidance.plan(float(t), float(v), has_video)
+        return Guidance.plan(float(t), float(v), has_video, has_text)
 
     def check(self, lm) -> None:
         """Checks the parameters against the backbone (ConfigError)."""
