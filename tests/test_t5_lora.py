@@ -323,3 +323,24 @@ def test_tiny_t5_backbone_encodes_text_with_audiocraft_t5_conditioner(base_t5):
     codec = load_codec("tiny-t5", device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(codec.state_dict().values(),
                                                  base_t5.compression_model.state_dict().values()))
+
+
+def test_an_adapter_folder_written_by_release_0_1_loads_with_the_same_logits():
+    """tests/data/t5-lora-adapter was saved by release 0.1.0 (commit ab8b002): the t5-lora
+    path, a full-width rhythm update (rhythm_rank null), every adapter weight perturbed,
+    on the tiny-t5 backbone. Its reference holds the logits it gave then, for one row with
+    a text prompt and one without. Moving or renaming code must not change what loads."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+    from safetensors.torch import load_file
+
+    from vidmusician import VidMusician
+    from vidmusician.context import VideoBatch
+
+    vm = VidMusician.from_pretrained(DATA / "t5-lora-adapter", backbone=tiny_musicgen(t5=True))
+    assert vm.config.semantic_encoder == "t5-lora" and vm.config.rhythm_rank is None
+    ref = load_file(DATA / "t5-lora-adapter-reference.safetensors")
+    video = VideoBatch(ref["global_feats"], ref["global_mask"], ref["local"], torch.tensor([True, True]), 1.0, 25.0)
+    text = [ConditioningAttributes(text={"description": "calm piano"}), ConditioningAttributes(text={"description": None})]
+    with vm.video(video):
+        got = vm.lm.compute_predictions(ref["codes"], text).logits
+    assert torch.equal(got.nan_to_num(), ref["logits"].nan_to_num())
