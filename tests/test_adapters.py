@@ -287,7 +287,10 @@ def test_streaming_equals_full_forward(tiny, monkeypatch, device, frame_offset, 
     with vm.video(random_video_batch(n, present), frame_offset=frame_offset):
         full = lm(codes, [], condition_tensors=cond)
         streamed = streamed_logits(lm, codes, cond)
-    torch.testing.assert_close(streamed, full, atol=1e-5, rtol=1e-5)
+    # On a GPU the one-step and full-length matrix products reduce in other orders: an H100
+    # gave differences up to 1.9e-5 in 28 of 144,000 logits; the CPU keeps the tight bound.
+    tol = 1e-5 if device == "cpu" else 1e-4
+    torch.testing.assert_close(streamed, full, atol=tol, rtol=tol)
     # The offset matters: the same tokens under another offset give other logits.
     with vm.video(random_video_batch(n, present), frame_offset=frame_offset + 3):
         shifted = lm(codes, [], condition_tensors=cond)
