@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -183,7 +183,8 @@ class VideoContext:
         if rows == list(range(rows[0], rows[-1] + 1)):
             self.row_span = (rows[0], rows[-1] + 1)
 
-    def apply_to_video_rows(self, x: torch.Tensor, adapt, writable: bool) -> torch.Tensor:
+    def apply_to_video_rows(self, x: torch.Tensor, adapt: Callable[[torch.Tensor, bool], torch.Tensor],
+                            writable: bool) -> torch.Tensor:
         """``x`` with ``adapt`` applied to the rows that carry video, the other rows untouched.
 
         The one way the adapters reach the hidden states, whatever the batch: one row
@@ -213,10 +214,10 @@ class VideoContext:
         if self.rows is None:
             return x
         if self.row_span is not None:
-            a, b = self.row_span
-            rows = x[a:b]
+            start, stop = self.row_span
+            rows = x[start:stop]
             if not writable:
-                return torch.cat([x[:a], adapt(rows, False), x[b:]])
+                return torch.cat([x[:start], adapt(rows, False), x[stop:]])
             out = adapt(rows, True)
             if out is not rows:  # a dtype conversion made a copy
                 rows.copy_(out)
