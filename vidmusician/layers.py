@@ -167,8 +167,8 @@ class IdentityLinear(nn.Module):
 
     With ``rank=None`` the full weight is trainable (initialized to I). With a
     rank, the map is ``x + up(down(x))`` with ``up`` zero-initialized: still the
-    identity at init, with ``2 * rank * dim`` trainable parameters instead of
-    ``dim**2`` (what keeps the medium preset within the paper's budget).
+    identity at init, with ``2 * rank * d`` trainable parameters instead of
+    ``d**2`` (what keeps the medium preset within the paper's budget).
     """
 
     def __init__(self, dim: int, rank: int | None = None):
