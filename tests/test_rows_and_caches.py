@@ -64,6 +64,16 @@ def test_adapters_reach_exactly_the_video_rows(present, branches, model_rows, vi
         assert torch.equal(x.grad, torch.ones_like(x))
 
 
+def last_step(vm, codes, cond, videos):
+    """The last step's logits of one stream: ``videos[0]`` set for the first 10 steps, then ``videos[1]``."""
+    with vm.lm.streaming(), torch.no_grad():
+        for video, chunk in zip(videos, (codes[..., :10], codes[..., 10:11])):
+            vm.set_video(video)
+            out = vm.lm(chunk, [], condition_tensors=cond)
+    vm.set_video(None)
+    return out
+
+
 @pytest.mark.parametrize("group", ["semantic", "rhythm"])
 def test_a_new_video_mid_stream_reaches_each_adapter(tiny, group):
     """Each adapter alone: what it keeps for the window while streaming (the folded memory,
@@ -72,16 +82,9 @@ def test_a_new_video_mid_stream_reaches_each_adapter(tiny, group):
     only = {"rhythm_layers": []} if group == "semantic" else {"semantic_layers": []}
     vm = attach_adapters(musicgen, tiny_config(musicgen, **only))
     perturb_adapters(vm)
-    lm = vm.lm
-    codes = codes_for(musicgen, batch=2, steps=12)
-    cond = lm.condition_provider(lm.condition_provider.tokenize(null_text(2)))
-    last = []
-    for switch in (False, True):
-        vm.set_video(random_video_batch(2, [True, True], seed=0))
-        with lm.streaming(), torch.no_grad():
-            lm(codes[..., :10], [], condition_tensors=cond)
-            if switch:
-                vm.set_video(random_video_batch(2, [True, True], seed=5))
-            last.append(lm(codes[..., 10:11], [], condition_tensors=cond))
-    vm.set_video(None)
-    assert not torch.allclose(last[0], last[1], atol=1e-4)
+    codes = codes_for(musicgen, batch=2, steps=11)
+    cond = vm.lm.condition_provider(vm.lm.condition_provider.tokenize(null_text(2)))
+    first, second = (random_video_batch(2, [True, True], seed=seed) for seed in (0, 5))
+    kept = last_step(vm, codes, cond, [first, first])
+    switched = last_step(vm, codes, cond, [first, second])
+    assert not torch.allclose(kept, switched, atol=1e-4)
