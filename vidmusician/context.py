@@ -7,13 +7,16 @@ The wrappers in :mod:`vidmusician.inject` read the video from a
 Timeline: with MusicGen's delay pattern, the hidden state at sequence step ``s``
 predicts frame ``s`` of codebook 0, so step ``s`` of a window that starts at
 ``frame_offset`` reads the local features of codec frame ``frame_offset + s``.
+
+Shapes use the letters of :mod:`vidmusician.layers` (``n`` the model rows that
+carry video, ``s`` steps, ``t`` memory tokens, ``d`` model width, ...).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +29,11 @@ class VideoBatch:
     """Visual features of a batch, aligned to the codec's frame rate.
 
     Attributes:
-        global_feats: [B, Tg, Dg] global embeddings at ``global_fps``, from time 0.
-        global_mask: [B, Tg] True where a global frame exists.
-        local: [B, Tl, P] local change signal at the codec frame rate, from time 0
+        global_feats: [b, global frames, g] global embeddings at ``global_fps``, from time 0.
+        global_mask: [b, global frames] True where a global frame exists.
+        local: [b, codec frames, p] local change signal at the codec frame rate, from time 0
             (zero past the end of each video).
-        present: [B] True for samples that have a video (False: null video).
+        present: [b] True for samples that have a video (False: null video).
         global_fps: rate of the global tokens.
         frame_rate: codec frame rate the local signal is sampled at.
     """
@@ -116,7 +119,7 @@ class VideoContext:
     def _reset_layout(self):
         self.window_id += 1
         self._layout_key = None
-        self.rows: torch.Tensor | None = None  # rows of the model batch that carry video
+        self.rows: torch.Tensor | None = None  # [n] rows of the model batch that carry video; None: none do
         self.row_span: tuple[int, int] | None = None  # (start, stop) when those rows are contiguous
         self._window_mask = None
 
@@ -180,12 +183,54 @@ class VideoContext:
         if rows == list(range(rows[0], rows[-1] + 1)):
             self.row_span = (rows[0], rows[-1] + 1)
 
+    def apply_to_video_rows(self, x: torch.Tensor, adapt: Callable[[torch.Tensor, bool], torch.Tensor],
+                            writable: bool) -> torch.Tensor:
+        """``x`` with ``adapt`` applied to the rows that carry video, the other rows untouched.
+
+        The one way the adapters reach the hidden states, whatever the batch: one row
+        per sample, CFG's ``[cond; uncond]`` (video in the first half), guidance's
+        branches, null videos anywhere; a full forward or one streaming step. Rows that
+        carry no video keep their values bit for bit. How the rows are taken is a
+        matter of speed only:
+
+        - contiguous rows (``row_span``) are a view of ``x``, adapted where they lie
+          when ``writable``, else joined with the other rows into a new tensor;
+        - scattered rows are gathered into a copy (which the adapters may update in
+          place whenever autograd is off) and scattered back, into ``x`` itself when
+          ``writable``.
+
+        Args:
+            x: [b, s, d] hidden states of the model batch.
+            adapt: ``adapt(rows, in_place) -> rows`` on [n, s, d]; with ``in_place`` it
+                may write into ``rows`` (returning a new tensor only where a dtype
+                conversion made one).
+            writable: ``x`` may be updated in place: autograd is off and nothing but
+                the transformer holds ``x``.
+
+        Returns:
+            [b, s, d]: ``x`` itself when ``writable``, else a new tensor (or ``x``
+            when no row carries video).
+        """
+        if self.rows is None:
+            return x
+        if self.row_span is not None:
+            start, stop = self.row_span
+            rows = x[start:stop]
+            if not writable:
+                return torch.cat([x[:start], adapt(rows, False), x[stop:]])
+            out = adapt(rows, True)
+            if out is not rows:  # a dtype conversion made a copy
+                rows.copy_(out)
+            return x
+        out = adapt(x.index_select(0, self.rows), not torch.is_grad_enabled())
+        return x.index_copy_(0, self.rows, out) if writable else x.index_copy(0, self.rows, out)
+
     def video_rows(self) -> torch.Tensor:
-        """Rows of the video batch for the model rows that carry video."""
+        """[n]: the sample of the video batch each model row that carries video reads."""
         return self.rows % self.batch.size
 
     def local(self, start: int, steps: int) -> torch.Tensor:
-        """[n, steps, P]: the local signal from codec frame ``start`` (zeros past the end)."""
+        """[n, steps, p]: the local signal from codec frame ``start`` (zeros past the end)."""
         # Slice time before rows: a long video's full signal is never copied per step.
         chunk = self.batch.local[:, start:start + steps]
         chunk = chunk[self.video_rows().to(chunk.device)]
@@ -194,7 +239,7 @@ class VideoContext:
         return chunk
 
     def global_window(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """([n, T, Dg], [n, T] mask): the global tokens of this window's stretch of video."""
+        """([n, t, g] tokens, [n, t] mask): the global tokens of this window's stretch of video."""
         b = self.batch
         start = int(round(self.frame_offset / b.frame_rate * b.global_fps))
         stop = start + self.max_global_tokens
@@ -206,7 +251,7 @@ class VideoContext:
         return tokens, mask
 
     def memory_mask(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(key mask [n, T], has_frame [n]) of this window, on the model's device."""
+        """(key mask [n, t], has_frame [n]) of this window, on the model's device."""
         if self._window_mask is None:
             mask = self.global_window()[1]
             has_frame = mask.any(dim=1)
@@ -219,7 +264,7 @@ class VideoContext:
         return self._window_mask
 
     def memory(self) -> torch.Tensor:
-        """[n, T, Dm]: the projected visual memory of this window, computed once per forward."""
+        """[n, t, m]: the projected visual memory of this window, computed once per forward."""
         if self._memory is None:
             # Once per forward; while streaming the layers keep what they derive from it
             # for the whole window, so a T5 pass runs once per window, not per step.
@@ -227,7 +272,7 @@ class VideoContext:
         return self._memory
 
     def rhythm(self, slot: int) -> torch.Tensor:
-        """[n, steps, dim]: r_j of the ``slot``-th in-attention layer for this forward's steps."""
+        """[n, s, d]: r_j of the ``slot``-th in-attention layer for this forward's steps."""
         if self._rhythm is None:
             self._rhythm = self._inputs.rhythm_states(self)
         return self._rhythm[slot]

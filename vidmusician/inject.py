@@ -7,9 +7,12 @@ inputs (visual memory projection, Zero-Linear O, and the in-attention chain,
 which depends only on the video) live in ``lm.video_inputs``.
 The video reaches the layers through a :class:`~vidmusician.context.VideoContext`
 prepared by a forward pre-hook on ``lm.transformer`` before every forward.
+Shapes use the letters of :mod:`vidmusician.layers`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,7 +24,7 @@ from .backbones import check_fuser
 from .config import AdapterConfig
 from .context import VideoContext
 from .errors import BackboneError, ConfigError
-from .layers import IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
+from .layers import FoldedMemory, IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
 
 # What trains in each stage, by adapter group (stage 2 adds rhythm on top of a
 # trained, frozen stage-1 semantic adapter). Recipes may override with `trainable`.
@@ -31,6 +34,32 @@ GROUP_NAMES = ("semantic", "rhythm")
 
 # Generation steps whose in-attention states are computed at once (see VideoInputs).
 RHYTHM_CHUNK = 64
+
+
+@dataclass
+class RhythmCache:
+    """In-attention states computed ahead while streaming, for codec frames ``[start, stop)``.
+
+    Attributes:
+        window_id: the :class:`VideoContext` window they were computed for.
+        start: first codec frame covered.
+        stop: codec frame past the last one covered.
+        states: ``[r_1, r_2, ...]``, each [n, stop - start, d].
+    """
+
+    window_id: int
+    start: int
+    stop: int
+    states: list[torch.Tensor]
+
+    def covers(self, window_id: int, start: int, steps: int) -> bool:
+        """Whether the states hold codec frames ``[start, start + steps)`` of window ``window_id``."""
+        return window_id == self.window_id and self.start <= start and start + steps <= self.stop
+
+    def slice(self, start: int, steps: int) -> list[torch.Tensor]:
+        """``[r_1, r_2, ...]`` of codec frames ``[start, start + steps)``, each [n, steps, d]."""
+        first = start - self.start
+        return [r[:, first:first + steps] for r in self.states]
 
 
 class VideoInputs(StreamingModule):
@@ -53,19 +82,19 @@ class VideoInputs(StreamingModule):
         self.__dict__["layers"] = {}
 
     def rhythm_states(self, ctx: VideoContext) -> list[torch.Tensor]:
-        """[r_1, r_2, ...] for the forward's steps, each [n, steps, dim]."""
+        """[r_1, r_2, ...] for the forward's steps, each [n, s, d]."""
         start, steps = ctx.frame_offset + ctx.position, ctx.steps
         if not self._is_streaming:
             return self._run_chain(ctx.local(start, steps))
-        cached = self._streaming_state.get("rhythm")
-        if cached is None or cached[0] != ctx.window_id or not cached[1] <= start <= start + steps <= cached[2]:
+        cache = self._streaming_state.get("rhythm")
+        if cache is None or not cache.covers(ctx.window_id, start, steps):
             stop = start + max(steps, RHYTHM_CHUNK)
-            cached = (ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start)))
-            self._streaming_state["rhythm"] = cached
-        first = start - cached[1]
-        return [r[:, first:first + steps] for r in cached[3]]
+            cache = RhythmCache(ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start)))
+            self._streaming_state["rhythm"] = cache
+        return cache.slice(start, steps)
 
     def _run_chain(self, local: torch.Tensor) -> list[torch.Tensor]:
+        """local [n, s, p] -> [r_1, r_2, ...], each [n, s, d]: ``r_0 = O(local)``, ``r_j = L_j(r_{j-1})``."""
         ref = self.rhythm_in.proj.weight
         r = self.rhythm_in(local.to(ref.device, ref.dtype))
         states = []
@@ -78,8 +107,8 @@ class VideoInputs(StreamingModule):
 class AdaptedLayer(StreamingModule):
     """A transformer layer with its video adapters; the base layer runs unchanged.
 
-    ``h = h + r_j`` (in-attention) then ``h = h + CrossAttn(norm(h), M)`` (semantic)
-    for the rows that carry video, then ``base_layer(h)``.
+    ``x = x + r_j`` (in-attention) then ``x = x + CrossAttn(norm(x), M)`` (semantic)
+    for the rows that carry video, then ``base_layer(x)``.
     """
 
     def __init__(self, base_layer: nn.Module, index: int, context: VideoContext,
@@ -95,58 +124,49 @@ class AdaptedLayer(StreamingModule):
         self.__dict__["context"] = context
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        ctx = self.context
-        if ctx.rows is not None:  # every AdaptedLayer has a semantic or a rhythm adapter
-            # Inference past the first layer: x is the previous layer's fresh output
-            # and no autograd graph holds it, so its rows are updated in place.
-            in_place = self.index > 0 and not torch.is_grad_enabled()
-            if ctx.row_span is not None:  # e.g. the conditional half of a CFG batch
-                a, b = ctx.row_span
-                if in_place:
-                    rows = x[a:b]
-                    out = self._adapt(rows, in_place=True)
-                    if out is not rows:  # a dtype conversion made a copy
-                        rows.copy_(out)
-                else:
-                    x = torch.cat([x[:a], self._adapt(x[a:b]), x[b:]])
-            else:
-                # index_select copies the rows, so they may be updated in place.
-                rows = self._adapt(x.index_select(0, ctx.rows), in_place=not torch.is_grad_enabled())
-                x = x.index_copy_(0, ctx.rows, rows) if in_place else x.index_copy(0, ctx.rows, rows)
+        # Inference past the first layer: x is the previous layer's fresh output and no
+        # autograd graph holds it, so its rows are updated in place (the first layer's
+        # input belongs to the transformer's caller).
+        writable = self.index > 0 and not torch.is_grad_enabled()
+        x = self.context.apply_to_video_rows(x, self._adapt, writable)
         if self.gradient_checkpointing and torch.is_grad_enabled():
             # Only the frozen base layer is recomputed in backward; the adapters,
             # which read shared per-forward state, run once.
             return checkpoint(self.base_layer, x, *args, use_reentrant=False, **kwargs)
         return self.base_layer(x, *args, **kwargs)
 
-    def _adapt(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-        """``x + r_j``, then ``+ CrossAttn(norm(.), M)``; with ``in_place``, into x when dtypes allow."""
+    def _adapt(self, x: torch.Tensor, in_place: bool) -> torch.Tensor:
+        """Video rows [n, s, d] -> ``x + r_j``, then ``+ CrossAttn(norm(.), M)``.
+
+        With ``in_place`` the result is written into ``x`` where the dtypes allow.
+        """
         # Submodules read from _modules: this runs for every adapted layer at every
         # generation step, and each nn.Module attribute lookup costs about a microsecond.
         modules = self._modules  # a module set to None is not in it
         semantic, rhythm = modules.get("semantic"), modules.get("rhythm")
         # Adapters keep fp32 weights on a half-precision backbone; autocast still applies.
         dtype = (semantic if semantic is not None else rhythm).dtype
-        h = x if x.dtype == dtype else x.to(dtype)
-        in_place = in_place and h is x
+        y = x if x.dtype == dtype else x.to(dtype)
+        in_place = in_place and y is x
         if rhythm is not None:
             r = self.context.rhythm(self.rhythm_slot)
-            h = h.add_(r) if in_place else h + r
+            y = y.add_(r) if in_place else y + r
         if semantic is not None:
-            h = semantic(h, self._semantic_window(semantic), in_place=in_place)
-        return h if h.dtype == x.dtype else h.to(x.dtype)
+            y = semantic(y, self._semantic_window(semantic), in_place=in_place)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
-    def _semantic_window(self, semantic: SemanticCrossAttention) -> tuple:
-        # Keys/values of the memory are constant over a window: while streaming
-        # they are kept in the streaming state (reset by audiocraft's streaming()).
+    def _semantic_window(self, semantic: SemanticCrossAttention) -> FoldedMemory:
+        # The memory is constant over a window, and so is what the cross-attention folds
+        # from it: while streaming it is kept in the streaming state (reset by
+        # audiocraft's streaming()) until the context's window changes.
         ctx = self.context
         state = self._streaming_state
         if self._is_streaming and state.get("window_id") == ctx.window_id:
             return state["semantic"]
-        prepared = semantic.prepare(ctx.memory(), *ctx.memory_mask())
+        folded = semantic.prepare(ctx.memory(), *ctx.memory_mask())
         if self._is_streaming:
-            state["window_id"], state["semantic"] = ctx.window_id, prepared
-        return prepared
+            state["window_id"], state["semantic"] = ctx.window_id, folded
+        return folded
 
 
 def _check_supported(musicgen):

@@ -4,11 +4,25 @@ Both adapters are built so that the adapted model equals the base model
 exactly at initialization: the cross-attention's output projection starts at
 zero, and the in-attention chain starts from a zero projection of the local
 features. Training moves them away from zero.
+
+Shapes and einsum subscripts in the adapter code (this module,
+:mod:`~vidmusician.context`, :mod:`~vidmusician.inject`,
+:mod:`~vidmusician.semantic`) use one set of letters; an upper-case letter in the
+code is the size of that axis (``H`` heads, ``C`` head width, ...)::
+
+    b  rows of a batch            n  the rows of the model batch that carry video
+    s  sequence steps (queries)   t  tokens of a window's visual memory (one per second)
+    h  attention heads            c  width of one head (attn_dim = h * c)
+    d  model width                m  memory width
+    g  global embedding width     p  local feature width (one per patch)
+
+The hidden states are ``x`` (``[b, s, d]``), the visual memory ``M`` (``[b, t, m]``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -36,9 +50,9 @@ class VisualMemory(nn.Module):
         self.pos = nn.Parameter(torch.randn(max_tokens, memory_dim) * 0.02)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, T, global_dim] -> memory [B, T, memory_dim] (T <= max_tokens).
+        """tokens [b, t, g] -> memory [b, t, m] (t <= max_tokens).
 
-        ``mask`` ([B, T], True where a frame exists) is accepted for the semantic
+        ``mask`` ([b, t], True where a frame exists) is accepted for the semantic
         encoders' common signature; tokens are mapped one by one, so it changes nothing.
         """
         T = tokens.shape[1]
@@ -47,23 +61,45 @@ class VisualMemory(nn.Module):
         return self.proj(self.norm(tokens)) + self.pos[:T]
 
 
+class FoldedMemory(NamedTuple):
+    """A window's visual memory with the cross-attention's projections folded in.
+
+    Made once per window by :meth:`SemanticCrossAttention.prepare`; a step reads it.
+    The ``h * t`` axis runs over heads, then tokens: head ``h``'s keys are its ``t``
+    consecutive entries.
+
+    Attributes:
+        qk_t: [b, d, h*t] ``(K_h Wq_h diag(w) / sqrt(c))^T`` for every head: the scores'
+            matrix, norm weight folded in; a transposed view of a contiguous ``[b, h*t, d]``.
+        vo: [b, h*t, d] ``V_h Wo_h^T + bo / H``: the values already through the output
+            projection (zero for rows without any frame).
+        score_bias: [b, 1, h*t] added to every step's scores: the norm bias's share of
+            the scores, and ``-inf`` at tokens without a frame.
+    """
+
+    qk_t: torch.Tensor
+    vo: torch.Tensor
+    score_bias: torch.Tensor
+
+
 class SemanticCrossAttention(nn.Module):
     """Pre-norm multi-head cross-attention from hidden states to the visual memory.
 
-    ``h + Out(Attn(Q(norm(h)), K(M), V(M)))`` with ``Out`` zero-initialized.
+    ``x + Out(Attn(Q(norm(x)), K(M), V(M)))`` with ``Out`` zero-initialized.
     The memory is constant over a window, so :meth:`prepare` folds the query
     projection into the keys and the output projection into the values once
-    per window::
+    per window. For head ``h``, with ``Wq_h`` [c, d], ``K_h``, ``V_h`` [t, c],
+    ``Wo_h`` [d, c] its slices and ``bo`` the output bias::
 
-        scores_h = norm(h) Wq_h^T K_h^T / sqrt(d)  =  norm(h) @ QK_h^T   QK_h = K_h Wq_h / sqrt(d): [T, dim]
-        Out(...)  = sum_h softmax(scores_h) V_h Wo_h^T + b  =  p @ VO      VO_h = V_h Wo_h^T + b / heads: [T, dim]
+        scores_h = norm(x) Wq_h^T K_h^T / sqrt(c)  =  norm(x) QK_h^T        QK_h = K_h Wq_h / sqrt(c): [t, d]
+        Out(...) = sum_h softmax(scores_h) V_h Wo_h^T + bo  =  A @ VO       VO_h = V_h Wo_h^T + bo / H: [t, d]
 
-    (``b`` is spread over the heads' values as ``b / heads``: each head's
-    weights sum to 1.) The norm's weight ``w`` and bias ``beta`` fold in too: with
-    ``n`` the standardized ``h``, ``norm(h) @ QK^T = n @ (QK diag(w))^T + QK beta``,
-    the second term a per-window score bias. A step then costs a standardization,
-    two small batched matmuls and a softmax; in generation the second matmul
-    adds the result into ``h`` in place.
+    with ``A`` [s, h*t] the heads' attention weights side by side. (``bo`` is spread
+    over the heads' values as ``bo / H``: each head's weights sum to 1.) The norm's
+    weight ``w`` and bias ``beta`` fold in too: with ``z`` the standardized ``x``,
+    ``norm(x) QK^T = z (QK diag(w))^T + QK beta``, the second term a per-window score
+    bias. A step then costs a standardization, two small batched matmuls and a
+    softmax; in generation the second matmul adds the result into ``x`` in place.
     """
 
     def __init__(self, dim: int, memory_dim: int, attn_dim: int, heads: int):
@@ -83,50 +119,47 @@ class SemanticCrossAttention(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.norm.weight.dtype
 
-    def prepare(self, memory: torch.Tensor, key_mask: torch.Tensor, has_frame: torch.Tensor) -> tuple:
-        """Per-window attention inputs ``(QK^T [B, dim, H*T], VO [B, H*T, dim], score bias [B, 1, H*T])``.
-
-        ``QK^T`` (norm weight folded in) is a transposed view of a row-major
-        ``[B, H*T, dim]`` tensor: a step reads both matrices as contiguous rows. The
-        score bias holds the norm bias's scores and ``-inf`` at missing frames.
+    def prepare(self, memory: torch.Tensor, key_mask: torch.Tensor, has_frame: torch.Tensor) -> FoldedMemory:
+        """The window's :class:`FoldedMemory`, which every step of the window reads.
 
         Args:
-            memory: [B, T, memory_dim].
-            key_mask: [B, T], True where a global frame exists (at least one per row).
-            has_frame: [B]; rows without any frame get a zero delta.
+            memory: [b, t, m].
+            key_mask: [b, t], True where a global frame exists (at least one per row).
+            has_frame: [b]; rows without any frame get a zero delta.
         """
         B, T, _ = memory.shape
-        H = self.heads
-        dim, attn_dim = self.q.in_features, self.q.out_features
-        k, v = self.kv(memory).view(B, T, 2, H, attn_dim // H).unbind(2)  # [B, T, H, hd] each
-        wq = self.q.weight.view(H, -1, dim)  # [H, hd, dim]
-        wo = self.out.weight.view(dim, H, -1)  # [dim, H, hd]
-        qk = torch.einsum("hed,bthe->bhtd", wq, k * k.shape[-1] ** -0.5).reshape(B, H * T, dim)
-        vo = torch.einsum("bthe,dhe->bhtd", v, wo) + self.out.bias / H
+        H, D = self.heads, self.q.in_features
+        C = self.q.out_features // H
+        k, v = self.kv(memory).view(B, T, 2, H, C).unbind(2)  # [b, t, h, c] each
+        wq = self.q.weight.view(H, C, D)  # [h, c, d]
+        wo = self.out.weight.view(D, H, C)  # [d, h, c]
+        qk = torch.einsum("hcd,bthc->bhtd", wq, k * C ** -0.5).reshape(B, H * T, D)
+        vo = torch.einsum("bthc,dhc->bhtd", v, wo) + self.out.bias / H
         # Zero values (bias included) for frameless rows: their delta is exactly 0.
-        vo = (vo * has_frame.to(vo.dtype)[:, None, None, None]).reshape(B, H * T, dim).contiguous()
+        vo = (vo * has_frame.to(vo.dtype)[:, None, None, None]).reshape(B, H * T, D).contiguous()
         mask_bias = torch.zeros(B, T, dtype=qk.dtype, device=qk.device).masked_fill(~key_mask, float("-inf"))
         mask_bias = mask_bias[:, None, None, :].expand(B, 1, H, T).reshape(B, 1, H * T)
         score_bias = mask_bias + (qk @ self.norm.bias)[:, None, :]
-        return (qk * self.norm.weight).contiguous().transpose(1, 2), vo, score_bias
+        # Stored row-major [b, h*t, d] and read transposed: a step reads both matrices as contiguous rows.
+        return FoldedMemory((qk * self.norm.weight).contiguous().transpose(1, 2), vo, score_bias)
 
-    def forward(self, h: torch.Tensor, prepared: tuple, in_place: bool = False) -> torch.Tensor:
-        """h [B, S, dim], ``prepared`` from :meth:`prepare` -> h + delta.
+    def forward(self, x: torch.Tensor, folded: FoldedMemory, in_place: bool = False) -> torch.Tensor:
+        """x [b, s, d], ``folded`` from :meth:`prepare` -> x + delta.
 
-        With ``in_place`` the delta is added into ``h`` itself (only where no
-        autograd graph holds ``h``).
+        With ``in_place`` the delta is added into ``x`` itself (only where no
+        autograd graph holds ``x``).
         """
-        qk_t, vo, score_bias = prepared
-        B, S, dim = h.shape
+        B, S, D = x.shape
         # The standardization alone: the norm's affine part is folded into the prepared inputs.
-        scores = torch.baddbmm(score_bias, torch.layer_norm(h, (dim,), None, None, self.norm.eps), qk_t)
-        p = scores.view(B, S, self.heads, -1).softmax(dim=-1).view(B, S, -1)  # [B, S, H*T]
+        z = torch.layer_norm(x, (D,), None, None, self.norm.eps)
+        scores = torch.baddbmm(folded.score_bias, z, folded.qk_t)  # [b, s, h*t]
+        attn = scores.view(B, S, self.heads, -1).softmax(dim=-1).view(B, S, -1)  # A: softmax per head
         if in_place:
-            # Under autocast p may come out in another dtype than h; baddbmm_ needs one.
-            return h.baddbmm_(p if p.dtype == h.dtype else p.to(h.dtype), vo)
+            # Under autocast A may come out in another dtype than x; baddbmm_ needs one.
+            return x.baddbmm_(attn if attn.dtype == x.dtype else attn.to(x.dtype), folded.vo)
         # Added outside the matmul: under autocast the matmul runs in half precision,
         # and the hidden states themselves must not be rounded with it.
-        return h + torch.bmm(p, vo)
+        return x + torch.bmm(attn, folded.vo)
 
 
 class IdentityLinear(nn.Module):
@@ -134,8 +167,8 @@ class IdentityLinear(nn.Module):
 
     With ``rank=None`` the full weight is trainable (initialized to I). With a
     rank, the map is ``x + up(down(x))`` with ``up`` zero-initialized: still the
-    identity at init, with ``2 * rank * dim`` trainable parameters instead of
-    ``dim**2`` (what keeps the medium preset within the paper's budget).
+    identity at init, with ``2 * rank * d`` trainable parameters instead of
+    ``d**2`` (what keeps the medium preset within the paper's budget).
     """
 
     def __init__(self, dim: int, rank: int | None = None):
@@ -160,6 +193,7 @@ class IdentityLinear(nn.Module):
         return (self.linear if self.rank is None else self.up).weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d] -> [..., d]."""
         if self.rank is None:
             return self.linear(x)
         return x + self.up(self.down(x))
@@ -179,4 +213,5 @@ class RhythmInput(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, local: torch.Tensor) -> torch.Tensor:
+        """local [n, s, p] -> r_0 [n, s, d]."""
         return self.proj(local)

@@ -88,7 +88,7 @@ class T5SemanticEncoder(nn.Module):
         self.projector = VisualMemory(width, memory_dim, max_tokens)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, T, global_dim], mask [B, T] (True: a frame) -> memory [B, T, memory_dim]."""
+        """tokens [b, t, g], mask [b, t] (True: a frame) -> memory [b, t, m] (letters of :mod:`.layers`)."""
         pseudo = self.manager(tokens)
         if mask is None:
             mask = torch.ones(pseudo.shape[:2], dtype=torch.bool, device=pseudo.device)
