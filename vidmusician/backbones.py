@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import BackboneError
+from .errors import BackboneError, one_line
 
 # The real MusicGen LM architectures (audiocraft's musicgen configs): width, heads, layers.
 ARCHITECTURES = {
@@ -371,8 +371,7 @@ def _load_errors(name: str, what: str):
         with audiocraft_checkpoint_globals():
             yield
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"{name}: could not load the {what} ({first}); check the name, "
+        raise BackboneError(f"{name}: could not load the {what} ({one_line(exc)}); check the name, "
                             f"the network for a first download, or pass a local folder") from None
 
 

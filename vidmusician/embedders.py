@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 DEFAULT_CLAP = "laion/larger_clap_music"
 
@@ -75,9 +75,8 @@ class ClapEmbedder:
             model = ClapModel.from_pretrained(name_or_path)
             processor = ClapProcessor.from_pretrained(name_or_path)
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(
-                f"CLAP model {name_or_path!r} cannot be loaded ({first}); pass a Hugging Face id such as "
+                f"CLAP model {name_or_path!r} cannot be loaded ({one_line(exc)}); pass a Hugging Face id such as "
                 f"{DEFAULT_CLAP} (downloaded on first use) or a folder saved with save_pretrained"
             ) from None
         return cls(model, processor, device)

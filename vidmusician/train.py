@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
-from .errors import ConfigError, DataError, VidMusicianError, os_error_line
-from .launch import one_line, stop_with_launcher
+from .errors import ConfigError, DataError, VidMusicianError, one_line
+from .launch import stop_with_launcher
 from .recipe import Recipe, lr_factor, schedule_warning
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
 
@@ -342,11 +342,9 @@ def main(argv=None) -> int:
         stop_with_launcher("vidmusician.train")
     try:
         train(args)
-    except VidMusicianError as exc:
+    except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
+        # checkpoints already written stay.
         print(f"vidmusician.train: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a full disk or a read-only run folder: checkpoints already written stay
-        print(f"vidmusician.train: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError, VideoError
+from .errors import ConfigError, VideoError, one_line
 
 __all__ = ["VideoInfo", "FrameReader", "probe", "read_frames", "iter_frames", "sample_times"]
 
@@ -224,7 +224,7 @@ class FrameReader:
         try:
             batch = self._vr.get_batch(unique.tolist()).asnumpy()
         except Exception as exc:  # decord raises its own C++ error types
-            reason = _first_line(exc)
+            reason = one_line(exc)
             raise VideoError(f"{self.path}: cannot decode frames {unique[0]}..{unique[-1]} ({reason})") from None
         frames = torch.from_numpy(batch).permute(0, 3, 1, 2)
         if self._decode_size != self.size:
@@ -249,7 +249,7 @@ def _inspect(path: Path) -> tuple[int, int, bool, float | None]:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        reason = _ffmpeg_reason(exc)
+        reason = one_line(exc)
         raise VideoError(f"{path}: not a readable video file (truncated, corrupt or not a video: {reason})") from None
     with container:
         fmt = container.format.name
@@ -285,7 +285,7 @@ def _check_frames(container, stream, path: Path) -> int:
     except av.FFmpegError as exc:
         _check_tail(container, stream, path)  # a truncated file is the likelier story; say so
         codec = stream.codec_context.name
-        raise VideoError(f"{path}: cannot decode its {codec} video ({_ffmpeg_reason(exc)})") from None
+        raise VideoError(f"{path}: cannot decode its {codec} video ({one_line(exc)})") from None
     if first is None:
         raise VideoError(f"{path}: the video stream has no frames")
     _check_tail(container, stream, path)
@@ -308,7 +308,7 @@ def _check_tail(container, stream, path: Path) -> None:
         container.seek(end, stream=stream, backward=True, any_frame=False)
         packets = [p for p in container.demux(stream) if p.size > 0]
     except av.FFmpegError as exc:
-        raise VideoError(f"{path}: is truncated or corrupt ({_ffmpeg_reason(exc)})") from None
+        raise VideoError(f"{path}: is truncated or corrupt ({one_line(exc)})") from None
     # The last frame starts within one frame period (plus rounding) of the end.
     last = max((p.pts + (p.duration or 0) for p in packets if p.pts is not None), default=None)
     frame = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
@@ -355,16 +355,5 @@ def _open_decord(path: Path, size: Size | None):
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0, **kwargs)
     except Exception as exc:  # decord raises its own C++ error types
-        raise VideoError(f"{path}: cannot be decoded ({_first_line(exc)})") from None
+        raise VideoError(f"{path}: cannot be decoded ({one_line(exc)})") from None
 
-
-def _ffmpeg_reason(exc: Exception) -> str:
-    """FFmpeg's reason without the errno and file name PyAV adds ("Invalid data found ...")."""
-    return getattr(exc, "strerror", None) or _first_line(exc)
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    # decord prefixes "[time] file.cc:123: Check failed: ..."; keep the readable tail.
-    text = lines[-1] if lines else type(exc).__name__
-    return text.split("] ", 1)[-1][:200]
