@@ -33,12 +33,6 @@ from .errors import ConfigError, one_line
 DEFAULT_CLAP = "laion/larger_clap_music"
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class ClapEmbedder:
     """CLAP audio and text embeddings (transformers' ``ClapModel``).
 
@@ -51,7 +45,9 @@ class ClapEmbedder:
     name = "clap"
 
     def __init__(self, model: Any, processor: Any, device: str | None = None):
-        self.device = _device(device)
+        from .runtime import default_device  # torch: not imported with the CLI
+
+        self.device = default_device(device)
         self.model = model.eval().to(self.device)
         self.processor = processor
         features = processor.feature_extractor
@@ -124,7 +120,9 @@ class VGGishEmbedder:
     def __init__(self, model: Any, device: str | None = None):
         import torch
 
-        self.device = _device(device)
+        from .runtime import default_device
+
+        self.device = default_device(device)
         # frechet_audio_distance drops the last ReLU (its use_activation=False):
         # the distance then sees the linear features, not their clipped halves.
         layers = list(model.embeddings.children())

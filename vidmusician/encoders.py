@@ -46,6 +46,7 @@ from .encoder_specs import (
     resolve_encoder,
 )
 from .errors import ConfigError, one_line
+from .runtime import default_device, seeded
 
 __all__ = ["DEFAULT_ENCODER", "VisualEncoder", "encoder_fingerprint", "load_encoder", "TINY_CONFIG", "TINY_MODEL_NAME"]
 
@@ -195,7 +196,7 @@ def load_encoder(spec: str | None = None, device=None, activation: str | None = 
     import open_clip
 
     plan = resolve_encoder(spec, activation)
-    device = torch.device(device) if device is not None else _default_device()
+    device = default_device(device)
     if plan.activation != plan.trained_with and plan.trained_with is not None:
         warnings.warn(
             f"visual encoder {plan.spec!r}: built with {ACTIVATION_NAMES[plan.activation]} as the adapter's features "
@@ -203,8 +204,7 @@ def load_encoder(spec: str | None = None, device=None, activation: str | None = 
             f"retrain the adapter on {ACTIVATION_NAMES[plan.trained_with]} features", stacklevel=2)
     if plan.spec == TINY_SPEC:
         # Build on CPU under a fixed seed, leaving the caller's RNG state untouched.
-        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
-            torch.manual_seed(TINY_SEED)
+        with seeded(TINY_SEED), _quiet_open_clip():
             model = open_clip.create_model(TINY_MODEL_NAME, **plan.create_kwargs())
     else:
         if plan.pretrained is None and not plan.model_name.startswith(("local-dir:", "hf-hub:")):
@@ -313,7 +313,3 @@ def _quiet_open_clip():
             yield
     finally:
         logging.disable(previous)
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,7 +17,6 @@ same seed and no video it samples exactly the tokens ``MusicGen.generate`` sampl
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
 import os
@@ -28,6 +27,7 @@ from typing import Sequence
 import torch
 
 from .errors import ConfigError
+from .runtime import seeded
 from .sampling import GenerationParams, guidance_conditions, sample_window
 
 __all__ = ["DEFAULT_BACKBONE", "load_models", "GenerationParams", "Window", "plan_windows", "generate_tokens",
@@ -354,7 +354,7 @@ def _sample_and_decode(musicgen, texts, duration, num_frames, params, seed, prog
     # tokens are exactly the ones MusicGen.generate samples.
     attributes, _ = musicgen._prepare_tokens_and_attributes(texts, None)
     device = next(musicgen.lm.parameters()).device
-    with torch.no_grad(), _seeded(seed, device):
+    with torch.no_grad(), seeded(_check_seed(seed), device):
         tokens = generate_tokens(musicgen, attributes, num_frames, params, vm=vm, videos=videos, progress=progress)
     with torch.no_grad():
         wav = musicgen.generate_audio(tokens).float().cpu()
@@ -373,15 +373,3 @@ def _check_seed(seed):
         return operator.index(seed)
     except TypeError:
         raise ConfigError(f"seed must be an integer, got {seed!r}") from None
-
-
-@contextlib.contextmanager
-def _seeded(seed, device: torch.device):
-    """Seeds torch's RNG (what audiocraft samples with) for the block, then restores it."""
-    if _check_seed(seed) is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(_check_seed(seed))
-        yield
