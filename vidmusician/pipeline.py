@@ -17,7 +17,6 @@ same seed and no video it samples exactly the tokens ``MusicGen.generate`` sampl
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 import warnings
@@ -29,6 +28,7 @@ import torch
 from .errors import ConfigError
 from .runtime import seeded
 from .sampling import GenerationParams, guidance_conditions, sample_window
+from .video import frames_covering
 
 __all__ = ["DEFAULT_BACKBONE", "load_models", "GenerationParams", "Window", "plan_windows", "generate_tokens",
            "generate_batch", "generate"]
@@ -173,7 +173,7 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
         raise ConfigError("no video in the batch to take the duration from: pass duration=SECONDS")
     params = params or vm.generation_params or GenerationParams()
     musicgen = vm.musicgen
-    num_frames = _num_frames(duration, musicgen.frame_rate)
+    num_frames = frames_covering(duration, musicgen.frame_rate)
     batch = vm.make_batch(features) if isinstance(features, VideoBatch) else vm.make_batch(features, num_frames)
     return _sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,
                               vm=vm, videos=batch)
@@ -235,7 +235,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         warnings.warn("no adapter: the video does not condition the music, it only sets its length "
                       "(pass an adapter folder for music that follows the video)", stacklevel=2)
     if vm is None:
-        num_frames = _num_frames(duration, musicgen.frame_rate)
+        num_frames = frames_covering(duration, musicgen.frame_rate)
         wav = _sample_and_decode(musicgen, [text], duration, num_frames, params, seed, progress, False)
     else:
         wav = generate_batch(vm, [video], [text], duration=duration, seed=seed, progress=progress, params=params)
@@ -340,12 +340,6 @@ def _texts(texts, size: int) -> list:
     if len(texts) != size:
         raise ConfigError(f"got {len(texts)} texts for {size} videos; give one text (or None) per video")
     return texts
-
-
-def _num_frames(duration: float, frame_rate: float) -> int:
-    # Enough frames to cover the duration; the audio is then cut to the exact length.
-    # The tolerance keeps float noise (4.0 * 25 = 100.00000001) from adding a frame.
-    return max(1, math.ceil(duration * frame_rate - 1e-6))
 
 
 def _sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ from .errors import ConfigError, DataError, VidMusicianError, one_line
 from .launch import stop_with_launcher
 from .recipe import Recipe, lr_factor, schedule_warning
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
+from .video import frames_covering
 
 
 def codebook_losses(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor):
@@ -193,7 +193,7 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     c = vm.config
     check_encoder_fit(c, str(args.data), meta.encoder, meta.encoder_activation, (meta.global_dim, meta.local_dim),
                       error=DataError, same_spec=True, fix=f"prepare it with --encoder {c.encoder}, or train a fresh adapter on it")
-    if math.ceil(meta.window * meta.global_fps) > c.max_global_tokens:
+    if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
         raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
     vm.set_stage(recipe.stage)
     if recipe.trainable is not None:

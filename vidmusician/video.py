@@ -24,7 +24,8 @@ import torch
 
 from .errors import ConfigError, VideoError, one_line
 
-__all__ = ["VideoInfo", "FrameReader", "probe", "read_frames", "iter_frames", "sample_times"]
+__all__ = ["VideoInfo", "FrameReader", "probe", "read_frames", "iter_frames", "sample_times", "frames_covering",
+           "whole_frames"]
 
 # File suffixes read as videos when a folder is scanned (prepare, eval).
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
@@ -33,6 +34,10 @@ _IMAGE_FORMATS = {"image2", "image2pipe", "apng"}
 # Slack when matching a requested time to frame timestamps: containers store
 # rounded timestamps (e.g. 0.04 s as 0.0399...), far finer than any frame period.
 _TIME_EPS = 1e-4
+# Slack when counting frames in a duration: seconds times a rate carries float noise
+# (1.1 * 50 = 55.00000000000001, 0.29 * 100 = 28.999999999999996) that must not add
+# or drop a frame; it is far below one frame of any rate (the finest is 1/50 s).
+FRAME_TOLERANCE = 1e-6
 
 Size = tuple[int, int]
 
@@ -138,9 +143,23 @@ def sample_times(duration: float, fps: float) -> np.ndarray:
     """
     if not fps > 0:
         raise ConfigError(f"fps must be positive, got {fps}")
-    # The small tolerance keeps float noise (3.0 * 25 = 75.00000000001) from adding a sample.
-    n = max(1, math.ceil(duration * fps - 1e-6))
-    return np.arange(n, dtype=np.float64) / fps
+    return np.arange(frames_covering(duration, fps), dtype=np.float64) / fps
+
+
+def frames_covering(seconds: float, rate: float) -> int:
+    """Frames at ``rate`` per second needed to cover ``seconds`` (at least one), float noise aside.
+
+    ``ceil(seconds * rate)`` within :data:`FRAME_TOLERANCE`: 1.1 s at 50 Hz is 55 frames, not 56.
+    """
+    return max(1, math.ceil(seconds * rate - FRAME_TOLERANCE))
+
+
+def whole_frames(seconds: float, rate: float) -> int:
+    """Whole frames at ``rate`` per second that fit in ``seconds``, float noise aside.
+
+    ``floor(seconds * rate)`` within :data:`FRAME_TOLERANCE`: 0.29 s at 100 Hz is 29 frames, not 28.
+    """
+    return math.floor(seconds * rate + FRAME_TOLERANCE)
 
 
 class FrameReader:
