@@ -37,7 +37,7 @@ import torch
 from .fileio import atomic_write
 from .context import VideoBatch
 from .encoder_specs import legacy_activation
-from .errors import DataError
+from .errors import DataError, differing_fields
 from .features import VideoFeatures
 
 META_NAME = "dataset.json"
@@ -91,10 +91,9 @@ class DatasetMeta:
         except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: unreadable dataset description ({exc})") from None
 
-    def differences(self, other: "DatasetMeta") -> list[str]:
-        """Fields that differ (other than the version), as 'name: mine vs theirs'."""
-        mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: {mine[k]} vs {theirs[k]}" for k in mine if k != "format_version" and mine[k] != theirs[k]]
+    def differences(self, other: "DatasetMeta") -> str:
+        """Fields that differ (other than the version), in one line ('name: mine vs theirs; ...'; '' when none)."""
+        return differing_fields(self, other, [k for k in asdict(self) if k != "format_version"])
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:

@@ -95,3 +95,28 @@ def short_path(path, limit: int = 120) -> str:
     """A path for a message: long ones (a 300-character name) keep their start and end."""
     text = str(path)
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 3):]}"
+
+
+def differing_fields(mine, theirs, fields=None, sides: tuple[str, str] = ("", "")) -> str:
+    """The fields where two records differ, as one line for a message: ``dim: adapter 32 vs backbone 64; ...``.
+
+    Args:
+        mine: A dataclass, a dict, or any object with the fields as attributes.
+        theirs: The same for the other side.
+        fields: The names to compare, in message order; default: every field of
+            ``mine`` (a dataclass's fields, a dict's keys).
+        sides: Words for the two sides ('adapter', 'backbone'); empty: the values alone.
+
+    Returns:
+        The differing fields joined with '; ', or '' when they all agree.
+    """
+    import dataclasses
+
+    def value(record, name):
+        return record[name] if isinstance(record, dict) else getattr(record, name)
+
+    if fields is None:
+        fields = [f.name for f in dataclasses.fields(mine)] if dataclasses.is_dataclass(mine) else list(mine)
+    a, b = (f"{side} " if side else "" for side in sides)
+    return "; ".join(f"{name}: {a}{value(mine, name)} vs {b}{value(theirs, name)}"
+                     for name in fields if value(mine, name) != value(theirs, name))

@@ -9,7 +9,7 @@ import torch
 
 from .config import AdapterConfig
 from .context import VideoBatch, VideoContext
-from .errors import ConfigError
+from .errors import ConfigError, differing_fields
 from .inject import GROUP_NAMES, STAGE_GROUPS, adapter_modules
 
 
@@ -74,10 +74,10 @@ class VidMusician:
 
     def _check_batch(self, batch: VideoBatch):
         c = self.config
-        if batch.global_feats.shape[-1] != c.global_dim or batch.local.shape[-1] != c.local_dim:
-            raise ConfigError(
-                f"video features are {batch.global_feats.shape[-1]}-d global / {batch.local.shape[-1]}-d local, "
-                f"the adapter expects {c.global_dim} / {c.local_dim}: extract them with encoder {c.encoder!r}")
+        widths = dict(global_dim=batch.global_feats.shape[-1], local_dim=batch.local.shape[-1])
+        diffs = differing_fields(widths, c, list(widths), ("features", "adapter"))
+        if diffs:
+            raise ConfigError(f"video features do not fit the adapter ({diffs}); extract them with encoder {c.encoder!r}")
         if abs(batch.frame_rate - c.frame_rate) > 1e-6:
             raise ConfigError(f"video batch aligned to {batch.frame_rate} Hz, the codec runs at {c.frame_rate} Hz")
 

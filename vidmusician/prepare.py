@@ -337,9 +337,9 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     meta = DatasetMeta(sample_rate=int(cm.sample_rate), channels=int(cm.channels), frame_rate=float(cm.frame_rate),
                        n_q=int(cm.num_codebooks), card=int(cm.cardinality), global_dim=int(enc.global_dim),
                        local_dim=int(enc.num_patches), encoder_activation=enc.activation, **asked)
-    if (out / META_NAME).is_file() and DatasetMeta.load(out).differences(meta):
-        raise DataError(f"{out}: prepared with another codec or encoder "
-                        f"({'; '.join(DatasetMeta.load(out).differences(meta))}); use a new folder")
+    diffs = DatasetMeta.load(out).differences(meta) if (out / META_NAME).is_file() else ""
+    if diffs:
+        raise DataError(f"{out}: prepared with another codec or encoder ({diffs}); use a new folder")
     meta.save(out)  # every process writes the same description (atomically)
 
     def load(source):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
-from .errors import ConfigError, DataError, VidMusicianError, one_line
+from .errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line
 from .launch import stop_with_launcher
 from .recipe import Recipe, lr_factor, schedule_warning
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
@@ -180,11 +180,10 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     musicgen = load_backbone(args.backbone or meta.backbone, device=device)
     use_training_precision(musicgen)
     spec = backbone_spec(musicgen)
-    diffs = [f"{k} {getattr(meta, k)} vs {getattr(spec, k)}" for k in ("frame_rate", "n_q", "card", "sample_rate")
-             if getattr(meta, k) != getattr(spec, k)]
+    diffs = differing_fields(meta, spec, ("frame_rate", "n_q", "card", "sample_rate"), ("data", "backbone"))
     if diffs:
         raise DataError(f"{args.data}: prepared with the codec of {meta.backbone!r}, which does not match "
-                        f"backbone {spec.name!r} ({', '.join(diffs)}); prepare the data with --backbone {spec.name}")
+                        f"backbone {spec.name!r} ({diffs}); prepare the data with --backbone {spec.name}")
     init = args.init or recipe.init_adapter
     if init:
         vm = VidMusician.from_pretrained(init, backbone=musicgen)
