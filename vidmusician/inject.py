@@ -18,15 +18,10 @@ from torch.utils.checkpoint import checkpoint
 from audiocraft.modules.streaming import StreamingModule
 
 from .backbones import check_fuser
-from .config import AdapterConfig
+from .config import GROUP_NAMES, AdapterConfig
 from .context import VideoContext
 from .errors import BackboneError, ConfigError, differing_fields
 from .layers import IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
-
-# What trains in each stage, by adapter group (stage 2 adds rhythm on top of a
-# trained, frozen stage-1 semantic adapter). Recipes may override with `trainable`.
-STAGE_GROUPS = {1: ("semantic",), 2: ("rhythm",)}
-GROUP_NAMES = ("semantic", "rhythm")
 
 
 # Generation steps whose in-attention states are computed at once (see VideoInputs).

@@ -7,10 +7,10 @@ from typing import Sequence
 
 import torch
 
-from .config import AdapterConfig
+from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .context import VideoBatch, VideoContext
 from .errors import ConfigError, differing_fields
-from .inject import GROUP_NAMES, STAGE_GROUPS, adapter_modules
+from .inject import adapter_modules
 
 
 class VidMusician:
@@ -84,9 +84,8 @@ class VidMusician:
     # -- training state ------------------------------------------------------
 
     def set_stage(self, stage: int) -> None:
-        """Selects what trains: stage 1 the semantic adapter, stage 2 the rhythmic one."""
-        if stage not in STAGE_GROUPS:
-            raise ConfigError(f"stage must be one of {sorted(STAGE_GROUPS)}, got {stage}")
+        """Selects what trains: the stage's groups in :data:`~vidmusician.config.STAGE_GROUPS`."""
+        check_stage(stage, "set_stage")
         self.config.stage = stage
         self.set_trainable(STAGE_GROUPS[stage])
 
