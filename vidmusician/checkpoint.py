@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import CONFIG_NAME, AdapterConfig
-from .errors import AdapterError, VidMusicianError, differing_fields
+from .errors import AdapterError, VidMusicianError, differing_fields, one_line
 from .fileio import atomic_write
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -46,7 +46,7 @@ def read_adapter_weights(path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterError(f"{path}: corrupt or truncated safetensors file ({exc}); re-download or re-save it") from None
+        raise AdapterError(f"{path}: corrupt or truncated safetensors file ({one_line(exc)}); re-download or re-save it") from None
 
 
 def load_adapter_state(vm, state: dict[str, torch.Tensor], source: str = "adapter") -> None:

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 CONFIG_NAME = "adapter_config.json"
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -200,7 +200,7 @@ class AdapterConfig:
         try:
             return cls(**{k: v for k, v in data.items() if k in known}, saved=True)
         except TypeError as exc:
-            raise ConfigError(f"{source}: invalid adapter config ({exc})") from None
+            raise ConfigError(f"{source}: invalid adapter config ({one_line(exc)})") from None
         except ConfigError as exc:  # name the file rather than "adapter config"
             raise ConfigError(f"{source}: {str(exc).removeprefix('adapter config: ')}") from None
 

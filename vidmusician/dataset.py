@@ -37,7 +37,7 @@ import torch
 from .fileio import atomic_write
 from .context import VideoBatch
 from .encoder_specs import legacy_activation
-from .errors import DataError, differing_fields
+from .errors import DataError, differing_fields, one_line
 from .features import VideoFeatures
 
 META_NAME = "dataset.json"
@@ -335,7 +335,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             codes = shard.get_tensor(f"{key}.codes")
             global_feats, local_feats = shard.get_tensor(f"{key}.global"), shard.get_tensor(f"{key}.local")
         except (SafetensorError, OSError) as exc:
-            raise self._damaged(row["shard"], f"window {key} unreadable: {exc}") from None
+            raise self._damaged(row["shard"], f"window {key} unreadable: {one_line(exc)}") from None
         self._check(row, codes, global_feats, local_feats)
         feats = VideoFeatures(global_feats.float(), local_feats.float(), m.global_fps, m.local_fps,
                               float(row["seconds"]), m.encoder, m.encoder_activation)
@@ -376,7 +376,7 @@ class PreparedDataset(torch.utils.data.Dataset):
                     raise self._damaged(name, "its checksum differs from the one written by prepare")
                 self._shards[name] = safe_open(str(path), framework="pt")
             except (SafetensorError, OSError) as exc:
-                raise self._damaged(name, f"unreadable: {exc}") from None
+                raise self._damaged(name, f"unreadable: {one_line(exc)}") from None
         return self._shards[name]
 
 

@@ -209,7 +209,7 @@ def load_embedder(spec: str, clap_model: str = DEFAULT_CLAP, vggish_weights: str
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"--embedder {spec!r}: cannot import {module_name} ({exc}); install it or fix the name"
+            f"--embedder {spec!r}: cannot import {module_name} ({one_line(exc)}); install it or fix the name"
         ) from None
     obj = getattr(module, attr, None)
     if not callable(obj):
