@@ -253,7 +253,7 @@ def test_attaching_twice_is_refused(tiny):
 
 def test_config_must_fit_backbone(tiny):
     small, wide = tiny(), tiny(dim=64)
-    with pytest.raises(ConfigError, match="dim 32 != 64"):
+    with pytest.raises(ConfigError, match=r"does not fit backbone .*\(dim: adapter 32 vs backbone 64\); size it with"):
         attach_adapters(wide, tiny_config(small))
 
 
@@ -374,6 +374,42 @@ def test_stages_select_groups_by_structure(tiny):
     counts = vm.parameter_counts()
     assert counts["trainable"] == counts["rhythm"] > 0
     assert counts["backbone"] == sum(p.numel() for p in tiny().lm.parameters())
+
+
+def test_what_a_stage_trains_comes_from_one_table(tiny, monkeypatch):
+    """config.STAGE_GROUPS alone says what a stage trains: the adapter config, the
+    recipe, attach_adapters, set_stage and the trainer's model all follow it."""
+    import types
+
+    from conftest import TINY_GLOBAL_DIM, TINY_LOCAL_DIM
+    from vidmusician.config import STAGE_GROUPS
+    from vidmusician.dataset import DatasetMeta
+    from vidmusician.inject import adapter_modules
+    from vidmusician.recipe import Recipe
+    from vidmusician.train import build_model
+
+    monkeypatch.setitem(STAGE_GROUPS, 1, ("rhythm",))
+    monkeypatch.setitem(STAGE_GROUPS, 3, ("semantic", "rhythm"))
+
+    def trainable(vm):
+        return {id(p) for p in vm.lm.parameters() if p.requires_grad}
+
+    def group(vm, name):
+        return {id(p) for m in adapter_modules(vm.lm)[name].values() for p in m.parameters()}
+
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen, stage=3))
+    assert trainable(vm) == group(vm, "semantic") | group(vm, "rhythm")
+    vm.set_stage(1)
+    assert trainable(vm) == group(vm, "rhythm")
+    with pytest.raises(ConfigError, match=r"^recipe: stage must be 1, 2 or 3, got 4$"):
+        Recipe(stage=4)
+    meta = DatasetMeta(backbone="tiny", sample_rate=32000, channels=1, frame_rate=25.0, n_q=4, card=musicgen.lm.card,
+                       encoder="tiny", global_dim=TINY_GLOBAL_DIM, local_dim=TINY_LOCAL_DIM, global_fps=1.0,
+                       local_fps=25.0, window=4.0, hop=4.0)
+    args = types.SimpleNamespace(backbone=None, data="ds", init=None)
+    trained = build_model(args, Recipe(stage=1, adapter=dict(memory_dim=32, attn_dim=16, attn_heads=2)), meta, "cpu")
+    assert trained.config.stage == 1 and trainable(trained) == group(trained, "rhythm")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):

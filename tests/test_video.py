@@ -18,7 +18,7 @@ from media import (
 )
 
 from vidmusician.errors import VideoError
-from vidmusician.video import FrameReader, iter_frames, probe, read_frames, sample_times
+from vidmusician.video import FrameReader, frames_covering, iter_frames, probe, read_frames, sample_times, whole_frames
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,15 @@ def test_sample_times():
     assert len(sample_times(0.01, 1)) == 1
     with pytest.raises(ValueError):
         sample_times(1.0, 0)
+
+
+def test_frame_counts_ignore_float_noise_and_nothing_more():
+    assert 1.1 * 50 > 55 and 0.29 * 100 < 29  # the float noise the tolerance absorbs
+    assert frames_covering(1.1, 50) == 55 and len(sample_times(1.1, 50)) == 55
+    assert frames_covering(1.1 + 1e-6, 50) == 56  # a real part of a frame more is one frame more
+    assert frames_covering(0.0, 25) == 1
+    assert whole_frames(0.29, 100) == 29
+    assert whole_frames(0.29 - 1e-6, 100) == 28
 
 
 def _bad_inputs(tmp: object) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import AudioError, ConfigError, VideoError, short_path
+from .errors import AudioError, ConfigError, VideoError, one_line, short_path
 from .fileio import atomic_write
 
 __all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "write_audio", "mux_audio",
@@ -63,7 +63,7 @@ def read_audio(path, sample_rate: int, channels: int, align_to_video: bool = Fal
                 chunks += [f.to_ndarray() for f in resampler.resample(frame)]
             chunks += [f.to_ndarray() for f in resampler.resample(None)]
     except av.FFmpegError as exc:
-        raise AudioError(f"{path}: cannot decode the audio ({getattr(exc, 'strerror', None) or exc})") from None
+        raise AudioError(f"{path}: cannot decode the audio ({one_line(exc)})") from None
     if not chunks:
         raise AudioError(f"{path}: the audio stream has no samples")
     wav = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))
@@ -229,7 +229,7 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
         try:
             src = av.open(str(video))
         except (av.FFmpegError, OSError) as exc:
-            raise VideoError(f"{video}: cannot read it as a video ({_first_line(exc)})") from None
+            raise VideoError(f"{video}: cannot read it as a video ({one_line(exc)})") from None
         with src:
             if not src.streams.video:
                 raise VideoError(f"{video}: no video stream to copy")
@@ -249,7 +249,7 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
                     _interleave(dst, src.demux(vin), vin, vout, audio_packets)
             except av.FFmpegError as exc:
                 raise VideoError(f"{path}: cannot copy the {vin.codec_context.name} video stream into a "
-                                 f"{path.suffix} file ({_first_line(exc)}); try a .mkv output") from None
+                                 f"{path.suffix} file ({one_line(exc)}); try a .mkv output") from None
 
     atomic_write(path, write)
     return path
@@ -314,10 +314,5 @@ def _as_float_array(wav) -> np.ndarray:
     if wav.ndim != 2:
         raise ConfigError(f"expected audio of shape [channels, samples], got {tuple(wav.shape)}")
     return np.clip(wav, -1.0, 1.0)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 

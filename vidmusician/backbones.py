@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import BackboneError
+from .errors import BackboneError, one_line
+from .runtime import default_device, seeded
 
 # The real MusicGen LM architectures (audiocraft's musicgen configs): width, heads, layers.
 ARCHITECTURES = {
@@ -112,7 +113,7 @@ def _build(lm_cfg, codec_cfg, name: str, seed: int, t5: tuple[str, dict] | None 
 
     from .t5 import attach_random_t5
 
-    with _seeded(seed):
+    with seeded(seed):
         lm = builders.get_lm_model(lm_cfg).eval()
     if t5 is not None:  # (T5 name, architecture): replaces the lookup-table text conditioner
         attach_random_t5(lm, *t5, seed=seed, device=lm_cfg.device)
@@ -124,7 +125,7 @@ def _build_codec(codec_cfg, seed: int):
     :func:`load_codec` builds the same one without the LM."""
     from audiocraft.models import builders
 
-    with _seeded(seed), torch.no_grad():
+    with seeded(seed), torch.no_grad():
         cm = builders.get_compression_model(codec_cfg).eval()
         # RVQ codebooks start un-initialized (k-means on the first batch): do it now,
         # seeded, on the encoder's own embeddings of a second of noise (so audio maps
@@ -209,7 +210,7 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     """
     from audiocraft.models.musicgen import MusicGen
 
-    name, device = str(name_or_path), _default_device(device)
+    name, device = str(name_or_path), str(default_device(device))
     if name in ("tiny", "tiny-t5"):
         return tiny_musicgen(device=device, t5=name == "tiny-t5")
     if name == "tiny-learned":
@@ -238,7 +239,7 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     """
     from audiocraft.models import builders, loaders
 
-    name, device = str(name_or_path), _default_device(device)
+    name, device = str(name_or_path), str(default_device(device))
     if name in ("tiny", "tiny-t5", "tiny-learned"):
         return _build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
     if name.startswith("random-"):
@@ -306,10 +307,6 @@ def _architecture(size: str) -> dict:
     return ARCHITECTURES[size]
 
 
-def _default_device(device) -> str:
-    return str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # A Hugging Face repository id: 'org/name'.
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -371,8 +368,7 @@ def _load_errors(name: str, what: str):
         with audiocraft_checkpoint_globals():
             yield
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"{name}: could not load the {what} ({first}); check the name, "
+        raise BackboneError(f"{name}: could not load the {what} ({one_line(exc)}); check the name, "
                             f"the network for a first download, or pass a local folder") from None
 
 
@@ -393,11 +389,4 @@ def audiocraft_checkpoint_globals():
                nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
                typing.Any, dict, list, int, float, bool, str, collections.defaultdict]
     with torch.serialization.safe_globals(allowed):
-        yield
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
         yield

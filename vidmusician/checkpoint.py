@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .config import CONFIG_NAME, AdapterConfig
-from .errors import AdapterError, VidMusicianError
+from .errors import AdapterError, VidMusicianError, differing_fields, one_line
 from .fileio import atomic_write
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -46,7 +46,7 @@ def read_adapter_weights(path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterError(f"{path}: corrupt or truncated safetensors file ({exc}); re-download or re-save it") from None
+        raise AdapterError(f"{path}: corrupt or truncated safetensors file ({one_line(exc)}); re-download or re-save it") from None
 
 
 def load_adapter_state(vm, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
@@ -85,11 +85,10 @@ def load_adapter(directory, backbone=None, device=None):
     if backbone is None or isinstance(backbone, (str, os.PathLike)):
         backbone = load_backbone(backbone or config.backbone, device=device)
     spec = backbone_spec(backbone)
-    diffs = [f"{k}: adapter {getattr(config, k)} vs backbone {getattr(spec, k)}"
-             for k in ("dim", "num_layers", "frame_rate") if getattr(config, k) != getattr(spec, k)]
+    diffs = differing_fields(config, spec, ("dim", "num_layers", "frame_rate"), ("adapter", "backbone"))
     if diffs:
         raise AdapterError(f"{directory}: adapter made for {config.backbone!r} does not match backbone "
-                           f"{spec.name!r} ({'; '.join(diffs)})")
+                           f"{spec.name!r} ({diffs}); load it with backbone {config.backbone!r}")
     vm = attach_adapters(backbone, config)
     vm.load_adapter_state_dict(state, source=str(directory))
     vm.eval()

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import VidMusicianError, os_error_line
+from .errors import VidMusicianError, one_line
 
 COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo")
 
@@ -48,11 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except VidMusicianError as exc:
-        print(f"vidmusician {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the file system said no (full disk, read-only, name too long): one line too
-        print(f"vidmusician {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+    except (VidMusicianError, OSError) as exc:  # OSError: the file system said no (full disk, read-only)
+        print(f"vidmusician {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vidmusician {args.command}: interrupted", file=sys.stderr)

@@ -8,10 +8,26 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 CONFIG_NAME = "adapter_config.json"
 PRESET_DIR = Path(__file__).parent / "presets"
+
+# The adapter groups: each adapter module belongs to one (see inject.adapter_modules).
+GROUP_NAMES = ("semantic", "rhythm")
+# What each training stage trains, by adapter group: the one table that a stage,
+# an adapter config's `stage` and a recipe's `stage` mean. Stage 2 trains the
+# rhythmic adapter on top of a trained stage-1 semantic adapter, which stays as
+# stage 1 left it. A recipe's `trainable` may name other groups for one run.
+STAGE_GROUPS = {1: ("semantic",), 2: ("rhythm",)}
+
+
+def check_stage(stage, source: str = "adapter config") -> None:
+    """Refuses a stage that :data:`STAGE_GROUPS` does not list (one line naming ``source``)."""
+    if isinstance(stage, bool) or stage not in STAGE_GROUPS:
+        *others, last = sorted(STAGE_GROUPS)
+        choices = f"{', '.join(map(str, others))} or {last}" if others else str(last)
+        raise ConfigError(f"{source}: stage must be {choices}, got {stage!r}")
 
 
 @dataclass
@@ -43,7 +59,8 @@ class AdapterConfig:
             (GELU for 'ViT-B-32:openai'; see vidmusician.encoder_specs.legacy_activation).
         global_fps: frames per second of the global features.
         local_fps: frames per second of the local change signal before resampling.
-        stage: 1 (semantic only trains) or 2 (rhythm trains too).
+        stage: the training stage (:data:`STAGE_GROUPS` says what it trains: 1 the
+            semantic adapter, 2 the rhythmic one).
         semantic_encoder: how global tokens become the memory: 'linear' (LayerNorm +
             Linear + learned positions) or 't5-lora' (the paper's: an embedding manager
             into the backbone's own T5 encoder with LoRA, then a projector; see
@@ -102,8 +119,7 @@ class AdapterConfig:
                 raise ConfigError(f"{name} {bad} out of range for a {self.num_layers}-layer backbone")
         if self.attn_dim % self.attn_heads:
             raise ConfigError(f"attn_dim {self.attn_dim} is not divisible by attn_heads {self.attn_heads}")
-        if self.stage not in (1, 2):
-            raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
+        check_stage(self.stage)
         if self.semantic_encoder not in SEMANTIC_ENCODERS:
             raise ConfigError(f"semantic_encoder {self.semantic_encoder!r} is not one of "
                               f"{', '.join(map(repr, SEMANTIC_ENCODERS))}")
@@ -184,7 +200,7 @@ class AdapterConfig:
         try:
             return cls(**{k: v for k, v in data.items() if k in known}, saved=True)
         except TypeError as exc:
-            raise ConfigError(f"{source}: invalid adapter config ({exc})") from None
+            raise ConfigError(f"{source}: invalid adapter config ({one_line(exc)})") from None
         except ConfigError as exc:  # name the file rather than "adapter config"
             raise ConfigError(f"{source}: {str(exc).removeprefix('adapter config: ')}") from None
 

@@ -14,7 +14,6 @@ carry video, ``s`` steps, ``t`` memory tokens, ``d`` model width, ...).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -61,6 +60,7 @@ class VideoBatch:
             global_dim, local_dim: widths, needed only when every entry is ``None``.
         """
         from .features import resample_local
+        from .video import frames_covering
 
         real = [f for f in features if f is not None]
         if real:
@@ -74,7 +74,7 @@ class VideoBatch:
             if global_dim is None or local_dim is None:
                 raise ConfigError("a batch of null videos needs global_dim and local_dim")
         if num_frames is None:
-            num_frames = max([math.ceil(f.duration * frame_rate) for f in real] or [1])
+            num_frames = max([frames_covering(f.duration, frame_rate) for f in real] or [1])
         tg = max([f.global_feats.shape[0] for f in real] or [1])
         B = len(features)
         g = torch.zeros(B, tg, global_dim)

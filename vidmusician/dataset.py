@@ -37,7 +37,7 @@ import torch
 from .fileio import atomic_write
 from .context import VideoBatch
 from .encoder_specs import legacy_activation
-from .errors import DataError
+from .errors import DataError, differing_fields, one_line
 from .features import VideoFeatures
 
 META_NAME = "dataset.json"
@@ -91,10 +91,9 @@ class DatasetMeta:
         except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: unreadable dataset description ({exc})") from None
 
-    def differences(self, other: "DatasetMeta") -> list[str]:
-        """Fields that differ (other than the version), as 'name: mine vs theirs'."""
-        mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: {mine[k]} vs {theirs[k]}" for k in mine if k != "format_version" and mine[k] != theirs[k]]
+    def differences(self, other: "DatasetMeta") -> str:
+        """Fields that differ (other than the version), in one line ('name: mine vs theirs; ...'; '' when none)."""
+        return differing_fields(self, other, [k for k in asdict(self) if k != "format_version"])
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
@@ -336,7 +335,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             codes = shard.get_tensor(f"{key}.codes")
             global_feats, local_feats = shard.get_tensor(f"{key}.global"), shard.get_tensor(f"{key}.local")
         except (SafetensorError, OSError) as exc:
-            raise self._damaged(row["shard"], f"window {key} unreadable: {exc}") from None
+            raise self._damaged(row["shard"], f"window {key} unreadable: {one_line(exc)}") from None
         self._check(row, codes, global_feats, local_feats)
         feats = VideoFeatures(global_feats.float(), local_feats.float(), m.global_fps, m.local_fps,
                               float(row["seconds"]), m.encoder, m.encoder_activation)
@@ -377,7 +376,7 @@ class PreparedDataset(torch.utils.data.Dataset):
                     raise self._damaged(name, "its checksum differs from the one written by prepare")
                 self._shards[name] = safe_open(str(path), framework="pt")
             except (SafetensorError, OSError) as exc:
-                raise self._damaged(name, f"unreadable: {exc}") from None
+                raise self._damaged(name, f"unreadable: {one_line(exc)}") from None
         return self._shards[name]
 
 

@@ -28,15 +28,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 DEFAULT_CLAP = "laion/larger_clap_music"
-
-
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class ClapEmbedder:
@@ -51,7 +45,9 @@ class ClapEmbedder:
     name = "clap"
 
     def __init__(self, model: Any, processor: Any, device: str | None = None):
-        self.device = _device(device)
+        from .runtime import default_device  # torch: not imported with the CLI
+
+        self.device = default_device(device)
         self.model = model.eval().to(self.device)
         self.processor = processor
         features = processor.feature_extractor
@@ -75,9 +71,8 @@ class ClapEmbedder:
             model = ClapModel.from_pretrained(name_or_path)
             processor = ClapProcessor.from_pretrained(name_or_path)
         except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(
-                f"CLAP model {name_or_path!r} cannot be loaded ({first}); pass a Hugging Face id such as "
+                f"CLAP model {name_or_path!r} cannot be loaded ({one_line(exc)}); pass a Hugging Face id such as "
                 f"{DEFAULT_CLAP} (downloaded on first use) or a folder saved with save_pretrained"
             ) from None
         return cls(model, processor, device)
@@ -125,7 +120,9 @@ class VGGishEmbedder:
     def __init__(self, model: Any, device: str | None = None):
         import torch
 
-        self.device = _device(device)
+        from .runtime import default_device
+
+        self.device = default_device(device)
         # frechet_audio_distance drops the last ReLU (its use_activation=False):
         # the distance then sees the linear features, not their clipped halves.
         layers = list(model.embeddings.children())
@@ -212,7 +209,7 @@ def load_embedder(spec: str, clap_model: str = DEFAULT_CLAP, vggish_weights: str
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(
-            f"--embedder {spec!r}: cannot import {module_name} ({exc}); install it or fix the name"
+            f"--embedder {spec!r}: cannot import {module_name} ({one_line(exc)}); install it or fix the name"
         ) from None
     obj = getattr(module, attr, None)
     if not callable(obj):

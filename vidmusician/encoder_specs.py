@@ -29,7 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, differing_fields
 
 QUICK_GELU = "quick_gelu"
 GELU = "gelu"
@@ -166,10 +166,12 @@ def check_encoder_fit(config, source: str, encoder: str, activation: str | None,
         error: One line naming both sides and the fix.
     """
     fix = fix or f"use the adapter's encoder {config.encoder!r} (a video file is encoded as the adapter expects)"
-    made = f"{encoder!r}" + (f" ({dims[0]}/{dims[1]}-d)" if dims else "")
-    wanted = f"{config.encoder!r}" + (f" ({config.global_dim}/{config.local_dim}-d)" if dims else "")
-    if dims is not None and tuple(dims) != (config.global_dim, config.local_dim):
-        raise error(f"{source}: features from encoder {made}, the adapter expects {wanted}; {fix}")
+    mismatch = f"{source}: features from encoder {encoder!r} do not fit the adapter trained on {config.encoder!r}"
+    if dims is not None:
+        diffs = differing_fields(dict(global_dim=dims[0], local_dim=dims[1]), config, ("global_dim", "local_dim"),
+                                 ("features", "adapter"))
+        if diffs:
+            raise error(f"{mismatch} ({diffs}); {fix}")
     have = activation or legacy_activation(encoder)
     want = config.encoder_activation or natural_activation(config.encoder)
     if have is not None and want is not None and have != want:
@@ -177,7 +179,7 @@ def check_encoder_fit(config, source: str, encoder: str, activation: str | None,
                     f"on {ACTIVATION_NAMES[want]} features ({config.encoder!r}); {fix}")
     if encoder != config.encoder:
         if same_spec:
-            raise error(f"{source}: features from encoder {made}, the adapter expects {wanted}; {fix}")
+            raise error(f"{mismatch}; {fix}")
         warnings.warn(f"{source}: features from encoder {encoder!r}, the adapter was trained with "
                       f"{config.encoder!r}; the music may not follow the video", stacklevel=3)
 

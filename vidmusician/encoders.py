@@ -45,7 +45,8 @@ from .encoder_specs import (
     EncoderPlan,
     resolve_encoder,
 )
-from .errors import ConfigError
+from .errors import ConfigError, one_line
+from .runtime import default_device, seeded
 
 __all__ = ["DEFAULT_ENCODER", "VisualEncoder", "encoder_fingerprint", "load_encoder", "TINY_CONFIG", "TINY_MODEL_NAME"]
 
@@ -195,7 +196,7 @@ def load_encoder(spec: str | None = None, device=None, activation: str | None = 
     import open_clip
 
     plan = resolve_encoder(spec, activation)
-    device = torch.device(device) if device is not None else _default_device()
+    device = default_device(device)
     if plan.activation != plan.trained_with and plan.trained_with is not None:
         warnings.warn(
             f"visual encoder {plan.spec!r}: built with {ACTIVATION_NAMES[plan.activation]} as the adapter's features "
@@ -203,8 +204,7 @@ def load_encoder(spec: str | None = None, device=None, activation: str | None = 
             f"retrain the adapter on {ACTIVATION_NAMES[plan.trained_with]} features", stacklevel=2)
     if plan.spec == TINY_SPEC:
         # Build on CPU under a fixed seed, leaving the caller's RNG state untouched.
-        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
-            torch.manual_seed(TINY_SEED)
+        with seeded(TINY_SEED), _quiet_open_clip():
             model = open_clip.create_model(TINY_MODEL_NAME, **plan.create_kwargs())
     else:
         if plan.pretrained is None and not plan.model_name.startswith(("local-dir:", "hf-hub:")):
@@ -220,8 +220,7 @@ def load_encoder(spec: str | None = None, device=None, activation: str | None = 
         except ConfigError:
             raise
         except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HTTP errors
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            raise ConfigError(f"visual encoder {plan.spec!r}: cannot build it ({reason})") from None
+            raise ConfigError(f"visual encoder {plan.spec!r}: cannot build it ({one_line(exc)})") from None
     encoder = VisualEncoder(model.visual, plan.spec, plan.fingerprint, device)
     if plan.activation not in (None, encoder.activation):
         raise ConfigError(f"visual encoder {plan.spec!r}: built with {encoder.activation}, but its weights "
@@ -257,8 +256,7 @@ def _load_openai_archive(plan: EncoderPlan):
         model = build_model_from_openai_state_dict(
             state_dict, quick_gelu=plan.activation == QUICK_GELU, cast_dtype=None).float()
     except Exception as exc:  # TorchScript errors, or keys that are not OpenAI's CLIP
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ConfigError(f"visual encoder {plan.spec!r}: not an OpenAI CLIP archive ({reason})") from None
+        raise ConfigError(f"visual encoder {plan.spec!r}: not an OpenAI CLIP archive ({one_line(exc)})") from None
     name = plan.model_name.replace("/", "-")
     want, have = _vit_shape(open_clip.get_model_config(name)), _vit_shape(model)
     if want != have:
@@ -315,7 +313,3 @@ def _quiet_open_clip():
             yield
     finally:
         logging.disable(previous)
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

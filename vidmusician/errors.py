@@ -5,6 +5,9 @@ is one line that names the input and the fix. The CLI prints that line and exits
 with status 2, never a traceback.
 """
 
+import errno
+import re
+
 
 class VidMusicianError(Exception):
     """Base class of the errors a user can cause."""
@@ -34,28 +37,86 @@ class DataError(VidMusicianError):
     """A prepared dataset is missing or inconsistent."""
 
 
-def os_error_line(exc: OSError) -> str:
-    """One line for a file-system failure: the path, what the system said, and what to do."""
-    import errno
+# What to do about a file-system failure, by errno: the user cannot act on "[Errno 28]".
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full; free space or write elsewhere (earlier outputs were left intact)",
+    errno.EDQUOT: "the disk quota is exceeded; free space or write elsewhere",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "operation not permitted; choose a folder you can write to",
+    errno.ENAMETOOLONG: "the file name is too long for this file system; use a shorter name",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.EISDIR: "this is a folder; give a file name",
+    errno.EEXIST: "this already exists and is in the way",
+    errno.ENOENT: "no such file or folder",
+}
 
-    path = short_path(exc.filename) if exc.filename is not None else ""
-    fixes = {
-        errno.ENOSPC: "the disk is full; free space or write elsewhere (earlier outputs were left intact)",
-        errno.EDQUOT: "the disk quota is exceeded; free space or write elsewhere",
-        errno.EROFS: "the file system is read-only; choose a writable folder",
-        errno.EACCES: "permission denied; choose a folder you can write to",
-        errno.EPERM: "operation not permitted; choose a folder you can write to",
-        errno.ENAMETOOLONG: "the file name is too long for this file system; use a shorter name",
-        errno.ENOTDIR: "a part of this path is a file, not a folder",
-        errno.EISDIR: "this is a folder; give a file name",
-        errno.EEXIST: "this already exists and is in the way",
-        errno.ENOENT: "no such file or folder",
-    }
-    what = fixes.get(exc.errno, exc.strerror or type(exc).__name__)
-    return f"{path}: {what}" if path else what
+# decord's log prefix, "[12:34:56] /src/video/video_reader.cc:83: ": where in decord's C++, not what.
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """One line for an exception: to print as the error, or to quote inside a project message.
+
+    - A project error: its own message (one line by design), also when a DataLoader
+      worker re-raised it inside torch's traceback text.
+    - A file-system failure (``OSError`` with a path or an errno): the path and what
+      to do ("disk is full; free space ..."), or what the system said.
+    - Anything else (a library's error): its reason, without the errno and file name
+      PyAV adds (``strerror``), the traceback decord or torch put before it, or
+      decord's log prefix; the first line, whitespace collapsed, at most ``limit``
+      characters; the exception's type name when it says nothing.
+
+    Args:
+        exc: The exception.
+        limit: Longest quoted reason of a library error (project messages are never cut).
+
+    Returns:
+        A line without newlines.
+    """
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith(("Caught ", "Traceback ")):
+        # torch's ExceptionWrapper ("Caught DataError in DataLoader worker process 0.")
+        # and decord's FFI errors put the traceback first and "Type: message" last.
+        lines = [lines[-1].split(": ", 1)[-1]]
+    if isinstance(exc, VidMusicianError):
+        return " ".join(lines)
+    if isinstance(exc, OSError) and (exc.errno in _OS_FIXES or exc.filename is not None):
+        path = short_path(exc.filename) if exc.filename is not None else ""
+        what = _OS_FIXES.get(exc.errno, exc.strerror or type(exc).__name__)
+        return f"{path}: {what}" if path else what
+    reason = getattr(exc, "strerror", None) or (lines[0] if lines else "")
+    reason = " ".join(_DECORD_PREFIX.sub("", reason).split())
+    return reason[:limit] or type(exc).__name__
 
 
 def short_path(path, limit: int = 120) -> str:
     """A path for a message: long ones (a 300-character name) keep their start and end."""
     text = str(path)
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 3):]}"
+
+
+def differing_fields(mine, theirs, fields=None, sides: tuple[str, str] = ("", "")) -> str:
+    """The fields where two records differ, as one line for a message: ``dim: adapter 32 vs backbone 64; ...``.
+
+    Args:
+        mine: A dataclass, a dict, or any object with the fields as attributes.
+        theirs: The same for the other side.
+        fields: The names to compare, in message order; default: every field of
+            ``mine`` (a dataclass's fields, a dict's keys).
+        sides: Words for the two sides ('adapter', 'backbone'); empty: the values alone.
+
+    Returns:
+        The differing fields joined with '; ', or '' when they all agree.
+    """
+    import dataclasses
+
+    def value(record, name):
+        return record[name] if isinstance(record, dict) else getattr(record, name)
+
+    if fields is None:
+        fields = [f.name for f in dataclasses.fields(mine)] if dataclasses.is_dataclass(mine) else list(mine)
+    a, b = (f"{side} " if side else "" for side in sides)
+    return "; ".join(f"{name}: {a}{value(mine, name)} vs {b}{value(theirs, name)}"
+                     for name in fields if value(mine, name) != value(theirs, name))

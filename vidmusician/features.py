@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, one_line
 from .fileio import atomic_write
 from .video import FrameReader, probe, sample_times
 
@@ -116,7 +116,7 @@ class VideoFeatures:
         except KeyError as exc:
             raise DataError(f"{path}: not a features file (missing {exc.args[0]!r})") from None
         except Exception as exc:  # safetensors raises SafetensorError / OSError on corrupt files
-            raise DataError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from None
+            raise DataError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
         if feats.global_feats.ndim != 2 or feats.local_feats.ndim != 2:
             raise DataError(f"{path}: features must be 2-D, got global {tuple(feats.global_feats.shape)}, "
                             f"local {tuple(feats.local_feats.shape)}")
@@ -335,7 +335,3 @@ def _read_cache(path: Path) -> VideoFeatures | None:
         return VideoFeatures.load(path)
     except DataError:
         return None
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -21,15 +21,10 @@ from torch.utils.checkpoint import checkpoint
 from audiocraft.modules.streaming import StreamingModule
 
 from .backbones import check_fuser
-from .config import AdapterConfig
+from .config import GROUP_NAMES, AdapterConfig
 from .context import VideoContext
-from .errors import BackboneError, ConfigError
+from .errors import BackboneError, ConfigError, differing_fields
 from .layers import FoldedMemory, IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
-
-# What trains in each stage, by adapter group (stage 2 adds rhythm on top of a
-# trained, frozen stage-1 semantic adapter). Recipes may override with `trainable`.
-STAGE_GROUPS = {1: ("semantic",), 2: ("rhythm",)}
-GROUP_NAMES = ("semantic", "rhythm")
 
 
 # Generation steps whose in-attention states are computed at once (see VideoInputs).
@@ -291,9 +286,9 @@ def _text_conditioner(config: AdapterConfig, musicgen):
     if config.t5 is None:
         config.t5 = own  # a config made by hand: sized to this backbone's T5
     elif config.t5 != own:
-        diffs = ", ".join(f"{k} {config.t5[k]} != {own[k]}" for k in own if config.t5[k] != own[k])
+        diffs = differing_fields(config.t5, own, list(own), ("adapter", "backbone"))
         raise ConfigError(f"adapter config for {config.backbone!r} was made for another T5 text encoder than "
-                          f"backbone {musicgen.name!r} has ({diffs})")
+                          f"backbone {musicgen.name!r} has ({diffs}); use the backbone it was trained on")
     return text_conditioner(musicgen)
 
 
@@ -301,12 +296,10 @@ def _check_config_fits(config: AdapterConfig, musicgen):
     from .backbones import backbone_spec
 
     spec = backbone_spec(musicgen)
-    diffs = [f"{k} {getattr(config, k)} != {v}" for k, v in
-             (("dim", spec.dim), ("num_layers", spec.num_layers), ("frame_rate", spec.frame_rate))
-             if getattr(config, k) != v]
+    diffs = differing_fields(config, spec, ("dim", "num_layers", "frame_rate"), ("adapter", "backbone"))
     if diffs:
-        raise ConfigError(f"adapter config for {config.backbone!r} does not fit backbone {spec.name!r}: "
-                          + ", ".join(diffs))
+        raise ConfigError(f"adapter config for {config.backbone!r} does not fit backbone {spec.name!r} ({diffs}); "
+                          f"size it with AdapterConfig.for_backbone")
 
 
 def adapter_modules(lm) -> dict[str, dict[str, nn.Module]]:

@@ -1,4 +1,4 @@
-"""Living under a launcher (``accelerate launch`` / torchrun): worker lifetime and worker errors."""
+"""Living under a launcher (``accelerate launch`` / torchrun): worker lifetime."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import os
 import sys
 import time
 
-from .errors import VidMusicianError
-
-__all__ = ["one_line", "stop_with_launcher"]
+__all__ = ["stop_with_launcher"]
 
 
 def stop_with_launcher(program: str, interval: float = 1.0) -> None:
@@ -36,10 +34,3 @@ def stop_with_launcher(program: str, interval: float = 1.0) -> None:
 
     threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()
 
-
-def one_line(exc: VidMusicianError) -> str:
-    """The error's own line, also when a DataLoader worker re-raised it with its traceback."""
-    lines = str(exc).strip().splitlines()
-    if len(lines) > 1 and lines[0].startswith("Caught "):  # torch's ExceptionWrapper: the message is last
-        return lines[-1].split(": ", 1)[-1]
-    return str(exc)

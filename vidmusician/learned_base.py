@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .fileio import atomic_write
+from .runtime import seeded
 
 VERSION = 1  # bump when the music or the training below changes
 STYLES, PERIOD = 4, 4
@@ -150,8 +151,6 @@ def heldout_loss(lm, num: int = 32, num_frames: int = 100, seed: int = 12345) ->
 
 def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
     """Trains ``musicgen.lm`` in place on synthetic music, then freezes it; returns the loss per step."""
-    from .backbones import _seeded
-
     lm = musicgen.lm
     device = next(lm.parameters()).device
     rng = random.Random(recipe.seed)
@@ -160,7 +159,7 @@ def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / recipe.warmup) * 0.5 * (
         1 + torch.cos(torch.tensor(torch.pi * s / recipe.steps)).item()))
     losses = []
-    with _seeded(recipe.seed):
+    with seeded(recipe.seed):
         lm.train()
         for _ in range(recipe.steps):
             codes = torch.stack([random_piece(rng, recipe.num_frames, card=lm.card, n_q=lm.num_codebooks)

@@ -7,10 +7,10 @@ from typing import Sequence
 
 import torch
 
-from .config import AdapterConfig
+from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .context import VideoBatch, VideoContext
-from .errors import ConfigError
-from .inject import GROUP_NAMES, STAGE_GROUPS, adapter_modules
+from .errors import ConfigError, differing_fields
+from .inject import adapter_modules
 
 
 class VidMusician:
@@ -74,19 +74,18 @@ class VidMusician:
 
     def _check_batch(self, batch: VideoBatch):
         c = self.config
-        if batch.global_feats.shape[-1] != c.global_dim or batch.local.shape[-1] != c.local_dim:
-            raise ConfigError(
-                f"video features are {batch.global_feats.shape[-1]}-d global / {batch.local.shape[-1]}-d local, "
-                f"the adapter expects {c.global_dim} / {c.local_dim}: extract them with encoder {c.encoder!r}")
+        widths = dict(global_dim=batch.global_feats.shape[-1], local_dim=batch.local.shape[-1])
+        diffs = differing_fields(widths, c, list(widths), ("features", "adapter"))
+        if diffs:
+            raise ConfigError(f"video features do not fit the adapter ({diffs}); extract them with encoder {c.encoder!r}")
         if abs(batch.frame_rate - c.frame_rate) > 1e-6:
             raise ConfigError(f"video batch aligned to {batch.frame_rate} Hz, the codec runs at {c.frame_rate} Hz")
 
     # -- training state ------------------------------------------------------
 
     def set_stage(self, stage: int) -> None:
-        """Selects what trains: stage 1 the semantic adapter, stage 2 the rhythmic one."""
-        if stage not in STAGE_GROUPS:
-            raise ConfigError(f"stage must be one of {sorted(STAGE_GROUPS)}, got {stage}")
+        """Selects what trains: the stage's groups in :data:`~vidmusician.config.STAGE_GROUPS`."""
+        check_stage(stage, "set_stage")
         self.config.stage = stage
         self.set_trainable(STAGE_GROUPS[stage])
 

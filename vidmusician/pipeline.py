@@ -17,8 +17,6 @@ same seed and no video it samples exactly the tokens ``MusicGen.generate`` sampl
 
 from __future__ import annotations
 
-import contextlib
-import math
 import operator
 import os
 import warnings
@@ -28,7 +26,9 @@ from typing import Sequence
 import torch
 
 from .errors import ConfigError
+from .runtime import seeded
 from .sampling import GenerationParams, guidance_conditions, sample_window
+from .video import frames_covering
 
 __all__ = ["DEFAULT_BACKBONE", "load_models", "GenerationParams", "Window", "plan_windows", "generate_tokens",
            "generate_batch", "generate"]
@@ -173,7 +173,7 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
         raise ConfigError("no video in the batch to take the duration from: pass duration=SECONDS")
     params = params or vm.generation_params or GenerationParams()
     musicgen = vm.musicgen
-    num_frames = _num_frames(duration, musicgen.frame_rate)
+    num_frames = frames_covering(duration, musicgen.frame_rate)
     batch = vm.make_batch(features) if isinstance(features, VideoBatch) else vm.make_batch(features, num_frames)
     return _sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,
                               vm=vm, videos=batch)
@@ -235,7 +235,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         warnings.warn("no adapter: the video does not condition the music, it only sets its length "
                       "(pass an adapter folder for music that follows the video)", stacklevel=2)
     if vm is None:
-        num_frames = _num_frames(duration, musicgen.frame_rate)
+        num_frames = frames_covering(duration, musicgen.frame_rate)
         wav = _sample_and_decode(musicgen, [text], duration, num_frames, params, seed, progress, False)
     else:
         wav = generate_batch(vm, [video], [text], duration=duration, seed=seed, progress=progress, params=params)
@@ -342,19 +342,13 @@ def _texts(texts, size: int) -> list:
     return texts
 
 
-def _num_frames(duration: float, frame_rate: float) -> int:
-    # Enough frames to cover the duration; the audio is then cut to the exact length.
-    # The tolerance keeps float noise (4.0 * 25 = 100.00000001) from adding a frame.
-    return max(1, math.ceil(duration * frame_rate - 1e-6))
-
-
 def _sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,
                        vm=None, videos=None):
     # MusicGen's own preparation of the text conditions, so that without video the
     # tokens are exactly the ones MusicGen.generate samples.
     attributes, _ = musicgen._prepare_tokens_and_attributes(texts, None)
     device = next(musicgen.lm.parameters()).device
-    with torch.no_grad(), _seeded(seed, device):
+    with torch.no_grad(), seeded(_check_seed(seed), device):
         tokens = generate_tokens(musicgen, attributes, num_frames, params, vm=vm, videos=videos, progress=progress)
     with torch.no_grad():
         wav = musicgen.generate_audio(tokens).float().cpu()
@@ -373,15 +367,3 @@ def _check_seed(seed):
         return operator.index(seed)
     except TypeError:
         raise ConfigError(f"seed must be an integer, got {seed!r}") from None
-
-
-@contextlib.contextmanager
-def _seeded(seed, device: torch.device):
-    """Seeds torch's RNG (what audiocraft samples with) for the block, then restores it."""
-    if _check_seed(seed) is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(_check_seed(seed))
-        yield

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import os
 import signal
 import time
@@ -30,7 +29,7 @@ from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PA
 from .encoders import DEFAULT_ENCODER
 from .errors import ConfigError, DataError, VidMusicianError
 from .audio_io import read_audio
-from .video import VIDEO_SUFFIXES, probe
+from .video import FRAME_TOLERANCE, VIDEO_SUFFIXES, frames_covering, probe, whole_frames
 from .features import VideoFeatures
 from .fileio import atomic_write
 
@@ -106,7 +105,7 @@ def window_starts(duration: float, window: float, hop: float, grid: float) -> tu
     """
     if duration < window:
         return [0.0], duration
-    last = math.floor((duration - window) / grid + 1e-6) * grid
+    last = whole_frames(duration - window, 1.0 / grid) * grid
     starts = [float(s) for s in np.arange(0.0, last + 1e-6, hop)]
     if last - starts[-1] > 1e-6:
         starts.append(last)
@@ -117,7 +116,7 @@ def slice_features(feats: VideoFeatures, start: float, length: float) -> VideoFe
     """The features of ``[start, start + length)`` of a video, timed from the window's start."""
     def rows(x: torch.Tensor, fps: float) -> torch.Tensor:
         first = int(round(start * fps))
-        return x[first:first + max(1, math.ceil(length * fps - 1e-6))]
+        return x[first:first + frames_covering(length, fps)]
 
     return VideoFeatures(rows(feats.global_feats, feats.global_fps), rows(feats.local_feats, feats.local_fps),
                          feats.global_fps, feats.local_fps, length, feats.encoder)
@@ -163,7 +162,7 @@ def process_source(source: Source, cm, encoder, meta: DatasetMeta, wav: torch.Te
     feats = extract_features(source.video, encoder, meta.global_fps, meta.local_fps)
     seconds["video"] = seconds.get("video", 0.0) + time.perf_counter() - t
     duration = min(feats.duration, wav.shape[-1] / meta.sample_rate)
-    duration = math.floor(duration * meta.frame_rate + 1e-6) / meta.frame_rate  # whole codec frames
+    duration = whole_frames(duration, meta.frame_rate) / meta.frame_rate
     if duration < MIN_SECONDS:
         raise DataError(f"{source.video}: only {duration:.2f} s of video with music (at least {MIN_SECONDS:g} s needed)")
     starts, length = window_starts(duration, meta.window, meta.hop, grid=1.0 / meta.global_fps)
@@ -283,7 +282,7 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     """
     if not (window > 0 and hop > 0 and 0 <= holdout < 1):
         raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
-    if abs(hop * global_fps - round(hop * global_fps)) > 1e-6:
+    if abs(hop * global_fps - round(hop * global_fps)) > FRAME_TOLERANCE:
         raise ConfigError(f"--hop {hop} must be a whole number of global frames (1/{global_fps:g} s)")
     out = Path(out)
     sources = list_sources(src)
@@ -338,9 +337,9 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     meta = DatasetMeta(sample_rate=int(cm.sample_rate), channels=int(cm.channels), frame_rate=float(cm.frame_rate),
                        n_q=int(cm.num_codebooks), card=int(cm.cardinality), global_dim=int(enc.global_dim),
                        local_dim=int(enc.num_patches), encoder_activation=enc.activation, **asked)
-    if (out / META_NAME).is_file() and DatasetMeta.load(out).differences(meta):
-        raise DataError(f"{out}: prepared with another codec or encoder "
-                        f"({'; '.join(DatasetMeta.load(out).differences(meta))}); use a new folder")
+    diffs = DatasetMeta.load(out).differences(meta) if (out / META_NAME).is_file() else ""
+    if diffs:
+        raise DataError(f"{out}: prepared with another codec or encoder ({diffs}); use a new folder")
     meta.save(out)  # every process writes the same description (atomically)
 
     def load(source):

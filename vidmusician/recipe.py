@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import GROUP_NAMES, check_stage
 from .errors import ConfigError
 
 __all__ = ["Recipe", "lr_factor", "schedule_warning"]
@@ -18,8 +19,9 @@ class Recipe:
     """A training stage, as data (``recipes/*.json``); ``--set key=value`` overrides any field.
 
     Attributes:
-        stage: 1 trains the semantic adapter, 2 the rhythmic one (on a stage-1 adapter).
-        trainable: adapter groups to train; default: the stage's.
+        stage: 1 trains the semantic adapter, 2 the rhythmic one (on a stage-1 adapter); see
+            :data:`~vidmusician.config.STAGE_GROUPS`.
+        trainable: adapter groups to train instead of the stage's; None (the default): the stage's.
         init_adapter: adapter folder to start from (stage 2: the stage-1 release); None: fresh adapters.
         adapter: overrides of :class:`~vidmusician.config.AdapterConfig` for fresh adapters.
         batch_size: windows per process per micro-batch.
@@ -62,7 +64,6 @@ class Recipe:
     def check(self, source: str = "recipe") -> None:
         """Refuses values no one meant (``batch_size=0``, ``lr=-1``, a string for a number), in one line."""
         from .checks import MAX_COUNT, number
-        from .inject import GROUP_NAMES
 
         ints = dict(batch_size=1, grad_accum=1, max_steps=1, warmup_steps=0, eval_every=1, eval_windows=1,
                     save_every=1, keep_checkpoints=1, log_every=1, seed=0, num_workers=0)
@@ -72,8 +73,7 @@ class Recipe:
         number("min_lr", self.min_lr, low=0, high=self.lr, source=source)
         number("weight_decay", self.weight_decay, low=0, high=1, source=source)
         number("grad_clip", self.grad_clip, low=0, source=source)
-        if self.stage not in (1, 2) or isinstance(self.stage, bool):
-            raise ConfigError(f"{source}: stage must be 1 or 2, got {self.stage!r}")
+        check_stage(self.stage, source)
         if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
             raise ConfigError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {self.betas!r}")
         for beta in self.betas:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
+from .runtime import seeded
 
 # What the adapters need to know of a T5 encoder: the shapes the LoRA layers take
 # (``d_model``, ``num_heads * d_kv``, one set per block) and the width of its inputs.
@@ -113,8 +114,7 @@ def attach_random_t5(lm, name: str, arch: dict, seed: int = 0, device="cpu", con
     cls = _in_memory_conditioner_class()
     tokenizer = offline_tokenizer()
     assert cls.MODELS_DIMS[name] == arch["d_model"], (name, arch)
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
+    with seeded(seed), torch.device(device):
         t5 = encoder_from_architecture(arch, vocab_size=len(tokenizer),
                                        **{k: v for k, v in arch.items() if k not in ARCH_KEYS})
         conditioner = cls(name, t5, tokenizer, lm.dim, str(device))

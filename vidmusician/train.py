@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -35,10 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
-from .errors import ConfigError, DataError, VidMusicianError, os_error_line
-from .launch import one_line, stop_with_launcher
+from .errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line
+from .launch import stop_with_launcher
 from .recipe import Recipe, lr_factor, schedule_warning
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
+from .video import frames_covering
 
 
 def codebook_losses(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor):
@@ -180,11 +180,10 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     musicgen = load_backbone(args.backbone or meta.backbone, device=device)
     use_training_precision(musicgen)
     spec = backbone_spec(musicgen)
-    diffs = [f"{k} {getattr(meta, k)} vs {getattr(spec, k)}" for k in ("frame_rate", "n_q", "card", "sample_rate")
-             if getattr(meta, k) != getattr(spec, k)]
+    diffs = differing_fields(meta, spec, ("frame_rate", "n_q", "card", "sample_rate"), ("data", "backbone"))
     if diffs:
         raise DataError(f"{args.data}: prepared with the codec of {meta.backbone!r}, which does not match "
-                        f"backbone {spec.name!r} ({', '.join(diffs)}); prepare the data with --backbone {spec.name}")
+                        f"backbone {spec.name!r} ({diffs}); prepare the data with --backbone {spec.name}")
     init = args.init or recipe.init_adapter
     if init:
         vm = VidMusician.from_pretrained(init, backbone=musicgen)
@@ -193,7 +192,7 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     c = vm.config
     check_encoder_fit(c, str(args.data), meta.encoder, meta.encoder_activation, (meta.global_dim, meta.local_dim),
                       error=DataError, same_spec=True, fix=f"prepare it with --encoder {c.encoder}, or train a fresh adapter on it")
-    if math.ceil(meta.window * meta.global_fps) > c.max_global_tokens:
+    if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
         raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
     vm.set_stage(recipe.stage)
     if recipe.trainable is not None:
@@ -342,11 +341,9 @@ def main(argv=None) -> int:
         stop_with_launcher("vidmusician.train")
     try:
         train(args)
-    except VidMusicianError as exc:
+    except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
+        # checkpoints already written stay.
         print(f"vidmusician.train: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a full disk or a read-only run folder: checkpoints already written stay
-        print(f"vidmusician.train: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .checkpoint import WEIGHTS_NAME, read_adapter_weights
-from .errors import ConfigError, DataError, VidMusicianError
+from .errors import ConfigError, DataError, VidMusicianError, one_line
 from .fileio import atomic_write
 from .inject import adapter_modules
 
@@ -120,8 +120,7 @@ def read_checkpoint(path) -> Checkpoint:
         adapter = read_adapter_weights(path / WEIGHTS_NAME)
         optimizer = load_file(str(path / OPTIMIZER_NAME))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError, VidMusicianError) as exc:
-        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise DataError(f"{path}: damaged checkpoint ({reason})") from None
+        raise DataError(f"{path}: damaged checkpoint ({one_line(exc)})") from None
     return Checkpoint(path, meta, adapter, optimizer)
 
 

@@ -22,9 +22,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError, VideoError
+from .errors import ConfigError, VideoError, one_line
 
-__all__ = ["VideoInfo", "FrameReader", "probe", "read_frames", "iter_frames", "sample_times"]
+__all__ = ["VideoInfo", "FrameReader", "probe", "read_frames", "iter_frames", "sample_times", "frames_covering",
+           "whole_frames"]
 
 # File suffixes read as videos when a folder is scanned (prepare, eval).
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
@@ -33,6 +34,10 @@ _IMAGE_FORMATS = {"image2", "image2pipe", "apng"}
 # Slack when matching a requested time to frame timestamps: containers store
 # rounded timestamps (e.g. 0.04 s as 0.0399...), far finer than any frame period.
 _TIME_EPS = 1e-4
+# Slack when counting frames in a duration: seconds times a rate carries float noise
+# (1.1 * 50 = 55.00000000000001, 0.29 * 100 = 28.999999999999996) that must not add
+# or drop a frame; it is far below one frame of any rate (the finest is 1/50 s).
+FRAME_TOLERANCE = 1e-6
 
 Size = tuple[int, int]
 
@@ -138,9 +143,23 @@ def sample_times(duration: float, fps: float) -> np.ndarray:
     """
     if not fps > 0:
         raise ConfigError(f"fps must be positive, got {fps}")
-    # The small tolerance keeps float noise (3.0 * 25 = 75.00000000001) from adding a sample.
-    n = max(1, math.ceil(duration * fps - 1e-6))
-    return np.arange(n, dtype=np.float64) / fps
+    return np.arange(frames_covering(duration, fps), dtype=np.float64) / fps
+
+
+def frames_covering(seconds: float, rate: float) -> int:
+    """Frames at ``rate`` per second needed to cover ``seconds`` (at least one), float noise aside.
+
+    ``ceil(seconds * rate)`` within :data:`FRAME_TOLERANCE`: 1.1 s at 50 Hz is 55 frames, not 56.
+    """
+    return max(1, math.ceil(seconds * rate - FRAME_TOLERANCE))
+
+
+def whole_frames(seconds: float, rate: float) -> int:
+    """Whole frames at ``rate`` per second that fit in ``seconds``, float noise aside.
+
+    ``floor(seconds * rate)`` within :data:`FRAME_TOLERANCE`: 0.29 s at 100 Hz is 29 frames, not 28.
+    """
+    return math.floor(seconds * rate + FRAME_TOLERANCE)
 
 
 class FrameReader:
@@ -224,7 +243,7 @@ class FrameReader:
         try:
             batch = self._vr.get_batch(unique.tolist()).asnumpy()
         except Exception as exc:  # decord raises its own C++ error types
-            reason = _first_line(exc)
+            reason = one_line(exc)
             raise VideoError(f"{self.path}: cannot decode frames {unique[0]}..{unique[-1]} ({reason})") from None
         frames = torch.from_numpy(batch).permute(0, 3, 1, 2)
         if self._decode_size != self.size:
@@ -249,7 +268,7 @@ def _inspect(path: Path) -> tuple[int, int, bool, float | None]:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        reason = _ffmpeg_reason(exc)
+        reason = one_line(exc)
         raise VideoError(f"{path}: not a readable video file (truncated, corrupt or not a video: {reason})") from None
     with container:
         fmt = container.format.name
@@ -285,7 +304,7 @@ def _check_frames(container, stream, path: Path) -> int:
     except av.FFmpegError as exc:
         _check_tail(container, stream, path)  # a truncated file is the likelier story; say so
         codec = stream.codec_context.name
-        raise VideoError(f"{path}: cannot decode its {codec} video ({_ffmpeg_reason(exc)})") from None
+        raise VideoError(f"{path}: cannot decode its {codec} video ({one_line(exc)})") from None
     if first is None:
         raise VideoError(f"{path}: the video stream has no frames")
     _check_tail(container, stream, path)
@@ -308,7 +327,7 @@ def _check_tail(container, stream, path: Path) -> None:
         container.seek(end, stream=stream, backward=True, any_frame=False)
         packets = [p for p in container.demux(stream) if p.size > 0]
     except av.FFmpegError as exc:
-        raise VideoError(f"{path}: is truncated or corrupt ({_ffmpeg_reason(exc)})") from None
+        raise VideoError(f"{path}: is truncated or corrupt ({one_line(exc)})") from None
     # The last frame starts within one frame period (plus rounding) of the end.
     last = max((p.pts + (p.duration or 0) for p in packets if p.pts is not None), default=None)
     frame = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
@@ -355,16 +374,5 @@ def _open_decord(path: Path, size: Size | None):
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0, **kwargs)
     except Exception as exc:  # decord raises its own C++ error types
-        raise VideoError(f"{path}: cannot be decoded ({_first_line(exc)})") from None
+        raise VideoError(f"{path}: cannot be decoded ({one_line(exc)})") from None
 
-
-def _ffmpeg_reason(exc: Exception) -> str:
-    """FFmpeg's reason without the errno and file name PyAV adds ("Invalid data found ...")."""
-    return getattr(exc, "strerror", None) or _first_line(exc)
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    # decord prefixes "[time] file.cc:123: Check failed: ..."; keep the readable tail.
-    text = lines[-1] if lines else type(exc).__name__
-    return text.split("] ", 1)[-1][:200]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
+
+from . import one_line_warnings
 
 HELP = "generate music for a video (WAV/FLAC, or the video with the music as its soundtrack)"
 
@@ -47,8 +48,7 @@ def run(args) -> int:
     check_duration(args.duration)
     output = Path(args.output) if args.output else Path(f"{Path(args.video).stem}_music.wav")
     check_output_path(output, inputs=[args.video])
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
+    with one_line_warnings("generate"):
         wav, sample_rate = generate(
             args.video, adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
             duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
@@ -72,6 +72,3 @@ def music_tags(args) -> dict | None:
     activation = config.encoder_activation or natural_activation(encoder)
     return {"encoder": encoder, "encoder_activation": activation, "adapter": str(args.adapter)}
 
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"vidmusician generate: warning: {message}", file=sys.stderr)

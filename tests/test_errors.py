@@ -1,0 +1,114 @@
+"""One line for any exception (vidmusician.errors.one_line), and the field-by-field difference line."""
+
+import errno
+import sys
+
+import pytest
+
+from vidmusician.errors import DataError, one_line
+
+
+def test_project_error_is_its_message_also_from_a_dataloader_worker():
+    from torch.utils.data._utils import ExceptionWrapper
+
+    error = DataError("index.jsonl: line 3 is damaged; delete that line")
+    assert one_line(error) == str(error)
+    try:
+        raise error
+    except DataError:
+        wrapped = ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 0")
+    with pytest.raises(DataError) as raised:  # torch re-raises the type with its traceback as the text
+        wrapped.reraise()
+    assert "\n" in str(raised.value)
+    assert one_line(raised.value) == "index.jsonl: line 3 is damaged; delete that line"
+
+
+@pytest.mark.parametrize("exc, line", [
+    (OSError(errno.ENOSPC, "No space left on device", "/runs/x/model.safetensors"),
+     "/runs/x/model.safetensors: the disk is full; free space or write elsewhere (earlier outputs were left intact)"),
+    (OSError(errno.ENOSPC, "No space left on device"),
+     "the disk is full; free space or write elsewhere (earlier outputs were left intact)"),
+    (OSError(errno.EIO, "Input/output error", "/mnt/disk/a.mp4"), "/mnt/disk/a.mp4: Input/output error"),
+    (OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection."),
+     "We couldn't connect to 'https://huggingface.co'."),
+], ids=["errno-with-path", "errno-alone", "unknown-errno", "library-oserror"])
+def test_file_system_failures_say_the_path_and_what_to_do(exc, line):
+    assert one_line(exc) == line
+
+
+def test_library_reasons_are_their_readable_first_line():
+    decord = RuntimeError("Traceback (most recent call last):\n  [bt] (1) libdecord.so(+0x1234)\n"
+                          "  File \"../src/video/video_reader.cc\", line 83\n"
+                          "DECORDError: [16:21:15] /github/workspace/src/video/video_reader.cc:83: "
+                          "ERROR opening: clip.mp4, Invalid data found when processing input")
+    assert one_line(decord) == "ERROR opening: clip.mp4, Invalid data found when processing input"
+    assert one_line(RuntimeError("[16:21:15] /src/a.cc:9: Check failed: n > 0")) == "Check failed: n > 0"
+    assert one_line(ValueError("first  line\n second line")) == "first line"
+    assert one_line(ValueError("x" * 500)) == "x" * 200
+    assert one_line(ValueError("x" * 500), limit=50) == "x" * 50
+    assert one_line(KeyError()) == "KeyError"
+
+
+def test_pyav_reason_drops_its_errno_and_file_name(tmp_path):
+    import av
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(av.FFmpegError) as raised:
+        av.open(str(junk))
+    assert str(junk) in str(raised.value)
+    assert one_line(raised.value) == "Invalid data found when processing input"
+
+
+def test_differing_fields_name_each_difference_in_one_line():
+    from dataclasses import dataclass
+
+    from vidmusician.errors import differing_fields
+
+    @dataclass
+    class Spec:
+        dim: int = 32
+        num_layers: int = 4
+        frame_rate: float = 50.0
+
+    adapter, backbone = Spec(), Spec(dim=64, frame_rate=25.0)
+    assert differing_fields(adapter, backbone, sides=("adapter", "backbone")) == (
+        "dim: adapter 32 vs backbone 64; frame_rate: adapter 50.0 vs backbone 25.0")
+    assert differing_fields(adapter, backbone, ("frame_rate", "num_layers")) == "frame_rate: 50.0 vs 25.0"
+    assert differing_fields({"dim": 64, "window": 2.0}, adapter, ["dim"], ("features", "adapter")) == (
+        "dim: features 64 vs adapter 32")
+    assert differing_fields({"window": 2.0}, {"window": 3.0}) == "window: 2.0 vs 3.0"
+    assert differing_fields(adapter, Spec()) == ""
+
+
+def test_fit_checks_name_the_differing_fields_and_the_fix(tiny):
+    import types
+
+    from conftest import TINY_GLOBAL_DIM, TINY_LOCAL_DIM, random_video_batch, tiny_config
+    from vidmusician.dataset import DatasetMeta
+    from vidmusician.encoder_specs import check_encoder_fit
+    from vidmusician.errors import ConfigError
+    from vidmusician.inject import attach_adapters
+    from vidmusician.recipe import Recipe
+    from vidmusician.train import build_model
+
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    batch = random_video_batch(1, [True])
+    batch.global_feats = batch.global_feats[..., :8]
+    with pytest.raises(ConfigError, match=rf"^video features do not fit the adapter \(global_dim: features 8 vs "
+                                          rf"adapter {TINY_GLOBAL_DIM}\); extract them with encoder 'tiny'$"):
+        vm.make_batch(batch)
+    with pytest.raises(ConfigError, match=rf"^f.safetensors: features from encoder 'tiny' do not fit the adapter "
+                                          rf"trained on 'tiny' \(local_dim: features 8 vs adapter {TINY_LOCAL_DIM}\); "
+                                          rf"use the adapter's encoder"):
+        check_encoder_fit(vm.config, "f.safetensors", "tiny", None, (TINY_GLOBAL_DIM, 8))
+
+    meta = DatasetMeta(backbone="tiny", sample_rate=32000, channels=1, frame_rate=25.0, n_q=4, card=2048,
+                       encoder="tiny", global_dim=TINY_GLOBAL_DIM, local_dim=TINY_LOCAL_DIM, global_fps=1.0,
+                       local_fps=25.0, window=4.0, hop=4.0)
+    args = types.SimpleNamespace(backbone=None, data="ds", init=None)
+    card = musicgen.lm.card
+    with pytest.raises(DataError, match=rf"^ds: prepared with the codec of 'tiny', which does not match backbone "
+                                        rf"'tiny' \(card: data 2048 vs backbone {card}\); prepare the data with"):
+        build_model(args, Recipe(), meta, "cpu")
