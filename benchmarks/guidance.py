@@ -35,7 +35,7 @@ from vidmusician import attach_adapters
 from vidmusician.backbones import random_musicgen
 from vidmusician.config import load_preset
 from vidmusician.pipeline import generate_tokens
-from vidmusician.sampling import GenerationParams, guidance_conditions, guided_logits, sample_token
+from vidmusician.generation.guidance import GenerationParams, guidance_conditions, guided_logits, sample_token
 
 TEXT = "lo-fi, piano"
 # The two settings compared: today's guidance (t = v) and text and video apart.

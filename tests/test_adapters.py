@@ -99,7 +99,7 @@ def test_perturbed_adapter_changes_video_rows_only(tiny, present, device):
 def test_each_adapter_group_is_wired(tiny, group):
     base, adapted = tiny(), tiny()
     vm = attach_adapters(adapted, tiny_config(adapted))
-    from vidmusician.inject import adapter_modules
+    from vidmusician.adapter.wiring import adapter_modules
 
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -256,9 +256,9 @@ def streamed_logits(lm, codes, cond, prompt=5, grad=False):
 @pytest.mark.parametrize("frame_offset", [0, 7])
 @pytest.mark.parametrize("device", DEVICES)
 def test_streaming_equals_full_forward(tiny, monkeypatch, device, frame_offset, present):
-    import vidmusician.inject
+    import vidmusician.adapter.wiring
 
-    monkeypatch.setattr(vidmusician.inject, "RHYTHM_CHUNK", 4)
+    monkeypatch.setattr(vidmusician.adapter.wiring, "RHYTHM_CHUNK", 4)
     musicgen = tiny(device=device)
     vm = attach_adapters(musicgen, tiny_config(musicgen))
     perturb_adapters(vm)
@@ -278,7 +278,7 @@ def test_streaming_equals_full_forward(tiny, monkeypatch, device, frame_offset, 
 
 def test_in_place_rows_with_a_backbone_in_another_dtype(tiny):
     """A bf16 backbone with fp32 adapters: the in-place path writes the adapted rows back."""
-    from vidmusician.inject import adapter_modules
+    from vidmusician.adapter.wiring import adapter_modules
 
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))
@@ -343,7 +343,7 @@ def test_only_adapters_move_in_an_optimizer_step(tiny, device):
 def test_stages_select_groups_by_structure(tiny):
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))
-    from vidmusician.inject import adapter_modules
+    from vidmusician.adapter.wiring import adapter_modules
 
     groups = adapter_modules(vm.lm)
     for stage, group, other in ((1, "semantic", "rhythm"), (2, "rhythm", "semantic")):

@@ -11,12 +11,12 @@ import torch
 from media import flash_video, write_audio
 
 import vidmusician.backbones as backbones
-import vidmusician.features as features
+import vidmusician.video.features as features
 from vidmusician.cli import main
-from vidmusician.dataset import INDEX_NAME, Collate, MismatchedVideos, PreparedDataset, read_jsonl
+from vidmusician.training.dataset import INDEX_NAME, Collate, MismatchedVideos, PreparedDataset, read_jsonl
 from vidmusician.errors import DataError
 from vidmusician.audio_io import read_audio
-from vidmusician.prepare import holdout_ids, list_sources, prepare, window_starts
+from vidmusician.training.prepare import holdout_ids, list_sources, prepare, window_starts
 
 TINY = dict(backbone="tiny", encoder="tiny", progress=False, device="cpu")
 
@@ -92,7 +92,7 @@ def test_cached_codes_and_features_are_those_of_the_window(prepared, folder):
     assert torch.equal(ex.codes, codes[0, :, :50])
     assert not torch.equal(ex.codes, elsewhere[0, :, :50])  # the check can tell windows apart
     # window [2 s, 4 s): local rows 50..99 of the whole video's signal; global seconds 2 and 3
-    from vidmusician.features import extract_features
+    from vidmusician.video.features import extract_features
 
     whole = extract_features(folder / "good1.mp4", "tiny", device="cpu")
     assert torch.allclose(ex.features.local_feats, whole.local_feats[50:100], atol=2e-3)

@@ -13,11 +13,11 @@ from conftest import perturb_adapters, random_video_batch, tiny_config
 import vidmusician.backbones as backbones
 from vidmusician import VidMusician, attach_adapters
 from vidmusician.backbones import export_musicgen, load_backbone, codec_config, lm_config, random_musicgen
-from vidmusician.checkpoint import WEIGHTS_NAME
+from vidmusician.adapter_files import WEIGHTS_NAME
 from vidmusician.cli import main
 from vidmusician.config import AdapterConfig, load_preset
 from vidmusician.errors import AdapterError, BackboneError, ConfigError
-from vidmusician.inject import count_adapter_parameters
+from vidmusician.adapter.wiring import count_adapter_parameters
 
 
 def predictions(vm, codes, batch):

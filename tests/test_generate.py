@@ -22,10 +22,10 @@ from media import flash_video
 from vidmusician import cli
 from vidmusician.backbones import tiny_musicgen
 from vidmusician.errors import ConfigError, VideoError
-from vidmusician.features import VideoFeatures
-from vidmusician.inject import attach_adapters
+from vidmusician.video.features import VideoFeatures
+from vidmusician.adapter.wiring import attach_adapters
 from vidmusician.pipeline import GenerationParams, generate, generate_tokens, plan_windows
-from vidmusician.video import probe
+from vidmusician.video.reader import probe
 
 FRAME_RATE = 25  # the tiny backbone's codec
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from vidmusician.config import AdapterConfig, load_preset, preset_names
-from vidmusician.dataset import DatasetMeta
-from vidmusician.inject import attach_adapters, count_adapter_parameters
-from vidmusician.train import Recipe, build_model, fresh_config
+from vidmusician.training.dataset import DatasetMeta
+from vidmusician.adapter.wiring import attach_adapters, count_adapter_parameters
+from vidmusician.training.train import Recipe, build_model, fresh_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SIZES = ("small", "medium", "large")
@@ -27,7 +27,7 @@ def meta_backbone(name: str, size: str):
     from audiocraft.models import builders
 
     from vidmusician.backbones import ARCHITECTURES, lm_config
-    from vidmusician.t5 import T5_BASE, attach_random_t5
+    from vidmusician.adapter.t5 import T5_BASE, attach_random_t5
 
     with torch.device("meta"):
         lm = builders.get_lm_model(lm_config(**ARCHITECTURES[size], card=2048, device="meta")).eval()
@@ -117,7 +117,7 @@ def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch
     import vidmusician.backbones as backbones
     from conftest import random_video_batch
 
-    from vidmusician.train import Objective
+    from vidmusician.training.train import Objective
 
     def half_precision_loader(name, device=None):
         musicgen = tiny()
@@ -141,7 +141,7 @@ def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch
 
 
 def test_a_schedule_that_never_reaches_its_learning_rate_warns(tmp_path, capsys):
-    from vidmusician.train import lr_factor, main, schedule_warning
+    from vidmusician.training.train import lr_factor, main, schedule_warning
 
     assert schedule_warning(Recipe(max_steps=20, warmup_steps=2)) is None
     assert lr_factor(2, Recipe(max_steps=20, warmup_steps=2)) == pytest.approx(1.0)

@@ -110,7 +110,7 @@ def _build(lm_cfg, codec_cfg, name: str, seed: int, t5: tuple[str, dict] | None 
     from audiocraft.models import builders
     from audiocraft.models.musicgen import MusicGen
 
-    from .t5 import attach_random_t5
+    from .adapter.t5 import attach_random_t5
 
     with _seeded(seed):
         lm = builders.get_lm_model(lm_cfg).eval()
@@ -152,11 +152,11 @@ def tiny_musicgen(dim: int = 32, num_heads: int = 4, num_layers: int = 4, seed: 
 
     Args:
         t5: encode text with audiocraft's T5Conditioner around a one-block random T5
-            (named 't5-small', 512 wide; see :mod:`vidmusician.t5`), as the released
+            (named 't5-small', 512 wide; see :mod:`vidmusician.adapter.t5`), as the released
             models do, instead of a lookup table: what the 't5-lora' semantic encoder
             needs. Loaded by the name 'tiny-t5'.
     """
-    from .t5 import TINY_T5
+    from .adapter.t5 import TINY_T5
 
     return _build(lm_config(dim, num_heads, num_layers, card=TINY_CODEC["bins"], device=str(device)),
                   codec_config(**TINY_CODEC, device=str(device)), "tiny-t5" if t5 else "tiny", seed,
@@ -173,7 +173,7 @@ def random_musicgen(size: str = "small", seed: int = 0, device="cpu"):
         seed: RNG seed of the random weights.
         device: where to build the model.
     """
-    from .t5 import T5_BASE
+    from .adapter.t5 import T5_BASE
 
     return _build(lm_config(**_architecture(size), card=RANDOM_CODEC["bins"], device=str(device)),
                   codec_config(**RANDOM_CODEC, device=str(device)), f"random-{size}", seed, t5=("t5-base", T5_BASE))

@@ -40,14 +40,14 @@ class AdapterConfig:
             None: the encoder's own (QuickGELU for 'ViT-B-32:openai'). An adapter
             folder written before it was recorded loads with what those versions
             built: open_clip's config for the architecture, the pretrained tag ignored
-            (GELU for 'ViT-B-32:openai'; see vidmusician.encoder_specs.legacy_activation).
+            (GELU for 'ViT-B-32:openai'; see vidmusician.video.encoder_specs.legacy_activation).
         global_fps: frames per second of the global features.
         local_fps: frames per second of the local change signal before resampling.
         stage: 1 (semantic only trains) or 2 (rhythm trains too).
         semantic_encoder: how global tokens become the memory: 'linear' (LayerNorm +
             Linear + learned positions) or 't5-lora' (the paper's: an embedding manager
             into the backbone's own T5 encoder with LoRA, then a projector; see
-            :mod:`vidmusician.semantic`). A config without the key (written before the
+            :mod:`vidmusician.adapter.semantic`). A config without the key (written before the
             choice existed) is 'linear'.
         lora_rank: rank of the T5's LoRA ('t5-lora').
         lora_alpha: LoRA alpha (the update is scaled by alpha / rank).
@@ -127,7 +127,7 @@ class AdapterConfig:
         number("lora_rank", self.lora_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
         number("lora_alpha", self.lora_alpha, low=0, high=1e6, low_open=True, source="adapter config")
         if self.t5 is not None:
-            from .t5 import check_architecture
+            from .adapter.t5 import check_architecture
 
             self.t5 = check_architecture(self.t5)
         if self.rhythm_rank is not None:
@@ -207,7 +207,7 @@ class AdapterConfig:
         if path.name == CONFIG_NAME and "encoder_activation" not in data:
             # A trained adapter from before the activation was recorded: its features
             # were made with the activation of the architecture's open_clip config.
-            from .encoder_specs import legacy_activation
+            from .video.encoder_specs import legacy_activation
 
             data["encoder_activation"] = legacy_activation(data.get("encoder", cls.encoder))
         return cls.from_dict(data, source=str(path))
@@ -218,7 +218,7 @@ SEMANTIC_ENCODERS = ("linear", "t5-lora")
 
 def backbone_t5(musicgen) -> dict:
     """The architecture of the backbone's T5 text encoder; ConfigError when it has none."""
-    from .t5 import architecture, text_conditioner
+    from .adapter.t5 import architecture, text_conditioner
 
     conditioner = text_conditioner(musicgen)
     if conditioner is None:

@@ -132,7 +132,7 @@ def _lm_loss(lm, codes: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per valid token, with a null text condition (the LM alone, no video)."""
     from audiocraft.modules.conditioners import ConditioningAttributes
 
-    from .train import codebook_losses
+    from .training.train import codebook_losses
 
     conditions = [ConditioningAttributes(text={"description": None}) for _ in range(len(codes))]
     out = lm.compute_predictions(codes, conditions)

@@ -8,9 +8,9 @@ from typing import Sequence
 import torch
 
 from .config import AdapterConfig
-from .context import VideoBatch, VideoContext
+from .adapter.context import VideoBatch, VideoContext
 from .errors import ConfigError
-from .inject import GROUP_NAMES, STAGE_GROUPS, adapter_modules
+from .adapter.wiring import GROUP_NAMES, STAGE_GROUPS, adapter_modules
 
 
 class VidMusician:
@@ -174,13 +174,13 @@ class VidMusician:
         return out
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        from .checkpoint import load_adapter_state
+        from .adapter_files import load_adapter_state
 
         load_adapter_state(self, state, source)
 
     def save_pretrained(self, directory) -> None:
         """Writes ``adapter_config.json`` + ``adapter_model.safetensors`` (adapters only)."""
-        from .checkpoint import save_adapter
+        from .adapter_files import save_adapter
 
         save_adapter(self, directory)
 
@@ -194,7 +194,7 @@ class VidMusician:
                 (default: the backbone named in the config).
             device: device for a backbone loaded here.
         """
-        from .checkpoint import load_adapter
+        from .adapter_files import load_adapter
 
         return load_adapter(directory, backbone=backbone, device=device)
 
@@ -247,7 +247,7 @@ class VidMusician:
                 ``cfg_coef``. With ``v != t`` (and ``v != 0``) every step runs a third,
                 text-only branch: up to 1.5x the time. 0: plain MusicGen with the text.
         """
-        from .sampling import GenerationParams
+        from .generation.guidance import GenerationParams
 
         self.generation_params = GenerationParams(
             use_sampling=use_sampling, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,

@@ -11,7 +11,7 @@ previous one, advancing by ``extend_stride``. The window loop is reimplemented
 here rather than patched into audiocraft so that every window can be told where
 it starts in the video: ``context.set(videos, frame_offset)`` with the codec frame
 of the window's first token (its prompt's first token), and the row layout of the
-guided batch (:mod:`vidmusician.sampling`): which rows carry the video. With the
+guided batch (:mod:`vidmusician.generation.guidance`): which rows carry the video. With the
 same seed and no video it samples exactly the tokens ``MusicGen.generate`` samples.
 """
 
@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from .errors import ConfigError
-from .sampling import GenerationParams, guidance_conditions, sample_window
+from .generation.guidance import GenerationParams, guidance_conditions, sample_window
 
 __all__ = ["DEFAULT_BACKBONE", "load_models", "GenerationParams", "Window", "plan_windows", "generate_tokens",
            "generate_batch", "generate"]
@@ -155,7 +155,7 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
         ``[B, channels, round(duration * sample_rate)]`` float audio on the CPU
         (and the ``[B, K, frames]`` codes with ``return_tokens``).
     """
-    from .context import VideoBatch
+    from .adapter.context import VideoBatch
 
     _check_seed(seed)
     if isinstance(videos, (str, os.PathLike)):
@@ -221,7 +221,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     Raises:
         VidMusicianError: bad video, adapter, backbone, encoder or argument (one line).
     """
-    from .video import probe
+    from .video.reader import probe
 
     params = GenerationParams(top_k=top_k, temperature=temperature, cfg_coef=cfg_coef, text_cfg_coef=text_cfg_coef,
                               video_cfg_coef=video_cfg_coef, extend_stride=extend_stride)
@@ -272,7 +272,7 @@ def load_models(adapter=None, backbone=None, encoder=None, device=None):
         ``(VidMusician or None, MusicGen)``: None when there is neither an adapter nor an encoder.
     """
     from .backbones import load_backbone
-    from .checkpoint import load_adapter
+    from .adapter_files import load_adapter
 
     if adapter is not None:
         vm = load_adapter(adapter, backbone=backbone, device=device)
@@ -283,8 +283,8 @@ def load_models(adapter=None, backbone=None, encoder=None, device=None):
     if encoder is None:
         return None, musicgen
     from .config import AdapterConfig
-    from .encoders import load_encoder
-    from .inject import attach_adapters
+    from .video.encoders import load_encoder
+    from .adapter.wiring import attach_adapters
 
     enc = load_encoder(encoder, device=next(musicgen.lm.parameters()).device)
     # Fresh adapters are identity at init: the video runs through every step of
@@ -302,8 +302,8 @@ def _is_musicgen(obj) -> bool:
 
 def _set_encoder(vm, spec):
     """Loads the encoder ``spec`` for ``vm`` (checked against the adapter's widths and activation)."""
-    from .encoder_specs import check_encoder_fit
-    from .encoders import VisualEncoder, load_encoder
+    from .video.encoder_specs import check_encoder_fit
+    from .video.encoders import VisualEncoder, load_encoder
 
     c = vm.config
     activation = c.encoder_activation if spec == c.encoder else None  # the adapter's own encoder, as it was trained
@@ -315,12 +315,12 @@ def _set_encoder(vm, spec):
 
 def _features_of(vm, video, progress: bool):
     """VideoFeatures for one batch entry (a file is encoded with the model's encoder)."""
-    from .features import VideoFeatures, extract_features
+    from .video.features import VideoFeatures, extract_features
 
     if video is None:
         return None
     if isinstance(video, VideoFeatures):
-        from .encoder_specs import check_encoder_fit
+        from .video.encoder_specs import check_encoder_fit
 
         check_encoder_fit(vm.config, "video features", video.encoder, video.encoder_activation)
         return video

@@ -1,0 +1,304 @@
+"""Wiring the adapters into audiocraft's LM, without touching audiocraft's classes.
+
+Each adapted ``lm.transformer.layers[i]`` is replaced by an :class:`AdaptedLayer`
+that owns the base layer (``base_layer``) and its adapters, adds the adapter
+delta to the hidden states, then calls the base layer unchanged. The shared
+inputs (visual memory projection, Zero-Linear O, and the in-attention chain,
+which depends only on the video) live in ``lm.video_inputs``.
+The video reaches the layers through a :class:`~vidmusician.adapter.context.VideoContext`
+prepared by a forward pre-hook on ``lm.transformer`` before every forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from audiocraft.modules.streaming import StreamingModule
+
+from ..backbones import check_fuser
+from ..config import AdapterConfig
+from .context import VideoContext
+from ..errors import BackboneError, ConfigError
+from .layers import IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
+
+# What trains in each stage, by adapter group (stage 2 adds rhythm on top of a
+# trained, frozen stage-1 semantic adapter). Recipes may override with `trainable`.
+STAGE_GROUPS = {1: ("semantic",), 2: ("rhythm",)}
+GROUP_NAMES = ("semantic", "rhythm")
+
+
+# Generation steps whose in-attention states are computed at once (see VideoInputs).
+RHYTHM_CHUNK = 64
+
+
+class VideoInputs(StreamingModule):
+    """Adapter parts shared by all layers: the visual memory and the in-attention chain.
+
+    The chain ``r_j = L_j(r_{j-1})``, ``r_0 = O(local)`` reads only the video, not
+    the hidden states, so all its layers are computed together for a forward's
+    steps; while streaming, for :data:`RHYTHM_CHUNK` steps ahead, so that a
+    generation step only slices them.
+    """
+
+    def __init__(self, config: AdapterConfig, text_conditioner=None):
+        super().__init__()
+        self.memory = semantic_encoder(config, text_conditioner)
+        self.rhythm_in = RhythmInput(config.local_dim, config.dim) if config.rhythm_layers else None
+        # Plain attributes (the modules are registered, and saved, under their layers):
+        # the layers' IdentityLinear modules in chain order, and the adapted layers by
+        # index, which stay reachable while VidMusician.disable_adapters() takes them out.
+        self.__dict__["chain"] = []
+        self.__dict__["layers"] = {}
+
+    def rhythm_states(self, ctx: VideoContext) -> list[torch.Tensor]:
+        """[r_1, r_2, ...] for the forward's steps, each [n, steps, dim]."""
+        start, steps = ctx.frame_offset + ctx.position, ctx.steps
+        if not self._is_streaming:
+            return self._run_chain(ctx.local(start, steps))
+        cached = self._streaming_state.get("rhythm")
+        if cached is None or cached[0] != ctx.window_id or not cached[1] <= start <= start + steps <= cached[2]:
+            stop = start + max(steps, RHYTHM_CHUNK)
+            cached = (ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start)))
+            self._streaming_state["rhythm"] = cached
+        first = start - cached[1]
+        return [r[:, first:first + steps] for r in cached[3]]
+
+    def _run_chain(self, local: torch.Tensor) -> list[torch.Tensor]:
+        ref = self.rhythm_in.proj.weight
+        r = self.rhythm_in(local.to(ref.device, ref.dtype))
+        states = []
+        for linear in self.chain:
+            r = linear(r)
+            states.append(r)
+        return states
+
+
+class AdaptedLayer(StreamingModule):
+    """A transformer layer with its video adapters; the base layer runs unchanged.
+
+    ``h = h + r_j`` (in-attention) then ``h = h + CrossAttn(norm(h), M)`` (semantic)
+    for the rows that carry video, then ``base_layer(h)``.
+    """
+
+    def __init__(self, base_layer: nn.Module, index: int, context: VideoContext,
+                 semantic: SemanticCrossAttention | None, rhythm: IdentityLinear | None, rhythm_slot: int | None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.index = index
+        self.semantic = semantic
+        self.rhythm = rhythm
+        self.rhythm_slot = rhythm_slot  # position of this layer in the in-attention chain
+        self.gradient_checkpointing = False
+        # A plain attribute (not a submodule): shared, owned by the VidMusician.
+        self.__dict__["context"] = context
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        ctx = self.context
+        if ctx.rows is not None:  # every AdaptedLayer has a semantic or a rhythm adapter
+            # Inference past the first layer: x is the previous layer's fresh output
+            # and no autograd graph holds it, so its rows are updated in place.
+            in_place = self.index > 0 and not torch.is_grad_enabled()
+            if ctx.row_span is not None:  # e.g. the conditional half of a CFG batch
+                a, b = ctx.row_span
+                if in_place:
+                    rows = x[a:b]
+                    out = self._adapt(rows, in_place=True)
+                    if out is not rows:  # a dtype conversion made a copy
+                        rows.copy_(out)
+                else:
+                    x = torch.cat([x[:a], self._adapt(x[a:b]), x[b:]])
+            else:
+                # index_select copies the rows, so they may be updated in place.
+                rows = self._adapt(x.index_select(0, ctx.rows), in_place=not torch.is_grad_enabled())
+                x = x.index_copy_(0, ctx.rows, rows) if in_place else x.index_copy(0, ctx.rows, rows)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            # Only the frozen base layer is recomputed in backward; the adapters,
+            # which read shared per-forward state, run once.
+            return checkpoint(self.base_layer, x, *args, use_reentrant=False, **kwargs)
+        return self.base_layer(x, *args, **kwargs)
+
+    def _adapt(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """``x + r_j``, then ``+ CrossAttn(norm(.), M)``; with ``in_place``, into x when dtypes allow."""
+        # Submodules read from _modules: this runs for every adapted layer at every
+        # generation step, and each nn.Module attribute lookup costs about a microsecond.
+        modules = self._modules  # a module set to None is not in it
+        semantic, rhythm = modules.get("semantic"), modules.get("rhythm")
+        # Adapters keep fp32 weights on a half-precision backbone; autocast still applies.
+        dtype = (semantic if semantic is not None else rhythm).dtype
+        h = x if x.dtype == dtype else x.to(dtype)
+        in_place = in_place and h is x
+        if rhythm is not None:
+            r = self.context.rhythm(self.rhythm_slot)
+            h = h.add_(r) if in_place else h + r
+        if semantic is not None:
+            h = semantic(h, self._semantic_window(semantic), in_place=in_place)
+        return h if h.dtype == x.dtype else h.to(x.dtype)
+
+    def _semantic_window(self, semantic: SemanticCrossAttention) -> tuple:
+        # Keys/values of the memory are constant over a window: while streaming
+        # they are kept in the streaming state (reset by audiocraft's streaming()).
+        ctx = self.context
+        state = self._streaming_state
+        if self._is_streaming and state.get("window_id") == ctx.window_id:
+            return state["semantic"]
+        prepared = semantic.prepare(ctx.memory(), *ctx.memory_mask())
+        if self._is_streaming:
+            state["window_id"], state["semantic"] = ctx.window_id, prepared
+        return prepared
+
+
+def _check_supported(musicgen):
+    lm = getattr(musicgen, "lm", None)
+    if lm is None or not hasattr(lm, "transformer"):
+        raise BackboneError("expected an audiocraft MusicGen (with .lm.transformer)")
+    if getattr(lm, "fuser", None) is not None:
+        check_fuser(musicgen.name, lm.fuser.fuse2cond)
+    if hasattr(lm, "video_inputs"):  # attach_adapters adds it
+        raise BackboneError(f"{musicgen.name}: adapters are already attached to this model")
+
+
+def attach_adapters(musicgen, config: AdapterConfig | None = None):
+    """Attaches video adapters to a MusicGen in place and returns a :class:`VidMusician`.
+
+    Every backbone parameter is frozen; the adapters start so that the model's
+    output equals the base model's exactly.
+
+    Args:
+        musicgen: an audiocraft ``MusicGen`` (pretrained, tiny or random).
+        config: adapter config; default: :meth:`AdapterConfig.for_backbone`.
+    """
+    from ..model import VidMusician
+
+    _check_supported(musicgen)
+    lm = musicgen.lm
+    if config is None:
+        config = AdapterConfig.for_backbone(musicgen)
+    _check_config_fits(config, musicgen)
+    text_conditioner = _text_conditioner(config, musicgen)
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    lm.eval()
+
+    ref = next(lm.parameters())
+    context = VideoContext(config.max_global_tokens)
+    inputs = VideoInputs(config, text_conditioner).to(ref.device)
+    lm.add_module("video_inputs", inputs)
+    layers = lm.transformer.layers
+    for i in sorted(set(config.semantic_layers) | set(config.rhythm_layers)):
+        semantic, rhythm = (m.to(ref.device) if m is not None else None for m in _layer_adapters(config, i))
+        slot = None
+        if rhythm is not None:
+            slot = len(inputs.chain)
+            inputs.chain.append(rhythm)
+        layers[i] = inputs.layers[i] = AdaptedLayer(layers[i], i, context, semantic, rhythm, slot)
+
+    def begin_forward(transformer, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        if context.batch is not None and (lm.two_step_cfg or musicgen.generation_params.get("two_step_cfg")):
+            # two-step CFG runs cond and uncond as separate batches of the same size,
+            # so the null video cannot be routed to the unconditional pass.
+            raise ConfigError("two_step_cfg is not supported with video adapters; "
+                              "call set_generation_params(two_step_cfg=False)")
+        offsets = transformer._streaming_state.get("offsets")
+        position = int(offsets[0]) if offsets is not None else 0
+        context.begin_forward(x.shape[0], position, x.shape[1], x.device, inputs)
+
+    hook = lm.transformer.register_forward_pre_hook(begin_forward, with_kwargs=True)
+    vm = VidMusician(musicgen, config, context, hook)
+    vm.set_stage(config.stage)
+    return vm
+
+
+def semantic_encoder(config: AdapterConfig, text_conditioner=None) -> nn.Module:
+    """The module that turns a window's global tokens into the visual memory (``config.semantic_encoder``).
+
+    Args:
+        config: the adapter config.
+        text_conditioner: the backbone's audiocraft T5Conditioner ('t5-lora'); None
+            builds a T5 of ``config.t5``'s shapes on the current device (for counting
+            parameters on the meta device).
+    """
+    if config.semantic_encoder == "linear":
+        return VisualMemory(config.global_dim, config.memory_dim, config.max_global_tokens)
+    from .semantic import T5SemanticEncoder
+    from .t5 import encoder_from_architecture
+
+    if text_conditioner is not None:
+        t5, autocast = text_conditioner.t5, text_conditioner.autocast
+    elif config.t5 is not None:
+        t5, autocast = encoder_from_architecture(config.t5), None
+    else:
+        raise ConfigError("semantic_encoder 't5-lora' needs the T5's shapes (config.t5) or a backbone's T5")
+    return T5SemanticEncoder(config.global_dim, config.memory_dim, config.max_global_tokens, t5,
+                             config.lora_rank, config.lora_alpha, autocast)
+
+
+def _layer_adapters(config: AdapterConfig, i: int):
+    semantic = (SemanticCrossAttention(config.dim, config.memory_dim, config.attn_dim, config.attn_heads)
+                if i in config.semantic_layers else None)
+    rhythm = IdentityLinear(config.dim, config.rhythm_rank) if i in config.rhythm_layers else None
+    return semantic, rhythm
+
+
+def count_adapter_parameters(config: AdapterConfig) -> dict[str, int]:
+    """Adapter parameter counts per group for a config, without a backbone.
+
+    The modules are built on the meta device (no memory, no weights), by the same
+    code that :func:`attach_adapters` uses.
+    """
+    with torch.device("meta"):
+        inputs = VideoInputs(config)
+        counts = {"semantic": sum(p.numel() for p in inputs.memory.parameters()),
+                  "rhythm": sum(p.numel() for p in inputs.rhythm_in.parameters()) if inputs.rhythm_in else 0}
+        for i in range(config.num_layers):
+            semantic, rhythm = _layer_adapters(config, i)
+            counts["semantic"] += sum(p.numel() for p in semantic.parameters()) if semantic else 0
+            counts["rhythm"] += sum(p.numel() for p in rhythm.parameters()) if rhythm else 0
+    counts["total"] = counts["semantic"] + counts["rhythm"]
+    return counts
+
+
+def _text_conditioner(config: AdapterConfig, musicgen):
+    """The backbone's T5 conditioner when the config runs the video through it (its shapes checked)."""
+    if config.semantic_encoder != "t5-lora":
+        return None
+    from ..config import backbone_t5
+    from .t5 import text_conditioner
+
+    own = backbone_t5(musicgen)
+    if config.t5 is None:
+        config.t5 = own  # a config made by hand: sized to this backbone's T5
+    elif config.t5 != own:
+        diffs = ", ".join(f"{k} {config.t5[k]} != {own[k]}" for k in own if config.t5[k] != own[k])
+        raise ConfigError(f"adapter config for {config.backbone!r} was made for another T5 text encoder than "
+                          f"backbone {musicgen.name!r} has ({diffs})")
+    return text_conditioner(musicgen)
+
+
+def _check_config_fits(config: AdapterConfig, musicgen):
+    from ..backbones import backbone_spec
+
+    spec = backbone_spec(musicgen)
+    diffs = [f"{k} {getattr(config, k)} != {v}" for k, v in
+             (("dim", spec.dim), ("num_layers", spec.num_layers), ("frame_rate", spec.frame_rate))
+             if getattr(config, k) != v]
+    if diffs:
+        raise ConfigError(f"adapter config for {config.backbone!r} does not fit backbone {spec.name!r}: "
+                          + ", ".join(diffs))
+
+
+def adapter_modules(lm) -> dict[str, dict[str, nn.Module]]:
+    """Adapter submodules of an adapted LM by group: {group: {path relative to the LM: module}}."""
+    out: dict[str, dict[str, nn.Module]] = {g: {} for g in GROUP_NAMES}
+    inputs = lm.video_inputs
+    out["semantic"]["video_inputs.memory"] = inputs.memory
+    if inputs.rhythm_in is not None:
+        out["rhythm"]["video_inputs.rhythm_in"] = inputs.rhythm_in
+    for i, layer in inputs.layers.items():
+        for group in ("semantic", "rhythm"):
+            module = getattr(layer, group)
+            if module is not None:
+                out[group][f"transformer.layers.{i}.{group}"] = module
+    return out

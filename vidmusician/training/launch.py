@@ -1,0 +1,45 @@
+"""Living under a launcher (``accelerate launch`` / torchrun): worker lifetime and worker errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from ..errors import VidMusicianError
+
+__all__ = ["one_line", "stop_with_launcher"]
+
+
+def stop_with_launcher(program: str, interval: float = 1.0) -> None:
+    """Ends this worker when the launcher that started it dies.
+
+    ``accelerate launch`` / torchrun start each worker in its own session, so a
+    launcher killed with SIGKILL (or lost with its terminal) leaves its workers
+    training on, holding GPUs. A daemon thread watches the parent: once this
+    process has been handed to another one, the launcher is gone and the worker
+    stops as a SIGTERM would stop it. Checkpoints already written stay; resume
+    with ``--resume``.
+    """
+    import signal
+    import threading
+
+    launcher = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            if os.getppid() != launcher:
+                print(f"{program}: the launcher is gone; stopping this worker", file=sys.stderr)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()
+
+
+def one_line(exc: VidMusicianError) -> str:
+    """The error's own line, also when a DataLoader worker re-raised it with its traceback."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):  # torch's ExceptionWrapper: the message is last
+        return lines[-1].split(": ", 1)[-1]
+    return str(exc)
