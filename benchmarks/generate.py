@@ -23,7 +23,7 @@ import time
 import torch
 
 from vidmusician import attach_adapters
-from vidmusician.backbones import random_musicgen, tiny_musicgen
+from vidmusician.random_backbones import random_musicgen, tiny_musicgen
 from vidmusician.config import AdapterConfig, load_preset
 from vidmusician.video.features import VideoFeatures
 

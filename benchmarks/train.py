@@ -78,9 +78,9 @@ def build(args, semantic_encoder: str):
     """The adapted backbone (real codec architecture) and its optimizer."""
     import dataclasses
 
-    from vidmusician.backbones import random_musicgen
+    from vidmusician.random_backbones import random_musicgen
     from vidmusician.config import load_preset
-    from vidmusician.adapter.wiring import attach_adapters
+    from vidmusician.model import attach_adapters
 
     torch.manual_seed(0)  # the same weights for every semantic encoder
     musicgen = random_musicgen("small", device=args.device)

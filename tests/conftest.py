@@ -56,6 +56,6 @@ def perturb_adapters(vm, scale: float = 0.5, seed: int = 1):
 @pytest.fixture
 def tiny():
     """A factory of identical tiny MusicGens (same seed, same weights)."""
-    from vidmusician.backbones import tiny_musicgen
+    from vidmusician.random_backbones import tiny_musicgen
 
     return lambda **kw: tiny_musicgen(**kw)

@@ -10,7 +10,7 @@ from audiocraft.modules.conditioners import ConditioningAttributes
 
 from conftest import DEVICES, perturb_adapters, random_video_batch, tiny_config
 from vidmusician import attach_adapters
-from vidmusician.errors import BackboneError, ConfigError
+from vidmusician.errors import AdapterError, BackboneError, ConfigError
 
 
 def null_text(n):
@@ -235,7 +235,7 @@ def test_attaching_twice_is_refused(tiny):
 
 def test_config_must_fit_backbone(tiny):
     small, wide = tiny(), tiny(dim=64)
-    with pytest.raises(ConfigError, match="dim 32 != 64"):
+    with pytest.raises(AdapterError, match="does not match backbone 'tiny' \\(dim: adapter 32 vs backbone 64\\)"):
         attach_adapters(wide, tiny_config(small))
 
 

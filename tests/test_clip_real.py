@@ -243,8 +243,8 @@ def adapted(files):
     """A tiny MusicGen with adapters trained (say) on QuickGELU features of the archive encoder."""
     from conftest import tiny_config
 
-    from vidmusician.backbones import tiny_musicgen
-    from vidmusician.adapter.wiring import attach_adapters
+    from vidmusician.random_backbones import tiny_musicgen
+    from vidmusician.model import attach_adapters
 
     musicgen = tiny_musicgen()
     spec = f"{cf.ARCH}:{files['archive']}"
@@ -271,16 +271,16 @@ def test_generate_refuses_features_made_with_the_other_activation(adapted, files
 
 
 def test_legacy_adapter_gets_the_activation_it_was_trained_on_with_a_warning(adapted, files, video):
-    from vidmusician.pipeline import _set_encoder
+    from vidmusician.generation.windows import set_encoder
 
     spec = adapted.config.encoder
     adapted.config.encoder_activation = "gelu"  # as an adapter folder from before loads
     try:
         with pytest.warns(UserWarning, match=r"built with GELU as the adapter's features were.*trained with QuickGELU"):
-            encoder = _set_encoder(adapted, spec)
+            encoder = set_encoder(adapted, spec)
         assert encoder.activation == "gelu"
         with pytest.raises(ConfigError, match="made with QuickGELU"):  # a QuickGELU encoder of another name
-            _set_encoder(adapted, f"{cf.ARCH_QUICKGELU}:{files['safetensors']}")
+            set_encoder(adapted, f"{cf.ARCH_QUICKGELU}:{files['safetensors']}")
     finally:
         adapted.config.encoder_activation = "quick_gelu"
         adapted.encoder = None

@@ -198,8 +198,8 @@ def test_cancel_button_flags_only_its_own_session():
 
 def test_cli_adapter_for_another_backbone_is_one_line(tmp_path, capsys):
     from conftest import tiny_config
-    from vidmusician.backbones import tiny_musicgen
-    from vidmusician.adapter.wiring import attach_adapters
+    from vidmusician.random_backbones import tiny_musicgen
+    from vidmusician.model import attach_adapters
 
     musicgen = tiny_musicgen(dim=64)
     attach_adapters(musicgen, tiny_config(musicgen)).save_pretrained(tmp_path / "adapter")

@@ -13,7 +13,7 @@ from vidmusician.audio_io import read_tags, write_output
 
 
 def test_eval_takes_the_encoder_recorded_by_generate(tiny, tmp_path, capsys):
-    from vidmusician.adapter.wiring import attach_adapters
+    from vidmusician.model import attach_adapters
 
     musicgen = tiny()
     attach_adapters(musicgen, tiny_config(musicgen)).save_pretrained(tmp_path / "adapter")

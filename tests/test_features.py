@@ -17,7 +17,8 @@ import vidmusician.video.features as features_mod
 from vidmusician.cli import main
 from vidmusician.video.encoders import TINY_CONFIG, TINY_MODEL_NAME
 from vidmusician.errors import ConfigError, DataError, VideoError
-from vidmusician.video.features import VideoFeatures, extract_features, load_encoder, resample_local
+from vidmusician.adapter.context import resample_local
+from vidmusician.video.features import VideoFeatures, extract_features, load_encoder
 from vidmusician.video.reader import read_frames, sample_times
 
 

@@ -20,11 +20,12 @@ import torch
 from conftest import perturb_adapters, tiny_config
 from media import flash_video
 from vidmusician import cli
-from vidmusician.backbones import tiny_musicgen
+from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.errors import ConfigError, VideoError
 from vidmusician.video.features import VideoFeatures
-from vidmusician.adapter.wiring import attach_adapters
-from vidmusician.pipeline import GenerationParams, generate, generate_tokens, plan_windows
+from vidmusician.model import attach_adapters
+from vidmusician.generation.windows import GenerationParams, generate_tokens, plan_windows
+from vidmusician.pipeline import generate
 from vidmusician.video.reader import probe
 
 FRAME_RATE = 25  # the tiny backbone's codec

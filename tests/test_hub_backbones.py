@@ -209,7 +209,7 @@ def test_a_t5_with_only_spiece_model_loads(offline_hub):
 def test_adapters_attach_and_generate_with_text_and_video_on_the_hub_model(offline_hub, tmp_path):
     from conftest import tiny_config
 
-    from vidmusician.adapter.wiring import attach_adapters
+    from vidmusician.model import attach_adapters
 
     musicgen = load_backbone(MUSICGEN, device="cpu")
     vm = attach_adapters(musicgen, tiny_config(musicgen))

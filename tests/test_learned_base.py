@@ -31,7 +31,7 @@ def learned():
 
 
 def test_the_base_has_learned_music(learned):
-    from vidmusician.backbones import tiny_musicgen
+    from vidmusician.random_backbones import tiny_musicgen
 
     random_loss = lb.heldout_loss(tiny_musicgen(seed=0).lm)
     learned_loss = lb.heldout_loss(learned.lm)

@@ -88,7 +88,7 @@ def test_prepare_train_both_stages_generate_with_text_and_features(world, capsys
 def test_text_steers_the_adapted_hub_model(offline_hub):
     """The T5 text path of the real conditioner still works with adapters attached: text changes the music."""
     from vidmusician.backbones import load_backbone
-    from vidmusician.adapter.wiring import attach_adapters
+    from vidmusician.model import attach_adapters
 
     vm = attach_adapters(load_backbone("facebook/musicgen-small", device="cpu"))
     vm.set_generation_params(use_sampling=False)

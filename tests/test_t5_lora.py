@@ -17,7 +17,7 @@ from conftest import perturb_adapters, random_video_batch, tiny_config
 from hub import hub_cache, offline_hub  # noqa: F401  (pytest fixtures)
 from test_adapters import codes_for, generate_tokens, logits, null_text, streamed_logits
 from vidmusician import attach_adapters
-from vidmusician.backbones import tiny_musicgen
+from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.config import AdapterConfig
 from vidmusician.errors import ConfigError
 from vidmusician.adapter.wiring import adapter_modules, count_adapter_parameters

@@ -186,7 +186,7 @@ def test_a_window_has_the_same_loss_alone_and_padded_in_a_batch(tiny):
 
     from conftest import perturb_adapters, random_video_batch, tiny_config
 
-    from vidmusician.adapter.wiring import attach_adapters
+    from vidmusician.model import attach_adapters
     from vidmusician.training.train import Objective, loss_mask
 
     musicgen = tiny()

@@ -92,7 +92,7 @@ def test_a_sample_leaves_the_training_random_state_alone(data, tmp_path):
     from accelerate import Accelerator
 
     from vidmusician import attach_adapters
-    from vidmusician.backbones import tiny_musicgen
+    from vidmusician.random_backbones import tiny_musicgen
     from vidmusician.config import AdapterConfig
     from vidmusician.training.dataset import PreparedDataset
     from vidmusician.training.monitor import Monitor

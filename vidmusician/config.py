@@ -8,7 +8,12 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import __version__
+from .adapter.t5 import architecture, check_architecture, text_conditioner
+from .backbones import backbone_spec
+from .checks import MAX_COUNT, number
 from .errors import ConfigError
+from .video.encoder_specs import legacy_activation
 
 CONFIG_NAME = "adapter_config.json"
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -117,8 +122,6 @@ class AdapterConfig:
 
     def _check_numbers(self) -> None:
         """Every number in range before anything divides by it or allocates with it (one line)."""
-        from .checks import MAX_COUNT, number
-
         for name in ("dim", "num_layers", "global_dim", "local_dim", "memory_dim", "attn_dim", "attn_heads",
                      "max_global_tokens"):
             number(name, getattr(self, name), integer=True, low=1, high=MAX_COUNT, source="adapter config")
@@ -127,8 +130,6 @@ class AdapterConfig:
         number("lora_rank", self.lora_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
         number("lora_alpha", self.lora_alpha, low=0, high=1e6, low_open=True, source="adapter config")
         if self.t5 is not None:
-            from .adapter.t5 import check_architecture
-
             self.t5 = check_architecture(self.t5)
         if self.rhythm_rank is not None:
             number("rhythm_rank", self.rhythm_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
@@ -150,8 +151,6 @@ class AdapterConfig:
         sizes; without one the class defaults apply. Width, depth and frame rate
         always come from the backbone; ``overrides`` go on top of everything.
         """
-        from .backbones import backbone_spec
-
         spec = backbone_spec(musicgen)
         preset = preset_for(spec.name, spec.dim, spec.num_layers)
         base = preset.to_dict() if preset is not None else {}
@@ -207,8 +206,6 @@ class AdapterConfig:
         if path.name == CONFIG_NAME and "encoder_activation" not in data:
             # A trained adapter from before the activation was recorded: its features
             # were made with the activation of the architecture's open_clip config.
-            from .video.encoder_specs import legacy_activation
-
             data["encoder_activation"] = legacy_activation(data.get("encoder", cls.encoder))
         return cls.from_dict(data, source=str(path))
 
@@ -218,8 +215,6 @@ SEMANTIC_ENCODERS = ("linear", "t5-lora")
 
 def backbone_t5(musicgen) -> dict:
     """The architecture of the backbone's T5 text encoder; ConfigError when it has none."""
-    from .adapter.t5 import architecture, text_conditioner
-
     conditioner = text_conditioner(musicgen)
     if conditioner is None:
         raise ConfigError(f"backbone {musicgen.name!r} has no T5 text encoder, which semantic_encoder 't5-lora' "
@@ -261,6 +256,4 @@ def preset_for(backbone: str, dim: int, num_layers: int) -> AdapterConfig | None
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__

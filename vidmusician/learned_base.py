@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 
 from .fileio import atomic_write
+from .random_backbones import seeded, tiny_musicgen
+from .training.losses import codebook_losses
 
 VERSION = 1  # bump when the music or the training below changes
 STYLES, PERIOD = 4, 4
@@ -132,8 +134,6 @@ def _lm_loss(lm, codes: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per valid token, with a null text condition (the LM alone, no video)."""
     from audiocraft.modules.conditioners import ConditioningAttributes
 
-    from .training.train import codebook_losses
-
     conditions = [ConditioningAttributes(text={"description": None}) for _ in range(len(codes))]
     out = lm.compute_predictions(codes, conditions)
     sums, counts = codebook_losses(out.logits, codes, out.mask)
@@ -150,8 +150,6 @@ def heldout_loss(lm, num: int = 32, num_frames: int = 100, seed: int = 12345) ->
 
 def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
     """Trains ``musicgen.lm`` in place on synthetic music, then freezes it; returns the loss per step."""
-    from .backbones import _seeded
-
     lm = musicgen.lm
     device = next(lm.parameters()).device
     rng = random.Random(recipe.seed)
@@ -160,7 +158,7 @@ def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / recipe.warmup) * 0.5 * (
         1 + torch.cos(torch.tensor(torch.pi * s / recipe.steps)).item()))
     losses = []
-    with _seeded(recipe.seed):
+    with seeded(recipe.seed):
         lm.train()
         for _ in range(recipe.steps):
             codes = torch.stack([random_piece(rng, recipe.num_frames, card=lm.card, n_q=lm.num_codebooks)
@@ -177,8 +175,6 @@ def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
 
 
 def _fresh(recipe: BaseRecipe, device):
-    from .backbones import tiny_musicgen
-
     musicgen = tiny_musicgen(seed=recipe.seed, device=device)
     musicgen.name = "tiny-learned"
     return musicgen

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import MAX_COUNT, number
 from ..errors import ConfigError
 
 # What the adapters need to know of a T5 encoder: the shapes the LoRA layers take
@@ -45,8 +46,6 @@ def architecture(t5) -> dict[str, int]:
 
 def check_architecture(arch, source: str = "adapter config") -> dict[str, int]:
     """Validates a T5 architecture dict (from a config file): the four positive integers of :data:`ARCH_KEYS`."""
-    from ..checks import MAX_COUNT, number
-
     if not isinstance(arch, dict) or sorted(arch) != sorted(ARCH_KEYS):
         raise ConfigError(f"{source}: t5 must be an object with keys {', '.join(ARCH_KEYS)}, got {arch!r}")
     for key in ARCH_KEYS:

@@ -7,6 +7,8 @@ inputs (visual memory projection, Zero-Linear O, and the in-attention chain,
 which depends only on the video) live in ``lm.video_inputs``.
 The video reaches the layers through a :class:`~vidmusician.adapter.context.VideoContext`
 prepared by a forward pre-hook on ``lm.transformer`` before every forward.
+This module knows nothing of the model object: :func:`vidmusician.model.attach_adapters`
+assembles a :class:`~vidmusician.model.VidMusician` around what it wires.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from torch.utils.checkpoint import checkpoint
 
 from audiocraft.modules.streaming import StreamingModule
 
-from ..backbones import check_fuser
-from ..config import AdapterConfig
+from ..backbones import backbone_spec, check_fuser
+from ..config import AdapterConfig, backbone_t5
+from ..errors import AdapterError, BackboneError, ConfigError
 from .context import VideoContext
-from ..errors import BackboneError, ConfigError
 from .layers import IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
+from .semantic import T5SemanticEncoder
+from .t5 import encoder_from_architecture, text_conditioner
 
 # What trains in each stage, by adapter group (stage 2 adds rhythm on top of a
 # trained, frozen stage-1 semantic adapter). Recipes may override with `trainable`.
@@ -155,27 +159,27 @@ def _check_supported(musicgen):
         raise BackboneError("expected an audiocraft MusicGen (with .lm.transformer)")
     if getattr(lm, "fuser", None) is not None:
         check_fuser(musicgen.name, lm.fuser.fuse2cond)
-    if hasattr(lm, "video_inputs"):  # attach_adapters adds it
+    if hasattr(lm, "video_inputs"):  # wire_adapters adds it
         raise BackboneError(f"{musicgen.name}: adapters are already attached to this model")
 
 
-def attach_adapters(musicgen, config: AdapterConfig | None = None):
-    """Attaches video adapters to a MusicGen in place and returns a :class:`VidMusician`.
+def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object]:
+    """Wires video adapters into a MusicGen's LM in place; the model object is assembled on top.
 
-    Every backbone parameter is frozen; the adapters start so that the model's
-    output equals the base model's exactly.
+    Every backbone parameter is frozen and the LM put in eval mode; the adapters
+    start so that the LM's output equals the base model's exactly.
 
     Args:
         musicgen: an audiocraft ``MusicGen`` (pretrained, tiny or random).
-        config: adapter config; default: :meth:`AdapterConfig.for_backbone`.
-    """
-    from ..model import VidMusician
+        config: the adapter config (checked against the backbone by :func:`check_fit`).
 
+    Returns:
+        ``(context, hook)``: the :class:`VideoContext` every adapted layer reads, and the
+        handle of the forward pre-hook on ``lm.transformer`` that prepares it.
+    """
     _check_supported(musicgen)
     lm = musicgen.lm
-    if config is None:
-        config = AdapterConfig.for_backbone(musicgen)
-    _check_config_fits(config, musicgen)
+    check_fit(config, musicgen)
     text_conditioner = _text_conditioner(config, musicgen)
     for p in lm.parameters():
         p.requires_grad_(False)
@@ -206,9 +210,7 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None):
         context.begin_forward(x.shape[0], position, x.shape[1], x.device, inputs)
 
     hook = lm.transformer.register_forward_pre_hook(begin_forward, with_kwargs=True)
-    vm = VidMusician(musicgen, config, context, hook)
-    vm.set_stage(config.stage)
-    return vm
+    return context, hook
 
 
 def semantic_encoder(config: AdapterConfig, text_conditioner=None) -> nn.Module:
@@ -222,9 +224,6 @@ def semantic_encoder(config: AdapterConfig, text_conditioner=None) -> nn.Module:
     """
     if config.semantic_encoder == "linear":
         return VisualMemory(config.global_dim, config.memory_dim, config.max_global_tokens)
-    from .semantic import T5SemanticEncoder
-    from .t5 import encoder_from_architecture
-
     if text_conditioner is not None:
         t5, autocast = text_conditioner.t5, text_conditioner.autocast
     elif config.t5 is not None:
@@ -246,7 +245,7 @@ def count_adapter_parameters(config: AdapterConfig) -> dict[str, int]:
     """Adapter parameter counts per group for a config, without a backbone.
 
     The modules are built on the meta device (no memory, no weights), by the same
-    code that :func:`attach_adapters` uses.
+    code that :func:`wire_adapters` uses.
     """
     with torch.device("meta"):
         inputs = VideoInputs(config)
@@ -264,9 +263,6 @@ def _text_conditioner(config: AdapterConfig, musicgen):
     """The backbone's T5 conditioner when the config runs the video through it (its shapes checked)."""
     if config.semantic_encoder != "t5-lora":
         return None
-    from ..config import backbone_t5
-    from .t5 import text_conditioner
-
     own = backbone_t5(musicgen)
     if config.t5 is None:
         config.t5 = own  # a config made by hand: sized to this backbone's T5
@@ -277,16 +273,18 @@ def _text_conditioner(config: AdapterConfig, musicgen):
     return text_conditioner(musicgen)
 
 
-def _check_config_fits(config: AdapterConfig, musicgen):
-    from ..backbones import backbone_spec
+def check_fit(config: AdapterConfig, musicgen) -> None:
+    """The one check that an adapter config fits a backbone: width, depth and codec frame rate.
 
+    Raises:
+        AdapterError: naming each value that differs.
+    """
     spec = backbone_spec(musicgen)
-    diffs = [f"{k} {getattr(config, k)} != {v}" for k, v in
-             (("dim", spec.dim), ("num_layers", spec.num_layers), ("frame_rate", spec.frame_rate))
-             if getattr(config, k) != v]
+    diffs = [f"{k}: adapter {getattr(config, k)} vs backbone {getattr(spec, k)}"
+             for k in ("dim", "num_layers", "frame_rate") if getattr(config, k) != getattr(spec, k)]
     if diffs:
-        raise ConfigError(f"adapter config for {config.backbone!r} does not fit backbone {spec.name!r}: "
-                          + ", ".join(diffs))
+        raise AdapterError(f"adapter made for {config.backbone!r} does not match backbone {spec.name!r} "
+                           f"({'; '.join(diffs)})")
 
 
 def adapter_modules(lm) -> dict[str, dict[str, nn.Module]]:

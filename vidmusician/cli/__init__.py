@@ -3,7 +3,9 @@
 Each subcommand lives in ``vidmusician/cli/commands/<name>.py`` and defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. User errors
 (:class:`~vidmusician.errors.VidMusicianError`) print one line on stderr and exit
-with status 2.
+with status 2. Building the parser imports every subcommand module, so those
+import the library (torch, audiocraft) inside ``run``: ``vidmusician -h`` and a
+mistyped argument answer at once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
 from ..errors import VidMusicianError, os_error_line
 
 COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo")
@@ -25,8 +28,6 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = Parser(prog="vidmusician", description="Video-to-music generation with MusicGen adapters.")
     parser.add_argument("--version", action="version", version=f"vidmusician {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)

@@ -6,6 +6,9 @@ the music muxed in, the music as WAV, and the alignment plot of ``vidmusician
 eval --plot`` (visual beats above the music's onsets) with its beat-alignment
 score. Jobs run one at a time on the shared model; a job that fails or is
 cancelled removes its folder, so no partial file is ever served.
+
+The CLI's parser reads :data:`DEFAULT_MAX_DURATION` from here, so the library
+(torch, audiocraft) is imported inside the methods that use it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import torch
 from audiocraft.metrics.kld import KLDivergenceMetric, PasstKLDivergenceMetric
 
 from ..errors import ConfigError
+from .beats import load_audio
 
 # PaSST's input rate, and audiocraft's segment bounds for it (10 s, 0.15 s).
 PASST_SAMPLE_RATE = 32000
@@ -69,8 +70,6 @@ def passt_kl_divergence(
         ``{"kld": KL(reference || generated), "kld_qp": KL(generated ||
         reference), "kld_both": their sum}``, means over the pairs.
     """
-    from .beats import load_audio
-
     if len(generated) != len(reference) or not generated:
         raise ConfigError("the KL divergence needs pairs of generated and reference files")
     metric = PasstKL() if metric is None else metric

@@ -20,7 +20,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..audio_io import read_audio
 from ..errors import AudioError, ConfigError
+from ..video.features import extract_features
+from ..video.optical_flow import flow_signal
 
 
 # --------------------------------------------------------------------------- #
@@ -44,8 +47,6 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     Raises:
         AudioError: The file is missing, unreadable, or has no audio stream.
     """
-    from ..audio_io import read_audio
-
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file; check the path")
@@ -398,13 +399,9 @@ def visual_rhythm(
         The :class:`VisualRhythm`.
     """
     if source == "change":
-        from ..video.features import extract_features
-
         feats = extract_features(video, encoder=encoder, local_fps=fps, cache_dir=cache_dir)
         signal, rate, duration = change_signal(feats.local_feats), float(feats.local_fps), float(feats.duration)
     elif source == "flow":
-        from ..video.optical_flow import flow_signal
-
         signal, duration = flow_signal(video, fps=fps)
         rate = fps
     else:

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from .beats import load_audio
 
 DEFAULT_CLAP = "laion/larger_clap_music"
 
@@ -272,8 +273,6 @@ def clap_text_scores(
         prompts: The prompt each was generated from, or ``None``.
         clap: The CLAP model.
     """
-    from .beats import load_audio
-
     wanted = [i for i, p in enumerate(prompts) if p]
     texts = clap.embed_text([prompts[i] for i in wanted]) if wanted else []
     scores = [math.nan] * len(files)

@@ -30,20 +30,16 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from . import metrics
+from ..audio_io import read_tags
 from ..errors import ConfigError
+from ..fileio import atomic_write
+from ..video.features import VisualEncoder, load_encoder
+from . import metrics
+from .beats import (ONSET_PRESETS, VISUAL_BEAT_PRESETS, MusicRhythm, OnsetConfig, VisualBeatConfig, VisualRhythm,
+                    load_audio, music_rhythm, visual_rhythm)
+from .embedders import clap_text_scores
 from .files import list_videos, match_audio
-from .beats import (
-    ONSET_PRESETS,
-    VISUAL_BEAT_PRESETS,
-    MusicRhythm,
-    OnsetConfig,
-    VisualBeatConfig,
-    VisualRhythm,
-    load_audio,
-    music_rhythm,
-    visual_rhythm,
-)
+from .plots import plot_clip
 
 REFERENCE_METRICS = ("bcs", "bhs", "loris_cover", "loris_hit", "loris_f1")
 METRICS = ("beat_alignment",) + REFERENCE_METRICS + ("clap_text",)
@@ -216,8 +212,6 @@ class EvalReport:
 
     def write_json(self, path: str | Path) -> Path:
         """Writes the report as sorted JSON, atomically (a temporary file, then renamed)."""
-        from ..fileio import atomic_write
-
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,14 +325,10 @@ def evaluate(
         clip = evaluate_clip(name, vids[name], gens[name], refs.get(name), encoder, settings, feature_cache)
         log(f"{clip.name}: " + ", ".join(f"{k}={_fmt(clip.scores[k])}" for k in METRICS if k != "clap_text"))
         if plot_dir is not None:
-            from .plots import plot_clip
-
             plot_clip(clip, Path(plot_dir) / f"{clip.name}.png")
         clips.append(clip)
 
     if prompts:
-        from .embedders import clap_text_scores
-
         texts = [prompts if isinstance(prompts, str) else prompts.get(c.name) for c in clips]
         for clip, score in zip(clips, clap_text_scores([c.generated for c in clips], texts, text_embedder)):
             clip.scores["clap_text"] = score
@@ -352,7 +342,7 @@ def evaluate(
         log(f"frechet_distance[{name}]: {_fmt(fd[name])}")
     kl = None
     if kl_metric is not None:
-        from .audio_kl import passt_kl_divergence
+        from .audio_kl import passt_kl_divergence  # audiocraft's metrics and PaSST: only when asked for
 
         kl = passt_kl_divergence([c.generated for c in paired], [c.reference for c in paired], kl_metric)
     means = metrics.mean_scores([c.scores for c in clips], METRICS)
@@ -394,8 +384,6 @@ def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[s
     (``"recorded in the generated files"``), else ``(None, "default")``, which
     loads ``ViT-B-32:openai``.
     """
-    from ..audio_io import read_tags
-
     recorded = {read_tags(path).get("encoder") for path in generated} - {None}
     if len(recorded) == 1:
         return recorded.pop(), "recorded in the generated files"
@@ -407,8 +395,6 @@ def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[s
 
 def _load_encoder(spec: Any) -> Any:
     # Loaded here once, not by extract_features once per clip.
-    from ..video.features import VisualEncoder, load_encoder
-
     return spec if isinstance(spec, VisualEncoder) else load_encoder(spec)
 
 

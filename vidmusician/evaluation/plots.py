@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ConfigError
+from ..fileio import atomic_write
 
 if TYPE_CHECKING:
-    from .evaluate import ClipResult
     from .beats import MusicRhythm, VisualRhythm
 
 # One color per kind of event, kept across both panels.
@@ -54,8 +54,6 @@ def plot_rhythm(
         raise ConfigError("plots need matplotlib: `pip install matplotlib`, or run without --plot") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_write
 
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 4.8), constrained_layout=True)
     try:
@@ -102,8 +100,14 @@ def plot_rhythm(
         plt.close(fig)
 
 
-def plot_clip(clip: ClipResult, path: str | Path) -> Path:
-    """:func:`plot_rhythm` for one evaluated clip, its scores in the title."""
+def plot_clip(clip, path: str | Path) -> Path:
+    """:func:`plot_rhythm` for one evaluated clip, its scores in the title.
+
+    Args:
+        clip: a :class:`~vidmusician.evaluation.evaluate.ClipResult` (not imported here:
+            the evaluation imports its plots, not the other way round).
+        path: the PNG to write.
+    """
     shown = {k: v for k, v in clip.scores.items() if v is not None and math.isfinite(v)}
     scores = "  ".join(f"{k} {v:.2f}" for k, v in shown.items())
     return plot_rhythm(path, clip.visual, clip.music, clip.reference_music, f"{clip.name}    {scores}".strip())

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write
 from ..adapter.context import VideoBatch
-from ..video.encoder_specs import legacy_activation
 from ..errors import DataError
+from ..fileio import atomic_write
+from ..video.encoder_specs import legacy_activation
 from ..video.features import VideoFeatures
 
 META_NAME = "dataset.json"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..audio_io import write_audio
 from ..errors import ConfigError
 
 SAMPLE_SECONDS = 5.0  # long enough to hear the adapter follow the video, short enough to cost little
@@ -99,8 +100,6 @@ class Monitor:
         """
         if not self.main or not len(holdout):
             return None
-        from ..audio_io import write_audio
-
         clip = holdout[0].features
         duration = min(SAMPLE_SECONDS, clip.duration)
         vm.eval()

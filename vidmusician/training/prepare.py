@@ -24,15 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR,
-                      DatasetMeta, append_jsonl, commit_source, complete_rows, dataset_rows, error_rows,
-                      has_torn_tail, index_files, read_jsonl)
-from ..video.encoders import DEFAULT_ENCODER
-from ..errors import ConfigError, DataError, VidMusicianError
 from ..audio_io import read_audio
-from ..video.reader import VIDEO_SUFFIXES, probe
-from ..video.features import VideoFeatures
+from ..backbones import load_codec
+from ..errors import ConfigError, DataError, VidMusicianError
 from ..fileio import atomic_write
+from ..video.encoders import DEFAULT_ENCODER
+from ..video.features import VideoFeatures, extract_features, load_encoder
+from ..video.reader import VIDEO_SUFFIXES, probe
+from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, DatasetMeta,
+                      append_jsonl, commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files,
+                      read_jsonl)
 
 # Windows start on whole seconds of the global feature grid, so a window's first
 # global token is a real frame; clips shorter than this are skipped.
@@ -155,8 +156,6 @@ def process_source(source: Source, cm, encoder, meta: DatasetMeta, wav: torch.Te
         wav: the source's music if already loaded (:func:`load_audio`).
         seconds: adds the time of each stage ("video": decode + encoder, "codec") to this dict.
     """
-    from ..video.features import extract_features
-
     seconds = {} if seconds is None else seconds
     wav = load_audio(source, meta) if wav is None else wav
     t = time.perf_counter()
@@ -330,8 +329,6 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     """Prepares and commits each pending source in turn, the next one's audio decoding meanwhile."""
     from tqdm.auto import tqdm
 
-    from ..backbones import load_codec
-    from ..video.features import load_encoder
 
     cm = load_codec(asked["backbone"], device=device)  # the codec alone: the LM is not needed to encode
     enc = load_encoder(asked["encoder"], device=device)

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..adapter.wiring import GROUP_NAMES
+from ..checks import MAX_COUNT, json_object, number
 from ..errors import ConfigError
 
 __all__ = ["Recipe", "lr_factor", "schedule_warning"]
@@ -61,8 +63,6 @@ class Recipe:
 
     def check(self, source: str = "recipe") -> None:
         """Refuses values no one meant (``batch_size=0``, ``lr=-1``, a string for a number), in one line."""
-        from ..checks import MAX_COUNT, number
-        from ..adapter.wiring import GROUP_NAMES
 
         ints = dict(batch_size=1, grad_accum=1, max_steps=1, warmup_steps=0, eval_every=1, eval_windows=1,
                     save_every=1, keep_checkpoints=1, log_every=1, seed=0, num_workers=0)
@@ -89,8 +89,6 @@ class Recipe:
 
     @classmethod
     def load(cls, path, overrides: list[str] = ()) -> "Recipe":
-        from ..checks import json_object
-
         try:
             data = json_object(json.loads(Path(path).read_text()), str(path))
         except FileNotFoundError:

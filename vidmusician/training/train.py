@@ -31,52 +31,20 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
+from ..backbones import backbone_spec, load_backbone
+from ..cli import Parser
+from ..config import AdapterConfig
 from ..errors import ConfigError, DataError, VidMusicianError, os_error_line
+from ..model import VidMusician, attach_adapters
+from ..video.encoder_specs import check_encoder_fit
+from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
 from .launch import one_line, stop_with_launcher
+from .losses import codebook_losses, loss_mask
+from .monitor import Monitor, check_trackers
 from .recipe import Recipe, lr_factor, schedule_warning
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
-
-
-def codebook_losses(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor):
-    """Cross-entropy summed over the valid positions of each codebook, and their counts ([K], [K]).
-
-    ``logits`` are NaN where ``mask`` is False (audiocraft's marker of invalid
-    steps): they are indexed out, never multiplied by zero.
-    """
-    sums, counts = [], []
-    for k in range(codes.shape[1]):
-        m = mask[:, k]
-        sums.append(F.cross_entropy(logits[:, k][m].float(), codes[:, k][m], reduction="sum"))
-        counts.append(m.sum())
-    return torch.stack(sums), torch.stack(counts)
-
-
-def loss_mask(lm, valid: torch.Tensor) -> torch.Tensor:
-    """[B, K, T]: the positions the loss counts, each window masked at its own length.
-
-    audiocraft's delay pattern leaves the last ``delay_k`` steps of codebook k
-    undefined; in a batch padded to a longer window those steps would be
-    predicted from the padding. Masking every window by its own length's pattern
-    makes a window's loss the same alone or padded in any batch.
-    """
-    B, T = valid.shape
-    K = lm.num_codebooks
-    lengths = valid.sum(dim=1).tolist()
-    mask = torch.zeros(B, K, T, dtype=torch.bool, device=valid.device)
-    for length in set(lengths):
-        if length == 0:
-            continue
-        pattern = lm.pattern_provider.get_pattern(length)
-        codes = torch.zeros(1, K, length, dtype=torch.long)
-        steps = pattern.build_pattern_sequence(codes, lm.special_token_id, keep_only_valid_steps=True)[0].shape[-1]
-        own = pattern.revert_pattern_logits(torch.zeros(1, 1, K, steps), float("nan"), keep_only_valid_steps=True)[2]
-        rows = [i for i, n in enumerate(lengths) if n == length]
-        mask[rows, :, :length] = own.to(valid.device)
-    return mask
 
 
 class Objective(nn.Module):
@@ -162,8 +130,6 @@ def use_training_precision(musicgen) -> None:
 
 def fresh_config(musicgen, meta: DatasetMeta, recipe: Recipe):
     """The config of fresh adapters: the backbone's preset, the dataset's encoder, the recipe's overrides."""
-    from ..config import AdapterConfig
-
     return AdapterConfig.for_backbone(
         musicgen, encoder=meta.encoder, global_dim=meta.global_dim, local_dim=meta.local_dim,
         global_fps=meta.global_fps, local_fps=meta.local_fps, encoder_activation=meta.encoder_activation,
@@ -172,11 +138,6 @@ def fresh_config(musicgen, meta: DatasetMeta, recipe: Recipe):
 
 def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups."""
-    from ..backbones import backbone_spec, load_backbone
-    from ..video.encoder_specs import check_encoder_fit
-    from ..adapter.wiring import attach_adapters
-    from ..model import VidMusician
-
     musicgen = load_backbone(args.backbone or meta.backbone, device=device)
     use_training_precision(musicgen)
     spec = backbone_spec(musicgen)
@@ -205,8 +166,6 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
 
 
 def parse_args(argv=None):
-    from ..cli import Parser
-
     p = Parser(prog="python -m vidmusician.training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, help="recipe JSON (recipes/stage1_semantic.json, ...)")
     p.add_argument("--data", required=True, help="dataset folder from `vidmusician prepare`")
@@ -228,7 +187,6 @@ def train(args) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    from .monitor import Monitor, check_trackers
 
     recipe = Recipe.load(args.recipe, args.set)
     out = Path(args.output)

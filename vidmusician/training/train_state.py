@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapter.wiring import adapter_modules
 from ..adapter_files import WEIGHTS_NAME, read_adapter_weights
 from ..errors import ConfigError, DataError, VidMusicianError
 from ..fileio import atomic_write
-from ..adapter.wiring import adapter_modules
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

@@ -33,19 +33,9 @@ import warnings
 
 import torch
 
-from .encoder_specs import (
-    ACTIVATION_NAMES,
-    DEFAULT_ENCODER,
-    GELU,
-    QUICK_GELU,
-    TINY_CONFIG,
-    TINY_MODEL_NAME,
-    TINY_SEED,
-    TINY_SPEC,
-    EncoderPlan,
-    resolve_encoder,
-)
 from ..errors import ConfigError
+from .encoder_specs import (ACTIVATION_NAMES, DEFAULT_ENCODER, GELU, QUICK_GELU, TINY_CONFIG, TINY_MODEL_NAME,
+                            TINY_SEED, TINY_SPEC, EncoderPlan, resolve_encoder)
 
 __all__ = ["DEFAULT_ENCODER", "VisualEncoder", "encoder_fingerprint", "load_encoder", "TINY_CONFIG", "TINY_MODEL_NAME"]
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write
+from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
 from .reader import FrameReader, probe, sample_times
 
-__all__ = ["VideoFeatures", "VisualEncoder", "load_encoder", "extract_features", "resample_local", "DEFAULT_ENCODER"]
+__all__ = ["VideoFeatures", "VisualEncoder", "load_encoder", "extract_features", "DEFAULT_ENCODER"]
 
 # Bump when the feature computation changes: old cache entries then stop matching.
 FEATURES_VERSION = 1
@@ -178,43 +178,6 @@ def extract_features(
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         feats.save(cache_file)
     return feats
-
-
-def resample_local(
-    local: torch.Tensor, local_fps: float, frame_rate: float, num_frames: int, offset: float = 0.0
-) -> torch.Tensor:
-    """Linearly resamples the local change signal to another frame rate (the codec's).
-
-    Row ``s`` of the result is the signal at time ``offset + s / frame_rate``,
-    interpolated between the two nearest local frames. Times before 0 or after
-    the video (past ``Tl / local_fps``) get zeros: no video, no change.
-
-    Args:
-        local: ``[Tl, P]`` change signal at ``local_fps``.
-        local_fps: Its rate.
-        frame_rate: Target rate (``compression_model.frame_rate``).
-        num_frames: Rows to produce.
-        offset: Time in seconds of the first row (a generation window's start).
-
-    Returns:
-        ``[num_frames, P]`` tensor, dtype and device of ``local``.
-    """
-    tl, p = local.shape
-    # Positions in float64 on the CPU: at 50 Hz for an hour, float32 time would
-    # drift by frames (and some devices have no float64).
-    pos = (offset + torch.arange(num_frames, dtype=torch.float64) / frame_rate) * local_fps
-    # Snap rounding noise onto knots, so that e.g. -1e-17 reads frame 0, not "before the video".
-    pos = torch.where((pos - pos.round()).abs() < 1e-9, pos.round(), pos)
-    i0 = torch.floor(pos)
-    w = (pos - i0).to(device=local.device, dtype=local.dtype).unsqueeze(1)
-    i0 = i0.long().to(local.device)
-    # Row Tl is a zero row: the signal ramps to zero over the last local frame and
-    # stays there; every index outside [0, Tl] reads it.
-    padded = torch.cat([local, local.new_zeros(1, p)], dim=0)
-    inside = (i0 >= 0) & (i0 < tl)
-    lo = torch.where(inside, i0, tl)
-    hi = torch.where(inside, (i0 + 1).clamp(max=tl), tl)
-    return padded[lo] * (1 - w) + padded[hi] * w
 
 
 def _compute(

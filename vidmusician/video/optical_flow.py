@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .reader import iter_frames, probe
+
 
 def flow_signal(video: str | Path, fps: float = 25.0, max_side: int = 128) -> tuple[np.ndarray, float]:
     """Mean optical-flow magnitude per frame, a motion signal for visual beats.
@@ -24,8 +26,6 @@ def flow_signal(video: str | Path, fps: float = 25.0, max_side: int = 128) -> tu
         ``([T] magnitude in pixels of the decoded size per frame, duration in
         seconds)``; frame 0 is 0 (no previous frame).
     """
-    from .reader import iter_frames, probe
-
     info = probe(video)
     scale = min(1.0, max_side / max(info.width, info.height))
     # Even sizes, because the decoder's scaler works on 4:2:0 chroma blocks.

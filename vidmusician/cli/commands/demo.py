@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 
+from ...errors import ConfigError
+
 HELP = "serve a web page that scores a video: drop a video, get it back with music and the alignment plot"
 
 
@@ -29,7 +31,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ...errors import ConfigError
     from ...demo.scoring import Scorer
 
     if not 0 < args.port < 65536:
@@ -70,8 +71,6 @@ def _require_gradio() -> None:
     """Fails in one line before any model loads when the page's library is missing."""
     import importlib.util
 
-    from ...errors import ConfigError
-
     try:
         found = importlib.util.find_spec("gradio") is not None
     except ValueError:  # a module entry of None (blocked) has no spec
@@ -85,8 +84,6 @@ def _check_port(host: str, port: int) -> None:
     """Fails in one line, before any model loads, when the address is taken or not this machine's."""
     import errno
     import socket
-
-    from ...errors import ConfigError
 
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:

@@ -6,6 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from ...errors import ConfigError
 from ...evaluation.embedders import DEFAULT_CLAP
 from ...evaluation.metrics import BAILANDO_FPS, DEFAULT_BA_SIGMA, bailando_sigma
 
@@ -60,7 +61,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ...errors import ConfigError
     from ...evaluation.embedders import load_embedder, read_prompts
     from ...evaluation.evaluate import EvalSettings, evaluate
     from ...evaluation.beats import VISUAL_BEAT_PRESETS

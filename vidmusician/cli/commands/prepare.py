@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import one_line_warnings
+
 HELP = "prepare a training dataset: codec codes and visual features of (video, music) windows"
 
 
@@ -33,7 +35,6 @@ def run(args) -> int:
     import sys
 
     from ...training.prepare import Terminated, prepare
-    from . import one_line_warnings
 
     try:
         with one_line_warnings("prepare"):
