@@ -4,6 +4,9 @@ others, a module that imports it back (module-level and function-level imports a
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vidmusician"
@@ -93,3 +96,13 @@ def test_a_planted_cycle_is_found(tmp_path):
     assert find_cycle(graph) == ["vidmusician.a", "vidmusician.sub.b", "vidmusician.c", "vidmusician.a"]
     (package / "c.py").write_text("from . import sub\n")  # the package, not a.py: no cycle
     assert find_cycle(import_graph(package)) is None
+
+
+def test_the_one_call_api_imports_audiocraft_only_with_a_model():
+    """`vidmusician generate` answers a bad video or argument before audiocraft (and its
+    xformers, transformers, ...) is imported: that import takes most of a model's start."""
+    code = ("import sys, vidmusician.pipeline, vidmusician.cli.commands.generate; "
+            "print('audiocraft' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr

@@ -14,7 +14,6 @@ from .config import AdapterConfig
 from .generation.guidance import GenerationParams
 from .generation.windows import (check_duration, check_seed, generate_batch, num_frames_for, sample_and_decode,
                                  set_encoder)
-from .model import attach_adapters, load_adapter
 from .video.encoders import load_encoder
 from .video.reader import probe
 
@@ -97,6 +96,10 @@ def load_models(adapter=None, backbone=None, encoder=None, device=None):
     Returns:
         ``(VidMusician or None, MusicGen)``: None when there is neither an adapter nor an encoder.
     """
+    # audiocraft comes with the model, not with this module: `vidmusician generate`
+    # refuses a bad video or argument before it loads (seconds, not tens of them).
+    from .model import attach_adapters, load_adapter
+
     if adapter is not None:
         vm = load_adapter(adapter, backbone=backbone, device=device)
         if encoder is not None:

@@ -22,6 +22,7 @@ ARCHITECTURES = {
     "large": dict(dim=2048, num_heads=32, num_layers=48),
 }
 
+
 def lm_config(dim: int, num_heads: int, num_layers: int, n_q: int = 4, card: int = 2048,
               text_dim: int = 16, device: str = "cpu"):
     """An audiocraft LM config (the layout of its exported checkpoints) with MusicGen's layer options.
@@ -150,7 +151,6 @@ def architecture(size: str) -> dict:
     if size not in ARCHITECTURES:
         raise BackboneError(f"unknown architecture {size!r}; choose one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[size]
-
 
 
 @contextlib.contextmanager
