@@ -14,6 +14,7 @@ import torch
 
 from ..checks import MAX_COUNT, number
 from ..errors import ConfigError
+from .audiocraft_internals import in_memory_t5_conditioner_class
 
 # What the adapters need to know of a T5 encoder: the shapes the LoRA layers take
 # (``d_model``, ``num_heads * d_kv``, one set per block) and the width of its inputs.
@@ -74,31 +75,6 @@ def offline_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-def _in_memory_conditioner_class():
-    from audiocraft.modules.conditioners import T5Conditioner, TextConditioner
-    from audiocraft.modules.conditioners import TorchAutocast
-
-    class InMemoryT5Conditioner(T5Conditioner):
-        """audiocraft's ``T5Conditioner`` around a T5 and a tokenizer built in memory.
-
-        ``T5Conditioner.__init__`` can only download a model by its hub name; this sets
-        the same attributes from given objects instead (for a frozen, CPU/GPU T5 without
-        autocast, what MusicGen's configs ask for). ``tokenize`` and ``forward`` are
-        audiocraft's own, so prompts are encoded exactly as with a released model.
-        """
-
-        def __init__(self, name: str, t5, tokenizer, output_dim: int, device: str):
-            TextConditioner.__init__(self, T5Conditioner.MODELS_DIMS[name], output_dim)
-            self.device, self.name, self.finetune, self.word_dropout = device, name, False, 0.0
-            self.autocast = TorchAutocast(enabled=False)
-            self.t5_tokenizer = tokenizer
-            # Outside the module tree, as audiocraft keeps a frozen T5 (not in the LM's state dict).
-            self.__dict__["t5"] = t5.to(device)
-            self.normalize_text = False
-
-    return InMemoryT5Conditioner
-
-
 def attach_random_t5(lm, name: str, arch: dict, seed: int = 0, device="cpu", condition: str = "description"):
     """Replaces the LM's ``condition`` conditioner with a T5Conditioner around a random T5.
 
@@ -109,7 +85,7 @@ def attach_random_t5(lm, name: str, arch: dict, seed: int = 0, device="cpu", con
         seed: RNG seed of the random weights (the rest of the LM is left as it is).
         device: where the T5 lives ('meta' for shapes only).
     """
-    cls = _in_memory_conditioner_class()
+    cls = in_memory_t5_conditioner_class()
     tokenizer = offline_tokenizer()
     assert cls.MODELS_DIMS[name] == arch["d_model"], (name, arch)
     with torch.random.fork_rng(devices=[]), torch.device(device):

@@ -22,6 +22,7 @@ from audiocraft.modules.streaming import StreamingModule
 from ..backbones import backbone_spec, check_fuser
 from ..config import AdapterConfig, backbone_t5
 from ..errors import AdapterError, BackboneError, ConfigError
+from .audiocraft_internals import streaming_position
 from .context import VideoContext
 from .layers import IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
 from .semantic import T5SemanticEncoder
@@ -205,9 +206,7 @@ def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object
             # so the null video cannot be routed to the unconditional pass.
             raise ConfigError("two_step_cfg is not supported with video adapters; "
                               "call set_generation_params(two_step_cfg=False)")
-        offsets = transformer._streaming_state.get("offsets")
-        position = int(offsets[0]) if offsets is not None else 0
-        context.begin_forward(x.shape[0], position, x.shape[1], x.device, inputs)
+        context.begin_forward(x.shape[0], streaming_position(transformer), x.shape[1], x.device, inputs)
 
     hook = lm.transformer.register_forward_pre_hook(begin_forward, with_kwargs=True)
     return context, hook

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 
+from ..adapter.audiocraft_internals import text_conditions
 from ..adapter.context import VideoBatch
 from ..errors import ConfigError
 from ..video.encoder_specs import check_encoder_fit
@@ -237,7 +238,7 @@ def sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progr
     """Samples ``num_frames`` frames (seeded), decodes them, and cuts the audio to ``duration`` seconds."""
     # MusicGen's own preparation of the text conditions, so that without video the
     # tokens are exactly the ones MusicGen.generate samples.
-    attributes, _ = musicgen._prepare_tokens_and_attributes(texts, None)
+    attributes = text_conditions(musicgen, texts)
     device = next(musicgen.lm.parameters()).device
     with torch.no_grad(), _seeded(seed, device):
         tokens = generate_tokens(musicgen, attributes, num_frames, params, vm=vm, videos=videos, progress=progress)
