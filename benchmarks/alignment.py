@@ -5,7 +5,7 @@ minutes. Each video shows one of ``--scenes`` background colours (its scene clas
 with a small drifting square, and a full-white frame at each visual event (~3 per
 second). Its soundtrack is the base's synthetic music (vidmusician.learned_base):
 the style given by the scene class, an event at each flash. Adapters are trained
-through the real two-stage recipe (``python -m vidmusician.train`` with
+through the real two-stage recipe (``python -m vidmusician.training.train`` with
 recipes/stage1_semantic.json, then recipes/stage2_rhythm.json from the stage-1
 adapter, both with ``--set`` overrides), then music is generated for new videos:
 
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from vidmusician import learned_base as lb
-from vidmusician.dataset import DatasetMeta, ShardWriter
-from vidmusician.features import extract_features, load_encoder
+from vidmusician.training.dataset import DatasetMeta, ShardWriter
+from vidmusician.video.features import extract_features, load_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 25  # the video's frame rate; the tiny codec's is 25 Hz too
@@ -97,7 +97,7 @@ def train_stage(recipe: str, data: Path, out: Path, steps: int, lr: float, batch
     sets = [f"max_steps={steps}", f"warmup_steps={max(1, steps // 10)}", f"lr={lr}", f"min_lr={lr / 10}",
             f"batch_size={batch}", f"eval_every={steps}", f"save_every={steps}", f"log_every={max(1, steps // 4)}",
             "num_workers=0", "gradient_checkpointing=false", "eval_windows=64", *TINY_ADAPTER, *extra]
-    cmd = [sys.executable, "-m", "vidmusician.train", "--recipe", str(REPO / "recipes" / recipe), "--data", str(data),
+    cmd = [sys.executable, "-m", "vidmusician.training.train", "--recipe", str(REPO / "recipes" / recipe), "--data", str(data),
            "--backbone", "tiny-learned", "--output", str(out)] + [a for s in sets for a in ("--set", s)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -61,8 +61,8 @@ def measure(mode: str, video: str, encoder_spec: str, batch_size: int) -> dict:
     import numpy as np
     import torch
 
-    from vidmusician.features import _prefetch, extract_features, load_encoder
-    from vidmusician.video import FrameReader, sample_times
+    from vidmusician.video.features import _prefetch, extract_features, load_encoder
+    from vidmusician.video.reader import FrameReader, sample_times
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random weights" for a B/32 compute benchmark

@@ -23,9 +23,9 @@ import time
 import torch
 
 from vidmusician import attach_adapters
-from vidmusician.backbones import random_musicgen, tiny_musicgen
+from vidmusician.random_backbones import random_musicgen, tiny_musicgen
 from vidmusician.config import AdapterConfig, load_preset
-from vidmusician.features import VideoFeatures
+from vidmusician.video.features import VideoFeatures
 
 
 def build(size: str, device: str):

@@ -11,7 +11,7 @@ preset's adapters, twice (the same weights), and times, side by side:
   then the copies swap roles (a fresh stream each), so that a difference
   between the copies' places in memory cancels out. Each copy keeps its own
   streaming state and video layout, as in a generation.
-- Whole generations of the tokens (``pipeline.generate_tokens``: conditioning and
+- Whole generations of the tokens (``generation.windows.generate_tokens``: conditioning and
   every step, no decoding), step-locked in two threads taking turns at every LM
   step (``overhead.TakeTurns``), the copies swapping roles every round.
 
@@ -32,10 +32,10 @@ import torch
 
 from overhead import TakeTurns, clock, spread, video_batch
 from vidmusician import attach_adapters
-from vidmusician.backbones import random_musicgen
+from vidmusician.random_backbones import random_musicgen
 from vidmusician.config import load_preset
-from vidmusician.pipeline import generate_tokens
-from vidmusician.sampling import GenerationParams, guidance_conditions, guided_logits, sample_token
+from vidmusician.generation.windows import generate_tokens
+from vidmusician.generation.guidance import GenerationParams, guidance_conditions, guided_logits, sample_token
 
 TEXT = "lo-fi, piano"
 # The two settings compared: today's guidance (t = v) and text and video apart.

@@ -42,10 +42,10 @@ import torch
 from torch import nn
 
 from vidmusician import attach_adapters
-from vidmusician.backbones import random_musicgen
+from vidmusician.random_backbones import random_musicgen
 from vidmusician.config import AdapterConfig, load_preset, preset_names
-from vidmusician.context import VideoBatch
-from vidmusician.inject import AdaptedLayer, count_adapter_parameters
+from vidmusician.adapter.context import VideoBatch
+from vidmusician.adapter.wiring import AdaptedLayer, count_adapter_parameters
 
 
 def video_batch(config: AdapterConfig, seconds: float) -> VideoBatch:

@@ -3,7 +3,7 @@
 Writes synthetic music videos (moving pattern, libx264; noise as music in a WAV
 beside each), then prepares them twice, side by side in one run: one process
 (``python -m vidmusician prepare``) and two (``accelerate launch --multi_gpu
---num_processes 2 -m vidmusician.prepare``, gloo on the CPU). It prints videos/s
+--num_processes 2 -m vidmusician.training.prepare``, gloo on the CPU). It prints videos/s
 of each (wall clock, process start and model loading included) and their ratio,
 then the one-process run's time per stage (audio decode, video decode + encoder
 overlapped, codec, shard writes) and, measured alone on the same videos, video
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
         one, stages = run_prepare([sys.executable, "-m", "vidmusician", "prepare"], pairs, tmp / "one", args)
         two, _ = run_prepare([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                               "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                              "--main_process_port", str(29600 + os.getpid() % 1000), "-m", "vidmusician.prepare"],
+                              "--main_process_port", str(29600 + os.getpid() % 1000), "-m", "vidmusician.training.prepare"],
                              pairs, tmp / "two", args)
         decode = sum(bench.measure("decode", str(tmp / f"v{i}.mp4"), args.encoder, 64)["seconds"]
                      for i in range(args.videos))

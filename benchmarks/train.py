@@ -9,7 +9,7 @@ then one more step of each measures its peak memory above what is in use before 
 step (the CUDA allocator's peak on a GPU; on Linux CPUs the peak RSS, restarted after
 returning freed memory to the OS):
 
-- cached:  codes and features read from a prepared dataset (what ``vidmusician.train`` does);
+- cached:  codes and features read from a prepared dataset (what ``vidmusician.training.train`` does);
 - encode:  the same, but the codes come from encoding the (already decoded) audio each step;
 - cached, no checkpointing: the backbone's activations kept for backward;
 - cached, 'linear': the preset with the 'linear' semantic encoder instead of the paper's
@@ -58,8 +58,8 @@ def real_codec(device: str):
 
 def write_dataset(root: Path, config, windows: int, seconds: float, frame_rate: float) -> None:
     """A prepared dataset of random codes and features (the trainer cannot tell them from real ones)."""
-    from vidmusician.dataset import DatasetMeta, ShardWriter
-    from vidmusician.features import VideoFeatures
+    from vidmusician.training.dataset import DatasetMeta, ShardWriter
+    from vidmusician.video.features import VideoFeatures
 
     DatasetMeta("random-small", 32000, 1, frame_rate, 4, 2048, config.encoder, config.global_dim, config.local_dim,
                 config.global_fps, config.local_fps, seconds, seconds).save(root)
@@ -78,9 +78,9 @@ def build(args, semantic_encoder: str):
     """The adapted backbone (real codec architecture) and its optimizer."""
     import dataclasses
 
-    from vidmusician.backbones import random_musicgen
+    from vidmusician.random_backbones import random_musicgen
     from vidmusician.config import load_preset
-    from vidmusician.inject import attach_adapters
+    from vidmusician.model import attach_adapters
 
     torch.manual_seed(0)  # the same weights for every semantic encoder
     musicgen = random_musicgen("small", device=args.device)
@@ -113,8 +113,8 @@ def step(vm, objective, optimizer, batch, audio, mode: str, args) -> float:
 def run(args) -> dict[str, dict]:
     """Times the configurations interleaved step by step (each sees the same machine state),
     then measures each one's peak memory in one more step."""
-    from vidmusician.dataset import Collate, PreparedDataset
-    from vidmusician.train import Objective
+    from vidmusician.training.dataset import Collate, PreparedDataset
+    from vidmusician.training.train import Objective
 
     models = {}
     for encoder in dict.fromkeys(c[2] for c in CONFIGS.values()):

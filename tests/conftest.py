@@ -33,7 +33,7 @@ def tiny_config(musicgen, **overrides):
 def random_video_batch(size: int, present, num_frames: int = 200, num_global: int = 8, seed: int = 0,
                        frame_rate: float = 25.0):
     """A VideoBatch of random features; `present[i]` False makes sample i a null video."""
-    from vidmusician.context import VideoBatch
+    from vidmusician.adapter.context import VideoBatch
 
     g = torch.Generator().manual_seed(seed)
     return VideoBatch(
@@ -56,6 +56,6 @@ def perturb_adapters(vm, scale: float = 0.5, seed: int = 1):
 @pytest.fixture
 def tiny():
     """A factory of identical tiny MusicGens (same seed, same weights)."""
-    from vidmusician.backbones import tiny_musicgen
+    from vidmusician.random_backbones import tiny_musicgen
 
     return lambda **kw: tiny_musicgen(**kw)

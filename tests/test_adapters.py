@@ -10,7 +10,7 @@ from audiocraft.modules.conditioners import ConditioningAttributes
 
 from conftest import DEVICES, perturb_adapters, random_video_batch, tiny_config
 from vidmusician import attach_adapters
-from vidmusician.errors import BackboneError, ConfigError
+from vidmusician.errors import AdapterError, BackboneError, ConfigError
 
 
 def null_text(n):
@@ -99,7 +99,7 @@ def test_perturbed_adapter_changes_video_rows_only(tiny, present, device):
 def test_each_adapter_group_is_wired(tiny, group):
     base, adapted = tiny(), tiny()
     vm = attach_adapters(adapted, tiny_config(adapted))
-    from vidmusician.inject import adapter_modules
+    from vidmusician.adapter.wiring import adapter_modules
 
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -253,7 +253,7 @@ def test_attaching_twice_is_refused(tiny):
 
 def test_config_must_fit_backbone(tiny):
     small, wide = tiny(), tiny(dim=64)
-    with pytest.raises(ConfigError, match=r"does not fit backbone .*\(dim: adapter 32 vs backbone 64\); size it with"):
+    with pytest.raises(AdapterError, match=r"does not match backbone 'tiny' \(dim: adapter 32 vs backbone 64\)"):
         attach_adapters(wide, tiny_config(small))
 
 
@@ -274,9 +274,9 @@ def streamed_logits(lm, codes, cond, prompt=5, grad=False):
 @pytest.mark.parametrize("frame_offset", [0, 7])
 @pytest.mark.parametrize("device", DEVICES)
 def test_streaming_equals_full_forward(tiny, monkeypatch, device, frame_offset, present):
-    import vidmusician.inject
+    import vidmusician.adapter.wiring
 
-    monkeypatch.setattr(vidmusician.inject, "RHYTHM_CHUNK", 4)
+    monkeypatch.setattr(vidmusician.adapter.wiring, "RHYTHM_CHUNK", 4)
     musicgen = tiny(device=device)
     vm = attach_adapters(musicgen, tiny_config(musicgen))
     perturb_adapters(vm)
@@ -299,7 +299,7 @@ def test_streaming_equals_full_forward(tiny, monkeypatch, device, frame_offset, 
 
 def test_in_place_rows_with_a_backbone_in_another_dtype(tiny):
     """A bf16 backbone with fp32 adapters: the in-place path writes the adapted rows back."""
-    from vidmusician.inject import adapter_modules
+    from vidmusician.adapter.wiring import adapter_modules
 
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))
@@ -364,7 +364,7 @@ def test_only_adapters_move_in_an_optimizer_step(tiny, device):
 def test_stages_select_groups_by_structure(tiny):
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))
-    from vidmusician.inject import adapter_modules
+    from vidmusician.adapter.wiring import adapter_modules
 
     groups = adapter_modules(vm.lm)
     for stage, group, other in ((1, "semantic", "rhythm"), (2, "rhythm", "semantic")):
@@ -383,10 +383,10 @@ def test_what_a_stage_trains_comes_from_one_table(tiny, monkeypatch):
 
     from conftest import TINY_GLOBAL_DIM, TINY_LOCAL_DIM
     from vidmusician.config import STAGE_GROUPS
-    from vidmusician.dataset import DatasetMeta
-    from vidmusician.inject import adapter_modules
-    from vidmusician.recipe import Recipe
-    from vidmusician.train import build_model
+    from vidmusician.training.dataset import DatasetMeta
+    from vidmusician.adapter.wiring import adapter_modules
+    from vidmusician.training.recipe import Recipe
+    from vidmusician.training.train import build_model
 
     monkeypatch.setitem(STAGE_GROUPS, 1, ("rhythm",))
     monkeypatch.setitem(STAGE_GROUPS, 3, ("semantic", "rhythm"))

@@ -10,7 +10,7 @@ from test_benchmarks import load_script
 
 
 def test_the_videos_change_at_their_event_frames(tmp_path):
-    from vidmusician.features import extract_features
+    from vidmusician.video.features import extract_features
 
     alignment = load_script("alignment")
     events = [10, 30, 51]

@@ -10,10 +10,10 @@ import soundfile as sf
 import torch
 from media import flash_video
 
-from vidmusician.audio_kl import PASST_SAMPLE_RATE, PasstKL, passt_kl_divergence
+from vidmusician.evaluation.audio_kl import PASST_SAMPLE_RATE, PasstKL, passt_kl_divergence
 from vidmusician.cli import main
 from vidmusician.errors import ConfigError
-from vidmusician.evaluation import evaluate
+from vidmusician.evaluation.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_kl_is_reference_given_generated_by_hand(metric, tmp_path):
     gen, ref = _files(tmp_path / "g", "g", rng, False)[:1], _files(tmp_path / "r", "r", rng, True)[:1]
 
     def probs(path):
-        from vidmusician.rhythm import load_audio
+        from vidmusician.evaluation.beats import load_audio
 
         wav = torch.from_numpy(load_audio(path, PASST_SAMPLE_RATE))
         return metric._get_label_distribution(wav[None, None], torch.tensor([wav.numel()]),

@@ -1,7 +1,7 @@
 """Every command against bad input and a file system that says no: one line, exit 2, nothing lost.
 
 Each case runs the command's entry point (``vidmusician.cli.main``, the console
-script's function, or ``python -m vidmusician.train``'s ``main``) and checks what
+script's function, or ``python -m vidmusician.training.train``'s ``main``) and checks what
 a user sees: exit status 2, one short line on stderr naming the input, no
 traceback, no partial output, and earlier outputs unchanged. Read-only folders
 and full disks are real: small tmpfs mounts (the tests run as root in CI; without
@@ -23,7 +23,7 @@ import pytest
 from media import flash_video
 
 from vidmusician import cli
-from vidmusician.train import main as train_main
+from vidmusician.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "tiny", "--encoder", "tiny"]

@@ -21,11 +21,11 @@ import torch
 from media import flash_video
 
 from vidmusician.config import CONFIG_NAME, AdapterConfig, load_preset
-from vidmusician.dataset import META_NAME, DatasetMeta
-from vidmusician.encoder_specs import resolve_encoder
-from vidmusician.encoders import load_encoder
+from vidmusician.training.dataset import META_NAME, DatasetMeta
+from vidmusician.video.encoder_specs import resolve_encoder
+from vidmusician.video.encoders import load_encoder
 from vidmusician.errors import ConfigError, DataError
-from vidmusician.features import VideoFeatures, extract_features
+from vidmusician.video.features import VideoFeatures, extract_features
 
 FRAMES = torch.randint(0, 256, (3, 3, 40, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
@@ -194,7 +194,7 @@ def test_features_file_and_cache_key_carry_the_activation(files, video, tmp_path
 
 
 def test_prepare_records_the_activation_and_old_datasets_load_with_the_legacy_one(files, tmp_path):
-    from vidmusician.prepare import prepare
+    from vidmusician.training.prepare import prepare
 
     src = tmp_path / "src"
     src.mkdir()
@@ -243,8 +243,8 @@ def adapted(files):
     """A tiny MusicGen with adapters trained (say) on QuickGELU features of the archive encoder."""
     from conftest import tiny_config
 
-    from vidmusician.backbones import tiny_musicgen
-    from vidmusician.inject import attach_adapters
+    from vidmusician.random_backbones import tiny_musicgen
+    from vidmusician.model import attach_adapters
 
     musicgen = tiny_musicgen()
     spec = f"{cf.ARCH}:{files['archive']}"
@@ -271,23 +271,23 @@ def test_generate_refuses_features_made_with_the_other_activation(adapted, files
 
 
 def test_legacy_adapter_gets_the_activation_it_was_trained_on_with_a_warning(adapted, files, video):
-    from vidmusician.pipeline import _set_encoder
+    from vidmusician.generation.windows import set_encoder
 
     spec = adapted.config.encoder
     adapted.config.encoder_activation = "gelu"  # as an adapter folder from before loads
     try:
         with pytest.warns(UserWarning, match=r"built with GELU as the adapter's features were.*trained with QuickGELU"):
-            encoder = _set_encoder(adapted, spec)
+            encoder = set_encoder(adapted, spec)
         assert encoder.activation == "gelu"
         with pytest.raises(ConfigError, match="made with QuickGELU"):  # a QuickGELU encoder of another name
-            _set_encoder(adapted, f"{cf.ARCH_QUICKGELU}:{files['safetensors']}")
+            set_encoder(adapted, f"{cf.ARCH_QUICKGELU}:{files['safetensors']}")
     finally:
         adapted.config.encoder_activation = "quick_gelu"
         adapted.encoder = None
 
 
 def test_training_refuses_a_dataset_of_the_other_activation(adapted, tmp_path):
-    from vidmusician.train import Recipe, build_model, parse_args
+    from vidmusician.training.train import Recipe, build_model, parse_args
 
     init = tmp_path / "init"
     adapted.save_pretrained(init)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidmusician.dataset import INDEX_NAME, SHARD_DIR, DatasetMeta, PreparedDataset, ShardWriter, read_jsonl
+from vidmusician.training.dataset import INDEX_NAME, SHARD_DIR, DatasetMeta, PreparedDataset, ShardWriter, read_jsonl
 from vidmusician.errors import DataError
-from vidmusician.features import VideoFeatures
-from vidmusician.train import main
+from vidmusician.video.features import VideoFeatures
+from vidmusician.training.train import main
 
 FRAMES, CARD = 100, 400
 
@@ -71,7 +71,7 @@ def test_a_damaged_index_line_is_named(data, tmp_path, capsys):
 
 
 def test_a_torn_last_line_is_what_a_kill_leaves_and_is_dropped(data):
-    from vidmusician.dataset import append_jsonl
+    from vidmusician.training.dataset import append_jsonl
 
     index = data / INDEX_NAME
     whole = index.read_text()

@@ -11,12 +11,13 @@ import torch
 from media import flash_video, write_audio
 
 import vidmusician.backbones as backbones
-import vidmusician.features as features
+import vidmusician.training.prepare as prepare_module
 from vidmusician.cli import main
-from vidmusician.dataset import INDEX_NAME, Collate, MismatchedVideos, PreparedDataset, read_jsonl
+from vidmusician.random_backbones import tiny_musicgen
+from vidmusician.training.dataset import INDEX_NAME, Collate, MismatchedVideos, PreparedDataset, read_jsonl
 from vidmusician.errors import DataError
 from vidmusician.audio_io import read_audio
-from vidmusician.prepare import holdout_ids, list_sources, prepare, window_starts
+from vidmusician.training.prepare import holdout_ids, list_sources, prepare, window_starts
 
 TINY = dict(backbone="tiny", encoder="tiny", progress=False, device="cpu")
 
@@ -84,7 +85,7 @@ def test_cached_codes_and_features_are_those_of_the_window(prepared, folder):
     out, _ = prepared
     data = [PreparedDataset(out, split) for split in ("train", "holdout")]
     ex = next(d[i] for d in data for i, r in enumerate(d.rows) if r["source"] == "good1.mp4" and r["start"] == 2.0)
-    cm = backbones.tiny_musicgen().compression_model
+    cm = tiny_musicgen().compression_model
     wav = read_audio(folder / "good1.mp4", 32000, 1, align_to_video=True)
     with torch.no_grad():
         codes, _ = cm.encode(wav[None, :, 64000:128000])
@@ -92,7 +93,7 @@ def test_cached_codes_and_features_are_those_of_the_window(prepared, folder):
     assert torch.equal(ex.codes, codes[0, :, :50])
     assert not torch.equal(ex.codes, elsewhere[0, :, :50])  # the check can tell windows apart
     # window [2 s, 4 s): local rows 50..99 of the whole video's signal; global seconds 2 and 3
-    from vidmusician.features import extract_features
+    from vidmusician.video.features import extract_features
 
     whole = extract_features(folder / "good1.mp4", "tiny", device="cpu")
     assert torch.allclose(ex.features.local_feats, whole.local_feats[50:100], atol=2e-3)
@@ -111,7 +112,9 @@ def test_rerun_does_no_work(prepared, folder, monkeypatch, tmp_path):
             return loader(*args, **kwargs)
         return load
 
-    for module, name in ((backbones, "load_codec"), (backbones, "load_backbone"), (features, "load_encoder")):
+    # Where prepare looks its loaders up, and the one that would load the LM.
+    spied = ((prepare_module, "load_codec"), (backbones, "load_backbone"), (prepare_module, "load_encoder"))
+    for module, name in spied:
         monkeypatch.setattr(module, name, spy(getattr(module, name)))
     report = prepare(folder, out, window=2.0, hop=1.0, holdout=0.3, **TINY)
     assert (report.already_done, report.prepared, report.failed) == (5, 0, [])

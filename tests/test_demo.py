@@ -22,7 +22,7 @@ from media import flash_video, write_audio
 
 from vidmusician import cli
 from vidmusician.errors import VidMusicianError
-from vidmusician.video import probe
+from vidmusician.video.reader import probe
 
 FLASHES = [0.4, 1.2, 2.0]
 CLIP_SECONDS = 2.4
@@ -198,8 +198,8 @@ def test_cancel_button_flags_only_its_own_session():
 
 def test_cli_adapter_for_another_backbone_is_one_line(tmp_path, capsys):
     from conftest import tiny_config
-    from vidmusician.backbones import tiny_musicgen
-    from vidmusician.inject import attach_adapters
+    from vidmusician.random_backbones import tiny_musicgen
+    from vidmusician.model import attach_adapters
 
     musicgen = tiny_musicgen(dim=64)
     attach_adapters(musicgen, tiny_config(musicgen)).save_pretrained(tmp_path / "adapter")
@@ -249,7 +249,7 @@ def test_examples_have_visual_beats(tmp_path):
 
     rows = write_examples(tmp_path)
     assert [Path(v).name for v, _ in rows] == [f"{stem}.mp4" for stem, *_ in EXAMPLES]
-    from vidmusician.rhythm import visual_rhythm
+    from vidmusician.evaluation.beats import visual_rhythm
 
     stem, bpm, seconds, _ = EXAMPLES[1]
     info = probe(rows[1][0])

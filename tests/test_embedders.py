@@ -16,9 +16,9 @@ import soundfile as sf
 import torch
 from media import flash_video
 
-from vidmusician import metrics
+from vidmusician.evaluation import metrics
 from vidmusician.cli import main
-from vidmusician.embedders import (
+from vidmusician.evaluation.embedders import (
     DEFAULT_CLAP,
     ClapEmbedder,
     VGGishEmbedder,
@@ -153,7 +153,7 @@ def test_clap_text_score(clap, tmp_path):
         files.append(tmp_path / f"{i}.wav")
     scores = clap_text_scores(files, ["calm piano", None], clap)
     assert math.isnan(scores[1]) and -1 <= scores[0] <= 1
-    from vidmusician.rhythm import load_audio
+    from vidmusician.evaluation.beats import load_audio
 
     audio = clap(load_audio(files[0], 48000), 48000)
     assert scores[0] == pytest.approx(clap_score(audio, clap.embed_text(["calm piano"])[0]), abs=1e-9)

@@ -85,12 +85,12 @@ def test_fit_checks_name_the_differing_fields_and_the_fix(tiny):
     import types
 
     from conftest import TINY_GLOBAL_DIM, TINY_LOCAL_DIM, random_video_batch, tiny_config
-    from vidmusician.dataset import DatasetMeta
-    from vidmusician.encoder_specs import check_encoder_fit
+    from vidmusician.training.dataset import DatasetMeta
+    from vidmusician.video.encoder_specs import check_encoder_fit
     from vidmusician.errors import ConfigError
-    from vidmusician.inject import attach_adapters
-    from vidmusician.recipe import Recipe
-    from vidmusician.train import build_model
+    from vidmusician.model import attach_adapters
+    from vidmusician.training.recipe import Recipe
+    from vidmusician.training.train import build_model
 
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))

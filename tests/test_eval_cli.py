@@ -16,9 +16,9 @@ import pytest
 import soundfile as sf
 from media import click_track, flash_video
 
-from vidmusician import metrics
+from vidmusician.evaluation import metrics
 from vidmusician.cli import main
-from vidmusician.rhythm import load_audio, music_rhythm
+from vidmusician.evaluation.beats import load_audio, music_rhythm
 
 DURATION = 8.0
 SR = 32000

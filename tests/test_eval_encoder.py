@@ -13,7 +13,7 @@ from vidmusician.audio_io import read_tags, write_output
 
 
 def test_eval_takes_the_encoder_recorded_by_generate(tiny, tmp_path, capsys):
-    from vidmusician.inject import attach_adapters
+    from vidmusician.model import attach_adapters
 
     musicgen = tiny()
     attach_adapters(musicgen, tiny_config(musicgen)).save_pretrained(tmp_path / "adapter")
@@ -32,7 +32,7 @@ def test_eval_takes_the_encoder_recorded_by_generate(tiny, tmp_path, capsys):
 
 
 def test_untagged_or_disagreeing_files_fall_back_to_the_default(tmp_path):
-    from vidmusician.evaluation import encoder_of
+    from vidmusician.evaluation.evaluate import encoder_of
 
     video = flash_video(tmp_path / "v.mp4", [0.5], 1.0, size=32)
     music = torch.zeros(1, 32000)

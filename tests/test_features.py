@@ -1,4 +1,4 @@
-"""vidmusician.features / encoders / `vidmusician features`: the tiny encoder, change signal, cache, CLI."""
+"""vidmusician.video.features / encoders / `vidmusician features`: the tiny encoder, change signal, cache, CLI."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import pytest
 import torch
 from media import cut_video, flash_video, write_video
 
-import vidmusician.features as features_mod
+import vidmusician.video.features as features_mod
 from vidmusician.cli import main
-from vidmusician.encoders import TINY_CONFIG, TINY_MODEL_NAME
+from vidmusician.video.encoders import TINY_CONFIG, TINY_MODEL_NAME
 from vidmusician.errors import ConfigError, DataError, VideoError
-from vidmusician.features import VideoFeatures, extract_features, load_encoder, resample_local
-from vidmusician.video import read_frames, sample_times
+from vidmusician.adapter.context import resample_local
+from vidmusician.video.features import VideoFeatures, extract_features, load_encoder
+from vidmusician.video.reader import read_frames, sample_times
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def test_bad_arguments_and_bad_video_fail_before_loading_an_encoder(tmp_path, ti
 
 
 def test_decode_errors_reach_the_caller_and_stop_the_decoder_thread(flashes, tiny_encoder, monkeypatch):
-    from vidmusician.video import FrameReader
+    from vidmusician.video.reader import FrameReader
 
     original = FrameReader.read
     calls = []

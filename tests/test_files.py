@@ -10,14 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import perturb_adapters, random_video_batch, tiny_config
-import vidmusician.backbones as backbones
+import vidmusician.random_backbones as random_backbones
 from vidmusician import VidMusician, attach_adapters
-from vidmusician.backbones import export_musicgen, load_backbone, codec_config, lm_config, random_musicgen
-from vidmusician.checkpoint import WEIGHTS_NAME
+from vidmusician.backbones import load_backbone
+from vidmusician.random_backbones import codec_config, export_musicgen, lm_config, random_musicgen
+from vidmusician.adapter_files import WEIGHTS_NAME
 from vidmusician.cli import main
 from vidmusician.config import AdapterConfig, load_preset
 from vidmusician.errors import AdapterError, BackboneError, ConfigError
-from vidmusician.inject import count_adapter_parameters
+from vidmusician.adapter.wiring import count_adapter_parameters
 
 
 def predictions(vm, codes, batch):
@@ -206,7 +207,7 @@ def test_random_backbones_have_the_real_architectures(monkeypatch):
                         SimpleNamespace(name=name, compression_model=compression_model, lm=lm))
     # A random codec is a function of its config and seed (seeded k-means): built once per
     # (config, seed), so a load_codec that asked for another one would build another codec.
-    codecs, build_codec = {}, backbones._build_codec
+    codecs, build_codec = {}, random_backbones.build_codec
 
     def build_codec_once(cfg, seed):
         key = (OmegaConf.to_yaml(cfg), seed)
@@ -214,7 +215,7 @@ def test_random_backbones_have_the_real_architectures(monkeypatch):
             codecs[key] = build_codec(cfg, seed)
         return codecs[key]
 
-    monkeypatch.setattr(backbones, "_build_codec", build_codec_once)
+    monkeypatch.setattr(random_backbones, "build_codec", build_codec_once)
     real = {"small": (1024, 24, 16), "medium": (1536, 48, 24), "large": (2048, 48, 32)}  # width, layers, heads
     for size, (dim, layers, heads) in real.items():
         musicgen = random_musicgen(size)

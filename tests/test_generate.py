@@ -20,12 +20,13 @@ import torch
 from conftest import perturb_adapters, tiny_config
 from media import flash_video
 from vidmusician import cli
-from vidmusician.backbones import tiny_musicgen
+from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.errors import ConfigError, VideoError
-from vidmusician.features import VideoFeatures
-from vidmusician.inject import attach_adapters
-from vidmusician.pipeline import GenerationParams, generate, generate_tokens, plan_windows
-from vidmusician.video import probe
+from vidmusician.video.features import VideoFeatures
+from vidmusician.model import attach_adapters
+from vidmusician.generation.windows import GenerationParams, generate_tokens, plan_windows
+from vidmusician.pipeline import generate
+from vidmusician.video.reader import probe
 
 FRAME_RATE = 25  # the tiny backbone's codec
 

@@ -14,10 +14,10 @@ import torch
 
 from conftest import perturb_adapters, random_video_batch, tiny_config
 from vidmusician import cli
-from vidmusician.backbones import tiny_musicgen
+from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.errors import ConfigError
-from vidmusician.inject import attach_adapters
-from vidmusician.sampling import GenerationParams, Guidance, guidance_conditions, guided_logits
+from vidmusician.model import attach_adapters
+from vidmusician.generation.guidance import GenerationParams, Guidance, guidance_conditions, guided_logits
 
 FRAME_RATE = 25  # the tiny backbone's codec
 TEXTS = ["piano", "drums"]

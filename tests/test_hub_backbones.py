@@ -102,7 +102,7 @@ def test_stereo_backbone_and_codec_have_8_codebooks_and_2_channels(offline_hub):
 
 
 def test_prepare_with_a_stereo_backbone_writes_8_codebook_codes(offline_hub, tmp_path):
-    from vidmusician.dataset import PreparedDataset
+    from vidmusician.training.dataset import PreparedDataset
 
     rng = np.random.default_rng(0)
     write_audio(tmp_path / "music.wav", rng.uniform(-0.8, 0.8, (2, 64000)).astype(np.float32))
@@ -209,7 +209,7 @@ def test_a_t5_with_only_spiece_model_loads(offline_hub):
 def test_adapters_attach_and_generate_with_text_and_video_on_the_hub_model(offline_hub, tmp_path):
     from conftest import tiny_config
 
-    from vidmusician.inject import attach_adapters
+    from vidmusician.model import attach_adapters
 
     musicgen = load_backbone(MUSICGEN, device="cpu")
     vm = attach_adapters(musicgen, tiny_config(musicgen))

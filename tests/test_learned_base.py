@@ -16,8 +16,8 @@ from media import flash_video
 from test_train import SECONDS, TINY_ADAPTER, log_rows, ok, recipe, run
 
 from vidmusician import learned_base as lb
-from vidmusician.dataset import DatasetMeta, ShardWriter
-from vidmusician.features import extract_features, load_encoder
+from vidmusician.training.dataset import DatasetMeta, ShardWriter
+from vidmusician.video.features import extract_features, load_encoder
 
 FRAMES = 100
 
@@ -31,7 +31,7 @@ def learned():
 
 
 def test_the_base_has_learned_music(learned):
-    from vidmusician.backbones import tiny_musicgen
+    from vidmusician.random_backbones import tiny_musicgen
 
     random_loss = lb.heldout_loss(tiny_musicgen(seed=0).lm)
     learned_loss = lb.heldout_loss(learned.lm)

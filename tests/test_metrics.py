@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vidmusician import metrics
+from vidmusician.evaluation import metrics
 from vidmusician.errors import ConfigError
 
 # Reference onsets in 4 distinct 1-second bins (0, 1, 2, 3); off-integer times so
@@ -215,7 +215,7 @@ def test_music_onsets_and_beats_of_a_click_track(tmp_path):
     import soundfile as sf
     from media import click_track, flash_video
 
-    from vidmusician.rhythm import music_rhythm
+    from vidmusician.evaluation.beats import music_rhythm
 
     clicks = _mid_hop([0.52 + 0.6 * k for k in range(9)])
     audio = click_track(clicks, 6.0)
@@ -244,7 +244,7 @@ def _music_from_the_first_sample(sr: int) -> np.ndarray:
 def test_onsets_are_the_reference_implementations_own():
     import librosa
 
-    from vidmusician.rhythm import ONSET_PRESETS, music_rhythm
+    from vidmusician.evaluation.beats import ONSET_PRESETS, music_rhythm
 
     sr = 22050
     y = _music_from_the_first_sample(sr)
@@ -269,14 +269,14 @@ def test_onsets_are_the_reference_implementations_own():
 
 
 def test_other_onset_settings_must_share_the_envelope():
-    from vidmusician.rhythm import OnsetConfig, music_rhythm
+    from vidmusician.evaluation.beats import OnsetConfig, music_rhythm
 
     with pytest.raises(ConfigError, match="another envelope"):
         music_rhythm(np.zeros(22050, np.float32), OnsetConfig(), {"zeros": OnsetConfig(pad_mode="constant")})
 
 
 def test_silence_has_no_onsets_or_beats():
-    from vidmusician.rhythm import music_rhythm
+    from vidmusician.evaluation.beats import music_rhythm
 
     r = music_rhythm(np.zeros(22050 * 2, np.float32))
     assert r.onsets.size == 0 and r.beats.size == 0
@@ -286,7 +286,7 @@ def test_load_audio_errors_name_the_file(tmp_path):
     from media import flash_video
 
     from vidmusician.errors import AudioError
-    from vidmusician.rhythm import load_audio
+    from vidmusician.evaluation.beats import load_audio
 
     with pytest.raises(AudioError, match="no such audio file"):
         load_audio(tmp_path / "missing.wav", 22050)
@@ -300,7 +300,7 @@ def test_load_audio_errors_name_the_file(tmp_path):
 
 
 def test_change_signal_is_the_patch_mean_without_the_first_frame():
-    from vidmusician.rhythm import change_signal
+    from vidmusician.evaluation.beats import change_signal
 
     feats = np.array([[1.0, 1.0], [0.1, 0.3], [0.0, 0.0], [0.5, 0.9]], np.float32)
     np.testing.assert_allclose(change_signal(feats), [0.0, 0.2, 0.0, 0.7], rtol=1e-6)
@@ -309,7 +309,7 @@ def test_change_signal_is_the_patch_mean_without_the_first_frame():
 
 
 def test_pick_visual_beats_takes_the_first_frame_of_each_change():
-    from vidmusician.rhythm import pick_visual_beats
+    from vidmusician.evaluation.beats import pick_visual_beats
 
     x = np.full(100, 0.01)
     x[[20, 21]] = 1.0  # a one-frame flash: changes when it appears and when it goes
@@ -322,7 +322,7 @@ def test_pick_visual_beats_takes_the_first_frame_of_each_change():
 def test_visual_beats_of_a_flash_video_are_the_flash_frames(tmp_path):
     from media import flash_video
 
-    from vidmusician.rhythm import visual_rhythm
+    from vidmusician.evaluation.beats import visual_rhythm
 
     flashes = [0.52, 1.2, 2.0, 3.48]
     r = visual_rhythm(flash_video(tmp_path / "f.mp4", flashes, 4.0), encoder="tiny")
@@ -333,7 +333,7 @@ def test_visual_beats_of_a_flash_video_are_the_flash_frames(tmp_path):
 def test_visual_beats_from_optical_flow(tmp_path):
     from media import write_video
 
-    from vidmusician.rhythm import visual_rhythm
+    from vidmusician.evaluation.beats import visual_rhythm
 
     # A textured block that stands still except for a 3-pixel jump at each beat.
     jumps = [0.6, 1.48, 2.4]
@@ -351,8 +351,8 @@ def test_visual_beats_from_optical_flow(tmp_path):
 
 
 def test_plot_rhythm_writes_a_png(tmp_path):
-    from vidmusician.plots import plot_rhythm
-    from vidmusician.rhythm import MusicRhythm, VisualRhythm
+    from vidmusician.evaluation.plots import plot_rhythm
+    from vidmusician.evaluation.beats import MusicRhythm, VisualRhythm
 
     t = np.arange(100) / 25
     visual = VisualRhythm(4.0, (np.sin(t * 5) ** 2).astype(np.float32), 25.0, np.array([0.5, 1.5]), "change")

@@ -18,8 +18,8 @@ import pytest
 import torch
 from media import flash_video
 
-from vidmusician.dataset import INDEX_NAME, SHARD_DIR, PreparedDataset, dataset_rows, error_rows, read_jsonl
-from vidmusician.prepare import merge_parts, prepare
+from vidmusician.training.dataset import INDEX_NAME, SHARD_DIR, PreparedDataset, dataset_rows, error_rows, read_jsonl
+from vidmusician.training.prepare import merge_parts, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--backbone", "tiny", "--encoder", "tiny", "--window", "2", "--hop", "1", "--holdout", "0.3",
@@ -87,7 +87,7 @@ def straight(folder, tmp_path_factory) -> Path:
 def test_two_processes_give_the_dataset_of_one(folder, straight, tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(31500 + os.getpid() % 1000), "-m", "vidmusician.prepare"]
+                "--main_process_port", str(31500 + os.getpid() % 1000), "-m", "vidmusician.training.prepare"]
     out = tmp_path / "ds"
     proc = ok(run(prepare_cmd(folder, out, launcher=launcher)))
     assert proc.stdout.count("4 sources:") == 2, proc.stdout  # each process reports its share: 8 = 4 + 4
@@ -103,8 +103,8 @@ def test_two_processes_give_the_dataset_of_one(folder, straight, tmp_path):
 
 KILLER = """
 import os, random, signal, sys
-import vidmusician.dataset as dataset
-import vidmusician.prepare as prepare
+import vidmusician.training.dataset as dataset
+import vidmusician.training.prepare as prepare
 
 rng = random.Random(int(os.environ["KILL_SEED"]))
 kill_in, kill_at = os.environ["KILL_IN"], int(os.environ["KILL_AT"])

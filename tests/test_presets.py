@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from vidmusician.config import AdapterConfig, load_preset, preset_names
-from vidmusician.dataset import DatasetMeta
-from vidmusician.inject import attach_adapters, count_adapter_parameters
-from vidmusician.train import Recipe, build_model, fresh_config
+from vidmusician.training.dataset import DatasetMeta
+from vidmusician.adapter.wiring import count_adapter_parameters
+from vidmusician.model import attach_adapters
+from vidmusician.training.train import Recipe, build_model, fresh_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SIZES = ("small", "medium", "large")
@@ -26,8 +27,8 @@ def meta_backbone(name: str, size: str):
     """A MusicGen of a real LM architecture (t5-base text encoder) on the meta device, with the real codec's rates."""
     from audiocraft.models import builders
 
-    from vidmusician.backbones import ARCHITECTURES, lm_config
-    from vidmusician.t5 import T5_BASE, attach_random_t5
+    from vidmusician.random_backbones import ARCHITECTURES, lm_config
+    from vidmusician.adapter.t5 import T5_BASE, attach_random_t5
 
     with torch.device("meta"):
         lm = builders.get_lm_model(lm_config(**ARCHITECTURES[size], card=2048, device="meta")).eval()
@@ -114,17 +115,17 @@ def test_readme_table_matches_the_presets():
 
 def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch):
     """audiocraft's loader returns a float16 LM on GPU; training must not back-propagate through it."""
-    import vidmusician.backbones as backbones
+    import vidmusician.training.train as train_module
     from conftest import random_video_batch
 
-    from vidmusician.train import Objective
+    from vidmusician.training.train import Objective
 
     def half_precision_loader(name, device=None):
         musicgen = tiny()
         musicgen.lm.half()  # what audiocraft's loader does on any non-CPU device
         return musicgen
 
-    monkeypatch.setattr(backbones, "load_backbone", half_precision_loader)
+    monkeypatch.setattr(train_module, "load_backbone", half_precision_loader)
     args = types.SimpleNamespace(backbone="tiny", init=None, data="data")
     recipe = Recipe(stage=2, adapter={"memory_dim": 32, "attn_dim": 16, "attn_heads": 2}, gradient_checkpointing=False)
     vm = build_model(args, recipe, dataset_meta(), "cpu")
@@ -141,7 +142,7 @@ def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch
 
 
 def test_a_schedule_that_never_reaches_its_learning_rate_warns(tmp_path, capsys):
-    from vidmusician.train import lr_factor, main, schedule_warning
+    from vidmusician.training.train import lr_factor, main, schedule_warning
 
     assert schedule_warning(Recipe(max_steps=20, warmup_steps=2)) is None
     assert lr_factor(2, Recipe(max_steps=20, warmup_steps=2)) == pytest.approx(1.0)

@@ -22,7 +22,7 @@ from hub import hub_cache, offline_hub  # noqa: F401  (pytest fixtures)
 from media import flash_video
 
 from vidmusician import cli
-from vidmusician.train import main as train_main
+from vidmusician.training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = 2.0
@@ -79,7 +79,7 @@ def test_prepare_train_both_stages_generate_with_text_and_features(world, capsys
 
     feats = tmp / "clip0.features.safetensors"
     run_cli("features", videos / "clip0.mp4", "--encoder", encoder, "-o", feats)
-    from vidmusician.features import VideoFeatures
+    from vidmusician.video.features import VideoFeatures
 
     loaded = VideoFeatures.load(feats)
     assert loaded.encoder_activation == "quick_gelu" and loaded.global_feats.shape == (2, 32)
@@ -88,7 +88,7 @@ def test_prepare_train_both_stages_generate_with_text_and_features(world, capsys
 def test_text_steers_the_adapted_hub_model(offline_hub):
     """The T5 text path of the real conditioner still works with adapters attached: text changes the music."""
     from vidmusician.backbones import load_backbone
-    from vidmusician.inject import attach_adapters
+    from vidmusician.model import attach_adapters
 
     vm = attach_adapters(load_backbone("facebook/musicgen-small", device="cpu"))
     vm.set_generation_params(use_sampling=False)

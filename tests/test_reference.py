@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import perturb_adapters, random_video_batch, tiny_config
 from test_adapters import codes_for, null_text, streamed_logits
 from vidmusician import attach_adapters
-from vidmusician.layers import SemanticCrossAttention
+from vidmusician.adapter.layers import SemanticCrossAttention
 
 
 def textbook_cross_attention(attn: SemanticCrossAttention, h, memory, key_mask):

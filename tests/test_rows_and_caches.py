@@ -8,7 +8,7 @@ import torch
 from conftest import perturb_adapters, random_video_batch, tiny_config
 from test_adapters import codes_for, null_text
 from vidmusician import attach_adapters
-from vidmusician.context import VideoContext
+from vidmusician.adapter.context import VideoContext
 
 # (samples' videos, the model batch's branches (None: audiocraft's own layout), model rows,
 # the model rows that carry video)

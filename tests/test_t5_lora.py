@@ -17,10 +17,10 @@ from conftest import perturb_adapters, random_video_batch, tiny_config
 from hub import hub_cache, offline_hub  # noqa: F401  (pytest fixtures)
 from test_adapters import codes_for, generate_tokens, logits, null_text, streamed_logits
 from vidmusician import attach_adapters
-from vidmusician.backbones import tiny_musicgen
+from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.config import AdapterConfig
 from vidmusician.errors import ConfigError
-from vidmusician.inject import adapter_modules, count_adapter_parameters
+from vidmusician.adapter.wiring import adapter_modules, count_adapter_parameters
 
 DATA = Path(__file__).parent / "data"
 PROMPTS = ["lo fi piano", "calm jazz with drums"]
@@ -238,7 +238,7 @@ def test_an_adapter_folder_without_the_key_loads_as_linear_with_the_same_logits(
     from safetensors.torch import load_file
 
     from vidmusician import VidMusician
-    from vidmusician.context import VideoBatch
+    from vidmusician.adapter.context import VideoBatch
 
     vm = VidMusician.from_pretrained(DATA / "linear-adapter", backbone=tiny_musicgen())
     assert vm.config.semantic_encoder == "linear" and vm.config.t5 is None
@@ -334,7 +334,7 @@ def test_an_adapter_folder_written_by_release_0_1_loads_with_the_same_logits():
     from safetensors.torch import load_file
 
     from vidmusician import VidMusician
-    from vidmusician.context import VideoBatch
+    from vidmusician.adapter.context import VideoBatch
 
     vm = VidMusician.from_pretrained(DATA / "t5-lora-adapter", backbone=tiny_musicgen(t5=True))
     assert vm.config.semantic_encoder == "t5-lora" and vm.config.rhythm_rank is None

@@ -20,11 +20,11 @@ import pytest
 import torch
 from media import flash_video
 
-from vidmusician.dataset import DatasetMeta, ShardWriter
+from vidmusician.training.dataset import DatasetMeta, ShardWriter
 from vidmusician.errors import DataError
-from vidmusician.features import extract_features, load_encoder
-from vidmusician.train import EpochBatches, Recipe, codebook_losses, lr_factor, main
-from vidmusician.train_state import latest_checkpoint
+from vidmusician.video.features import extract_features, load_encoder
+from vidmusician.training.train import EpochBatches, Recipe, codebook_losses, lr_factor, main
+from vidmusician.training.train_state import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FLASH, QUIET = 7, 3
@@ -70,8 +70,8 @@ def flash_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mixed_data(flash_data, tmp_path_factory):
     """flash_data with every third window cut to 2 s: windows of two lengths, as short clips give."""
-    from vidmusician.dataset import PreparedDataset
-    from vidmusician.prepare import slice_features
+    from vidmusician.training.dataset import PreparedDataset
+    from vidmusician.training.prepare import slice_features
 
     root = tmp_path_factory.mktemp("mixed") / "data"
     root.mkdir()
@@ -101,7 +101,7 @@ def recipe(tmp_path, **fields) -> Path:
 def run(args, launcher=None, timeout=240) -> subprocess.CompletedProcess:
     """Runs the trainer in a fresh process (one thread each: the CI machine has two cores)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = (launcher or [sys.executable, "-m", "vidmusician.train"]) + [str(a) for a in args]
+    cmd = (launcher or [sys.executable, "-m", "vidmusician.training.train"]) + [str(a) for a in args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -164,7 +164,7 @@ def test_two_processes_give_the_adapter_of_one(mixed_data, tmp_path):
     two = tmp_path / "two"
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "vidmusician.train"]
+                "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "vidmusician.training.train"]
     proc = ok(run(["--recipe", r, "--data", mixed_data, "--output", two, "--set", "batch_size=1"], launcher=launcher))
     assert "global batch 4" in proc.stdout  # really two processes of one window each
     accumulated = tmp_path / "accumulated"
@@ -186,8 +186,8 @@ def test_a_window_has_the_same_loss_alone_and_padded_in_a_batch(tiny):
 
     from conftest import perturb_adapters, random_video_batch, tiny_config
 
-    from vidmusician.inject import attach_adapters
-    from vidmusician.train import Objective, loss_mask
+    from vidmusician.model import attach_adapters
+    from vidmusician.training.train import Objective, loss_mask
 
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))
@@ -230,7 +230,7 @@ def save_file(tensors, filename, metadata=None):
         os.kill(os.getpid(), signal.SIGKILL)
 
 st.save_file = save_file
-from vidmusician.train import main
+from vidmusician.training.train import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -435,7 +435,7 @@ def test_workers_stop_when_the_launcher_is_killed(flash_data, tmp_path):
     log = tmp_path / "out.txt"
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(30500 + os.getpid() % 1000), "-m", "vidmusician.train"]
+                "--main_process_port", str(30500 + os.getpid() % 1000), "-m", "vidmusician.training.train"]
     args = ["--recipe", recipe(tmp_path, max_steps=100000, log_every=1, batch_size=1), "--data", flash_data,
             "--output", tmp_path / "run", "--backbone", "tiny"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

@@ -8,10 +8,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from vidmusician.dataset import DatasetMeta, ShardWriter
-from vidmusician.features import VideoFeatures
-from vidmusician.monitor import flat_config
-from vidmusician.train import main
+from vidmusician.training.dataset import DatasetMeta, ShardWriter
+from vidmusician.video.features import VideoFeatures
+from vidmusician.training.monitor import flat_config
+from vidmusician.training.train import main
 
 CARD = 400
 
@@ -74,7 +74,7 @@ def test_tensorboard_gets_losses_learning_rate_and_audio_samples(data, tmp_path,
 def test_the_bar_shows_loss_and_time_left(tmp_path, capsys):
     from accelerate import Accelerator
 
-    from vidmusician.monitor import Monitor
+    from vidmusician.training.monitor import Monitor
 
     monitor = Monitor(Accelerator(cpu=True), tmp_path, {}, 1, 5, progress=True)
     monitor.step()
@@ -92,10 +92,10 @@ def test_a_sample_leaves_the_training_random_state_alone(data, tmp_path):
     from accelerate import Accelerator
 
     from vidmusician import attach_adapters
-    from vidmusician.backbones import tiny_musicgen
+    from vidmusician.random_backbones import tiny_musicgen
     from vidmusician.config import AdapterConfig
-    from vidmusician.dataset import PreparedDataset
-    from vidmusician.monitor import Monitor
+    from vidmusician.training.dataset import PreparedDataset
+    from vidmusician.training.monitor import Monitor
 
     musicgen = tiny_musicgen()
     vm = attach_adapters(musicgen, AdapterConfig.for_backbone(musicgen, encoder="tiny", global_dim=32, local_dim=16,

@@ -1,4 +1,4 @@
-"""vidmusician.video: probing, frame-accurate sampling (including variable frame rate), bad input."""
+"""vidmusician.video.reader: probing, frame-accurate sampling (including variable frame rate), bad input."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from media import (
 )
 
 from vidmusician.errors import VideoError
-from vidmusician.video import FrameReader, frames_covering, iter_frames, probe, read_frames, sample_times, whole_frames
+from vidmusician.video.reader import (FrameReader, frames_covering, iter_frames, probe, read_frames, sample_times,
+                                      whole_frames)
 
 
 @pytest.fixture(scope="module")

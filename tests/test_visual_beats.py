@@ -15,7 +15,7 @@ from media import flash_video, write_video
 from scipy import ndimage
 
 from vidmusician.errors import ConfigError
-from vidmusician.rhythm import VISUAL_BEAT_PRESETS, VisualBeatConfig, beat_threshold, pick_visual_beats, visual_rhythm
+from vidmusician.evaluation.beats import VISUAL_BEAT_PRESETS, VisualBeatConfig, beat_threshold, pick_visual_beats, visual_rhythm
 
 FPS = 25
 SIZE = 64
@@ -127,7 +127,7 @@ def test_beat_alignment_of_a_clip_without_events_is_zero_whatever_the_music(clip
     import soundfile as sf
     from media import click_track
 
-    from vidmusician.evaluation import evaluate
+    from vidmusician.evaluation.evaluate import evaluate
 
     (tmp_path / "v").mkdir()
     (tmp_path / "g").mkdir()

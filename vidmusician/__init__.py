@@ -29,18 +29,18 @@ if logging.getLogger("xformers").level == logging.NOTSET:
 # Public names, imported on first use so `import vidmusician` stays light.
 _EXPORTS = {
     "AdapterConfig": "vidmusician.config",
-    "attach_adapters": "vidmusician.inject",
+    "attach_adapters": "vidmusician.model",
     "VidMusician": "vidmusician.model",
-    "VideoBatch": "vidmusician.context",
+    "VideoBatch": "vidmusician.adapter.context",
     "load_backbone": "vidmusician.backbones",
-    "tiny_musicgen": "vidmusician.backbones",
-    "random_musicgen": "vidmusician.backbones",
+    "tiny_musicgen": "vidmusician.random_backbones",
+    "random_musicgen": "vidmusician.random_backbones",
     "load_preset": "vidmusician.config",
     "generate": "vidmusician.pipeline",  # a module named generate would shadow the function
-    "load_encoder": "vidmusician.features",
-    "extract_features": "vidmusician.features",
-    "VideoFeatures": "vidmusician.features",
-    "probe": "vidmusician.video",
+    "load_encoder": "vidmusician.video.encoders",
+    "extract_features": "vidmusician.video.features",
+    "VideoFeatures": "vidmusician.video.features",
+    "probe": "vidmusician.video.reader",
     "VidMusicianError": "vidmusician.errors",
 }
 

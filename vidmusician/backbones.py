@@ -1,10 +1,10 @@
-"""Backbones: pretrained MusicGen loading, and random ones for tests and benchmarks.
+"""Backbones: loading a MusicGen by name (pretrained, tiny, random or learned), and its spec.
 
 ``load_backbone`` goes through audiocraft's own ``MusicGen.get_pretrained`` (hub
 names and local folders in audiocraft's export format), after reading the LM's
-config to refuse what the adapters do not support. ``tiny_musicgen`` and
-``random_musicgen`` build models with audiocraft's own classes and random
-weights, so tests and benchmarks run with no download.
+config to refuse what the adapters do not support. The random ones ('tiny',
+'random-small', ...) are built by :mod:`vidmusician.random_backbones`, 'tiny-learned'
+by :mod:`vidmusician.learned_base`.
 """
 
 from __future__ import annotations
@@ -17,19 +17,15 @@ import pickle
 import re
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from . import random_backbones
 from .errors import BackboneError, one_line
-from .runtime import default_device, seeded
+from .learned_base import learned_musicgen
+from .random_backbones import ARCHITECTURES, RANDOM_CODEC, TINY_CODEC, codec_config
+from .runtime import default_device
 
-# The real MusicGen LM architectures (audiocraft's musicgen configs): width, heads, layers.
-ARCHITECTURES = {
-    "small": dict(dim=1024, num_heads=16, num_layers=24),
-    "medium": dict(dim=1536, num_heads=24, num_layers=48),
-    "large": dict(dim=2048, num_heads=32, num_layers=48),
-}
 HUB_NAMES = {f"facebook/musicgen-{size}": size for size in ARCHITECTURES}
 
 
@@ -65,134 +61,6 @@ def backbone_spec(musicgen) -> BackboneSpec:
     )
 
 
-def lm_config(dim: int, num_heads: int, num_layers: int, n_q: int = 4, card: int = 2048,
-              text_dim: int = 16, device: str = "cpu"):
-    """An audiocraft LM config (the layout of its exported checkpoints) with MusicGen's layer options.
-
-    The real models condition on text through T5 (a download); here a lookup-table
-    conditioner with the 'noop' tokenizer keeps the same cross-attention structure
-    without touching the network or spaCy.
-    """
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create({
-        "lm_model": "transformer_lm", "device": device, "dtype": "float32",
-        "dataset": {"segment_duration": 30.0},
-        "transformer_lm": dict(
-            n_q=n_q, card=card, dim=dim, num_heads=num_heads, num_layers=num_layers, hidden_scale=4,
-            norm="layer_norm", norm_first=True, bias_proj=False, bias_ff=False, bias_attn=False,
-            causal=True, custom=False, memory_efficient=True, positional_embedding="sin",
-            weight_init="gaussian", depthwise_init="current", zero_bias_init=True),
-        "codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(range(n_q))}},
-        "attribute_dropout": {},
-        "classifier_free_guidance": {"training_dropout": 0.1, "inference_coef": 3.0},
-        "fuser": {"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []},
-        "conditioners": {"description": {"model": "lut", "lut": {"n_bins": 128, "dim": text_dim, "tokenizer": "noop"}}},
-    })
-
-
-def codec_config(frame_rate: int, bins: int, n_q: int = 4, sample_rate: int = 32000, device: str = "cpu"):
-    """A small EnCodec config in audiocraft's layout: the real codec's interface, few filters."""
-    from omegaconf import OmegaConf
-
-    ratios = {25: [10, 8, 16], 50: [8, 5, 4, 4]}[frame_rate]  # hop = sample_rate / frame_rate at 32 kHz
-    return OmegaConf.create({
-        "compression_model": "encodec", "device": device,
-        "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": sample_rate, "channels": 1},
-        "seanet": {"dimension": 32, "n_filters": 4, "n_residual_layers": 1, "ratios": ratios,
-                   "encoder": {}, "decoder": {}},
-        # One k-means pass initializes the random codebooks (see _build_codec); more
-        # cost seconds per build and buy nothing for random weights.
-        "rvq": {"n_q": n_q, "bins": bins, "kmeans_iters": 1},
-    })
-
-
-def _build(lm_cfg, codec_cfg, name: str, seed: int, t5: tuple[str, dict] | None = None, max_duration: float = 30):
-    from audiocraft.models import builders
-    from audiocraft.models.musicgen import MusicGen
-
-    from .t5 import attach_random_t5
-
-    with seeded(seed):
-        lm = builders.get_lm_model(lm_cfg).eval()
-    if t5 is not None:  # (T5 name, architecture): replaces the lookup-table text conditioner
-        attach_random_t5(lm, *t5, seed=seed, device=lm_cfg.device)
-    return MusicGen(name, _build_codec(codec_cfg, seed), lm, max_duration=max_duration)
-
-
-def _build_codec(codec_cfg, seed: int):
-    """The random codec of a tiny/random backbone; seeded on its own, so that
-    :func:`load_codec` builds the same one without the LM."""
-    from audiocraft.models import builders
-
-    with seeded(seed), torch.no_grad():
-        cm = builders.get_compression_model(codec_cfg).eval()
-        # RVQ codebooks start un-initialized (k-means on the first batch): do it now,
-        # seeded, on the encoder's own embeddings of a second of noise (so audio maps
-        # to varied codes), jittered to twice as many vectors as codebook entries (so
-        # that the residual codebooks see non-zero residuals).
-        emb = cm.encoder(torch.randn(2, cm.channels, cm.sample_rate, device=codec_cfg.device))
-        frames = emb.transpose(1, 2).reshape(-1, emb.shape[1])
-        picks = frames[torch.randint(len(frames), (2 * cm.cardinality,), device=frames.device)]
-        picks = picks + 0.1 * frames.std() * torch.randn_like(picks)
-        cm.quantizer(picks.T[None], cm.frame_rate)
-    return cm
-
-
-# Codec frame rate and codebook size of the tiny and random backbones.
-TINY_CODEC = dict(frame_rate=25, bins=400)
-RANDOM_CODEC = dict(frame_rate=50, bins=2048)
-
-
-def tiny_musicgen(dim: int = 32, num_heads: int = 4, num_layers: int = 4, seed: int = 0, device="cpu",
-                  t5: bool = False):
-    """A tiny random MusicGen for tests and offline checks (no download).
-
-    A small EnCodec at 32 kHz / 25 Hz with 4 codebooks of 400 (audiocraft's debug
-    codec sizes) and a tiny LM with MusicGen's layer structure. Random weights make noise.
-
-    Args:
-        t5: encode text with audiocraft's T5Conditioner around a one-block random T5
-            (named 't5-small', 512 wide; see :mod:`vidmusician.t5`), as the released
-            models do, instead of a lookup table: what the 't5-lora' semantic encoder
-            needs. Loaded by the name 'tiny-t5'.
-    """
-    from .t5 import TINY_T5
-
-    return _build(lm_config(dim, num_heads, num_layers, card=TINY_CODEC["bins"], device=str(device)),
-                  codec_config(**TINY_CODEC, device=str(device)), "tiny-t5" if t5 else "tiny", seed,
-                  t5=("t5-small", TINY_T5) if t5 else None)
-
-
-def random_musicgen(size: str = "small", seed: int = 0, device="cpu"):
-    """A MusicGen with the real LM architecture and random weights, for benchmarks.
-
-    Args:
-        size: 'small' (1024 wide, 16 heads, 24 layers), 'medium' (1536/24/48) or
-            'large' (2048/32/48); 4 codebooks of 2048 at 50 Hz like the real models,
-            and text through a random ``t5-base``-shaped T5 (tiny vocabulary).
-        seed: RNG seed of the random weights.
-        device: where to build the model.
-    """
-    from .t5 import T5_BASE
-
-    return _build(lm_config(**_architecture(size), card=RANDOM_CODEC["bins"], device=str(device)),
-                  codec_config(**RANDOM_CODEC, device=str(device)), f"random-{size}", seed, t5=("t5-base", T5_BASE))
-
-
-def export_musicgen(musicgen, lm_cfg, codec_cfg, directory) -> Path:
-    """Writes a MusicGen in audiocraft's exported layout (``state_dict.bin`` and
-    ``compression_state_dict.bin``, each ``{'xp.cfg', 'best_state', ...}``), the
-    layout ``MusicGen.get_pretrained`` reads from a local folder."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save({"xp.cfg": lm_cfg, "best_state": musicgen.lm.state_dict(), "version": "1.3.0", "exported": True},
-               directory / "state_dict.bin")
-    torch.save({"xp.cfg": codec_cfg, "best_state": musicgen.compression_model.state_dict(),
-                "version": "1.3.0", "exported": True}, directory / "compression_state_dict.bin")
-    return directory
-
-
 def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     """Loads a MusicGen through audiocraft's ``MusicGen.get_pretrained``.
 
@@ -203,22 +71,21 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         name_or_path: a hub name ('facebook/musicgen-small', 'facebook/musicgen-stereo-small',
             or any repository in audiocraft's export format; downloaded on first use),
             a local folder in that format (``state_dict.bin`` + ``compression_state_dict.bin``),
-            'tiny' / 'tiny-t5' (:func:`tiny_musicgen`), 'tiny-learned' (its LM trained on synthetic
-            music: :func:`vidmusician.learned_base.learned_musicgen`), or 'random-small' / 'random-medium' /
-            'random-large' (:func:`random_musicgen`).
+            'tiny' / 'tiny-t5' (:func:`~vidmusician.random_backbones.tiny_musicgen`), 'tiny-learned'
+            (its LM trained on synthetic music: :func:`vidmusician.learned_base.learned_musicgen`), or
+            'random-small' / 'random-medium' / 'random-large'
+            (:func:`~vidmusician.random_backbones.random_musicgen`).
         device: 'cuda' or 'cpu'; default: CUDA when available.
     """
     from audiocraft.models.musicgen import MusicGen
 
     name, device = str(name_or_path), str(default_device(device))
     if name in ("tiny", "tiny-t5"):
-        return tiny_musicgen(device=device, t5=name == "tiny-t5")
+        return random_backbones.tiny_musicgen(device=device, t5=name == "tiny-t5")
     if name == "tiny-learned":
-        from .learned_base import learned_musicgen
-
         return learned_musicgen(device=device)
     if name.startswith("random-"):
-        return random_musicgen(name.removeprefix("random-"), device=device)
+        return random_backbones.random_musicgen(name.removeprefix("random-"), device=device)
     read_lm_config(name)
     with _load_errors(name, "MusicGen backbone"):
         musicgen = MusicGen.get_pretrained(name, device=device)
@@ -241,10 +108,10 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
 
     name, device = str(name_or_path), str(default_device(device))
     if name in ("tiny", "tiny-t5", "tiny-learned"):
-        return _build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
+        return random_backbones.build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
     if name.startswith("random-"):
-        _architecture(name.removeprefix("random-"))  # the codec is the same for every size
-        return _build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)
+        random_backbones.architecture(name.removeprefix("random-"))  # the codec is the same for every size
+        return random_backbones.build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)
     cfg = read_lm_config(name)
     with _load_errors(name, "codec"):
         codec = loaders.load_compression_model(name, device=device)
@@ -301,10 +168,6 @@ def check_fuser(name: str, fuse2cond) -> None:
             f"token positions and is not supported yet; use a musicgen small/medium/large or stereo model")
 
 
-def _architecture(size: str) -> dict:
-    if size not in ARCHITECTURES:
-        raise BackboneError(f"unknown architecture {size!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[size]
 
 
 # A Hugging Face repository id: 'org/name'.

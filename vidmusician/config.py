@@ -8,7 +8,12 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import __version__
+from .adapter.t5 import architecture, check_architecture, text_conditioner
+from .backbones import backbone_spec
+from .checks import MAX_COUNT, number
 from .errors import ConfigError, one_line
+from .video.encoder_specs import legacy_activation
 
 CONFIG_NAME = "adapter_config.json"
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -56,7 +61,7 @@ class AdapterConfig:
             None: the encoder's own (QuickGELU for 'ViT-B-32:openai'). An adapter
             folder written before it was recorded loads with what those versions
             built: open_clip's config for the architecture, the pretrained tag ignored
-            (GELU for 'ViT-B-32:openai'; see vidmusician.encoder_specs.legacy_activation).
+            (GELU for 'ViT-B-32:openai'; see vidmusician.video.encoder_specs.legacy_activation).
         global_fps: frames per second of the global features.
         local_fps: frames per second of the local change signal before resampling.
         stage: the training stage (:data:`STAGE_GROUPS` says what it trains: 1 the
@@ -64,7 +69,7 @@ class AdapterConfig:
         semantic_encoder: how global tokens become the memory: 'linear' (LayerNorm +
             Linear + learned positions) or 't5-lora' (the paper's: an embedding manager
             into the backbone's own T5 encoder with LoRA, then a projector; see
-            :mod:`vidmusician.semantic`). A config without the key (written before the
+            :mod:`vidmusician.adapter.semantic`). A config without the key (written before the
             choice existed) is 'linear'.
         lora_rank: rank of the T5's LoRA ('t5-lora').
         lora_alpha: LoRA alpha (the update is scaled by alpha / rank).
@@ -133,8 +138,6 @@ class AdapterConfig:
 
     def _check_numbers(self) -> None:
         """Every number in range before anything divides by it or allocates with it (one line)."""
-        from .checks import MAX_COUNT, number
-
         for name in ("dim", "num_layers", "global_dim", "local_dim", "memory_dim", "attn_dim", "attn_heads",
                      "max_global_tokens"):
             number(name, getattr(self, name), integer=True, low=1, high=MAX_COUNT, source="adapter config")
@@ -143,8 +146,6 @@ class AdapterConfig:
         number("lora_rank", self.lora_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
         number("lora_alpha", self.lora_alpha, low=0, high=1e6, low_open=True, source="adapter config")
         if self.t5 is not None:
-            from .t5 import check_architecture
-
             self.t5 = check_architecture(self.t5)
         if self.rhythm_rank is not None:
             number("rhythm_rank", self.rhythm_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
@@ -166,8 +167,6 @@ class AdapterConfig:
         sizes; without one the class defaults apply. Width, depth and frame rate
         always come from the backbone; ``overrides`` go on top of everything.
         """
-        from .backbones import backbone_spec
-
         spec = backbone_spec(musicgen)
         preset = preset_for(spec.name, spec.dim, spec.num_layers)
         base = preset.to_dict() if preset is not None else {}
@@ -223,8 +222,6 @@ class AdapterConfig:
         if path.name == CONFIG_NAME and "encoder_activation" not in data:
             # A trained adapter from before the activation was recorded: its features
             # were made with the activation of the architecture's open_clip config.
-            from .encoder_specs import legacy_activation
-
             data["encoder_activation"] = legacy_activation(data.get("encoder", cls.encoder))
         return cls.from_dict(data, source=str(path))
 
@@ -234,8 +231,6 @@ SEMANTIC_ENCODERS = ("linear", "t5-lora")
 
 def backbone_t5(musicgen) -> dict:
     """The architecture of the backbone's T5 text encoder; ConfigError when it has none."""
-    from .t5 import architecture, text_conditioner
-
     conditioner = text_conditioner(musicgen)
     if conditioner is None:
         raise ConfigError(f"backbone {musicgen.name!r} has no T5 text encoder, which semantic_encoder 't5-lora' "
@@ -277,6 +272,4 @@ def preset_for(backbone: str, dim: int, num_layers: int) -> AdapterConfig | None
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__

@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 
 from .fileio import atomic_write
+from .random_backbones import tiny_musicgen
 from .runtime import seeded
+from .training.losses import codebook_losses
 
 VERSION = 1  # bump when the music or the training below changes
 STYLES, PERIOD = 4, 4
@@ -133,8 +135,6 @@ def _lm_loss(lm, codes: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per valid token, with a null text condition (the LM alone, no video)."""
     from audiocraft.modules.conditioners import ConditioningAttributes
 
-    from .train import codebook_losses
-
     conditions = [ConditioningAttributes(text={"description": None}) for _ in range(len(codes))]
     out = lm.compute_predictions(codes, conditions)
     sums, counts = codebook_losses(out.logits, codes, out.mask)
@@ -176,8 +176,6 @@ def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
 
 
 def _fresh(recipe: BaseRecipe, device):
-    from .backbones import tiny_musicgen
-
     musicgen = tiny_musicgen(seed=recipe.seed, device=device)
     musicgen.name = "tiny-learned"
     return musicgen

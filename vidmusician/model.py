@@ -1,16 +1,70 @@
-"""The :class:`VidMusician` object: a MusicGen with video adapters attached."""
+"""The :class:`VidMusician` object: a MusicGen with video adapters attached.
+
+The model object assembles the layers below it: the adapters wired into the LM
+(:mod:`vidmusician.adapter.wiring`), the adapter folder's files
+(:mod:`vidmusician.adapter_files`) and generation (:mod:`vidmusician.generation`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from .adapter.context import VideoBatch, VideoContext
+from .adapter.wiring import adapter_modules, wire_adapters
+from .adapter_files import read_adapter, write_adapter
+from .backbones import load_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
-from .context import VideoBatch, VideoContext
-from .errors import ConfigError, differing_fields
-from .inject import adapter_modules
+from .errors import AdapterError, ConfigError, differing_fields
+from .generation.guidance import GenerationParams
+from .generation.windows import generate_batch
+
+
+def attach_adapters(musicgen, config: AdapterConfig | None = None) -> "VidMusician":
+    """Attaches video adapters to a MusicGen in place and returns a :class:`VidMusician`.
+
+    Every backbone parameter is frozen; the adapters start so that the model's
+    output equals the base model's exactly.
+
+    Args:
+        musicgen: an audiocraft ``MusicGen`` (pretrained, tiny or random).
+        config: adapter config; default: :meth:`AdapterConfig.for_backbone`.
+
+    Raises:
+        AdapterError: the config does not fit the backbone (width, depth, frame rate).
+    """
+    if config is None:
+        config = AdapterConfig.for_backbone(musicgen)
+    context, hook = wire_adapters(musicgen, config)
+    vm = VidMusician(musicgen, config, context, hook)
+    vm.set_stage(config.stage)
+    return vm
+
+
+def load_adapter(directory, backbone=None, device=None) -> "VidMusician":
+    """Loads an adapter folder onto a backbone (a loaded MusicGen, or a name/path to load).
+
+    Args:
+        directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+        backbone: a loaded MusicGen, or a name/path for :func:`load_backbone`
+            (default: the backbone named in the config).
+        device: device for a backbone loaded here.
+    """
+    config, state = read_adapter(directory)
+    if backbone is None or isinstance(backbone, (str, os.PathLike)):
+        backbone = load_backbone(backbone or config.backbone, device=device)
+    try:
+        vm = attach_adapters(backbone, config)
+    except AdapterError as exc:
+        raise AdapterError(f"{directory}: {exc}") from None
+    vm.load_adapter_state_dict(state, source=str(directory))
+    vm.eval()
+    return vm
 
 
 class VidMusician:
@@ -30,7 +84,7 @@ class VidMusician:
         self.context = context
         self._hook = hook
         self.trainable_groups: tuple[str, ...] = ()
-        self.generation_params = None  # sampling.GenerationParams; None: audiocraft's defaults
+        self.generation_params = None  # a GenerationParams; None: audiocraft's defaults
         self.encoder = None  # VisualEncoder for video files; loaded from config.encoder on first use
 
     @property
@@ -173,15 +227,27 @@ class VidMusician:
         return out
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
-        from .checkpoint import load_adapter_state
+        """Copies adapter tensors into the model; missing keys or shape mismatches are errors, extra keys warn."""
+        own = self.adapter_state_dict()
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise AdapterError(f"{source}: missing {len(missing)} adapter tensors (first: {missing[0]}); "
+                               f"the file does not match its adapter_config.json")
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            warnings.warn(f"{source}: ignoring {len(unknown)} unknown tensors (first: {unknown[0]}); "
+                          f"written by a newer vidmusician?")
+        bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+        if bad:
+            raise AdapterError(f"{source}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
+                               f"expected {tuple(own[bad[0]].shape)}")
+        with torch.no_grad():
+            for key, target in own.items():
+                target.copy_(state[key].to(target.dtype))
 
-        load_adapter_state(self, state, source)
-
-    def save_pretrained(self, directory) -> None:
+    def save_pretrained(self, directory) -> Path:
         """Writes ``adapter_config.json`` + ``adapter_model.safetensors`` (adapters only)."""
-        from .checkpoint import save_adapter
-
-        save_adapter(self, directory)
+        return write_adapter(directory, self.config, self.adapter_state_dict())
 
     @classmethod
     def from_pretrained(cls, directory, backbone=None, device=None) -> "VidMusician":
@@ -193,8 +259,6 @@ class VidMusician:
                 (default: the backbone named in the config).
             device: device for a backbone loaded here.
         """
-        from .checkpoint import load_adapter
-
         return load_adapter(directory, backbone=backbone, device=device)
 
     # -- forward -------------------------------------------------------------
@@ -216,7 +280,7 @@ class VidMusician:
             return self.lm.compute_predictions(codes, conditions)
 
     # -- generation ----------------------------------------------------------
-    # Thin over vidmusician.pipeline.
+    # Thin over vidmusician.generation.windows.
 
     @property
     def sample_rate(self) -> int:
@@ -246,8 +310,6 @@ class VidMusician:
                 ``cfg_coef``. With ``v != t`` (and ``v != 0``) every step runs a third,
                 text-only branch: up to 1.5x the time. 0: plain MusicGen with the text.
         """
-        from .sampling import GenerationParams
-
         self.generation_params = GenerationParams(
             use_sampling=use_sampling, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
             text_cfg_coef=text_cfg_coef, video_cfg_coef=video_cfg_coef, extend_stride=extend_stride,
@@ -255,7 +317,7 @@ class VidMusician:
 
     def generate(self, videos, texts=None, duration: float | None = None, seed: int | None = None,
                  progress: bool = False, return_tokens: bool = False):
-        """Music for a batch of videos; see :func:`vidmusician.pipeline.generate_batch`.
+        """Music for a batch of videos; see :func:`vidmusician.generation.windows.generate_batch`.
 
         Args:
             videos: list of video files, ``VideoFeatures`` or None (no video), or a ``VideoBatch``.
@@ -268,7 +330,5 @@ class VidMusician:
         Returns:
             ``[B, channels, samples]`` float audio at :attr:`sample_rate`.
         """
-        from .pipeline import generate_batch
-
         return generate_batch(self, videos, texts, duration=duration, seed=seed, progress=progress,
                               return_tokens=return_tokens)

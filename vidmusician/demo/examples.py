@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_write
+
 __all__ = ["EXAMPLES", "write_example", "write_examples"]
 
 # (file stem, beats per minute, seconds, text prompt)
@@ -39,8 +41,6 @@ def write_example(path, bpm: float, seconds: float, size: int = _SIZE, fps: int 
         ``path`` as a Path.
     """
     import av
-
-    from ..fileio import atomic_write
 
     path = Path(path)
     rng = np.random.default_rng(int(bpm))

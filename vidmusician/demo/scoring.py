@@ -6,6 +6,9 @@ the music muxed in, the music as WAV, and the alignment plot of ``vidmusician
 eval --plot`` (visual beats above the music's onsets) with its beat-alignment
 score. Jobs run one at a time on the shared model; a job that fails or is
 cancelled removes its folder, so no partial file is ever served.
+
+The CLI's parser reads :data:`DEFAULT_MAX_DURATION` from here, so the library
+(torch, audiocraft) is imported inside the methods that use it.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class Scorer:
 
     def __init__(self, adapter=None, backbone=None, encoder=None, device=None,
                  max_duration: float = DEFAULT_MAX_DURATION, workdir=None):
-        from ..encoders import DEFAULT_ENCODER
+        from ..video.encoders import DEFAULT_ENCODER
         from ..pipeline import load_models
 
         if not max_duration > 0:
@@ -85,7 +88,7 @@ class Scorer:
             encoder = DEFAULT_ENCODER
         self.vm, self.musicgen = load_models(adapter, backbone, encoder, device)
         if self.vm.encoder is None:  # an adapter without --encoder: its own
-            from ..encoders import load_encoder
+            from ..video.encoders import load_encoder
 
             self.vm.encoder = load_encoder(self.vm.config.encoder, device=self.vm.device)
         self.adapter = adapter
@@ -110,7 +113,7 @@ class Scorer:
         """
         from ..audio_io import write_audio
         from ..pipeline import check_duration
-        from ..video import probe
+        from ..video.reader import probe
 
         cancel = cancel or threading.Event()
         duration = check_duration(request.duration)
@@ -158,7 +161,7 @@ class Scorer:
     # -- steps ---------------------------------------------------------------
 
     def _features(self, video, folder: Path):
-        from ..features import extract_features
+        from ..video.features import extract_features
 
         c = self.vm.config
         # Cached in the job folder: the plot's visual rhythm reads the same features
@@ -176,8 +179,8 @@ class Scorer:
             return mux_audio(video, wav, self.vm.sample_rate, path.with_suffix(".mkv"))
 
     def _plot(self, video, wav_path: Path, folder: Path, stem: str) -> tuple[float, Path]:
-        from ..evaluation import EvalSettings, evaluate_clip
-        from ..plots import plot_clip
+        from ..evaluation.evaluate import EvalSettings, evaluate_clip
+        from ..evaluation.plots import plot_clip
 
         # What `vidmusician eval --plot` draws and scores, with the adapter's encoder and rate.
         settings = EvalSettings(local_fps=self.vm.config.local_fps)

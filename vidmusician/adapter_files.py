@@ -1,0 +1,65 @@
+"""Adapter folders on disk: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Pure file I/O: no model object, no backbone. Weights are only ever read with
+safetensors (no pickle). Whether an adapter fits a backbone is checked where it
+is wired (:func:`vidmusician.adapter.wiring.check_fit`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import CONFIG_NAME, AdapterConfig
+from .errors import AdapterError, VidMusicianError, one_line
+from .fileio import atomic_write
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tensor]) -> Path:
+    """Writes an adapter folder, each file atomically (to a temporary name, then renamed).
+
+    Args:
+        directory: the folder (created if needed).
+        config: the adapter's config; its ``version`` is set to this release's.
+        state: adapter tensors, keyed relative to the LM (stored as fp32 on the CPU).
+
+    Returns:
+        The folder.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    config.version = __version__
+    meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone}
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=meta))
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config.to_json()))
+    return directory
+
+
+def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
+    """Reads an adapter folder: ``(config, tensors)``; a missing or damaged file is an AdapterError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AdapterError(f"{directory}: adapter folder not found (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        config = AdapterConfig.load(directory / CONFIG_NAME)
+    except VidMusicianError as exc:
+        raise AdapterError(str(exc)) from None
+    return config, read_adapter_weights(directory / WEIGHTS_NAME)
+
+
+def read_adapter_weights(path) -> dict[str, torch.Tensor]:
+    """Reads ``adapter_model.safetensors``; a corrupt or truncated file is an AdapterError."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"{path}: no such file; an adapter folder holds {WEIGHTS_NAME}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterError(f"{path}: corrupt or truncated safetensors file ({one_line(exc)}); re-download or re-save it") from None

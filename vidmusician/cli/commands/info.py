@@ -1,0 +1,51 @@
+"""`vidmusician info PRESET_OR_DIR`: an adapter's config and trainable parameter counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HELP = "show an adapter preset's or folder's config and trainable parameter counts"
+
+
+def add_arguments(parser):
+    parser.add_argument("adapter", metavar="PRESET_OR_DIR",
+                        help="a preset name (musicgen-small, musicgen-medium, musicgen-large), "
+                             "an adapter folder, or an adapter_config.json")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args) -> int:
+    from ...config import AdapterConfig, load_preset
+    from ...adapter.wiring import count_adapter_parameters
+
+    path = Path(args.adapter)
+    config = AdapterConfig.load(path) if path.exists() else load_preset(args.adapter)
+    counts = count_adapter_parameters(config)
+    trainable = {"semantic": counts["semantic"], "rhythm": counts["rhythm"], "total": counts["total"]}
+    if args.json:
+        print(json.dumps({"config": config.to_dict(), "trainable_parameters": trainable}, indent=2, sort_keys=True))
+        return 0
+    c = config
+    print(f"adapter for {c.backbone} (dim {c.dim}, {c.num_layers} layers, {c.frame_rate:g} Hz codec)")
+    from ...video.encoder_specs import ACTIVATION_NAMES, natural_activation
+
+    activation = c.encoder_activation or natural_activation(c.encoder)
+    print(f"  visual encoder   {c.encoder} ({ACTIVATION_NAMES.get(activation, activation or 'activation unknown')}): "
+          f"global {c.global_dim}-d at {c.global_fps:g} fps, "
+          f"local {c.local_dim}-d at {c.local_fps:g} fps")
+    print(f"  semantic         cross-attention in {len(c.semantic_layers)} layers "
+          f"(width {c.attn_dim}, {c.attn_heads} heads, memory {c.memory_dim}-d, {c.max_global_tokens} tokens)")
+    if c.semantic_encoder == "t5-lora":
+        t5 = c.t5 or {}
+        print(f"  semantic encoder t5-lora: embedding manager -> the backbone's T5 ({t5.get('num_layers')} blocks, "
+              f"{t5.get('d_model')}-d) with LoRA rank {c.lora_rank}, alpha {c.lora_alpha:g} -> projector")
+    else:
+        print("  semantic encoder linear: LayerNorm + Linear + learned positions")
+    rank = "full" if c.rhythm_rank is None else f"rank {c.rhythm_rank}"
+    print(f"  rhythm           in-attention in {len(c.rhythm_layers)} layers ({rank})")
+    print(f"  stage            {c.stage}")
+    print("trainable parameters")
+    for group in ("semantic", "rhythm", "total"):
+        print(f"  {group:<16} {trainable[group]:>12,}  ({trainable[group] / 1e6:.2f}M)")
+    return 0

@@ -1,0 +1,56 @@
+"""`vidmusician prepare SRC OUT`: cache codec codes and visual features of (video, music) pairs.
+
+Several processes or machines: ``accelerate launch -m vidmusician.training.prepare SRC OUT ...``
+(same arguments); see :mod:`vidmusician.training.prepare`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import one_line_warnings
+
+HELP = "prepare a training dataset: codec codes and visual features of (video, music) windows"
+
+
+def add_arguments(parser):
+    parser.add_argument("src", metavar="SRC",
+                        help="a folder of music videos (their audio track is the music), or a CSV/JSONL "
+                             "with columns video, audio (optional), text (optional)")
+    parser.add_argument("out", metavar="OUT", help="dataset folder to write (a rerun continues)")
+    parser.add_argument("--backbone", default="facebook/musicgen-small",
+                        help="MusicGen whose codec encodes the music: hub name, local folder or 'tiny' "
+                             "(only the codec is loaded)")
+    parser.add_argument("--encoder", default="ViT-B-32:openai", help="visual encoder spec ('tiny' for tests)")
+    parser.add_argument("--window", type=float, default=30.0, help="window length in seconds (default 30)")
+    parser.add_argument("--hop", type=float, default=30.0, help="step between windows in seconds (default 30)")
+    parser.add_argument("--holdout", type=float, default=0.05, help="fraction of videos held out (default 0.05)")
+    parser.add_argument("--global-fps", type=float, default=1.0, help="rate of the global features (default 1)")
+    parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the local features (default 25)")
+    parser.add_argument("--retry-errors", action="store_true", help="try again the files listed in OUT/errors.jsonl")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+
+
+def run(args) -> int:
+    import sys
+
+    from ...training.prepare import Terminated, prepare
+
+    try:
+        with one_line_warnings("prepare"):
+            report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
+                             hop=args.hop, holdout=args.holdout, global_fps=args.global_fps,
+                             local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device)
+    except Terminated:
+        print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {args.out}: "
+              f"run the same command again to continue", file=sys.stderr)
+        return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+    print(f"{report.sources} sources: {report.already_done} already done, {report.prepared} prepared "
+          f"({report.windows} windows), {len(report.failed)} failed")
+    if report.seconds:  # where the time went: what to speed up (or to spread over more processes)
+        print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items()))
+    for failure in report.failed:
+        print(f"  skipped {failure['error']}")
+    if report.failed:
+        print(f"  (listed in {Path(args.out) / 'errors.jsonl'}; --retry-errors tries them again)")
+    return 0

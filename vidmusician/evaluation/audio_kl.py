@@ -1,0 +1,85 @@
+"""KL divergence of audio-classifier outputs, generated vs reference music.
+
+The metric MusicGen reports (Copet et al., 2023): audiocraft's
+``PasstKLDivergenceMetric``, which takes PaSST's (Koutini et al., 2022)
+AudioSet class distribution of each 10 s segment of each clip, pairs a
+generated clip with its reference, and averages ``KL(reference || generated)``
+over the pairs. PaSST's weights (``hear21passt``) download on first use.
+
+This module imports audiocraft, so it is imported only when the metric is
+asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from audiocraft.metrics.kld import KLDivergenceMetric, PasstKLDivergenceMetric
+
+from ..errors import ConfigError
+from .beats import load_audio
+
+# PaSST's input rate, and audiocraft's segment bounds for it (10 s, 0.15 s).
+PASST_SAMPLE_RATE = 32000
+
+
+class PasstKL(PasstKLDivergenceMetric):
+    """audiocraft's PaSST KL metric, optionally around a classifier given here.
+
+    Args:
+        model: A PaSST ``PasstBasicWrapper`` in ``"logits"`` mode (e.g. a tiny
+            random one for tests); ``None``: hear21passt's pretrained AudioSet
+            model, as audiocraft loads it.
+    """
+
+    def __init__(self, model: Any = None):
+        # The parent's __init__ loads the pretrained model at once; the base
+        # class's sets up the metric state, and _initialize_model then takes
+        # the given model through _load_base_model.
+        KLDivergenceMetric.__init__(self)
+        self._given = [model]  # a list, so nn.Module does not register it twice
+        try:
+            self._initialize_model()
+        except ModuleNotFoundError:
+            raise ConfigError("the KL divergence needs hear21passt: `pip install hear21passt`") from None
+
+    def _load_base_model(self, pretrained_length=None):
+        if self._given[0] is None:
+            return super()._load_base_model(pretrained_length)
+        sr = PASST_SAMPLE_RATE
+        return self._given[0], sr, 10 * sr, int(0.15 * sr)
+
+
+def passt_kl_divergence(
+    generated: Sequence[str | Path], reference: Sequence[str | Path], metric: PasstKL | None = None
+) -> dict[str, float]:
+    """Mean KL divergence of PaSST's label distributions over pairs of files.
+
+    Each pair is cut to its shorter file (audiocraft's metric compares equal
+    lengths).
+
+    Args:
+        generated: Generated music files.
+        reference: The reference file of each, in the same order.
+        metric: The metric (a new :class:`PasstKL` with the pretrained model
+            by default).
+
+    Returns:
+        ``{"kld": KL(reference || generated), "kld_qp": KL(generated ||
+        reference), "kld_both": their sum}``, means over the pairs.
+    """
+    if len(generated) != len(reference) or not generated:
+        raise ConfigError("the KL divergence needs pairs of generated and reference files")
+    metric = PasstKL() if metric is None else metric
+    metric.reset()
+    for gen_file, ref_file in zip(generated, reference):
+        gen, ref = (torch.from_numpy(load_audio(f, PASST_SAMPLE_RATE)) for f in (gen_file, ref_file))
+        n = min(len(gen), len(ref))
+        rate = torch.tensor([PASST_SAMPLE_RATE])
+        metric.update(gen[None, None, :n], ref[None, None, :n], torch.tensor([n]), rate)
+    if int(metric.weight) == 0:
+        raise ConfigError("every clip is shorter than PaSST's 0.15 s minimum; the KL divergence needs longer music")
+    out = metric.compute()
+    return {k: float(out[k]) for k in ("kld", "kld_qp", "kld_both")}

@@ -1,0 +1,255 @@
+"""Generation with a loaded model: music for a batch of videos of any length, window by window.
+
+Long videos follow audiocraft's own extension scheme (``MusicGen._generate_tokens``):
+windows of ``max_duration`` seconds, each new window prompted by the tail of the
+previous one, advancing by ``extend_stride``. The window loop is reimplemented
+here rather than patched into audiocraft so that every window can be told where
+it starts in the video: ``context.set(videos, frame_offset)`` with the codec frame
+of the window's first token (its prompt's first token), and the row layout of the
+guided batch (:mod:`vidmusician.generation.guidance`): which rows carry the video. With the
+same seed and no video it samples exactly the tokens ``MusicGen.generate`` samples.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..adapter.audiocraft_internals import text_conditions
+from ..adapter.context import VideoBatch
+from ..errors import ConfigError
+from ..runtime import seeded
+from ..video.encoder_specs import check_encoder_fit
+from ..video.encoders import VisualEncoder, load_encoder
+from ..video.features import VideoFeatures, extract_features
+from ..video.reader import frames_covering
+from .guidance import GenerationParams, guidance_conditions, sample_window
+
+__all__ = ["GenerationParams", "Window", "plan_windows", "generate_tokens", "generate_batch", "check_duration",
+           "check_seed", "sample_and_decode", "set_encoder"]
+
+# 24 hours: far beyond any video anyone scores; larger values are typos that would overflow.
+MAX_DURATION = 86400.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of a long generation (one streaming pass), in codec frames.
+
+    Attributes:
+        index: 0 for the first window.
+        frame_offset: frame of the music (and video) at the window's first token;
+            its prompt starts there.
+        prompt_frames: frames given as prompt (the previous window's tail).
+        frames: frames the window holds, prompt included (``max_gen_len``).
+    """
+
+    index: int
+    frame_offset: int
+    prompt_frames: int
+    frames: int
+
+
+def plan_windows(num_frames: int, window: int, stride: int) -> list[Window]:
+    """Windows covering ``num_frames``, as ``MusicGen._generate_tokens`` lays them out.
+
+    Window k starts at ``k * stride``; all but the first are prompted by the
+    previous window's frames from ``stride`` on, and each adds its frames past
+    the prompt, so the new frames of all windows are exactly ``num_frames``.
+    """
+    assert num_frames >= 1 and 0 < stride < window, (num_frames, window, stride)
+    windows = []
+    offset = prompt = 0
+    while offset + prompt < num_frames:
+        frames = min(num_frames - offset, window)
+        windows.append(Window(len(windows), offset, prompt, frames))
+        prompt, offset = frames - stride, offset + stride
+    return windows
+
+
+def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationParams, vm=None, videos=None,
+                    progress: bool = False) -> torch.Tensor:
+    """Samples ``num_frames`` codec frames, window by window.
+
+    Args:
+        musicgen: the audiocraft MusicGen (adapted or not).
+        attributes: audiocraft ``ConditioningAttributes``, one per sample (text).
+        num_frames: codec frames to generate.
+        params: sampling and windowing parameters.
+        vm: the :class:`VidMusician` holding ``musicgen``'s adapters, or None.
+        videos: the :class:`VideoBatch` (from time 0) the adapters read.
+        progress: show a progress bar over all windows' steps.
+
+    Returns:
+        ``[B, K, num_frames]`` codes.
+    """
+    lm = musicgen.lm
+    params.check(lm)
+    window, stride = params.window_frames(musicgen)
+    windows = plan_windows(num_frames, window, stride)
+    has_video = vm is not None and videos is not None and bool(videos.present.any())
+    # No prompt in the batch: its text rows would be its null rows, a third branch for nothing.
+    has_text = any(value for a in attributes for value in a.text.values())
+    guidance = params.guidance(has_video, has_text)
+    bar = _progress_bar(lm, windows, progress)
+    pieces = []
+    device = next(lm.parameters()).device
+    prompt = torch.zeros(len(attributes), lm.num_codebooks, 0, dtype=torch.long, device=device)
+    try:
+        with musicgen.autocast:
+            # Encoded once: the text conditions are the same in every window.
+            conditions = guidance_conditions(lm, attributes, guidance)
+        for w in windows:
+            if vm is not None:
+                # Step 0 of this window is frame w.frame_offset of the video; the
+                # model's rows are the guidance's branches, which say who gets it.
+                vm.context.set(videos, w.frame_offset, branches=guidance.video)
+            if len(windows) > 1:
+                bar.set_description(f"window {w.index + 1}/{len(windows)}")
+            with musicgen.autocast:
+                codes = sample_window(lm, prompt, conditions, guidance, w.frames, params,
+                                      callback=lambda: bar.update(1))
+            pieces.append(codes[..., w.prompt_frames:])
+            prompt = codes[..., stride:]
+    finally:
+        if vm is not None:
+            vm.context.set(None)
+        bar.close()
+    tokens = torch.cat(pieces, dim=-1)
+    assert tokens.shape[-1] == num_frames, (tokens.shape, num_frames)
+    return tokens
+
+
+def _progress_bar(lm, windows: Sequence[Window], enabled: bool):
+    from tqdm.auto import tqdm
+
+    steps = 0
+    for w in windows:  # sequence steps lm.generate runs: those past the prompt's last step
+        pattern = lm.pattern_provider.get_pattern(w.frames)
+        steps += len(pattern.layout) - pattern.get_first_step_with_timesteps(w.prompt_frames)
+    return tqdm(total=steps, unit="step", desc="generating", disable=not enabled, dynamic_ncols=True)
+
+
+def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: int | None = None,
+                   progress: bool = False, return_tokens: bool = False, params: GenerationParams | None = None):
+    """:meth:`VidMusician.generate`: music for a batch of videos with a loaded model.
+
+    Args:
+        vm: the :class:`VidMusician`.
+        videos: one entry per sample: a video file, its ``VideoFeatures``, or None
+            (null video: the backbone alone); or a ``VideoBatch``.
+        texts: one text prompt (or None) per sample; None: no text.
+        duration: seconds of music; default: the longest video.
+        seed: seeds the sampling (same seed, same music); None: not seeded.
+        progress: progress bars for feature extraction and sampling.
+        return_tokens: also return the codes.
+        params: default: ``vm.generation_params`` (audiocraft's defaults if unset).
+
+    Returns:
+        ``[B, channels, round(duration * sample_rate)]`` float audio on the CPU
+        (and the ``[B, K, frames]`` codes with ``return_tokens``).
+    """
+    check_seed(seed)
+    if isinstance(videos, (str, os.PathLike)):
+        raise ConfigError("videos must be a list (one entry per sample); for one video use [video]")
+    if isinstance(videos, VideoBatch):
+        features, batch_duration = videos, videos.local.shape[1] / videos.frame_rate
+        size = videos.size
+    else:
+        features = [_features_of(vm, v, progress) for v in videos]
+        batch_duration = max((f.duration for f in features if f is not None), default=None)
+        size = len(features)
+    texts = _texts(texts, size)
+    duration = check_duration(batch_duration if duration is None else duration)
+    if duration is None:
+        raise ConfigError("no video in the batch to take the duration from: pass duration=SECONDS")
+    params = params or vm.generation_params or GenerationParams()
+    musicgen = vm.musicgen
+    num_frames = frames_covering(duration, musicgen.frame_rate)
+    batch = vm.make_batch(features) if isinstance(features, VideoBatch) else vm.make_batch(features, num_frames)
+    return sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,
+                              vm=vm, videos=batch)
+
+
+def check_duration(duration):
+    """None, or a positive finite number of seconds (else ConfigError)."""
+    if duration is None:
+        return None
+    try:
+        value = float(duration)
+    except (TypeError, ValueError):
+        raise ConfigError(f"duration must be a number of seconds, got {duration!r}") from None
+    if not (0 < value <= MAX_DURATION):
+        raise ConfigError(f"duration must be a number of seconds in (0, {MAX_DURATION:g}], got {duration}")
+    return value
+
+
+# -- internals -----------------------------------------------------------------
+
+
+def set_encoder(vm, spec):
+    """Loads the encoder ``spec`` for ``vm`` (checked against the adapter's widths and activation)."""
+    c = vm.config
+    activation = c.encoder_activation if spec == c.encoder else None  # the adapter's own encoder, as it was trained
+    enc = spec if isinstance(spec, VisualEncoder) else load_encoder(spec, device=vm.device, activation=activation)
+    check_encoder_fit(c, f"visual encoder {enc.name!r}", enc.name, enc.activation, (enc.global_dim, enc.num_patches))
+    vm.encoder = enc
+    return enc
+
+
+def _features_of(vm, video, progress: bool):
+    """VideoFeatures for one batch entry (a file is encoded with the model's encoder)."""
+    if video is None:
+        return None
+    if isinstance(video, VideoFeatures):
+        check_encoder_fit(vm.config, "video features", video.encoder, video.encoder_activation)
+        return video
+    if not isinstance(video, (str, os.PathLike)):
+        raise ConfigError(f"a video must be a file path, VideoFeatures or None, got {type(video).__name__}")
+    encoder = vm.encoder if vm.encoder is not None else set_encoder(vm, vm.config.encoder)
+    c = vm.config
+    return extract_features(video, encoder, global_fps=c.global_fps, local_fps=c.local_fps, progress=progress)
+
+
+def _texts(texts, size: int) -> list:
+    if texts is None:
+        return [None] * size
+    if isinstance(texts, str):
+        raise ConfigError("texts must be a list (one prompt or None per sample)")
+    texts = list(texts)
+    if len(texts) != size:
+        raise ConfigError(f"got {len(texts)} texts for {size} videos; give one text (or None) per video")
+    return texts
+
+
+def sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,
+                      vm=None, videos=None):
+    """Samples ``num_frames`` frames (seeded), decodes them, and cuts the audio to ``duration`` seconds."""
+    # MusicGen's own preparation of the text conditions, so that without video the
+    # tokens are exactly the ones MusicGen.generate samples.
+    attributes = text_conditions(musicgen, texts)
+    device = next(musicgen.lm.parameters()).device
+    with torch.no_grad(), seeded(check_seed(seed), device):
+        tokens = generate_tokens(musicgen, attributes, num_frames, params, vm=vm, videos=videos, progress=progress)
+    with torch.no_grad():
+        wav = musicgen.generate_audio(tokens).float().cpu()
+    samples = int(round(duration * musicgen.sample_rate))
+    if wav.shape[-1] >= samples:
+        wav = wav[..., :samples]
+    else:  # pragma: no cover - the frames cover the duration by construction
+        wav = torch.nn.functional.pad(wav, (0, samples - wav.shape[-1]))
+    return (wav, tokens) if return_tokens else wav
+
+
+def check_seed(seed):
+    """None, or the seed as an int (else ConfigError)."""
+    if seed is None:
+        return None
+    try:
+        return operator.index(seed)
+    except TypeError:
+        raise ConfigError(f"seed must be an integer, got {seed!r}") from None

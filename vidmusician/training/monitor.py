@@ -1,0 +1,122 @@
+"""What a training run shows while it runs: a progress bar, log lines, trackers, audio samples.
+
+Log lines go to the terminal and ``OUTPUT/log.jsonl``; with ``--report-to`` the same
+numbers go to Accelerate's trackers (TensorBoard, W&B, MLflow, ...; their files
+under ``OUTPUT/trackers``). At each evaluation a short piece of music for one
+holdout clip is written to ``OUTPUT/samples/step-N.wav`` (and to the tracker when
+it takes audio).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from ..audio_io import write_audio
+from ..errors import ConfigError
+
+SAMPLE_SECONDS = 5.0  # long enough to hear the adapter follow the video, short enough to cost little
+
+
+def check_trackers(names: list[str]) -> list[str]:
+    """The tracker names of ``--report-to``, checked: known to Accelerate and installed (one line if not)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    names = [n for n in names if n != "none"]
+    known = LoggerType.list()
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"--report-to {name}: unknown tracker; choose from {', '.join(known)} or none")
+        if name != "all" and LoggerType(name) not in get_available_trackers():
+            raise ConfigError(f"--report-to {name}: the {name} package is not installed; pip install {name}")
+    return names
+
+
+def flat_config(config: dict) -> dict:
+    """A recipe as tracker hyperparameters: nested keys joined by '.', lists and None as text."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in flat_config(value).items()})
+        elif isinstance(value, (bool, int, float, str)):
+            flat[key] = value
+        else:
+            flat[key] = json.dumps(value)
+    return flat
+
+
+class Monitor:
+    """Progress bar, log lines and trackers of one run; everything is written by the main process only.
+
+    Args:
+        accelerator: the run's Accelerator (built with ``log_with`` and ``project_dir``).
+        out: the run folder.
+        config: the recipe, stored by the trackers as hyperparameters.
+        start, total: the step the run starts at and the last step.
+        progress: show the bar; default: when stderr is a terminal (a log file gets the log lines only).
+    """
+
+    def __init__(self, accelerator, out: Path, config: dict, start: int, total: int, progress: bool | None = None):
+        from tqdm.auto import tqdm
+
+        self.accelerator, self.out = accelerator, Path(out)
+        self.main = accelerator.is_main_process
+        if accelerator.trackers or accelerator.log_with:
+            accelerator.init_trackers("vidmusician", config=flat_config(config))
+        progress = sys.stderr.isatty() if progress is None else progress
+        # The bar goes to stderr; log lines go to stdout above it (tqdm.write keeps them apart).
+        self.bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=not (self.main and progress),
+                        dynamic_ncols=True, file=sys.stderr)
+
+    def step(self) -> None:
+        """One optimizer step done."""
+        self.bar.update(1)
+
+    def log(self, step: int, **values) -> None:
+        """A log line (terminal, ``log.jsonl``), the bar's numbers and the trackers' scalars."""
+        if not self.main:
+            return
+        from tqdm.auto import tqdm
+
+        tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in dict(step=step, **values).items()))
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(dict(step=step, **values)) + "\n")
+        shown = {k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "holdout_loss", "lr")}
+        self.bar.set_postfix(shown, refresh=False)
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.accelerator.log(scalars, step=step)
+
+    def sample(self, vm, holdout, step: int, seed: int) -> Path | None:
+        """Music for the first holdout clip, written to ``samples/step-N.wav`` and the trackers that take audio.
+
+        A seeded generation runs in a forked RNG: the training's random state (and so
+        an exact resume) does not depend on whether samples are made.
+        """
+        if not self.main or not len(holdout):
+            return None
+        clip = holdout[0].features
+        duration = min(SAMPLE_SECONDS, clip.duration)
+        vm.eval()
+        try:
+            with torch.no_grad():
+                wav = vm.generate([clip], duration=duration, seed=seed)[0]
+        finally:
+            vm.train()  # the adapters' training mode (the frozen backbone stays in eval)
+        (self.out / "samples").mkdir(parents=True, exist_ok=True)
+        path = write_audio(self.out / "samples" / f"step-{step:08d}.wav", wav, vm.sample_rate)
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_audio("holdout_sample", wav.mean(0), step, sample_rate=vm.sample_rate)
+                tracker.writer.flush()
+        return path
+
+    def close(self) -> None:
+        """Closes the bar and the trackers (their files complete)."""
+        self.bar.close()
+        self.accelerator.end_training()

@@ -1,0 +1,385 @@
+"""Dataset preparation: (video, music) pairs -> cached codec codes and visual features.
+
+For each source: decode the music with PyAV (resampled to the codec's rate and
+channels), compute the video's features once, cut aligned windows, encode every
+window with the frozen compression model once, and write shards (see
+:mod:`vidmusician.training.dataset` for the layout). Bad sources are skipped and listed in
+``errors.jsonl``; a rerun skips every source already done (or already failed).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio_io import read_audio
+from ..backbones import load_codec
+from ..errors import ConfigError, DataError, VidMusicianError
+from ..fileio import atomic_write
+from ..video.encoders import DEFAULT_ENCODER
+from ..video.features import VideoFeatures, extract_features, load_encoder
+from ..video.reader import FRAME_TOLERANCE, VIDEO_SUFFIXES, frames_covering, probe, whole_frames
+from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, DatasetMeta,
+                      append_jsonl, commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files,
+                      read_jsonl)
+
+# Windows start on whole seconds of the global feature grid, so a window's first
+# global token is a real frame; clips shorter than this are skipped.
+MIN_SECONDS = 1.0
+
+
+@dataclass
+class Source:
+    """One training pair: a video, its music (None: the video's own audio track), optional text."""
+
+    id: str
+    video: Path
+    audio: Path | None = None
+    text: str | None = None
+
+
+@dataclass
+class PrepareReport:
+    """What a :func:`prepare` run did."""
+
+    sources: int = 0
+    already_done: int = 0
+    prepared: int = 0
+    failed: list = field(default_factory=list)
+    windows: int = 0
+    seconds: dict = field(default_factory=dict)  # time spent per stage: audio, video (decode + encoder), codec, write
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (what schedulers send before a kill). Not an Exception: nothing may swallow it."""
+
+
+def list_sources(src) -> list[Source]:
+    """The pairs in a folder of music videos (recursive) or in a CSV/JSONL with ``video[,audio][,text]``.
+
+    Paths in a CSV/JSONL are relative to its folder.
+    """
+    src = Path(src)
+    if src.is_dir():
+        videos = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        if not videos:
+            raise ConfigError(f"{src}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
+        return [Source(str(p.relative_to(src)), p) for p in videos]
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such folder or file; pass a folder of music videos or a CSV/JSONL of pairs")
+    if src.suffix.lower() == ".csv":
+        with open(src, newline="") as f:
+            rows = list(csv.DictReader(f))
+    elif src.suffix.lower() in (".jsonl", ".json"):
+        try:
+            rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{src}: invalid JSON on line {exc.lineno}") from None
+    else:
+        raise ConfigError(f"{src}: expected a folder, a .csv or a .jsonl file")
+    sources = []
+    for n, row in enumerate(rows, start=2 if src.suffix.lower() == ".csv" else 1):
+        if not row.get("video"):
+            raise ConfigError(f"{src}: row {n} has no 'video' (columns: video, audio (optional), text (optional))")
+        audio = row.get("audio") or None
+        sid = row["video"] if audio is None else f"{row['video']}+{audio}"
+        sources.append(Source(sid, src.parent / row["video"], src.parent / audio if audio else None,
+                              row.get("text") or None))
+    return sources
+
+
+def window_starts(duration: float, window: float, hop: float, grid: float) -> tuple[list[float], float]:
+    """Window starts (on ``grid``) and length covering a clip: every ``hop``, plus one ending at the end.
+
+    A clip shorter than ``window`` gives one window of its own length.
+    """
+    if duration < window:
+        return [0.0], duration
+    last = whole_frames(duration - window, 1.0 / grid) * grid
+    starts = [float(s) for s in np.arange(0.0, last + 1e-6, hop)]
+    if last - starts[-1] > 1e-6:
+        starts.append(last)
+    return starts, window
+
+
+def slice_features(feats: VideoFeatures, start: float, length: float) -> VideoFeatures:
+    """The features of ``[start, start + length)`` of a video, timed from the window's start."""
+    def rows(x: torch.Tensor, fps: float) -> torch.Tensor:
+        first = int(round(start * fps))
+        return x[first:first + frames_covering(length, fps)]
+
+    return VideoFeatures(rows(feats.global_feats, feats.global_fps), rows(feats.local_feats, feats.local_fps),
+                         feats.global_fps, feats.local_fps, length, feats.encoder)
+
+
+def encode_windows(cm, wav: torch.Tensor, starts: list[float], length: float, batch: int = 8) -> torch.Tensor:
+    """Codes of each window: ``[N, K, T]`` with ``T = length * frame_rate``, encoded ``batch`` windows at a time."""
+    sr, T = cm.sample_rate, int(round(length * cm.frame_rate))
+    n = int(round(length * sr))
+    device = next(cm.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(starts), batch):
+            segments = [wav[:, int(round(s * sr)):int(round(s * sr)) + n] for s in starts[i:i + batch]]
+            x = torch.stack([torch.nn.functional.pad(seg, (0, n - seg.shape[-1])) for seg in segments])
+            codes, scale = cm.encode(x.to(device))
+            if scale is not None:
+                raise DataError("the codec renormalizes its input (scale); such codecs are not supported")
+            out.append(codes[..., :T].cpu())
+    return torch.cat(out)
+
+
+def load_audio(source: Source, meta: DatasetMeta) -> torch.Tensor:
+    """The music of a source at the codec's rate and channels (checks first that the video is one)."""
+    probe(source.video)  # a file that is not a video fails here, with the clearest message
+    return read_audio(source.audio or source.video, meta.sample_rate, meta.channels,
+                      align_to_video=source.audio is None)
+
+
+def process_source(source: Source, cm, encoder, meta: DatasetMeta, wav: torch.Tensor | None = None,
+                   seconds: dict | None = None) -> list[tuple[float, torch.Tensor, VideoFeatures]]:
+    """All windows of one source: ``(start, codes [K, T], window features)``.
+
+    Args:
+        wav: the source's music if already loaded (:func:`load_audio`).
+        seconds: adds the time of each stage ("video": decode + encoder, "codec") to this dict.
+    """
+    seconds = {} if seconds is None else seconds
+    wav = load_audio(source, meta) if wav is None else wav
+    t = time.perf_counter()
+    feats = extract_features(source.video, encoder, meta.global_fps, meta.local_fps)
+    seconds["video"] = seconds.get("video", 0.0) + time.perf_counter() - t
+    duration = min(feats.duration, wav.shape[-1] / meta.sample_rate)
+    duration = whole_frames(duration, meta.frame_rate) / meta.frame_rate
+    if duration < MIN_SECONDS:
+        raise DataError(f"{source.video}: only {duration:.2f} s of video with music (at least {MIN_SECONDS:g} s needed)")
+    starts, length = window_starts(duration, meta.window, meta.hop, grid=1.0 / meta.global_fps)
+    t = time.perf_counter()
+    codes = encode_windows(cm, wav, starts, length)
+    seconds["codec"] = seconds.get("codec", 0.0) + time.perf_counter() - t
+    return [(s, c, slice_features(feats, s, length)) for s, c in zip(starts, codes)]
+
+
+def holdout_ids(ids: list[str], fraction: float) -> set[str]:
+    """A fixed fraction of sources, chosen by hash (stable across reruns; at least one when asked)."""
+    if fraction <= 0 or len(ids) < 2:
+        return set()
+    n = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    return set(sorted(ids, key=lambda s: hashlib.sha1(s.encode()).hexdigest())[:n])
+
+
+class Processes:
+    """This process's place in a multi-process run (``accelerate launch``, torchrun), or a run of one.
+
+    Args:
+        cpu: form the process group on the CPU (gloo) even where CUDA is present.
+    """
+
+    def __init__(self, cpu: bool = False):
+        self.state = None
+        self.rank, self.world, self.device = 0, 1, None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from datetime import timedelta
+
+            from accelerate import PartialState
+
+            # Processes wait at the end for the slowest one, which may be hours behind
+            # on a large share: the default 30-minute collective timeout would end the run.
+            self.state = PartialState(cpu=cpu or not torch.cuda.is_available(), timeout=timedelta(days=30))
+            self.rank, self.world, self.device = self.state.process_index, self.state.num_processes, self.state.device
+
+    def barrier(self) -> None:
+        """Waits for every process (a no-op alone)."""
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+@contextmanager
+def stop_on_sigterm():
+    """Turns SIGTERM into :class:`Terminated` in the main thread (and restores the old handler after).
+
+    Python's default for SIGTERM ends the process on the spot; as an exception it
+    unwinds like Ctrl-C: a shard being written is removed, finished sources stay.
+    """
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def merge_parts(out: Path) -> None:
+    """Folds the per-process index and error parts into ``index.jsonl`` / ``errors.jsonl``.
+
+    The merged file is written whole under a temporary name and renamed, then the
+    parts are removed: a kill in between leaves rows in both, which readers count once.
+    """
+    for name, part, rows in ((INDEX_NAME, INDEX_PART, dataset_rows), (ERRORS_NAME, ERRORS_PART, error_rows)):
+        parts = index_files(out, name, part)[1:]
+        if not parts:
+            continue
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows(out))
+        atomic_write(out / name, lambda tmp: Path(tmp).write_text(text), durable=True)  # the parts go next
+        for p in parts:
+            p.unlink()
+
+
+def keep_complete_sources(path: Path) -> None:
+    """Drops the lines of partly written sources (and a torn last line) from the index file this process appends to.
+
+    A kill mid-append can leave some of a source's lines; the source is redone
+    and its lines appended anew, so the old ones must go first.
+    """
+    rows = read_jsonl(path, INDEX_KEYS)
+    done = complete_rows(rows)
+    if len(done) != len(rows) or has_torn_tail(path):
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in done)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=True)  # it replaces synced lines
+
+
+def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
+            window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
+            local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True) -> PrepareReport:
+    """Prepares a training dataset in ``out`` (see the module docstring).
+
+    Under ``accelerate launch`` / torchrun, each process prepares its share of the
+    sources and the report counts that share; process 0 merges the index at the end.
+
+    Args:
+        src: a folder of music videos, or a CSV/JSONL of ``video, audio, text`` pairs.
+        out: dataset folder; a rerun continues where the last run stopped.
+        backbone: MusicGen whose codec encodes the music (a name for ``load_codec``: hub
+            name, local folder, 'tiny', 'random-SIZE').
+        encoder: visual encoder spec for :func:`vidmusician.video.features.load_encoder`.
+        window, hop: window length and step in seconds.
+        holdout: fraction of sources held out for evaluation.
+        global_fps, local_fps: rates of the visual features.
+        retry_errors: try again the sources listed in ``errors.jsonl``.
+        device: where the codec and encoder run (default: this process's GPU when there is one).
+        progress: show a progress bar.
+
+    Raises:
+        Terminated: on SIGTERM; every source finished before it is kept.
+    """
+    if not (window > 0 and hop > 0 and 0 <= holdout < 1):
+        raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
+    if abs(hop * global_fps - round(hop * global_fps)) > FRAME_TOLERANCE:
+        raise ConfigError(f"--hop {hop} must be a whole number of global frames (1/{global_fps:g} s)")
+    out = Path(out)
+    sources = list_sources(src)
+    out.mkdir(parents=True, exist_ok=True)
+    asked = dict(backbone=backbone, encoder=encoder, window=float(window), hop=float(hop),
+                 global_fps=float(global_fps), local_fps=float(local_fps))
+    if (out / META_NAME).is_file():
+        old = DatasetMeta.load(out)
+        diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items() if getattr(old, k) != v]
+        if diffs:
+            raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); use a new folder")
+
+    procs = Processes(cpu=device is not None and torch.device(device).type == "cpu")
+    one = procs.world == 1
+    index = out / (INDEX_NAME if one else INDEX_PART.format(rank=procs.rank))
+    errors_file = out / (ERRORS_NAME if one else ERRORS_PART.format(rank=procs.rank))
+    keep_complete_sources(index)  # only this process writes this file
+    if procs.rank == 0:
+        # Shards a SIGKILL left half-written under their temporary names: no index line points at them.
+        for path in (out / SHARD_DIR).glob(".*.part"):
+            path.unlink(missing_ok=True)
+        if retry_errors:
+            for path in index_files(out, ERRORS_NAME, ERRORS_PART):
+                path.unlink(missing_ok=True)
+    procs.barrier()  # no process writes a shard or an error before this is done
+    finished = {r["source"] for r in dataset_rows(out)} | {e["source"] for e in error_rows(out)}
+    held = holdout_ids([s.id for s in sources], holdout)
+    mine = sources[procs.rank::procs.world]  # a fixed share: a rerun gives each process the same sources
+    pending = [s for s in mine if s.id not in finished]
+    report = PrepareReport(sources=len(mine), already_done=len(mine) - len(pending))
+    if pending:
+        with stop_on_sigterm():
+            _prepare_sources(pending, out, index, errors_file, held, report, asked,
+                             device if device is not None else procs.device, progress and procs.rank == 0)
+    procs.barrier()
+    if procs.rank == 0:
+        merge_parts(out)
+    procs.barrier()  # no process returns before the dataset is whole
+    return report
+
+
+def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file: Path, held: set, report,
+                     asked: dict, device, progress: bool) -> None:
+    """Prepares and commits each pending source in turn, the next one's audio decoding meanwhile."""
+    from tqdm.auto import tqdm
+
+
+    cm = load_codec(asked["backbone"], device=device)  # the codec alone: the LM is not needed to encode
+    enc = load_encoder(asked["encoder"], device=device)
+    meta = DatasetMeta(sample_rate=int(cm.sample_rate), channels=int(cm.channels), frame_rate=float(cm.frame_rate),
+                       n_q=int(cm.num_codebooks), card=int(cm.cardinality), global_dim=int(enc.global_dim),
+                       local_dim=int(enc.num_patches), encoder_activation=enc.activation, **asked)
+    diffs = DatasetMeta.load(out).differences(meta) if (out / META_NAME).is_file() else ""
+    if diffs:
+        raise DataError(f"{out}: prepared with another codec or encoder ({diffs}); use a new folder")
+    meta.save(out)  # every process writes the same description (atomically)
+
+    def load(source):
+        t = time.perf_counter()
+        try:
+            return load_audio(source, meta), time.perf_counter() - t
+        except VidMusicianError as exc:
+            return exc, time.perf_counter() - t
+
+    seconds = report.seconds
+    bar = tqdm(pending, unit="video", desc="prepare", disable=not progress)
+    # One source's audio decodes in a thread while the previous one goes through the encoders.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidmusician-audio") as pool:
+        ahead = pool.submit(load, pending[0])
+        for n, source in enumerate(bar):
+            wav, took = ahead.result()
+            seconds["audio"] = seconds.get("audio", 0.0) + took
+            if n + 1 < len(pending):
+                ahead = pool.submit(load, pending[n + 1])
+            try:
+                if isinstance(wav, VidMusicianError):
+                    raise wav
+                windows = process_source(source, cm, enc, meta, wav=wav, seconds=seconds)
+            except VidMusicianError as exc:
+                report.failed.append({"source": source.id, "error": str(exc)})
+                append_jsonl(errors_file, [report.failed[-1]])
+                continue
+            t = time.perf_counter()
+            split = "holdout" if source.id in held else "train"
+            commit_source(out, index, {"source": source.id, "split": split, "text": source.text}, windows)
+            seconds["write"] = seconds.get("write", 0.0) + time.perf_counter() - t
+            report.prepared += 1
+            report.windows += len(windows)
+            bar.set_postfix(windows=report.windows, errors=len(report.failed))
+
+
+if __name__ == "__main__":  # accelerate launch -m vidmusician.training.prepare SRC OUT ...: one worker
+    import sys
+
+    from ..cli import main
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # stop when the launcher dies (see vidmusician.training.launch)
+        from .launch import stop_with_launcher
+
+        stop_with_launcher("vidmusician.training.prepare")
+    sys.exit(main(["prepare", *sys.argv[1:]]))

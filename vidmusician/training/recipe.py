@@ -1,0 +1,144 @@
+"""A training stage as data: the recipe (``recipes/*.json``), its checks, and its learning-rate schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checks import MAX_COUNT, json_object, number
+from ..config import GROUP_NAMES, check_stage
+from ..errors import ConfigError
+
+__all__ = ["Recipe", "lr_factor", "schedule_warning"]
+
+
+@dataclass
+class Recipe:
+    """A training stage, as data (``recipes/*.json``); ``--set key=value`` overrides any field.
+
+    Attributes:
+        stage: 1 trains the semantic adapter, 2 the rhythmic one (on a stage-1 adapter); see
+            :data:`~vidmusician.config.STAGE_GROUPS`.
+        trainable: adapter groups to train instead of the stage's; None (the default): the stage's.
+        init_adapter: adapter folder to start from (stage 2: the stage-1 release); None: fresh adapters.
+        adapter: overrides of :class:`~vidmusician.config.AdapterConfig` for fresh adapters.
+        batch_size: windows per process per micro-batch.
+        grad_accum: micro-batches per optimizer step (global batch = batch_size x processes x grad_accum).
+        max_steps, lr, min_lr, warmup_steps, weight_decay, betas, grad_clip: AdamW with linear
+            warmup then cosine decay to ``min_lr`` at ``max_steps``.
+        gradient_checkpointing: recompute the frozen backbone's activations in backward.
+        eval_every, eval_windows: holdout loss every N steps, on at most this many windows.
+        save_every, keep_checkpoints: checkpoint every N steps, keep the newest few.
+        log_every: print and log the training loss every N steps.
+        seed: adapter initialization and data order.
+        num_workers: DataLoader worker processes.
+    """
+
+    stage: int = 1
+    trainable: list[str] | None = None
+    init_adapter: str | None = None
+    adapter: dict = field(default_factory=dict)
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 10000
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = True
+    eval_every: int = 500
+    eval_windows: int = 512
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    seed: int = 1234
+    num_workers: int = 2
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self, source: str = "recipe") -> None:
+        """Refuses values no one meant (``batch_size=0``, ``lr=-1``, a string for a number), in one line."""
+
+        ints = dict(batch_size=1, grad_accum=1, max_steps=1, warmup_steps=0, eval_every=1, eval_windows=1,
+                    save_every=1, keep_checkpoints=1, log_every=1, seed=0, num_workers=0)
+        for name, low in ints.items():
+            number(name, getattr(self, name), integer=True, low=low, high=MAX_COUNT, source=source)
+        number("lr", self.lr, low=0, high=1, low_open=True, source=source)
+        number("min_lr", self.min_lr, low=0, high=self.lr, source=source)
+        number("weight_decay", self.weight_decay, low=0, high=1, source=source)
+        number("grad_clip", self.grad_clip, low=0, source=source)
+        check_stage(self.stage, source)
+        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
+            raise ConfigError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {self.betas!r}")
+        for beta in self.betas:
+            number("betas", beta, low=0, high=0.999999, source=source)
+        if self.trainable is not None and (not isinstance(self.trainable, list)
+                                           or not set(self.trainable) <= set(GROUP_NAMES)):
+            raise ConfigError(f"{source}: trainable must be a list of {list(GROUP_NAMES)}, got {self.trainable!r}")
+        if not isinstance(self.adapter, dict):
+            raise ConfigError(f"{source}: adapter must be an object of adapter config fields, got {self.adapter!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(f"{source}: gradient_checkpointing must be true or false, "
+                              f"got {self.gradient_checkpointing!r}")
+
+    @classmethod
+    def load(cls, path, overrides: list[str] = ()) -> "Recipe":
+        try:
+            data = json_object(json.loads(Path(path).read_text()), str(path))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such recipe; see recipes/ for examples") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: a folder, not a recipe file; see recipes/ for examples") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            reason = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
+            raise ConfigError(f"{path}: not valid JSON ({reason})") from None
+        data.pop("description", None)
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. max_steps=2000)")
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # a bare string
+            *parents, leaf = key.split(".")
+            target = data
+            for p in parents:
+                target = target.setdefault(p, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"--set {item!r}: {p} is not an object")
+            target[leaf] = value
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown recipe keys {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**data)
+        except ConfigError as exc:  # name the file (and the --set) rather than "recipe"
+            where = f"{path}{' with --set ' + ' '.join(overrides) if overrides else ''}"
+            raise ConfigError(f"{where}: {str(exc).removeprefix('recipe: ')}") from None
+
+
+def schedule_warning(r: Recipe) -> str | None:
+    """Why a recipe's schedule never reaches its learning rate, or None when it does."""
+    if r.warmup_steps < r.max_steps:
+        return None
+    peak = r.lr * lr_factor(r.max_steps - 1, r)
+    return (f"warmup_steps {r.warmup_steps} >= max_steps {r.max_steps}: the learning rate peaks at {peak:.2g}, "
+            f"never reaching lr {r.lr:g}; set warmup_steps below max_steps (e.g. --set warmup_steps="
+            f"{max(1, r.max_steps // 10)})")
+
+
+def lr_factor(step: int, r: Recipe) -> float:
+    """Learning-rate multiplier after ``step`` optimizer steps: linear warmup, then cosine to min_lr."""
+    if step < r.warmup_steps:
+        return (step + 1) / (r.warmup_steps + 1)
+    progress = min(1.0, (step - r.warmup_steps) / max(1, r.max_steps - r.warmup_steps))
+    floor = r.min_lr / r.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,310 @@
+"""Trains the video adapters of a frozen MusicGen on a prepared dataset, with Accelerate.
+
+One process::
+
+    python -m vidmusician.training.train --recipe recipes/stage1_semantic.json --data data/ --output runs/stage1
+
+Several GPUs or nodes (the same script, the launcher sets up DDP)::
+
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m vidmusician.training.train \\
+        --recipe recipes/stage1_semantic.json --data data/ --output runs/stage1
+
+What trains is data in the recipe (stage and adapter groups). The loss is
+MusicGen's own: masked cross-entropy per codebook of ``LMModel.compute_predictions``,
+averaged over codebooks. Checkpoints (``OUTPUT/checkpoints/step-N``) hold only the
+adapter, the optimizer, the scheduler, the RNG states and the step; ``--resume``
+continues from the latest one exactly. The release adapter is ``OUTPUT/adapter``.
+A progress bar shows the loss and the time left; ``--report-to tensorboard`` (or
+any Accelerate tracker) records the losses and learning rate, and each evaluation
+writes a short sample of music for a holdout clip to ``OUTPUT/samples`` (see
+:mod:`vidmusician.training.monitor`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..backbones import backbone_spec, load_backbone
+from ..cli import Parser
+from ..config import AdapterConfig
+from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line
+from ..model import VidMusician, attach_adapters
+from ..video.encoder_specs import check_encoder_fit
+from ..video.reader import frames_covering
+from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
+from .launch import stop_with_launcher
+from .losses import codebook_losses, loss_mask
+from .monitor import Monitor, check_trackers
+from .recipe import Recipe, lr_factor, schedule_warning
+from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
+
+
+class Objective(nn.Module):
+    """The training forward as one module, so DDP sees (and syncs) the whole step."""
+
+    def __init__(self, vm):
+        super().__init__()
+        self.lm = vm.lm
+        self.__dict__["vm"] = vm  # not a submodule: its LM is registered above
+
+    def forward(self, codes, valid, videos, texts):
+        from audiocraft.modules.conditioners import ConditioningAttributes
+
+        conditions = [ConditioningAttributes(text={"description": t}) for t in texts]
+        out = self.vm.compute_predictions(codes, videos, conditions)
+        return codebook_losses(out.logits, codes, out.mask & loss_mask(self.lm, valid))
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This process's part of an endless run of global batches, starting at batch ``start``.
+
+    Epoch e is a permutation seeded by ``(seed, e)``; global batch b is the same
+    windows for any process count with the same global batch, and is found from
+    b alone, which is what makes resume exact. The last partial batch of an
+    epoch is dropped (every process must take the same number of steps).
+    """
+
+    def __init__(self, n: int, batch_size: int, num_processes: int, rank: int, seed: int, start: int = 0):
+        super().__init__()
+        self.n, self.batch_size, self.rank, self.seed, self.start = n, batch_size, rank, seed, start
+        self.global_batch = batch_size * num_processes
+        self.per_epoch = n // self.global_batch
+        if self.per_epoch == 0:
+            raise DataError(f"the training split has {n} windows, fewer than one global batch "
+                            f"({batch_size} x {num_processes} processes); lower batch_size or prepare more data")
+
+    def __iter__(self):
+        b, perm, perm_epoch = self.start, None, None
+        while True:
+            epoch, i = divmod(b, self.per_epoch)
+            if epoch != perm_epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+                perm_epoch = epoch
+            batch = perm[i * self.global_batch:(i + 1) * self.global_batch]
+            yield batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
+            b += 1
+
+
+@torch.no_grad()
+def holdout_loss(objective: Objective, dataset, accelerator, batch_size: int, max_windows: int) -> float:
+    """Mean over codebooks of the per-token cross-entropy on (this process's share of) a dataset."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    indices = list(range(min(len(dataset), max_windows)))[rank::world]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                                         collate_fn=Collate(objective.vm.config.frame_rate))
+    sums = torch.zeros(objective.vm.lm.num_codebooks, device=accelerator.device, dtype=torch.float64)
+    counts = torch.zeros_like(sums)
+    objective.vm.eval()
+    for batch in loader:
+        batch = batch.to(accelerator.device)
+        with accelerator.autocast():
+            s, c = objective(batch.codes, batch.valid, batch.videos, batch.texts)
+        sums += s.double()
+        counts += c.double()
+    objective.vm.train()
+    sums, counts = accelerator.reduce(sums, "sum"), accelerator.reduce(counts, "sum")
+    return float((sums / counts.clamp(min=1)).mean())
+
+
+def use_training_precision(musicgen) -> None:
+    """Holds the frozen LM in float32 for training, whatever the loader chose.
+
+    audiocraft's loader puts the LM in float16 on any non-CPU device, which suits
+    generation. Training back-propagates through the whole frozen stack to reach
+    the adapters of the early layers: float16 weights would round every gradient
+    path and ignore ``--mixed-precision``. So the weights are float32 (as the
+    adapters are) and Accelerate's autocast picks the compute precision: bf16 or
+    fp16 matmuls with ``--mixed-precision bf16|fp16``, float32 with ``no``.
+    Generation keeps audiocraft's float16 backbone on GPU.
+    """
+    musicgen.lm.float()
+
+
+def fresh_config(musicgen, meta: DatasetMeta, recipe: Recipe):
+    """The config of fresh adapters: the backbone's preset, the dataset's encoder, the recipe's overrides."""
+    return AdapterConfig.for_backbone(
+        musicgen, encoder=meta.encoder, global_dim=meta.global_dim, local_dim=meta.local_dim,
+        global_fps=meta.global_fps, local_fps=meta.local_fps, encoder_activation=meta.encoder_activation,
+        **recipe.adapter)
+
+
+def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
+    """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups."""
+    musicgen = load_backbone(args.backbone or meta.backbone, device=device)
+    use_training_precision(musicgen)
+    spec = backbone_spec(musicgen)
+    diffs = differing_fields(meta, spec, ("frame_rate", "n_q", "card", "sample_rate"), ("data", "backbone"))
+    if diffs:
+        raise DataError(f"{args.data}: prepared with the codec of {meta.backbone!r}, which does not match "
+                        f"backbone {spec.name!r} ({diffs}); prepare the data with --backbone {spec.name}")
+    init = args.init or recipe.init_adapter
+    if init:
+        vm = VidMusician.from_pretrained(init, backbone=musicgen)
+    else:
+        vm = attach_adapters(musicgen, fresh_config(musicgen, meta, recipe))
+    c = vm.config
+    check_encoder_fit(c, str(args.data), meta.encoder, meta.encoder_activation, (meta.global_dim, meta.local_dim),
+                      error=DataError, same_spec=True, fix=f"prepare it with --encoder {c.encoder}, or train a fresh adapter on it")
+    if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
+        raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
+    vm.set_stage(recipe.stage)
+    if recipe.trainable is not None:
+        vm.set_trainable(recipe.trainable)
+    vm.train()
+    if recipe.gradient_checkpointing:
+        vm.enable_gradient_checkpointing()
+    return vm
+
+
+def parse_args(argv=None):
+    p = Parser(prog="python -m vidmusician.training.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", required=True, help="recipe JSON (recipes/stage1_semantic.json, ...)")
+    p.add_argument("--data", required=True, help="dataset folder from `vidmusician prepare`")
+    p.add_argument("--output", required=True, help="run folder: checkpoints/, adapter/, log.jsonl")
+    p.add_argument("--backbone", default=None, help="MusicGen name or folder, or 'tiny' (default: the dataset's)")
+    p.add_argument("--init", default=None, help="adapter folder to start from (overrides the recipe's init_adapter)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output, if any")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="default: the accelerate config's (bf16 in recipes/accelerate/*.yaml), else no")
+    p.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
+                   help="Accelerate trackers for losses, learning rate and audio samples: tensorboard, wandb, "
+                        "mlflow, ... or all (files under OUTPUT/trackers; default: none)")
+    return p.parse_args(argv)
+
+
+def train(args) -> Path:
+    """Runs one training stage; returns the release adapter folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+
+    recipe = Recipe.load(args.recipe, args.set)
+    out = Path(args.output)
+    trackers = check_trackers(args.report_to)
+    # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes, but
+    # Accelerate forms their (gloo) process group only when told to run on the CPU.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=recipe.grad_accum,
+                              cpu=cpu, log_with=trackers or None,
+                              project_config=ProjectConfiguration(project_dir=str(out),
+                                                                  logging_dir=str(out / "trackers")))
+    if accelerator.is_main_process and schedule_warning(recipe):
+        print(f"vidmusician.training.train: warning: {schedule_warning(recipe)}", file=sys.stderr)
+    resume_from = latest_checkpoint(out)
+    if resume_from is not None and not args.resume:
+        raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
+
+    # Same seed on every process: identical adapter initialization (DDP also broadcasts it).
+    set_seed(recipe.seed)
+    meta = DatasetMeta.load(args.data)
+    train_set = PreparedDataset(args.data, "train")
+    holdout = PreparedDataset(args.data, "holdout")
+    vm = build_model(args, recipe, meta, accelerator.device)
+    params = vm.trainable_parameters()
+    decay = [p for p in params if p.dim() >= 2]  # weights decay; biases, norms and gains do not
+    rest = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=recipe.lr, betas=tuple(recipe.betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
+    objective, optimizer = accelerator.prepare(Objective(vm), optimizer)
+
+    state = TrainState()
+    if resume_from is not None:
+        state = resume(out, vm, optimizer, scheduler, accelerator,
+                       say=lambda line: accelerator.is_main_process and print(line, file=sys.stderr))
+        accelerator.print(f"resumed at step {state.step}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, sort_keys=True) + "\n")
+        vm.print_trainable_parameters()
+
+    monitor = Monitor(accelerator, out, dataclasses.asdict(recipe), state.step, recipe.max_steps)
+
+    def evaluate(step):
+        # The unwrapped module: processes may hold different numbers of holdout batches,
+        # so evaluation must not run DDP's collective forward.
+        model = accelerator.unwrap_model(objective)
+        if len(holdout):
+            monitor.log(step, holdout_loss=holdout_loss(model, holdout, accelerator, recipe.batch_size,
+                                                        recipe.eval_windows),
+                        holdout_loss_mismatched_video=holdout_loss(model, MismatchedVideos(holdout), accelerator,
+                                                                   recipe.batch_size, recipe.eval_windows))
+            monitor.sample(vm, holdout, step, recipe.seed)
+
+    sampler = EpochBatches(len(train_set), recipe.batch_size, accelerator.num_processes, accelerator.process_index,
+                           recipe.seed, start=state.step * recipe.grad_accum)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=Collate(meta.frame_rate),
+                                         num_workers=recipe.num_workers)
+    batches = iter(loader)  # draws a seed from the RNG: restore the checkpoint's state after it
+    restore_rng(state)
+    accelerator.print(f"training {len(train_set)} windows, global batch {sampler.global_batch * recipe.grad_accum}, "
+                      f"steps {state.step} -> {recipe.max_steps}")
+    t0, logged = time.time(), state.step
+    # backward() divides by grad_accum and DDP averages over processes: undo both, so
+    # that each micro-batch's share of the global mean reaches the gradient whole.
+    share = recipe.grad_accum * accelerator.num_processes
+    while state.step < recipe.max_steps:
+        micro = [next(batches).to(accelerator.device) for _ in range(recipe.grad_accum)]
+        # The step's loss is the mean over every valid token of the global batch (per
+        # codebook), however the batch is split over processes and micro-batches.
+        counts = sum(loss_mask(vm.lm, b.valid).sum(dim=(0, 2)) for b in micro).float()
+        tokens = accelerator.reduce(counts, "sum").clamp(min=1)
+        loss_sum = torch.zeros_like(tokens)
+        for batch in micro:
+            # accumulate(): no DDP gradient sync until the last micro-batch.
+            with accelerator.accumulate(objective):
+                sums, _ = objective(batch.codes, batch.valid, batch.videos, batch.texts)
+                accelerator.backward((sums / tokens).mean() * share)
+                if accelerator.sync_gradients and recipe.grad_clip:
+                    accelerator.clip_grad_norm_(params, recipe.grad_clip)
+                optimizer.step()  # a no-op until the gradients are synced
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += sums.detach()
+        scheduler.step()
+        state.step += 1
+        monitor.step()
+        if state.step % recipe.log_every == 0 or state.step == recipe.max_steps:
+            loss = (accelerator.reduce(loss_sum, "sum") / tokens).mean().item()
+            monitor.log(state.step, loss=loss, lr=scheduler.get_last_lr()[0],
+                        sec_per_step=(time.time() - t0) / (state.step - logged))
+            t0, logged = time.time(), state.step
+        if state.step % recipe.eval_every == 0:
+            evaluate(state.step)
+        if state.step % recipe.save_every == 0 or state.step == recipe.max_steps:
+            save_checkpoint(out, state, vm, optimizer, scheduler, accelerator, recipe.keep_checkpoints)
+
+    if recipe.max_steps % recipe.eval_every:
+        evaluate(state.step)
+    release = out / "adapter"
+    if accelerator.is_main_process:
+        vm.save_pretrained(release)
+        accelerator.print(f"adapter written to {release}")
+    accelerator.wait_for_everyone()
+    monitor.close()
+    return release
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by accelerate launch / torchrun
+        stop_with_launcher("vidmusician.training.train")
+    try:
+        train(args)
+    except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
+        # checkpoints already written stay.
+        print(f"vidmusician.training.train: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

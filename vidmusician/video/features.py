@@ -1,0 +1,300 @@
+"""Visual features of a video: global CLIP embeddings and the local change signal.
+
+- Global: image embeddings of the frames shown at ``k / global_fps`` -> ``[Tg, Dg]``.
+- Local: patch tokens of the frames shown at ``k / local_fps``; per patch,
+  ``d_t = 1 - cos(p_t, p_{t-1})`` and ``d_0 = 1`` -> ``[Tl, P]``. Cuts and flashes
+  change every patch at once; motion changes a few.
+
+Each distinct source frame is decoded and encoded once, whichever grid it serves
+(at 25 and 1 fps every global frame is also a local frame). Decoding runs in a
+background thread one chunk ahead of encoding (decord and torch both release the
+GIL), and at most a few chunks of frames exist at a time, so memory does not
+grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError, one_line
+from ..fileio import atomic_write
+from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
+from .reader import FrameReader, probe, sample_times
+
+__all__ = ["VideoFeatures", "VisualEncoder", "load_encoder", "extract_features", "DEFAULT_ENCODER"]
+
+# Bump when the feature computation changes: old cache entries then stop matching.
+FEATURES_VERSION = 1
+# Chunks decoded ahead of the encoder: enough to hide decode latency, and the
+# bound on frames held in memory.
+_PREFETCH = 2
+
+
+@dataclass
+class VideoFeatures:
+    """The visual conditioning of one video.
+
+    Attributes:
+        global_feats: ``[Tg, Dg]`` float32 CLIP image embeddings at ``global_fps``.
+        local_feats: ``[Tl, P]`` float32 per-patch change signal at ``local_fps``.
+        global_fps: Rate of ``global_feats`` (row k is the frame at ``k / global_fps``).
+        local_fps: Rate of ``local_feats``.
+        duration: Video duration in seconds.
+        encoder: Spec of the visual encoder that made them.
+        encoder_activation: Its MLP activation, ``"quick_gelu"`` or ``"gelu"``; None
+            in files written before it was recorded (then it was what open_clip's
+            config for the architecture gives: see
+            :func:`vidmusician.video.encoder_specs.legacy_activation`).
+    """
+
+    global_feats: torch.Tensor
+    local_feats: torch.Tensor
+    global_fps: float
+    local_fps: float
+    duration: float
+    encoder: str
+    encoder_activation: str | None = None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes a safetensors file (tensors ``global``, ``local``; the rest as metadata).
+
+        The file appears complete or not at all: it is written under a temporary
+        name in the same folder, then renamed.
+        """
+        from safetensors.torch import save
+
+        path = Path(path)
+        tensors = {
+            "global": self.global_feats.detach().float().cpu().contiguous(),
+            "local": self.local_feats.detach().float().cpu().contiguous(),
+        }
+        metadata = {
+            "global_fps": repr(float(self.global_fps)),
+            "local_fps": repr(float(self.local_fps)),
+            "duration": repr(float(self.duration)),
+            "encoder": self.encoder,
+            **({"encoder_activation": self.encoder_activation} if self.encoder_activation else {}),
+            "format": "vidmusician.video.features",
+            "version": str(FEATURES_VERSION),
+        }
+        # Serialized in memory (features are small) and written with open(), so the
+        # file gets the usual umask permissions (safetensors' save_file makes 0600).
+        data = save(tensors, metadata=metadata)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> VideoFeatures:
+        """Reads a file written by :meth:`save`.
+
+        Raises:
+            DataError: The file is missing, not safetensors, or lacks the tensors or
+                metadata of a features file.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such features file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in ("global", "local") if k in f.keys()}
+            feats = cls(
+                tensors["global"], tensors["local"], float(meta["global_fps"]), float(meta["local_fps"]),
+                float(meta["duration"]), meta["encoder"], meta.get("encoder_activation"),
+            )
+        except KeyError as exc:
+            raise DataError(f"{path}: not a features file (missing {exc.args[0]!r})") from None
+        except Exception as exc:  # safetensors raises SafetensorError / OSError on corrupt files
+            raise DataError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
+        if feats.global_feats.ndim != 2 or feats.local_feats.ndim != 2:
+            raise DataError(f"{path}: features must be 2-D, got global {tuple(feats.global_feats.shape)}, "
+                            f"local {tuple(feats.local_feats.shape)}")
+        return feats
+
+
+def extract_features(
+    video: str | os.PathLike,
+    encoder: VisualEncoder | str | None = None,
+    global_fps: float = 1.0,
+    local_fps: float = 25.0,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | bool | None = None,
+    progress: bool = False,
+    device=None,
+) -> VideoFeatures:
+    """Computes (or reads from the cache) a video's global and local features.
+
+    Args:
+        video: Video file.
+        encoder: A loaded :class:`VisualEncoder`, or a spec for :func:`load_encoder`
+            (None -> ``ViT-B-32:openai``).
+        global_fps: Rate of the global embeddings.
+        local_fps: Rate of the local change signal.
+        batch_size: Frames per decode chunk and encoder batch.
+        cache_dir: Folder of cached features, keyed by the video's content hash,
+            the encoder (with its activation) and both rates; ``True`` uses ``~/.cache/vidmusician/features``
+            (or ``$XDG_CACHE_HOME/vidmusician/features``); None disables caching.
+        progress: Show a progress bar (tqdm) when extraction takes more than a second.
+        device: Device for an encoder loaded from a spec; None picks CUDA when
+            available.
+
+    Returns:
+        The video's :class:`VideoFeatures`.
+
+    Raises:
+        VideoError: The video cannot be read.
+        ConfigError: A rate or the batch size is not positive, or the encoder spec
+            is invalid.
+    """
+    for name, value in (("global_fps", global_fps), ("local_fps", local_fps), ("batch_size", batch_size)):
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    video = Path(video)
+    # Check the video before hashing it or building the encoder: a bad file fails fast.
+    probe(video)
+    cache_file = None
+    if cache_dir is not None and cache_dir is not False:
+        cache_file = _cache_path(cache_dir, video, encoder, global_fps, local_fps)
+        cached = _read_cache(cache_file)
+        if cached is not None:
+            return cached
+    if not isinstance(encoder, VisualEncoder):
+        encoder = load_encoder(encoder, device)
+    # Decode at the size open_clip's transform resizes to: the decoder does the resize.
+    reader = FrameReader(video, size=encoder.resize_size)
+    feats = _compute(reader, encoder, float(global_fps), float(local_fps), int(batch_size), progress)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        feats.save(cache_file)
+    return feats
+
+
+def _compute(
+    reader: FrameReader, encoder: VisualEncoder, global_fps: float, local_fps: float, batch_size: int, progress: bool
+) -> VideoFeatures:
+    from tqdm.auto import tqdm
+
+    duration = reader.info.duration
+    idx_g = reader.indices_at(sample_times(duration, global_fps))
+    idx_l = reader.indices_at(sample_times(duration, local_fps))
+    frames = np.union1d(idx_g, idx_l)  # sorted distinct source frames: decode order
+    chunks = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
+
+    global_feats = torch.empty(len(idx_g), encoder.global_dim)
+    local_feats = torch.empty(len(idx_l), encoder.num_patches)
+    prev = None  # unit patch tokens of the previous local sample, across chunks
+    bar = tqdm(total=len(frames), unit="frame", desc=reader.path.name, disable=not progress, delay=1.0)
+    with bar:
+        for chunk, batch in _prefetch(reader, chunks, pin=encoder.device.type == "cuda"):
+            emb, tokens = encoder.encode(batch)
+            # Both grids are non-decreasing in source index, so each chunk serves a
+            # contiguous run of rows of each.
+            g0 = np.searchsorted(idx_g, chunk[0], side="left")
+            g1 = np.searchsorted(idx_g, chunk[-1], side="right")
+            if g1 > g0:
+                rows = torch.from_numpy(np.searchsorted(chunk, idx_g[g0:g1]))
+                global_feats[g0:g1] = emb[rows.to(emb.device)].cpu()
+            l0 = np.searchsorted(idx_l, chunk[0], side="left")
+            l1 = np.searchsorted(idx_l, chunk[-1], side="right")
+            if l1 > l0:
+                rows = torch.from_numpy(np.searchsorted(chunk, idx_l[l0:l1])).to(tokens.device)
+                cur = torch.nn.functional.normalize(tokens[rows], dim=-1)  # [n, P, W] unit tokens
+                before = torch.cat([cur[:1] if prev is None else prev[None], cur[:-1]])
+                change = 1.0 - (cur * before).sum(-1)
+                if prev is None:
+                    change[0] = 1.0  # d_0 = 1: everything in the first frame is new
+                local_feats[l0:l1] = change.clamp_(0.0, 2.0).cpu()
+                prev = cur[-1]
+            bar.update(len(chunk))
+    return VideoFeatures(global_feats, local_feats, global_fps, local_fps, duration, encoder.name, encoder.activation)
+
+
+def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
+    """Yields ``(chunk, frames)``, decoding up to ``_PREFETCH`` chunks ahead in a thread.
+
+    With ``pin``, frames come in pinned memory, so the copy to the GPU is asynchronous.
+
+    Errors in the decoder thread are re-raised here; if the consumer stops early
+    (an error, Ctrl-C) the thread stops at its next chunk.
+    """
+    out: queue.Queue = queue.Queue(maxsize=_PREFETCH)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode():
+        try:
+            for chunk in chunks:
+                frames = reader.read(chunk)
+                if not put((chunk, frames.pin_memory() if pin else frames)):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(exc)
+
+    thread = threading.Thread(target=decode, name="vidmusician-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _cache_path(cache_dir, video: Path, encoder, global_fps: float, local_fps: float) -> Path:
+    """``<cache_dir>/<key>.safetensors``, key = hash of (content, encoder and its activation, rates, version)."""
+    if cache_dir is True:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        cache_dir = base / "vidmusician" / "features"
+    # From a spec, without loading the model: a cache hit never builds the encoder.
+    encoder_id = encoder.fingerprint if isinstance(encoder, VisualEncoder) else encoder_fingerprint(encoder)
+    key = json.dumps(
+        {"video": _content_hash(video), "encoder": encoder_id, "global_fps": float(global_fps),
+         "local_fps": float(local_fps), "version": FEATURES_VERSION},
+        sort_keys=True,
+    )
+    return Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+
+
+def _content_hash(path: Path, block: int = 1 << 20) -> str:
+    """SHA-256 of the file's bytes: a renamed or copied video still hits the cache."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path) -> VideoFeatures | None:
+    """The cached features, or None when absent or unreadable (then recomputed and replaced)."""
+    if not path.is_file():
+        return None
+    try:
+        return VideoFeatures.load(path)
+    except DataError:
+        return None
