@@ -234,12 +234,17 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     materializing the LM's weights: a local folder needs ``state_dict.bin`` beside
     ``compression_state_dict.bin`` for that config (a codec alone could not tell a stereo
     model's wrapping). The codec of 'tiny', 'tiny-t5' and 'random-*' is the one
-    :func:`tiny_musicgen` / :func:`random_musicgen` build ('tiny-learned' has the codec of 'tiny').
+    :func:`tiny_musicgen` / :func:`random_musicgen` build; that of 'tiny-learned' is
+    :func:`vidmusician.learned_base.music_codec`, whose decoded audio follows its codes.
     """
     from audiocraft.models import builders, loaders
 
     name, device = str(name_or_path), _default_device(device)
-    if name in ("tiny", "tiny-t5", "tiny-learned"):
+    if name == "tiny-learned":
+        from .learned_base import music_codec
+
+        return music_codec(device)
+    if name in ("tiny", "tiny-t5"):
         return _build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
     if name.startswith("random-"):
         _architecture(name.removeprefix("random-"))  # the codec is the same for every size
