@@ -37,7 +37,7 @@ from torch import nn
 from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
 from .errors import ConfigError, DataError, VidMusicianError, os_error_line
 from .launch import one_line, stop_with_launcher
-from .recipe import Recipe, lr_factor, schedule_warning
+from .recipe import Recipe, lr_factor, lr_warning, schedule_warning
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
 
 
@@ -240,8 +240,9 @@ def train(args) -> Path:
                               cpu=cpu, log_with=trackers or None,
                               project_config=ProjectConfiguration(project_dir=str(out),
                                                                   logging_dir=str(out / "trackers")))
-    if accelerator.is_main_process and schedule_warning(recipe):
-        print(f"vidmusician.train: warning: {schedule_warning(recipe)}", file=sys.stderr)
+    for warning in (schedule_warning(recipe), lr_warning(recipe)):
+        if accelerator.is_main_process and warning:
+            print(f"vidmusician.train: warning: {warning}", file=sys.stderr)
     resume_from = latest_checkpoint(out)
     if resume_from is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
