@@ -7,9 +7,9 @@ plain music LM (no video) on the synthetic music below, then frozen, as MusicGen
 when the adapters attach. It builds in about a minute on a CPU, identically from the
 same seed, and is cached under ``$VIDMUSICIAN_CACHE`` (default
 ``~/.cache/vidmusician``), keyed by a hash of its recipe, its code version, torch's
-version and the fresh model's weights, so a change to any of them rebuilds it.
+version, the fresh LM's weights and the codec's, so a change to any of them rebuilds it.
 
-The synthetic music, in the tiny codec's token space (25 frames per second):
+The synthetic music, in its codec's token space (25 frames per second):
 codebook 0 plays a loop of ``PERIOD`` tokens that depends on the piece's style (one
 of ``STYLES``), at a random phase; an event is two frames, ``EVENT`` (the attack) then
 ``EVENT + 1``, after which the loop resumes in phase. Codebooks 1-3 are fixed
