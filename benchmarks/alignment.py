@@ -13,6 +13,10 @@ adapter, both with ``--set`` overrides), then music is generated for new videos:
   frames, each flash matched to at most one onset within one token frame (mean
   over videos);
 - style accuracy: the generated loop's style equals the video's scene class;
+- audio F1: the same F1 in audio space, on what a listener gets: onsets an onset
+  detector (librosa, through vidmusician.evaluation.beats) hears in the decoded music,
+  against the flash times, within 50 ms (the codec plays each token; see
+  vidmusician.learned_base.music_codec);
 
 for no video (the frozen base), stage 1 only, stage 1+2, and stage 1+2 with each
 video's features swapped for another test video's, at MusicGen's default sampling
@@ -21,6 +25,18 @@ music has events at the base's rate at random times and a style 1 in ``--scenes`
 
     python benchmarks/alignment.py                      # the measured run (README)
     python benchmarks/alignment.py --train 4 --test 2 --steps1 2 --steps2 2   # smoke
+
+A last line gives the audio F1 of the test clips' own soundtracks (their true codes
+decoded): the most the detector finds.
+
+``--lr-sweep`` measures the adapters' safe learning rates instead (recipes/README.md):
+for each rate, both adapter groups are trained from fresh (full-width in-attention)
+for ``--sweep-steps`` steps on the same data, and it prints the final training loss,
+the holdout loss with the true and with mismatched videos, and the hidden-state norm
+(mean per-token norm of the LM's last layer output on the holdout; the base's with no
+video first):
+
+    python benchmarks/alignment.py --lr-sweep 1e-4 1e-3 3e-3 1e-2 3e-2 1e-1 --train 24 --holdout 6
 """
 
 from __future__ import annotations
@@ -109,14 +125,65 @@ def train_stage(recipe: str, data: Path, out: Path, steps: int, lr: float, batch
 def score(vm, clips: list[dict], videos: list, seconds: float, sampling: bool, seed: int) -> dict:
     """Generates one piece per clip (its video given by ``videos``) and scores it against the clip."""
     vm.set_generation_params(use_sampling=sampling)  # MusicGen's defaults otherwise: top-k 250, CFG 3
-    _, tokens = vm.generate(videos, duration=seconds, seed=seed, return_tokens=True)
+    audio, tokens = vm.generate(videos, duration=seconds, seed=seed, return_tokens=True)
     rows = [lb.match_events(lb.event_onsets(t[0]), c["events"], tolerance=1) for t, c in zip(tokens.cpu(), clips)]
     style = [lb.piece_style(t[0]) == c["scene"] for t, c in zip(tokens.cpu(), clips)]
     p, r, f = (float(np.mean(col)) for col in zip(*rows))
-    return dict(precision=p, recall=r, f1=f, style=float(np.mean(style)))
+    return dict(precision=p, recall=r, f1=f, style=float(np.mean(style)),
+                audio_f1=float(np.mean([audio_f1(a, c, vm.sample_rate) for a, c in zip(audio.cpu(), clips)])))
 
 
-def run(args) -> dict:
+def audio_f1(audio: torch.Tensor, clip: dict, sample_rate: int) -> float:
+    """F1 of the onsets heard in ``audio`` against the clip's flash times, within 50 ms."""
+    return lb.match_events(lb.audio_onsets(audio, sample_rate), [f / FPS for f in clip["events"]], tolerance=0.05)[2]
+
+
+def soundtrack_f1(clips: list[dict], num_frames: int) -> float:
+    """Audio F1 of the clips' own soundtracks, decoded by the tiny-learned codec: the detector's ceiling."""
+    codec = lb.music_codec()
+    with torch.no_grad():
+        audio = codec.decode(torch.stack([lb.synthetic_codes(c["events"], c["scene"], c["phase"], num_frames)
+                                          for c in clips]))
+    return float(np.mean([audio_f1(a, c, codec.sample_rate) for a, c in zip(audio, clips)]))
+
+
+def hidden_norm(vm, data: Path, videos: bool = True) -> float:
+    """Mean per-token norm of the LM's last layer output on the holdout (``videos=False``: no video, the base)."""
+    from vidmusician.training.dataset import Collate, PreparedDataset
+    from vidmusician.training.train import Objective
+
+    holdout = PreparedDataset(data, "holdout")
+    batch = Collate(vm.config.frame_rate)([holdout[i] for i in range(len(holdout))])
+    norms = []
+    hook = vm.lm.transformer.layers[-1].register_forward_hook(lambda m, i, out: norms.append(out.norm(dim=-1).mean()))
+    try:
+        with torch.no_grad():
+            Objective(vm)(batch.codes, batch.valid, batch.videos if videos else [None] * len(holdout), batch.texts)
+    finally:
+        hook.remove()
+    return float(norms[-1])
+
+
+def lr_sweep(args, work: Path) -> list[dict]:
+    """Trains fresh adapters (both groups) at each rate of ``args.lr_sweep``; returns one row per rate."""
+    from vidmusician.model import VidMusician
+
+    rows = []
+    for lr in args.lr_sweep:
+        out = work / f"lr-{lr:g}"
+        log = train_stage("stage2_rhythm.json", work / "data", out, args.sweep_steps, lr, args.batch,
+                          ["init_adapter=null", 'trainable=["semantic", "rhythm"]', "adapter.rhythm_rank=null"])
+        vm = VidMusician.from_pretrained(out / "adapter", backbone="tiny-learned", device="cpu")
+        h = [r for r in log if "holdout_loss" in r][-1]
+        loss = [r["loss"] for r in log if "loss" in r][-1]
+        if not rows:
+            print(f"base (no video): hidden norm {hidden_norm(vm, work / 'data', videos=False):.2f}")
+        rows.append(dict(lr=lr, loss=loss, holdout=h["holdout_loss"], mismatched=h["holdout_loss_mismatched_video"],
+                         norm=hidden_norm(vm, work / "data")))
+    return rows
+
+
+def run(args) -> dict | list[dict]:
     from vidmusician.model import VidMusician
 
     torch.manual_seed(args.seed)
@@ -126,11 +193,14 @@ def run(args) -> dict:
     encoder = load_encoder("tiny", device="cpu")
     (work / "videos").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    clips = make_clips(work / "videos", args.train + args.holdout + args.test, args.scenes, num_frames, rng, encoder)
+    test_clips = 0 if args.lr_sweep else args.test
+    clips = make_clips(work / "videos", args.train + args.holdout + test_clips, args.scenes, num_frames, rng, encoder)
     train, holdout, test = clips[:args.train], clips[args.train:args.train + args.holdout], clips[-args.test:]
     write_dataset(work / "data", train, holdout, args.seconds, num_frames)
-    print(f"data: {len(train)} train / {len(holdout)} holdout / {len(test)} test clips of {args.seconds:g} s, "
+    print(f"data: {len(train)} train / {len(holdout)} holdout / {test_clips} test clips of {args.seconds:g} s, "
           f"{args.scenes} scenes ({time.perf_counter() - t0:.0f} s)")
+    if args.lr_sweep:
+        return lr_sweep(args, work)
 
     t0 = time.perf_counter()
     log1 = train_stage("stage1_semantic.json", work / "data", work / "stage1", args.steps1, args.lr1, args.batch, [])
@@ -152,6 +222,7 @@ def run(args) -> dict:
     for mode, sampling in (("default sampling", True), ("greedy", False)):
         for name, (vm, videos) in conditions.items():
             results[(mode, name)] = score(vm, test, videos, args.seconds, sampling, args.seed)
+    results["soundtrack audio F1"] = soundtrack_f1(test, num_frames)
     return results
 
 
@@ -169,12 +240,21 @@ def main():
     p.add_argument("--batch", type=int, default=8, help="windows per training step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="folder for videos, data and runs (default: a temporary one)")
+    p.add_argument("--lr-sweep", type=float, nargs="+", metavar="LR", help="measure these learning rates instead")
+    p.add_argument("--sweep-steps", type=int, default=80, help="training steps per rate of --lr-sweep")
     args = p.parse_args()
     results = run(args)
-    print(f"\n{'':10}{'condition':28}{'precision':>10}{'recall':>8}{'F1':>6}{'style':>7}")
+    if args.lr_sweep:
+        print(f"\n{'lr':>8}{'train loss':>12}{'holdout':>10}{'mismatched':>12}{'hidden norm':>13}")
+        for r in results:
+            print(f"{r['lr']:8.0e}{r['loss']:12.4f}{r['holdout']:10.4f}{r['mismatched']:12.4f}{r['norm']:13.2f}")
+        return
+    ceiling = results.pop("soundtrack audio F1")
+    print(f"\n{'':10}{'condition':28}{'precision':>10}{'recall':>8}{'F1':>6}{'style':>7}{'audio F1':>10}")
     for (mode, name), r in results.items():
-        print(f"{mode[:9]:10}{name:28}{r['precision']:10.2f}{r['recall']:8.2f}{r['f1']:6.2f}{r['style']:7.2f}")
-    print(f"style chance {1 / args.scenes:.2f}")
+        print(f"{mode[:9]:10}{name:28}{r['precision']:10.2f}{r['recall']:8.2f}{r['f1']:6.2f}{r['style']:7.2f}"
+              f"{r['audio_f1']:10.2f}")
+    print(f"style chance {1 / args.scenes:.2f}; audio F1 of the test clips' own soundtracks {ceiling:.2f}")
 
 
 if __name__ == "__main__":

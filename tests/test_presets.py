@@ -156,6 +156,19 @@ def test_a_schedule_that_never_reaches_its_learning_rate_warns(tmp_path, capsys)
     assert "warning: warmup_steps 500 >= max_steps 20" in err and len(err.strip().splitlines()) == 2
 
 
+def test_a_learning_rate_above_the_measured_safe_range_warns(tmp_path, capsys):
+    from vidmusician.training.recipe import MAX_SAFE_LR as high
+    from vidmusician.training.train import lr_warning, main
+
+    assert lr_warning(Recipe(lr=1e-4)) is None and lr_warning(Recipe(lr=high, min_lr=0)) is None
+    assert f"lr 0.1 is above {high:g}" in lr_warning(Recipe(lr=0.1))
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"stage": 1, "max_steps": 20, "warmup_steps": 2, "lr": 0.1}')
+    assert main(["--recipe", str(recipe), "--data", str(tmp_path / "none"), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"warning: lr 0.1 is above {high:g}" in err and len(err.strip().splitlines()) == 2
+
+
 @pytest.mark.parametrize("rank, dim, ok", [(15, 32, True), (16, 32, False), (64, 32, False), (64, 1024, True)])
 def test_a_rhythm_rank_that_is_not_low_rank_is_refused(rank, dim, ok):
     from vidmusician.errors import ConfigError

@@ -22,7 +22,7 @@ import torch
 
 from . import random_backbones
 from .errors import BackboneError, one_line
-from .learned_base import learned_musicgen
+from .learned_base import learned_musicgen, music_codec
 from .random_backbones import ARCHITECTURES, RANDOM_CODEC, TINY_CODEC, codec_config
 from .runtime import default_device
 
@@ -102,12 +102,15 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     materializing the LM's weights: a local folder needs ``state_dict.bin`` beside
     ``compression_state_dict.bin`` for that config (a codec alone could not tell a stereo
     model's wrapping). The codec of 'tiny', 'tiny-t5' and 'random-*' is the one
-    :func:`tiny_musicgen` / :func:`random_musicgen` build ('tiny-learned' has the codec of 'tiny').
+    :func:`tiny_musicgen` / :func:`random_musicgen` build; that of 'tiny-learned' is
+    :func:`vidmusician.learned_base.music_codec`, whose decoded audio follows its codes.
     """
     from audiocraft.models import builders, loaders
 
     name, device = str(name_or_path), str(default_device(device))
-    if name in ("tiny", "tiny-t5", "tiny-learned"):
+    if name == "tiny-learned":
+        return music_codec(device)
+    if name in ("tiny", "tiny-t5"):
         return random_backbones.build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
     if name.startswith("random-"):
         random_backbones.architecture(name.removeprefix("random-"))  # the codec is the same for every size

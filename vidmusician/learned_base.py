@@ -7,15 +7,26 @@ plain music LM (no video) on the synthetic music below, then frozen, as MusicGen
 when the adapters attach. It builds in about a minute on a CPU, identically from the
 same seed, and is cached under ``$VIDMUSICIAN_CACHE`` (default
 ``~/.cache/vidmusician``), keyed by a hash of its recipe, its code version, torch's
-version and the fresh model's weights, so a change to any of them rebuilds it.
+version, the fresh LM's weights and the codec's, so a change to any of them rebuilds it.
 
-The synthetic music, in the tiny codec's token space (25 frames per second):
+The synthetic music, in its codec's token space (25 frames per second):
 codebook 0 plays a loop of ``PERIOD`` tokens that depends on the piece's style (one
 of ``STYLES``), at a random phase; an event is two frames, ``EVENT`` (the attack) then
 ``EVENT + 1``, after which the loop resumes in phase. Codebooks 1-3 are fixed
 functions of codebook 0. Without a video, where events fall and which style a piece
 has are the only things the LM cannot know: exactly what the adapters must learn
 from the video (events at flashes, style from the scene).
+
+Its codec (:func:`music_codec`) is the instrument that plays those codes: an
+audiocraft ``EncodecModel`` whose encoder is an orthonormal frame transform (a
+strided ``Conv1d`` onto 64 cosine atoms, 50 to 3200 Hz), whose decoder is that
+transform's inverse (the ``ConvTranspose1d`` with the same weights), and whose
+``ResidualVectorQuantizer`` codebooks are the encoder's embeddings of the
+instrument's sounds: a background token is a quiet note (its pitch names its style
+and loop position), ``EVENT`` a loud broadband burst, ``EVENT + 1`` its quieter
+decay, codebooks 1-3 ever finer timbre detail. So decoded audio depends on the codes
+(an event is heard as an onset where the codes put it), and synthetic music encodes
+back to its own codes.
 """
 
 from __future__ import annotations
@@ -34,11 +45,14 @@ from .random_backbones import tiny_musicgen
 from .runtime import seeded
 from .training.losses import codebook_losses
 
-VERSION = 1  # bump when the music or the training below changes
+VERSION = 2  # bump when the music, its codec or the training below changes
 STYLES, PERIOD = 4, 4
 BACKGROUND = 10  # style s plays tokens BACKGROUND + s * PERIOD + (0..PERIOD-1)
 EVENT = 40  # an event is EVENT (attack) then EVENT + 1 (decay)
 FRAME_RATE = 25  # the tiny codec's
+SAMPLE_RATE, CARD, N_Q = 32000, 400, 4
+HOP = SAMPLE_RATE // FRAME_RATE  # samples per codec frame
+DIM = 64  # cosine atoms of the codec's frame transform
 
 
 def event_frames(rng: random.Random, num_frames: int, rate: float = 0.12, min_gap: int = 4) -> list[int]:
@@ -80,6 +94,97 @@ def random_piece(rng: random.Random, num_frames: int, **kw) -> torch.Tensor:
     return synthetic_codes(event_frames(rng, num_frames), rng.randrange(STYLES), rng.randrange(PERIOD), num_frames, **kw)
 
 
+def frame_basis() -> torch.Tensor:
+    """[DIM, HOP]: the codec's orthonormal frame transform, DCT-II atoms 4, 8, ..., 4 * DIM (50 Hz steps).
+
+    Every fourth atom completes a whole number of periods per frame, so a note held
+    over frames is one continuous sine, with no click at the frame boundaries.
+    """
+    n = torch.arange(HOP, dtype=torch.float64)
+    k = 4 * torch.arange(1, DIM + 1, dtype=torch.float64)
+    return (torch.cos(torch.pi * (n[None] + 0.5) * k[:, None] / HOP) * (2 / HOP) ** 0.5).float()
+
+
+def instrument(seed: int = 0) -> torch.Tensor:
+    """[N_Q, CARD, DIM]: each token's sound, as coefficients of :func:`frame_basis` (the codec's codebooks).
+
+    Scales: a unit coefficient is a sine of peak 0.04. Background notes peak near 0.1,
+    an event's attack is a burst of RMS ~0.25 (an onset anyone hears), its decay 0.4 of
+    that; tokens the music never plays are quiet random sounds; codebook q >= 1 adds
+    detail 10^-q as loud, each codebook's entries far apart at its own scale, so the
+    residual quantizer reads every level back (see :func:`music_codec`).
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def sounds(n: int, norm: float) -> torch.Tensor:  # random directions of a given loudness
+        v = torch.randn(n, DIM, generator=g)
+        return norm * v / v.norm(dim=1, keepdim=True)
+
+    table = torch.stack([sounds(CARD, 2.5 * 10.0 ** -q) for q in range(N_Q)])
+    for i in range(STYLES * PERIOD):  # style s, loop position p: a pure tone, 250 Hz upwards in 150 Hz steps
+        # One sine each: every step of the loop changes the spectrum alike, so no step
+        # stands out as an onset beside the events.
+        table[0, BACKGROUND + i] = 2.5 * torch.nn.functional.one_hot(torch.tensor(4 + 3 * i), DIM)
+    burst = torch.randint(0, 2, (DIM,), generator=g).float() * 2 - 1
+    table[0, EVENT], table[0, EVENT + 1] = 1.1 * burst, 0.45 * burst
+    return table
+
+
+def synthetic_audio(codes: torch.Tensor, jitter: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """The waveform [..., 1, T * HOP] at SAMPLE_RATE that the instrument plays for codes [..., N_Q, T].
+
+    Args:
+        codes: tokens per codebook and frame (from :func:`synthetic_codes`).
+        jitter: performance variation: each frame's loudness varies by this fraction,
+            and noise 40 dB below 0.1 that no codebook holds is added (0: the exact sounds).
+        seed: the variation's random seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    table = instrument()
+    coef = sum(table[q][codes[..., q, :]] for q in range(N_Q))  # [..., T, DIM]
+    if jitter:
+        coef = coef * (1 + jitter * (2 * torch.rand(coef.shape[:-1] + (1,), generator=g) - 1))
+    audio = (coef @ frame_basis()).flatten(-2)[..., None, :]
+    if jitter:
+        audio = audio + 1e-3 * torch.randn(audio.shape, generator=g)
+    return audio
+
+
+class _WholeFrames(torch.nn.Module):
+    """Pads audio at its end to whole codec frames, as EnCodec's own encoder does (ceil(T / HOP) frames)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, -x.shape[-1] % HOP))
+
+
+def music_codec(device="cpu"):
+    """The codec of 'tiny-learned': an audiocraft ``EncodecModel`` that plays the synthetic music's tokens.
+
+    Encoder: ``Conv1d(1, DIM, HOP, stride=HOP)`` with the orthonormal :func:`frame_basis`
+    as weights; decoder: ``ConvTranspose1d`` with the same weights, its inverse on the
+    basis' span; quantizer: audiocraft's ``ResidualVectorQuantizer`` (4 codebooks of 400)
+    with the :func:`instrument` as its codebooks. Deterministic (no randomness beyond
+    the instrument's fixed seed) and built in milliseconds, so it is built, not cached.
+    """
+    from audiocraft.models.encodec import EncodecModel
+    from audiocraft.quantization import ResidualVectorQuantizer
+
+    basis = frame_basis()[:, None, :]  # [DIM, 1, HOP]: the layout of both Conv1d's and ConvTranspose1d's weight
+    conv = torch.nn.Conv1d(1, DIM, HOP, stride=HOP, bias=False)
+    deconv = torch.nn.ConvTranspose1d(DIM, 1, HOP, stride=HOP, bias=False)
+    # kmeans_init=False: the codebooks are set below, never re-fitted on the first batch.
+    quantizer = ResidualVectorQuantizer(dimension=DIM, n_q=N_Q, bins=CARD, kmeans_init=False)
+    with torch.no_grad():
+        conv.weight.copy_(basis)
+        deconv.weight.copy_(basis)
+        for layer, sounds in zip(quantizer.vq.layers, instrument()):
+            layer._codebook.embed.copy_(sounds)
+            layer._codebook.embed_avg.copy_(sounds)
+    codec = EncodecModel(torch.nn.Sequential(_WholeFrames(), conv), deconv, quantizer, frame_rate=FRAME_RATE,
+                         sample_rate=SAMPLE_RATE, channels=1)
+    return codec.eval().requires_grad_(False).to(device)
+
+
 def event_onsets(row: torch.Tensor) -> list[int]:
     """The frames where codebook 0 (``row``, [T]) starts an event.
 
@@ -90,6 +195,22 @@ def event_onsets(row: torch.Tensor) -> list[int]:
     attack = row == EVENT
     attack[1:] &= ~attack[:-1].clone()
     return attack.nonzero().flatten().tolist()
+
+
+def audio_onsets(audio, sample_rate: int) -> list[float]:
+    """Onset times (seconds) an onset detector hears in a mono waveform: what audio-space metrics see.
+
+    librosa's onset detection through :func:`vidmusician.evaluation.beats.music_rhythm` with
+    LORIS's 3-frame peak picking: D2M-GAN's 1-frame windows miss about one burst in
+    ten of this codec's music, whose attack spreads over two envelope frames.
+    """
+    import julius
+
+    from .evaluation.beats import ONSET_PRESETS, music_rhythm  # librosa: loaded only when audio is scored
+
+    config = ONSET_PRESETS["loris"]
+    y = julius.resample_frac(torch.as_tensor(audio, dtype=torch.float32).reshape(-1), sample_rate, config.sample_rate)
+    return music_rhythm(y.numpy(), config).onsets.tolist()
 
 
 def piece_style(row: torch.Tensor) -> int:
@@ -150,8 +271,13 @@ def heldout_loss(lm, num: int = 32, num_frames: int = 100, seed: int = 12345) ->
 
 
 def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
-    """Trains ``musicgen.lm`` in place on synthetic music, then freezes it; returns the loss per step."""
-    lm = musicgen.lm
+    """Trains ``musicgen.lm`` in place on synthetic music, then freezes it; returns the loss per step.
+
+    The LM learns from what its codec makes of the music: each batch is played by the
+    instrument (:func:`synthetic_audio`) and encoded by ``musicgen.compression_model``,
+    as ``vidmusician prepare`` encodes real music.
+    """
+    lm, codec = musicgen.lm, musicgen.compression_model
     device = next(lm.parameters()).device
     rng = random.Random(recipe.seed)
     opt = torch.optim.AdamW(lm.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -162,8 +288,10 @@ def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
     with seeded(recipe.seed):
         lm.train()
         for _ in range(recipe.steps):
-            codes = torch.stack([random_piece(rng, recipe.num_frames, card=lm.card, n_q=lm.num_codebooks)
-                                 for _ in range(recipe.batch_size)]).to(device)
+            score = torch.stack([random_piece(rng, recipe.num_frames, card=lm.card, n_q=lm.num_codebooks)
+                                 for _ in range(recipe.batch_size)])
+            with torch.no_grad():
+                codes, _ = codec.encode(synthetic_audio(score).to(device))
             loss = _lm_loss(lm, codes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -176,9 +304,11 @@ def train_base(musicgen, recipe: BaseRecipe = BaseRecipe()) -> list[float]:
 
 
 def _fresh(recipe: BaseRecipe, device):
-    musicgen = tiny_musicgen(seed=recipe.seed, device=device)
-    musicgen.name = "tiny-learned"
-    return musicgen
+    """The untrained base: the tiny random LM, with the codec that plays the synthetic music."""
+    from audiocraft.models.musicgen import MusicGen
+
+    tiny = tiny_musicgen(seed=recipe.seed, device=device)
+    return MusicGen("tiny-learned", music_codec(device), tiny.lm, max_duration=tiny.max_duration)
 
 
 def cache_dir() -> Path:
@@ -186,13 +316,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VIDMUSICIAN_CACHE") or Path.home() / ".cache" / "vidmusician")
 
 
-def recipe_key(recipe: BaseRecipe, fresh_lm) -> str:
-    """A hash of everything the trained weights depend on."""
+def recipe_key(recipe: BaseRecipe, fresh) -> str:
+    """A hash of everything the trained weights depend on: recipe, code version, torch, the fresh LM and the codec."""
     h = hashlib.sha256(json.dumps({"recipe": asdict(recipe), "version": VERSION, "torch": torch.__version__},
                                   sort_keys=True).encode())
-    for name, tensor in sorted(fresh_lm.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for prefix, module in (("lm.", fresh.lm), ("codec.", fresh.compression_model)):
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update((prefix + name).encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -205,12 +336,13 @@ def learned_musicgen(recipe: BaseRecipe = BaseRecipe(), device="cpu", cache: boo
         cache: read and write the cache (False: always train).
 
     Returns:
-        an audiocraft ``MusicGen`` whose LM is in eval mode with no trainable parameter.
+        an audiocraft ``MusicGen`` (its codec: :func:`music_codec`) whose LM is in eval mode with no
+        trainable parameter.
     """
     from safetensors.torch import load_file, save_file
 
     musicgen = _fresh(recipe, "cpu")
-    path = cache_dir() / f"tiny-learned-{recipe_key(recipe, musicgen.lm)}.safetensors"
+    path = cache_dir() / f"tiny-learned-{recipe_key(recipe, musicgen)}.safetensors"
     if cache and path.is_file():
         musicgen.lm.load_state_dict(load_file(str(path)))
         musicgen.lm.eval().requires_grad_(False)

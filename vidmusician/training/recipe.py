@@ -12,7 +12,12 @@ from ..checks import MAX_COUNT, json_object, number
 from ..config import GROUP_NAMES, check_stage
 from ..errors import ConfigError
 
-__all__ = ["Recipe", "lr_factor", "schedule_warning"]
+__all__ = ["Recipe", "lr_factor", "lr_warning", "schedule_warning"]
+
+# The highest learning rate at which the adapters train without inflating the frozen
+# model's hidden states, measured on the 'tiny-learned' backbone (recipes/README.md,
+# "Learning rate"): where the unscaled adapter output starts to blow up, minus a margin.
+MAX_SAFE_LR = 3e-2
 
 
 @dataclass
@@ -133,6 +138,14 @@ def schedule_warning(r: Recipe) -> str | None:
     return (f"warmup_steps {r.warmup_steps} >= max_steps {r.max_steps}: the learning rate peaks at {peak:.2g}, "
             f"never reaching lr {r.lr:g}; set warmup_steps below max_steps (e.g. --set warmup_steps="
             f"{max(1, r.max_steps // 10)})")
+
+
+def lr_warning(r: Recipe) -> str | None:
+    """Why a recipe's learning rate is above the measured safe range (:data:`MAX_SAFE_LR`), or None."""
+    if r.lr <= MAX_SAFE_LR:
+        return None
+    return (f"lr {r.lr:g} is above {MAX_SAFE_LR:g}, where the adapters' output can inflate the frozen model's "
+            f"hidden states until the loss stalls (recipes/README.md, Learning rate); lower it (--set lr=...)")
 
 
 def lr_factor(step: int, r: Recipe) -> float:

@@ -43,7 +43,7 @@ from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
 from .launch import stop_with_launcher
 from .losses import codebook_losses, loss_mask
 from .monitor import Monitor, check_trackers
-from .recipe import Recipe, lr_factor, schedule_warning
+from .recipe import Recipe, lr_factor, lr_warning, schedule_warning
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
 
 
@@ -197,8 +197,9 @@ def train(args) -> Path:
                               cpu=cpu, log_with=trackers or None,
                               project_config=ProjectConfiguration(project_dir=str(out),
                                                                   logging_dir=str(out / "trackers")))
-    if accelerator.is_main_process and schedule_warning(recipe):
-        print(f"vidmusician.training.train: warning: {schedule_warning(recipe)}", file=sys.stderr)
+    for warning in (schedule_warning(recipe), lr_warning(recipe)):
+        if accelerator.is_main_process and warning:
+            print(f"vidmusician.training.train: warning: {warning}", file=sys.stderr)
     resume_from = latest_checkpoint(out)
     if resume_from is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
