@@ -12,6 +12,8 @@ HELP = "prepare a training dataset: codec codes and visual features of (video, m
 
 
 def add_arguments(parser):
+    from ..frame_batches import DEFAULT_ENCODER_BATCH
+
     parser.add_argument("src", metavar="SRC",
                         help="a folder of music videos (their audio track is the music), or a CSV/JSONL "
                              "with columns video, audio (optional), text (optional)")
@@ -27,6 +29,11 @@ def add_arguments(parser):
     parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the local features (default 25)")
     parser.add_argument("--retry-errors", action="store_true", help="try again the files listed in OUT/errors.jsonl")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--encoder-batch", type=int, default=DEFAULT_ENCODER_BATCH, metavar="N",
+                        help=f"frames per visual encoder batch, filled across videos (default {DEFAULT_ENCODER_BATCH})")
+    parser.add_argument("--per-video-batches", action="store_true",
+                        help="encode each video's frames in batches of their own (slower on short videos; "
+                             "to compare, the dataset is the same)")
 
 
 def run(args) -> int:
@@ -39,7 +46,8 @@ def run(args) -> int:
         with one_line_warnings("prepare"):
             report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
                              hop=args.hop, holdout=args.holdout, global_fps=args.global_fps,
-                             local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device)
+                             local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device,
+                             encoder_batch=args.encoder_batch, per_video_batches=args.per_video_batches)
     except Terminated:
         print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {args.out}: "
               f"run the same command again to continue", file=sys.stderr)
