@@ -24,8 +24,8 @@ from .video import FrameReader
 
 # Frames per encoder batch. ViT-B/32 sees 50 tokens a frame, so 256 frames make
 # 12,800-row matmuls, enough to fill a GPU; held as float32 input they take
-# 154 MB, and the decoded frames waiting behind them (at most two chunks, uint8
-# at the encoder's size) about 100 MB more.
+# 154 MB, and the decoded frames waiting behind them (three chunks of 64, uint8
+# at the encoder's size) about 40 MB more.
 DEFAULT_ENCODER_BATCH = 256
 
 
@@ -53,8 +53,8 @@ def video_features(encoder: VisualEncoder, videos: list[Path], global_fps: float
 class CrossVideoBatcher:
     """Iterates over the features of ``videos``, in their order, encoding frames in batches across videos.
 
-    A thread decodes the videos in turn, in chunks of at most ``batch`` frames,
-    one chunk ahead of the encoder. Each chunk is preprocessed (videos of other
+    A thread decodes the videos in turn, in chunks of a quarter batch, a chunk
+    ahead of the encoder. Each chunk is preprocessed (videos of other
     sizes are cropped to the same image size) and its frames go into the batch
     being filled; a full batch runs through the encoder and its results are split
     back to the videos they came from (a :class:`~vidmusician.features.FeatureBuilder`
@@ -68,8 +68,9 @@ class CrossVideoBatcher:
     :func:`~vidmusician.features.extract_features` (see
     :meth:`~vidmusician.encoders.VisualEncoder.embed`).
 
-    Frames held at a time: the batch being filled (fewer than ``batch``, on the
-    encoder's device), one decoded chunk waiting, one being decoded.
+    Frames held at a time, fewer than two batches: the batch (on the encoder's
+    device) and the rest of the chunk that completed it, a chunk waiting in the
+    queue, and one the thread holds until there is room.
 
     Args:
         encoder: The visual encoder.
@@ -91,6 +92,7 @@ class CrossVideoBatcher:
             raise ConfigError(f"--encoder-batch must be a positive number of frames, got {batch}")
         self.encoder, self.videos, self.batch = encoder, list(videos), batch
         self.global_fps, self.local_fps = float(global_fps), float(local_fps)
+        self._chunk = -(-batch // 4)  # frames decoded at a time: three chunks, at most, wait behind a batch
 
     def __iter__(self) -> Iterator[VideoFeatures | VidMusicianError]:
         items: queue.Queue = queue.Queue(maxsize=1)
@@ -124,8 +126,8 @@ class CrossVideoBatcher:
                     builder = FeatureBuilder(reader, self.encoder, self.global_fps, self.local_fps)
                     if not put(("video", i, builder)):
                         return
-                    for k in range(0, len(builder.frames), self.batch):
-                        chunk = builder.frames[k:k + self.batch]
+                    for k in range(0, len(builder.frames), self._chunk):
+                        chunk = builder.frames[k:k + self._chunk]
                         frames = reader.read(chunk)
                         if not put(("frames", i, chunk, frames.pin_memory() if pin else frames)):
                             return
