@@ -299,9 +299,12 @@ def test_batches_are_full_and_frames_held_stay_under_two_batches(folder, tiny, m
     monkeypatch.undo()
     total = sum(len(f.local_feats) for f in out[:4])  # at 25 frames/s every global frame is a local one
     assert sizes == [20] * (total // 20) + ([total % 20] if total % 20 else [])
-    for video, feats in zip(videos[:4], out):
+    # Batches of 3 take other matmul kernels than the batches of 64 of extract_features: still the same bits.
+    small = list(CrossVideoBatcher(tiny, videos[:4], 1.0, 25.0, batch=3))
+    for video, feats, other in zip(videos, out, small):
         alone = extract_features(video, tiny)
-        assert torch.equal(feats.global_feats, alone.global_feats) and torch.equal(feats.local_feats, alone.local_feats)
+        for f in (feats, other):
+            assert torch.equal(f.global_feats, alone.global_feats) and torch.equal(f.local_feats, alone.local_feats)
     assert isinstance(out[4], VideoError) and len(out) == 5
     with pytest.raises(ConfigError, match="--encoder-batch"):
         CrossVideoBatcher(tiny, videos, 1.0, 25.0, batch=0)
