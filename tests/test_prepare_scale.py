@@ -264,8 +264,16 @@ def test_a_video_failing_mid_batch_is_listed_once_and_spoils_no_other(folder, st
     # Batches of 50, chunks of 13: v0's 75 frames fill a batch and half the next; v1's first two chunks
     # complete it (one frame left over), its third fails, and v2's frames fill the batch instead.
     monkeypatch.setattr(frame_batches, "FrameReader", FailingReader)
+    sizes, real_run = [], CrossVideoBatcher._run
+
+    def run_batch(self, pieces, videos):
+        sizes.append(sum(len(chunk) for _, chunk, _ in pieces))
+        return real_run(self, pieces, videos)
+
+    monkeypatch.setattr(CrossVideoBatcher, "_run", run_batch)
     out = tmp_path / "ds"
     prepare_here(folder, out, encoder_batch=50)
+    assert set(sizes[:-1]) == {50}  # v1's frames left the batch; the next video's filled it
     rows, shards, errors = content(out)
     assert sorted(errors) == ["broken.mp4", "silent.mp4", "v1.mp4"]
     assert "v1.mp4: cannot decode frames 26..38 (planted)" in (out / "errors.jsonl").read_text()
