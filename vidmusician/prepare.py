@@ -60,6 +60,7 @@ class PrepareReport:
     failed: list = field(default_factory=list)
     windows: int = 0
     seconds: dict = field(default_factory=dict)  # time spent per stage: audio, video (decode + encoder), codec, write
+    elapsed: float = 0.0  # wall seconds from the first pending source to the last, models loaded
 
 
 class Terminated(BaseException):
@@ -358,7 +359,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
         except VidMusicianError as exc:
             return exc, time.perf_counter() - t
 
-    seconds = report.seconds
+    seconds, start = report.seconds, time.perf_counter()
     bar = tqdm(pending, unit="video", desc="prepare", disable=not progress)
     features = video_features(enc, [s.video for s in pending], meta.global_fps, meta.local_fps, encoder_batch, across)
     # closing: a SIGTERM or an error stops the frame decoding thread too.
@@ -388,6 +389,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
             report.prepared += 1
             report.windows += len(windows)
             bar.set_postfix(windows=report.windows, errors=len(report.failed))
+    report.elapsed = time.perf_counter() - start
 
 
 if __name__ == "__main__":  # accelerate launch -m vidmusician.prepare SRC OUT ...: one worker

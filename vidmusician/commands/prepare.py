@@ -55,7 +55,8 @@ def run(args) -> int:
     print(f"{report.sources} sources: {report.already_done} already done, {report.prepared} prepared "
           f"({report.windows} windows), {len(report.failed)} failed")
     if report.seconds:  # where the time went: what to speed up (or to spread over more processes)
-        print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items()))
+        print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items())
+              + f" ({report.elapsed:.2f} from the first video to the last)")
     for failure in report.failed:
         print(f"  skipped {failure['error']}")
     if report.failed:
