@@ -1,22 +1,24 @@
 """Benchmark of `vidmusician prepare`: videos/s with per-video and cross-video encoder batches, one and two processes.
 
 Writes synthetic music videos (moving pattern, libx264; noise as music in a WAV
-beside each), then prepares them three times, side by side in one run: one
+beside each), then prepares them side by side in one run: in rounds, one
 process with the visual encoder's batches filled within each video
 (``--per-video-batches``, the former path, at its batch of 64 frames), one
 process with batches that span videos (the default), and two processes
 (``accelerate launch --multi_gpu --num_processes 2 -m vidmusician.prepare``, gloo
-on the CPU). It prints videos/s of each, by the wall clock (process start and
-model loading included) and by the time spent on the videos (the sum of the
-stages: no start, no loading), and the ratios; then the cross-video run's time
-per stage (audio decode, the wait for video decode + encoder, codec, shard
-writes) and, measured alone on the same videos, video decode and the visual
-encoder, as shares of that run's stage time.
+on the CPU). The one-process runs alternate which goes first, round by round,
+so that a change of load on a shared machine hits both. It prints videos/s of
+each, by the wall clock (process start and model loading included) and on the
+videos (from the first video to the last), the ratio of the two kinds per round,
+and the ratio of two processes to one; then the time per stage (audio decode,
+the wait for video decode + encoder, codec, shard writes) and, measured alone on
+the same videos, video decode and the visual encoder, as shares of the
+cross-video run's stage time.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/prepare.py                        # tiny models, 8 videos of 10 s
-    .venv/bin/python benchmarks/prepare.py --encoder ViT-B-32 --backbone random-small --videos 8 --seconds 4
+    .venv/bin/python benchmarks/prepare.py --encoder ViT-B-32 --backbone random-small --videos 6 --seconds 3
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import csv
 import importlib.util
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +87,7 @@ def main(argv=None) -> None:
     p.add_argument("--encoder", default="tiny", help="visual encoder spec (ViT-B-32: B/32 compute, random weights)")
     p.add_argument("--threads", type=int, default=1, help="threads per process (default 1: two processes, two cores)")
     p.add_argument("--encoder-batch", type=int, default=256, help="frames per batch across videos (default 256)")
+    p.add_argument("--rounds", type=int, default=2, help="one-process runs of each kind, alternating (default 2)")
     p.add_argument("--per-video-batch", type=int, default=64,
                    help="frames per batch within a video, the former path (default 64, its former batch)")
     args = p.parse_args(argv)
@@ -92,36 +96,48 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)  # the measurements alone run as each prepare process does
     bench = features_benchmark()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pairs = make_pairs(tmp, args.videos, args.seconds, bench.make_video)
         cli = [sys.executable, "-m", "vidmusician", "prepare"]
-        alone, alone_videos, alone_stages = run_prepare(cli, pairs, tmp / "alone", args, "--per-video-batches",
-                                          "--encoder-batch", str(args.per_video_batch))
-        one, one_videos, stages = run_prepare(cli, pairs, tmp / "one", args, "--encoder-batch", str(args.encoder_batch))
+        runs = {"per-video": [], "across": []}  # (wall, seconds on the videos, stages) per round
+        for r in range(args.rounds):  # alternating which goes first: a change of load hits both sides alike
+            for side in ("per-video", "across") if r % 2 == 0 else ("across", "per-video"):
+                extra = (["--per-video-batches", "--encoder-batch", str(args.per_video_batch)] if side == "per-video"
+                         else ["--encoder-batch", str(args.encoder_batch)])
+                runs[side].append(run_prepare(cli, pairs, tmp / f"{side}{r}", args, *extra))
         two, _, _ = run_prepare([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                              "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                              "--main_process_port", str(29600 + os.getpid() % 1000), "-m", "vidmusician.prepare"],
-                             pairs, tmp / "two", args, "--encoder-batch", str(args.encoder_batch))
+                                 "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                 "--main_process_port", str(29600 + os.getpid() % 1000), "-m", "vidmusician.prepare"],
+                                pairs, tmp / "two", args, "--encoder-batch", str(args.encoder_batch))
         decode = sum(bench.measure("decode", str(tmp / f"v{i}.mp4"), args.encoder, 64)["seconds"]
                      for i in range(args.videos))
         encode = sum(bench.measure("encode", str(tmp / f"v{i}.mp4"), args.encoder, 64)["seconds"]
                      for i in range(args.videos))
 
-    n, total, total_alone = args.videos, sum(stages.values()), sum(alone_stages.values())
+    n = args.videos
     print(f"{n} videos of {args.seconds:g} s, backbone {args.backbone}, encoder {args.encoder}, "
-          f"{args.threads} thread(s) per process, {os.cpu_count()} CPUs")
-    print(f"1 process, per-video batches of {args.per_video_batch}: {n / alone:.3f} videos/s ({alone:.1f} s wall), "
-          f"{n / alone_videos:.3f} on the videos ({alone_videos:.1f} s)")
-    print(f"1 process, batches of {args.encoder_batch} across videos: {n / one:.3f} videos/s ({one:.1f} s wall), "
-          f"{n / one_videos:.3f} on the videos ({one_videos:.1f} s)   ratio across/per-video: {alone / one:.2f} "
-          f"wall, {alone_videos / one_videos:.2f} on the videos")
-    print(f"2 processes, across videos: {n / two:.3f} videos/s ({two:.1f} s wall)   ratio 2/1: {one / two:.2f}")
-    print("1 process, per-video batches, seconds per stage: "
-          + ", ".join(f"{k} {v:.2f} ({v / total_alone:.0%})" for k, v in alone_stages.items()))
-    print("1 process, across videos, seconds per stage: " + ", ".join(f"{k} {v:.2f} ({v / total:.0%})" for k, v in stages.items()))
+          f"{args.threads} thread(s) per process, {os.cpu_count()} CPUs, load average {load} at the start")
+    for side, label in (("per-video", f"per-video batches of {args.per_video_batch}"),
+                        ("across", f"batches of {args.encoder_batch} across videos")):
+        print(f"1 process, {label}: " + ", ".join(f"{n / videos:.3f}" for _, videos, _ in runs[side])
+              + " videos/s on the videos (" + ", ".join(f"{n / wall:.3f}" for wall, _, _ in runs[side])
+              + " by the wall clock) in rounds " + ", ".join(str(r + 1) for r in range(args.rounds)))
+    ratios = [a[1] / b[1] for a, b in zip(runs["per-video"], runs["across"])]
+    print("ratio across/per-video, on the videos, per round: " + ", ".join(f"{x:.3f}" for x in ratios)
+          + f"   median {statistics.median(ratios):.3f}")
+    one, _, stages = runs["across"][-1]
+    print(f"2 processes, across videos: {n / two:.3f} videos/s ({two:.1f} s wall)   ratio 2/1 "
+          f"(1 process: its last round, by the wall clock): {one / two:.2f}")
+    for side in ("per-video", "across"):
+        st = runs[side][-1][2]
+        print(f"1 process, {side}, last round, seconds per stage: "
+              + ", ".join(f"{k} {v:.2f} ({v / sum(st.values()):.0%})" for k, v in st.items()))
+    total = sum(stages.values())
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"measured alone: video decode {decode:.2f} s ({decode / total:.0%}), "
-          f"visual encoder {encode:.2f} s ({encode / total:.0%}) of the stage time")
+          f"visual encoder {encode:.2f} s ({encode / total:.0%}) of the across run's stage time")
 
 
 if __name__ == "__main__":

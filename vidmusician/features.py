@@ -310,15 +310,7 @@ def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
     out: queue.Queue = queue.Queue(maxsize=_PREFETCH)
     stop = threading.Event()
     done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    put = stoppable_put(out, stop)
 
     def decode():
         try:
@@ -343,6 +335,24 @@ def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
     finally:
         stop.set()
         thread.join()
+
+
+def stoppable_put(out: queue.Queue, stop: threading.Event):
+    """``put(item) -> bool`` for a producer thread: waits for room in ``out``; False once ``stop`` is set.
+
+    The consumer sets ``stop`` when it quits early (an error, Ctrl-C), so a producer
+    blocked on a full queue does not wait forever.
+    """
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    return put
 
 
 def _cache_path(cache_dir, video: Path, encoder, global_fps: float, local_fps: float) -> Path:

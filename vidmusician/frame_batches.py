@@ -19,7 +19,7 @@ import torch
 
 from .encoders import VisualEncoder
 from .errors import ConfigError, VidMusicianError
-from .features import FeatureBuilder, VideoFeatures, extract_features
+from .features import FeatureBuilder, VideoFeatures, extract_features, stoppable_put
 from .video import FrameReader
 
 # Frames per encoder batch. ViT-B/32 sees 50 tokens a frame, so 256 frames make
@@ -96,18 +96,9 @@ class CrossVideoBatcher:
 
     def __iter__(self) -> Iterator[VideoFeatures | VidMusicianError]:
         items: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def put(item) -> bool:  # False once the consumer has gone (an error, a SIGTERM)
-            while not stop.is_set():
-                try:
-                    items.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        thread = threading.Thread(target=self._decode, args=(put,), name="vidmusician-decode", daemon=True)
+        stop = threading.Event()  # set when the consumer is gone (done, an error, a SIGTERM)
+        thread = threading.Thread(target=self._decode, args=(stoppable_put(items, stop),), name="vidmusician-decode",
+                                  daemon=True)
         thread.start()
         try:
             yield from self._encode(items.get)
