@@ -322,3 +322,17 @@ def test_cli_refuses_a_batch_of_no_frames(folder, tmp_path):
     proc = run(prepare_cmd(folder, tmp_path / "ds", "--encoder-batch", "0"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "vidmusician prepare: error: --encoder-batch 0: must be a positive number of frames (default 256)"
+
+
+def test_the_benchmarks_random_encodec_has_the_real_codecs_filters(monkeypatch):
+    """load_codec('random-encodec'): the 32 kHz EnCodec's filters (its k-means start, a minute on a CPU, skipped)."""
+    from audiocraft.models import builders
+
+    import vidmusician.backbones as backbones
+
+    monkeypatch.setattr(backbones, "_build_codec", lambda cfg, seed: builders.get_compression_model(cfg))
+    cm = backbones.load_codec("random-encodec", device="cpu")
+    assert (cm.sample_rate, cm.frame_rate, cm.num_codebooks, cm.cardinality) == (32000, 50, 4, 2048)
+    assert cm.encoder.dimension == 128 and cm.encoder.n_filters == 64 and cm.encoder.n_residual_layers == 1
+    assert [m.num_layers for m in cm.encoder.modules() if isinstance(m, torch.nn.LSTM)] == [2]  # SEANet's LSTM
+    assert round(sum(p.numel() for p in cm.parameters()) / 1e6, 1) == 56.9
