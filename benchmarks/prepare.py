@@ -86,7 +86,8 @@ def main(argv=None) -> None:
                         "architecture, random weights)")
     p.add_argument("--encoder", default="tiny", help="visual encoder spec (ViT-B-32: B/32 compute, random weights)")
     p.add_argument("--threads", type=int, default=1, help="threads per process (default 1: two processes, two cores)")
-    p.add_argument("--encoder-batch", type=int, default=256, help="frames per batch across videos (default 256)")
+    p.add_argument("--encoder-batch", type=int, default=64,
+                   help="frames per batch across videos (default 64, prepare's default on a CPU)")
     p.add_argument("--rounds", type=int, default=2, help="one-process runs of each kind, alternating (default 2)")
     p.add_argument("--per-video-batch", type=int, default=64,
                    help="frames per batch within a video, the former path (default 64, its former batch)")

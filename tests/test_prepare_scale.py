@@ -22,7 +22,7 @@ import vidmusician.frame_batches as frame_batches
 from vidmusician.dataset import INDEX_NAME, SHARD_DIR, PreparedDataset, dataset_rows, error_rows, read_jsonl, shard_name
 from vidmusician.errors import ConfigError, VideoError
 from vidmusician.features import extract_features, load_encoder
-from vidmusician.frame_batches import CrossVideoBatcher
+from vidmusician.frame_batches import CrossVideoBatcher, default_encoder_batch
 from vidmusician.prepare import merge_parts, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,9 +87,9 @@ def prepare_here(folder: Path, out: Path, **kwargs) -> None:
 
 @pytest.fixture(scope="module")
 def straight(folder, tmp_path_factory) -> Path:
-    """The dataset of one uninterrupted process (the default encoder batch: 256 frames, about three videos)."""
+    """The dataset of one uninterrupted process (batches of 256 frames, about three videos, as on a GPU)."""
     out = tmp_path_factory.mktemp("straight") / "ds"
-    prepare_here(folder, out)
+    prepare_here(folder, out, encoder_batch=256)
     return out
 
 
@@ -321,7 +321,9 @@ def test_batches_are_full_and_frames_held_stay_under_two_batches(folder, tiny, m
 def test_cli_refuses_a_batch_of_no_frames(folder, tmp_path):
     proc = run(prepare_cmd(folder, tmp_path / "ds", "--encoder-batch", "0"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "vidmusician prepare: error: --encoder-batch 0: must be a positive number of frames (default 256)"
+    assert proc.stderr.strip() == ("vidmusician prepare: error: --encoder-batch 0: must be a positive number of "
+                                   "frames (default 256 on a GPU, 64 on a CPU)")
+    assert [default_encoder_batch(d) for d in ("cpu", "cuda", torch.device("cuda:1"))] == [64, 256, 256]
 
 
 def test_the_benchmarks_random_encodec_has_the_real_codecs_filters(monkeypatch):

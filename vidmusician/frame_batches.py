@@ -22,24 +22,31 @@ from .errors import ConfigError, VidMusicianError
 from .features import FeatureBuilder, VideoFeatures, extract_features, stoppable_put
 from .video import FrameReader
 
-# Frames per encoder batch. ViT-B/32 sees 50 tokens a frame, so 256 frames make
-# 12,800-row matmuls, enough to fill a GPU; held as float32 input they take
-# 154 MB, and the decoded frames waiting behind them (three chunks of 64, uint8
-# at the encoder's size) about 40 MB more.
-DEFAULT_ENCODER_BATCH = 256
+# Frames per encoder batch on a GPU: ViT-B/32 sees 50 tokens a frame, so 256 frames
+# make 12,800-row matmuls, enough to fill one; held as float32 input they take
+# 154 MB, and the decoded frames waiting behind them (three chunks of 64, uint8 at
+# the encoder's size) about 40 MB more. On a CPU a larger batch buys nothing: 256
+# ran 7% slower than 64 there (benchmarks/prepare.py, README "Performance").
+GPU_ENCODER_BATCH, CPU_ENCODER_BATCH = 256, 64
+
+
+def default_encoder_batch(device) -> int:
+    """Frames per encoder batch on ``device`` when none is asked for."""
+    return GPU_ENCODER_BATCH if torch.device(device).type == "cuda" else CPU_ENCODER_BATCH
 
 
 def video_features(encoder: VisualEncoder, videos: list[Path], global_fps: float, local_fps: float,
-                   batch: int = DEFAULT_ENCODER_BATCH, across: bool = True
+                   batch: int | None = None, across: bool = True
                    ) -> Iterator[VideoFeatures | VidMusicianError]:
     """The features of each video, in order, or the error that stopped it.
 
     Args:
-        batch: Frames per encoder batch.
+        batch: Frames per encoder batch (None: :func:`default_encoder_batch`).
         across: Batches span videos (:class:`CrossVideoBatcher`). False: each video
             alone through :func:`~vidmusician.features.extract_features`, as before
             batches spanned videos (kept to measure the difference).
     """
+    batch = batch or default_encoder_batch(encoder.device)
     if across:
         yield from CrossVideoBatcher(encoder, videos, global_fps, local_fps, batch)
         return
@@ -76,7 +83,7 @@ class CrossVideoBatcher:
         encoder: The visual encoder.
         videos: Video files, in the order their features are wanted.
         global_fps, local_fps: Rates of the two feature grids.
-        batch: Frames per encoder batch.
+        batch: Frames per encoder batch (None: :func:`default_encoder_batch`).
 
     Yields:
         Per video, its :class:`~vidmusician.features.VideoFeatures`, or the
@@ -87,7 +94,8 @@ class CrossVideoBatcher:
     """
 
     def __init__(self, encoder: VisualEncoder, videos: list[Path], global_fps: float, local_fps: float,
-                 batch: int = DEFAULT_ENCODER_BATCH):
+                 batch: int | None = None):
+        batch = default_encoder_batch(encoder.device) if batch is None else batch
         if not (isinstance(batch, int) and batch >= 1):
             raise ConfigError(f"--encoder-batch must be a positive number of frames, got {batch}")
         self.encoder, self.videos, self.batch = encoder, list(videos), batch

@@ -32,7 +32,7 @@ from .errors import ConfigError, DataError, VidMusicianError
 from .audio_io import read_audio
 from .video import VIDEO_SUFFIXES, probe
 from .features import VideoFeatures
-from .frame_batches import DEFAULT_ENCODER_BATCH, video_features
+from .frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_features
 from .fileio import atomic_write
 
 # Windows start on whole seconds of the global feature grid, so a window's first
@@ -257,7 +257,7 @@ def keep_complete_sources(path: Path) -> None:
 def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
             window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
             local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True,
-            encoder_batch: int = DEFAULT_ENCODER_BATCH, per_video_batches: bool = False) -> PrepareReport:
+            encoder_batch: int | None = None, per_video_batches: bool = False) -> PrepareReport:
     """Prepares a training dataset in ``out`` (see the module docstring).
 
     Under ``accelerate launch`` / torchrun, each process prepares its share of the
@@ -275,7 +275,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
         retry_errors: try again the sources listed in ``errors.jsonl``.
         device: where the codec and encoder run (default: this process's GPU when there is one).
         progress: show a progress bar.
-        encoder_batch: frames per visual encoder batch; batches span videos, so short videos fill them too.
+        encoder_batch: frames per visual encoder batch (None: 256 on a GPU, 64 on a CPU); batches span
+            videos, so short videos fill them too.
         per_video_batches: encode each video's frames in batches of their own, as before batches
             spanned videos (for comparison; the features are the same).
 
@@ -284,9 +285,9 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     """
     if not (window > 0 and hop > 0 and 0 <= holdout < 1):
         raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
-    if not (isinstance(encoder_batch, int) and encoder_batch >= 1):
+    if encoder_batch is not None and not (isinstance(encoder_batch, int) and encoder_batch >= 1):
         raise ConfigError(f"--encoder-batch {encoder_batch}: must be a positive number of frames "
-                          f"(default {DEFAULT_ENCODER_BATCH})")
+                          f"(default {GPU_ENCODER_BATCH} on a GPU, {CPU_ENCODER_BATCH} on a CPU)")
     if abs(hop * global_fps - round(hop * global_fps)) > 1e-6:
         raise ConfigError(f"--hop {hop} must be a whole number of global frames (1/{global_fps:g} s)")
     out = Path(out)
@@ -331,7 +332,7 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
 
 
 def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file: Path, held: set, report,
-                     asked: dict, device, progress: bool, encoder_batch: int, across: bool) -> None:
+                     asked: dict, device, progress: bool, encoder_batch: int | None, across: bool) -> None:
     """Prepares and commits each pending source in turn.
 
     The next source's audio decodes in a thread meanwhile, and the next videos' frames

@@ -12,7 +12,7 @@ HELP = "prepare a training dataset: codec codes and visual features of (video, m
 
 
 def add_arguments(parser):
-    from ..frame_batches import DEFAULT_ENCODER_BATCH
+    from ..frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH
 
     parser.add_argument("src", metavar="SRC",
                         help="a folder of music videos (their audio track is the music), or a CSV/JSONL "
@@ -29,8 +29,9 @@ def add_arguments(parser):
     parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the local features (default 25)")
     parser.add_argument("--retry-errors", action="store_true", help="try again the files listed in OUT/errors.jsonl")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--encoder-batch", type=int, default=DEFAULT_ENCODER_BATCH, metavar="N",
-                        help=f"frames per visual encoder batch, filled across videos (default {DEFAULT_ENCODER_BATCH})")
+    parser.add_argument("--encoder-batch", type=int, default=None, metavar="N",
+                        help=f"frames per visual encoder batch, filled across videos (default {GPU_ENCODER_BATCH} "
+                             f"on a GPU, {CPU_ENCODER_BATCH} on a CPU)")
     parser.add_argument("--per-video-batches", action="store_true",
                         help="encode each video's frames in batches of their own (slower on short videos; "
                              "to compare, the dataset is the same)")
