@@ -113,6 +113,7 @@ def test_two_processes_give_the_dataset_of_one(folder, straight, tmp_path):
 KILLER = """
 import os, random, signal, sys
 import vidmusician.dataset as dataset
+import vidmusician.frame_batches as frame_batches
 import vidmusician.prepare as prepare
 
 rng = random.Random(int(os.environ["KILL_SEED"]))
@@ -169,7 +170,7 @@ def append(path, rows):  # during the index append: some lines, the last one tor
 class LoggedBuilder(frame_batches.FeatureBuilder):  # every video that reaches the visual encoder: work too
     def __init__(self, reader, *rest):
         with open(os.environ["WORK_LOG"], "a") as f:
-            f.write(reader.path.name + "\n")
+            f.write(reader.path.name + "\\n")
         super().__init__(reader, *rest)
 
 wrap(prepare, "process_source", before=log_work)
