@@ -18,8 +18,13 @@ import pytest
 import torch
 from media import flash_video
 
-from vidmusician.training.dataset import INDEX_NAME, SHARD_DIR, PreparedDataset, dataset_rows, error_rows, read_jsonl
+import vidmusician.video.frame_batches as frame_batches
+from vidmusician.errors import ConfigError, VideoError
+from vidmusician.training.dataset import (INDEX_NAME, SHARD_DIR, PreparedDataset, dataset_rows, error_rows, read_jsonl,
+                                          shard_name)
 from vidmusician.training.prepare import merge_parts, prepare
+from vidmusician.video.features import extract_features, load_encoder
+from vidmusician.video.frame_batches import CrossVideoBatcher, default_encoder_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--backbone", "tiny", "--encoder", "tiny", "--window", "2", "--hop", "1", "--holdout", "0.3",
@@ -70,17 +75,22 @@ def folder(tmp_path_factory) -> Path:
     return src
 
 
-@pytest.fixture(scope="module")
-def straight(folder, tmp_path_factory) -> Path:
-    """The dataset of one uninterrupted process."""
-    out = tmp_path_factory.mktemp("straight") / "ds"
+def prepare_here(folder: Path, out: Path, **kwargs) -> None:
+    """``prepare`` in this process, on one thread as the subprocesses run (OMP_NUM_THREADS=1): the same bytes."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocesses run (OMP_NUM_THREADS=1): the same bytes
+    torch.set_num_threads(1)
     try:
         prepare(folder, out, backbone="tiny", encoder="tiny", window=2, hop=1, holdout=0.3, device="cpu",
-                progress=False)
+                progress=False, **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def straight(folder, tmp_path_factory) -> Path:
+    """The dataset of one uninterrupted process (batches of 256 frames, about three videos, as on a GPU)."""
+    out = tmp_path_factory.mktemp("straight") / "ds"
+    prepare_here(folder, out, encoder_batch=256)
     return out
 
 
@@ -105,6 +115,7 @@ KILLER = """
 import os, random, signal, sys
 import vidmusician.training.dataset as dataset
 import vidmusician.training.prepare as prepare
+import vidmusician.video.frame_batches as frame_batches
 
 rng = random.Random(int(os.environ["KILL_SEED"]))
 kill_in, kill_at = os.environ["KILL_IN"], int(os.environ["KILL_AT"])
@@ -157,7 +168,14 @@ def append(path, rows):  # during the index append: some lines, the last one tor
         die()
     real_append(path, rows)
 
+class LoggedBuilder(frame_batches.FeatureBuilder):  # every video that reaches the visual encoder: work too
+    def __init__(self, reader, *rest):
+        with open(os.environ["WORK_LOG"], "a") as f:
+            f.write(reader.path.name + "\\n")
+        super().__init__(reader, *rest)
+
 wrap(prepare, "process_source", before=log_work)
+frame_batches.FeatureBuilder = LoggedBuilder
 wrap(prepare, "encode_windows", after=encoding)
 dataset.atomic_write = atomic_write
 dataset.append_jsonl = append
@@ -225,3 +243,100 @@ def test_a_merge_cut_short_reads_the_same_and_a_rerun_completes_it(straight, fol
     assert len(PreparedDataset(out, "train")) + len(PreparedDataset(out, "holdout")) == len(lines)
     ok(run(prepare_cmd(folder, out)))  # nothing to redo; folds the leftover part in
     assert content(out) == expected and not list(out.glob("*.part-*"))
+
+
+def test_encoder_batches_across_videos_give_the_features_of_one_video_at_a_time(folder, straight, tmp_path):
+    """Batches of 3 frames, of 256 (``straight``: each spans videos) and batches within each video alone (the former
+    path, ``extract_features`` per video) give the same shard bytes."""
+    prepare_here(folder, tmp_path / "three", encoder_batch=3)
+    prepare_here(folder, tmp_path / "alone", per_video_batches=True, encoder_batch=64)
+    assert content(tmp_path / "three") == content(straight) == content(tmp_path / "alone")
+
+
+class FailingReader(frame_batches.FrameReader):
+    """v1.mp4 opens, and its third chunk of frames cannot be decoded."""
+
+    def read(self, indices):
+        if self.path.name == "v1.mp4" and indices[0] >= 26:
+            raise VideoError(f"{self.path}: cannot decode frames {indices[0]}..{indices[-1]} (planted)")
+        return super().read(indices)
+
+
+def test_a_video_failing_mid_batch_is_listed_once_and_spoils_no_other(folder, straight, tmp_path, monkeypatch):
+    # Batches of 50, chunks of 13: v0's 75 frames fill a batch and half the next; v1's first two chunks
+    # complete it (one frame left over), its third fails, and v2's frames fill the batch instead.
+    monkeypatch.setattr(frame_batches, "FrameReader", FailingReader)
+    sizes, real_run = [], CrossVideoBatcher._run
+
+    def run_batch(self, pieces, videos):
+        sizes.append(sum(len(chunk) for _, chunk, _ in pieces))
+        return real_run(self, pieces, videos)
+
+    monkeypatch.setattr(CrossVideoBatcher, "_run", run_batch)
+    out = tmp_path / "ds"
+    prepare_here(folder, out, encoder_batch=50)
+    assert set(sizes[:-1]) == {50}  # v1's frames left the batch; the next video's filled it
+    rows, shards, errors = content(out)
+    assert sorted(errors) == ["broken.mp4", "silent.mp4", "v1.mp4"]
+    assert "v1.mp4: cannot decode frames 26..38 (planted)" in (out / "errors.jsonl").read_text()
+    expected = dict(content(straight)[1])
+    del expected[shard_name("v1.mp4")]
+    assert shards == expected
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_encoder("tiny", device="cpu")
+
+
+def test_batches_are_full_and_frames_held_stay_under_two_batches(folder, tiny, monkeypatch):
+    videos = [folder / f"v{i}.mp4" for i in range(4)] + [folder / "broken.mp4"]
+    decoded, sizes = [0], []
+    real_read, real_embed = frame_batches.FrameReader.read, tiny.embed
+
+    def read(self, indices):
+        decoded[0] += len(indices)
+        return real_read(self, indices)
+
+    def embed(images):  # frames decoded and not yet encoded when a batch runs: this batch and those behind it
+        assert decoded[0] - sum(sizes) < 2 * 20
+        sizes.append(len(images))
+        return real_embed(images)
+
+    monkeypatch.setattr(frame_batches.FrameReader, "read", read)
+    monkeypatch.setattr(tiny, "embed", embed)
+    out = list(CrossVideoBatcher(tiny, videos, 1.0, 25.0, batch=20))
+    monkeypatch.undo()
+    total = sum(len(f.local_feats) for f in out[:4])  # at 25 frames/s every global frame is a local one
+    assert sizes == [20] * (total // 20) + ([total % 20] if total % 20 else [])
+    # Batches of 3 take other matmul kernels than the batches of 64 of extract_features: still the same bits.
+    small = list(CrossVideoBatcher(tiny, videos[:4], 1.0, 25.0, batch=3))
+    for video, feats, other in zip(videos, out, small):
+        alone = extract_features(video, tiny)
+        for f in (feats, other):
+            assert torch.equal(f.global_feats, alone.global_feats) and torch.equal(f.local_feats, alone.local_feats)
+    assert isinstance(out[4], VideoError) and len(out) == 5
+    with pytest.raises(ConfigError, match="--encoder-batch"):
+        CrossVideoBatcher(tiny, videos, 1.0, 25.0, batch=0)
+
+
+def test_cli_refuses_a_batch_of_no_frames(folder, tmp_path):
+    proc = run(prepare_cmd(folder, tmp_path / "ds", "--encoder-batch", "0"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("vidmusician prepare: error: --encoder-batch 0: must be a positive number of "
+                                   "frames (default 256 on a GPU, 64 on a CPU)")
+    assert [default_encoder_batch(d) for d in ("cpu", "cuda", torch.device("cuda:1"))] == [64, 256, 256]
+
+
+def test_the_benchmarks_random_encodec_has_the_real_codecs_filters(monkeypatch):
+    """load_codec('random-encodec'): the 32 kHz EnCodec's filters (its k-means start, a minute on a CPU, skipped)."""
+    from audiocraft.models import builders
+
+    import vidmusician.backbones as backbones
+
+    monkeypatch.setattr(backbones, "_build_codec", lambda cfg, seed: builders.get_compression_model(cfg))
+    cm = backbones.load_codec("random-encodec", device="cpu")
+    assert (cm.sample_rate, cm.frame_rate, cm.num_codebooks, cm.cardinality) == (32000, 50, 4, 2048)
+    assert cm.encoder.dimension == 128 and cm.encoder.n_filters == 64 and cm.encoder.n_residual_layers == 1
+    assert [m.num_layers for m in cm.encoder.modules() if isinstance(m, torch.nn.LSTM)] == [2]  # SEANet's LSTM
+    assert round(sum(p.numel() for p in cm.parameters()) / 1e6, 1) == 56.9

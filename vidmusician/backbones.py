@@ -23,7 +23,7 @@ import torch
 from . import random_backbones
 from .errors import BackboneError, one_line
 from .learned_base import learned_musicgen, music_codec
-from .random_backbones import ARCHITECTURES, RANDOM_CODEC, TINY_CODEC, codec_config
+from .random_backbones import ARCHITECTURES, ENCODEC_32KHZ_SEANET, RANDOM_CODEC, TINY_CODEC, codec_config
 from .runtime import default_device
 
 HUB_NAMES = {f"facebook/musicgen-{size}": size for size in ARCHITECTURES}
@@ -103,7 +103,8 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     ``compression_state_dict.bin`` for that config (a codec alone could not tell a stereo
     model's wrapping). The codec of 'tiny', 'tiny-t5' and 'random-*' is the one
     :func:`tiny_musicgen` / :func:`random_musicgen` build; that of 'tiny-learned' is
-    :func:`vidmusician.learned_base.music_codec`, whose decoded audio follows its codes.
+    :func:`vidmusician.learned_base.music_codec`, whose decoded audio follows its codes;
+    'random-encodec' (a codec alone, no backbone) has the filters of the real 32 kHz EnCodec, random weights.
     """
     from audiocraft.models import builders, loaders
 
@@ -112,6 +113,9 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
         return music_codec(device)
     if name in ("tiny", "tiny-t5"):
         return random_backbones.build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
+    if name == "random-encodec":
+        return random_backbones.build_codec(codec_config(**RANDOM_CODEC, device=device, seanet=ENCODEC_32KHZ_SEANET),
+                                            seed=0)
     if name.startswith("random-"):
         random_backbones.architecture(name.removeprefix("random-"))  # the codec is the same for every size
         return random_backbones.build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)

@@ -49,8 +49,9 @@ def lm_config(dim: int, num_heads: int, num_layers: int, n_q: int = 4, card: int
     })
 
 
-def codec_config(frame_rate: int, bins: int, n_q: int = 4, sample_rate: int = 32000, device: str = "cpu"):
-    """A small EnCodec config in audiocraft's layout: the real codec's interface, few filters."""
+def codec_config(frame_rate: int, bins: int, n_q: int = 4, sample_rate: int = 32000, device: str = "cpu",
+                 seanet: dict | None = None):
+    """A small EnCodec config in audiocraft's layout: the real codec's interface, few filters (``seanet``: others)."""
     from omegaconf import OmegaConf
 
     ratios = {25: [10, 8, 16], 50: [8, 5, 4, 4]}[frame_rate]  # hop = sample_rate / frame_rate at 32 kHz
@@ -58,7 +59,7 @@ def codec_config(frame_rate: int, bins: int, n_q: int = 4, sample_rate: int = 32
         "compression_model": "encodec", "device": device,
         "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": sample_rate, "channels": 1},
         "seanet": {"dimension": 32, "n_filters": 4, "n_residual_layers": 1, "ratios": ratios,
-                   "encoder": {}, "decoder": {}},
+                   "encoder": {}, "decoder": {}, **(seanet or {})},
         # One k-means pass initializes the random codebooks (see build_codec); more
         # cost seconds per build and buy nothing for random weights.
         "rvq": {"n_q": n_q, "bins": bins, "kmeans_iters": 1},
@@ -99,6 +100,9 @@ def build_codec(codec_cfg, seed: int):
 # Codec frame rate and codebook size of the tiny and random backbones.
 TINY_CODEC = dict(frame_rate=25, bins=400)
 RANDOM_CODEC = dict(frame_rate=50, bins=2048)
+# The filters of MusicGen's 32 kHz EnCodec: load_codec('random-encodec') builds it with
+# random weights, for benchmarks of the time a real codec takes.
+ENCODEC_32KHZ_SEANET = dict(dimension=128, n_filters=64, n_residual_layers=1, lstm=2)
 
 
 def tiny_musicgen(dim: int = 32, num_heads: int = 4, num_layers: int = 4, seed: int = 0, device="cpu",

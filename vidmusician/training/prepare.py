@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,8 @@ from ..backbones import load_codec
 from ..errors import ConfigError, DataError, VidMusicianError
 from ..fileio import atomic_write
 from ..video.encoders import DEFAULT_ENCODER
-from ..video.features import VideoFeatures, extract_features, load_encoder
+from ..video.features import VideoFeatures, load_encoder
+from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_features
 from ..video.reader import FRAME_TOLERANCE, VIDEO_SUFFIXES, frames_covering, probe, whole_frames
 from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, DatasetMeta,
                       append_jsonl, commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files,
@@ -59,6 +60,7 @@ class PrepareReport:
     failed: list = field(default_factory=list)
     windows: int = 0
     seconds: dict = field(default_factory=dict)  # time spent per stage: audio, video (decode + encoder), codec, write
+    elapsed: float = 0.0  # wall seconds from the first pending source to the last, models loaded
 
 
 class Terminated(BaseException):
@@ -147,19 +149,16 @@ def load_audio(source: Source, meta: DatasetMeta) -> torch.Tensor:
                       align_to_video=source.audio is None)
 
 
-def process_source(source: Source, cm, encoder, meta: DatasetMeta, wav: torch.Tensor | None = None,
+def process_source(source: Source, cm, meta: DatasetMeta, feats: VideoFeatures, wav: torch.Tensor,
                    seconds: dict | None = None) -> list[tuple[float, torch.Tensor, VideoFeatures]]:
     """All windows of one source: ``(start, codes [K, T], window features)``.
 
     Args:
-        wav: the source's music if already loaded (:func:`load_audio`).
-        seconds: adds the time of each stage ("video": decode + encoder, "codec") to this dict.
+        feats: the source's visual features.
+        wav: its music (:func:`load_audio`).
+        seconds: adds the codec's time ("codec") to this dict.
     """
     seconds = {} if seconds is None else seconds
-    wav = load_audio(source, meta) if wav is None else wav
-    t = time.perf_counter()
-    feats = extract_features(source.video, encoder, meta.global_fps, meta.local_fps)
-    seconds["video"] = seconds.get("video", 0.0) + time.perf_counter() - t
     duration = min(feats.duration, wav.shape[-1] / meta.sample_rate)
     duration = whole_frames(duration, meta.frame_rate) / meta.frame_rate
     if duration < MIN_SECONDS:
@@ -257,7 +256,8 @@ def keep_complete_sources(path: Path) -> None:
 
 def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
             window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
-            local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True) -> PrepareReport:
+            local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True,
+            encoder_batch: int | None = None, per_video_batches: bool = False) -> PrepareReport:
     """Prepares a training dataset in ``out`` (see the module docstring).
 
     Under ``accelerate launch`` / torchrun, each process prepares its share of the
@@ -275,12 +275,19 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
         retry_errors: try again the sources listed in ``errors.jsonl``.
         device: where the codec and encoder run (default: this process's GPU when there is one).
         progress: show a progress bar.
+        encoder_batch: frames per visual encoder batch (None: 256 on a GPU, 64 on a CPU); batches span
+            videos, so short videos fill them too.
+        per_video_batches: encode each video's frames in batches of their own, as before batches
+            spanned videos (for comparison; the features are the same).
 
     Raises:
         Terminated: on SIGTERM; every source finished before it is kept.
     """
     if not (window > 0 and hop > 0 and 0 <= holdout < 1):
         raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
+    if encoder_batch is not None and not (isinstance(encoder_batch, int) and encoder_batch >= 1):
+        raise ConfigError(f"--encoder-batch {encoder_batch}: must be a positive number of frames "
+                          f"(default {GPU_ENCODER_BATCH} on a GPU, {CPU_ENCODER_BATCH} on a CPU)")
     if abs(hop * global_fps - round(hop * global_fps)) > FRAME_TOLERANCE:
         raise ConfigError(f"--hop {hop} must be a whole number of global frames (1/{global_fps:g} s)")
     out = Path(out)
@@ -315,7 +322,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     if pending:
         with stop_on_sigterm():
             _prepare_sources(pending, out, index, errors_file, held, report, asked,
-                             device if device is not None else procs.device, progress and procs.rank == 0)
+                             device if device is not None else procs.device, progress and procs.rank == 0,
+                             encoder_batch, not per_video_batches)
     procs.barrier()
     if procs.rank == 0:
         merge_parts(out)
@@ -324,8 +332,12 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
 
 
 def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file: Path, held: set, report,
-                     asked: dict, device, progress: bool) -> None:
-    """Prepares and commits each pending source in turn, the next one's audio decoding meanwhile."""
+                     asked: dict, device, progress: bool, encoder_batch: int | None, across: bool) -> None:
+    """Prepares and commits each pending source in turn.
+
+    The next source's audio decodes in a thread meanwhile, and the next videos' frames
+    in another (:func:`~vidmusician.video.frame_batches.video_features`).
+    """
     from tqdm.auto import tqdm
 
 
@@ -346,20 +358,25 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
         except VidMusicianError as exc:
             return exc, time.perf_counter() - t
 
-    seconds = report.seconds
+    seconds, start = report.seconds, time.perf_counter()
     bar = tqdm(pending, unit="video", desc="prepare", disable=not progress)
-    # One source's audio decodes in a thread while the previous one goes through the encoders.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidmusician-audio") as pool:
+    features = video_features(enc, [s.video for s in pending], meta.global_fps, meta.local_fps, encoder_batch, across)
+    # closing: a SIGTERM or an error stops the frame decoding thread too.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidmusician-audio") as pool, closing(features):
         ahead = pool.submit(load, pending[0])
         for n, source in enumerate(bar):
             wav, took = ahead.result()
             seconds["audio"] = seconds.get("audio", 0.0) + took
             if n + 1 < len(pending):
                 ahead = pool.submit(load, pending[n + 1])
+            t = time.perf_counter()
+            feats = next(features)  # video decode and encoder: the time this process waits for them
+            seconds["video"] = seconds.get("video", 0.0) + time.perf_counter() - t
             try:
-                if isinstance(wav, VidMusicianError):
-                    raise wav
-                windows = process_source(source, cm, enc, meta, wav=wav, seconds=seconds)
+                for failed in (wav, feats):  # the audio's error first: it checks that the file is a video
+                    if isinstance(failed, VidMusicianError):
+                        raise failed
+                windows = process_source(source, cm, meta, feats, wav, seconds=seconds)
             except VidMusicianError as exc:
                 report.failed.append({"source": source.id, "error": str(exc)})
                 append_jsonl(errors_file, [report.failed[-1]])
@@ -371,6 +388,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
             report.prepared += 1
             report.windows += len(windows)
             bar.set_postfix(windows=report.windows, errors=len(report.failed))
+    report.elapsed = time.perf_counter() - start
 
 
 if __name__ == "__main__":  # accelerate launch -m vidmusician.training.prepare SRC OUT ...: one worker

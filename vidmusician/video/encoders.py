@@ -38,6 +38,10 @@ from ..runtime import default_device, seeded
 from .encoder_specs import (ACTIVATION_NAMES, DEFAULT_ENCODER, GELU, QUICK_GELU, TINY_CONFIG, TINY_MODEL_NAME,
                             TINY_SEED, TINY_SPEC, EncoderPlan, resolve_encoder)
 
+# Rows of every projection matmul in :meth:`VisualEncoder.embed`: a batch's embeddings
+# are computed in blocks of this many, the last one padded.
+_PROJ_ROWS = 64
+
 __all__ = ["DEFAULT_ENCODER", "VisualEncoder", "encoder_fingerprint", "load_encoder", "TINY_CONFIG", "TINY_MODEL_NAME"]
 
 
@@ -79,6 +83,9 @@ class VisualEncoder:
         self.model = visual.to(self.device).eval().requires_grad_(False)
         # An instance attribute, read by VisionTransformer.forward: also return tokens.
         self.model.output_tokens = True
+        # The projection runs in :meth:`embed`, in fixed-shape blocks (see there);
+        # open_clip's forward skips it when ``proj`` is None (as its layer pruning does).
+        self._proj, self.model.proj = self.model.proj, None
         cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
         cfg.setdefault("size", visual.image_size)
         self.preprocess_cfg = PreprocessCfg(**cfg)
@@ -152,8 +159,30 @@ class VisualEncoder:
             ``[N, num_patches, token_dim]`` patch tokens after the final layer norm;
             float32, on the encoder's device.
         """
+        return self.embed(self.preprocess(frames))
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeds a batch of preprocessed images (:meth:`preprocess`; frames of several sizes, preprocessed apart, may be concatenated).
+
+        On the CPU a frame's results do not depend on the batch it came in (its
+        size, its other frames), so batches may span videos; on a GPU the kernels
+        chosen by shape may change the last bits.
+
+        Args:
+            images: ``[N, 3, h, w]`` float32 normalized images, ``(h, w) = image_size``.
+
+        Returns:
+            ``(embeddings, tokens)`` as :meth:`encode` returns them.
+        """
         with torch.inference_mode(), self._autocast():
-            pooled, tokens = self.model(self.preprocess(frames))
+            pooled, tokens = self.model(images)
+            if self._proj is not None:
+                # A GEMM's rows come out of kernels picked by its shape: a few rows take
+                # another path than many. Every block has the same shape, padded with
+                # zero rows, so an embedding does not depend on the batch it came in.
+                pad = torch.nn.functional.pad
+                pooled = torch.cat([(pad(b, (0, 0, 0, _PROJ_ROWS - len(b))) @ self._proj)[:len(b)]
+                                    for b in pooled.split(_PROJ_ROWS)])
         return pooled.float(), tokens.float()
 
     def _autocast(self):

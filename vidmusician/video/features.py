@@ -180,44 +180,86 @@ def extract_features(
     return feats
 
 
+class FeatureBuilder:
+    """Assembles one video's :class:`VideoFeatures` from its encoded frames, given in decode order.
+
+    :attr:`frames` lists the distinct source frames to encode, sorted. Encode them
+    in consecutive pieces of any sizes (alone or in batches with other videos'
+    frames) and hand each piece's results to :meth:`add`, in order.
+
+    Args:
+        reader: The video, opened at the encoder's :meth:`~VisualEncoder.resize_size`.
+        encoder: The encoder whose results :meth:`add` receives.
+        global_fps, local_fps: Rates of the two grids.
+    """
+
+    def __init__(self, reader: FrameReader, encoder: VisualEncoder, global_fps: float, local_fps: float):
+        self.reader, self.encoder = reader, encoder
+        self.global_fps, self.local_fps = float(global_fps), float(local_fps)
+        duration = reader.info.duration
+        self._idx_g = reader.indices_at(sample_times(duration, global_fps))
+        self._idx_l = reader.indices_at(sample_times(duration, local_fps))
+        self.frames = np.union1d(self._idx_g, self._idx_l)  # sorted distinct source frames: decode order
+        self._global = torch.empty(len(self._idx_g), encoder.global_dim)
+        self._local = torch.empty(len(self._idx_l), encoder.num_patches)
+        self._prev = None  # unit patch tokens of the previous local sample, across pieces
+        self._added = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every frame's results were added."""
+        return self._added == len(self.frames)
+
+    def add(self, chunk: np.ndarray, emb: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Takes the encoder's results for the next piece of :attr:`frames`.
+
+        Args:
+            chunk: The piece: ``frames[k:k + n]`` for the ``k`` frames already added.
+            emb, tokens: :meth:`VisualEncoder.embed`'s results for those frames.
+        """
+        assert np.array_equal(chunk, self.frames[self._added:self._added + len(chunk)]), "pieces out of order"
+        idx_g, idx_l = self._idx_g, self._idx_l
+        # Both grids are non-decreasing in source index, so each piece serves a
+        # contiguous run of rows of each.
+        g0 = np.searchsorted(idx_g, chunk[0], side="left")
+        g1 = np.searchsorted(idx_g, chunk[-1], side="right")
+        if g1 > g0:
+            rows = torch.from_numpy(np.searchsorted(chunk, idx_g[g0:g1]))
+            self._global[g0:g1] = emb[rows.to(emb.device)].cpu()
+        l0 = np.searchsorted(idx_l, chunk[0], side="left")
+        l1 = np.searchsorted(idx_l, chunk[-1], side="right")
+        if l1 > l0:
+            rows = torch.from_numpy(np.searchsorted(chunk, idx_l[l0:l1])).to(tokens.device)
+            cur = torch.nn.functional.normalize(tokens[rows], dim=-1)  # [n, P, W] unit tokens
+            before = torch.cat([cur[:1] if self._prev is None else self._prev[None], cur[:-1]])
+            change = 1.0 - (cur * before).sum(-1)
+            if self._prev is None:
+                change[0] = 1.0  # d_0 = 1: everything in the first frame is new
+            self._local[l0:l1] = change.clamp_(0.0, 2.0).cpu()
+            self._prev = cur[-1]
+        self._added += len(chunk)
+
+    def result(self) -> VideoFeatures:
+        """The video's features, once every frame was added."""
+        assert self.complete, f"{self._added} of {len(self.frames)} frames added"
+        return VideoFeatures(self._global, self._local, self.global_fps, self.local_fps, self.reader.info.duration,
+                             self.encoder.name, self.encoder.activation)
+
+
 def _compute(
     reader: FrameReader, encoder: VisualEncoder, global_fps: float, local_fps: float, batch_size: int, progress: bool
 ) -> VideoFeatures:
     from tqdm.auto import tqdm
 
-    duration = reader.info.duration
-    idx_g = reader.indices_at(sample_times(duration, global_fps))
-    idx_l = reader.indices_at(sample_times(duration, local_fps))
-    frames = np.union1d(idx_g, idx_l)  # sorted distinct source frames: decode order
+    builder = FeatureBuilder(reader, encoder, global_fps, local_fps)
+    frames = builder.frames
     chunks = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
-
-    global_feats = torch.empty(len(idx_g), encoder.global_dim)
-    local_feats = torch.empty(len(idx_l), encoder.num_patches)
-    prev = None  # unit patch tokens of the previous local sample, across chunks
     bar = tqdm(total=len(frames), unit="frame", desc=reader.path.name, disable=not progress, delay=1.0)
     with bar:
         for chunk, batch in _prefetch(reader, chunks, pin=encoder.device.type == "cuda"):
-            emb, tokens = encoder.encode(batch)
-            # Both grids are non-decreasing in source index, so each chunk serves a
-            # contiguous run of rows of each.
-            g0 = np.searchsorted(idx_g, chunk[0], side="left")
-            g1 = np.searchsorted(idx_g, chunk[-1], side="right")
-            if g1 > g0:
-                rows = torch.from_numpy(np.searchsorted(chunk, idx_g[g0:g1]))
-                global_feats[g0:g1] = emb[rows.to(emb.device)].cpu()
-            l0 = np.searchsorted(idx_l, chunk[0], side="left")
-            l1 = np.searchsorted(idx_l, chunk[-1], side="right")
-            if l1 > l0:
-                rows = torch.from_numpy(np.searchsorted(chunk, idx_l[l0:l1])).to(tokens.device)
-                cur = torch.nn.functional.normalize(tokens[rows], dim=-1)  # [n, P, W] unit tokens
-                before = torch.cat([cur[:1] if prev is None else prev[None], cur[:-1]])
-                change = 1.0 - (cur * before).sum(-1)
-                if prev is None:
-                    change[0] = 1.0  # d_0 = 1: everything in the first frame is new
-                local_feats[l0:l1] = change.clamp_(0.0, 2.0).cpu()
-                prev = cur[-1]
+            builder.add(chunk, *encoder.encode(batch))
             bar.update(len(chunk))
-    return VideoFeatures(global_feats, local_feats, global_fps, local_fps, duration, encoder.name, encoder.activation)
+    return builder.result()
 
 
 def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
@@ -231,15 +273,7 @@ def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
     out: queue.Queue = queue.Queue(maxsize=_PREFETCH)
     stop = threading.Event()
     done = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    put = stoppable_put(out, stop)
 
     def decode():
         try:
@@ -264,6 +298,24 @@ def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
     finally:
         stop.set()
         thread.join()
+
+
+def stoppable_put(out: queue.Queue, stop: threading.Event):
+    """``put(item) -> bool`` for a producer thread: waits for room in ``out``; False once ``stop`` is set.
+
+    The consumer sets ``stop`` when it quits early (an error, Ctrl-C), so a producer
+    blocked on a full queue does not wait forever.
+    """
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    return put
 
 
 def _cache_path(cache_dir, video: Path, encoder, global_fps: float, local_fps: float) -> Path:

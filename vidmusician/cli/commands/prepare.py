@@ -14,6 +14,8 @@ HELP = "prepare a training dataset: codec codes and visual features of (video, m
 
 
 def add_arguments(parser):
+    from ...video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH  # torch: loaded when the parser is built
+
     parser.add_argument("src", metavar="SRC",
                         help="a folder of music videos (their audio track is the music), or a CSV/JSONL "
                              "with columns video, audio (optional), text (optional)")
@@ -29,6 +31,12 @@ def add_arguments(parser):
     parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the local features (default 25)")
     parser.add_argument("--retry-errors", action="store_true", help="try again the files listed in OUT/errors.jsonl")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--encoder-batch", type=int, default=None, metavar="N",
+                        help=f"frames per visual encoder batch, filled across videos (default {GPU_ENCODER_BATCH} "
+                             f"on a GPU, {CPU_ENCODER_BATCH} on a CPU)")
+    parser.add_argument("--per-video-batches", action="store_true",
+                        help="encode each video's frames in batches of their own (slower on short videos; "
+                             "to compare, the dataset is the same)")
 
 
 def run(args) -> int:
@@ -40,7 +48,8 @@ def run(args) -> int:
         with one_line_warnings("prepare"):
             report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
                              hop=args.hop, holdout=args.holdout, global_fps=args.global_fps,
-                             local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device)
+                             local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device,
+                             encoder_batch=args.encoder_batch, per_video_batches=args.per_video_batches)
     except Terminated:
         print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {args.out}: "
               f"run the same command again to continue", file=sys.stderr)
@@ -48,7 +57,8 @@ def run(args) -> int:
     print(f"{report.sources} sources: {report.already_done} already done, {report.prepared} prepared "
           f"({report.windows} windows), {len(report.failed)} failed")
     if report.seconds:  # where the time went: what to speed up (or to spread over more processes)
-        print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items()))
+        print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in report.seconds.items())
+              + f" ({report.elapsed:.2f} from the first video to the last)")
     for failure in report.failed:
         print(f"  skipped {failure['error']}")
     if report.failed:
