@@ -333,8 +333,9 @@ def test_the_benchmarks_random_encodec_has_the_real_codecs_filters(monkeypatch):
     from audiocraft.models import builders
 
     import vidmusician.backbones as backbones
+    import vidmusician.random_backbones as random_backbones
 
-    monkeypatch.setattr(backbones, "_build_codec", lambda cfg, seed: builders.get_compression_model(cfg))
+    monkeypatch.setattr(random_backbones, "build_codec", lambda cfg, seed: builders.get_compression_model(cfg))
     cm = backbones.load_codec("random-encodec", device="cpu")
     assert (cm.sample_rate, cm.frame_rate, cm.num_codebooks, cm.cardinality) == (32000, 50, 4, 2048)
     assert cm.encoder.dimension == 128 and cm.encoder.n_filters == 64 and cm.encoder.n_residual_layers == 1
