@@ -18,7 +18,7 @@ from .video.encoder_specs import legacy_activation
 CONFIG_NAME = "adapter_config.json"
 PRESET_DIR = Path(__file__).parent / "presets"
 
-# The adapter groups: each adapter module belongs to one (see inject.adapter_modules).
+# The adapter groups: each adapter module belongs to one (see vidmusician.adapter.wiring.adapter_modules).
 GROUP_NAMES = ("semantic", "rhythm")
 # What each training stage trains, by adapter group: the one table that a stage,
 # an adapter config's `stage` and a recipe's `stage` mean. Stage 2 trains the
@@ -103,7 +103,7 @@ class AdapterConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     t5: dict | None = None
-    version: str = field(default_factory=lambda: _version())
+    version: str = field(default_factory=lambda: __version__)
     # Read from a file (not a field): rules added since the file was written warn instead of refusing,
     # so an adapter someone trained keeps loading.
     saved: dataclasses.InitVar[bool] = False
@@ -270,6 +270,3 @@ def preset_for(backbone: str, dim: int, num_layers: int) -> AdapterConfig | None
             return preset
     return None
 
-
-def _version() -> str:
-    return __version__

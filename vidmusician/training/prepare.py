@@ -30,7 +30,7 @@ from ..fileio import atomic_write
 from ..video.encoders import DEFAULT_ENCODER
 from ..video.features import VideoFeatures, load_encoder
 from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_features
-from ..video.reader import FRAME_TOLERANCE, VIDEO_SUFFIXES, frames_covering, probe, whole_frames
+from ..video.reader import FRAME_TOLERANCE, VIDEO_SUFFIXES, frames_covering, whole_frames
 from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, DatasetMeta,
                       append_jsonl, commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files,
                       read_jsonl)
@@ -143,8 +143,7 @@ def encode_windows(cm, wav: torch.Tensor, starts: list[float], length: float, ba
 
 
 def load_audio(source: Source, meta: DatasetMeta) -> torch.Tensor:
-    """The music of a source at the codec's rate and channels (checks first that the video is one)."""
-    probe(source.video)  # a file that is not a video fails here, with the clearest message
+    """The music of a source at the codec's rate and channels."""
     return read_audio(source.audio or source.video, meta.sample_rate, meta.channels,
                       align_to_video=source.audio is None)
 
@@ -373,7 +372,9 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
             feats = next(features)  # video decode and encoder: the time this process waits for them
             seconds["video"] = seconds.get("video", 0.0) + time.perf_counter() - t
             try:
-                for failed in (wav, feats):  # the audio's error first: it checks that the file is a video
+                # The video's error first: for a file that is not a video it is the clearest message
+                # (its frame reader opens the file once; no separate probe).
+                for failed in (feats, wav):
                     if isinstance(failed, VidMusicianError):
                         raise failed
                 windows = process_source(source, cm, meta, feats, wav, seconds=seconds)

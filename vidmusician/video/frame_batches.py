@@ -46,10 +46,10 @@ def video_features(encoder: VisualEncoder, videos: list[Path], global_fps: float
             alone through :func:`~vidmusician.features.extract_features`, as before
             batches spanned videos (kept to measure the difference).
     """
-    batch = batch or default_encoder_batch(encoder.device)
     if across:
         yield from CrossVideoBatcher(encoder, videos, global_fps, local_fps, batch)
         return
+    batch = batch or default_encoder_batch(encoder.device)
     for video in videos:
         try:
             yield extract_features(video, encoder, global_fps, local_fps, batch_size=batch)
