@@ -1,0 +1,65 @@
+"""`make setup` gives each checkout its own environment, running its own code.
+
+A second checkout is set up the way a developer's branch or CI's clone is; it must import its
+own package and run its own console script, and the checkout the tests run in must still run
+its own code afterwards.
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# What scripts/setup.sh needs of a checkout.
+CHECKOUT = ["scripts", "requirements", "vidmusician", "pyproject.toml", "setup.cfg", "README.md", "LICENSE", "Makefile"]
+
+
+def imported_from(venv: Path) -> Path:
+    """Where the venv's python imports vidmusician from, run from a folder that holds no package."""
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import vidmusician; print(vidmusician.__file__)"],
+                         cwd="/", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return Path(out.stdout.strip()).parent
+
+
+def script_python(venv: Path) -> str:
+    return (venv / "bin" / "vidmusician").read_text().splitlines()[0]
+
+
+@pytest.fixture(scope="module")
+def own_venv():
+    venv = REPO / ".venv"
+    if venv.is_symlink() or not (venv / ".requirements").is_file():
+        pytest.skip(".venv was not made by this checkout's `make setup`")
+    return venv
+
+
+def test_a_second_checkout_runs_its_own_code_and_leaves_this_one_alone(own_venv, tmp_path):
+    other = tmp_path / "other-clone"
+    other.mkdir()
+    for name in CHECKOUT:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, other / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, other / name)
+    # A .venv left by the earlier setup, a link into a venv that all clones shared: replaced,
+    # and the shared venv is not touched.
+    shared = tmp_path / "shared-venv"
+    shared.mkdir()
+    (shared / "marker").write_text("kept")
+    (other / ".venv").symlink_to(shared)
+
+    env = {**os.environ, "VIDMUSICIAN_SETUP_WARM": "0"}
+    proc = subprocess.run(["bash", "scripts/setup.sh"], cwd=other, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    assert not (other / ".venv").is_symlink() and (shared / "marker").read_text() == "kept"
+    assert imported_from(other / ".venv") == other / "vidmusician"
+    assert script_python(other / ".venv") == f"#!{other / '.venv' / 'bin' / 'python'}"
+    # This checkout still runs its own code.
+    assert imported_from(own_venv) == REPO / "vidmusician"
+    assert script_python(own_venv) == f"#!{own_venv / 'bin' / 'python'}"
