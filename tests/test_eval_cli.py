@@ -271,3 +271,42 @@ def test_beat_floor_sets_the_visual_threshold(tmp_path):
 @pytest.mark.parametrize("value", ["0", "-0.1", "nan"])
 def test_ba_sigma_must_be_positive(tmp_path, capsys, value):
     _bad(_one_clip(tmp_path) + ["--ba-sigma", value], tmp_path, capsys, "--ba-sigma", "0.05")
+
+
+# --------------------------------------------------------------------------- #
+# The main output format of `vidmusician generate`: music muxed into the video as AAC
+
+
+def test_music_in_an_mp4_scores_as_the_same_music_in_a_wav(tmp_path, capsys):
+    from vidmusician.audio_io import mux_audio
+
+    # 3.5 s: the AAC track ends in a padded frame (20 ms past the music at 32 kHz).
+    duration = 3.5
+    videos, wav_dir, mp4_dir, both = (tmp_path / n for n in ("v", "wav", "mp4", "both"))
+    for d in (videos, wav_dir, mp4_dir, both):
+        d.mkdir()
+    flash_video(videos / "clip.mp4", train(5), duration)
+    t = np.arange(int(duration * SR)) / SR
+    # Clicks on the flashes, and a tone that lasts to the very end of the music.
+    music = click_track(mid_hop(train(5)), duration, SR) + (0.3 * np.sin(2 * np.pi * 440 * t) * (t > 2.9)).astype(np.float32)
+    sf.write(wav_dir / "clip.wav", music, SR)
+    sf.write(both / "clip.wav", music, SR)
+    for d in (mp4_dir, both):
+        mux_audio(videos / "clip.mp4", music[None], SR, d / "clip.mp4")
+
+    # Read as long as it really is: the encoder's padding is not music.
+    assert len(load_audio(mp4_dir / "clip.mp4", 22050)) == len(load_audio(wav_dir / "clip.wav", 22050))
+    reports = {}
+    for d in (wav_dir, mp4_dir):
+        out = tmp_path / f"{d.name}.json"
+        assert main(["eval", "--videos", str(videos), "--generated", str(d), "--reference", str(wav_dir),
+                     "--encoder", "tiny", "--quiet", "--out", str(out)]) == 0
+        reports[d.name] = json.loads(out.read_text())["files"][0]
+    assert reports["mp4"]["counts"] == reports["wav"]["counts"]
+    for key in ("beat_alignment", "bcs", "bhs", "loris_cover", "loris_hit", "loris_f1"):
+        assert reports["mp4"][key] == pytest.approx(reports["wav"][key], abs=1e-6), key
+
+    # Both formats of one clip: the report says which one it scored.
+    capsys.readouterr()
+    assert main(["eval", "--videos", str(videos), "--generated", str(both), "--encoder", "tiny"]) == 0
+    assert "note: clip: scoring clip.wav of the generated files (also there: clip.mp4)" in capsys.readouterr().err

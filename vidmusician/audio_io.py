@@ -55,6 +55,12 @@ def read_audio(path, sample_rate: int, channels: int, align_to_video: bool = Fal
             if align_to_video and container.streams.video:
                 v = container.streams.video[0]
                 zero = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
+            # AAC (and MP3) streams end in a padded frame: decoding yields up to a frame of
+            # silence past the music's real end, which an onset detector hears as an event.
+            # The stream's duration is the real length (the container's edit list).
+            end = None
+            if stream.duration is not None and stream.time_base is not None:
+                end = float((stream.duration + (stream.start_time or 0)) * stream.time_base)
             resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
             chunks, first = [], None
             for frame in container.decode(stream):
@@ -67,6 +73,8 @@ def read_audio(path, sample_rate: int, channels: int, align_to_video: bool = Fal
     if not chunks:
         raise AudioError(f"{path}: the audio stream has no samples")
     wav = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))
+    if end is not None and first is not None:
+        wav = wav[:, : max(1, int(round((end - first) * sample_rate)))]
     shift = int(round(((first or 0.0) - zero) * sample_rate))
     if shift > 0:  # audio starts after time 0: silence before it
         wav = torch.nn.functional.pad(wav, (shift, 0))

@@ -299,13 +299,13 @@ def evaluate(
     if prompts and text_embedder is None:
         raise ConfigError("a CLAP text-music score needs a CLAP model; pass text_embedder")
     vids = list_videos(videos)
-    gens = match_audio(list(vids), generated, "generated")
+    gens = match_audio(list(vids), generated, "generated", log)
     if not gens:
         raise ConfigError(
             f"{generated}: no generated file matches a video in {videos} by name; "
             f"name each one after its video (clip.mp4 -> clip.wav)"
         )
-    refs = match_audio(list(gens), reference, "reference") if reference is not None else {}
+    refs = match_audio(list(gens), reference, "reference", log) if reference is not None else {}
     if reference is not None and not refs:
         raise ConfigError(f"{reference}: no reference file matches a generated file by name; check --reference")
     unmatched = {"no_generated": sorted(set(vids) - set(gens))}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import ConfigError
 from ..video.reader import VIDEO_SUFFIXES
@@ -31,7 +31,8 @@ def list_videos(directory: str | Path) -> dict[str, Path]:
     return found
 
 
-def match_audio(stems: Iterable[str], directory: str | Path, role: str) -> dict[str, Path]:
+def match_audio(stems: Iterable[str], directory: str | Path, role: str,
+                log: Callable[[str], None] | None = None) -> dict[str, Path]:
     """For each stem, the audio file of that stem in a folder.
 
     When a stem has several candidates the first suffix of
@@ -41,6 +42,7 @@ def match_audio(stems: Iterable[str], directory: str | Path, role: str) -> dict[
         stems: Stems to look for.
         directory: Folder to look in (not recursive).
         role: ``"generated"`` or ``"reference"``, for messages.
+        log: Told which file is used for each stem that has several.
 
     Returns:
         ``{stem: file}`` for the stems found.
@@ -51,11 +53,17 @@ def match_audio(stems: Iterable[str], directory: str | Path, role: str) -> dict[
     directory = _existing_dir(directory, role)
     rank = {s: i for i, s in enumerate(AUDIO_SUFFIXES)}
     wanted = set(stems)
-    best: dict[str, Path] = {}
+    found: dict[str, list[Path]] = {}
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.stem in wanted and p.suffix.lower() in rank:
-            if p.stem not in best or rank[p.suffix.lower()] < rank[best[p.stem].suffix.lower()]:
-                best[p.stem] = p
+            found.setdefault(p.stem, []).append(p)
+    best = {}
+    for stem, files in found.items():
+        files.sort(key=lambda p: rank[p.suffix.lower()])
+        best[stem] = files[0]
+        if len(files) > 1 and log is not None:
+            log(f"note: {stem}: scoring {files[0].name} of the {role} files "
+                f"(also there: {', '.join(p.name for p in files[1:])})")
     return best
 
 
