@@ -137,15 +137,15 @@ def encodec_cfg() -> dict:
     }
 
 
-def put_repo(cache: Path, repo_id: str, folder: Path) -> Path:
-    """Adds ``folder``'s files to the cache as ``repo_id``'s main revision; returns its snapshot."""
+def put_repo(cache: Path, repo_id: str, folder: Path, revision: str = "main") -> Path:
+    """Adds ``folder``'s files to the cache as ``repo_id``'s ``revision`` (a branch or tag); returns its snapshot."""
     repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    commit = hashlib.sha1((repo_id if revision == "main" else f"{repo_id}@{revision}").encode()).hexdigest()
     snapshot = repo / "snapshots" / commit
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / revision).write_text(commit)
     for file in sorted(Path(folder).iterdir()):
         # The hub's layout: content-addressed blobs, the snapshot links to them.
         blob = hashlib.sha256(file.read_bytes()).hexdigest()

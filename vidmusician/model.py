@@ -21,6 +21,7 @@ from .adapter_files import read_adapter, write_adapter
 from .backbones import load_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .errors import AdapterError, ConfigError, differing_fields
+from .hub import resolve_adapter, save_and_push
 from .generation.guidance import GenerationParams
 from .generation.windows import generate_batch
 
@@ -46,16 +47,19 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None) -> "VidMusici
     return vm
 
 
-def load_adapter(directory, backbone=None, device=None) -> "VidMusician":
-    """Loads an adapter folder onto a backbone (a loaded MusicGen, or a name/path to load).
+def load_adapter(directory, backbone=None, device=None, revision: str | None = None) -> "VidMusician":
+    """Loads an adapter folder, or a Hub adapter, onto a backbone (a loaded MusicGen, or a name/path to load).
 
     Args:
-        directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+        directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``),
+            or a Hugging Face Hub id (``org/name``, ``org/name@revision``) whose two files
+            are fetched into the Hugging Face cache; a folder that exists wins.
         backbone: a loaded MusicGen, or a name/path for :func:`load_backbone`
             (default: the backbone named in the config).
         device: device for a backbone loaded here.
+        revision: branch, tag or commit of a Hub id.
     """
-    config, state = read_adapter(directory)
+    config, state = read_adapter(resolve_adapter(directory, revision))
     if backbone is None or isinstance(backbone, (str, os.PathLike)):
         backbone = load_backbone(backbone or config.backbone, device=device)
     try:
@@ -250,16 +254,32 @@ class VidMusician:
         return write_adapter(directory, self.config, self.adapter_state_dict())
 
     @classmethod
-    def from_pretrained(cls, directory, backbone=None, device=None) -> "VidMusician":
-        """Loads an adapter folder onto a backbone.
+    def from_pretrained(cls, directory, backbone=None, device=None, revision: str | None = None) -> "VidMusician":
+        """Loads an adapter folder or a Hub adapter onto a backbone.
 
         Args:
-            directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+            directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``),
+                or a Hub id (``org/name``, ``org/name@revision``); a folder that exists wins.
             backbone: a loaded MusicGen, or a name/path for :func:`load_backbone`
                 (default: the backbone named in the config).
             device: device for a backbone loaded here.
+            revision: branch, tag or commit of a Hub id.
         """
-        return load_adapter(directory, backbone=backbone, device=device)
+        return load_adapter(directory, backbone=backbone, device=device, revision=revision)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, revision: str | None = None,
+                    report=None, commit_message: str | None = None, token: str | None = None,
+                    license: str = "cc-by-nc-4.0", run=None) -> str:
+        """Uploads the adapters (safetensors + config, never the backbone) with a model card.
+
+        See :func:`vidmusician.hub.push_adapter` for the arguments; ``run`` is the
+        training run folder whose record (recipe, steps, data) goes into the card.
+
+        Returns:
+            The URL of the commit.
+        """
+        return save_and_push(self, repo_id, private=private, revision=revision, report=report,
+                             commit_message=commit_message, token=token, license=license, run=run)
 
     # -- forward -------------------------------------------------------------
 

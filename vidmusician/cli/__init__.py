@@ -17,7 +17,7 @@ import sys
 from .. import __version__
 from ..errors import VidMusicianError, one_line
 
-COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo")
+COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo", "push")
 
 
 class Parser(argparse.ArgumentParser):

@@ -28,7 +28,7 @@ class Recipe:
         stage: 1 trains the semantic adapter, 2 the rhythmic one (on a stage-1 adapter); see
             :data:`~vidmusician.config.STAGE_GROUPS`.
         trainable: adapter groups to train instead of the stage's; None (the default): the stage's.
-        init_adapter: adapter folder to start from (stage 2: the stage-1 release); None: fresh adapters.
+        init_adapter: adapter folder or Hub id to start from (stage 2: the stage-1 release); None: fresh adapters.
         adapter: overrides of :class:`~vidmusician.config.AdapterConfig` for fresh adapters.
         batch_size: windows per process per micro-batch.
         grad_accum: micro-batches per optimizer step (global batch = batch_size x processes x grad_accum).

@@ -36,6 +36,7 @@ from ..backbones import backbone_spec, load_backbone
 from ..cli import Parser
 from ..config import AdapterConfig
 from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line
+from ..fileio import atomic_write
 from ..model import VidMusician, attach_adapters
 from ..video.encoder_specs import check_encoder_fit
 from ..video.reader import frames_covering
@@ -170,7 +171,8 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="dataset folder from `vidmusician prepare`")
     p.add_argument("--output", required=True, help="run folder: checkpoints/, adapter/, log.jsonl")
     p.add_argument("--backbone", default=None, help="MusicGen name or folder, or 'tiny' (default: the dataset's)")
-    p.add_argument("--init", default=None, help="adapter folder to start from (overrides the recipe's init_adapter)")
+    p.add_argument("--init", default=None, help="adapter folder or Hub id (org/name[@revision]) to start from "
+                                                       "(overrides the recipe's init_adapter)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output, if any")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
@@ -288,6 +290,13 @@ def train(args) -> Path:
     release = out / "adapter"
     if accelerator.is_main_process:
         vm.save_pretrained(release)
+        # What the recipe does not say, for the adapter's model card (vidmusician.model_card).
+        record = dict(recipe=str(args.recipe), init_adapter=args.init or recipe.init_adapter,
+                      data=str(args.data), train_windows=len(train_set),
+                      holdout_windows=len(holdout), window=meta.window, steps=state.step,
+                      global_batch=sampler.global_batch * recipe.grad_accum, processes=accelerator.num_processes)
+        atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True)
+                                                                         + "\n"))
         accelerator.print(f"adapter written to {release}")
     accelerator.wait_for_everyone()
     monitor.close()

@@ -14,7 +14,8 @@ HELP = "serve a web page that scores a video: drop a video, get it back with mus
 def add_arguments(parser) -> None:
     from ...demo.scoring import DEFAULT_MAX_DURATION
 
-    parser.add_argument("--adapter", metavar="DIR", help="adapter folder; without one the music is the backbone's")
+    parser.add_argument("--adapter", metavar="DIR|ORG/NAME[@REV]",
+                        help="adapter folder or Hugging Face Hub id; without one the music is the backbone's")
     parser.add_argument("--backbone", metavar="NAME|PATH|tiny",
                         help="as for `vidmusician generate` (default: the adapter's, or facebook/musicgen-small)")
     parser.add_argument("--encoder", metavar="SPEC|tiny",

@@ -15,7 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="OUT.wav or OUT.flac for the music, OUT.mp4/.mov/.mkv for the video with the music "
                              "(video stream copied, music as AAC); default: VIDEO_NAME_music.wav here")
-    parser.add_argument("--adapter", metavar="DIR", help="adapter folder; without one the video only sets the length")
+    parser.add_argument("--adapter", metavar="DIR|ORG/NAME[@REV]",
+                        help="adapter folder or Hugging Face Hub id; without one the video only sets the length")
     parser.add_argument("--backbone", metavar="NAME|PATH|tiny",
                         help="MusicGen hub name or folder (default: the adapter's, or facebook/musicgen-small; "
                              "downloaded on first use); 'tiny' is a random offline model that makes noise")
@@ -64,10 +65,11 @@ def music_tags(args) -> dict | None:
     """What made the music, for `vidmusician eval` to find the same visual encoder (None: no adapter)."""
     if not args.adapter:
         return None  # plain MusicGen: no visual encoder shaped the music
-    from ...config import AdapterConfig
+    from ...config import CONFIG_NAME, AdapterConfig
+    from ...hub import resolve_adapter
     from ...video.encoder_specs import natural_activation
 
-    config = AdapterConfig.load(args.adapter)
+    config = AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,)))  # a Hub id: the cached copy
     encoder = args.encoder or config.encoder
     activation = config.encoder_activation or natural_activation(encoder)
     return {"encoder": encoder, "encoder_activation": activation, "adapter": str(args.adapter)}

@@ -11,16 +11,23 @@ HELP = "show an adapter preset's or folder's config and trainable parameter coun
 def add_arguments(parser):
     parser.add_argument("adapter", metavar="PRESET_OR_DIR",
                         help="a preset name (musicgen-small, musicgen-medium, musicgen-large), "
-                             "an adapter folder, or an adapter_config.json")
+                             "an adapter folder, an adapter_config.json, or a Hugging Face Hub id "
+                             "(org/name[@revision]; only its adapter_config.json is fetched)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def run(args) -> int:
-    from ...config import AdapterConfig, load_preset
+    from ...config import CONFIG_NAME, AdapterConfig, load_preset, preset_names
     from ...adapter.wiring import count_adapter_parameters
+    from ...hub import is_hub_id, resolve_adapter
 
     path = Path(args.adapter)
-    config = AdapterConfig.load(path) if path.exists() else load_preset(args.adapter)
+    if path.exists():
+        config = AdapterConfig.load(path)
+    elif is_hub_id(args.adapter) and args.adapter.removeprefix("facebook/") not in preset_names():
+        config = AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,)))
+    else:
+        config = load_preset(args.adapter)
     counts = count_adapter_parameters(config)
     trainable = {"semantic": counts["semantic"], "rhythm": counts["rhythm"], "total": counts["total"]}
     if args.json:

@@ -1,0 +1,210 @@
+"""Adapters on the Hugging Face Hub, by peft's convention: a repository holds
+``adapter_config.json`` + ``adapter_model.safetensors`` (and a model card), never the backbone.
+
+An adapter is named by a folder or by a Hub id, ``org/name`` or ``org/name@revision``
+(a branch, tag or commit). A folder that exists always wins. Hub files go through
+``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``HF_TOKEN``); only the adapter's
+own files are fetched. What the Hub or the cache answers becomes one
+:class:`~vidmusician.errors.AdapterError` line with the fix. The model card is made by
+:mod:`vidmusician.model_card`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .adapter_files import WEIGHTS_NAME, read_adapter
+from .config import CONFIG_NAME
+from .errors import AdapterError, ConfigError, one_line
+
+__all__ = ["ADAPTER_FILES", "is_hub_id", "split_revision", "resolve_adapter", "push_adapter"]
+
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+# A Hugging Face repository id ('org/name'), optionally '@revision' (which may hold '/': 'refs/pr/1').
+_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>\S+))?")
+
+
+def is_hub_id(name) -> bool:
+    """Whether ``name`` means a Hub adapter: ``org/name[@revision]`` and no such folder or file here."""
+    if not isinstance(name, str) or os.path.exists(name):
+        return False
+    match = _HUB_ID.fullmatch(name)
+    return match is not None and ".." not in match["repo"]
+
+
+def split_revision(name: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``'org/name@v1'`` -> ``('org/name', 'v1')``; a ``revision`` argument must agree with the id's."""
+    match = _HUB_ID.fullmatch(name)
+    if match is None:
+        raise ConfigError(f"{name}: not a Hub id; use org/name or org/name@revision")
+    own = match["revision"]
+    if own and revision and own != revision:
+        raise ConfigError(f"{name}: the id names revision {own!r} and revision={revision!r} was also given; "
+                          f"pass one of them")
+    return match["repo"], own or revision
+
+
+def resolve_adapter(name, revision: str | None = None, files: tuple[str, ...] = ADAPTER_FILES) -> Path:
+    """The local folder of an adapter: ``name`` itself, or its Hub files in the cache.
+
+    Args:
+        name: an adapter folder, or a Hub id (``org/name``, ``org/name@revision``).
+            A folder (or file) that exists is used as is, whatever its name looks like.
+        revision: branch, tag or commit of a Hub id (or ``@revision`` in the id).
+        files: which of the adapter's files to fetch (``info`` needs only the config).
+
+    Returns:
+        A folder holding ``files``: the given one, or a snapshot in the Hugging Face cache.
+
+    Raises:
+        AdapterError: not on the Hub, gated, no such revision, or not cached while offline.
+    """
+    if not is_hub_id(name):
+        if revision is not None:
+            raise ConfigError(f"{name}: revision={revision!r} is for a Hub id (org/name); this is a local path")
+        return Path(name)
+    repo, revision = split_revision(name, revision)
+    first = _download(repo, files[0], revision)
+    # The rest from the same commit as the first: a push in between cannot mix two versions.
+    commit = first.parent.name
+    for filename in files[1:]:
+        _download(repo, filename, commit, shown_revision=revision)
+    return first.parent
+
+
+def _download(repo: str, filename: str, revision: str | None, shown_revision: str | None = None) -> Path:
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    kwargs = dict(repo_id=repo, filename=filename, revision=revision, library_name="vidmusician",
+                  library_version=__version__)
+    where = f"{repo}@{shown_revision or revision}" if (shown_revision or revision) else repo
+    with hub_errors(where, shown_revision or revision, filename):
+        if not constants.HF_HUB_OFFLINE:
+            try:
+                # One plain request first: when the Hub cannot be reached, hf_hub_download retries
+                # for ~25 s (with a warning each time) before it falls back to the cache.
+                get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
+            except _http_status_error():
+                raise  # an answer from the Hub (no such repository, gated, ...): hub_errors says it
+            except Exception:  # noqa: BLE001 - any failure to reach the Hub: the cache decides
+                return Path(hf_hub_download(**kwargs, local_files_only=True))
+        return Path(hf_hub_download(**kwargs))
+
+
+def _http_status_error():
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return HfHubHTTPError
+
+
+@contextlib.contextmanager
+def hub_errors(where: str, revision: str | None = None, filename: str | None = None, push: bool = False):
+    """Turns what ``huggingface_hub`` raises inside into one AdapterError line naming ``where`` and the fix."""
+    try:
+        yield
+    except AdapterError:
+        raise
+    except Exception as exc:
+        message = _hub_message(exc, where, revision, filename, push)
+        if message is None:
+            raise
+        raise AdapterError(f"{where}: {message}") from None
+
+
+def _hub_message(exc: Exception, where: str, revision, filename, push: bool) -> str | None:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        LocalTokenNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    login = "`hf auth login` (or HF_TOKEN)"
+    if isinstance(exc, GatedRepoError):  # before RepositoryNotFoundError, its base class
+        return (f"a gated repository; accept its conditions on https://huggingface.co/{where.split('@')[0]} "
+                f"and log in with {login}")
+    if isinstance(exc, RepositoryNotFoundError):
+        if push:
+            return f"cannot write to this repository; log in with {login} using a token with write access"
+        return (f"no such folder, nor an adapter on the Hugging Face Hub (a private one needs {login}); "
+                f"pass an adapter folder or a Hub id like org/name")
+    if isinstance(exc, RevisionNotFoundError):
+        return f"no revision {revision!r}; pass a branch, tag or commit of the repository"
+    if isinstance(exc, OfflineModeIsEnabled) or (isinstance(exc, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
+        if push:
+            return "HF_HUB_OFFLINE is set; unset it to push"
+        return ("not in the Hugging Face cache and HF_HUB_OFFLINE is set; fetch it once without HF_HUB_OFFLINE, "
+                "or pass an adapter folder")
+    if isinstance(exc, LocalEntryNotFoundError):
+        return ("the Hugging Face Hub could not be reached and it is not in the cache; check the connection "
+                "(or HF_ENDPOINT), or pass an adapter folder")
+    if isinstance(exc, EntryNotFoundError):  # the repository exists, the file does not
+        return f"the repository has no {filename}; not a vidmusician adapter ({' + '.join(ADAPTER_FILES)})"
+    if isinstance(exc, LocalTokenNotFoundError):
+        return f"pushing needs a Hugging Face token; log in with {login}"
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            return f"the Hub refused ({status}); log in with {login} using a token with write access"
+        return f"the Hugging Face Hub answered: {one_line(exc)}"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__module__.startswith(("httpx", "requests")):
+        return f"the Hugging Face Hub could not be reached ({one_line(exc)}); check the connection"
+    return None
+
+
+def push_adapter(folder, repo_id: str, private: bool | None = None, revision: str | None = None,
+                 report=None, commit_message: str | None = None, token: str | None = None,
+                 license: str = "cc-by-nc-4.0", run=None, backbone_parameters: int | None = None) -> str:
+    """Uploads an adapter folder to the Hub with a model card, in one commit.
+
+    Only ``adapter_config.json``, ``adapter_model.safetensors`` and the card
+    (``README.md``) are sent: other files in the folder (checkpoints, pickles, a
+    backbone) stay here.
+
+    Args:
+        folder: the adapter folder (read and checked before anything is sent).
+        repo_id: ``org/name`` (created if missing).
+        private: create the repository private (an existing one keeps its visibility).
+        revision: branch to commit to (created from main if missing); default: main.
+        report: an eval report (the JSON of ``vidmusician eval --out``) for the card's metrics.
+        commit_message: default: "Upload vidmusician adapter".
+        token: a Hugging Face token; default: the logged-in one (``HF_TOKEN``).
+        license: the card's license id; MusicGen's weights, which the adapter runs on,
+            are CC-BY-NC 4.0.
+        run: the training run folder whose record goes into the card; default: the
+            folder above ``folder`` when it holds one (``RUN/adapter``).
+        backbone_parameters: the frozen backbone's parameter count, when known.
+
+    Returns:
+        The URL of the commit.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .model_card import adapter_card
+
+    folder = Path(folder)
+    config, _ = read_adapter(folder)  # refuses a folder that is not a readable adapter, before any upload
+    repo, own = split_revision(repo_id, revision)
+    card = adapter_card(folder, config, repo, report=report, run=run, license=license,
+                        backbone_parameters=backbone_parameters)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in ADAPTER_FILES]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
+    api = HfApi(token=token, library_name="vidmusician", library_version=__version__)
+    with hub_errors(repo, own, push=True):
+        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        if own:
+            api.create_branch(repo, branch=own, exist_ok=True, repo_type="model")
+        info = api.create_commit(repo, operations, commit_message=commit_message or "Upload vidmusician adapter",
+                                 revision=own, repo_type="model")
+    return str(getattr(info, "commit_url", info))
+
+
+def save_and_push(vm, repo_id: str, **kwargs) -> str:
+    """:meth:`VidMusician.push_to_hub`: saves the adapters to a temporary folder and pushes it."""
+    kwargs.setdefault("backbone_parameters", vm.parameter_counts()["backbone"])
+    with tempfile.TemporaryDirectory(prefix="vidmusician-push-") as tmp:
+        folder = vm.save_pretrained(Path(tmp) / "adapter")
+        return push_adapter(folder, repo_id, **kwargs)

@@ -1,0 +1,219 @@
+"""The model card of an adapter pushed to the Hub (``huggingface_hub``'s ModelCard).
+
+Everything on the card is read from what the project wrote: ``adapter_config.json``,
+the training run's record around the adapter folder (``RUN/adapter`` beside
+``RUN/recipe.json``, ``RUN/log.jsonl`` and ``RUN/run.json``; stage 2's
+``init_adapter`` leads to stage 1's run) and, when given, an eval report (the JSON
+of ``vidmusician eval --out``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .adapter.wiring import count_adapter_parameters
+from .config import STAGE_GROUPS, AdapterConfig
+from .errors import ConfigError
+
+__all__ = ["adapter_card", "training_record", "MUSICGEN_LICENSE"]
+
+TAGS = ["vidmusician", "video-to-music", "music-generation", "musicgen", "audiocraft", "adapter"]
+MUSICGEN_LICENSE = "cc-by-nc-4.0"  # MusicGen's weights (audiocraft's code is MIT)
+# Recipe fields worth a reader's time, in the order shown.
+RECIPE_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "weight_decay", "seed")
+
+
+def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=None,
+                 license: str = MUSICGEN_LICENSE, backbone_parameters: int | None = None):
+    """The card of an adapter folder about to be pushed as ``repo_id``.
+
+    Args:
+        folder: the adapter folder.
+        config: its config.
+        repo_id: the Hub id it is pushed to (for the usage snippet).
+        report: an eval report file (``vidmusician eval --out``), or None.
+        run: the training run folder; default: the one above ``folder``, if any.
+        license: the license id in the metadata.
+        backbone_parameters: the frozen backbone's parameter count, when known.
+
+    Returns:
+        A ``huggingface_hub.ModelCard``.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .hub import is_hub_id
+
+    # base_model must be a Hub id (the Hub checks it); 'tiny' or a local export is named in the text only.
+    base = config.backbone if is_hub_id(config.backbone) else None
+    data = ModelCardData(library_name="vidmusician", base_model=base, license=license, tags=list(TAGS))
+    stages = training_record(Path(folder), run)
+    sections = [_model_section(config, repo_id, backbone_parameters), _training_section(stages, config),
+                _eval_section(report), _usage_section(repo_id), _license_section(license)]
+    body = "\n\n".join(s for s in sections if s)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def _model_section(c: AdapterConfig, repo_id: str, backbone_parameters: int | None) -> str:
+    from .video.encoder_specs import ACTIVATION_NAMES, natural_activation
+
+    counts = count_adapter_parameters(c)
+    activation = c.encoder_activation or natural_activation(c.encoder)
+    if c.semantic_encoder == "t5-lora":
+        t5 = c.t5 or {}
+        semantic = (f"t5-lora: embedding manager -> the backbone's T5 ({t5.get('num_layers')} blocks, "
+                    f"{t5.get('d_model')}-d) with LoRA rank {c.lora_rank}, alpha {c.lora_alpha:g} -> projector")
+    else:
+        semantic = "linear: LayerNorm + Linear + learned positions"
+    rank = "full width" if c.rhythm_rank is None else f"rank {c.rhythm_rank}"
+    frozen = f"; the backbone's {backbone_parameters:,} stay frozen" if backbone_parameters else ""
+    rows = [
+        ("backbone", f"`{c.backbone}` (frozen, not in this repository): width {c.dim}, {c.num_layers} layers, "
+                     f"{c.frame_rate:g} Hz codec"),
+        ("visual encoder", f"`{c.encoder}` ({ACTIVATION_NAMES.get(activation, activation or 'activation unknown')}): "
+                           f"global {c.global_dim}-d at {c.global_fps:g} fps, local {c.local_dim}-d at "
+                           f"{c.local_fps:g} fps"),
+        ("semantic encoder", semantic),
+        ("semantic adapter", f"zero-initialized cross-attention in {len(c.semantic_layers)} layers (width "
+                             f"{c.attn_dim}, {c.attn_heads} heads, memory {c.memory_dim}-d, "
+                             f"{c.max_global_tokens} tokens)"),
+        ("rhythmic adapter", f"identity-initialized in-attention in {len(c.rhythm_layers)} layers ({rank})"),
+        ("stage", f"{c.stage} (trains the {' and '.join(STAGE_GROUPS[c.stage])} adapter)"),
+        ("parameters", f"{counts['total']:,} in the adapters (semantic {counts['semantic']:,}, "
+                       f"rhythm {counts['rhythm']:,}){frozen}"),
+        ("written by", f"vidmusician {c.version}"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (f"# {repo_id}\n\n"
+            f"A vidmusician adapter: it turns the frozen MusicGen "
+            f"`{c.backbone}` into a video-to-music model. Global visual features reach the backbone through "
+            f"cross-attention (what the video is about), the frame-to-frame change signal through in-attention "
+            f"(its rhythm); a text prompt still steers the style. This repository holds the adapter only "
+            f"(`adapter_config.json`, `adapter_model.safetensors`).\n\n"
+            f"## Model\n\n| | |\n|---|---|\n{table}")
+
+
+def training_record(folder: Path, run=None, depth: int = 4) -> list[dict]:
+    """The training stages that made an adapter folder, first stage first.
+
+    Each stage is ``{"run", "recipe", "steps", "run_info"}`` read from a run folder
+    (``recipe.json``; the last step of ``log.jsonl``; ``run.json`` when the trainer
+    wrote one). A stage started from an adapter folder inside another run adds that
+    run before it. Empty when no record is found.
+    """
+    given = run is not None
+    run = Path(run) if given else folder.parent
+    if not (run / "recipe.json").is_file():
+        if given:
+            raise ConfigError(f"{run}: not a training run folder (no recipe.json); pass the --output of the training")
+        return []
+    recipe = _json(run / "recipe.json")
+    rows = _jsonl(run / "log.jsonl")
+    steps = max((r["step"] for r in rows if isinstance(r.get("step"), int)), default=None)
+    losses = [r for r in rows if isinstance(r.get("holdout_loss"), (int, float))]
+    info = _json(run / "run.json") or {}
+    stage = {"run": run.name, "recipe": recipe, "steps": info.get("steps", steps), "run_info": info,
+             "holdout_loss": losses[-1]["holdout_loss"] if losses else None}
+    init = info.get("init_adapter", recipe.get("init_adapter"))  # --init overrides the recipe's
+    earlier = []
+    if isinstance(init, str) and depth > 1 and Path(init).is_dir():
+        earlier = training_record(Path(init), None, depth - 1)
+    elif isinstance(init, str):
+        stage["init"] = init
+    return earlier + [stage]
+
+
+def _training_section(stages: list[dict], config: AdapterConfig) -> str:
+    if not stages:
+        return (f"## Training\n\nStage {config.stage}. No training record was found beside the adapter folder "
+                f"(the run folder's recipe.json and log.jsonl).")
+    lines = ["## Training", "", "Trained with Accelerate, the backbone frozen, in stages (recipes as data):", ""]
+    for s in stages:
+        r = s["recipe"]
+        info = s["run_info"] or {}
+        groups = r.get("trainable") or STAGE_GROUPS.get(r.get("stage"), ())
+        done = f"{s['steps']:,} steps" if s["steps"] is not None else "steps not logged"
+        name = f" (`{info['recipe']}`)" if info.get("recipe") else ""
+        line = f"- **stage {r.get('stage')}**{name}: trains the {' and '.join(groups)} adapter; {done}"
+        line += "; " + ", ".join(f"{k} {r[k]}" for k in RECIPE_FIELDS if k in r)
+        if info.get("train_windows") is not None:
+            line += (f"; data: {info['train_windows']:,} training windows of {info.get('window', '?')} s"
+                     f" (+ {info.get('holdout_windows', 0):,} held out)")
+        if s["holdout_loss"] is not None:
+            line += f"; last holdout loss {s['holdout_loss']:.4f}"
+        if s.get("init"):
+            line += f"; started from `{s['init']}`"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _eval_section(report) -> str:
+    if report is None:
+        return ""
+    if not Path(report).is_file():
+        raise ConfigError(f"{report}: no such file; pass the JSON written by `vidmusician eval --out`")
+    data = _json(Path(report))
+    if not isinstance(data, dict) or not isinstance(data.get("mean"), dict):
+        raise ConfigError(f"{report}: not an eval report (the JSON of `vidmusician eval --out`)")
+    means = {k: v for k, v in data["mean"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    rows = [(k, v) for k, v in means.items()]
+    rows += [(f"frechet_distance[{k}]", v) for k, v in (data.get("frechet_distance") or {}).items()
+             if isinstance(v, (int, float))]
+    kl = data.get("kl_divergence")
+    if isinstance(kl, dict) and isinstance(kl.get("kld"), (int, float)):
+        rows.append(("kl_divergence[passt]", kl["kld"]))
+    clips = len(data.get("files") or [])
+    table = "\n".join(f"| {k} | {v:.4f} |" for k, v in rows)
+    encoder = data.get("encoder") or {}
+    visual = f", visual beats from `{encoder['spec']}`" if encoder.get("spec") else ""
+    return (f"## Evaluation\n\n`vidmusician eval` on {clips} clips (means{visual}):\n\n"
+            f"| metric | value |\n|---|---|\n{table}")
+
+
+def _usage_section(repo_id: str) -> str:
+    return (
+        "## Usage\n\n"
+        "```bash\n"
+        "pip install vidmusician\n"
+        f"vidmusician generate clip.mp4 --adapter {repo_id} -o clip_scored.mp4\n"
+        f"vidmusician generate clip.mp4 --adapter {repo_id} --text 'lo-fi, piano' -o clip.wav\n"
+        "```\n\n"
+        "```python\n"
+        "from vidmusician import VidMusician, generate\n\n"
+        f'wav, sample_rate = generate("clip.mp4", adapter="{repo_id}")\n\n'
+        f'vm = VidMusician.from_pretrained("{repo_id}")  # the backbone loads from its config\n'
+        'wav = vm.generate(["clip.mp4"], texts=["lo-fi, piano"], seed=0)\n'
+        "```\n\n"
+        "The adapter's files come through `huggingface_hub` (its cache, `HF_HUB_OFFLINE`); "
+        f"`{repo_id}@REVISION` picks a branch, tag or commit.")
+
+
+def _license_section(license: str) -> str:
+    return ("## License\n\n"
+            f"Metadata license: `{license}`. The adapter runs on MusicGen, whose weights are released under "
+            "CC-BY-NC 4.0 (non-commercial use only); music made with this adapter is made by those weights. "
+            "audiocraft's code is MIT.")
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable JSON ({exc})") from None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a torn last line from a killed run
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
