@@ -146,11 +146,12 @@ def test_the_card_says_what_made_the_adapter(trained, report, commits):
     one = text.index("**stage 1** (`")
     two = text.index("**stage 2** (`")
     assert one < two
+    assert "(`stage1_semantic.json`)" in text[one:two] and str(REPO_ROOT) not in text  # no local paths
     assert "stage1_semantic.json" in text[one:two] and "3 steps" in text[one:two]
     assert "stage2_rhythm.json" in text[two:] and "2 steps" in text[two:]
     assert "4 training windows of 4.0 s (+ 1 held out)" in text
     mean = json.loads(report.read_text())["mean"]["beat_alignment"]
-    assert f"| beat_alignment | {mean:.4f} |" in text and "on 1 clips" in text
+    assert f"| beat_alignment | {mean:.4f} |" in text and "on 1 clip (" in text
     assert "vidmusician generate clip.mp4 --adapter org/name" in text
     assert 'VidMusician.from_pretrained("org/name")' in text
     assert "CC-BY-NC 4.0" in text

@@ -134,7 +134,8 @@ def _training_section(stages: list[dict], config: AdapterConfig) -> str:
         info = s["run_info"] or {}
         groups = r.get("trainable") or STAGE_GROUPS.get(r.get("stage"), ())
         done = f"{s['steps']:,} steps" if s["steps"] is not None else "steps not logged"
-        name = f" (`{info['recipe']}`)" if info.get("recipe") else ""
+        # The recipe's file name only: the run's local paths mean nothing on the Hub.
+        name = f" (`{Path(info['recipe']).name}`)" if info.get("recipe") else ""
         line = f"- **stage {r.get('stage')}**{name}: trains the {' and '.join(groups)} adapter; {done}"
         line += "; " + ", ".join(f"{k} {r[k]}" for k in RECIPE_FIELDS if k in r)
         if info.get("train_windows") is not None:
@@ -167,15 +168,15 @@ def _eval_section(report) -> str:
     table = "\n".join(f"| {k} | {v:.4f} |" for k, v in rows)
     encoder = data.get("encoder") or {}
     visual = f", visual beats from `{encoder['spec']}`" if encoder.get("spec") else ""
-    return (f"## Evaluation\n\n`vidmusician eval` on {clips} clips (means{visual}):\n\n"
+    return (f"## Evaluation\n\n`vidmusician eval` on {clips} clip{'s' if clips != 1 else ''} (means{visual}):\n\n"
             f"| metric | value |\n|---|---|\n{table}")
 
 
 def _usage_section(repo_id: str) -> str:
     return (
         "## Usage\n\n"
+        "With vidmusician installed:\n\n"
         "```bash\n"
-        "pip install vidmusician\n"
         f"vidmusician generate clip.mp4 --adapter {repo_id} -o clip_scored.mp4\n"
         f"vidmusician generate clip.mp4 --adapter {repo_id} --text 'lo-fi, piano' -o clip.wav\n"
         "```\n\n"
@@ -191,9 +192,8 @@ def _usage_section(repo_id: str) -> str:
 
 def _license_section(license: str) -> str:
     return ("## License\n\n"
-            f"Metadata license: `{license}`. The adapter runs on MusicGen, whose weights are released under "
-            "CC-BY-NC 4.0 (non-commercial use only); music made with this adapter is made by those weights. "
-            "audiocraft's code is MIT.")
+            f"Metadata license: `{license}`. The adapter works only with MusicGen's weights, which are released "
+            "under CC-BY-NC 4.0 (non-commercial use only); audiocraft's code is MIT.")
 
 
 def _json(path: Path):
