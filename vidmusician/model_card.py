@@ -26,7 +26,8 @@ RECIPE_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmu
 
 
 def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=None,
-                 license: str = MUSICGEN_LICENSE, backbone_parameters: int | None = None):
+                 license: str = MUSICGEN_LICENSE, backbone_parameters: int | None = None,
+                 base_model: str | None = None):
     """The card of an adapter folder about to be pushed as ``repo_id``.
 
     Args:
@@ -37,17 +38,15 @@ def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=N
         run: the training run folder; default: the one above ``folder``, if any.
         license: the license id in the metadata.
         backbone_parameters: the frozen backbone's parameter count, when known.
+        base_model: the backbone's Hub id for the metadata (the Hub checks it names a
+            repository); None for a backbone that is not on the Hub ('tiny', a folder).
 
     Returns:
         A ``huggingface_hub.ModelCard``.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .hub import is_hub_id
-
-    # base_model must be a Hub id (the Hub checks it); 'tiny' or a local export is named in the text only.
-    base = config.backbone if is_hub_id(config.backbone) else None
-    data = ModelCardData(library_name="vidmusician", base_model=base, license=license, tags=list(TAGS))
+    data = ModelCardData(library_name="vidmusician", base_model=base_model, license=license, tags=list(TAGS))
     stages = training_record(Path(folder), run)
     sections = [_model_section(config, repo_id, backbone_parameters), _training_section(stages, config),
                 _eval_section(report), _usage_section(repo_id), _license_section(license)]
