@@ -33,8 +33,8 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
 
     Args:
         video: the video file.
-        adapter: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
-            None: plain MusicGen, the video only sets the length (a warning says so).
+        adapter: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``),
+            or a Hugging Face Hub id (``org/name``, ``org/name@revision``). None: plain MusicGen, the video only sets the length (a warning says so).
         backbone: MusicGen hub name, local folder, 'tiny', or a loaded MusicGen (the
             adapter is attached to it in place); default: the adapter's backbone,
             or facebook/musicgen-small. Real weights download on first use.
@@ -87,7 +87,7 @@ def load_models(adapter=None, backbone=None, encoder=None, device=None):
     """The models :func:`generate` runs, loaded once for many calls (as the demo does).
 
     Args:
-        adapter: adapter folder, or None for plain MusicGen.
+        adapter: adapter folder or Hub id, or None for plain MusicGen.
         backbone: a loaded MusicGen or a name for :func:`~vidmusician.backbones.load_backbone`
             (default: the adapter's, else ``facebook/musicgen-small``).
         encoder: visual encoder spec (default: the adapter's).
