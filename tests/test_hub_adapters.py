@@ -120,7 +120,8 @@ def test_offline_without_a_cached_copy_is_one_line(adapter_hub):
         with pytest.raises(AdapterError) as exc:
             load_adapter(name)
         message = one_line(exc)
-        assert message.startswith(name) and "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE" in message
+        assert message.startswith(f"{name}: no such folder") and "not in the Hugging Face cache" in message
+        assert "HF_HUB_OFFLINE" in message
 
 
 def test_an_unreachable_hub_falls_back_to_the_cache_at_once(adapter_hub, adapters, monkeypatch, caplog):
@@ -133,7 +134,7 @@ def test_an_unreachable_hub_falls_back_to_the_cache_at_once(adapter_hub, adapter
     assert same_tensors(load_adapter(REPO), adapters[0])
     with pytest.raises(AdapterError) as exc:
         load_adapter("someone/absent")
-    assert "could not be reached and it is not in the cache" in one_line(exc)
+    assert "no such folder, and the Hugging Face Hub could not be reached" in one_line(exc)
     assert "Retrying" not in caplog.text
 
 
@@ -175,4 +176,4 @@ def test_the_command_line_takes_a_hub_id(adapter_hub, adapters, tmp_path, capsys
     for argv in (["info", "someone/absent"], ["generate", str(clip), "--adapter", "someone/absent", "-q"]):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "someone/absent: not in the Hugging Face cache" in err
+        assert err.count("\n") == 1 and "someone/absent: no such folder, and the Hub adapter is not in the Hugging Face cache" in err

@@ -136,11 +136,11 @@ def _hub_message(exc: Exception, where: str, revision, filename, push: bool) -> 
     if isinstance(exc, OfflineModeIsEnabled) or (isinstance(exc, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
         if push:
             return "HF_HUB_OFFLINE is set; unset it to push"
-        return ("not in the Hugging Face cache and HF_HUB_OFFLINE is set; fetch it once without HF_HUB_OFFLINE, "
-                "or pass an adapter folder")
+        return ("no such folder, and the Hub adapter is not in the Hugging Face cache (HF_HUB_OFFLINE is set); "
+                "fetch it once without HF_HUB_OFFLINE, or pass an adapter folder")
     if isinstance(exc, LocalEntryNotFoundError):
-        return ("the Hugging Face Hub could not be reached and it is not in the cache; check the connection "
-                "(or HF_ENDPOINT), or pass an adapter folder")
+        return ("no such folder, and the Hugging Face Hub could not be reached with the adapter not in its cache; "
+                "check the connection (or HF_ENDPOINT), or pass an adapter folder")
     if isinstance(exc, EntryNotFoundError):  # the repository exists, the file does not
         return f"the repository has no {filename}; not a vidmusician adapter ({' + '.join(ADAPTER_FILES)})"
     if isinstance(exc, LocalTokenNotFoundError):
