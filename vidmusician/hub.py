@@ -79,6 +79,7 @@ def resolve_adapter(name, revision: str | None = None, files: tuple[str, ...] = 
 
 def _download(repo: str, filename: str, revision: str | None, shown_revision: str | None = None) -> Path:
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
 
     kwargs = dict(repo_id=repo, filename=filename, revision=revision, library_name="vidmusician",
                   library_version=__version__)
@@ -89,17 +90,11 @@ def _download(repo: str, filename: str, revision: str | None, shown_revision: st
                 # One plain request first: when the Hub cannot be reached, hf_hub_download retries
                 # for ~25 s (with a warning each time) before it falls back to the cache.
                 get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
-            except _http_status_error():
+            except HfHubHTTPError:
                 raise  # an answer from the Hub (no such repository, gated, ...): hub_errors says it
             except Exception:  # noqa: BLE001 - any failure to reach the Hub: the cache decides
                 return Path(hf_hub_download(**kwargs, local_files_only=True))
         return Path(hf_hub_download(**kwargs))
-
-
-def _http_status_error():
-    from huggingface_hub.errors import HfHubHTTPError
-
-    return HfHubHTTPError
 
 
 @contextlib.contextmanager
