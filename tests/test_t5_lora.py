@@ -159,6 +159,7 @@ def test_text_prompt_with_null_video_is_plain_musicgen_and_text_stays_plain_with
 
 @pytest.mark.parametrize("frame_offset", [0, 7])
 def test_streaming_equals_full_forward(base_t5, frame_offset):
+    torch.manual_seed(0)  # the adapters' random init (and so the round-off) whatever ran before
     vm = adapted(base_t5, perturbed=True)
     lm = vm.lm
     codes = codes_for(vm.musicgen, batch=3, steps=20)
