@@ -18,14 +18,14 @@ CARD = 400
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Eight sources of one random 4 s window each; two held out."""
+    """Eight sources of one random 2 s window each (100 frames at the tiny codec's 50 Hz); two held out."""
     root = tmp_path_factory.mktemp("monitor") / "data"
     root.mkdir()
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 4.0, 4.0).save(root)
+    DatasetMeta("tiny", 32000, 1, 50.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 2.0, 2.0).save(root)
     writer = ShardWriter(root)
     g = torch.Generator().manual_seed(0)
     for i in range(8):
-        feats = VideoFeatures(torch.randn(4, 32, generator=g), torch.rand(100, 16, generator=g), 1.0, 25.0, 4.0,
+        feats = VideoFeatures(torch.randn(2, 32, generator=g), torch.rand(50, 16, generator=g), 1.0, 25.0, 2.0,
                               "tiny")
         writer.add({"source": f"v{i}", "split": "train" if i < 6 else "holdout", "text": None},
                    [(0.0, torch.randint(0, CARD, (4, 100), generator=g), feats)])
