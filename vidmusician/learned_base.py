@@ -4,8 +4,7 @@ The 'tiny' backbone's LM has random weights: its output heads cap how confident
 any prediction can be, so an adapter on it cannot make the music follow the video
 under ordinary sampling. 'tiny-learned' is the same architecture trained first as a
 plain music LM (no video) on the synthetic music below, then frozen, as MusicGen is
-when the adapters attach. It builds in about a minute on a CPU (as long at 50 Hz as it
-took at 25 Hz: the same tokens per step), identically from the
+when the adapters attach. It builds in about a minute on a CPU, identically from the
 same seed, and is cached under ``$VIDMUSICIAN_CACHE`` (default
 ``~/.cache/vidmusician``), keyed by a hash of its recipe, its code version, torch's
 version, the fresh LM's weights and the codec's, so a change to any of them rebuilds it.
