@@ -60,7 +60,7 @@ from vidmusician.training.dataset import DatasetMeta, ShardWriter
 from vidmusician.video.features import extract_features, load_encoder
 
 REPO = Path(__file__).resolve().parents[1]
-FPS = 25  # the video's frame rate; the tiny codec's is 25 Hz too
+FPS = 25  # the video's frame rate; the codec's (lb.FRAME_RATE) is 50 Hz, as the real one's
 PALETTE = np.array([[200, 30, 30], [30, 160, 60], [40, 60, 220], [230, 200, 40]], np.uint8)
 TINY_ADAPTER = ["adapter.memory_dim=32", "adapter.attn_dim=16", "adapter.attn_heads=2"]
 
@@ -85,12 +85,14 @@ def write_video(path: Path, scene: int, events: list[int], num_frames: int, size
     return path
 
 
-def make_clips(folder: Path, n: int, scenes: int, num_frames: int, rng: random.Random, encoder) -> list[dict]:
-    """n clips: scene class, event frames, phase, and the tiny encoder's features of the video."""
+def make_clips(folder: Path, n: int, scenes: int, seconds: float, rng: random.Random, encoder) -> list[dict]:
+    """n clips: scene class, event frames (codec frames, each on a video frame), phase, and the tiny
+    encoder's features of the video."""
     clips = []
+    step = lb.FRAME_RATE // FPS  # codec frames per video frame
     for i in range(n):
-        scene, events = i % scenes, lb.event_frames(rng, num_frames)
-        video = write_video(folder / f"{i}.mp4", scene, events, num_frames)
+        scene, events = i % scenes, lb.event_frames(rng, int(round(seconds * lb.FRAME_RATE)), fps=FPS)
+        video = write_video(folder / f"{i}.mp4", scene, [f // step for f in events], int(round(seconds * FPS)))
         clips.append(dict(scene=scene, events=events, phase=rng.randrange(lb.PERIOD),
                           features=extract_features(video, encoder)))
     return clips
@@ -99,7 +101,8 @@ def make_clips(folder: Path, n: int, scenes: int, num_frames: int, rng: random.R
 def write_dataset(root: Path, train: list[dict], holdout: list[dict], seconds: float, num_frames: int) -> None:
     """The clips and their music as a prepared dataset (the trainer's input)."""
     root.mkdir(parents=True)
-    DatasetMeta("tiny-learned", 32000, 1, 25.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, seconds, seconds).save(root)
+    DatasetMeta("tiny-learned", 32000, 1, float(lb.FRAME_RATE), 4, 400, "tiny", 32, 16, 1.0, float(FPS), seconds,
+                seconds).save(root)
     writer = ShardWriter(root)
     for split, clips in (("train", train), ("holdout", holdout)):
         for i, c in enumerate(clips):
@@ -135,7 +138,8 @@ def score(vm, clips: list[dict], videos: list, seconds: float, sampling: bool, s
 
 def audio_f1(audio: torch.Tensor, clip: dict, sample_rate: int) -> float:
     """F1 of the onsets heard in ``audio`` against the clip's flash times, within 50 ms."""
-    return lb.match_events(lb.audio_onsets(audio, sample_rate), [f / FPS for f in clip["events"]], tolerance=0.05)[2]
+    times = [f / lb.FRAME_RATE for f in clip["events"]]
+    return lb.match_events(lb.audio_onsets(audio, sample_rate), times, tolerance=0.05)[2]
 
 
 def soundtrack_f1(clips: list[dict], num_frames: int) -> float:
@@ -188,13 +192,13 @@ def run(args) -> dict | list[dict]:
 
     torch.manual_seed(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="vm-alignment-"))
-    num_frames = int(round(args.seconds * FPS))
+    num_frames = int(round(args.seconds * lb.FRAME_RATE))  # codec frames
     rng = random.Random(args.seed)
     encoder = load_encoder("tiny", device="cpu")
     (work / "videos").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     test_clips = 0 if args.lr_sweep else args.test
-    clips = make_clips(work / "videos", args.train + args.holdout + test_clips, args.scenes, num_frames, rng, encoder)
+    clips = make_clips(work / "videos", args.train + args.holdout + test_clips, args.scenes, args.seconds, rng, encoder)
     train, holdout, test = clips[:args.train], clips[args.train:args.train + args.holdout], clips[-args.test:]
     write_dataset(work / "data", train, holdout, args.seconds, num_frames)
     print(f"data: {len(train)} train / {len(holdout)} holdout / {test_clips} test clips of {args.seconds:g} s, "

@@ -31,7 +31,7 @@ def tiny_config(musicgen, **overrides):
 
 
 def random_video_batch(size: int, present, num_frames: int = 200, num_global: int = 8, seed: int = 0,
-                       frame_rate: float = 25.0):
+                       frame_rate: float = 50.0):
     """A VideoBatch of random features; `present[i]` False makes sample i a null video."""
     from vidmusician.adapter.context import VideoBatch
 

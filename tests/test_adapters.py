@@ -136,7 +136,7 @@ def test_batch_size_mismatch_is_a_clear_error(tiny):
 
 
 def generate_tokens(musicgen, n, seed):
-    musicgen.set_generation_params(duration=1.0, use_sampling=True, top_k=50, cfg_coef=3.0)
+    musicgen.set_generation_params(duration=0.5, use_sampling=True, top_k=50, cfg_coef=3.0)
     torch.manual_seed(seed)
     return musicgen.generate([None] * n, return_tokens=True)[1]
 
@@ -385,9 +385,9 @@ def test_what_a_stage_trains_comes_from_one_table(tiny, monkeypatch):
     assert trainable(vm) == group(vm, "rhythm")
     with pytest.raises(ConfigError, match=r"^recipe: stage must be 1, 2 or 3, got 4$"):
         Recipe(stage=4)
-    meta = DatasetMeta(backbone="tiny", sample_rate=32000, channels=1, frame_rate=25.0, n_q=4, card=musicgen.lm.card,
-                       encoder="tiny", global_dim=TINY_GLOBAL_DIM, local_dim=TINY_LOCAL_DIM, global_fps=1.0,
-                       local_fps=25.0, window=4.0, hop=4.0)
+    meta = DatasetMeta(backbone="tiny", sample_rate=32000, channels=1, frame_rate=float(musicgen.frame_rate), n_q=4,
+                       card=musicgen.lm.card, encoder="tiny", global_dim=TINY_GLOBAL_DIM, local_dim=TINY_LOCAL_DIM,
+                       global_fps=1.0, local_fps=25.0, window=4.0, hop=4.0)
     args = types.SimpleNamespace(backbone=None, data="ds", init=None)
     trained = build_model(args, Recipe(stage=1, adapter=dict(memory_dim=32, attn_dim=16, attn_heads=2)), meta, "cpu")
     assert trained.config.stage == 1 and trainable(trained) == group(trained, "rhythm")

@@ -292,7 +292,7 @@ def test_training_refuses_a_dataset_of_the_other_activation(adapted, tmp_path):
     init = tmp_path / "init"
     adapted.save_pretrained(init)
     spec = adapted.config.encoder
-    meta = DatasetMeta("tiny", 32000, 1, 25.0, 4, 400, spec, 32, 16, 1.0, 25.0, 2.0, 2.0, encoder_activation="gelu")
+    meta = DatasetMeta("tiny", 32000, 1, 50.0, 4, 400, spec, 32, 16, 1.0, 25.0, 2.0, 2.0, encoder_activation="gelu")
     args = parse_args(["--recipe", "r.json", "--data", str(tmp_path / "ds"), "--output", str(tmp_path / "o"),
                        "--backbone", "tiny", "--init", str(init)])
     with pytest.raises(DataError, match=r"ds: features made with GELU .* trained on QuickGELU features"):

@@ -13,13 +13,13 @@ from vidmusician.errors import DataError
 from vidmusician.video.features import VideoFeatures
 from vidmusician.training.train import main
 
-FRAMES, CARD = 100, 400
+FRAMES, CARD = 100, 400  # 2 s windows at the tiny codec's 50 Hz
 
 
 def window(seed: int, codes=None):
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, CARD, (4, FRAMES), generator=g) if codes is None else codes
-    feats = VideoFeatures(torch.randn(4, 32, generator=g), torch.rand(100, 16, generator=g), 1.0, 25.0, 4.0, "tiny")
+    feats = VideoFeatures(torch.randn(2, 32, generator=g), torch.rand(50, 16, generator=g), 1.0, 25.0, 2.0, "tiny")
     return 0.0, codes, feats
 
 
@@ -31,7 +31,7 @@ def data(tmp_path) -> Path:
 def random_dataset(root: Path) -> Path:
     """Eight sources of one random window each (tiny backbone and encoder), in shards of two windows."""
     root.mkdir()
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 4.0, 4.0).save(root)
+    DatasetMeta("tiny", 32000, 1, 50.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 2.0, 2.0).save(root)
     writer = ShardWriter(root, shard_windows=2)
     for i in range(8):
         writer.add({"source": f"v{i}", "split": "train" if i < 6 else "holdout", "text": None}, [window(i)])
@@ -101,7 +101,7 @@ def test_codes_outside_the_codebook_are_named_even_without_a_checksum(tmp_path):
     """A dataset written before the integrity record (format 1): the values themselves are checked."""
     root = tmp_path / "old"
     root.mkdir()
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 4.0, 4.0, format_version=1).save(root)
+    DatasetMeta("tiny", 32000, 1, 50.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 2.0, 2.0, format_version=1).save(root)
     writer = ShardWriter(root)
     bad = torch.full((4, FRAMES), 7)
     bad[2, 50] = CARD + 5

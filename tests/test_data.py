@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 from media import flash_video, write_audio
+from test_timing import reference
 
 import vidmusician.backbones as backbones
 import vidmusician.training.prepare as prepare_module
 from vidmusician.cli import main
 from vidmusician.random_backbones import tiny_musicgen
-from vidmusician.training.dataset import INDEX_NAME, Collate, MismatchedVideos, PreparedDataset, read_jsonl
+from vidmusician.training.dataset import (INDEX_NAME, Collate, DatasetMeta, MismatchedVideos, PreparedDataset,
+                                         read_jsonl)
 from vidmusician.errors import DataError
 from vidmusician.audio_io import read_audio
 from vidmusician.training.prepare import holdout_ids, list_sources, prepare, window_starts
@@ -61,9 +63,10 @@ def test_good_files_become_shards_and_bad_ones_are_listed(prepared):
 def test_windows_cover_each_clip_on_the_global_grid(prepared):
     out, _ = prepared
     starts = {}
+    assert DatasetMeta.load(out).frame_rate == 50.0  # the tiny codec's, as the real one's
     for r in read_jsonl(out / INDEX_NAME):
         starts.setdefault(r["source"], []).append(r["start"])
-        assert (r["seconds"], r["frames"]) == (2.0, 50)  # 2 s at the tiny codec's 25 Hz
+        assert (r["seconds"], r["frames"]) == (2.0, 100)  # 2 s at 50 Hz
     # hop 1 s; the last window ends at the clip's end (rounded down to the 1 s grid)
     assert starts == {"good0.mp4": [0.0, 1.0], "good1.mp4": [0.0, 1.0, 2.0, 3.0], "good2.mp4": [0.0]}
     assert window_starts(1.5, 2.0, 1.0, 1.0) == ([0.0], 1.5)  # shorter than a window: one short window
@@ -87,12 +90,13 @@ def test_cached_codes_and_features_are_those_of_the_window(prepared, folder):
     ex = next(d[i] for d in data for i, r in enumerate(d.rows) if r["source"] == "good1.mp4" and r["start"] == 2.0)
     cm = tiny_musicgen().compression_model
     wav = read_audio(folder / "good1.mp4", 32000, 1, align_to_video=True)
+    frames = int(2 * cm.frame_rate)
     with torch.no_grad():
         codes, _ = cm.encode(wav[None, :, 64000:128000])
         elsewhere, _ = cm.encode(wav[None, :, 32000:96000])
-    assert torch.equal(ex.codes, codes[0, :, :50])
-    assert not torch.equal(ex.codes, elsewhere[0, :, :50])  # the check can tell windows apart
-    # window [2 s, 4 s): local rows 50..99 of the whole video's signal; global seconds 2 and 3
+    assert torch.equal(ex.codes, codes[0, :, :frames])
+    assert not torch.equal(ex.codes, elsewhere[0, :, :frames])  # the check can tell windows apart
+    # window [2 s, 4 s): local rows 50..99 of the whole video's 25 fps signal; global seconds 2 and 3
     from vidmusician.video.features import extract_features
 
     whole = extract_features(folder / "good1.mp4", "tiny", device="cpu")
@@ -165,13 +169,17 @@ def test_pairs_from_a_csv_with_separate_audio_and_text(tmp_path):
 def test_collate_pads_short_windows_and_aligns_video(prepared):
     out, _ = prepared
     data = PreparedDataset(out, "train")
-    batch = Collate(25.0)([data[0], data[1]])
-    assert batch.codes.shape == (2, 4, 50) and batch.valid.all()
-    assert batch.videos.local.shape == (2, 50, 16) and batch.videos.present.all()
+    fr = DatasetMeta.load(out).frame_rate  # 2 s windows: 2 * fr codec frames, the video's 25 fps resampled to them
+    batch = Collate(fr)([data[0], data[1]])
+    assert batch.codes.shape == (2, 4, 2 * fr) and batch.valid.all()
+    assert batch.videos.local.shape == (2, 2 * fr, 16) and batch.videos.present.all()
+    for ex, local in zip(data, batch.videos.local):  # step s reads the video at time s / fr
+        want = reference(ex.features.local_feats.double().numpy(), ex.features.local_fps, np.arange(2 * fr) / fr)
+        np.testing.assert_allclose(local.numpy(), want, atol=1e-6)
     short = data[0]
     short.codes = short.codes[:, :30]
-    batch = Collate(25.0)([short, data[1]])
-    assert batch.valid.sum(1).tolist() == [30, 50]
+    batch = Collate(fr)([short, data[1]])
+    assert batch.valid.sum(1).tolist() == [30, 2 * fr]
     mismatched = MismatchedVideos(data)
     assert torch.equal(mismatched[0].codes, data[0].codes)
     assert not torch.equal(mismatched[0].features.local_feats, data[0].features.local_feats)

@@ -104,7 +104,7 @@ def test_fit_checks_name_the_differing_fields_and_the_fix(tiny):
                                           rf"use the adapter's encoder"):
         check_encoder_fit(vm.config, "f.safetensors", "tiny", None, (TINY_GLOBAL_DIM, 8))
 
-    meta = DatasetMeta(backbone="tiny", sample_rate=32000, channels=1, frame_rate=25.0, n_q=4, card=2048,
+    meta = DatasetMeta(backbone="tiny", sample_rate=32000, channels=1, frame_rate=50.0, n_q=4, card=2048,
                        encoder="tiny", global_dim=TINY_GLOBAL_DIM, local_dim=TINY_LOCAL_DIM, global_fps=1.0,
                        local_fps=25.0, window=4.0, hop=4.0)
     args = types.SimpleNamespace(backbone=None, data="ds", init=None)

@@ -13,7 +13,7 @@ from conftest import perturb_adapters, random_video_batch, tiny_config
 import vidmusician.random_backbones as random_backbones
 from vidmusician import VidMusician, attach_adapters
 from vidmusician.backbones import load_backbone
-from vidmusician.random_backbones import codec_config, export_musicgen, lm_config, random_musicgen
+from vidmusician.random_backbones import TINY_CODEC, codec_config, export_musicgen, lm_config, random_musicgen
 from vidmusician.adapter_files import WEIGHTS_NAME
 from vidmusician.cli import main
 from vidmusician.config import AdapterConfig, load_preset
@@ -143,7 +143,7 @@ def test_info_cli(saved, capsys):
 
 def test_load_backbone_reads_audiocraft_export_despite_weights_only(tiny, tmp_path):
     musicgen = tiny()
-    folder = export_musicgen(musicgen, lm_config(32, 4, 4, card=400), codec_config(25, 400), tmp_path / "mg")
+    folder = export_musicgen(musicgen, lm_config(32, 4, 4, card=400), codec_config(**TINY_CODEC), tmp_path / "mg")
     # The real files pickle an OmegaConf config: torch>=2.6's default weights_only load refuses them.
     with pytest.raises(Exception, match="[Ww]eights only"):
         torch.load(folder / "state_dict.bin")
@@ -165,7 +165,7 @@ def test_load_codec_reads_only_the_codec(tiny, tmp_path, monkeypatch):
     from vidmusician.backbones import load_codec
 
     musicgen = tiny()
-    folder = export_musicgen(musicgen, lm_config(32, 4, 4, card=400), codec_config(25, 400), tmp_path / "mg")
+    folder = export_musicgen(musicgen, lm_config(32, 4, 4, card=400), codec_config(**TINY_CODEC), tmp_path / "mg")
     # Only the LM's config is read (it says how the codec is wrapped), never its model.
     for module, fn in ((builders, "get_lm_model"), (loaders, "load_lm_model")):
         monkeypatch.setattr(module, fn, lambda *a, **k: pytest.fail("the LM was loaded"))

@@ -1,12 +1,14 @@
 """Generation: audiocraft's window semantics, per-window video, text + video, outputs, CLI.
 
-Everything runs on the tiny backbone (25 Hz codec) and the tiny visual encoder.
-Long videos are tested cheaply by shrinking the backbone's window to 2 s.
+Everything runs on the tiny backbone (50 Hz codec, as the real one: the 25 fps local
+signal is resampled to it) and the tiny visual encoder. Long videos are tested cheaply
+by shrinking the backbone's window to 1 s.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import torch
 
 from conftest import perturb_adapters, tiny_config
 from media import flash_video
+from test_timing import reference
 from vidmusician import cli
 from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.errors import ConfigError, VideoError
@@ -28,7 +31,7 @@ from vidmusician.generation.windows import GenerationParams, generate_tokens, pl
 from vidmusician.pipeline import generate
 from vidmusician.video.reader import probe
 
-FRAME_RATE = 25  # the tiny backbone's codec
+LOCAL_FPS = 25  # the local change signal's rate (the codec's is read from the model)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,8 @@ def adapted(base, max_duration=None):
 def media(tmp_path_factory):
     root = tmp_path_factory.mktemp("media")
     return {
-        "short": flash_video(root / "short.mp4", [0.4, 1.2, 2.0], duration=2.4),
-        "long": flash_video(root / "long.mp4", [0.5, 2.5, 4.0], duration=4.6),
+        "short": flash_video(root / "short.mp4", [0.3, 0.6, 0.9], duration=1.2),
+        "long": flash_video(root / "long.mp4", [0.5, 1.2, 2.0], duration=2.3),
     }
 
 
@@ -68,12 +71,13 @@ def adapter_dir(base, tmp_path_factory):
     return path
 
 
-def ramp_features(seconds: int, global_dim: int = 32, patches: int = 16) -> VideoFeatures:
-    """Features in [0, 1] whose values say when they are: local row t ~ t, global row k ~ k."""
-    t = torch.arange(seconds * FRAME_RATE, dtype=torch.float32)[:, None]
-    local = (t + torch.arange(patches) / 100.0) / (seconds * FRAME_RATE)
-    glob = (torch.arange(seconds, dtype=torch.float32)[:, None] + torch.arange(global_dim) / 1000.0) / seconds
-    return VideoFeatures(glob, local, global_fps=1.0, local_fps=float(FRAME_RATE), duration=float(seconds),
+def ramp_features(seconds: float, global_dim: int = 32, patches: int = 16) -> VideoFeatures:
+    """Features in [0, 1] whose values say when they are: local row t ~ t (at 25 fps), global row k ~ k."""
+    frames = round(seconds * LOCAL_FPS)
+    t = torch.arange(frames, dtype=torch.float32)[:, None]
+    local = (t + torch.arange(patches) / 100.0) / frames
+    glob = (torch.arange(math.ceil(seconds), dtype=torch.float32)[:, None] + torch.arange(global_dim) / 1000.0) / seconds
+    return VideoFeatures(glob, local, global_fps=1.0, local_fps=float(LOCAL_FPS), duration=float(seconds),
                          encoder="tiny")
 
 
@@ -96,41 +100,43 @@ def test_plan_windows_tiles_the_music():
     assert [(w.frame_offset, w.prompt_frames, w.frames) for w in plan_windows(30, 50, 25)] == [(0, 0, 30)]
 
 
-@pytest.mark.parametrize("duration", [1.0, 4.0])  # one window; three windows of 2 s
+@pytest.mark.parametrize("duration", [0.5, 2.0])  # one window; three windows of 1 s
 def test_window_loop_samples_exactly_what_audiocraft_samples(base, duration):
-    musicgen = fresh(base, max_duration=2)
-    _, reference = audiocraft_tokens(musicgen, ["piano"], duration, seed=3)
+    musicgen = fresh(base, max_duration=1)
+    _, expected = audiocraft_tokens(musicgen, ["piano"], duration, seed=3, extend_stride=0.5)
     attributes, _ = musicgen._prepare_tokens_and_attributes(["piano"], None)
     torch.manual_seed(3)
-    tokens = generate_tokens(musicgen, attributes, int(duration * FRAME_RATE), GenerationParams(extend_stride=1.0))
-    assert tokens.shape == reference.shape == (1, 4, int(duration * FRAME_RATE))
-    assert torch.equal(tokens, reference)
+    frames = int(duration * musicgen.frame_rate)
+    tokens = generate_tokens(musicgen, attributes, frames, GenerationParams(extend_stride=0.5))
+    assert tokens.shape == expected.shape == (1, 4, frames)
+    assert torch.equal(tokens, expected)
 
 
 def test_each_window_reads_its_own_stretch_of_video(base):
-    vm = adapted(base, max_duration=2)
-    vm.set_generation_params(extend_stride=1.0)
+    vm = adapted(base, max_duration=1)
+    vm.set_generation_params(extend_stride=0.4)
     seen_local, seen_global = [], []
     inputs = vm.lm.video_inputs
     inputs.rhythm_in.register_forward_pre_hook(
         lambda m, args: seen_local.append((vm.context.frame_offset, vm.context.position, args[0].clone())))
     inputs.memory.register_forward_pre_hook(
         lambda m, args: seen_global.append((vm.context.frame_offset, args[0].clone())))
-    feats = ramp_features(5)
-    vm.generate([feats], duration=5.0, seed=0)
+    feats = ramp_features(2)
+    vm.generate([feats], duration=2.0, seed=0)
 
-    # 5 s in 2 s windows advancing by 1 s: windows start at frames 0, 25, 50, 75.
-    offsets = sorted({offset for offset, _, _ in seen_local})
-    assert offsets == [0, 25, 50, 75]
-    padded = torch.cat([feats.local_feats, torch.zeros(100, 16)])  # no change past the video's end
+    # 2 s in 1 s windows advancing by 0.4 s: windows start at 0, 0.4, 0.8 and 1.2 s.
+    fr = vm.musicgen.frame_rate
+    starts = [round(k * 0.4 * fr) for k in range(4)]
+    assert sorted({offset for offset, _, _ in seen_local}) == starts
     for offset, position, local in seen_local:
-        start = offset + position  # absolute codec frame of this forward's first step
-        expected = padded[start:start + local.shape[1]]
-        assert torch.allclose(local[0], expected, atol=1e-5), (offset, position)
+        # Step s of this forward is codec frame offset + position + s: the video at that frame's time.
+        times = (offset + position + np.arange(local.shape[1])) / fr
+        expected = reference(feats.local_feats.double().numpy(), LOCAL_FPS, times)
+        np.testing.assert_allclose(local[0].numpy(), expected, atol=1e-5, err_msg=f"{(offset, position)}")
     for offset, tokens in seen_global:
-        second = offset // FRAME_RATE
+        second = round(offset / fr)  # the global frame nearest the window's start
         assert torch.equal(tokens[0], feats.global_feats[second:second + vm.config.max_global_tokens])
-    assert sorted({offset for offset, _ in seen_global}) == [0, 25, 50, 75]
+    assert sorted({offset for offset, _ in seen_global}) == starts
 
 
 # --------------------------------------------------------------------------- #
@@ -138,13 +144,13 @@ def test_each_window_reads_its_own_stretch_of_video(base):
 
 
 def test_null_video_equals_plain_musicgen_and_a_video_does_not(base):
-    vm = adapted(base, max_duration=2)
-    vm.set_generation_params(extend_stride=1.0)
-    _, reference = audiocraft_tokens(fresh(base, max_duration=2), ["piano"], 3.0, seed=11)
-    _, null = vm.generate([None], texts=["piano"], duration=3.0, seed=11, return_tokens=True)
-    assert torch.equal(null, reference)
-    _, with_video = vm.generate([ramp_features(3)], texts=["piano"], seed=11, return_tokens=True)
-    assert not torch.equal(with_video, reference)  # the perturbed adapters do act
+    vm = adapted(base, max_duration=1)
+    vm.set_generation_params(extend_stride=0.5)
+    _, expected = audiocraft_tokens(fresh(base, max_duration=1), ["piano"], 1.5, seed=11, extend_stride=0.5)
+    _, null = vm.generate([None], texts=["piano"], duration=1.5, seed=11, return_tokens=True)
+    assert torch.equal(null, expected)
+    _, with_video = vm.generate([ramp_features(1.5)], texts=["piano"], seed=11, return_tokens=True)
+    assert not torch.equal(with_video, expected)  # the perturbed adapters do act
 
 
 def test_text_and_video_both_steer(base):
@@ -152,7 +158,7 @@ def test_text_and_video_both_steer(base):
     feats = ramp_features(1)
 
     def tokens(text, video):
-        return vm.generate([video], texts=[text], duration=1.0, seed=5, return_tokens=True)[1]
+        return vm.generate([video], texts=[text], duration=0.5, seed=5, return_tokens=True)[1]
 
     piano = tokens("piano", feats)
     assert torch.equal(piano, tokens("piano", feats))  # same seed, same tokens
@@ -162,9 +168,9 @@ def test_text_and_video_both_steer(base):
 
 def test_batch_of_videos_of_different_lengths(base):
     vm = adapted(base)
-    a, b = ramp_features(1), ramp_features(2)
+    a, b = ramp_features(0.5), ramp_features(1)
     wav = vm.generate([a, b], texts=["piano", None], seed=2)
-    assert wav.shape == (2, 1, 2 * vm.sample_rate)  # the longest video
+    assert wav.shape == (2, 1, vm.sample_rate)  # the longest video
     assert wav.dtype == torch.float32 and torch.isfinite(wav).all()
 
 
@@ -189,14 +195,14 @@ def test_two_step_cfg_and_bad_params_are_refused(base):
 
 
 def test_generate_long_video_exact_length_and_seeded(base, media, adapter_dir):
-    info = probe(media["long"])  # 4.6 s: three windows of the 2 s backbone
-    kwargs = dict(adapter=adapter_dir, seed=4, progress=False, extend_stride=1.0)
-    wav, sr = generate(media["long"], backbone=fresh(base, max_duration=2), **kwargs)
+    info = probe(media["long"])  # 2.3 s: four windows of the 1 s backbone
+    kwargs = dict(adapter=adapter_dir, seed=4, progress=False, extend_stride=0.5)
+    wav, sr = generate(media["long"], backbone=fresh(base, max_duration=1), **kwargs)
     assert sr == 32000
     assert wav.shape == (1, round(info.duration * sr))
-    again, _ = generate(media["long"], backbone=fresh(base, max_duration=2), **kwargs)
+    again, _ = generate(media["long"], backbone=fresh(base, max_duration=1), **kwargs)
     assert torch.equal(wav, again)
-    other, _ = generate(media["long"], backbone=fresh(base, max_duration=2), **{**kwargs, "seed": 5})
+    other, _ = generate(media["long"], backbone=fresh(base, max_duration=1), **{**kwargs, "seed": 5})
     assert not torch.equal(wav, other)
     short, _ = generate(media["long"], backbone=fresh(base), duration=1.3, **kwargs)
     assert short.shape == (1, round(1.3 * sr))
@@ -205,12 +211,12 @@ def test_generate_long_video_exact_length_and_seeded(base, media, adapter_dir):
 @pytest.mark.parametrize("encoder", [None, "tiny"])  # video ignored; video through fresh adapters
 def test_without_adapter_the_music_is_plain_musicgen(base, media, encoder):
     with pytest.warns(UserWarning, match="no adapter"):
-        wav, sr = generate(media["short"], backbone=fresh(base), encoder=encoder, text="piano", duration=2.0,
+        wav, sr = generate(media["short"], backbone=fresh(base), encoder=encoder, text="piano", duration=1.0,
                            seed=9, progress=False)
-    reference = fresh(base)
-    reference.set_generation_params(duration=2.0)
+    plain = fresh(base)
+    plain.set_generation_params(duration=1.0)
     torch.manual_seed(9)
-    assert torch.equal(wav, reference.generate(["piano"])[0])
+    assert torch.equal(wav, plain.generate(["piano"])[0])
 
 
 # --------------------------------------------------------------------------- #

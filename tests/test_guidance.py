@@ -2,7 +2,7 @@
 
 Three branches ``[text+video; text; null]`` in one batch where ``t != v``; the
 two-branch batch of MusicGen where the third adds nothing. Everything runs on the
-tiny backbone with perturbed adapters (so the video acts) and the 25 Hz codec.
+tiny backbone with perturbed adapters (so the video acts) and its 50 Hz codec (the real one's).
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ import torch
 
 from conftest import perturb_adapters, random_video_batch, tiny_config
 from vidmusician import cli
-from vidmusician.random_backbones import tiny_musicgen
+from vidmusician.random_backbones import TINY_CODEC, tiny_musicgen
 from vidmusician.errors import ConfigError
 from vidmusician.model import attach_adapters
 from vidmusician.generation.guidance import GenerationParams, Guidance, guidance_conditions, guided_logits
 
-FRAME_RATE = 25  # the tiny backbone's codec
+FRAME_RATE = TINY_CODEC["frame_rate"]  # the tiny backbone's codec (checked by the base fixture)
 TEXTS = ["piano", "drums"]
 
 
 @pytest.fixture(scope="module")
 def base():
     """One tiny MusicGen per module; tests take deep copies (building one runs k-means)."""
-    return tiny_musicgen()
+    musicgen = tiny_musicgen()
+    assert musicgen.frame_rate == FRAME_RATE
+    return musicgen
 
 
 def adapted(base, max_duration=None):
@@ -39,7 +41,7 @@ def adapted(base, max_duration=None):
     return vm
 
 
-def video(present=(True, False), seconds=1.0):
+def video(present=(True, False), seconds=0.5):
     """Random features of ``seconds`` per sample; ``present[i]`` False: a null video."""
     return random_video_batch(len(present), list(present), num_frames=int(seconds * FRAME_RATE))
 
@@ -117,7 +119,7 @@ def test_equal_coefficients_sample_todays_tokens_in_todays_batch(base):
     attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS, None)
     torch.manual_seed(3)
     with vm.video(videos):
-        today = vm.lm.generate(None, attributes, max_gen_len=FRAME_RATE, use_sampling=True, top_k=250,
+        today = vm.lm.generate(None, attributes, max_gen_len=FRAME_RATE // 2, use_sampling=True, top_k=250,
                                cfg_coef=2.5)
     rows = []
     vm.lm.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
@@ -181,28 +183,28 @@ def test_only_text_video_rows_get_the_video_in_a_three_branch_step(base):
 
 
 def test_every_streaming_step_of_every_window_routes_the_video_to_its_rows(base):
-    """A long video (4 windows of 2 s), a batch with a null video, three branches."""
-    vm = adapted(base, max_duration=2)
-    videos = video((False, True), seconds=4.0)
+    """A long video (3 windows of 1 s), a batch with a null video, three branches."""
+    vm = adapted(base, max_duration=1)
+    videos = video((False, True), seconds=2.0)
     seen = []
     ctx = vm.context
     vm.lm.video_inputs.layers[0].register_forward_pre_hook(
         lambda m, args: seen.append((ctx.frame_offset, ctx.steps, args[0].shape[0], tuple(ctx.rows.tolist()))))
-    tokens = sample(vm, videos, text_cfg_coef=2.0, video_cfg_coef=5.0, extend_stride=1.0)
-    assert tokens.shape == (2, 4, 4 * FRAME_RATE)
-    assert sorted({offset for offset, *_ in seen}) == [0, 25, 50]
+    tokens = sample(vm, videos, text_cfg_coef=2.0, video_cfg_coef=5.0, extend_stride=0.5)
+    assert tokens.shape == (2, 4, 2 * FRAME_RATE)
+    assert sorted({offset for offset, *_ in seen}) == [0, FRAME_RATE // 2, FRAME_RATE]
     # Every forward: 3 branches of 2 rows; only row 1 (the second sample's text+video row) has video.
     assert {(rows, video_rows) for *_, rows, video_rows in seen} == {(6, (1,))}
-    assert sum(steps == 1 for _, steps, *_ in seen) > 3 * FRAME_RATE  # one step at a time: streamed
+    assert sum(steps == 1 for _, steps, *_ in seen) > 1.5 * FRAME_RATE  # one step at a time: streamed
 
 
 @pytest.mark.parametrize("windows", [1, 3])
 def test_video_guidance_changes_only_the_samples_with_video(base, windows):
     """Sampled tokens: the null video's sample is what the base model samples with the
     same coefficients, in every window; the video's sample is not."""
-    vm = adapted(base, max_duration=2)
-    videos = video((True, False), seconds=windows + 1.0)
-    coefs = dict(text_cfg_coef=2.0, video_cfg_coef=5.0, extend_stride=1.0)
+    vm = adapted(base, max_duration=1)
+    videos = video((True, False), seconds=(windows + 1) / 2)
+    coefs = dict(text_cfg_coef=2.0, video_cfg_coef=5.0, extend_stride=0.5)
     got = sample(vm, videos, **coefs)
     with vm.disable_adapters():
         plain = sample(vm, videos, **coefs)
@@ -221,7 +223,7 @@ def test_video_coefficient_zero_is_plain_musicgen_bitwise(base):
     plain = copy.deepcopy(base)
     reference_log = []
     record_lm(plain.lm, reference_log)
-    plain.set_generation_params(duration=1.0, cfg_coef=3.0)
+    plain.set_generation_params(duration=0.5, cfg_coef=3.0)
     torch.manual_seed(3)
     _, reference = plain.generate(TEXTS, return_tokens=True)
     assert torch.equal(tokens, reference)
@@ -237,7 +239,7 @@ def test_video_coefficient_zero_is_plain_musicgen_bitwise(base):
 def clip(tmp_path_factory):
     from media import flash_video
 
-    return flash_video(tmp_path_factory.mktemp("media") / "clip.mp4", [0.2, 0.6], duration=1.0)
+    return flash_video(tmp_path_factory.mktemp("media") / "clip.mp4", [0.2, 0.4], duration=0.6)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,15 @@ import random
 import pytest
 import torch
 from media import flash_video
-from test_train import SECONDS, TINY_ADAPTER, log_rows, ok, recipe, run
+from test_train import TINY_ADAPTER, log_rows, ok, recipe, run
 
 from vidmusician import learned_base as lb
 from vidmusician.training.dataset import DatasetMeta, ShardWriter
 from vidmusician.video.features import extract_features, load_encoder
 
-FRAMES = 100
+SECONDS = 4.0  # the learned base's training windows
+FRAMES = int(SECONDS * lb.FRAME_RATE)
+VIDEO_FPS = 25  # flash_video's: the events a video shows fall on its frames
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +37,7 @@ def test_the_base_has_learned_music(learned):
 
     random_loss = lb.heldout_loss(tiny_musicgen(seed=0).lm)
     learned_loss = lb.heldout_loss(learned.lm)
-    # Measured: random 6.67 nats per token (ln 400 = 5.99), learned 0.077.
+    # Measured: random 6.61 nats per token (ln 400 = 5.99), learned 0.049.
     assert random_loss > 5.5 and learned_loss < 0.4, (random_loss, learned_loss)
     assert learned.name == "tiny-learned"
     assert not any(p.requires_grad for p in learned.lm.parameters())
@@ -89,8 +91,9 @@ def test_an_onset_detector_hears_the_events_in_the_decoded_audio(codec):
         codes = lb.synthetic_codes(events, rng.randrange(lb.STYLES), rng.randrange(lb.PERIOD), FRAMES)
         with torch.no_grad():
             onsets = lb.audio_onsets(codec.decode(codes[None])[0], lb.SAMPLE_RATE)
-        true.append(lb.match_events(onsets, [f / 25 for f in events], tolerance=0.05)[2])
-        other.append(lb.match_events(onsets, [f / 25 for f in lb.event_frames(rng, FRAMES)], tolerance=0.05)[2])
+        true.append(lb.match_events(onsets, [f / lb.FRAME_RATE for f in events], tolerance=0.05)[2])
+        other.append(lb.match_events(onsets, [f / lb.FRAME_RATE for f in lb.event_frames(rng, FRAMES)],
+                                     tolerance=0.05)[2])
     # Measured over 12 pieces: 0.97 against their own events, 0.20 against another piece's.
     assert sum(true) / 4 > 0.85 and sum(other) / 4 < 0.45, (true, other)
 
@@ -113,6 +116,15 @@ def test_the_base_is_built_identically_from_the_same_seed(tmp_path, monkeypatch)
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_the_cache_key_names_the_codec_timing():
+    """A base trained on 25 Hz codes is another base: the key changes with the codec's frame rate."""
+    fresh = lb._fresh(lb.BaseRecipe(), "cpu")
+    key = lb.recipe_key(lb.BaseRecipe(), fresh)
+    assert fresh.compression_model.frame_rate == 50
+    fresh.compression_model.frame_rate = 25
+    assert lb.recipe_key(lb.BaseRecipe(), fresh) != key
+
+
 def test_synthetic_music_and_its_event_reader():
     codes = lb.synthetic_codes([5, 20], style=2, phase=1, num_frames=30)
     assert codes.shape == (4, 30)
@@ -132,13 +144,14 @@ def flash_music(tmp_path_factory, learned):
     """24 training and 6 holdout flash videos; the music is synthetic music with an event at each flash."""
     root = tmp_path_factory.mktemp("flash-music") / "data"
     root.mkdir()
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, SECONDS, SECONDS).save(root)
+    DatasetMeta("tiny", 32000, 1, float(lb.FRAME_RATE), 4, 400, "tiny", 32, 16, 1.0, float(VIDEO_FPS), SECONDS,
+                SECONDS).save(root)
     encoder = load_encoder("tiny", device="cpu")
     rng = random.Random(0)
     writer = ShardWriter(root)
     for i in range(30):
-        events = lb.event_frames(rng, FRAMES)
-        video = flash_video(root / f"v{i}.mp4", [f / 25 for f in events], SECONDS)
+        events = lb.event_frames(rng, FRAMES, fps=VIDEO_FPS)
+        video = flash_video(root / f"v{i}.mp4", [f / lb.FRAME_RATE for f in events], SECONDS)
         codes = lb.synthetic_codes(events, rng.randrange(lb.STYLES), rng.randrange(lb.PERIOD), FRAMES)
         writer.add({"source": f"v{i}", "split": "train" if i < 24 else "holdout", "text": None},
                    [(0.0, codes, extract_features(video, encoder))])
@@ -161,8 +174,8 @@ def test_generated_events_follow_the_flashes_at_default_sampling(flash_music, tm
     rng = random.Random(123)
     scores = []
     for i in range(4):
-        events = lb.event_frames(rng, FRAMES)
-        feats = extract_features(flash_video(tmp_path / f"new{i}.mp4", [f / 25 for f in events], SECONDS),
+        events = lb.event_frames(rng, FRAMES, fps=VIDEO_FPS)
+        feats = extract_features(flash_video(tmp_path / f"new{i}.mp4", [f / lb.FRAME_RATE for f in events], SECONDS),
                                  "tiny", device="cpu")
         _, tokens = vm.generate([feats], duration=SECONDS, seed=i, return_tokens=True)  # MusicGen's defaults
         scores.append(lb.match_events(lb.event_onsets(tokens[0, 0]), events, tolerance=1)[2])

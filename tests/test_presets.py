@@ -38,7 +38,7 @@ def meta_backbone(name: str, size: str):
 
 
 def dataset_meta(**fields) -> DatasetMeta:
-    values = dict(backbone="tiny", sample_rate=32000, channels=1, frame_rate=25.0, n_q=4, card=400,
+    values = dict(backbone="tiny", sample_rate=32000, channels=1, frame_rate=50.0, n_q=4, card=400,
                   encoder="tiny", global_dim=32, local_dim=16, global_fps=1.0, local_fps=25.0, window=4.0, hop=4.0)
     values.update(fields)
     return DatasetMeta(**values)

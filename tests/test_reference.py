@@ -116,10 +116,10 @@ def adapt_by_hand(base_lm, vm, video, frame_offset: int, steps: int):
 
 
 # Full-width in-attention, and a rank below the model width (32); windows that start at
-# frame 0 and one second in (another stretch of local frames and global tokens); video
+# frame 0 and one second in (frame 50 at the tiny codec's 50 Hz) (another stretch of local frames and global tokens); video
 # rows in one span and scattered (the wrappers' two ways of picking rows).
 @pytest.mark.parametrize("rank, frame_offset, present", [(None, 0, [True, True, False]),
-                                                         (8, 25, [True, False, True])])
+                                                         (8, 50, [True, False, True])])
 def test_adapted_model_matches_the_design_written_out(tiny, rank, frame_offset, present):
     base, musicgen = tiny(), tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen, rhythm_rank=rank))

@@ -20,6 +20,7 @@ import pytest
 import torch
 from media import flash_video
 
+from vidmusician.random_backbones import TINY_CODEC
 from vidmusician.training.dataset import DatasetMeta, ShardWriter
 from vidmusician.errors import DataError
 from vidmusician.video.features import extract_features, load_encoder
@@ -28,21 +29,27 @@ from vidmusician.training.train_state import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FLASH, QUIET = 7, 3
-SECONDS, FRAMES = 4.0, 100  # 4 s at the tiny codec's 25 Hz
+FRAME_RATE = TINY_CODEC["frame_rate"]  # the tiny codec's: 50 Hz, as the real one's
+VIDEO_FPS = 25  # flash_video's
+STEP = FRAME_RATE // VIDEO_FPS  # codec frames per video frame
+SECONDS = 2.0
+FRAMES = int(SECONDS * FRAME_RATE)
 TINY_ADAPTER = {"memory_dim": 32, "attn_dim": 16, "attn_heads": 2}
 
 
 def flash_frames(rng: random.Random) -> list[int]:
-    """About 3 flashes per second, at least 4 frames apart."""
+    """About 3 flashes per second, at least 0.16 s apart, on the video's frames: the codec frames they start at."""
     frames: list[int] = []
-    for f in range(2, FRAMES - 3):
-        if rng.random() < 0.12 and (not frames or f - frames[-1] >= 4):
+    for f in range(2 * STEP, FRAMES - 3 * STEP, STEP):
+        if rng.random() < 3 / VIDEO_FPS and (not frames or f - frames[-1] >= 4 * STEP):
             frames.append(f)
     return frames
 
 
 def marked(frames: list[int]) -> list[int]:
-    return sorted({g for f in frames for g in (f, f + 1)})
+    """The codec frames where the video changes at a flash: the flash's own video frame and the next
+    (on, then off), and the frames between them that the resampled signal interpolates."""
+    return sorted({f + d for f in frames for d in range(STEP + 1)})
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +57,14 @@ def flash_data(tmp_path_factory):
     """24 training and 6 holdout flash videos with music codes marking the flashes."""
     root = tmp_path_factory.mktemp("flash") / "data"
     root.mkdir()
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, SECONDS, SECONDS).save(root)
+    DatasetMeta("tiny", 32000, 1, float(FRAME_RATE), 4, 400, "tiny", 32, 16, 1.0, float(VIDEO_FPS), SECONDS,
+                SECONDS).save(root)
     encoder = load_encoder("tiny", device="cpu")
     rng, g = random.Random(0), torch.Generator().manual_seed(0)
     writer = ShardWriter(root)
     for i in range(30):
         frames = flash_frames(rng)
-        video = flash_video(root / f"v{i}.mp4", [f / 25 for f in frames], SECONDS)
+        video = flash_video(root / f"v{i}.mp4", [f / FRAME_RATE for f in frames], SECONDS)
         codes = torch.randint(0, 400, (4, FRAMES), generator=g)
         codes[0] = QUIET
         codes[0, marked(frames)] = FLASH
@@ -144,7 +152,8 @@ def test_it_learns_where_the_video_flashes(flash_data, tmp_path):
 
     vm = VidMusician.from_pretrained(out / "adapter", backbone="tiny", device="cpu")
     frames = flash_frames(random.Random(123))
-    feats = extract_features(flash_video(tmp_path / "new.mp4", [f / 25 for f in frames], SECONDS), "tiny", device="cpu")
+    feats = extract_features(flash_video(tmp_path / "new.mp4", [f / FRAME_RATE for f in frames], SECONDS), "tiny",
+                             device="cpu")
     with torch.no_grad(), vm.video([feats]):
         tokens = vm.lm.generate(None, [ConditioningAttributes(text={"description": None})], num_samples=1,
                                 max_gen_len=FRAMES, use_sampling=False, cfg_coef=3.0)
@@ -467,26 +476,28 @@ def test_workers_stop_when_the_launcher_is_killed(flash_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def style_data(tmp_path_factory):
-    """16 training and 6 holdout 2 s videos, each one scene all along (one of two); the music's
+    """16 training and 6 holdout 1 s videos, each one scene all along (one of two); the music's
     codebook 0 holds the scene's token throughout. Only the video's content tells which."""
     import numpy as np
     from media import _scene, moving_square, write_video
 
     root = tmp_path_factory.mktemp("style") / "data"
     root.mkdir()
-    seconds, frames = 2.0, 50
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, seconds, seconds).save(root)
+    seconds = 1.0
+    frames, video_frames = int(seconds * FRAME_RATE), int(seconds * VIDEO_FPS)
+    DatasetMeta("tiny", 32000, 1, float(FRAME_RATE), 4, 400, "tiny", 32, 16, 1.0, float(VIDEO_FPS), seconds,
+                seconds).save(root)
     encoder = load_encoder("tiny", device="cpu")
     g = torch.Generator().manual_seed(0)
     yy, xx = np.mgrid[:64, :64]
     writer = ShardWriter(root)
     for i in range(22):
         scene = i % 2  # holdout alternates, so the mismatched control (window i + 3) has the other scene
-        video = moving_square(frames, 64)
+        video = moving_square(video_frames, 64)
         square = video != video[:, :1, :1]
         video[:] = _scene(scene, yy, xx)
         video[square] = 200
-        path = write_video(root / f"s{i}.mp4", video, 25)
+        path = write_video(root / f"s{i}.mp4", video, VIDEO_FPS)
         codes = torch.randint(0, 400, (4, frames), generator=g)
         codes[0] = (FLASH, QUIET)[scene]
         writer.add({"source": f"s{i}", "split": "train" if i < 16 else "holdout", "text": None},

@@ -18,14 +18,14 @@ CARD = 400
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Eight sources of one random 4 s window each; two held out."""
+    """Eight sources of one random 2 s window each (100 frames at the tiny codec's 50 Hz); two held out."""
     root = tmp_path_factory.mktemp("monitor") / "data"
     root.mkdir()
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 4.0, 4.0).save(root)
+    DatasetMeta("tiny", 32000, 1, 50.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 2.0, 2.0).save(root)
     writer = ShardWriter(root)
     g = torch.Generator().manual_seed(0)
     for i in range(8):
-        feats = VideoFeatures(torch.randn(4, 32, generator=g), torch.rand(100, 16, generator=g), 1.0, 25.0, 4.0,
+        feats = VideoFeatures(torch.randn(2, 32, generator=g), torch.rand(50, 16, generator=g), 1.0, 25.0, 2.0,
                               "tiny")
         writer.add({"source": f"v{i}", "split": "train" if i < 6 else "holdout", "text": None},
                    [(0.0, torch.randint(0, CARD, (4, 100), generator=g), feats)])
@@ -63,11 +63,11 @@ def test_tensorboard_gets_losses_learning_rate_and_audio_samples(data, tmp_path,
     losses = [r["loss"] for r in logged if "loss" in r]
     assert [e.value for e in events.Scalars("loss")] == pytest.approx(losses, rel=1e-6)
     assert [e.step for e in events.Audio("holdout_sample")] == [2, 4]
-    # A sample per evaluation beside the checkpoints: 4 s (the clip's length, under the 5 s cap) of music.
+    # A sample per evaluation beside the checkpoints: 2 s (the clip's length, under the 5 s cap) of music.
     samples = sorted(p.name for p in (run / "samples").iterdir())
     assert samples == ["step-00000002.wav", "step-00000004.wav"]
     wav, rate = sf.read(run / "samples" / samples[0])
-    assert rate == 32000 and len(wav) == 4 * 32000 and abs(wav).max() > 0
+    assert rate == 32000 and len(wav) == 2 * 32000 and abs(wav).max() > 0
     assert "step 4 loss" in out and "training:" not in err  # no bar when stderr is not a terminal (a log file)
 
 

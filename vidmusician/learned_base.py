@@ -9,7 +9,7 @@ same seed, and is cached under ``$VIDMUSICIAN_CACHE`` (default
 ``~/.cache/vidmusician``), keyed by a hash of its recipe, its code version, torch's
 version, the fresh LM's weights and the codec's, so a change to any of them rebuilds it.
 
-The synthetic music, in its codec's token space (25 frames per second):
+The synthetic music, in its codec's token space (50 frames per second, the real codec's):
 codebook 0 plays a loop of ``PERIOD`` tokens that depends on the piece's style (one
 of ``STYLES``), at a random phase; an event is two frames, ``EVENT`` (the attack) then
 ``EVENT + 1``, after which the loop resumes in phase. Codebooks 1-3 are fixed
@@ -45,21 +45,31 @@ from .random_backbones import tiny_musicgen
 from .runtime import seeded
 from .training.losses import codebook_losses
 
-VERSION = 2  # bump when the music, its codec or the training below changes
+VERSION = 3  # bump when the music, its codec or the training below changes
 STYLES, PERIOD = 4, 4
 BACKGROUND = 10  # style s plays tokens BACKGROUND + s * PERIOD + (0..PERIOD-1)
 EVENT = 40  # an event is EVENT (attack) then EVENT + 1 (decay)
-FRAME_RATE = 25  # the tiny codec's
+FRAME_RATE = 50  # the real 32 kHz codec's (and the tiny one's): the 25 fps video is resampled to it
 SAMPLE_RATE, CARD, N_Q = 32000, 400, 4
 HOP = SAMPLE_RATE // FRAME_RATE  # samples per codec frame
 DIM = 64  # cosine atoms of the codec's frame transform
 
 
-def event_frames(rng: random.Random, num_frames: int, rate: float = 0.12, min_gap: int = 4) -> list[int]:
-    """Random event onsets: about ``rate`` per frame (~3 per second), at least ``min_gap`` frames apart."""
+def event_frames(rng: random.Random, num_frames: int, fps: int = FRAME_RATE, rate: float = 3.0,
+                 min_gap: float = 0.16) -> list[int]:
+    """Random event onsets in codec frames: about ``rate`` per second, at least ``min_gap`` seconds apart.
+
+    Args:
+        rng: the random source.
+        num_frames: the piece's length in codec frames.
+        fps: the grid events fall on, per second: ``FRAME_RATE`` (any codec frame) for music
+            alone, a video's frame rate (25) for events a video shows, each on one of its frames.
+        rate, min_gap: events per second, and the least time between two.
+    """
+    step = FRAME_RATE // fps
     frames: list[int] = []
-    for f in range(2, num_frames - 3):
-        if rng.random() < rate and (not frames or f - frames[-1] >= min_gap):
+    for f in range(2 * step, num_frames - 3, step):
+        if rng.random() < rate / fps and (not frames or f - frames[-1] >= min_gap * FRAME_RATE):
             frames.append(f)
     return frames
 
@@ -95,13 +105,15 @@ def random_piece(rng: random.Random, num_frames: int, **kw) -> torch.Tensor:
 
 
 def frame_basis() -> torch.Tensor:
-    """[DIM, HOP]: the codec's orthonormal frame transform, DCT-II atoms 4, 8, ..., 4 * DIM (50 Hz steps).
+    """[DIM, HOP]: the codec's orthonormal frame transform, DCT-II atoms 2, 4, ..., 2 * DIM (50 Hz steps).
 
-    Every fourth atom completes a whole number of periods per frame, so a note held
+    DCT-II atom k is k * SAMPLE_RATE / (2 * HOP) Hz (25 Hz steps at 50 frames per second);
+    every second atom completes a whole number of periods per frame, so a note held
     over frames is one continuous sine, with no click at the frame boundaries.
     """
     n = torch.arange(HOP, dtype=torch.float64)
-    k = 4 * torch.arange(1, DIM + 1, dtype=torch.float64)
+    spacing = 2 * HOP * 50 // SAMPLE_RATE  # atoms 50 Hz apart (every second atom at 50 frames per second)
+    k = spacing * torch.arange(1, DIM + 1, dtype=torch.float64)
     return (torch.cos(torch.pi * (n[None] + 0.5) * k[:, None] / HOP) * (2 / HOP) ** 0.5).float()
 
 
@@ -245,9 +257,9 @@ class BaseRecipe:
     """How the learned base is trained (its hash names the cache entry)."""
 
     seed: int = 0
-    steps: int = 200  # held-out loss 0.077 nats per token (lr 6e-3: 0.084; 160 steps at 3e-3: 0.30)
-    batch_size: int = 16
-    num_frames: int = 100  # 4 s windows, the length the tests and the benchmark use
+    steps: int = 200  # held-out loss 0.049 nats per token (at 25 Hz, batch 16 of 100 frames: 0.077)
+    batch_size: int = 8  # 8 windows of 200 frames: the tokens per step of 16 at 25 Hz
+    num_frames: int = 200  # 4 s windows, the length the tests and the benchmark use
     lr: float = 1e-2
     warmup: int = 20
 
@@ -262,7 +274,7 @@ def _lm_loss(lm, codes: torch.Tensor) -> torch.Tensor:
     return sums.sum() / counts.sum()
 
 
-def heldout_loss(lm, num: int = 32, num_frames: int = 100, seed: int = 12345) -> float:
+def heldout_loss(lm, num: int = 32, num_frames: int = 200, seed: int = 12345) -> float:
     """The LM's mean cross-entropy (nats per token) on fresh synthetic pieces no training batch holds."""
     rng = random.Random(seed)
     codes = torch.stack([random_piece(rng, num_frames, card=lm.card, n_q=lm.num_codebooks) for _ in range(num)])
@@ -318,8 +330,10 @@ def cache_dir() -> Path:
 
 def recipe_key(recipe: BaseRecipe, fresh) -> str:
     """A hash of everything the trained weights depend on: recipe, code version, torch, the fresh LM and the codec."""
-    h = hashlib.sha256(json.dumps({"recipe": asdict(recipe), "version": VERSION, "torch": torch.__version__},
-                                  sort_keys=True).encode())
+    # The codec's timing by name too: a codec whose weights stayed but whose frame rate changed
+    # gives the same tensors other meanings (the music's events per second).
+    h = hashlib.sha256(json.dumps({"recipe": asdict(recipe), "version": VERSION, "torch": torch.__version__,
+                                   "frame_rate": float(fresh.compression_model.frame_rate)}, sort_keys=True).encode())
     for prefix, module in (("lm.", fresh.lm), ("codec.", fresh.compression_model)):
         for name, tensor in sorted(module.state_dict().items()):
             h.update((prefix + name).encode())

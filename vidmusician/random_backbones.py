@@ -97,8 +97,9 @@ def build_codec(codec_cfg, seed: int):
     return cm
 
 
-# Codec frame rate and codebook size of the tiny and random backbones.
-TINY_CODEC = dict(frame_rate=25, bins=400)
+# Codec frame rate and codebook size of the tiny and random backbones: 50 Hz as the real
+# 32 kHz codec, so that tests run the resampling of the 25 fps video to the token rate.
+TINY_CODEC = dict(frame_rate=50, bins=400)
 RANDOM_CODEC = dict(frame_rate=50, bins=2048)
 # The filters of MusicGen's 32 kHz EnCodec: load_codec('random-encodec') builds it with
 # random weights, for benchmarks of the time a real codec takes.
@@ -106,20 +107,24 @@ ENCODEC_32KHZ_SEANET = dict(dimension=128, n_filters=64, n_residual_layers=1, ls
 
 
 def tiny_musicgen(dim: int = 32, num_heads: int = 4, num_layers: int = 4, seed: int = 0, device="cpu",
-                  t5: bool = False):
+                  t5: bool = False, frame_rate: int = TINY_CODEC["frame_rate"]):
     """A tiny random MusicGen for tests and offline checks (no download).
 
-    A small EnCodec at 32 kHz / 25 Hz with 4 codebooks of 400 (audiocraft's debug
-    codec sizes) and a tiny LM with MusicGen's layer structure. Random weights make noise.
+    A small EnCodec at 32 kHz / 50 Hz (the real codec's timing) with 4 codebooks of 400
+    (audiocraft's debug codec sizes) and a tiny LM with MusicGen's layer structure.
+    Random weights make noise.
 
     Args:
         t5: encode text with audiocraft's T5Conditioner around a one-block random T5
             (named 't5-small', 512 wide; see :mod:`vidmusician.adapter.t5`), as the released
             models do, instead of a lookup table: what the 't5-lora' semantic encoder
             needs. Loaded by the name 'tiny-t5'.
+        frame_rate: the codec's frame rate, 50 or 25 (the tiny backbone of release 0.1,
+            which adapter folders saved then were trained on); the LM is the same.
     """
-    return build(lm_config(dim, num_heads, num_layers, card=TINY_CODEC["bins"], device=str(device)),
-                  codec_config(**TINY_CODEC, device=str(device)), "tiny-t5" if t5 else "tiny", seed,
+    codec = dict(TINY_CODEC, frame_rate=frame_rate)
+    return build(lm_config(dim, num_heads, num_layers, card=codec["bins"], device=str(device)),
+                  codec_config(**codec, device=str(device)), "tiny-t5" if t5 else "tiny", seed,
                   t5=("t5-small", TINY_T5) if t5 else None)
 
 

@@ -1,0 +1,76 @@
+"""Timing: the 25 fps video on the codec's token timeline, against a reference written from its definition.
+
+DESIGN.md: "the local feature for step s is the video at time (frame_offset + s) /
+frame_rate", the change signal linearly interpolated between its frames (at
+``local_fps``), ramping to zero over the frame after the last one, zero before the
+video and after it. The reference below is numpy's ``interp`` on that definition;
+the code under test is :func:`resample_local` (through :meth:`VideoBatch.from_features`
+and the context's per-window slice). The test backbones run at the real codec's 50 Hz,
+so the 25 fps signal really is resampled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidmusician.adapter.context import VideoBatch, resample_local
+from vidmusician.video.features import VideoFeatures
+
+LOCAL_FPS = 25.0  # the local signal's rate (FeatureConfig.local_fps)
+
+
+def reference(local: np.ndarray, local_fps: float, times: np.ndarray) -> np.ndarray:
+    """[len(times), P]: the change signal at each time, from the definition (float64 numpy)."""
+    knots = np.arange(len(local) + 1) / local_fps  # the frames' times, and one more where it has ramped to 0
+    values = np.concatenate([local, np.zeros((1, local.shape[1]))])
+    return np.stack([np.interp(times, knots, values[:, p], left=0.0, right=0.0) for p in range(local.shape[1])], 1)
+
+
+def signal(frames: int, patches: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(frames, patches, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("local_fps, frame_rate", [(25.0, 50.0), (25.0, 25.0), (30.0, 50.0), (10.0, 32.0)])
+@pytest.mark.parametrize("offset", [0.0, 0.01, 0.04, -0.1, 1.37])
+def test_resample_local_is_the_video_at_each_steps_time(local_fps, frame_rate, offset):
+    local = signal(37)  # 1.48 s at 25 fps: rows past the end too
+    steps = 120
+    got = resample_local(local, local_fps, frame_rate, steps, offset=offset)
+    times = offset + np.arange(steps) / frame_rate
+    np.testing.assert_allclose(got.numpy(), reference(local.numpy(), local_fps, times), rtol=0, atol=1e-12)
+
+
+def test_a_batch_and_each_window_read_the_video_at_frame_offset_plus_step_over_the_frame_rate():
+    """What the adapters see: the batch at the codec's 50 Hz, and the context's slice for each window."""
+    from vidmusician.adapter.context import VideoContext
+
+    frame_rate = 50.0
+    short = VideoFeatures(torch.rand(2, 4), signal(30, 4, seed=1).float(), 1.0, LOCAL_FPS, 1.2, "tiny")
+    long = VideoFeatures(torch.rand(3, 4), signal(70, 4, seed=2).float(), 1.0, LOCAL_FPS, 2.8, "tiny")
+    batch = VideoBatch.from_features([short, None, long], frame_rate)
+    assert batch.local.shape == (3, 140, 4)  # 2.8 s at 50 Hz: the longest video
+    for i, feats in ((0, short), (2, long)):
+        want = reference(feats.local_feats.double().numpy(), LOCAL_FPS, np.arange(140) / frame_rate)
+        np.testing.assert_allclose(batch.local[i].numpy(), want, rtol=0, atol=1e-6)
+    assert not batch.local[1].any()
+
+    context = VideoContext(max_global_tokens=30)
+    context.batch = batch
+    context.rows = torch.tensor([0, 2])  # the model rows carrying video: samples 0 and 2
+    for frame_offset, position, steps in ((0, 0, 5), (50, 7, 1), (125, 3, 20)):
+        got = context.local(frame_offset + position, steps)
+        times = (frame_offset + position + np.arange(steps)) / frame_rate
+        for row, feats in zip(got, (short, long)):
+            want = reference(feats.local_feats.double().numpy(), LOCAL_FPS, times)
+            np.testing.assert_allclose(row.numpy(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-t5", "tiny-learned"])
+def test_test_backbones_have_the_real_codec_timing(name):
+    """50 Hz tokens at 32 kHz, as facebook/musicgen-*: the 25 fps video is resampled on every timing test."""
+    from vidmusician.backbones import load_codec
+
+    codec = load_codec(name, device="cpu")
+    assert (codec.frame_rate, codec.sample_rate) == (50, 32000)
