@@ -7,6 +7,7 @@ is the batched form for loaded models.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 from .backbones import load_backbone
@@ -79,6 +80,8 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     if adapter is None:
         warnings.warn("no adapter: the video does not condition the music, it only sets its length "
                       "(pass an adapter folder for music that follows the video)", stacklevel=2)
+        # Identity adapters learned nothing for guidance to amplify: sample exactly as plain MusicGen.
+        params = dataclasses.replace(params, plausibility=0.0)
     if vm is None:
         num_frames = frames_covering(duration, musicgen.frame_rate)
         wav = sample_and_decode(musicgen, [text], duration, num_frames, params, seed, progress, False)
