@@ -29,6 +29,15 @@ music has events at the base's rate at random times and a style 1 in ``--scenes`
 A last line gives the audio F1 of the test clips' own soundtracks (their true codes
 decoded): the most the detector finds.
 
+Real soundtracks (docs/alignment.md): ``--soundtrack aac`` muxes each clip's music into
+its mp4 as AAC (48 kHz, 128 kbit/s) and prepares the codes from the mp4's track through
+``prepare``'s reader; ``aac+babble`` mixes speech-like noise 20 dB below the music in
+first. ``--cfg 1 1.5 2 3 5 --plausibility 0 0.1`` adds the curve: default sampling at
+each guidance coefficient and plausibility cut, every condition; ``--codebook-weights``
+trains with per-codebook loss weights:
+
+    python benchmarks/alignment.py --test 8 --soundtrack aac --cfg 1 1.5 2 3 5 --plausibility 0 0.1
+
 ``--lr-sweep`` measures the adapters' safe learning rates instead (recipes/README.md):
 for each rate, both adapter groups are trained from fresh (full-width in-attention)
 for ``--sweep-steps`` steps on the same data, and it prints the final training loss,
