@@ -12,6 +12,11 @@ two). Where the third branch would add nothing (``t == v``: the formula is
 ``null + t * (text_video - null)``; ``v == 0``; or no video at all) the
 two-branch batch runs, at the cost and with the tokens of MusicGen's own.
 
+Where the video acts, guidance ranks only the tokens the conditional branch finds
+plausible (``plausibility``, default 0.1; the rest get ``-inf``): extrapolating from
+the frozen base through adapters trained on lossy soundtracks would otherwise lift the
+codec noise they learned above the video's events (docs/alignment.md).
+
 :func:`sample_window` is ``LMModel.generate``'s step loop with the guided step
 in place of its own; everything else (patterns, streaming, sampling
 functions, condition encoding) is audiocraft's.
