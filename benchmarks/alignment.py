@@ -29,6 +29,15 @@ music has events at the base's rate at random times and a style 1 in ``--scenes`
 A last line gives the audio F1 of the test clips' own soundtracks (their true codes
 decoded): the most the detector finds.
 
+Real soundtracks (docs/alignment.md): ``--soundtrack aac`` muxes each clip's music into
+its mp4 as AAC (48 kHz, 128 kbit/s) and prepares the codes from the mp4's track through
+``prepare``'s reader; ``aac+babble`` mixes speech-like noise 20 dB below the music in
+first. ``--cfg 1 1.5 2 3 5 --plausibility 0 0.1`` adds the curve: default sampling at
+each guidance coefficient and plausibility cut, every condition; ``--codebook-weights``
+trains with per-codebook loss weights:
+
+    python benchmarks/alignment.py --test 8 --soundtrack aac --cfg 1 1.5 2 3 5 --plausibility 0 0.1
+
 ``--lr-sweep`` measures the adapters' safe learning rates instead (recipes/README.md):
 for each rate, both adapter groups are trained from fresh (full-width in-attention)
 for ``--sweep-steps`` steps on the same data, and it prints the final training loss,
@@ -61,12 +70,20 @@ from vidmusician.video.features import extract_features, load_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 25  # the video's frame rate; the codec's (lb.FRAME_RATE) is 50 Hz, as the real one's
+# A music video's soundtrack: AAC at 48 kHz and 128 kbit/s (mono here; stereo gets ~2x the bits).
+AAC_RATE, AAC_KBPS = 48000, 128
+BABBLE_DB = 20  # speech-like noise this far below the music (talk over the music)
 PALETTE = np.array([[200, 30, 30], [30, 160, 60], [40, 60, 220], [230, 200, 40]], np.uint8)
 TINY_ADAPTER = ["adapter.memory_dim=32", "adapter.attn_dim=16", "adapter.attn_heads=2"]
 
 
-def write_video(path: Path, scene: int, events: list[int], num_frames: int, size: int = 64) -> Path:
-    """A scene-coloured video with a drifting square and a white frame at each event frame."""
+def write_video(path: Path, scene: int, events: list[int], num_frames: int, size: int = 64,
+                audio: torch.Tensor | None = None) -> Path:
+    """A scene-coloured video with a drifting square and a white frame at each event frame.
+
+    ``audio`` (mono, at the codec's 32 kHz): muxed in as a music video's soundtrack is, AAC at
+    ``AAC_RATE`` and ``AAC_KBPS``.
+    """
     import av
 
     frames = np.empty((num_frames, size, size, 3), np.uint8)
@@ -79,10 +96,60 @@ def write_video(path: Path, scene: int, events: list[int], num_frames: int, size
         stream = container.add_stream("libx264", rate=Fraction(FPS))
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
+        track = None
+        if audio is not None:  # every stream is added before the first packet
+            track = container.add_stream("aac", rate=AAC_RATE, layout="mono")
+            track.bit_rate = AAC_KBPS * 1000
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+        if track is not None:
+            import julius
+
+            samples = julius.resample_frac(audio.float().reshape(-1), lb.SAMPLE_RATE, AAC_RATE)
+            frame = av.AudioFrame.from_ndarray(samples.numpy()[None], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = AAC_RATE, 0
+            container.mux(track.encode(frame))
+            container.mux(track.encode())
     return path
+
+
+def babble(num_samples: int, seed: int) -> torch.Tensor:
+    """Speech-like noise at 32 kHz, RMS 1: band-limited noise (300-3400 Hz) in ~4 syllables per second."""
+    import julius
+
+    g = torch.Generator().manual_seed(seed)
+    noise = julius.lowpass_filter(julius.highpass_filter(torch.randn(num_samples, generator=g), 300 / lb.SAMPLE_RATE),
+                                  3400 / lb.SAMPLE_RATE)
+    t = torch.arange(num_samples) / lb.SAMPLE_RATE
+    rate = 3.0 + 2.0 * torch.rand(1, generator=g)  # syllables per second
+    noise = noise * torch.sin(torch.pi * rate * t + 6.3 * torch.rand(1, generator=g)).abs() ** 2
+    return noise / noise.pow(2).mean().sqrt()
+
+
+def soundtrack_codes(clip: dict, video: Path, kind: str, num_frames: int, codec, seed: int) -> torch.Tensor:
+    """The codes [K, T] that preparation gets from a clip's soundtrack.
+
+    ``lossless``: the music's own codes (a lossless file beside the video encodes back to
+    them exactly). ``aac``: the music muxed into the video as AAC, read back from the video
+    by ``prepare``'s reader and encoded by the codec. ``aac+babble``: speech-like noise
+    ``BABBLE_DB`` below the music mixed in first (talk over the music), then AAC.
+    """
+    from vidmusician.training.dataset import DatasetMeta
+    from vidmusician.training.prepare import Source, encode_windows, load_audio
+
+    codes = lb.synthetic_codes(clip["events"], clip["scene"], clip["phase"], num_frames)
+    if kind == "lossless":
+        return codes
+    music = lb.synthetic_audio(codes)[0]
+    if kind == "aac+babble":
+        music = music + babble(music.shape[-1], seed) * music.pow(2).mean().sqrt() * 10 ** (-BABBLE_DB / 20)
+    step = codec.frame_rate // FPS  # codec frames per video frame
+    write_video(video, clip["scene"], [f // step for f in clip["events"]], num_frames // step, audio=music)
+    meta = DatasetMeta("tiny-learned", lb.SAMPLE_RATE, 1, codec.frame_rate, lb.N_Q, lb.CARD, "tiny", 32, 16, 1.0,
+                       FPS, num_frames / codec.frame_rate, num_frames / codec.frame_rate)
+    wav = load_audio(Source(video.name, video), meta)
+    return encode_windows(codec, wav, [0.0], num_frames / codec.frame_rate)[0]
 
 
 def make_clips(folder: Path, n: int, scenes: int, seconds: float, rng: random.Random, encoder) -> list[dict]:
@@ -98,17 +165,26 @@ def make_clips(folder: Path, n: int, scenes: int, seconds: float, rng: random.Ra
     return clips
 
 
-def write_dataset(root: Path, train: list[dict], holdout: list[dict], seconds: float, num_frames: int) -> None:
-    """The clips and their music as a prepared dataset (the trainer's input)."""
+def write_dataset(root: Path, train: list[dict], holdout: list[dict], seconds: float, num_frames: int,
+                  soundtrack: str = "lossless") -> dict:
+    """The clips and their music, through ``soundtrack`` (:func:`soundtrack_codes`), as a prepared dataset.
+
+    Returns the fraction of training frames whose token differs from the music's, per codebook.
+    """
     root.mkdir(parents=True)
+    codec = lb.music_codec()
     DatasetMeta("tiny-learned", 32000, 1, float(lb.FRAME_RATE), 4, 400, "tiny", 32, 16, 1.0, float(FPS), seconds,
                 seconds).save(root)
     writer = ShardWriter(root)
+    changed = []
     for split, clips in (("train", train), ("holdout", holdout)):
         for i, c in enumerate(clips):
-            codes = lb.synthetic_codes(c["events"], c["scene"], c["phase"], num_frames)
+            codes = soundtrack_codes(c, root / f"{split}{i}.mp4", soundtrack, num_frames, codec, seed=len(changed))
+            changed.append((codes != lb.synthetic_codes(c["events"], c["scene"], c["phase"], num_frames)).float()
+                           .mean(dim=-1))
             writer.add({"source": f"{split}{i}", "split": split, "text": None}, [(0.0, codes, c["features"])])
     writer.flush()
+    return torch.stack(changed).mean(dim=0).tolist()
 
 
 def train_stage(recipe: str, data: Path, out: Path, steps: int, lr: float, batch: int, extra: list[str]) -> list[dict]:
@@ -125,9 +201,13 @@ def train_stage(recipe: str, data: Path, out: Path, steps: int, lr: float, batch
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def score(vm, clips: list[dict], videos: list, seconds: float, sampling: bool, seed: int) -> dict:
-    """Generates one piece per clip (its video given by ``videos``) and scores it against the clip."""
-    vm.set_generation_params(use_sampling=sampling)  # MusicGen's defaults otherwise: top-k 250, CFG 3
+def score(vm, clips: list[dict], videos: list, seconds: float, sampling: bool, seed: int, **params) -> dict:
+    """Generates one piece per clip (its video given by ``videos``) and scores it against the clip.
+
+    ``params``: generation parameters besides ``use_sampling`` (the library's defaults otherwise:
+    top-k 250, guidance 3).
+    """
+    vm.set_generation_params(use_sampling=sampling, **params)
     audio, tokens = vm.generate(videos, duration=seconds, seed=seed, return_tokens=True)
     rows = [lb.match_events(lb.event_onsets(t[0]), c["events"], tolerance=1) for t, c in zip(tokens.cpu(), clips)]
     style = [lb.piece_style(t[0]) == c["scene"] for t, c in zip(tokens.cpu(), clips)]
@@ -200,16 +280,19 @@ def run(args) -> dict | list[dict]:
     test_clips = 0 if args.lr_sweep else args.test
     clips = make_clips(work / "videos", args.train + args.holdout + test_clips, args.scenes, args.seconds, rng, encoder)
     train, holdout, test = clips[:args.train], clips[args.train:args.train + args.holdout], clips[-args.test:]
-    write_dataset(work / "data", train, holdout, args.seconds, num_frames)
+    changed = write_dataset(work / "data", train, holdout, args.seconds, num_frames, args.soundtrack)
     print(f"data: {len(train)} train / {len(holdout)} holdout / {test_clips} test clips of {args.seconds:g} s, "
-          f"{args.scenes} scenes ({time.perf_counter() - t0:.0f} s)")
+          f"{args.scenes} scenes, {args.soundtrack} soundtracks ({time.perf_counter() - t0:.0f} s)")
+    print("tokens the soundtrack changed, per codebook: " + " ".join(f"{c:.3f}" for c in changed))
     if args.lr_sweep:
         return lr_sweep(args, work)
 
     t0 = time.perf_counter()
-    log1 = train_stage("stage1_semantic.json", work / "data", work / "stage1", args.steps1, args.lr1, args.batch, [])
+    weights = [f"codebook_weights={json.dumps(args.codebook_weights)}"] if args.codebook_weights else []
+    log1 = train_stage("stage1_semantic.json", work / "data", work / "stage1", args.steps1, args.lr1, args.batch,
+                       weights)
     log2 = train_stage("stage2_rhythm.json", work / "data", work / "stage2", args.steps2, args.lr2, args.batch,
-                       [f"init_adapter={work / 'stage1' / 'adapter'}"])
+                       [f"init_adapter={work / 'stage1' / 'adapter'}", *weights])
     for name, log in (("stage 1", log1), ("stage 2", log2)):
         h = [r for r in log if "holdout_loss" in r][-1]
         print(f"{name}: holdout loss {h['holdout_loss']:.3f}, with mismatched videos "
@@ -226,6 +309,11 @@ def run(args) -> dict | list[dict]:
     for mode, sampling in (("default sampling", True), ("greedy", False)):
         for name, (vm, videos) in conditions.items():
             results[(mode, name)] = score(vm, test, videos, args.seconds, sampling, args.seed)
+    for alpha in args.plausibility:
+        for cfg in args.cfg:
+            for name, (vm, videos) in conditions.items():
+                results[(alpha, cfg, name)] = score(vm, test, videos, args.seconds, True, args.seed, cfg_coef=cfg,
+                                                    plausibility=alpha)
     results["soundtrack audio F1"] = soundtrack_f1(test, num_frames)
     return results
 
@@ -243,6 +331,16 @@ def main():
     p.add_argument("--lr2", type=float, default=3e-3, help="stage-2 learning rate")
     p.add_argument("--batch", type=int, default=8, help="windows per training step")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--soundtrack", default="lossless", choices=["lossless", "aac", "aac+babble"],
+                   help="what preparation reads: the music's own codes, the mp4's AAC track, or AAC with "
+                        "speech-like noise mixed in")
+    p.add_argument("--cfg", type=float, nargs="*", default=[], metavar="C",
+                   help="the curve: default sampling at each of these guidance coefficients (text and video "
+                        "together; the clips have no text prompt, so it is the video's guidance)")
+    p.add_argument("--plausibility", type=float, nargs="+", default=[0.0], metavar="A",
+                   help="the curve at each of these plausibility cuts (0: MusicGen's guidance)")
+    p.add_argument("--codebook-weights", type=float, nargs="+", metavar="W",
+                   help="train both stages with these per-codebook loss weights (the recipe's codebook_weights)")
     p.add_argument("--workdir", default=None, help="folder for videos, data and runs (default: a temporary one)")
     p.add_argument("--lr-sweep", type=float, nargs="+", metavar="LR", help="measure these learning rates instead")
     p.add_argument("--sweep-steps", type=int, default=80, help="training steps per rate of --lr-sweep")
@@ -255,10 +353,22 @@ def main():
         return
     ceiling = results.pop("soundtrack audio F1")
     print(f"\n{'':10}{'condition':28}{'precision':>10}{'recall':>8}{'F1':>6}{'style':>7}{'audio F1':>10}")
-    for (mode, name), r in results.items():
-        print(f"{mode[:9]:10}{name:28}{r['precision']:10.2f}{r['recall']:8.2f}{r['f1']:6.2f}{r['style']:7.2f}"
-              f"{r['audio_f1']:10.2f}")
+    for key, r in results.items():
+        if len(key) == 2:
+            mode, name = key
+            print(f"{mode[:9]:10}{name:28}{r['precision']:10.2f}{r['recall']:8.2f}{r['f1']:6.2f}{r['style']:7.2f}"
+                  f"{r['audio_f1']:10.2f}")
     print(f"style chance {1 / args.scenes:.2f}; audio F1 of the test clips' own soundtracks {ceiling:.2f}")
+    if args.cfg:
+        print(f"\ndefault sampling across guidance: token F1 (audio F1) per condition\n{'plaus.':>7}{'cfg':>6}"
+              f"{'stage 1+2':>14}{'no video':>10}{'stage 1':>10}{'shuffled':>10}")
+        for alpha in args.plausibility:
+            for cfg in args.cfg:
+                r = {name: results[(alpha, cfg, name)] for name in ("stage 1+2", "no video", "stage 1",
+                                                                    "stage 1+2, shuffled video")}
+                print(f"{alpha:7g}{cfg:6g}{r['stage 1+2']['f1']:7.2f} ({r['stage 1+2']['audio_f1']:.2f})"
+                      f"{r['no video']['f1']:10.2f}{r['stage 1']['f1']:10.2f}"
+                      f"{r['stage 1+2, shuffled video']['f1']:10.2f}")
 
 
 if __name__ == "__main__":

@@ -83,12 +83,12 @@ def test_without_any_prompt_the_text_branch_is_the_null_branch(base):
     assert (g.video, g.text, g.text_coef) == ((True, False), (True, False), 5.0)
     vm = adapted(base)
     videos = video()
-    _, three = forward_once(vm, Guidance.three_branch(2.0, 5.0), videos, texts=[None, None])
+    _, three = forward_once(vm, Guidance.three_branch(2.0, 5.0, g.plausibility), videos, texts=[None, None])
     raw, two = forward_once(vm, g, videos, texts=[None, None])
     assert raw.shape[0] == 2 * videos.size
     torch.testing.assert_close(three, two, rtol=1e-5, atol=1e-4)
     # Had the text coefficient been used, the guided logits would differ.
-    _, wrong = forward_once(vm, Guidance.two_branch(2.0), videos, texts=[None, None])
+    _, wrong = forward_once(vm, Guidance.two_branch(2.0, plausibility=g.plausibility), videos, texts=[None, None])
     assert not torch.allclose(wrong, two, atol=1e-3)
     # generate() finds that no sample has a prompt: every step runs two branches.
     log = []
@@ -113,6 +113,7 @@ def test_bad_coefficients_are_refused(name, value):
 
 
 def test_equal_coefficients_sample_todays_tokens_in_todays_batch(base):
+    """With the plausibility cut off (0), MusicGen's guidance; see test_guidance_filter.py for the cut."""
     vm = adapted(base)
     videos = video()
     # Today's path: audiocraft's own LMModel.generate, CFG [cond; uncond] of 2B rows.
@@ -123,11 +124,11 @@ def test_equal_coefficients_sample_todays_tokens_in_todays_batch(base):
                                cfg_coef=2.5)
     rows = []
     vm.lm.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
-    assert torch.equal(sample(vm, videos, cfg_coef=2.5), today)
-    assert torch.equal(sample(vm, videos, text_cfg_coef=2.5, video_cfg_coef=2.5), today)
+    assert torch.equal(sample(vm, videos, cfg_coef=2.5, plausibility=0.0), today)
+    assert torch.equal(sample(vm, videos, text_cfg_coef=2.5, video_cfg_coef=2.5, plausibility=0.0), today)
     assert set(rows) == {4}  # two branches of two samples: the cost of today's step
     # The video does act here: without it the tokens differ.
-    assert not torch.equal(sample(vm, videos, cfg_coef=2.5, video_cfg_coef=0.0), today)
+    assert not torch.equal(sample(vm, videos, cfg_coef=2.5, video_cfg_coef=0.0, plausibility=0.0), today)
 
 
 def forward_once(vm, guidance, videos, steps=6, seed=0, texts=None):

@@ -21,8 +21,8 @@ from .adapter_files import read_adapter, write_adapter
 from .backbones import load_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .errors import AdapterError, ConfigError, differing_fields
+from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .hub import resolve_adapter, save_and_push
-from .generation.guidance import GenerationParams
 from .generation.windows import generate_batch
 
 
@@ -309,7 +309,8 @@ class VidMusician:
     def set_generation_params(self, use_sampling: bool = True, top_k: int = 250, top_p: float = 0.0,
                               temperature: float = 1.0, cfg_coef: float = 3.0, extend_stride: float | None = None,
                               two_step_cfg: bool = False, text_cfg_coef: float | None = None,
-                              video_cfg_coef: float | None = None) -> None:
+                              video_cfg_coef: float | None = None,
+                              plausibility: float = DEFAULT_PLAUSIBILITY) -> None:
         """Sets the sampling parameters of :meth:`generate` (MusicGen's names and defaults).
 
         Guidance: ``logits = null + t * (text - null) + v * (text_video - text)``.
@@ -329,11 +330,14 @@ class VidMusician:
             video_cfg_coef: ``v``, guidance of the video on top of the text; None:
                 ``cfg_coef``. With ``v != t`` (and ``v != 0``) every step runs a third,
                 text-only branch: up to 1.5x the time. 0: plain MusicGen with the text.
+            plausibility: guidance ranks only the tokens the conditional branch finds
+                plausible (probability at least this fraction of its top token's); 0:
+                every token, MusicGen's guidance (see docs/alignment.md).
         """
         self.generation_params = GenerationParams(
             use_sampling=use_sampling, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
             text_cfg_coef=text_cfg_coef, video_cfg_coef=video_cfg_coef, extend_stride=extend_stride,
-            two_step_cfg=two_step_cfg)
+            two_step_cfg=two_step_cfg, plausibility=plausibility)
 
     def generate(self, videos, texts=None, duration: float | None = None, seed: int | None = None,
                  progress: bool = False, return_tokens: bool = False):

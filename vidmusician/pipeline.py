@@ -7,11 +7,12 @@ is the batched form for loaded models.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 from .backbones import load_backbone
 from .config import AdapterConfig
-from .generation.guidance import GenerationParams
+from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .generation.windows import (check_duration, check_seed, generate_batch, sample_and_decode,
                                  set_encoder)
 from .video.encoders import load_encoder
@@ -25,7 +26,8 @@ DEFAULT_BACKBONE = "facebook/musicgen-small"
 def generate(video, adapter=None, backbone=None, encoder: str | None = None, text: str | None = None,
              duration: float | None = None, cfg_coef: float = 3.0, top_k: int = 250, temperature: float = 1.0,
              seed: int | None = None, device=None, progress: bool = True, extend_stride: float | None = None,
-             text_cfg_coef: float | None = None, video_cfg_coef: float | None = None):
+             text_cfg_coef: float | None = None, video_cfg_coef: float | None = None,
+             plausibility: float = DEFAULT_PLAUSIBILITY):
     """Generates music for a video.
 
     Loads everything on each call; to generate repeatedly, load a
@@ -56,6 +58,9 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         video_cfg_coef: guidance of the video on top of the text; default ``cfg_coef``.
             Different from ``text_cfg_coef`` (and not 0), each step runs a third,
             text-only branch: up to 1.5x the time. 0: plain MusicGen with the text.
+        plausibility: guidance ranks only the tokens the conditional branch gives at least
+            this fraction of its top token's probability; 0: every token, MusicGen's guidance
+            (see docs/alignment.md).
 
     Returns:
         ``(wav, sample_rate)``: ``wav`` a float tensor ``[channels, samples]`` on
@@ -65,7 +70,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         VidMusicianError: bad video, adapter, backbone, encoder or argument (one line).
     """
     params = GenerationParams(top_k=top_k, temperature=temperature, cfg_coef=cfg_coef, text_cfg_coef=text_cfg_coef,
-                              video_cfg_coef=video_cfg_coef, extend_stride=extend_stride)
+                              video_cfg_coef=video_cfg_coef, extend_stride=extend_stride, plausibility=plausibility)
     duration = check_duration(duration)
     info = probe(video)  # fails fast on a bad video, before any model loads
     if duration is None:
@@ -75,6 +80,8 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     if adapter is None:
         warnings.warn("no adapter: the video does not condition the music, it only sets its length "
                       "(pass an adapter folder for music that follows the video)", stacklevel=2)
+        # Identity adapters learned nothing for guidance to amplify: sample exactly as plain MusicGen.
+        params = dataclasses.replace(params, plausibility=0.0)
     if vm is None:
         num_frames = frames_covering(duration, musicgen.frame_rate)
         wav = sample_and_decode(musicgen, [text], duration, num_frames, params, seed, progress, False)

@@ -12,6 +12,11 @@ two). Where the third branch would add nothing (``t == v``: the formula is
 ``null + t * (text_video - null)``; ``v == 0``; or no video at all) the
 two-branch batch runs, at the cost and with the tokens of MusicGen's own.
 
+Where the video acts, guidance ranks only the tokens the conditional branch finds
+plausible (``plausibility``, default 0.1; the rest get ``-inf``): extrapolating from
+the frozen base through adapters trained on lossy soundtracks would otherwise lift the
+codec noise they learned above the video's events (docs/alignment.md).
+
 :func:`sample_window` is ``LMModel.generate``'s step loop with the guided step
 in place of its own; everything else (patterns, streaming, sampling
 functions, condition encoding) is audiocraft's.
@@ -26,10 +31,13 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["GenerationParams", "Guidance", "guidance_conditions", "guided_logits", "sample_window"]
+__all__ = ["DEFAULT_PLAUSIBILITY", "GenerationParams", "Guidance", "guidance_conditions", "guided_logits", "sample_window"]
 
 # audiocraft extends by 18 s of a 30 s window; keep that ratio for other window lengths.
 STRIDE_FRACTION = 0.6
+# Guidance ranks only the tokens the conditional branch gives at least this fraction of its top
+# token's probability (Guidance.plausibility; measured in docs/alignment.md).
+DEFAULT_PLAUSIBILITY = 0.1
 
 
 @dataclass(frozen=True)
@@ -47,34 +55,45 @@ class Guidance:
         text_coef: ``t``, the weight of ``text - null``.
         video_coef: ``v``, the weight of ``text_video - text`` (three branches only;
             two branches take ``null + t * (cond - null)``).
+        plausibility: ``alpha``: guidance only ranks the tokens the conditional branch
+            (the first) finds plausible, those whose probability is at least ``alpha``
+            times its most likely token's; the others get ``-inf``. 0: every token
+            (MusicGen's guidance). Branches without video ignore it (no filter).
     """
 
     video: tuple[bool, ...]
     text: tuple[bool, ...]
     text_coef: float
     video_coef: float
+    plausibility: float = 0.0
+
+    def __post_init__(self):
+        # With no video acting, nothing the adapters learned is amplified: the step is MusicGen's, unfiltered.
+        if not any(self.video):
+            object.__setattr__(self, "plausibility", 0.0)
 
     @classmethod
-    def two_branch(cls, coef: float, video: bool = True) -> "Guidance":
+    def two_branch(cls, coef: float, video: bool = True, plausibility: float = 0.0) -> "Guidance":
         """``[cond; null]``, MusicGen's batch; ``cond`` has the video when ``video``."""
-        return cls((video, False), (True, False), coef, coef if video else 0.0)
+        return cls((video, False), (True, False), coef, coef if video else 0.0, plausibility)
 
     @classmethod
-    def three_branch(cls, text_coef: float, video_coef: float) -> "Guidance":
+    def three_branch(cls, text_coef: float, video_coef: float, plausibility: float = 0.0) -> "Guidance":
         """``[text+video; text; null]``."""
-        return cls((True, False, False), (True, True, False), text_coef, video_coef)
+        return cls((True, False, False), (True, True, False), text_coef, video_coef, plausibility)
 
     @classmethod
-    def plan(cls, text_coef: float, video_coef: float, has_video: bool = True, has_text: bool = True) -> "Guidance":
+    def plan(cls, text_coef: float, video_coef: float, has_video: bool = True, has_text: bool = True,
+             plausibility: float = 0.0) -> "Guidance":
         """The cheapest batch that computes ``null + t (text - null) + v (text_video - text)``."""
         if not has_video or video_coef == 0:
             # text_video == text (no video), or its weight is 0: plain MusicGen with the text.
             return cls.two_branch(text_coef, video=False)
         if not has_text:
-            return cls.two_branch(video_coef)  # text == null: null + v (video - null)
+            return cls.two_branch(video_coef, plausibility=plausibility)  # text == null: null + v (video - null)
         if text_coef == video_coef:
-            return cls.two_branch(text_coef)  # null + t (text_video - null)
-        return cls.three_branch(text_coef, video_coef)
+            return cls.two_branch(text_coef, plausibility=plausibility)  # null + t (text_video - null)
+        return cls.three_branch(text_coef, video_coef, plausibility)
 
     @property
     def branches(self) -> int:
@@ -82,12 +101,37 @@ class Guidance:
 
     def combine(self, logits: torch.Tensor, batch: int) -> torch.Tensor:
         """Guided logits of ``batch`` samples from the branches' logits (rows stacked by branch)."""
+        if self.plausibility > 0:
+            return self._filtered(logits.float(), batch)
         if self.branches == 2:
             cond, null = logits.split(batch)
             # audiocraft's expression, operation for operation: the same tokens as MusicGen.
             return null + (cond - null) * self.text_coef
         text_video, text, null = logits.split(batch)
         return null + (text - null) * self.text_coef + (text_video - text) * self.video_coef
+
+    def _filtered(self, logits: torch.Tensor, batch: int) -> torch.Tensor:
+        """The guided logits of the conditional's plausible tokens; ``-inf`` for the rest (see ``plausibility``).
+
+        Guidance extrapolates from the null branch (the frozen base) through the
+        conditional one, so it multiplies every difference between them, the
+        implausible tail included: adapters trained on lossy soundtracks learn the
+        codec's noise in the fine codebooks, which lifts tokens the base rules out,
+        and guidance 3 would lift them above the events the video calls for. Among
+        the tokens the conditional itself finds plausible the extrapolation only
+        reorders what the model would play (contrastive decoding's plausibility
+        constraint). Computed in float32: finite for any coefficient whose products
+        with the branch differences stay below float32's 3.4e38.
+        """
+        branches = logits.split(batch)
+        cond, null = branches[0], branches[-1]
+        if self.branches == 2:
+            guided = null + (cond - null) * self.text_coef
+        else:
+            guided = null + (branches[1] - null) * self.text_coef + (cond - branches[1]) * self.video_coef
+        # log p(x) - log p(top) = logit(x) - max logit: no softmax needed; the top token always stays.
+        keep = cond - cond.amax(dim=-1, keepdim=True) >= math.log(self.plausibility)
+        return guided.masked_fill(~keep, -math.inf)
 
 
 @dataclass
@@ -109,6 +153,9 @@ class GenerationParams:
             music longer than the backbone's window; None: 0.6 of the window
             (audiocraft's 18 s of 30 s).
         two_step_cfg: must stay False (see below).
+        plausibility: guidance ranks only the tokens whose probability under the
+            conditional branch is at least this fraction of its most likely token's
+            (:class:`Guidance`); 0: every token, MusicGen's guidance.
     """
 
     use_sampling: bool = True
@@ -120,6 +167,7 @@ class GenerationParams:
     video_cfg_coef: float | None = None
     extend_stride: float | None = None
     two_step_cfg: bool = False
+    plausibility: float = DEFAULT_PLAUSIBILITY
 
     def __post_init__(self):
         if self.two_step_cfg:
@@ -132,6 +180,8 @@ class GenerationParams:
             raise ConfigError(f"top_k must be a non-negative integer, got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in [0, 1], got {self.top_p}")
+        if not 0.0 <= self.plausibility <= 1.0:
+            raise ConfigError(f"plausibility must be in [0, 1] (0: no filter), got {self.plausibility}")
         if self.use_sampling and not self.temperature > 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         for name in ("cfg_coef", "text_cfg_coef", "video_cfg_coef"):
@@ -146,7 +196,7 @@ class GenerationParams:
         """The guided step these coefficients call for (see :meth:`Guidance.plan`)."""
         t = self.cfg_coef if self.text_cfg_coef is None else self.text_cfg_coef
         v = self.cfg_coef if self.video_cfg_coef is None else self.video_cfg_coef
-        return Guidance.plan(float(t), float(v), has_video, has_text)
+        return Guidance.plan(float(t), float(v), has_video, has_text, float(self.plausibility))
 
     def check(self, lm) -> None:
         """Checks the parameters against the backbone (ConfigError)."""

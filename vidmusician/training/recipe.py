@@ -40,6 +40,9 @@ class Recipe:
         log_every: print and log the training loss every N steps.
         seed: adapter initialization and data order.
         num_workers: DataLoader worker processes.
+        codebook_weights: weight of each codebook's mean cross-entropy in the training loss
+            (normalized to sum to 1); None: equal weights, MusicGen's loss. The holdout loss
+            stays the plain mean.
     """
 
     stage: int = 1
@@ -63,6 +66,7 @@ class Recipe:
     log_every: int = 20
     seed: int = 1234
     num_workers: int = 2
+    codebook_weights: list[float] | None = None
 
     def __post_init__(self):
         self.check()
@@ -88,6 +92,14 @@ class Recipe:
             raise ConfigError(f"{source}: trainable must be a list of {list(GROUP_NAMES)}, got {self.trainable!r}")
         if not isinstance(self.adapter, dict):
             raise ConfigError(f"{source}: adapter must be an object of adapter config fields, got {self.adapter!r}")
+        if self.codebook_weights is not None:
+            if not isinstance(self.codebook_weights, list) or not self.codebook_weights:
+                raise ConfigError(f"{source}: codebook_weights must be a list of numbers, one per codebook, "
+                                  f"got {self.codebook_weights!r}")
+            for w in self.codebook_weights:
+                number("codebook_weights", w, low=0, source=source)
+            if not sum(self.codebook_weights) > 0:
+                raise ConfigError(f"{source}: codebook_weights must not all be 0, got {self.codebook_weights!r}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(f"{source}: gradient_checkpointing must be true or false, "
                               f"got {self.gradient_checkpointing!r}")

@@ -64,6 +64,17 @@ class Objective(nn.Module):
         return codebook_losses(out.logits, codes, out.mask & loss_mask(self.lm, valid))
 
 
+def codebook_weights(recipe: Recipe, num_codebooks: int) -> torch.Tensor:
+    """[K] weights of the codebooks' mean losses, summing to 1 (equal unless the recipe says)."""
+    if recipe.codebook_weights is None:
+        return torch.full((num_codebooks,), 1.0 / num_codebooks)
+    if len(recipe.codebook_weights) != num_codebooks:
+        raise ConfigError(f"recipe: codebook_weights has {len(recipe.codebook_weights)} weights, the backbone "
+                          f"{num_codebooks} codebooks; give one weight per codebook")
+    w = torch.tensor(recipe.codebook_weights, dtype=torch.float32)
+    return w / w.sum()
+
+
 class EpochBatches(torch.utils.data.Sampler):
     """This process's part of an endless run of global batches, starting at batch ``start``.
 
@@ -255,6 +266,7 @@ def train(args) -> Path:
     # backward() divides by grad_accum and DDP averages over processes: undo both, so
     # that each micro-batch's share of the global mean reaches the gradient whole.
     share = recipe.grad_accum * accelerator.num_processes
+    weights = codebook_weights(recipe, vm.lm.num_codebooks).to(accelerator.device)
     while state.step < recipe.max_steps:
         micro = [next(batches).to(accelerator.device) for _ in range(recipe.grad_accum)]
         # The step's loss is the mean over every valid token of the global batch (per
@@ -266,7 +278,7 @@ def train(args) -> Path:
             # accumulate(): no DDP gradient sync until the last micro-batch.
             with accelerator.accumulate(objective):
                 sums, _ = objective(batch.codes, batch.valid, batch.videos, batch.texts)
-                accelerator.backward((sums / tokens).mean() * share)
+                accelerator.backward((sums / tokens * weights).sum() * share)
                 if accelerator.sync_gradients and recipe.grad_clip:
                     accelerator.clip_grad_norm_(params, recipe.grad_clip)
                 optimizer.step()  # a no-op until the gradients are synced

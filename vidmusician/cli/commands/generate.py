@@ -33,6 +33,11 @@ def add_arguments(parser) -> None:
                         help="guidance of the video on top of the text (default: --cfg-coef); different from "
                              "the text's, every step runs a third, text-only branch (up to 1.5x the time); "
                              "0: plain MusicGen with the text")
+    parser.add_argument("--plausibility", type=float, metavar="A",
+                        help="guidance ranks only the tokens the video-conditioned model gives at least A times "
+                             "its top token's probability (default: the library's, see docs/alignment.md); 0: "
+                             "every token, MusicGen's guidance, which amplifies what adapters learned from lossy "
+                             "soundtracks")
     parser.add_argument("--top-k", type=int, default=250, metavar="K", help="top-k sampling (default 250)")
     parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default 1.0)")
     parser.add_argument("--extend-stride", type=float, metavar="S",
@@ -49,12 +54,14 @@ def run(args) -> int:
     check_duration(args.duration)
     output = Path(args.output) if args.output else Path(f"{Path(args.video).stem}_music.wav")
     check_output_path(output, inputs=[args.video])
+    # Unset: generate()'s default (importing it here would load torch before the cheap checks).
+    kwargs = {} if args.plausibility is None else {"plausibility": args.plausibility}
     with one_line_warnings("generate"):
         wav, sample_rate = generate(
             args.video, adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
             duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
             video_cfg_coef=args.video_cfg, top_k=args.top_k, temperature=args.temperature,
-            seed=args.seed, device=args.device, progress=not args.quiet, extend_stride=args.extend_stride)
+            seed=args.seed, device=args.device, progress=not args.quiet, extend_stride=args.extend_stride, **kwargs)
     write_output(output, wav, sample_rate, video=args.video, tags=music_tags(args))
     seconds = wav.shape[-1] / sample_rate
     print(f"wrote {output} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
