@@ -195,7 +195,7 @@ def aac_flash_music(tmp_path_factory, learned):
     videos = tmp_path_factory.mktemp("aac-music")
     rng = random.Random(0)
     for i in range(30):
-        events = lb.event_frames(rng, frames)
+        events = lb.event_frames(rng, frames, fps=VIDEO_FPS)
         codes = lb.synthetic_codes(events, rng.randrange(lb.STYLES), rng.randrange(lb.PERIOD), frames)
         flash_video(videos / f"v{i:02d}.mp4", [f / rate for f in events], SECONDS,
                     audio=lb.synthetic_audio(codes[None])[0].numpy(), sample_rate=lb.SAMPLE_RATE)
@@ -206,6 +206,9 @@ def aac_flash_music(tmp_path_factory, learned):
     return root
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "issue #25 is open: at the 50 Hz token rate AAC rewrites all of tiny-learned's finest codebook (a third of "
+    "codebook 2's), and the plausibility cut (F1 0.95 at 25 Hz) keeps only 0.25-0.55 of the events here"))
 def test_events_follow_the_flashes_at_default_sampling_on_aac_soundtracks(aac_flash_music, learned, tmp_path):
     """Adapters trained on AAC learn its noise in the fine codebooks; default guidance must not amplify it."""
     out = tmp_path / "run"
@@ -220,7 +223,7 @@ def test_events_follow_the_flashes_at_default_sampling_on_aac_soundtracks(aac_fl
     rng = random.Random(123)
     scores = []
     for i in range(4):
-        events = lb.event_frames(rng, int(SECONDS * rate))
+        events = lb.event_frames(rng, int(SECONDS * rate), fps=VIDEO_FPS)
         feats = extract_features(flash_video(tmp_path / f"new{i}.mp4", [f / rate for f in events], SECONDS),
                                  "tiny", device="cpu")
         _, tokens = vm.generate([feats], duration=SECONDS, seed=i, return_tokens=True)  # the library's defaults
