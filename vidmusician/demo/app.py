@@ -11,7 +11,7 @@ import math
 import threading
 from pathlib import Path
 
-from ..errors import VidMusicianError
+from ..errors import VidMusicianError, one_line, printable
 from .scoring import Cancelled, ScoreRequest, Scorer
 
 __all__ = ["build_app"]
@@ -52,7 +52,7 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
             return None, None, None, "Cancelled.", None
         except VidMusicianError as exc:
             # The visitor knows the file by its name, not by the server's copy of it.
-            message = str(exc).replace(video, Path(video).name)
+            message = one_line(exc).replace(printable(video), printable(Path(video).name))
             return None, None, None, f"**Error:** {message}", None
         finally:
             jobs.finish(request.session_hash, cancel)

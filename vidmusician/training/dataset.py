@@ -36,7 +36,7 @@ import torch
 
 from ..adapter.context import VideoBatch
 from ..errors import DataError, differing_fields, one_line
-from ..fileio import atomic_write
+from ..fileio import atomic_write, native_name
 from ..video.encoder_specs import legacy_activation
 from ..video.features import VideoFeatures
 
@@ -374,7 +374,8 @@ class PreparedDataset(torch.utils.data.Dataset):
                     raise self._damaged(name, f"{path.stat().st_size} bytes, {size} were written")
                 if crc is not None and file_crc32(path) != crc:
                     raise self._damaged(name, "its checksum differs from the one written by prepare")
-                self._shards[name] = safe_open(str(path), framework="pt")
+                with native_name(path) as native:  # safetensors takes the name as UTF-8 text
+                    self._shards[name] = safe_open(native, framework="pt")
             except (SafetensorError, OSError) as exc:
                 raise self._damaged(name, f"unreadable: {one_line(exc)}") from None
         return self._shards[name]

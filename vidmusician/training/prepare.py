@@ -5,6 +5,12 @@ channels), compute the video's features once, cut aligned windows, encode every
 window with the frozen compression model once, and write shards (see
 :mod:`vidmusician.training.dataset` for the layout). Bad sources are skipped and listed in
 ``errors.jsonl``; a rerun skips every source already done (or already failed).
+
+A source's id is its path relative to the folder (or the CSV/JSONL's ``video`` and
+``audio``), as :func:`~vidmusician.errors.printable` writes it: a name whose bytes are
+not UTF-8 (which the file system allows) has those bytes as ``\\xNN``, so the index,
+``errors.jsonl``, the holdout choice and the shard names, all made from ids, are
+valid UTF-8 and the same on every rerun.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 
 from ..audio_io import read_audio
 from ..backbones import load_codec
-from ..errors import ConfigError, DataError, VidMusicianError
+from ..errors import ConfigError, DataError, VidMusicianError, one_line, printable
 from ..fileio import atomic_write
 from ..video.encoders import DEFAULT_ENCODER
 from ..video.features import VideoFeatures, load_encoder
@@ -76,16 +82,24 @@ def list_sources(src) -> list[Source]:
     if src.is_dir():
         videos = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
         if not videos:
-            raise ConfigError(f"{src}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
-        return [Source(str(p.relative_to(src)), p) for p in videos]
+            raise ConfigError(f"{printable(src)}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
+        sources = [Source(printable(p.relative_to(src)), p) for p in videos]
+        ids = {}
+        for s in sources:  # two ids the same only where one name spells another's undecodable bytes
+            if ids.setdefault(s.id, s.video) != s.video:
+                raise ConfigError(f"{printable(ids[s.id])} and {printable(s.video)}: both are named {s.id} in the "
+                                  f"dataset; rename one")
+        return sources
     if not src.is_file():
         raise ConfigError(f"{src}: no such folder or file; pass a folder of music videos or a CSV/JSONL of pairs")
     if src.suffix.lower() == ".csv":
-        with open(src, newline="") as f:
+        # surrogateescape: names in any encoding come through as the file system's bytes.
+        with open(src, newline="", encoding="utf-8", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
     elif src.suffix.lower() in (".jsonl", ".json"):
         try:
-            rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in src.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+                    if line.strip()]
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{src}: invalid JSON on line {exc.lineno}") from None
     else:
@@ -95,9 +109,9 @@ def list_sources(src) -> list[Source]:
         if not row.get("video"):
             raise ConfigError(f"{src}: row {n} has no 'video' (columns: video, audio (optional), text (optional))")
         audio = row.get("audio") or None
-        sid = row["video"] if audio is None else f"{row['video']}+{audio}"
+        sid = printable(row["video"] if audio is None else f"{row['video']}+{audio}")
         sources.append(Source(sid, src.parent / row["video"], src.parent / audio if audio else None,
-                              row.get("text") or None))
+                              printable(row.get("text") or "") or None))
     return sources
 
 
@@ -379,7 +393,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
                         raise failed
                 windows = process_source(source, cm, meta, feats, wav, seconds=seconds)
             except VidMusicianError as exc:
-                report.failed.append({"source": source.id, "error": str(exc)})
+                report.failed.append({"source": source.id, "error": one_line(exc)})
                 append_jsonl(errors_file, [report.failed[-1]])
                 continue
             t = time.perf_counter()

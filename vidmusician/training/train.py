@@ -35,7 +35,7 @@ from torch import nn
 from ..backbones import backbone_spec, load_backbone
 from ..cli import Parser
 from ..config import AdapterConfig
-from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line
+from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line, printable
 from ..model import VidMusician, attach_adapters
 from ..video.encoder_specs import check_encoder_fit
 from ..video.reader import frames_covering
@@ -221,7 +221,8 @@ def train(args) -> Path:
     state = TrainState()
     if resume_from is not None:
         state = resume(out, vm, optimizer, scheduler, accelerator,
-                       say=lambda line: accelerator.is_main_process and print(line, file=sys.stderr))
+                       say=lambda line: accelerator.is_main_process
+                       and print(f"vidmusician.training.train: {printable(line)}", file=sys.stderr))
         accelerator.print(f"resumed at step {state.step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,7 @@ def train(args) -> Path:
     release = out / "adapter"
     if accelerator.is_main_process:
         vm.save_pretrained(release)
-        accelerator.print(f"adapter written to {release}")
+        accelerator.print(f"adapter written to {printable(release)}")
     accelerator.wait_for_everyone()
     monitor.close()
     return release

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ...errors import printable
 from . import one_line_warnings
 
 HELP = "generate music for a video (WAV/FLAC, or the video with the music as its soundtrack)"
@@ -56,7 +57,7 @@ def run(args) -> int:
             seed=args.seed, device=args.device, progress=not args.quiet, extend_stride=args.extend_stride)
     write_output(output, wav, sample_rate, video=args.video, tags=music_tags(args))
     seconds = wav.shape[-1] / sample_rate
-    print(f"wrote {output} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
+    print(f"wrote {printable(output)} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
     return 0
 
 
@@ -70,5 +71,5 @@ def music_tags(args) -> dict | None:
     config = AdapterConfig.load(args.adapter)
     encoder = args.encoder or config.encoder
     activation = config.encoder_activation or natural_activation(encoder)
-    return {"encoder": encoder, "encoder_activation": activation, "adapter": str(args.adapter)}
+    return {"encoder": encoder, "encoder_activation": activation, "adapter": printable(args.adapter)}
 

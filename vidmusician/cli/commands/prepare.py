@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...errors import printable
 from . import one_line_warnings
 
 HELP = "prepare a training dataset: codec codes and visual features of (video, music) windows"
@@ -51,7 +52,7 @@ def run(args) -> int:
                              local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device,
                              encoder_batch=args.encoder_batch, per_video_batches=args.per_video_batches)
     except Terminated:
-        print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {args.out}: "
+        print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {printable(args.out)}: "
               f"run the same command again to continue", file=sys.stderr)
         return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
     print(f"{report.sources} sources: {report.already_done} already done, {report.prepared} prepared "
@@ -62,5 +63,5 @@ def run(args) -> int:
     for failure in report.failed:
         print(f"  skipped {failure['error']}")
     if report.failed:
-        print(f"  (listed in {Path(args.out) / 'errors.jsonl'}; --retry-errors tries them again)")
+        print(f"  (listed in {printable(Path(args.out) / 'errors.jsonl')}; --retry-errors tries them again)")
     return 0
