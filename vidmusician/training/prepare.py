@@ -39,7 +39,7 @@ from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_fe
 from ..video.reader import FRAME_TOLERANCE, VIDEO_SUFFIXES, frames_covering, whole_frames
 from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, DatasetMeta,
                       append_jsonl, commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files,
-                      read_jsonl)
+                      read_jsonl, verify_dataset)
 
 # Windows start on whole seconds of the global feature grid, so a window's first
 # global token is a real frame; clips shorter than this are skipped.
@@ -67,6 +67,7 @@ class PrepareReport:
     windows: int = 0
     seconds: dict = field(default_factory=dict)  # time spent per stage: audio, video (decode + encoder), codec, write
     elapsed: float = 0.0  # wall seconds from the first pending source to the last, models loaded
+    verified: tuple | None = None  # (shards, windows) read whole by the check of ``verify=True``
 
 
 class Terminated(BaseException):
@@ -270,7 +271,7 @@ def keep_complete_sources(path: Path) -> None:
 def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
             window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
             local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True,
-            encoder_batch: int | None = None, per_video_batches: bool = False) -> PrepareReport:
+            encoder_batch: int | None = None, per_video_batches: bool = False, verify: bool = False) -> PrepareReport:
     """Prepares a training dataset in ``out`` (see the module docstring).
 
     Under ``accelerate launch`` / torchrun, each process prepares its share of the
@@ -292,9 +293,12 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
             videos, so short videos fill them too.
         per_video_batches: encode each video's frames in batches of their own, as before batches
             spanned videos (for comparison; the features are the same).
+        verify: then read the whole dataset as training reads it
+            (:func:`~vidmusician.training.dataset.verify_dataset`; process 0, after the others are done).
 
     Raises:
         Terminated: on SIGTERM; every source finished before it is kept.
+        DataError: ``verify`` found a damaged shard (named).
     """
     if not (window > 0 and hop > 0 and 0 <= holdout < 1):
         raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
@@ -341,6 +345,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     if procs.rank == 0:
         merge_parts(out)
     procs.barrier()  # no process returns before the dataset is whole
+    if verify and procs.rank == 0:  # after the last barrier: the others need not wait for the check
+        report.verified = verify_dataset(out)
     return report
 
 

@@ -39,7 +39,7 @@ from ..errors import ConfigError, DataError, VidMusicianError, differing_fields,
 from ..model import VidMusician, attach_adapters
 from ..video.encoder_specs import check_encoder_fit
 from ..video.reader import frames_covering
-from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
+from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset, verify_dataset
 from .launch import stop_with_launcher
 from .losses import codebook_losses, loss_mask
 from .monitor import Monitor, check_trackers
@@ -207,6 +207,9 @@ def train(args) -> Path:
     # Same seed on every process: identical adapter initialization (DDP also broadcasts it).
     set_seed(recipe.seed)
     meta = DatasetMeta.load(args.data)
+    # Every shard there and whole (a stat each), so a short run cannot miss a shard cut short;
+    # `vidmusician prepare --verify` reads everything. Every process checks: all stop alike.
+    verify_dataset(args.data, full=False)
     train_set = PreparedDataset(args.data, "train")
     holdout = PreparedDataset(args.data, "holdout")
     vm = build_model(args, recipe, meta, accelerator.device)
