@@ -26,14 +26,20 @@ def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0)
 
     launcher = os.getppid()
 
+    def say(line: str) -> None:
+        try:
+            print(f"{program}: {line}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # stderr was a pipe to the launcher, gone with it
+            pass
+
     def watch():
         while True:
             time.sleep(interval)
             if os.getppid() != launcher:
-                print(f"{program}: the launcher is gone; stopping this worker", file=sys.stderr)
+                say("the launcher is gone; stopping this worker")
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(grace)
-                print(f"{program}: still running {grace:g} s after SIGTERM; killing this worker", file=sys.stderr)
+                say(f"still running {grace:g} s after SIGTERM; killing this worker")
                 os.kill(os.getpid(), signal.SIGKILL)
                 return
 
