@@ -108,6 +108,17 @@ def test_prepare_train_and_rerun_with_odd_names(media, tmp_path):
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and "run\\xe9" in out
 
 
+def test_prepare_refuses_two_names_of_one_id(media, tmp_path):
+    """``caf\\xe9.mp4`` spelled out in UTF-8 and the Latin-1 name both read ``caf\\xe9.mp4``: refused, not merged."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(media / "src" / "ok.mp4", odd(src, ODD + b".mp4"))
+    shutil.copy(media / "src" / "ok.mp4", src / f"{SHOWN}.mp4")
+    code, _, err = cli("prepare", src, tmp_path / "data", *TINY)
+    assert code == 2 and f"both are named {SHOWN}.mp4 in the dataset; rename one" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_eval_with_odd_names(media, tmp_path):
     videos, generated = tmp_path / "videos", tmp_path / "generated"
     videos.mkdir()

@@ -19,8 +19,8 @@ MAX_COUNT = 2**31 - 1
 # Classifier-free guidance coefficients (text, video, both) take [0, MAX_GUIDANCE]: 0 leaves
 # a condition out, 1 is the conditional model alone, above 1 it is amplified (MusicGen's
 # default is 3). A negative one would steer the music away from its text or video, which
-# no one asks for by accident: refused, as is anything past 10 (the logits' differences
-# times 1e300 are infinite and sampling fails; well before that the music is noise).
+# is far likelier a typo than a wish: refused, as is anything past 10, over three times the
+# default (the logits' differences times 1e300 are infinite and sampling fails).
 MAX_GUIDANCE = 10.0
 
 

@@ -83,7 +83,7 @@ def list_sources(src) -> list[Source]:
     if src.is_dir():
         videos = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
         if not videos:
-            raise ConfigError(f"{printable(src)}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
+            raise ConfigError(f"{src}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
         sources = [Source(printable(p.relative_to(src)), p) for p in videos]
         ids = {}
         for s in sources:  # two ids the same only where one name spells another's undecodable bytes
