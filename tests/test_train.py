@@ -217,19 +217,19 @@ def test_a_window_has_the_same_loss_alone_and_padded_in_a_batch(tiny):
 
 KILLER = """
 import os, signal, sys
-import safetensors.torch as st
+import vidmusician.training.train_state as train_state
 
-real_save = st.save_file
+real_write = train_state.write_safetensors
 
-def save_file(tensors, filename, metadata=None):
-    real_save(tensors, filename, metadata=metadata)
+def write_safetensors(filename, tensors, metadata=None):
+    real_write(filename, tensors, metadata=metadata)
     filename = str(filename)
     if filename.endswith("optimizer.safetensors") and ".tmp-step-00000008" in filename:
         with open(filename, "r+b") as f:  # the kill lands halfway through the write
             f.truncate(os.path.getsize(filename) // 2)
         os.kill(os.getpid(), signal.SIGKILL)
 
-st.save_file = save_file
+train_state.write_safetensors = write_safetensors
 from vidmusician.training.train import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from . import __version__
 from .config import CONFIG_NAME, AdapterConfig
 from .errors import AdapterError, VidMusicianError, one_line
-from .fileio import atomic_write, native_name
+from .fileio import atomic_write, native_name, write_safetensors
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -37,9 +37,7 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
     config.version = __version__
     meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone}
-    # Serialized in memory and written by Python: safetensors' own writer takes no name that is not UTF-8.
-    data = save(state, metadata=meta)
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata=meta))
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config.to_json()))
     return directory
 

@@ -81,3 +81,14 @@ def native_name(path: str | os.PathLike) -> Iterator[str]:
             os.close(fd)
         return
     yield name
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """Writes ``tensors`` as a safetensors file, serialized in memory and written by Python.
+
+    safetensors' own writer takes the name as UTF-8 text, which a file name that is
+    not UTF-8 cannot be (see :func:`native_name`).
+    """
+    from safetensors.torch import save
+
+    Path(path).write_bytes(save(tensors, metadata=metadata))
