@@ -226,6 +226,11 @@ def test_train_refuses_a_missing_dataset_and_a_read_only_run_folder(mount, tmp_p
 
 def test_eval_and_info_refuse_bad_input(tmp_path, capsys):
     refused(run(capsys, "eval", "--videos", tmp_path / "none", "--generated", tmp_path), "no such folder")
+    refused(run(capsys, "eval", "--videos", tmp_path, "--generated", tmp_path, "--prompts", tmp_path / "p.json"),
+            f"--prompts {tmp_path / 'p.json'}: no such file")
+    (tmp_path / "p.json").write_text('{"clip": "piano",}')
+    refused(run(capsys, "eval", "--videos", tmp_path, "--generated", tmp_path, "--prompts", tmp_path / "p.json"),
+            "p.json: not valid JSON (line 1")
     refused(run(capsys, "info", "musicgen-huge"), "unknown preset")
     (tmp_path / "adapter_config.json").write_text("[1, 2]")
     refused(run(capsys, "info", tmp_path), "expected a JSON object")

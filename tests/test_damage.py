@@ -97,6 +97,46 @@ def test_a_cut_short_shard_is_caught_by_its_size(data):
         PreparedDataset(data, "train")[0]
 
 
+def test_a_shard_cut_short_stops_training_before_its_first_step(data, tmp_path, capsys):
+    """The holdout's shard, read only after the last step: found at the start, before any step or checkpoint."""
+    shard = data / SHARD_DIR / "000003.safetensors"
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:-100])
+    one_line_error(*train(data, tmp_path, capsys), "000003.safetensors: damaged shard",
+                   f"{size - 100} bytes, {size} were written")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    shard.unlink()
+    one_line_error(*train(data, tmp_path, capsys), "000003.safetensors: damaged shard (missing)")
+
+
+def test_prepare_verify_reads_every_shard(tmp_path, capsys):
+    """A shard overwritten in place (same size) is found by ``prepare --verify``, on a dataset already prepared."""
+    import numpy as np
+    from media import flash_video
+
+    from vidmusician import cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        flash_video(src / f"v{i}.mp4", [0.5], 2.0, size=32,
+                    audio=np.random.default_rng(i).uniform(-0.5, 0.5, (1, 64000)).astype(np.float32))
+    args = ["prepare", str(src), str(tmp_path / "ds"), "--backbone", "tiny", "--encoder", "tiny", "--window", "1",
+            "--hop", "1", "--holdout", "0"]
+    assert cli.main(args) == 0
+    assert cli.main(args + ["--verify"]) == 0
+    assert "verified 2 shards, 4 windows: intact" in capsys.readouterr().out
+    shard = sorted((tmp_path / "ds" / SHARD_DIR).iterdir())[1]
+    raw = bytearray(shard.read_bytes())
+    raw[-64:] = bytes(64)
+    shard.write_bytes(bytes(raw))
+    assert cli.main(args) == 0  # nothing to prepare: the damage goes unseen
+    capsys.readouterr()
+    assert cli.main(args + ["--verify"]) == 2
+    err = capsys.readouterr().err
+    assert f"{shard.name}: damaged shard (its checksum differs" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_codes_outside_the_codebook_are_named_even_without_a_checksum(tmp_path):
     """A dataset written before the integrity record (format 1): the values themselves are checked."""
     root = tmp_path / "old"

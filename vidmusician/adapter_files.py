@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import __version__
 from .config import CONFIG_NAME, AdapterConfig
 from .errors import AdapterError, VidMusicianError, one_line
-from .fileio import atomic_write
+from .fileio import atomic_write, native_name, write_safetensors
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 
@@ -37,7 +37,7 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
     config.version = __version__
     meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone}
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=meta))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata=meta))
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config.to_json()))
     return directory
 
@@ -60,6 +60,7 @@ def read_adapter_weights(path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise AdapterError(f"{path}: no such file; an adapter folder holds {WEIGHTS_NAME}")
     try:
-        return load_file(str(path))
+        with native_name(path) as name:
+            return load_file(name)
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterError(f"{path}: corrupt or truncated safetensors file ({one_line(exc)}); re-download or re-save it") from None

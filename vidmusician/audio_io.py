@@ -125,9 +125,10 @@ def check_writable(path) -> None:
     except (OSError, ValueError):
         name_max = 255
     # The atomic writer adds a hidden prefix and a suffix to the name: leave room for them.
-    if len(path.name.encode()) + 40 > name_max:
+    size = len(os.fsencode(path.name))  # the bytes on disk (a name may not be UTF-8)
+    if size + 40 > name_max:
         raise ConfigError(f"{short_path(path)}: the file name is too long for this file system "
-                          f"({len(path.name.encode())} bytes, at most {name_max - 40}); use a shorter name")
+                          f"({size} bytes, at most {name_max - 40}); use a shorter name")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"{path}: folder {parent} is not writable (read-only or no permission); "
                           f"choose another output folder")

@@ -8,12 +8,20 @@ never reaches the code that would divide by it or allocate with it.
 from __future__ import annotations
 
 import math
+import numbers
 
 from .errors import ConfigError
 
 # Upper bound of counts (steps, batch sizes, widths): what fits a 32-bit index, and
 # far beyond anything meant; larger values are typos that would only fail later.
 MAX_COUNT = 2**31 - 1
+
+# Classifier-free guidance coefficients (text, video, both) take [0, MAX_GUIDANCE]: 0 leaves
+# a condition out, 1 is the conditional model alone, above 1 it is amplified (MusicGen's
+# default is 3). A negative one would steer the music away from its text or video, which
+# is far likelier a typo than a wish: refused, as is anything past 10, over three times the
+# default (the logits' differences times 1e300 are infinite and sampling fails).
+MAX_GUIDANCE = 10.0
 
 
 def number(name: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None,
@@ -38,6 +46,18 @@ def number(name: str, value, *, integer: bool = False, low: float | None = None,
     if not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (
             high is not None and value > high):
         raise ConfigError(f"{where}{name} must be {kind}{describe(low, high, low_open)}, got {value!r}")
+    return value
+
+
+def guidance(name: str, value) -> float:
+    """Checks a guidance coefficient: a number in ``[0, MAX_GUIDANCE]`` (see :data:`MAX_GUIDANCE`).
+
+    Raises:
+        ConfigError: One line naming the coefficient, its value and the range.
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = float(value)  # numpy and torch scalars too
+    number(name, value, low=0.0, high=MAX_GUIDANCE)
     return value
 
 

@@ -6,6 +6,7 @@ with status 2, never a traceback.
 """
 
 import errno
+import os
 import re
 
 
@@ -81,20 +82,49 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
         # and decord's FFI errors put the traceback first and "Type: message" last.
         lines = [lines[-1].split(": ", 1)[-1]]
     if isinstance(exc, VidMusicianError):
-        return " ".join(lines)
+        return printable(" ".join(lines))
     if isinstance(exc, OSError) and (exc.errno in _OS_FIXES or exc.filename is not None):
         path = short_path(exc.filename) if exc.filename is not None else ""
         what = _OS_FIXES.get(exc.errno, exc.strerror or type(exc).__name__)
-        return f"{path}: {what}" if path else what
+        return printable(f"{path}: {what}" if path else what)
     reason = getattr(exc, "strerror", None) or (lines[0] if lines else "")
     reason = " ".join(_DECORD_PREFIX.sub("", reason).split())
-    return reason[:limit] or type(exc).__name__
+    return printable(reason[:limit] or type(exc).__name__)
 
 
 def short_path(path, limit: int = 120) -> str:
     """A path for a message: long ones (a 300-character name) keep their start and end."""
-    text = str(path)
+    text = printable(os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path))
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-(limit // 3):]}"
+
+
+def printable(text) -> str:
+    """Text that any output and any JSON reader takes: a file name's bytes that are not UTF-8 as ``\\xNN``.
+
+    Python hands such bytes over as lone surrogates (``os.fsdecode``'s
+    surrogateescape: ``b"caf\\xe9.mp4"`` is ``"caf\\udce9.mp4"``), which a UTF-8
+    terminal, log file or strict JSON parser refuses. They are shown as the
+    ``\\xNN`` a shell's ``ls -b`` prints; valid text (every UTF-8 name) is unchanged,
+    so messages and the records built from names stay the same from run to run.
+
+    Args:
+        text: A string, or a path (``str``, ``bytes`` or ``os.PathLike``).
+
+    Returns:
+        The text, valid UTF-8.
+    """
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the name's own bytes back
+    except UnicodeEncodeError:  # a surrogate that no byte stands for (not from a file name)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def differing_fields(mine, theirs, fields=None, sides: tuple[str, str] = ("", "")) -> str:

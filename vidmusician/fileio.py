@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def _default_mode() -> int:
@@ -52,3 +53,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], durab
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def native_name(path: str | os.PathLike) -> Iterator[str]:
+    """A name for ``path`` that libraries written in C or Rust (decord, safetensors) can open.
+
+    They take names as UTF-8 text, which a file name that is not UTF-8 (the file
+    system allows any bytes; Python holds them as lone surrogates) cannot be. Such a
+    file is opened here and named through ``/proc/self/fd`` while the block runs; a
+    library that opens it inside keeps its own descriptor (or mapping) after.
+
+    Raises:
+        OSError: the file cannot be opened (it is missing, a folder, ...).
+    """
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        if not os.path.isdir("/proc/self/fd"):  # not Linux: let the library say it cannot
+            yield name
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """Writes ``tensors`` as a safetensors file, serialized in memory and written by Python.
+
+    safetensors' own writer takes the name as UTF-8 text, which a file name that is
+    not UTF-8 cannot be (see :func:`native_name`).
+    """
+    from safetensors.torch import save
+
+    Path(path).write_bytes(save(tensors, metadata=metadata))

@@ -322,6 +322,7 @@ class VidMusician:
             temperature: softmax temperature.
             cfg_coef: classifier-free guidance coefficient of text and video together
                 (``t = v``, MusicGen's two-branch batch); the default of the two below.
+                Each of the three is in ``[0, 10]``; outside, a ConfigError.
             extend_stride: seconds between windows beyond the backbone's window;
                 None: 0.6 of the window (audiocraft's 18 s of 30 s).
             two_step_cfg: refused (ConfigError): the adapters could not tell the

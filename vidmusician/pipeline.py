@@ -47,6 +47,8 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
             conditioning, together with the video.
         duration: seconds of music; default: the video's duration.
         cfg_coef: classifier-free guidance coefficient of text and video together.
+            Each guidance coefficient is in ``[0, 10]`` (0: that condition left out;
+            negative ones, which would steer away from it, are refused).
         top_k: top-k sampling.
         temperature: sampling temperature.
         seed: seeds the sampling: same seed, same music. None: not seeded.

@@ -7,6 +7,7 @@ classes and random weights, so tests and benchmarks run with no download;
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -93,8 +94,34 @@ def build_codec(codec_cfg, seed: int):
         frames = emb.transpose(1, 2).reshape(-1, emb.shape[1])
         picks = frames[torch.randint(len(frames), (2 * cm.cardinality,), device=frames.device)]
         picks = picks + 0.1 * frames.std() * torch.randn_like(picks)
-        cm.quantizer(picks.T[None], cm.frame_rate)
+        books = [layer._codebook for layer in cm.quantizer.vq.layers]
+        for book in books:
+            book.init_embed_ = functools.partial(_init_codebook, book)  # this instance only
+        try:
+            cm.quantizer(picks.T[None], cm.frame_rate)
+        finally:
+            for book in books:
+                del book.init_embed_  # back to audiocraft's method
     return cm
+
+
+def _init_codebook(book, data: torch.Tensor) -> None:
+    """audiocraft's ``EuclideanCodebook.init_embed_`` without its broadcast to the other processes.
+
+    Under torch.distributed audiocraft broadcasts rank 0's k-means result, a collective
+    every process must join: a process that builds the codec alone (the one process of a
+    multi-process ``prepare`` with sources left) would wait for the others forever. Every
+    process builds the same codebooks from the same seed, so there is nothing to share.
+    """
+    from audiocraft.quantization.core_vq import kmeans
+
+    if book.inited:
+        return
+    embed, cluster_size = kmeans(data, book.codebook_size, book.kmeans_iters)
+    book.embed.data.copy_(embed)
+    book.embed_avg.data.copy_(embed.clone())
+    book.cluster_size.data.copy_(cluster_size)
+    book.inited.data.copy_(torch.Tensor([True]))
 
 
 # Codec frame rate and codebook size of the tiny and random backbones: 50 Hz as the real

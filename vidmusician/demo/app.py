@@ -11,7 +11,8 @@ import math
 import threading
 from pathlib import Path
 
-from ..errors import VidMusicianError
+from ..checks import MAX_GUIDANCE
+from ..errors import VidMusicianError, one_line, printable
 from .scoring import Cancelled, ScoreRequest, Scorer
 
 __all__ = ["build_app"]
@@ -52,7 +53,7 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
             return None, None, None, "Cancelled.", None
         except VidMusicianError as exc:
             # The visitor knows the file by its name, not by the server's copy of it.
-            message = str(exc).replace(video, Path(video).name)
+            message = one_line(exc).replace(printable(video), printable(Path(video).name))
             return None, None, None, f"**Error:** {message}", None
         finally:
             jobs.finish(request.session_hash, cancel)
@@ -84,9 +85,9 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
                     top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k", elem_id="top-k")
                     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
                                             elem_id="temperature")
-                    text_cfg = gr.Slider(0, 10, value=3.0, step=0.25, label="Text guidance",
+                    text_cfg = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="Text guidance",
                                          info="how strongly the text steers the music", elem_id="text-cfg")
-                    video_cfg = gr.Slider(0, 10, value=3.0, step=0.25, label="Video guidance",
+                    video_cfg = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="Video guidance",
                                           info="how strongly the video steers it on top of the text (0: ignore "
                                                "the video); different from the text's: about 1.5x the time",
                                           elem_id="video-cfg")

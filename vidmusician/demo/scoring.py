@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, VidMusicianError
+from ..errors import ConfigError, VidMusicianError, printable
 
 __all__ = ["DEFAULT_MAX_DURATION", "Cancelled", "ScoreRequest", "ScoreResult", "Scorer"]
 
@@ -184,7 +184,7 @@ class Scorer:
 
         # What `vidmusician eval --plot` draws and scores, with the adapter's encoder and rate.
         settings = EvalSettings(local_fps=self.vm.config.local_fps)
-        clip = evaluate_clip(stem, Path(video), wav_path, None, self.vm.encoder, settings, folder / "features")
+        clip = evaluate_clip(printable(stem), Path(video), wav_path, None, self.vm.encoder, settings, folder / "features")
         plot = plot_clip(clip, folder / f"{stem}_alignment.png")
         return clip.scores["beat_alignment"], plot
 

@@ -226,9 +226,13 @@ def read_prompts(path: str | Path) -> dict[str, str]:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--prompts {path}: cannot be read as JSON ({type(exc).__name__}); check the file") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:  # missing, a folder, unreadable: what the file system said
+        raise ConfigError(f"--prompts {one_line(exc)}; check the path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--prompts {path}: not UTF-8 text; save it as UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--prompts {path}: not valid JSON (line {exc.lineno}: {exc.msg}); check the file") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ConfigError(f'--prompts {path}: expected a JSON object of clip name -> prompt, e.g. {{"clip": "calm piano"}}')
     return data

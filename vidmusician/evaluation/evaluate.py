@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..audio_io import read_tags
-from ..errors import ConfigError
+from ..errors import ConfigError, printable
 from ..fileio import atomic_write
 from ..video.features import VisualEncoder, load_encoder
 from . import metrics
@@ -128,9 +128,9 @@ class ClipResult:
         }
         return {
             "name": self.name,
-            "video": str(self.video),
-            "generated": str(self.generated),
-            "reference": None if self.reference is None else str(self.reference),
+            "video": printable(self.video),  # as text any JSON reader takes (see errors.printable)
+            "generated": printable(self.generated),
+            "reference": None if self.reference is None else printable(self.reference),
             **{k: _json_float(self.scores.get(k, math.nan)) for k in METRICS},
             "counts": counts,
             "durations": durations,
@@ -205,7 +205,7 @@ class EvalReport:
             "files": [c.to_dict() for c in self.clips],
             "mean": {k: _json_float(v) for k, v in self.means.items()},
             "frechet_distance": {k: _json_float(v) for k, v in self.frechet_distance.items()},
-            "unmatched": self.unmatched,
+            "unmatched": {k: [printable(n) for n in v] for k, v in self.unmatched.items()},
             "kl_divergence": self.kl_divergence,
             "encoder": self.encoder,
         }
@@ -314,7 +314,7 @@ def evaluate(
     what = {"no_generated": "skipped, no generated file", "no_reference": "no reference file, scored without one"}
     for key, names in unmatched.items():
         if names:
-            log(f"warning: {len(names)} video(s) {what[key]}: {', '.join(names)}")
+            log(f"warning: {len(names)} video(s) {what[key]}: {', '.join(map(printable, names))}")
 
     encoder_source = "given"
     if encoder is None and settings.source == "change":
@@ -322,10 +322,13 @@ def evaluate(
     encoder = _load_encoder(encoder) if settings.source == "change" else None
     clips = []
     for name in sorted(gens):
-        clip = evaluate_clip(name, vids[name], gens[name], refs.get(name), encoder, settings, feature_cache)
+        # The report, the log and --prompts name a clip as text (a file name's bytes that are
+        # not UTF-8 as \xNN); its plot is named after the video's own bytes.
+        clip = evaluate_clip(printable(name), vids[name], gens[name], refs.get(name), encoder, settings,
+                             feature_cache)
         log(f"{clip.name}: " + ", ".join(f"{k}={_fmt(clip.scores[k])}" for k in METRICS if k != "clap_text"))
         if plot_dir is not None:
-            plot_clip(clip, Path(plot_dir) / f"{clip.name}.png")
+            plot_clip(clip, Path(plot_dir) / f"{name}.png")
         clips.append(clip)
 
     if prompts:

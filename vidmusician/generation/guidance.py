@@ -24,11 +24,11 @@ functions, condition encoding) is audiocraft's.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from ..checks import guidance as check_guidance
 from ..errors import ConfigError
 
 __all__ = ["DEFAULT_PLAUSIBILITY", "GenerationParams", "Guidance", "guidance_conditions", "guided_logits", "sample_window"]
@@ -145,6 +145,7 @@ class GenerationParams:
         temperature: softmax temperature.
         cfg_coef: classifier-free guidance coefficient of text and video together
             (the unconditional branch has neither); the default of the two below.
+            Each of the three is in ``[0, 10]`` (:data:`vidmusician.checks.MAX_GUIDANCE`).
         text_cfg_coef: guidance of the text alone (``t``); None: ``cfg_coef``.
         video_cfg_coef: guidance of the video on top of the text (``v``); None:
             ``cfg_coef``. With ``t != v`` (and ``v != 0``) a step runs three
@@ -185,9 +186,8 @@ class GenerationParams:
         if self.use_sampling and not self.temperature > 0:
             raise ConfigError(f"temperature must be positive, got {self.temperature}")
         for name in ("cfg_coef", "text_cfg_coef", "video_cfg_coef"):
-            value = getattr(self, name)
-            if value is not None and not _is_finite(value):
-                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            if getattr(self, name) is not None:
+                setattr(self, name, check_guidance(name, getattr(self, name)))
         if self.extend_stride is not None and not self.extend_stride > 0:
             raise ConfigError(f"extend_stride must be positive seconds, got {self.extend_stride}")
         self.top_k = int(self.top_k)
@@ -214,13 +214,6 @@ class GenerationParams:
         if stride_frames < 1:
             raise ConfigError(f"extend_stride {stride} s is shorter than one codec frame (1/{fr} s)")
         return int(max_duration * fr), stride_frames
-
-
-def _is_finite(value) -> bool:
-    try:
-        return math.isfinite(value)
-    except TypeError:  # not a number
-        return False
 
 
 def guidance_conditions(lm, attributes, guidance: Guidance) -> dict:

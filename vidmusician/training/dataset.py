@@ -36,7 +36,7 @@ import torch
 
 from ..adapter.context import VideoBatch
 from ..errors import DataError, differing_fields, one_line
-from ..fileio import atomic_write
+from ..fileio import atomic_write, native_name
 from ..video.encoder_specs import legacy_activation
 from ..video.features import VideoFeatures
 
@@ -374,10 +374,55 @@ class PreparedDataset(torch.utils.data.Dataset):
                     raise self._damaged(name, f"{path.stat().st_size} bytes, {size} were written")
                 if crc is not None and file_crc32(path) != crc:
                     raise self._damaged(name, "its checksum differs from the one written by prepare")
-                self._shards[name] = safe_open(str(path), framework="pt")
+                with native_name(path) as native:  # safetensors takes the name as UTF-8 text
+                    self._shards[name] = safe_open(native, framework="pt")
             except (SafetensorError, OSError) as exc:
                 raise self._damaged(name, f"unreadable: {one_line(exc)}") from None
         return self._shards[name]
+
+
+def verify_dataset(root, full: bool = True, progress=None) -> tuple[int, int]:
+    """Checks every shard of a prepared dataset now, not when a run first draws one of its windows.
+
+    Args:
+        root: dataset folder.
+        full: read everything as training reads it: each shard's size and checksum
+            against the record ``prepare`` wrote, each window's tensors through the
+            checks training applies (:class:`PreparedDataset`); about 0.6 ms a
+            30 s window (``benchmarks/verify.py``). False: each shard is there with
+            the size written (one ``stat`` a shard): what a full disk, a copy cut short
+            or a deleted file leaves, found at no cost; other damage is found when read.
+        progress: called with ``(windows checked, windows)`` after every window (``full``).
+
+    Returns:
+        ``(shards, windows)`` checked.
+
+    Raises:
+        DataError: naming the first damaged shard and what is wrong with it.
+    """
+    splits = [PreparedDataset(root, split) for split in ("train", "holdout")]
+    if not full:
+        records = {name: size for data in splits for name, (size, _) in data._records.items()}
+        for name, size in sorted(records.items()):
+            path = Path(root) / SHARD_DIR / name
+            try:
+                found = path.stat().st_size
+            except OSError as exc:
+                raise splits[0]._damaged(name, "missing" if isinstance(exc, FileNotFoundError)
+                                         else one_line(exc)) from None
+            if size is not None and found != size:
+                raise splits[0]._damaged(name, f"{found} bytes, {size} were written")
+        return len(records), sum(len(s) for s in splits)
+    total, done, shards = sum(len(s) for s in splits), 0, set()
+    for data in splits:
+        for i in range(len(data)):
+            data[i]  # noqa: B018 (read and checked)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        shards |= set(data._shards)
+        data._shards.clear()  # close them
+    return len(shards), total
 
 
 class MismatchedVideos(torch.utils.data.Dataset):

@@ -9,7 +9,7 @@ import time
 __all__ = ["stop_with_launcher"]
 
 
-def stop_with_launcher(program: str, interval: float = 1.0) -> None:
+def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0) -> None:
     """Ends this worker when the launcher that started it dies.
 
     ``accelerate launch`` / torchrun start each worker in its own session, so a
@@ -17,19 +17,30 @@ def stop_with_launcher(program: str, interval: float = 1.0) -> None:
     training on, holding GPUs. A daemon thread watches the parent: once this
     process has been handed to another one, the launcher is gone and the worker
     stops as a SIGTERM would stop it. Checkpoints already written stay; resume
-    with ``--resume``.
+    with ``--resume``. A worker still alive ``grace`` seconds later is blocked where
+    Python's SIGTERM handler never runs (waiting in a collective for peers that are
+    gone): it is killed, so no worker outlives its launcher for good.
     """
     import signal
     import threading
 
     launcher = os.getppid()
 
+    def say(line: str) -> None:
+        try:
+            print(f"{program}: {line}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # stderr was a pipe to the launcher, gone with it
+            pass
+
     def watch():
         while True:
             time.sleep(interval)
             if os.getppid() != launcher:
-                print(f"{program}: the launcher is gone; stopping this worker", file=sys.stderr)
+                say("the launcher is gone; stopping this worker")
                 os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(grace)
+                say(f"still running {grace:g} s after SIGTERM; killing this worker")
+                os.kill(os.getpid(), signal.SIGKILL)
                 return
 
     threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()

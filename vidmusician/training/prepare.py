@@ -5,6 +5,12 @@ channels), compute the video's features once, cut aligned windows, encode every
 window with the frozen compression model once, and write shards (see
 :mod:`vidmusician.training.dataset` for the layout). Bad sources are skipped and listed in
 ``errors.jsonl``; a rerun skips every source already done (or already failed).
+
+A source's id is its path relative to the folder (or the CSV/JSONL's ``video`` and
+``audio``), as :func:`~vidmusician.errors.printable` writes it: a name whose bytes are
+not UTF-8 (which the file system allows) has those bytes as ``\\xNN``, so the index,
+``errors.jsonl``, the holdout choice and the shard names, all made from ids, are
+valid UTF-8 and the same on every rerun.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 
 from ..audio_io import read_audio
 from ..backbones import load_codec
-from ..errors import ConfigError, DataError, VidMusicianError
+from ..errors import ConfigError, DataError, VidMusicianError, one_line, printable
 from ..fileio import atomic_write
 from ..video.encoders import DEFAULT_ENCODER
 from ..video.features import VideoFeatures, load_encoder
@@ -33,7 +39,7 @@ from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_fe
 from ..video.reader import FRAME_TOLERANCE, VIDEO_SUFFIXES, frames_covering, whole_frames
 from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, DatasetMeta,
                       append_jsonl, commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files,
-                      read_jsonl)
+                      read_jsonl, verify_dataset)
 
 # Windows start on whole seconds of the global feature grid, so a window's first
 # global token is a real frame; clips shorter than this are skipped.
@@ -61,6 +67,7 @@ class PrepareReport:
     windows: int = 0
     seconds: dict = field(default_factory=dict)  # time spent per stage: audio, video (decode + encoder), codec, write
     elapsed: float = 0.0  # wall seconds from the first pending source to the last, models loaded
+    verified: tuple | None = None  # (shards, windows) read whole by the check of ``verify=True``
 
 
 class Terminated(BaseException):
@@ -77,15 +84,23 @@ def list_sources(src) -> list[Source]:
         videos = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
         if not videos:
             raise ConfigError(f"{src}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
-        return [Source(str(p.relative_to(src)), p) for p in videos]
+        sources = [Source(printable(p.relative_to(src)), p) for p in videos]
+        ids = {}
+        for s in sources:  # two ids the same only where one name spells another's undecodable bytes
+            if ids.setdefault(s.id, s.video) != s.video:
+                raise ConfigError(f"{printable(ids[s.id])} and {printable(s.video)}: both are named {s.id} in the "
+                                  f"dataset; rename one")
+        return sources
     if not src.is_file():
         raise ConfigError(f"{src}: no such folder or file; pass a folder of music videos or a CSV/JSONL of pairs")
     if src.suffix.lower() == ".csv":
-        with open(src, newline="") as f:
+        # surrogateescape: names in any encoding come through as the file system's bytes.
+        with open(src, newline="", encoding="utf-8", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
     elif src.suffix.lower() in (".jsonl", ".json"):
         try:
-            rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in src.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+                    if line.strip()]
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{src}: invalid JSON on line {exc.lineno}") from None
     else:
@@ -95,9 +110,9 @@ def list_sources(src) -> list[Source]:
         if not row.get("video"):
             raise ConfigError(f"{src}: row {n} has no 'video' (columns: video, audio (optional), text (optional))")
         audio = row.get("audio") or None
-        sid = row["video"] if audio is None else f"{row['video']}+{audio}"
+        sid = printable(row["video"] if audio is None else f"{row['video']}+{audio}")
         sources.append(Source(sid, src.parent / row["video"], src.parent / audio if audio else None,
-                              row.get("text") or None))
+                              printable(row.get("text") or "") or None))
     return sources
 
 
@@ -256,7 +271,7 @@ def keep_complete_sources(path: Path) -> None:
 def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
             window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
             local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True,
-            encoder_batch: int | None = None, per_video_batches: bool = False) -> PrepareReport:
+            encoder_batch: int | None = None, per_video_batches: bool = False, verify: bool = False) -> PrepareReport:
     """Prepares a training dataset in ``out`` (see the module docstring).
 
     Under ``accelerate launch`` / torchrun, each process prepares its share of the
@@ -278,9 +293,12 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
             videos, so short videos fill them too.
         per_video_batches: encode each video's frames in batches of their own, as before batches
             spanned videos (for comparison; the features are the same).
+        verify: then read the whole dataset as training reads it
+            (:func:`~vidmusician.training.dataset.verify_dataset`; process 0, after the others are done).
 
     Raises:
         Terminated: on SIGTERM; every source finished before it is kept.
+        DataError: ``verify`` found a damaged shard (named).
     """
     if not (window > 0 and hop > 0 and 0 <= holdout < 1):
         raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
@@ -327,6 +345,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     if procs.rank == 0:
         merge_parts(out)
     procs.barrier()  # no process returns before the dataset is whole
+    if verify and procs.rank == 0:  # after the last barrier: the others need not wait for the check
+        report.verified = verify_dataset(out)
     return report
 
 
@@ -379,7 +399,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
                         raise failed
                 windows = process_source(source, cm, meta, feats, wav, seconds=seconds)
             except VidMusicianError as exc:
-                report.failed.append({"source": source.id, "error": str(exc)})
+                report.failed.append({"source": source.id, "error": one_line(exc)})
                 append_jsonl(errors_file, [report.failed[-1]])
                 continue
             t = time.perf_counter()

@@ -35,12 +35,12 @@ from torch import nn
 from ..backbones import backbone_spec, load_backbone
 from ..cli import Parser
 from ..config import AdapterConfig
-from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line
+from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line, printable
 from ..fileio import atomic_write
 from ..model import VidMusician, attach_adapters
 from ..video.encoder_specs import check_encoder_fit
 from ..video.reader import frames_covering
-from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset
+from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset, verify_dataset
 from .launch import stop_with_launcher
 from .losses import codebook_losses, loss_mask
 from .monitor import Monitor, check_trackers
@@ -220,6 +220,9 @@ def train(args) -> Path:
     # Same seed on every process: identical adapter initialization (DDP also broadcasts it).
     set_seed(recipe.seed)
     meta = DatasetMeta.load(args.data)
+    # Every shard there and whole (a stat each), so a short run cannot miss a shard cut short;
+    # `vidmusician prepare --verify` reads everything. Every process checks: all stop alike.
+    verify_dataset(args.data, full=False)
     train_set = PreparedDataset(args.data, "train")
     holdout = PreparedDataset(args.data, "holdout")
     vm = build_model(args, recipe, meta, accelerator.device)
@@ -234,7 +237,8 @@ def train(args) -> Path:
     state = TrainState()
     if resume_from is not None:
         state = resume(out, vm, optimizer, scheduler, accelerator,
-                       say=lambda line: accelerator.is_main_process and print(line, file=sys.stderr))
+                       say=lambda line: accelerator.is_main_process
+                       and print(f"vidmusician.training.train: {printable(line)}", file=sys.stderr))
         accelerator.print(f"resumed at step {state.step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -303,13 +307,13 @@ def train(args) -> Path:
     if accelerator.is_main_process:
         vm.save_pretrained(release)
         # What the recipe does not say, for the adapter's model card (vidmusician.model_card).
-        record = dict(recipe=str(args.recipe), init_adapter=args.init or recipe.init_adapter,
-                      data=str(args.data), train_windows=len(train_set),
+        record = dict(recipe=printable(args.recipe), init_adapter=args.init or recipe.init_adapter,
+                      data=printable(args.data), train_windows=len(train_set),
                       holdout_windows=len(holdout), window=meta.window, steps=state.step,
                       global_batch=sampler.global_batch * recipe.grad_accum, processes=accelerator.num_processes)
         atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True)
                                                                          + "\n"))
-        accelerator.print(f"adapter written to {release}")
+        accelerator.print(f"adapter written to {printable(release)}")
     accelerator.wait_for_everyone()
     monitor.close()
     return release

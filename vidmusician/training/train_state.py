@@ -29,7 +29,7 @@ import torch
 from ..adapter.wiring import adapter_modules
 from ..adapter_files import WEIGHTS_NAME, read_adapter_weights
 from ..errors import ConfigError, DataError, VidMusicianError, one_line
-from ..fileio import atomic_write
+from ..fileio import atomic_write, native_name, write_safetensors
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -69,8 +69,6 @@ def parameter_names(vm) -> dict[int, str]:
 def save_checkpoint(run_dir, state: TrainState, vm, optimizer, scheduler, accelerator, keep: int) -> Path:
     """Writes a checkpoint (main process), atomically; every process must call it (RNG is gathered)."""
     from accelerate.utils import gather_object
-    from safetensors.torch import save_file
-
     rng = gather_object([_rng_state()])  # one entry per process, in rank order
     ckpts = Path(run_dir) / CHECKPOINTS
     final = ckpts / f"step-{state.step:08d}"
@@ -80,7 +78,7 @@ def save_checkpoint(run_dir, state: TrainState, vm, optimizer, scheduler, accele
         tmp.mkdir(parents=True)
         vm.save_pretrained(tmp)
         tensors, groups = _flatten_optimizer(optimizer.state_dict(), _optimizer_names(vm, optimizer))
-        save_file(tensors, str(tmp / OPTIMIZER_NAME))
+        write_safetensors(tmp / OPTIMIZER_NAME, tensors)
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         meta = {"step": state.step, "param_groups": groups, "scheduler": scheduler.state_dict(),
                 "scaler": scaler, "rng": rng, "num_processes": accelerator.num_processes}
@@ -114,13 +112,17 @@ def read_checkpoint(path) -> Checkpoint:
     from safetensors.torch import load_file
 
     path = Path(path)
+    reading = STATE_NAME  # the file being read: the error names it
     try:
         meta = json.loads((path / STATE_NAME).read_text())
         int(meta["step"]), meta["rng"], meta["param_groups"], meta["scheduler"]  # noqa: B018 (all present)
+        reading = WEIGHTS_NAME
         adapter = read_adapter_weights(path / WEIGHTS_NAME)
-        optimizer = load_file(str(path / OPTIMIZER_NAME))
+        reading = OPTIMIZER_NAME
+        with native_name(path / OPTIMIZER_NAME) as name:
+            optimizer = load_file(name)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError, VidMusicianError) as exc:
-        raise DataError(f"{path}: damaged checkpoint ({one_line(exc)})") from None
+        raise DataError(f"{path}: damaged checkpoint: {reading} ({one_line(exc)})") from None
     return Checkpoint(path, meta, adapter, optimizer)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, one_line
-from ..fileio import atomic_write
+from ..fileio import atomic_write, native_name
 from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
 from .reader import FrameReader, probe, sample_times
 
@@ -106,7 +106,7 @@ class VideoFeatures:
         if not path.is_file():
             raise DataError(f"{path}: no such features file")
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with native_name(path) as name, safe_open(name, framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in ("global", "local") if k in f.keys()}
             feats = cls(

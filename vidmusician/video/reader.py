@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, VideoError, one_line
+from ..fileio import native_name
 
 __all__ = ["VideoInfo", "FrameReader", "probe", "read_frames", "iter_frames", "sample_times", "frames_covering",
            "whole_frames"]
@@ -372,7 +373,8 @@ def _open_decord(path: Path, size: Size | None):
     decord.logging.set_level(decord.logging.QUIET)
     kwargs = {} if size is None else {"height": size[0], "width": size[1]}
     try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0, **kwargs)
+        with native_name(path) as name:  # decord takes the name as UTF-8 text
+            return decord.VideoReader(name, ctx=decord.cpu(0), num_threads=0, **kwargs)
     except Exception as exc:  # decord raises its own C++ error types
         raise VideoError(f"{path}: cannot be decoded ({one_line(exc)})") from None
 

@@ -6,6 +6,8 @@ import contextlib
 import sys
 import warnings
 
+from ...errors import printable
+
 
 @contextlib.contextmanager
 def one_line_warnings(command: str):
@@ -16,7 +18,7 @@ def one_line_warnings(command: str):
     """
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"vidmusician {command}: warning: {message}", file=sys.stderr)
+        print(f"vidmusician {command}: warning: {printable(str(message))}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show

@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ...errors import ConfigError
+from ...errors import ConfigError, printable
 from ...evaluation.embedders import DEFAULT_CLAP
 from ...evaluation.metrics import BAILANDO_FPS, DEFAULT_BA_SIGMA, bailando_sigma
 
@@ -96,6 +96,6 @@ def run(args) -> int:
     if args.out:
         report.write_json(args.out)
         if log:
-            log(f"wrote {args.out}")
+            log(f"wrote {printable(args.out)}")
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ...audio_io import check_writable, same_file
 from ...checks import arg_number
-from ...errors import ConfigError
+from ...errors import ConfigError, printable
 from . import one_line_warnings
 
 HELP = "Extract visual features (global CLIP embeddings, local change signal) of a video."
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     feats.save(output)
     g, loc = feats.global_feats, feats.local_feats
     print(
-        f"{output}: global {list(g.shape)} at {feats.global_fps:g} fps, local {list(loc.shape)} at "
+        f"{printable(output)}: global {list(g.shape)} at {feats.global_fps:g} fps, local {list(loc.shape)} at "
         f"{feats.local_fps:g} fps, {feats.duration:.2f} s, encoder {feats.encoder} "
         f"({ACTIVATION_NAMES.get(feats.encoder_activation, feats.encoder_activation)})"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ...checks import MAX_GUIDANCE, arg_number
+from ...errors import printable
 from . import one_line_warnings
 
 HELP = "generate music for a video (WAV/FLAC, or the video with the music as its soundtrack)"
@@ -25,11 +27,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text", metavar="T", help="text prompt, e.g. 'lo-fi, piano', used together with the video")
     parser.add_argument("--duration", type=float, metavar="S", help="seconds of music (default: the video's length)")
     parser.add_argument("--seed", type=int, metavar="N", help="same seed, same music")
-    parser.add_argument("--cfg-coef", type=float, default=3.0, metavar="X",
-                        help="classifier-free guidance of text and video together (default 3.0)")
-    parser.add_argument("--text-cfg", type=float, metavar="T",
-                        help="guidance of the text alone (default: --cfg-coef)")
-    parser.add_argument("--video-cfg", type=float, metavar="V",
+    coef = arg_number(low=0.0, high=MAX_GUIDANCE)
+    parser.add_argument("--cfg-coef", type=coef, default=3.0, metavar="X",
+                        help="classifier-free guidance of text and video together, in [0, 10] (default 3.0; "
+                             "0: neither steers, 1: unamplified; negative values are refused)")
+    parser.add_argument("--text-cfg", type=coef, metavar="T",
+                        help="guidance of the text alone, in [0, 10] (default: --cfg-coef)")
+    parser.add_argument("--video-cfg", type=coef, metavar="V",
                         help="guidance of the video on top of the text (default: --cfg-coef); different from "
                              "the text's, every step runs a third, text-only branch (up to 1.5x the time); "
                              "0: plain MusicGen with the text")
@@ -64,7 +68,7 @@ def run(args) -> int:
             seed=args.seed, device=args.device, progress=not args.quiet, extend_stride=args.extend_stride, **kwargs)
     write_output(output, wav, sample_rate, video=args.video, tags=music_tags(args))
     seconds = wav.shape[-1] / sample_rate
-    print(f"wrote {output} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
+    print(f"wrote {printable(output)} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
     return 0
 
 
@@ -79,5 +83,5 @@ def music_tags(args) -> dict | None:
     config = AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,)))  # a Hub id: the cached copy
     encoder = args.encoder or config.encoder
     activation = config.encoder_activation or natural_activation(encoder)
-    return {"encoder": encoder, "encoder_activation": activation, "adapter": str(args.adapter)}
+    return {"encoder": encoder, "encoder_activation": activation, "adapter": printable(args.adapter)}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...errors import printable
 from . import one_line_warnings
 
 HELP = "prepare a training dataset: codec codes and visual features of (video, music) windows"
@@ -34,6 +35,10 @@ def add_arguments(parser):
     parser.add_argument("--encoder-batch", type=int, default=None, metavar="N",
                         help=f"frames per visual encoder batch, filled across videos (default {GPU_ENCODER_BATCH} "
                              f"on a GPU, {CPU_ENCODER_BATCH} on a CPU)")
+    parser.add_argument("--verify", action="store_true",
+                        help="then read every shard and window of OUT as training reads them (sizes, checksums, "
+                             "shapes, codes, finite features; about 0.6 ms a window): damage is found now, not "
+                             "mid-training. On a finished dataset: the check alone")
     parser.add_argument("--per-video-batches", action="store_true",
                         help="encode each video's frames in batches of their own (slower on short videos; "
                              "to compare, the dataset is the same)")
@@ -49,9 +54,10 @@ def run(args) -> int:
             report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
                              hop=args.hop, holdout=args.holdout, global_fps=args.global_fps,
                              local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device,
-                             encoder_batch=args.encoder_batch, per_video_batches=args.per_video_batches)
+                             encoder_batch=args.encoder_batch, per_video_batches=args.per_video_batches,
+                             verify=args.verify)
     except Terminated:
-        print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {args.out}: "
+        print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {printable(args.out)}: "
               f"run the same command again to continue", file=sys.stderr)
         return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
     print(f"{report.sources} sources: {report.already_done} already done, {report.prepared} prepared "
@@ -61,6 +67,8 @@ def run(args) -> int:
               + f" ({report.elapsed:.2f} from the first video to the last)")
     for failure in report.failed:
         print(f"  skipped {failure['error']}")
+    if report.verified:
+        print(f"  verified {report.verified[0]} shards, {report.verified[1]} windows: intact")
     if report.failed:
-        print(f"  (listed in {Path(args.out) / 'errors.jsonl'}; --retry-errors tries them again)")
+        print(f"  (listed in {printable(Path(args.out) / 'errors.jsonl')}; --retry-errors tries them again)")
     return 0
