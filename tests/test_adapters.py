@@ -28,6 +28,7 @@ def logits(lm, codes):
     return out.logits, out.mask
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rank", [None, 4])
 def test_identity_at_init_logits(tiny, rank, device):
@@ -67,6 +68,7 @@ def test_identity_at_init_under_autocast(tiny, device):
     assert torch.equal(got[1][mask[1]], ref[1][mask[1]]) and torch.equal(got_streamed[1], ref_streamed[1])
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("present", [[True, False], [False, True, True], [True, False, True]])
 def test_perturbed_adapter_changes_video_rows_only(tiny, present, device):
@@ -270,6 +272,7 @@ def streamed_logits(lm, codes, cond, prompt=5, grad=False):
 
 # Rows [True, True, False] take the contiguous-rows path, [True, False, True] the indexed
 # one; a chunk of 4 steps makes the cached in-attention states roll over several times.
+@pytest.mark.numerics
 @pytest.mark.parametrize("present", [[True, False], [True, True, False], [True, False, True]])
 @pytest.mark.parametrize("frame_offset", [0, 7])
 @pytest.mark.parametrize("device", DEVICES)
@@ -393,6 +396,7 @@ def test_what_a_stage_trains_comes_from_one_table(tiny, monkeypatch):
     assert trained.config.stage == 1 and trainable(trained) == group(trained, "rhythm")
 
 
+@pytest.mark.numerics
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):
     grads = []
     for checkpointing in (False, True):

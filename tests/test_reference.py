@@ -18,6 +18,9 @@ from test_adapters import codes_for, null_text, streamed_logits
 from vidmusician import attach_adapters
 from vidmusician.adapter.layers import SemanticCrossAttention
 
+# Every comparison here is folded math against the same math written out: rounding only.
+pytestmark = pytest.mark.numerics
+
 
 def textbook_cross_attention(attn: SemanticCrossAttention, h, memory, key_mask):
     """``Out(MultiHeadAttn(Q(norm(h)), K(M), V(M)))`` with torch's own attention."""

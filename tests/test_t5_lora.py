@@ -24,6 +24,15 @@ from vidmusician.adapter.wiring import adapter_modules, count_adapter_parameters
 
 DATA = Path(__file__).parent / "data"
 PROMPTS = ["lo fi piano", "calm jazz with drums"]
+# Logits stored by an earlier release against logits computed here. MEASURED: TBD
+GOLDEN_ATOL = 1e-3
+
+
+def assert_matches_stored(got, stored):
+    """Logits against a stored reference: NaN (invalid steps) at the same places, the rest within GOLDEN_ATOL."""
+    valid = stored.isfinite()
+    assert torch.equal(got.isfinite(), valid)
+    torch.testing.assert_close(got[valid], stored[valid], atol=GOLDEN_ATOL, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +85,7 @@ def perturb(vm, where: str, seed: int):
 # Identity at init; every part of the path is connected; null video is the base model
 
 
+@pytest.mark.numerics
 def test_identity_at_init_logits_and_sampled_tokens(base_t5):
     base, vm = fresh(base_t5), adapted(base_t5)
     codes = codes_for(base)
@@ -157,6 +167,7 @@ def test_text_prompt_with_null_video_is_plain_musicgen_and_text_stays_plain_with
 # Streaming, and the cost of the T5 pass
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("frame_offset", [0, 7])
 def test_streaming_equals_full_forward(base_t5, frame_offset):
     vm = adapted(base_t5, perturbed=True)
@@ -233,6 +244,7 @@ def test_save_load_round_trip_holds_only_adapter_tensors(base_t5, tmp_path):
     assert torch.equal(got[mask], want[mask])
 
 
+@pytest.mark.numerics
 def test_an_adapter_folder_without_the_key_loads_as_linear_with_the_same_logits():
     """tests/data/linear-adapter was written before the semantic encoder was a choice."""
     from safetensors.torch import load_file
@@ -247,7 +259,7 @@ def test_an_adapter_folder_without_the_key_loads_as_linear_with_the_same_logits(
                        ref["local"], torch.tensor([True, False]), 1.0, 25.0)
     with vm.video(video):
         got = vm.lm.compute_predictions(ref["codes"], null_text(2)).logits
-    assert torch.equal(got.nan_to_num(), ref["logits"].nan_to_num())
+    assert_matches_stored(got, ref["logits"])
 
 
 # --------------------------------------------------------------------------- #
@@ -325,6 +337,7 @@ def test_tiny_t5_backbone_encodes_text_with_audiocraft_t5_conditioner(base_t5):
                                                  base_t5.compression_model.state_dict().values()))
 
 
+@pytest.mark.numerics
 def test_an_adapter_folder_written_by_release_0_1_loads_with_the_same_logits():
     """tests/data/t5-lora-adapter was saved by release 0.1.0 (commit ab8b002): the t5-lora
     path, a full-width rhythm update (rhythm_rank null), every adapter weight perturbed,
@@ -343,4 +356,4 @@ def test_an_adapter_folder_written_by_release_0_1_loads_with_the_same_logits():
     text = [ConditioningAttributes(text={"description": "calm piano"}), ConditioningAttributes(text={"description": None})]
     with vm.video(video):
         got = vm.lm.compute_predictions(ref["codes"], text).logits
-    assert torch.equal(got.nan_to_num(), ref["logits"].nan_to_num())
+    assert_matches_stored(got, ref["logits"])
