@@ -40,6 +40,9 @@ SETTINGS = [
                     "VIDMUSICIAN_TEST_THREADS": "2"}),
 ]
 
+# NUMERICS_SPREAD_SETTINGS="avx2 1t,default 2t" runs only those.
+_only = [n.strip() for n in os.environ.get("NUMERICS_SPREAD_SETTINGS", "").split(",") if n.strip()]
+SETTINGS = [(n, env) for n, env in SETTINGS if not _only or n in _only]
 # Seeds of the tests' random adapter weights (conftest's numerics_seed): each draw rounds differently.
 SEEDS = [int(s) for s in os.environ.get("NUMERICS_SPREAD_SEEDS", "0 1 2").split()]
 
