@@ -95,11 +95,12 @@ def main(argv: list[str]) -> int:
     for (name, env), seed in ((s, seed) for s in SETTINGS for seed in SEEDS):
         with tempfile.NamedTemporaryFile(suffix=".jsonl") as log:
             # Record only: a comparison past its bound must not hide the ones after it.
-            run_env = dict(os.environ, **env, NUMERICS_SPREAD_LOG=log.name, NUMERICS_SPREAD_RECORD_ONLY="1", VIDMUSICIAN_TEST_SEED=str(seed),
-                           OMP_NUM_THREADS=env["VIDMUSICIAN_TEST_THREADS"],
-                           PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "scripts"), os.environ.get("PYTHONPATH", "")]))
-            rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "numerics_spread", "-p", "no:cacheprovider",
-                                 *args], cwd=REPO, env=run_env, stdout=subprocess.DEVNULL).returncode
+            path = os.pathsep.join([str(REPO), str(REPO / "scripts"), os.environ.get("PYTHONPATH", "")])
+            run_env = dict(os.environ, **env, NUMERICS_SPREAD_LOG=log.name, NUMERICS_SPREAD_RECORD_ONLY="1",
+                           VIDMUSICIAN_TEST_SEED=str(seed), OMP_NUM_THREADS=env["VIDMUSICIAN_TEST_THREADS"],
+                           PYTHONPATH=path)
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "numerics_spread", "-p", "no:cacheprovider", *args]
+            rc = subprocess.run(command, cwd=REPO, env=run_env, stdout=subprocess.DEVNULL).returncode
             if rc:
                 failed.append(f"{name} seed {seed}")
             for line in Path(log.name).read_text().splitlines():
@@ -116,7 +117,8 @@ def main(argv: list[str]) -> int:
             cells.append("-".rjust(19) if row is None else f"{row['max_abs']:.1e} ({row['used']:.3f})".rjust(19))
         any_row = next(iter(by_setting.values()))
         print(f"{test[-75:]} [{any_row['atol']:.0e}]".ljust(90), *cells)
-    print(f"cells: max |a - b| (share of the bound used) over seeds {SEEDS}; runs that failed elsewhere:", ", ".join(failed) or "none")
+    print(f"cells: max |a - b| (share of the bound used) over seeds {SEEDS}; runs that failed elsewhere:",
+          ", ".join(failed) or "none")
     return 1 if failed else 0
 
 

@@ -47,7 +47,7 @@ def test_t5_pseudo_tokens_do_not_see_the_padding(base_t5):
         outs.append(got[mask])
     # Same process: the padding's share is exactly zero, and a longer padding could only
     # reorder sums. MEASURED (scripts/numerics_spread.py, seeds 0-2, ATen default/avx2/
-    # avx512 x 1 and 2 threads): 0 in every setting; dropping the mask moves them by ~1.
+    # avx512 x 1 and 2 threads): 0 in every setting; dropping the mask fails it.
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(outs[2], outs[0], atol=1e-5, rtol=0)
 
