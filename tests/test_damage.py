@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from vidmusician import VidMusician
 from vidmusician.training.dataset import INDEX_NAME, SHARD_DIR, DatasetMeta, PreparedDataset, ShardWriter, read_jsonl
 from vidmusician.errors import DataError
+from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.video.features import VideoFeatures
-from vidmusician.training.train import main
+from vidmusician.training.train import main, optimizer_groups
+from vidmusician.training.train_state import STATE_NAME, latest_checkpoint
 
 FRAMES, CARD = 100, 400  # 2 s windows at the tiny codec's 50 Hz
 
@@ -57,10 +60,18 @@ def one_line_error(code: int, err: str, *needles: str) -> None:
 
 
 def test_an_intact_dataset_trains(data, tmp_path, capsys):
-    code, err = train(data, tmp_path, capsys)
+    code, err = train(data, tmp_path, capsys, "weight_decay=0.1")
     assert code == 0, err
     rows = read_jsonl(data / INDEX_NAME)
     assert all(isinstance(r["shard_crc32"], int) and r["shard_bytes"] > 0 for r in rows)
+    # With decay on, the run's optimizer holds optimizer_groups' split (test_optimizer_groups).
+    saved = json.loads((latest_checkpoint(tmp_path / "run") / STATE_NAME).read_text())["param_groups"]
+    vm = VidMusician.from_pretrained(tmp_path / "run" / "adapter", backbone=tiny_musicgen())
+    vm.set_stage(1)
+    names = {id(p): n for n, p in vm.lm.named_parameters()}
+    want = [([names[id(p)] for p in g["params"]], g["weight_decay"]) for g in optimizer_groups(vm, 0.1)]
+    assert [(g["params"], g["weight_decay"]) for g in saved] == want
+    assert "video_inputs.memory.pos" in want[1][0]  # no decay on the positions
 
 
 def test_a_damaged_index_line_is_named(data, tmp_path, capsys):
@@ -151,6 +162,26 @@ def test_codes_outside_the_codebook_are_named_even_without_a_checksum(tmp_path):
     (root / INDEX_NAME).write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=f"window 0 has codes outside the codebook of {CARD}"):
         PreparedDataset(root, "train")[0]
+
+
+def test_a_code_equal_to_the_codebook_size_is_refused_naming_its_shard(tmp_path):
+    """Code ``card`` is the LM's special token (the delay pattern's filler): the embedding
+    takes it, the loss cannot (a raw cross-entropy error, or a CUDA assert). The shard
+    check names it, whatever the checksum says (here the shard was written with it)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    DatasetMeta("tiny", 32000, 1, 25.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 4.0, 4.0).save(root)
+    writer = ShardWriter(root)
+    codes = torch.full((4, FRAMES), CARD - 1)  # the largest code is fine
+    writer.add({"source": "v0", "split": "train", "text": None}, [window(0, codes=codes.clone())])
+    codes[1, 10] = CARD
+    writer.add({"source": "v1", "split": "train", "text": None}, [window(1, codes=codes)])
+    writer.flush()
+    data = PreparedDataset(root, "train")
+    assert int(data[0].codes.max()) == CARD - 1
+    with pytest.raises(DataError, match=rf"{SHARD_DIR}/000000.safetensors: damaged shard \(window 1 has codes "
+                                        rf"outside the codebook of {CARD}\)"):
+        data[1]
 
 
 @pytest.mark.parametrize("setting, needle", [

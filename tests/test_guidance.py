@@ -77,6 +77,7 @@ def test_the_cheapest_batch_that_computes_the_guidance(coefs, has_video, rows, w
         assert g.video_coef == coefs.get("video_cfg_coef", 3.0)
 
 
+@pytest.mark.numerics
 def test_without_any_prompt_the_text_branch_is_the_null_branch(base):
     """No text in the batch: [text+video; null] with v alone, and it equals the three-branch logits."""
     g = GenerationParams(text_cfg_coef=2.0, video_cfg_coef=5.0).guidance(has_video=True, has_text=False)
@@ -152,6 +153,7 @@ def forward_once(vm, guidance, videos, steps=6, seed=0, texts=None):
 
 @pytest.mark.parametrize("t, v, two", [(2.5, 2.5, Guidance.two_branch(2.5)),
                                        (2.5, 0.0, Guidance.two_branch(2.5, video=False))])
+@pytest.mark.numerics
 def test_three_branches_reduce_to_two_up_to_rounding(base, t, v, two):
     vm = adapted(base)
     videos = video()

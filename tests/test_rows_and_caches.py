@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import perturb_adapters, random_video_batch, tiny_config
-from test_adapters import codes_for, null_text
+from test_adapters import codes_for, logits, null_text
 from vidmusician import attach_adapters
 from vidmusician.adapter.context import VideoContext
 
@@ -88,3 +88,29 @@ def test_a_new_video_mid_stream_reaches_each_adapter(tiny, group):
     kept = last_step(vm, codes, cond, [first, first])
     switched = last_step(vm, codes, cond, [first, second])
     assert not torch.allclose(kept, switched, atol=1e-4)
+
+
+@pytest.mark.numerics
+def test_a_short_video_beside_a_long_one_over_several_windows(tiny):
+    """A real batch mixes lengths: in a later window the short video has no frame left.
+    Its row must stay finite (attention over no key at all is NaN, and NaN times the
+    zeroed values is still NaN) and get exactly the base model's logits, while the long
+    video's row is still conditioned."""
+    base, musicgen = tiny(), tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen, rhythm_layers=[]))  # the semantic adapter alone
+    perturb_adapters(vm)
+    frame_rate = musicgen.compression_model.frame_rate
+    video = random_video_batch(2, [True, True], num_frames=int(12 * frame_rate), num_global=10,
+                               frame_rate=frame_rate)
+    video.global_mask[0, 2:] = False  # 2 s beside 10 s
+    codes = codes_for(musicgen, steps=12)
+    ref, mask = logits(base.lm, codes)
+    for second in (0, 4, 8):  # windows from 0 s (both have frames), 4 s and 8 s (only the long one)
+        with vm.video(video, frame_offset=int(second * frame_rate)):
+            got, _ = logits(vm.lm, codes)
+        assert got[mask].isfinite().all(), second
+        assert not torch.allclose(got[1][mask[1]], ref[1][mask[1]], atol=1e-3), second
+        if second >= 2:
+            assert torch.equal(got[0][mask[0]], ref[0][mask[0]]), second
+        else:
+            assert not torch.allclose(got[0][mask[0]], ref[0][mask[0]], atol=1e-3)

@@ -15,7 +15,7 @@ import torch
 
 from conftest import perturb_adapters, random_video_batch, tiny_config
 from hub import hub_cache, offline_hub  # noqa: F401  (pytest fixtures)
-from test_adapters import codes_for, generate_tokens, logits, null_text, streamed_logits
+from test_adapters import STREAMING_TOL, codes_for, generate_tokens, logits, null_text, streamed_logits
 from vidmusician import attach_adapters
 from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.config import AdapterConfig
@@ -24,6 +24,20 @@ from vidmusician.adapter.wiring import adapter_modules, count_adapter_parameters
 
 DATA = Path(__file__).parent / "data"
 PROMPTS = ["lo fi piano", "calm jazz with drums"]
+# Stored logits (written on an AVX-512 CPU) against logits computed here: the base's own
+# matrix products round differently on other CPUs and kernels. MEASURED (scripts/
+# numerics_spread.py, ATen default/avx2/avx512 kernels x 1 and 2 threads): up to 5.4e-6
+# (linear) and 6.4e-5 (t5-lora, ATen's default kernels); another AVX-512 CPU gave 3.5e-6
+# and 8.3e-5. Bounds ~15-20x above. A format bug moves them by 1 or more (LoRA alpha
+# doubled: 4.6; positions after T5 dropped: 1.5).
+GOLDEN_ATOL = {"linear": 1e-4, "t5-lora": 1e-3}
+
+
+def assert_matches_stored(got, stored, path: str):
+    """Logits against a stored reference: NaN (invalid steps) at the same places, the rest within the bound."""
+    valid = stored.isfinite()
+    assert torch.equal(got.isfinite(), valid)
+    torch.testing.assert_close(got[valid], stored[valid], atol=GOLDEN_ATOL[path], rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +90,7 @@ def perturb(vm, where: str, seed: int):
 # Identity at init; every part of the path is connected; null video is the base model
 
 
+@pytest.mark.numerics
 def test_identity_at_init_logits_and_sampled_tokens(base_t5):
     base, vm = fresh(base_t5), adapted(base_t5)
     codes = codes_for(base)
@@ -157,6 +172,7 @@ def test_text_prompt_with_null_video_is_plain_musicgen_and_text_stays_plain_with
 # Streaming, and the cost of the T5 pass
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("frame_offset", [0, 7])
 def test_streaming_equals_full_forward(base_t5, frame_offset):
     torch.manual_seed(0)  # the adapters' random init (and so the round-off) whatever ran before
@@ -167,7 +183,7 @@ def test_streaming_equals_full_forward(base_t5, frame_offset):
     with vm.video(random_video_batch(3, [True, False, True]), frame_offset=frame_offset):
         full = lm(codes, [], condition_tensors=cond)
         streamed = streamed_logits(lm, codes, cond)
-    torch.testing.assert_close(streamed, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(streamed, full, atol=STREAMING_TOL, rtol=1e-5)
 
 
 def test_t5_runs_once_per_window_in_generation_and_once_per_training_forward(base_t5):
@@ -235,6 +251,7 @@ def test_save_load_round_trip_holds_only_adapter_tensors(base_t5, tmp_path):
     assert torch.equal(got[mask], want[mask])
 
 
+@pytest.mark.numerics
 def test_an_adapter_folder_without_the_key_loads_as_linear_with_the_same_logits():
     """tests/data/linear-adapter was written before the semantic encoder was a choice."""
     from safetensors.torch import load_file
@@ -250,7 +267,7 @@ def test_an_adapter_folder_without_the_key_loads_as_linear_with_the_same_logits(
                        ref["local"], torch.tensor([True, False]), 1.0, 25.0)
     with vm.video(video):
         got = vm.lm.compute_predictions(ref["codes"], null_text(2)).logits
-    assert torch.equal(got.nan_to_num(), ref["logits"].nan_to_num())
+    assert_matches_stored(got, ref["logits"], "linear")
 
 
 # --------------------------------------------------------------------------- #
@@ -328,6 +345,7 @@ def test_tiny_t5_backbone_encodes_text_with_audiocraft_t5_conditioner(base_t5):
                                                  base_t5.compression_model.state_dict().values()))
 
 
+@pytest.mark.numerics
 def test_an_adapter_folder_written_by_release_0_1_loads_with_the_same_logits():
     """tests/data/t5-lora-adapter was saved by release 0.1.0 (commit ab8b002): the t5-lora
     path, a full-width rhythm update (rhythm_rank null), every adapter weight perturbed,
@@ -347,4 +365,4 @@ def test_an_adapter_folder_written_by_release_0_1_loads_with_the_same_logits():
     text = [ConditioningAttributes(text={"description": "calm piano"}), ConditioningAttributes(text={"description": None})]
     with vm.video(video):
         got = vm.lm.compute_predictions(ref["codes"], text).logits
-    assert torch.equal(got.nan_to_num(), ref["logits"].nan_to_num())
+    assert_matches_stored(got, ref["logits"], "t5-lora")

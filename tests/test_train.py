@@ -189,6 +189,7 @@ def test_two_processes_give_the_adapter_of_one(mixed_data, tmp_path):
     assert len(holdout) == 2 and all(abs(x - y) < 1e-4 for x, y in holdout)
 
 
+@pytest.mark.numerics
 def test_a_window_has_the_same_loss_alone_and_padded_in_a_batch(tiny):
     """The delay pattern's last steps of a short window must not be predicted from padding."""
     import dataclasses

@@ -176,6 +176,23 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     return vm
 
 
+def optimizer_groups(vm, weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: the trainable weights of linear maps decay; the rest does not.
+
+    Chosen by module structure: the ``weight`` of each ``nn.Linear`` in the LM
+    (LoRA's A and B are ones too) decays; biases, norms and the learned
+    positions do not. A position table is a matrix, but decay would pull every
+    second's position toward zero, toward one another.
+
+    Returns:
+        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]``.
+    """
+    matrices = {id(m.weight) for m in vm.lm.modules() if isinstance(m, nn.Linear)}
+    params = vm.trainable_parameters()
+    return [{"params": [p for p in params if id(p) in matrices], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in matrices], "weight_decay": 0.0}]
+
+
 def parse_args(argv=None):
     p = Parser(prog="python -m vidmusician.training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, help="recipe JSON (recipes/stage1_semantic.json, ...)")
@@ -227,10 +244,7 @@ def train(args) -> Path:
     holdout = PreparedDataset(args.data, "holdout")
     vm = build_model(args, recipe, meta, accelerator.device)
     params = vm.trainable_parameters()
-    decay = [p for p in params if p.dim() >= 2]  # weights decay; biases, norms and gains do not
-    rest = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=recipe.lr, betas=tuple(recipe.betas))
+    optimizer = torch.optim.AdamW(optimizer_groups(vm, recipe.weight_decay), lr=recipe.lr, betas=tuple(recipe.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
     objective, optimizer = accelerator.prepare(Objective(vm), optimizer)
 
