@@ -24,6 +24,7 @@ functions, condition encoding) is audiocraft's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
