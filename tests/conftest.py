@@ -55,6 +55,18 @@ def perturb_adapters(vm, scale: float = 0.5, seed: int = 1):
                 tensor.add_(torch.randn(tensor.shape, generator=g).to(tensor.device) * scale)
 
 
+def save_tiny_adapter(folder, scale: float = 0.5, seed: int = 1):
+    """A stage-2 linear adapter on the (50 Hz) `tiny` backbone, every weight moved from its init, saved."""
+    from vidmusician.model import attach_adapters
+    from vidmusician.random_backbones import tiny_musicgen
+
+    musicgen = tiny_musicgen()
+    vm = attach_adapters(musicgen, tiny_config(musicgen, stage=2))
+    perturb_adapters(vm, scale=scale, seed=seed)
+    vm.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny():
     """A factory of identical tiny MusicGens (same seed, same weights)."""

@@ -249,7 +249,7 @@ def test_eval_reports_both_distances_and_the_text_score(folders, clap_folder, vg
     assert again["a"] == pytest.approx(scores["a"]) and again["c"] is not None
 
 
-@pytest.mark.parametrize("content, needle", [("[1, 2]", "clip name -> prompt"), ("{not json", "cannot be read")])
+@pytest.mark.parametrize("content, needle", [("[1, 2]", "clip name -> prompt"), ("{not json", "not valid JSON")])
 def test_bad_prompts_file(folders, tmp_path, capsys, content, needle):
     prompts = tmp_path / "p.json"
     prompts.write_text(content)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import perturb_adapters
+from conftest import save_tiny_adapter
 from media import flash_video
 from test_bad_input import refused, run
 
@@ -34,14 +34,8 @@ def clip(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def strong_adapter(tmp_path_factory) -> Path:
-    """The stage-2 test adapter with every weight moved by 2 (its video effect is large)."""
-    from vidmusician.model import VidMusician
-
-    vm = VidMusician.from_pretrained(REPO / "tests" / "data" / "linear-adapter", backbone="tiny", device="cpu")
-    perturb_adapters(vm, scale=2.0, seed=3)
-    folder = tmp_path_factory.mktemp("adapter") / "strong"
-    vm.save_pretrained(folder)
-    return folder
+    """A stage-2 test adapter with every weight moved by 2 (its video effect is large)."""
+    return save_tiny_adapter(tmp_path_factory.mktemp("adapter") / "strong", scale=2.0, seed=3)
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_tiny_adapter
 from media import flash_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def media(tmp_path_factory) -> Path:
     (root / "src").mkdir()
     flash_video(root / "src" / "ok.mp4", [0.5, 1.2], 2.0, size=32, audio=music)
     shutil.copy(root / "src" / "ok.mp4", odd(root / "src", ODD + b".mp4"))
-    shutil.copytree(REPO / "tests" / "data" / "linear-adapter", odd(root, b"ad\xe9"))
+    save_tiny_adapter(odd(root, b"ad\xe9"))
     return root
 
 

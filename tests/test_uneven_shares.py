@@ -61,7 +61,7 @@ def test_training_where_one_process_has_no_holdout_window(tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 4.0, 4.0).save(data)
+    DatasetMeta("tiny", 32000, 1, 50.0, 4, CARD, "tiny", 32, 16, 1.0, 25.0, 2.0, 2.0).save(data)
     writer = ShardWriter(data, shard_windows=2)
     for i in range(5):
         writer.add({"source": f"v{i}", "split": "train" if i < 4 else "holdout", "text": None}, [window(i)])
