@@ -24,7 +24,7 @@ from vidmusician.hub import push_adapter
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 TINY_ADAPTER = {"memory_dim": 32, "attn_dim": 16, "attn_heads": 2}
-SECONDS, FRAMES = 4.0, 100  # the tiny codec runs at 25 Hz
+SECONDS, FRAMES = 4.0, 200  # the tiny codec runs at 50 Hz, as MusicGen
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("push")
     data = root / "data"
     data.mkdir()
-    DatasetMeta("tiny", 32000, 1, 25.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, SECONDS, SECONDS).save(data)
+    DatasetMeta("tiny", 32000, 1, 50.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, SECONDS, SECONDS).save(data)
     encoder, g = load_encoder("tiny", device="cpu"), torch.Generator().manual_seed(0)
     writer = ShardWriter(data)
     for i in range(5):
