@@ -244,9 +244,11 @@ def test_eval_and_info_refuse_bad_input(tmp_path, capsys):
 def test_cli_in_a_real_process(tmp_path):
     """Exit status and stderr as a shell sees them: an argument error and a user error."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = tmp_path / "out.wav"
     for args, needle in (([str(tmp_path / "x.mp4"), "--duration", "0"], "duration"),
-                         ([str(tmp_path / "x.mp4")], "no such file")):
+                         ([str(tmp_path / "missing.mp4"), "-o", str(out)], "missing.mp4: no such file")):
         proc = subprocess.run([sys.executable, "-m", "vidmusician", "generate", *args], capture_output=True,
                               text=True, env=env, cwd=tmp_path, timeout=120)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

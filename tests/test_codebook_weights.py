@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import adapter, flash_data, max_diff, ok, recipe, run  # noqa: F401 (flash_data: a fixture)
+from test_train import adapter, flash_data, max_diff, recipe, train_here  # noqa: F401 (flash_data: a fixture)
 
 from vidmusician.errors import ConfigError
 from vidmusician.training.recipe import Recipe
@@ -30,8 +30,8 @@ def test_bad_weights_are_refused(value, needle):
 def test_the_weights_reach_the_gradient(flash_data, tmp_path):  # noqa: F811
     def train(name, **fields):
         out = tmp_path / name
-        ok(run(["--recipe", recipe(tmp_path, max_steps=3, **fields), "--data", flash_data, "--backbone", "tiny",
-                "--output", out]))
+        train_here(["--recipe", recipe(tmp_path, max_steps=3, **fields), "--data", flash_data, "--backbone", "tiny",
+                    "--output", out])
         return adapter(out)
 
     equal = train("equal")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import subprocess
-import sys
 
 import av
 import numpy as np
@@ -342,14 +340,3 @@ def test_cli_bad_input(case, match, media, adapter_dir, wrong_adapter, tmp_path,
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vidmusician generate: error:") and match in lines[0]
     assert not out.exists() and set(os.listdir(tmp_path)) == before  # nothing written, not even a temp file
-
-
-def test_cli_bad_input_in_a_subprocess_is_one_line(tmp_path):
-    out = tmp_path / "out.wav"
-    proc = subprocess.run([sys.executable, "-m", "vidmusician", "generate", str(tmp_path / "missing.mp4"),
-                           "-o", str(out)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "missing.mp4" in lines[0] and "Traceback" not in proc.stderr
-    assert not out.exists()

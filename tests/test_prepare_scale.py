@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -111,6 +112,8 @@ def test_two_processes_give_the_dataset_of_one(folder, straight, tmp_path):
         [r["shard"] + r["key"] for r in PreparedDataset(straight).rows]
 
 
+# Hooks that kill a `prepare` run at a chosen point (KILL_IN, KILL_AT, KILL_WITH) and log the work it does
+# (WORK_LOG), installed in each round's process before the command runs.
 KILLER = """
 import os, random, signal, sys
 import vidmusician.training.dataset as dataset
@@ -179,9 +182,56 @@ frame_batches.FeatureBuilder = LoggedBuilder
 wrap(prepare, "encode_windows", after=encoding)
 dataset.atomic_write = atomic_write
 dataset.append_jsonl = append
-from vidmusician.cli import main
-sys.exit(main(["prepare"] + sys.argv[1:]))
 """
+
+# Starts each round's process: a fork of one that has already imported what `prepare` imports (most of a
+# short run's time in a fresh interpreter). The round's process gets its own environment, stdout and
+# stderr, installs the hooks above, runs `vidmusician prepare` and exits; its exit status comes back.
+FORK_SERVER = """
+import json, os, sys
+from vidmusician.cli import main
+import vidmusician.training.prepare, audiocraft.models, open_clip, decord, av  # noqa: F401 (imported once)
+
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        os.environ.update(job["env"])
+        for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        exec(compile(open(sys.argv[1]).read(), sys.argv[1], "exec"), {"__name__": "killer"})
+        sys.exit(main(["prepare"] + job["args"]))
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+class ForkServer:
+    """Runs ``vidmusician prepare`` with the hooks of ``hooks`` (a file) in a new process per call."""
+
+    def __init__(self, hooks: Path, folder: Path):
+        self.folder = folder
+        script = folder / "fork_server.py"
+        script.write_text(FORK_SERVER)
+        self.proc = subprocess.Popen([sys.executable, str(script), str(hooks)], cwd=REPO, env=env(),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(self, args: list[str], extra_env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+        out, err = self.folder / "stdout.txt", self.folder / "stderr.txt"
+        job = dict(args=args, env=extra_env, stdout=str(out), stderr=str(err))
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        assert select.select([self.proc.stdout], [], [], timeout)[0], f"prepare ran past {timeout} s"
+        status = self.proc.stdout.readline()
+        assert status, f"the fork server stopped (exit {self.proc.wait()}); see the captured stderr"
+        return subprocess.CompletedProcess(args, int(status), out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_kills_at_random_points_redo_no_finished_source(folder, straight, tmp_path):
@@ -192,27 +242,30 @@ def test_kills_at_random_points_redo_no_finished_source(folder, straight, tmp_pa
     out, work = tmp_path / "ds", tmp_path / "work.txt"
     rng = random.Random(0)
     rounds = [("SIGTERM", "encode"), ("SIGKILL", "index"), ("SIGKILL", "shard"), (None, "none")]
-    for round_, (signame, where) in enumerate(rounds):
-        before = inodes(out) if out.exists() else {}
-        work.write_text("")
-        points = dict(KILL_IN=where, KILL_AT=str(rng.randint(2, 3)), KILL_WITH=signame or "SIGKILL",
-                      KILL_SEED=str(round_), WORK_LOG=str(work))
-        proc = subprocess.run([sys.executable, str(killer), *prepare_cmd(folder, out)[4:]], cwd=REPO,
-                              env=dict(env(), **points), capture_output=True, text=True, timeout=240)
-        expected = {"SIGTERM": 143, "SIGKILL": -signal.SIGKILL, None: 0}[signame]
-        assert proc.returncode == expected, proc.stderr[-2000:]
-        if signame == "SIGTERM":  # one line, no traceback
-            assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-            assert proc.stderr.strip().splitlines()[-1].startswith("vidmusician prepare: stopped by SIGTERM")
-        redone = set(work.read_text().split()) & set(before)
-        assert not redone, f"round {round_}: finished sources redone: {redone}"
-        after = inodes(out)
-        assert all(after[s] == ino for s, ino in before.items())  # finished shards never rewritten
-        PreparedDataset(out)  # what a kill leaves always reads (only complete sources)
-        if where == "index":  # the kill left a partly indexed source: it does not count as finished
-            assert len(dataset_rows(out)) < len(read_jsonl(out / INDEX_NAME))
-        # SIGTERM removes the shard it was writing; what a SIGKILL leaves, the next run removes
-        assert not list((out / SHARD_DIR).glob(".*.part")) or signame == "SIGKILL"
+    server = ForkServer(killer, tmp_path)
+    try:
+        for round_, (signame, where) in enumerate(rounds):
+            before = inodes(out) if out.exists() else {}
+            work.write_text("")
+            points = dict(KILL_IN=where, KILL_AT=str(rng.randint(2, 3)), KILL_WITH=signame or "SIGKILL",
+                          KILL_SEED=str(round_), WORK_LOG=str(work))
+            proc = server.run(prepare_cmd(folder, out)[4:], points)
+            expected = {"SIGTERM": 143, "SIGKILL": -signal.SIGKILL, None: 0}[signame]
+            assert proc.returncode == expected, proc.stderr[-2000:]
+            if signame == "SIGTERM":  # one line, no traceback
+                assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+                assert proc.stderr.strip().splitlines()[-1].startswith("vidmusician prepare: stopped by SIGTERM")
+            redone = set(work.read_text().split()) & set(before)
+            assert not redone, f"round {round_}: finished sources redone: {redone}"
+            after = inodes(out)
+            assert all(after[s] == ino for s, ino in before.items())  # finished shards never rewritten
+            PreparedDataset(out)  # what a kill leaves always reads (only complete sources)
+            if where == "index":  # the kill left a partly indexed source: it does not count as finished
+                assert len(dataset_rows(out)) < len(read_jsonl(out / INDEX_NAME))
+            # SIGTERM removes the shard it was writing; what a SIGKILL leaves, the next run removes
+            assert not list((out / SHARD_DIR).glob(".*.part")) or signame == "SIGKILL"
+    finally:
+        server.close()
     assert len(before) >= 3  # the kills left finished sources to keep
     assert re.search(r"seconds: audio [\d.]+, video [\d.]+, codec [\d.]+, write [\d.]+", proc.stdout), proc.stdout
     assert content(out) == content(straight)
