@@ -34,7 +34,8 @@ its mp4 as AAC (48 kHz, 128 kbit/s) and prepares the codes from the mp4's track 
 ``prepare``'s reader; ``aac+babble`` mixes speech-like noise 20 dB below the music in
 first. ``--cfg 1 1.5 2 3 5 --plausibility 0 0.1`` adds the curve: default sampling at
 each guidance coefficient and plausibility cut, every condition; ``--codebook-weights``
-trains with per-codebook loss weights:
+trains with per-codebook loss weights, ``--plausible-targets`` with the recipes'
+``plausible_targets`` (0: every target, MusicGen's loss):
 
     python benchmarks/alignment.py --test 8 --soundtrack aac --cfg 1 1.5 2 3 5 --plausibility 0 0.1
 
@@ -289,6 +290,8 @@ def run(args) -> dict | list[dict]:
 
     t0 = time.perf_counter()
     weights = [f"codebook_weights={json.dumps(args.codebook_weights)}"] if args.codebook_weights else []
+    if args.plausible_targets is not None:
+        weights.append(f"plausible_targets={args.plausible_targets}")
     log1 = train_stage("stage1_semantic.json", work / "data", work / "stage1", args.steps1, args.lr1, args.batch,
                        weights)
     log2 = train_stage("stage2_rhythm.json", work / "data", work / "stage2", args.steps2, args.lr2, args.batch,
@@ -341,6 +344,9 @@ def main():
                    help="the curve at each of these plausibility cuts (0: MusicGen's guidance)")
     p.add_argument("--codebook-weights", type=float, nargs="+", metavar="W",
                    help="train both stages with these per-codebook loss weights (the recipe's codebook_weights)")
+    p.add_argument("--plausible-targets", type=float, metavar="F",
+                   help="train both stages with this recipe plausible_targets (0: every target, MusicGen's loss; "
+                        "default: the recipes')")
     p.add_argument("--workdir", default=None, help="folder for videos, data and runs (default: a temporary one)")
     p.add_argument("--lr-sweep", type=float, nargs="+", metavar="LR", help="measure these learning rates instead")
     p.add_argument("--sweep-steps", type=int, default=80, help="training steps per rate of --lr-sweep")

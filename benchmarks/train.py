@@ -13,9 +13,12 @@ returning freed memory to the OS):
 - encode:  the same, but the codes come from encoding the (already decoded) audio each step;
 - cached, no checkpointing: the backbone's activations kept for backward;
 - cached, 'linear': the preset with the 'linear' semantic encoder instead of the paper's
-  't5-lora' (a second model with the same backbone weights), for the cost of the T5 pass.
+  't5-lora' (a second model with the same backbone weights), for the cost of the T5 pass;
+- cached, plausible targets: the recipes' default ``plausible_targets`` (the others use
+  every target, MusicGen's loss), for the cost of the frozen base's forward pass that
+  finds the fine-codebook targets it rules out.
 
-    .venv/bin/python benchmarks/train.py [--seconds 5] [--batch 1] [--steps 3] [--device cpu]
+    .venv/bin/python benchmarks/train.py [--seconds 5] [--batch 1] [--steps 3] [--device cpu] [--only cached filtered]
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from pathlib import Path
 
 import torch
 
-# name -> (where the codes come from, gradient checkpointing, semantic encoder)
-CONFIGS = {"cached": ("cached", True, "t5-lora"), "encode": ("encode", True, "t5-lora"),
-           "cached-no-gc": ("cached", False, "t5-lora"), "cached-linear": ("cached", True, "linear")}
+# name -> (where the codes come from, gradient checkpointing, semantic encoder, recipe plausible_targets)
+CONFIGS = {"cached": ("cached", True, "t5-lora", 0.0), "encode": ("encode", True, "t5-lora", 0.0),
+           "cached-no-gc": ("cached", False, "t5-lora", 0.0), "cached-linear": ("cached", True, "linear", 0.0),
+           "filtered": ("cached", True, "t5-lora", 1e-3)}
 LABELS = {"cached": "cached codes (checkpointing)", "encode": "encode the audio each step (checkpointing)",
-          "cached-no-gc": "cached codes, no checkpointing", "cached-linear": "cached codes, 'linear' semantic encoder"}
+          "cached-no-gc": "cached codes, no checkpointing", "cached-linear": "cached codes, 'linear' semantic encoder",
+          "filtered": "cached codes, plausible targets 1e-3"}
 
 
 def real_codec(device: str):
@@ -116,13 +121,13 @@ def run(args) -> dict[str, dict]:
     from vidmusician.training.dataset import Collate, PreparedDataset
     from vidmusician.training.train import Objective
 
+    configs = {name: CONFIGS[name] for name in args.only}
     models = {}
-    for encoder in dict.fromkeys(c[2] for c in CONFIGS.values()):
-        vm, optimizer = build(args, encoder)
-        models[encoder] = (vm, Objective(vm), optimizer)
-    vm = models["t5-lora"][0]
+    for encoder in dict.fromkeys(c[2] for c in configs.values()):
+        models[encoder] = build(args, encoder)
+    vm = next(iter(models.values()))[0]
     cm = vm.musicgen.compression_model
-    times = {name: [] for name in CONFIGS}
+    times = {name: [] for name in configs}
     peaks = {}
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), vm.config, args.batch, args.seconds, float(cm.frame_rate))
@@ -131,24 +136,25 @@ def run(args) -> dict[str, dict]:
         audio = torch.randn(args.batch, 1, int(args.seconds * cm.sample_rate), device=args.device) * 0.1
 
         def one(name):
-            mode, checkpointing, encoder = CONFIGS[name]
-            model, objective, optimizer = models[encoder]
+            mode, checkpointing, encoder, plausible_targets = configs[name]
+            model, optimizer = models[encoder]
+            objective = Objective(model, plausible_targets)
             model.enable_gradient_checkpointing(checkpointing)
             batch = collate([data[i] for i in range(len(data))])  # read from the shards, as the trainer does
             return step(model, objective, optimizer, batch, audio, mode, args)
 
         for round_ in range(args.steps + 1):
-            for name in CONFIGS:
+            for name in configs:
                 seconds = one(name)
                 if round_:  # round 0 warms up allocators and kernels
                     times[name].append(seconds)
-        for name in CONFIGS:  # apart from the timing: resetting the peak costs page faults
+        for name in configs:  # apart from the timing: resetting the peak costs page faults
             _reset_peak(args.device)
             before = _current(args.device)
             one(name)
             peaks[name] = (_peak(args.device), _peak(args.device) - before)
     return {name: {"sec_per_step": statistics.median(times[name]), "peak_mb": peaks[name][0],
-                   "over_mb": peaks[name][1]} for name in CONFIGS}
+                   "over_mb": peaks[name][1]} for name in configs}
 
 
 def _current(device) -> float:
@@ -195,6 +201,8 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="timed rounds (after one warmup round)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on GPU)")
+    p.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), metavar="NAME",
+                   help=f"time only these configurations (of {', '.join(CONFIGS)})")
     args = p.parse_args()
     gpu = torch.device(args.device).type == "cuda"
     args.seconds = args.seconds or (30.0 if gpu else 5.0)
@@ -210,11 +218,16 @@ def main():
     print(f"{'configuration':<44}{'s/step':>9}{'peak MB':>10}{'peak over step start MB':>25}")
     for name, r in results.items():
         print(f"{LABELS[name]:<44}{r['sec_per_step']:>9.3f}{r['peak_mb']:>10.0f}{r['over_mb']:>25.0f}")
-    c, e, n = results["cached"], results["encode"], results["cached-no-gc"]
-    print(f"\nencode audio / cached codes, step time:  {e['sec_per_step'] / c['sec_per_step']:.2f}x")
-    print(f"checkpointing / none, step time:         {c['sec_per_step'] / n['sec_per_step']:.2f}x")
-    print(f"checkpointing / none, peak over start:   {c['over_mb'] / max(n['over_mb'], 1):.2f}x")
-    print(f"t5-lora / linear, step time:             {c['sec_per_step'] / results['cached-linear']['sec_per_step']:.2f}x")
+    print()
+    ratios = [("encode audio / cached codes, step time", "encode", "cached", "sec_per_step"),
+              ("checkpointing / none, step time", "cached", "cached-no-gc", "sec_per_step"),
+              ("checkpointing / none, peak over start", "cached", "cached-no-gc", "over_mb"),
+              ("t5-lora / linear, step time", "cached", "cached-linear", "sec_per_step"),
+              ("plausible targets / every target, step time", "filtered", "cached", "sec_per_step"),
+              ("plausible targets / every target, peak", "filtered", "cached", "peak_mb")]
+    for label, a, b, key in ratios:
+        if a in results and b in results:
+            print(f"{label + ':':<46}{results[a][key] / max(results[b][key], 1e-9):.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Guidance among the conditional's plausible tokens (``Guidance.plausibility``, the default 0.1).
+"""Guidance among the conditional's plausible tokens (``Guidance.plausibility``, the default 0.01).
 
 Adapters trained on lossy soundtracks learn the codec's noise, which lifts tokens the
 frozen base rules out; guidance extrapolates from the base through the adapted model,

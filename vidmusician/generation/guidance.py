@@ -13,7 +13,7 @@ two). Where the third branch would add nothing (``t == v``: the formula is
 two-branch batch runs, at the cost and with the tokens of MusicGen's own.
 
 Where the video acts, guidance ranks only the tokens the conditional branch finds
-plausible (``plausibility``, default 0.1; the rest get ``-inf``): extrapolating from
+plausible (``plausibility``, default 0.01; the rest get ``-inf``): extrapolating from
 the frozen base through adapters trained on lossy soundtracks would otherwise lift the
 codec noise they learned above the video's events (docs/alignment.md).
 
@@ -38,7 +38,7 @@ __all__ = ["DEFAULT_PLAUSIBILITY", "GenerationParams", "Guidance", "guidance_con
 STRIDE_FRACTION = 0.6
 # Guidance ranks only the tokens the conditional branch gives at least this fraction of its top
 # token's probability (Guidance.plausibility; measured in docs/alignment.md).
-DEFAULT_PLAUSIBILITY = 0.1
+DEFAULT_PLAUSIBILITY = 0.01
 
 
 @dataclass(frozen=True)

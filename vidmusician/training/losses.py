@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -42,3 +44,26 @@ def loss_mask(lm, valid: torch.Tensor) -> torch.Tensor:
         rows = [i for i, n in enumerate(lengths) if n == length]
         mask[rows, :, :length] = own.to(valid.device)
     return mask
+
+
+def plausible_targets(base_logits: torch.Tensor, codes: torch.Tensor, fraction: float,
+                      first: int = 1) -> torch.Tensor:
+    """[B, K, T]: the targets the frozen base finds plausible, so that the loss may count them.
+
+    Every target of the first ``first`` codebooks counts (the coarse codes carry what
+    the video calls for, including what the base alone would not expect there); in the
+    finer codebooks a target counts when its probability under the base is at least
+    ``fraction`` of the base's most likely token's. A lossy soundtrack (AAC, noise)
+    rewrites the fine codebooks into tokens the base, which learned clean music, rules
+    out: adapters trained to predict them would learn the codec's noise, and guidance,
+    which extrapolates from the base through the adapted model, amplifies it
+    (docs/alignment.md). Positions where ``base_logits`` is NaN (outside the delay
+    pattern) are False.
+    """
+    keep = torch.ones(codes.shape, dtype=torch.bool, device=codes.device)
+    for k in range(first, codes.shape[1]):
+        logp = base_logits[:, k].float().log_softmax(dim=-1)
+        # log p(target) - log p(top) = logit(target) - max logit
+        gap = logp.gather(-1, codes[:, k, :, None])[..., 0] - logp.amax(dim=-1)
+        keep[:, k] = gap >= math.log(fraction)
+    return keep

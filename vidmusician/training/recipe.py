@@ -43,6 +43,13 @@ class Recipe:
         codebook_weights: weight of each codebook's mean cross-entropy in the training loss
             (normalized to sum to 1); None: equal weights, MusicGen's loss. The holdout loss
             stays the plain mean.
+        plausible_targets: in every codebook but the first, a target token counts zero in the
+            loss when its probability under the frozen base (the model without the video, same
+            text) is below this fraction of the base's most likely token's: the fine codes a
+            lossy soundtrack (AAC, noise) rewrote, which the adapters would otherwise learn and
+            guidance amplify (docs/alignment.md). Costs one more forward pass, without
+            gradients, per step. 0: every target, MusicGen's loss. The holdout loss counts
+            every target.
     """
 
     stage: int = 1
@@ -67,6 +74,7 @@ class Recipe:
     seed: int = 1234
     num_workers: int = 2
     codebook_weights: list[float] | None = None
+    plausible_targets: float = 1e-3
 
     def __post_init__(self):
         self.check()
@@ -82,6 +90,7 @@ class Recipe:
         number("min_lr", self.min_lr, low=0, high=self.lr, source=source)
         number("weight_decay", self.weight_decay, low=0, high=1, source=source)
         number("grad_clip", self.grad_clip, low=0, source=source)
+        number("plausible_targets", self.plausible_targets, low=0, high=1, source=source)
         check_stage(self.stage, source)
         if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
             raise ConfigError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {self.betas!r}")

@@ -42,7 +42,7 @@ from ..video.encoder_specs import check_encoder_fit
 from ..video.reader import frames_covering
 from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset, verify_dataset
 from .launch import stop_with_launcher
-from .losses import codebook_losses, loss_mask
+from .losses import codebook_losses, loss_mask, plausible_targets
 from .monitor import Monitor, check_trackers
 from .recipe import Recipe, lr_factor, lr_warning, schedule_warning
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
@@ -51,17 +51,30 @@ from .train_state import TrainState, latest_checkpoint, restore_rng, resume, sav
 class Objective(nn.Module):
     """The training forward as one module, so DDP sees (and syncs) the whole step."""
 
-    def __init__(self, vm):
+    def __init__(self, vm, plausible_targets: float = 0.0):
         super().__init__()
         self.lm = vm.lm
         self.__dict__["vm"] = vm  # not a submodule: its LM is registered above
+        self.plausible_targets = plausible_targets
 
-    def forward(self, codes, valid, videos, texts):
+    def forward(self, codes, valid, videos, texts, filtered: bool = True):
+        """Per-codebook loss sums and counts; ``filtered``: the fine codebooks' targets the frozen
+        base rules out count zero (:attr:`Recipe.plausible_targets`), the counts stay every valid position."""
         from audiocraft.modules.conditioners import ConditioningAttributes
 
         conditions = [ConditioningAttributes(text={"description": t}) for t in texts]
+        keep = None
+        if filtered and self.plausible_targets:
+            with torch.no_grad():
+                base = self.vm.compute_predictions(codes, None, conditions)  # no video: the frozen base
+                keep = plausible_targets(base.logits, codes, self.plausible_targets)
+                del base
         out = self.vm.compute_predictions(codes, videos, conditions)
-        return codebook_losses(out.logits, codes, out.mask & loss_mask(self.lm, valid))
+        mask = out.mask & loss_mask(self.lm, valid)
+        if keep is None:
+            return codebook_losses(out.logits, codes, mask)
+        sums, _ = codebook_losses(out.logits, codes, mask & keep)
+        return sums, mask.sum(dim=(0, 2))
 
 
 def codebook_weights(recipe: Recipe, num_codebooks: int) -> torch.Tensor:
@@ -118,7 +131,7 @@ def holdout_loss(objective: Objective, dataset, accelerator, batch_size: int, ma
     for batch in loader:
         batch = batch.to(accelerator.device)
         with accelerator.autocast():
-            s, c = objective(batch.codes, batch.valid, batch.videos, batch.texts)
+            s, c = objective(batch.codes, batch.valid, batch.videos, batch.texts, filtered=False)
         sums += s.double()
         counts += c.double()
     objective.vm.train()
@@ -246,7 +259,7 @@ def train(args) -> Path:
     params = vm.trainable_parameters()
     optimizer = torch.optim.AdamW(optimizer_groups(vm, recipe.weight_decay), lr=recipe.lr, betas=tuple(recipe.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
-    objective, optimizer = accelerator.prepare(Objective(vm), optimizer)
+    objective, optimizer = accelerator.prepare(Objective(vm, recipe.plausible_targets), optimizer)
 
     state = TrainState()
     if resume_from is not None:
