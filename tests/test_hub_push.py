@@ -11,7 +11,6 @@ import json
 import shutil
 
 import pytest
-import soundfile as sf
 import torch
 from hub import MUSICGEN, hub_cache, offline_env, offline_hub  # noqa: F401 (fixtures)
 from media import flash_video
