@@ -108,3 +108,17 @@ def test_the_shipped_recipes_filter():
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     for name in ("stage1_semantic.json", "stage2_rhythm.json"):
         assert Recipe.load(recipes / name).plausible_targets == Recipe().plausible_targets == 1e-3
+
+
+def test_the_holdout_loss_counts_every_target(setup, tmp_path):
+    from accelerate import Accelerator
+    from test_damage import random_dataset
+
+    from vidmusician.training.dataset import PreparedDataset
+    from vidmusician.training.train import holdout_loss
+
+    vm = setup[0]
+    holdout = PreparedDataset(random_dataset(tmp_path / "data"), "holdout")
+    accelerator = Accelerator(cpu=True)
+    plain = holdout_loss(Objective(vm), holdout, accelerator, batch_size=2, max_windows=8)
+    assert holdout_loss(Objective(vm, 0.6), holdout, accelerator, batch_size=2, max_windows=8) == plain
