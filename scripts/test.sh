@@ -4,9 +4,22 @@
 # other CPU kernels: ATen's portable ones and MKL without AVX (about 30 s). Numbers
 # that differ in their last bits between machines must still pass (see
 # scripts/numerics_spread.py for the spread the tolerances are set from).
+# With no arguments the test files are also spread over the machine's cores (pytest-xdist,
+# one worker per core up to 4, VIDMUSICIAN_TEST_WORKERS overrides; each file stays on one
+# worker, so a file's module fixtures are built once). With arguments, pytest runs as given.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/python -m pytest "${@:-tests}"
+if [ "$#" -eq 0 ]; then
+  cores=$(nproc 2>/dev/null || echo 1)
+  workers=${VIDMUSICIAN_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
+  if [ "$workers" -gt 1 ]; then
+    .venv/bin/python -m pytest -n "$workers" --dist loadfile tests
+  else
+    .venv/bin/python -m pytest tests
+  fi
+else
+  .venv/bin/python -m pytest "$@"
+fi
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "test: pytest collected no tests" >&2

@@ -14,6 +14,18 @@ logging.getLogger("xformers").setLevel(logging.ERROR)
 # sets another count: the cross-kernel run splits reductions across threads, as larger machines do.
 torch.set_num_threads(int(os.environ.get("VIDMUSICIAN_TEST_THREADS", "1")))
 
+# Under pytest-xdist (`make test`), the longest files are handed out first, so that none of
+# them starts last and runs alone at the end.
+SLOWEST_FILES = ("test_odd_names.py", "test_train.py", "test_learned_base.py", "test_prepare_scale.py",
+                 "test_demo.py", "test_adapters.py", "test_alignment_benchmark.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within
+
+
 # Device parameter of the tests that also run on a GPU (skipped where there is none).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="needs a CUDA device"))]

@@ -117,6 +117,39 @@ def test_the_base_is_built_identically_from_the_same_seed(tmp_path, monkeypatch)
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_caller_waits_for_a_build_under_way_and_reads_it(tmp_path, monkeypatch):
+    """While one process builds the base (holding its lock), another waits and then reads the cache
+    instead of building it again (parallel tests, two trainings at once)."""
+    import threading
+
+    from safetensors.torch import save_file
+
+    from vidmusician.fileio import held_lock
+
+    monkeypatch.setenv("VIDMUSICIAN_CACHE", str(tmp_path))
+    short = lb.BaseRecipe(steps=2, batch_size=2, num_frames=40)
+    built = lb.learned_musicgen(short, cache=False).lm.state_dict()
+    path = tmp_path / f"tiny-learned-{lb.recipe_key(short, lb._fresh(short, 'cpu'))}.safetensors"
+    builds, states, fresh, made = [], [], lb._fresh, threading.Event()
+
+    def fresh_then_tell(*args):
+        model = fresh(*args)
+        made.set()  # what follows, up to the lock, takes milliseconds
+        return model
+
+    monkeypatch.setattr(lb, "_fresh", fresh_then_tell)
+    monkeypatch.setattr(lb, "train_base", lambda *args, **kwargs: builds.append(1))
+    waiter = threading.Thread(target=lambda: states.append(lb.learned_musicgen(short).lm.state_dict()))
+    with held_lock(path.with_name(f".{path.name}.lock")):  # this test is the process building it
+        waiter.start()
+        assert made.wait(timeout=120)
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive(), "did not wait for the build under way"
+        save_file({k: v.contiguous() for k, v in built.items()}, str(path))
+    waiter.join()
+    assert builds == [] and all(torch.equal(built[k], states[0][k]) for k in built)
+
+
 def test_the_cache_key_names_the_codec_timing():
     """A base trained on 25 Hz codes is another base: the key changes with the codec's frame rate."""
     fresh = lb._fresh(lb.BaseRecipe(), "cpu")

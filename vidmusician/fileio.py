@@ -56,6 +56,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], durab
 
 
 @contextmanager
+def held_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Holds an exclusive advisory lock on ``path`` (created if missing) for the ``with`` block.
+
+    Processes that build the same cached file take it in turn, so the second one finds
+    the file built instead of building it again. Where ``fcntl`` is missing (Windows) the
+    block runs unlocked: a duplicate build there costs time, never a torn file (the
+    writer is :func:`atomic_write`).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
 def native_name(path: str | os.PathLike) -> Iterator[str]:
     """A name for ``path`` that libraries written in C or Rust (decord, safetensors) can open.
 

@@ -35,12 +35,13 @@ import hashlib
 import json
 import os
 import random
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .fileio import atomic_write
+from .fileio import atomic_write, held_lock
 from .random_backbones import tiny_musicgen
 from .runtime import seeded
 from .training.losses import codebook_losses
@@ -357,15 +358,17 @@ def learned_musicgen(recipe: BaseRecipe = BaseRecipe(), device="cpu", cache: boo
 
     musicgen = _fresh(recipe, "cpu")
     path = cache_dir() / f"tiny-learned-{recipe_key(recipe, musicgen)}.safetensors"
-    if cache and path.is_file():
-        musicgen.lm.load_state_dict(load_file(str(path)))
-        musicgen.lm.eval().requires_grad_(False)
-    else:
-        train_base(musicgen, recipe)
-        if cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            state = {k: v.contiguous() for k, v in musicgen.lm.state_dict().items()}
-            atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"recipe": json.dumps(asdict(recipe))}))
+    # Processes that need the same base at once (parallel tests, two trainings) build it once.
+    with held_lock(path.with_name(f".{path.name}.lock")) if cache else nullcontext():
+        if cache and path.is_file():
+            musicgen.lm.load_state_dict(load_file(str(path)))
+            musicgen.lm.eval().requires_grad_(False)
+        else:
+            train_base(musicgen, recipe)
+            if cache:
+                state = {k: v.contiguous() for k, v in musicgen.lm.state_dict().items()}
+                atomic_write(path, lambda tmp: save_file(state, str(tmp),
+                                                         metadata={"recipe": json.dumps(asdict(recipe))}))
     if torch.device(device).type == "cpu":
         return musicgen
     from audiocraft.models.musicgen import MusicGen
