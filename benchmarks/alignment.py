@@ -23,7 +23,7 @@ video's features swapped for another test video's, at MusicGen's default samplin
 (top-k 250, classifier-free guidance 3) and at greedy decoding. Chance: no-video
 music has events at the base's rate at random times and a style 1 in ``--scenes``.
 
-    python benchmarks/alignment.py                      # the measured run (README)
+    python benchmarks/alignment.py                      # the measured run (docs/alignment.md)
     python benchmarks/alignment.py --train 4 --test 2 --steps1 2 --steps2 2   # smoke
 
 A last line gives the audio F1 of the test clips' own soundtracks (their true codes

@@ -200,7 +200,7 @@ def test_generated_events_follow_the_flashes_at_default_sampling(flash_music, tm
                                    gradient_checkpointing=False, adapter=dict(TINY_ADAPTER, rhythm_rank=None)),
                 "--data", flash_music, "--backbone", "tiny-learned", "--output", out])
     final = [r for r in log_rows(out) if "holdout_loss" in r][-1]
-    # Equal at step 0 (the adapter is the identity); measured gap after 80 steps: see the README.
+    # Equal at step 0 (the adapter is the identity); measured gap after 80 steps: see docs/alignment.md.
     assert final["holdout_loss"] < final["holdout_loss_mismatched_video"] - 0.1, final
 
     from vidmusician.model import VidMusician

@@ -26,7 +26,7 @@ from .reader import FrameReader
 # make 12,800-row matmuls, enough to fill one; held as float32 input they take
 # 154 MB, and the decoded frames waiting behind them (three chunks of 64, uint8 at
 # the encoder's size) about 40 MB more. On a CPU a larger batch buys nothing: 256
-# ran 7% slower than 64 there (benchmarks/prepare.py, README "Performance").
+# ran 7% slower than 64 there (benchmarks/prepare.py, docs/performance.md).
 GPU_ENCODER_BATCH, CPU_ENCODER_BATCH = 256, 64
 
 
