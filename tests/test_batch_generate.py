@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import save_tiny_adapter
 from media import flash_video
@@ -156,20 +157,51 @@ def test_an_interrupted_run_leaves_no_partial_file_and_a_rerun_finishes(folder, 
 
 
 @pytest.mark.parametrize("sampling", [False, True], ids=["greedy", "sampled"])
-def test_a_video_alone_and_in_a_batch_gets_the_same_music(sampling, folder, adapter_dir, tmp_path):
+def test_a_video_alone_and_in_a_batch_gets_the_same_tokens(sampling, folder, adapter_dir, tmp_path, monkeypatch):
+    from vidmusician.generation import windows
+
+    decoded = []  # the tokens of each video, as generate_many decodes them
+
+    def recording(musicgen, tokens, duration):
+        decoded.append(tokens.clone())
+        return real(musicgen, tokens, duration)
+
+    real = windows.decode
+    monkeypatch.setattr(windows, "decode", recording)
     top_k = 250 if sampling else 1  # top-1 sampling is the argmax
-    videos = [folder / f"{name}.mp4" for name in LENGTHS]
-    batch = score(adapter_dir, videos, tmp_path / "batch", batch_size=3, top_k=top_k)
-    assert len(batch.scored) == 3 and not batch.failed
-    alone = score(adapter_dir, [folder / "b.mp4"], tmp_path / "alone", top_k=top_k)
-    together, _ = read(tmp_path / "batch" / "b_music.wav")
-    by_itself, _ = read(tmp_path / "alone" / "b_music.wav")
-    assert alone.scored and together.shape == by_itself.shape
-    # Any different token changes whole codec frames; floating-point noise stays under a 16-bit step.
-    assert np.allclose(together, by_itself, atol=2 / 32768)
-    # ... and the batch's other videos have music of their own.
-    a, _ = read(tmp_path / "batch" / "a_music.wav")
-    assert not np.allclose(a[:len(together)], together, atol=1e-2)
+    batch = score(adapter_dir, [folder / f"{name}.mp4" for name in LENGTHS], tmp_path / "batch", batch_size=3,
+                  top_k=top_k)
+    assert [p.name for p in batch.scored] == ["c_music.wav", "a_music.wav", "b_music.wav"]  # longest first
+    c, a, together = decoded
+    assert not torch.equal(a[..., :together.shape[-1]], together)  # each video has music of its own
+    decoded.clear()
+    score(adapter_dir, [folder / "b.mp4"], tmp_path / "alone", top_k=top_k)
+    (alone,) = decoded
+    # b, the shortest, ran on past its end beside c: its last frames' higher codebooks, sampled
+    # beside the frames after them, are where a batch could leave its mark.
+    assert together.shape == alone.shape == (1, 4, round(LENGTHS["b"] * 50))
+    assert torch.equal(together, alone)
+    assert np.array_equal(read(tmp_path / "batch" / "b_music.wav")[0], read(tmp_path / "alone" / "b_music.wav")[0])
+
+
+def test_a_list_of_seeds_seeds_each_row_as_if_it_were_alone():
+    """VidMusician.generate(seed=[...]): row i samples what a batch of it alone samples under seed i."""
+    from conftest import perturb_adapters, tiny_config
+    from test_generate import ramp_features
+    from vidmusician import attach_adapters, tiny_musicgen
+
+    musicgen = tiny_musicgen()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    perturb_adapters(vm, scale=0.1)
+    first, second = ramp_features(0.6), ramp_features(0.4)
+    _, alone = vm.generate([first], seed=5, return_tokens=True)
+    _, rows = vm.generate([first, second], seed=[5, 7], return_tokens=True)
+    _, listed = vm.generate([first], seed=[5], return_tokens=True)
+    assert torch.equal(rows[:1], alone) and torch.equal(listed, alone)
+    _, shared = vm.generate([first, second], seed=5, return_tokens=True)
+    assert not torch.equal(shared[:1], alone)  # one stream for the batch: the second row's draws come between
+    with pytest.raises(ConfigError, match="one seed per sample"):
+        vm.generate([first, second], seed=[5])
 
 
 # --------------------------------------------------------------------------- #

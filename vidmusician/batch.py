@@ -55,6 +55,16 @@ class ManyReport:
         """``scored 2, skipped 1, failed 1``."""
         return f"scored {len(self.scored)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
 
+    def failures(self) -> list[str]:
+        """One line per failed video: its error, which names the video."""
+        return [failure_line(video, error) for video, error in self.failed]
+
+
+def failure_line(video, error: str) -> str:
+    """``VIDEO: error``; the project's errors name the file already: then the error alone."""
+    name = short_path(video)
+    return error if name in error or printable(Path(video).name) in error else f"{name}: {error}"
+
 
 def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None, text: str | None = None,
                   duration: float | None = None, cfg_coef: float = 3.0, top_k: int = 250, temperature: float = 1.0,
@@ -135,7 +145,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
 
     def failed(video, exc):
         report.failed.append((video, one_line(exc)))
-        say(f"{short_path(video)}: failed: {one_line(exc)}")
+        say(f"failed: {failure_line(video, one_line(exc))}")
 
     # A bad video fails here, in a second, before the models load.
     lengths = {}
