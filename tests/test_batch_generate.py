@@ -89,6 +89,23 @@ def test_video_seed_depends_on_the_seed_and_the_name_only(tmp_path):
     assert len(seeds) == 3 and all(0 <= s < 2 ** 63 for s in seeds)
 
 
+@pytest.mark.parametrize("argv, many", [
+    (["a.mp4"], False),
+    (["a.mp4", "-o", "x.wav"], False),
+    (["a.mp4", "-o", "{tmp}/taken.wav"], False),  # a folder named like a file: refused as today
+    (["a.mp4", "-o", "{tmp}/scored"], True),  # an existing folder: the output goes in it
+    (["a.mp4", "b.mp4", "-o", "new"], True),
+    (["{tmp}"], True),
+])
+def test_which_command_lines_score_many(argv, many, tmp_path):
+    from vidmusician.cli.commands.generate import many_videos
+
+    (tmp_path / "taken.wav").mkdir()
+    (tmp_path / "scored").mkdir()
+    args = cli.build_parser().parse_args(["generate", *(a.format(tmp=tmp_path) for a in argv)])
+    assert many_videos(args) == many
+
+
 def test_same_stem_twice_is_refused_before_any_work(folder, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
@@ -113,7 +130,9 @@ def test_a_folder_scores_the_good_videos_lists_the_bad_and_resumes(folder, adapt
         data, sr = read(out / f"{name}_music.wav")
         assert sr == 32000 and len(data) == round(seconds * sr)
     lines = err.strip().splitlines()
-    assert sum("broken.mp4" in line for line in lines) == 2  # as it failed, then in the summary
+    broken = [line for line in lines if "broken.mp4" in line]  # as it failed, then under the summary
+    assert len(broken) == 2 and all(line.count("broken.mp4") == 1 and "not a readable video" in line
+                                    for line in broken)
     assert "scored 3, skipped 0, failed 1" in err and "Traceback" not in err
 
     stamps = {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)}

@@ -82,14 +82,8 @@ def run(args) -> int:
     output = Path(args.output) if args.output else Path(f"{Path(video).stem}{OUTPUT_TAG}{suffix}")
     if check_output_path(output, inputs=[video]) == "audio" and args.keep_soundtrack:
         raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
-    # Unset: generate()'s default (importing it here would load torch before the cheap checks).
-    kwargs = {} if args.plausibility is None else {"plausibility": args.plausibility}
     with one_line_warnings("generate"):
-        wav, sample_rate = generate(
-            video, adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
-            duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
-            video_cfg_coef=args.video_cfg, top_k=args.top_k, temperature=args.temperature,
-            seed=args.seed, device=args.device, progress=not args.quiet, extend_stride=args.extend_stride, **kwargs)
+        wav, sample_rate = generate(video, **generation_options(args))
     write_output(output, wav, sample_rate, video=video, tags=music_tags(args.adapter, args.encoder),
                  keep_soundtrack=args.keep_soundtrack)
     seconds = wav.shape[-1] / sample_rate
@@ -100,9 +94,24 @@ def run(args) -> int:
     return 0
 
 
+def generation_options(args) -> dict:
+    """The keyword arguments of :func:`~vidmusician.generate` (and ``generate_many``) the command sets."""
+    options = dict(adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
+                   duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
+                   video_cfg_coef=args.video_cfg, top_k=args.top_k, temperature=args.temperature, seed=args.seed,
+                   device=args.device, progress=not args.quiet, extend_stride=args.extend_stride)
+    if args.plausibility is not None:  # unset: the library's default (importing it here would load torch)
+        options["plausibility"] = args.plausibility
+    return options
+
+
 def many_videos(args) -> bool:
-    """Several videos, a folder of them, or -o naming a folder: one output each, in a folder."""
-    return len(args.videos) > 1 or Path(args.videos[0]).is_dir() or bool(args.output and Path(args.output).is_dir())
+    """Several videos, a folder of them, or -o naming a folder (not OUT.wav): one output each, in a folder."""
+    from ...audio_io import AUDIO_FORMATS, VIDEO_FORMATS
+
+    out = Path(args.output) if args.output else None
+    into_folder = out is not None and out.is_dir() and out.suffix.lower() not in {**AUDIO_FORMATS, **VIDEO_FORMATS}
+    return len(args.videos) > 1 or Path(args.videos[0]).is_dir() or into_folder
 
 
 def run_many(args) -> int:
@@ -117,17 +126,12 @@ def run_many(args) -> int:
         tqdm.write(f"vidmusician generate: {printable(line)}", file=sys.stderr)
 
     with one_line_warnings("generate"):
-        report = generate_many(
-            args.videos, folder, adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
-            duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
-            video_cfg_coef=args.video_cfg, top_k=args.top_k, temperature=args.temperature, seed=args.seed,
-            device=args.device, progress=not args.quiet, extend_stride=args.extend_stride,
-            plausibility=args.plausibility, batch_size=args.batch_size, output_format=args.format or "wav",
-            keep_soundtrack=args.keep_soundtrack, log=log)
+        report = generate_many(args.videos, folder, batch_size=args.batch_size, output_format=args.format or "wav",
+                               keep_soundtrack=args.keep_soundtrack, log=log, **generation_options(args))
     if report.replaced_soundtracks:
         print(f"vidmusician generate: note: the own soundtrack of {len(report.replaced_soundtracks)} video(s) is "
               f"replaced by the music (--keep-soundtrack keeps it as a second audio stream)", file=sys.stderr)
-    failed = "".join(f"\n  {short_path(video)}: {error}" for video, error in report.failed)
+    failed = "".join(f"\n  {line}" for line in report.failures())
     print(f"vidmusician generate: {report.summary()} into {short_path(folder)}{failed}", file=sys.stderr)
     return 1 if report.failed else 0
 
