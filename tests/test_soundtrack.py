@@ -75,3 +75,14 @@ def test_keep_soundtrack_without_one_or_into_an_audio_file(tmp_path, capsys):
     assert cli.main(["generate", str(silent), "-o", str(tmp_path / "x.wav"), "--keep-soundtrack"]) == 2
     assert "video output" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["out.mp4", "scored.mp4", "silent.mp4"]
+
+
+def test_many_videos_into_mp4_count_the_replaced_soundtracks(with_audio, tmp_path, capsys):
+    silent = flash_video(tmp_path / "silent.mp4", [0.2], duration=0.6)
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(with_audio), str(silent), "-o", str(out), "--format", "mp4", "--backbone",
+                     "tiny", "--encoder", "tiny", "-q"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if NOTICE in line]
+    assert len(notes) == 1 and "in 1 of 2 outputs" in notes[0]  # the silent video had none to replace
+    assert sorted(os.listdir(out)) == ["clip_music.mp4", "silent_music.mp4"]
+    assert all(len(audio_streams(out / name)) == 1 for name in os.listdir(out))

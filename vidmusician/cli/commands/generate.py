@@ -129,8 +129,9 @@ def run_many(args) -> int:
         report = generate_many(args.videos, folder, batch_size=args.batch_size, output_format=args.format or "wav",
                                keep_soundtrack=args.keep_soundtrack, log=log, **generation_options(args))
     if report.replaced_soundtracks:
-        print(f"vidmusician generate: note: the own soundtrack of {len(report.replaced_soundtracks)} video(s) is "
-              f"replaced by the music (--keep-soundtrack keeps it as a second audio stream)", file=sys.stderr)
+        print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music in "
+              f"{len(report.replaced_soundtracks)} of {len(report.scored)} outputs (--keep-soundtrack keeps it as a "
+              f"second audio stream)", file=sys.stderr)
     failed = "".join(f"\n  {line}" for line in report.failures())
     print(f"vidmusician generate: {report.summary()} into {short_path(folder)}{failed}", file=sys.stderr)
     return 1 if report.failed else 0
