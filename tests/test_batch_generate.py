@@ -106,6 +106,14 @@ def test_which_command_lines_score_many(argv, many, tmp_path):
     assert many_videos(args) == many
 
 
+def test_format_names_the_outputs_made_for_you(folder, tmp_path, capsys):
+    rc = cli.main(["generate", str(folder / "a.mp4"), "-o", str(tmp_path / "x.wav"), "--format", "mp4"])
+    assert rc == 2 and "give one or the other" in capsys.readouterr().err
+    rc = cli.main(["generate", str(folder), "-o", str(tmp_path / "out"), "--format", "ogg"])
+    assert rc == 2 and "unknown output format 'ogg'" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
 def test_same_stem_twice_is_refused_before_any_work(folder, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
