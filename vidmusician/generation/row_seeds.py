@@ -4,8 +4,8 @@ A batch sampled under one seed draws every row's tokens from one stream: row 2's
 draws follow row 1's, so a video's music changes with the videos beside it.
 :class:`RowSeeds` keeps one RNG state per row, each started from the row's own
 seed, and samples each row under its own state. A row then draws exactly what a
-batch of that sample alone, seeded with the same seed, draws: scoring a folder in
-batches gives each video the music it gets alone.
+batch of that sample alone, seeded with the same seed, draws (``generate_many`` in
+:mod:`vidmusician.batch` builds on it: a video gets the same tokens in any batch).
 
 The states are the device's own generator states (swapped in for each row), so the
 sampling functions stay audiocraft's own, unchanged.
