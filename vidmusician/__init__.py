@@ -2,7 +2,7 @@
 
 Public API::
 
-    from vidmusician import generate, attach_adapters, VidMusician, AdapterConfig
+    from vidmusician import generate, generate_many, attach_adapters, VidMusician, AdapterConfig
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ _EXPORTS = {
     "random_musicgen": "vidmusician.random_backbones",
     "load_preset": "vidmusician.config",
     "generate": "vidmusician.pipeline",  # a module named generate would shadow the function
+    "generate_many": "vidmusician.batch",
     "load_encoder": "vidmusician.video.encoders",
     "extract_features": "vidmusician.video.features",
     "VideoFeatures": "vidmusician.video.features",

@@ -22,7 +22,7 @@ from .errors import AudioError, ConfigError, VideoError, one_line, short_path
 from .fileio import atomic_write
 
 __all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "write_audio", "mux_audio",
-           "write_output"]
+           "write_output", "soundtrack_streams"]
 
 # Output suffix -> soundfile format / FFmpeg muxer.
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -143,7 +143,8 @@ def same_file(a, b) -> bool:
         return False
 
 
-def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: dict | None = None) -> Path:
+def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: dict | None = None,
+                 keep_soundtrack: bool = False) -> Path:
     """Writes ``wav`` to ``path``: an audio file, or ``video`` with the music as its soundtrack.
 
     Args:
@@ -153,12 +154,17 @@ def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: di
         video: the source video; required for a video output.
         tags: what made the music (e.g. the visual encoder), stored in the file's
             comment as JSON; :func:`read_tags` reads it back.
+        keep_soundtrack: a video output keeps the video's own audio streams after the
+            music (see :func:`mux_audio`).
     """
     if check_output_path(path) == "audio":
+        if keep_soundtrack:
+            raise ConfigError(f"{path}: an audio file has no room for the video's own soundtrack; "
+                              f"keep it in a video output (.mp4, .mov, .mkv)")
         return write_audio(path, wav, sample_rate, tags)
     if video is None:
         raise ConfigError(f"{path}: a video output needs the source video")
-    return mux_audio(video, wav, sample_rate, path, tags)
+    return mux_audio(video, wav, sample_rate, path, tags, keep_soundtrack=keep_soundtrack)
 
 
 def write_audio(path, wav: torch.Tensor, sample_rate: int, tags: dict | None = None) -> Path:
@@ -213,12 +219,15 @@ def read_tags(path) -> dict:
     return tags if isinstance(tags, dict) else {}
 
 
-def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | None = None) -> Path:
+def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | None = None,
+              keep_soundtrack: bool = False) -> Path:
     """Writes ``video``'s video stream (copied, not re-encoded) with ``wav`` as AAC audio.
 
-    The source's own audio streams are dropped. Music longer than the video is cut
-    at the video's end, so the output is as long as the video. ``tags`` go into the
-    container's comment (see :func:`read_tags`).
+    The music is the first audio stream, marked default (the one players play). The
+    source's own audio streams are dropped, or with ``keep_soundtrack`` copied after
+    it unchanged (not re-encoded, their full length; players offer them as other
+    tracks). Music longer than the video is cut at the video's end, so the music is
+    as long as the video. ``tags`` go into the container's comment (see :func:`read_tags`).
 
     Raises:
         VideoError: the source cannot be read, or its codec cannot go into the
@@ -246,18 +255,24 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
             start = float(vin.start_time * vin.time_base) if vin.start_time is not None else 0.0
             end = _stream_seconds(src, vin)
             music = audio if end is None else audio[:, : int(round(end * sample_rate))]
+            kept = list(src.streams.audio) if keep_soundtrack else []
             try:
                 with av.open(str(tmp), mode="w", format=fmt) as dst:
                     if tags:
                         dst.metadata["comment"] = _tag_text(tags)
-                    vout = dst.add_stream_from_template(vin)
+                    outputs = {vin.index: dst.add_stream_from_template(vin)}
                     aout = dst.add_stream("aac", rate=sample_rate, layout=_LAYOUTS[audio.shape[0]])
                     aout.bit_rate = AAC_BIT_RATE
+                    aout.disposition = av.stream.Disposition.default
+                    for ain in kept:
+                        outputs[ain.index] = dst.add_stream_from_template(ain)
+                        outputs[ain.index].disposition = 0  # the music plays by default, not this one
                     # The music starts with the first video frame, wherever the container puts it.
                     audio_packets = _encode_aac(aout, music, sample_rate, first_sample=int(round(start * sample_rate)))
-                    _interleave(dst, src.demux(vin), vin, vout, audio_packets)
+                    _interleave(dst, src.demux(vin, *kept), outputs, audio_packets)
             except av.FFmpegError as exc:
-                raise VideoError(f"{path}: cannot copy the {vin.codec_context.name} video stream into a "
+                copied = " and audio streams" if kept else " stream"
+                raise VideoError(f"{path}: cannot copy the {vin.codec_context.name} video{copied} into a "
                                  f"{path.suffix} file ({one_line(exc)}); try a .mkv output") from None
 
     atomic_write(path, write)
@@ -282,22 +297,34 @@ def _encode_aac(stream, audio: np.ndarray, sample_rate: int, first_sample: int =
     return packets
 
 
-def _interleave(dst, video_packets, vin, vout, audio_packets: list) -> None:
-    """Muxes video packets as they come, each preceded by the audio packets due before it."""
+def _interleave(dst, source_packets, outputs: dict, audio_packets: list) -> None:
+    """Muxes the source's packets as they come (to ``outputs[their stream's index]``),
+    each preceded by the music's packets due before it."""
     pending = iter(audio_packets)
     next_audio = next(pending, None)
-    for packet in video_packets:
+    for packet in source_packets:
         if packet.dts is None:  # the demuxer's flush packet
             continue
-        t = float(packet.dts * vin.time_base)
+        t = _packet_time(packet)
         while next_audio is not None and _packet_time(next_audio) <= t:
             dst.mux(next_audio)
             next_audio = next(pending, None)
-        packet.stream = vout
+        packet.stream = outputs[packet.stream.index]
         dst.mux(packet)
     while next_audio is not None:
         dst.mux(next_audio)
         next_audio = next(pending, None)
+
+
+def soundtrack_streams(video) -> int:
+    """How many audio streams ``video`` has of its own (0 when it cannot be read)."""
+    import av
+
+    try:
+        with av.open(str(video)) as container:
+            return len(container.streams.audio)
+    except (av.FFmpegError, OSError):
+        return 0
 
 
 def _packet_time(packet) -> float:

@@ -78,18 +78,28 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     if duration is None:
         duration = info.duration
     check_seed(seed)
-    vm, musicgen = load_models(adapter, backbone, encoder, device)
-    if adapter is None:
-        warnings.warn("no adapter: the video does not condition the music, it only sets its length "
-                      "(pass an adapter folder for music that follows the video)", stacklevel=2)
-        # Identity adapters learned nothing for guidance to amplify: sample exactly as plain MusicGen.
-        params = dataclasses.replace(params, plausibility=0.0)
+    vm, musicgen, params = load_for_generation(adapter, backbone, encoder, device, params)
     if vm is None:
         num_frames = frames_covering(duration, musicgen.frame_rate)
         wav = sample_and_decode(musicgen, [text], duration, num_frames, params, seed, progress, False)
     else:
         wav = generate_batch(vm, [video], [text], duration=duration, seed=seed, progress=progress, params=params)
     return wav[0], int(musicgen.sample_rate)
+
+
+def load_for_generation(adapter, backbone, encoder, device, params: GenerationParams):
+    """:func:`load_models`, and the sampling parameters for them (a warning when there is no adapter).
+
+    Returns:
+        ``(VidMusician or None, MusicGen, GenerationParams)``.
+    """
+    vm, musicgen = load_models(adapter, backbone, encoder, device)
+    if adapter is None:
+        warnings.warn("no adapter: the video does not condition the music, it only sets its length "
+                      "(pass an adapter folder for music that follows the video)", stacklevel=3)
+        # Identity adapters learned nothing for guidance to amplify: sample exactly as plain MusicGen.
+        params = dataclasses.replace(params, plausibility=0.0)
+    return vm, musicgen, params
 
 
 def load_models(adapter=None, backbone=None, encoder=None, device=None):

@@ -246,10 +246,16 @@ def guided_logits(lm, sequence: torch.Tensor, conditions: dict, guidance: Guidan
     return guidance.combine(logits[:, :, -1], batch)  # [B, K, S, card] -> last step
 
 
-def sample_token(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
-    """``[B, K, 1]`` tokens from ``[B, K, card]`` logits, as ``LMModel._sample_next_token`` samples."""
+def sample_token(logits: torch.Tensor, params: GenerationParams, row_seeds=None) -> torch.Tensor:
+    """``[B, K, 1]`` tokens from ``[B, K, card]`` logits, as ``LMModel._sample_next_token`` samples.
+
+    ``row_seeds``: a :class:`~vidmusician.generation.row_seeds.RowSeeds` samples each row
+    under its own RNG state; None: the batch draws from torch's RNG.
+    """
     from audiocraft.utils import utils
 
+    if params.use_sampling and params.temperature > 0.0 and row_seeds is not None:
+        return row_seeds.sample(lambda row: sample_token(row, params), logits)
     if params.use_sampling and params.temperature > 0.0:
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p > 0.0:
@@ -262,7 +268,7 @@ def sample_token(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor
 
 @torch.no_grad()
 def sample_window(lm, prompt: torch.Tensor, conditions: dict, guidance: Guidance, max_gen_len: int,
-                  params: GenerationParams, callback=None) -> torch.Tensor:
+                  params: GenerationParams, callback=None, row_seeds=None) -> torch.Tensor:
     """Codes of one window, its prompt included: ``LMModel.generate``'s loop, guided by ``guidance``.
 
     Args:
@@ -273,6 +279,7 @@ def sample_window(lm, prompt: torch.Tensor, conditions: dict, guidance: Guidance
         max_gen_len: codec frames of the window, prompt included.
         params: sampling parameters.
         callback: called after every step.
+        row_seeds: per-row RNG states (:func:`sample_token`); None: torch's RNG.
 
     Returns:
         ``[B, K, max_gen_len]`` codes.
@@ -289,7 +296,7 @@ def sample_window(lm, prompt: torch.Tensor, conditions: dict, guidance: Guidance
         previous = 0
         for offset in range(pattern.get_first_step_with_timesteps(T), sequence.shape[-1]):
             logits = guided_logits(lm, sequence[..., previous:offset], conditions, guidance)
-            token = sample_token(logits, params)
+            token = sample_token(logits, params, row_seeds)
             # Positions the pattern leaves empty hold the special token; prompt codes stay.
             token[~mask[..., offset:offset + 1].expand(B, -1, -1)] = lm.special_token_id
             current = sequence[..., offset:offset + 1]

@@ -28,9 +28,10 @@ from ..video.encoders import VisualEncoder, load_encoder
 from ..video.features import VideoFeatures, extract_features
 from ..video.reader import frames_covering
 from .guidance import GenerationParams, guidance_conditions, sample_window
+from .row_seeds import RowSeeds
 
 __all__ = ["GenerationParams", "Window", "plan_windows", "generate_tokens", "generate_batch", "check_duration",
-           "check_seed", "sample_and_decode", "set_encoder"]
+           "check_seed", "features_of", "sample_and_decode", "sample_tokens", "decode", "set_encoder"]
 
 # 24 hours: far beyond any video anyone scores; larger values are typos that would overflow.
 MAX_DURATION = 86400.0
@@ -72,7 +73,7 @@ def plan_windows(num_frames: int, window: int, stride: int) -> list[Window]:
 
 
 def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationParams, vm=None, videos=None,
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, row_seeds=None) -> torch.Tensor:
     """Samples ``num_frames`` codec frames, window by window.
 
     Args:
@@ -83,6 +84,8 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
         vm: the :class:`VidMusician` holding ``musicgen``'s adapters, or None.
         videos: the :class:`VideoBatch` (from time 0) the adapters read.
         progress: show a progress bar over all windows' steps.
+        row_seeds: a :class:`~vidmusician.generation.row_seeds.RowSeeds` samples each
+            row under its own RNG state; None: the batch draws from torch's RNG.
 
     Returns:
         ``[B, K, num_frames]`` codes.
@@ -112,7 +115,7 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
                 bar.set_description(f"window {w.index + 1}/{len(windows)}")
             with musicgen.autocast:
                 codes = sample_window(lm, prompt, conditions, guidance, w.frames, params,
-                                      callback=lambda: bar.update(1))
+                                      callback=lambda: bar.update(1), row_seeds=row_seeds)
             pieces.append(codes[..., w.prompt_frames:])
             prompt = codes[..., stride:]
     finally:
@@ -144,7 +147,9 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
             (null video: the backbone alone); or a ``VideoBatch``.
         texts: one text prompt (or None) per sample; None: no text.
         duration: seconds of music; default: the longest video.
-        seed: seeds the sampling (same seed, same music); None: not seeded.
+        seed: seeds the sampling (same seed, same music); None: not seeded. A list,
+            one seed per sample, seeds each sample's row on its own: a sample then gets
+            the music it gets in a batch of its own under its seed, whatever the batch.
         progress: progress bars for feature extraction and sampling.
         return_tokens: also return the codes.
         params: default: ``vm.generation_params`` (audiocraft's defaults if unset).
@@ -160,7 +165,7 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
         features, batch_duration = videos, videos.local.shape[1] / videos.frame_rate
         size = videos.size
     else:
-        features = [_features_of(vm, v, progress) for v in videos]
+        features = [features_of(vm, v, progress) for v in videos]
         batch_duration = max((f.duration for f in features if f is not None), default=None)
         size = len(features)
     texts = _texts(texts, size)
@@ -201,7 +206,7 @@ def set_encoder(vm, spec):
     return enc
 
 
-def _features_of(vm, video, progress: bool):
+def features_of(vm, video, progress: bool):
     """VideoFeatures for one batch entry (a file is encoded with the model's encoder)."""
     if video is None:
         return None
@@ -229,12 +234,33 @@ def _texts(texts, size: int) -> list:
 def sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,
                       vm=None, videos=None):
     """Samples ``num_frames`` frames (seeded), decodes them, and cuts the audio to ``duration`` seconds."""
+    tokens = sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=vm, videos=videos)
+    wav = decode(musicgen, tokens, duration)
+    return (wav, tokens) if return_tokens else wav
+
+
+def sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=None, videos=None) -> torch.Tensor:
+    """``[B, K, num_frames]`` codes for the texts (and videos), seeded.
+
+    ``seed``: an int seeds the batch, a list of ints (one per sample) each sample's
+    row on its own (:class:`~vidmusician.generation.row_seeds.RowSeeds`), None nothing.
+    """
     # MusicGen's own preparation of the text conditions, so that without video the
     # tokens are exactly the ones MusicGen.generate samples.
     attributes = text_conditions(musicgen, texts)
     device = next(musicgen.lm.parameters()).device
-    with torch.no_grad(), seeded(check_seed(seed), device):
-        tokens = generate_tokens(musicgen, attributes, num_frames, params, vm=vm, videos=videos, progress=progress)
+    seed, row_seeds = check_seed(seed), None
+    if isinstance(seed, list):
+        if len(seed) != len(texts):
+            raise ConfigError(f"got {len(seed)} seeds for {len(texts)} samples; give one seed per sample")
+        seed, row_seeds = None, RowSeeds(seed, device)
+    with torch.no_grad(), seeded(seed, device):
+        return generate_tokens(musicgen, attributes, num_frames, params, vm=vm, videos=videos, progress=progress,
+                               row_seeds=row_seeds)
+
+
+def decode(musicgen, tokens: torch.Tensor, duration: float) -> torch.Tensor:
+    """``[B, channels, round(duration * sample_rate)]`` float audio on the CPU from ``[B, K, frames]`` codes."""
     with torch.no_grad():
         wav = musicgen.generate_audio(tokens).float().cpu()
     samples = int(round(duration * musicgen.sample_rate))
@@ -242,13 +268,17 @@ def sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progr
         wav = wav[..., :samples]
     else:  # pragma: no cover - the frames cover the duration by construction
         wav = torch.nn.functional.pad(wav, (0, samples - wav.shape[-1]))
-    return (wav, tokens) if return_tokens else wav
+    return wav
 
 
 def check_seed(seed):
-    """None, or the seed as an int (else ConfigError)."""
+    """None, the seed as an int, or a list of ints for a list of seeds (else ConfigError)."""
     if seed is None:
         return None
+    if isinstance(seed, (list, tuple)):
+        if any(s is None for s in seed):
+            raise ConfigError(f"a list of seeds needs an integer for every sample, got {list(seed)!r}")
+        return [check_seed(s) for s in seed]
     try:
         return operator.index(seed)
     except TypeError:

@@ -1,22 +1,29 @@
-"""`vidmusician generate VIDEO`: music for a video, as WAV/FLAC or muxed into the video."""
+"""`vidmusician generate VIDEO`: music for a video, as WAV/FLAC or muxed into the video.
+
+`vidmusician generate VIDEO VIDEO... -o FOLDER` (or a folder of videos): one output
+per video, batched and resumable (:func:`vidmusician.batch.generate_many`).
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from ...batch import DEFAULT_BATCH_SIZE, OUTPUT_TAG, generate_many, music_tags, output_suffix
 from ...checks import MAX_GUIDANCE, arg_number
-from ...errors import printable
+from ...errors import ConfigError, printable, short_path
 from . import one_line_warnings
 
 HELP = "generate music for a video (WAV/FLAC, or the video with the music as its soundtrack)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("video", help="the video file")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO",
+                        help="the video file; several, or folders of videos, score each into -o FOLDER")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="OUT.wav or OUT.flac for the music, OUT.mp4/.mov/.mkv for the video with the music "
-                             "(video stream copied, music as AAC); default: VIDEO_NAME_music.wav here")
+                             "(video stream copied, music as AAC); default: VIDEO_NAME_music.wav here. "
+                             "For several videos a folder (made if missing): FOLDER/VIDEO_NAME_music.wav each")
     parser.add_argument("--adapter", metavar="DIR|ORG/NAME[@REV]",
                         help="adapter folder or Hugging Face Hub id; without one the video only sets the length")
     parser.add_argument("--backbone", metavar="NAME|PATH|tiny",
@@ -48,40 +55,84 @@ def add_arguments(parser) -> None:
                         help="seconds between windows past the backbone's 30 s window (default 18)")
     parser.add_argument("--device", metavar="DEV", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # Many videos, and the output's audio streams.
+    parser.add_argument("--batch-size", type=arg_number(low=1, integer=True), default=DEFAULT_BATCH_SIZE,
+                        metavar="N", help=f"videos sampled together (default {DEFAULT_BATCH_SIZE}); outputs that "
+                                          f"exist are skipped, so a rerun finishes an interrupted one")
+    parser.add_argument("--format", metavar="EXT",
+                        help="the outputs' format when they are named for you (no -o FILE): wav (default), flac, "
+                             "mp4, mov or mkv")
+    parser.add_argument("--keep-soundtrack", action="store_true",
+                        help="a video output keeps the video's own audio as a second audio stream (the music "
+                             "stays the first, default one); without it the video's own audio is left out")
 
 
 def run(args) -> int:
-    from ...audio_io import check_output_path, write_output
+    if many_videos(args):
+        return run_many(args)
+    from ...audio_io import check_output_path, soundtrack_streams, write_output
     from ...pipeline import check_duration, generate
 
     # Every check that needs no model comes first: a bad argument costs nothing.
     check_duration(args.duration)
-    output = Path(args.output) if args.output else Path(f"{Path(args.video).stem}_music.wav")
-    check_output_path(output, inputs=[args.video])
-    # Unset: generate()'s default (importing it here would load torch before the cheap checks).
-    kwargs = {} if args.plausibility is None else {"plausibility": args.plausibility}
+    video = args.videos[0]
+    if args.output and args.format:
+        raise ConfigError(f"--format names the outputs made for you; with -o {args.output} give one or the other")
+    suffix = output_suffix(args.format or "wav")
+    output = Path(args.output) if args.output else Path(f"{Path(video).stem}{OUTPUT_TAG}{suffix}")
+    if check_output_path(output, inputs=[video]) == "audio" and args.keep_soundtrack:
+        raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
     with one_line_warnings("generate"):
-        wav, sample_rate = generate(
-            args.video, adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
-            duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
-            video_cfg_coef=args.video_cfg, top_k=args.top_k, temperature=args.temperature,
-            seed=args.seed, device=args.device, progress=not args.quiet, extend_stride=args.extend_stride, **kwargs)
-    write_output(output, wav, sample_rate, video=args.video, tags=music_tags(args))
+        wav, sample_rate = generate(video, **generation_options(args))
+    write_output(output, wav, sample_rate, video=video, tags=music_tags(args.adapter, args.encoder),
+                 keep_soundtrack=args.keep_soundtrack)
     seconds = wav.shape[-1] / sample_rate
     print(f"wrote {printable(output)} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
+    if check_output_path(output) == "video" and not args.keep_soundtrack and soundtrack_streams(video):
+        print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music "
+              f"(--keep-soundtrack keeps it as a second audio stream)", file=sys.stderr)
     return 0
 
 
-def music_tags(args) -> dict | None:
-    """What made the music, for `vidmusician eval` to find the same visual encoder (None: no adapter)."""
-    if not args.adapter:
-        return None  # plain MusicGen: no visual encoder shaped the music
-    from ...config import CONFIG_NAME, AdapterConfig
-    from ...hub import resolve_adapter
-    from ...video.encoder_specs import natural_activation
+def generation_options(args) -> dict:
+    """The keyword arguments of :func:`~vidmusician.generate` (and ``generate_many``) the command sets."""
+    options = dict(adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
+                   duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
+                   video_cfg_coef=args.video_cfg, top_k=args.top_k, temperature=args.temperature, seed=args.seed,
+                   device=args.device, progress=not args.quiet, extend_stride=args.extend_stride)
+    if args.plausibility is not None:  # unset: the library's default (importing it here would load torch)
+        options["plausibility"] = args.plausibility
+    return options
 
-    config = AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,)))  # a Hub id: the cached copy
-    encoder = args.encoder or config.encoder
-    activation = config.encoder_activation or natural_activation(encoder)
-    return {"encoder": encoder, "encoder_activation": activation, "adapter": printable(args.adapter)}
+
+def many_videos(args) -> bool:
+    """Several videos, a folder of them, or -o naming a folder (not OUT.wav): one output each, in a folder."""
+    from ...audio_io import AUDIO_FORMATS, VIDEO_FORMATS
+
+    out = Path(args.output) if args.output else None
+    into_folder = out is not None and out.is_dir() and out.suffix.lower() not in {**AUDIO_FORMATS, **VIDEO_FORMATS}
+    return len(args.videos) > 1 or Path(args.videos[0]).is_dir() or into_folder
+
+
+def run_many(args) -> int:
+    """Scores every video into the -o folder; exit status 1 when a video failed."""
+    from tqdm.auto import tqdm
+
+    folder = Path(args.output or ".")
+    if args.output and folder.suffix.lower() and not folder.is_dir():
+        raise ConfigError(f"{args.output}: several videos write several files; -o takes a folder for them")
+
+    def log(line):
+        tqdm.write(f"vidmusician generate: {printable(line)}", file=sys.stderr)
+
+    with one_line_warnings("generate"):
+        report = generate_many(args.videos, folder, batch_size=args.batch_size, output_format=args.format or "wav",
+                               keep_soundtrack=args.keep_soundtrack, log=log, **generation_options(args))
+    if report.replaced_soundtracks:
+        print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music in "
+              f"{len(report.replaced_soundtracks)} of {len(report.scored)} outputs (--keep-soundtrack keeps it as a "
+              f"second audio stream)", file=sys.stderr)
+    failed = "".join(f"\n  {line}" for line in report.failures())
+    print(f"vidmusician generate: {report.summary()} into {short_path(folder)}{failed}", file=sys.stderr)
+    return 1 if report.failed else 0
 

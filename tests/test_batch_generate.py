@@ -1,0 +1,247 @@
+"""Scoring many videos: batches by length, resumable outputs, bad videos listed, per-video seeds."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import save_tiny_adapter
+from media import flash_video
+from vidmusician import cli, generate_many
+from vidmusician.batch import find_videos, group_by_length, video_seed
+from vidmusician.errors import ConfigError
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+LENGTHS = {"a": 1.4, "b": 0.8, "c": 2.0}  # seconds; b is the shortest, padded most beside c
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Three videos of different lengths and one file that is not a video."""
+    root = tmp_path_factory.mktemp("videos")
+    for name, seconds in LENGTHS.items():
+        flash_video(root / f"{name}.mp4", [0.3, seconds - 0.4], duration=seconds)
+    (root / "broken.mp4").write_text("not a video")
+    return root
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    return save_tiny_adapter(tmp_path_factory.mktemp("adapter") / "tiny-adapter")
+
+
+def score(adapter_dir, videos, out, **kw):
+    kw.setdefault("seed", 3)
+    return generate_many(videos, out, adapter=str(adapter_dir), progress=False, **kw)
+
+
+def read(path):
+    data, sr = sf.read(path, dtype="float32")
+    return data, sr
+
+
+# --------------------------------------------------------------------------- #
+# Pieces
+
+
+def test_group_by_length_puts_similar_lengths_together():
+    durations = [2.0, 5.0, 1.0, 4.0, 3.0]
+    assert group_by_length(durations, 2) == [[1, 3], [4, 0], [2]]
+    assert group_by_length(durations, 10) == [[1, 3, 4, 0, 2]]
+    assert group_by_length(durations, 1) == [[1], [3], [4], [0], [2]]
+    assert group_by_length([1.0, 1.0, 1.0], 2) == [[0, 1], [2]]  # ties keep their order
+    assert group_by_length([], 4) == []
+
+    def generated(groups):  # seconds a grouping generates: each batch as long as its longest, per row
+        return sum(len(g) * max(durations[i] for i in g) for g in groups)
+
+    in_order = [[0, 1], [2, 3], [4]]
+    assert generated(group_by_length(durations, 2)) == 17.0 < generated(in_order) == 21.0
+
+
+def test_find_videos_skips_outputs_and_hidden_files(tmp_path):
+    for name in ("b.mp4", "a.MOV", "a_music.mp4", ".a.mp4.123.part", "notes.txt", "cover.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.mp4").write_bytes(b"")
+    # An earlier run into the same folder wrote a_music.mp4: not a video to score.
+    assert find_videos(tmp_path, ".mp4") == [tmp_path / "a.MOV", tmp_path / "b.mp4"]
+    assert find_videos(tmp_path, ".wav") == [tmp_path / "a.MOV", tmp_path / "a_music.mp4", tmp_path / "b.mp4"]
+    # Named explicitly, any file is tried (and fails later if it is no video); each once.
+    assert find_videos([tmp_path / "notes.txt", tmp_path / "b.mp4", tmp_path]) == \
+        [tmp_path / "notes.txt", tmp_path / "b.mp4", tmp_path / "a.MOV", tmp_path / "a_music.mp4"]
+    with pytest.raises(ConfigError, match="no such file"):
+        find_videos([tmp_path / "missing.mp4"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no video in this folder"):
+        find_videos(tmp_path / "empty")
+
+
+def test_video_seed_depends_on_the_seed_and_the_name_only(tmp_path):
+    assert video_seed(3, "a/clip.mp4") == video_seed(3, tmp_path / "clip.mp4")
+    seeds = {video_seed(3, "clip.mp4"), video_seed(4, "clip.mp4"), video_seed(3, "clip2.mp4")}
+    assert len(seeds) == 3 and all(0 <= s < 2 ** 63 for s in seeds)
+
+
+@pytest.mark.parametrize("argv, many", [
+    (["a.mp4"], False),
+    (["a.mp4", "-o", "x.wav"], False),
+    (["a.mp4", "-o", "{tmp}/taken.wav"], False),  # a folder named like a file: refused as today
+    (["a.mp4", "-o", "{tmp}/scored"], True),  # an existing folder: the output goes in it
+    (["a.mp4", "b.mp4", "-o", "new"], True),
+    (["{tmp}"], True),
+])
+def test_which_command_lines_score_many(argv, many, tmp_path):
+    from vidmusician.cli.commands.generate import many_videos
+
+    (tmp_path / "taken.wav").mkdir()
+    (tmp_path / "scored").mkdir()
+    args = cli.build_parser().parse_args(["generate", *(a.format(tmp=tmp_path) for a in argv)])
+    assert many_videos(args) == many
+
+
+def test_format_names_the_outputs_made_for_you(folder, tmp_path, capsys):
+    rc = cli.main(["generate", str(folder / "a.mp4"), "-o", str(tmp_path / "x.wav"), "--format", "mp4"])
+    assert rc == 2 and "give one or the other" in capsys.readouterr().err
+    rc = cli.main(["generate", str(folder), "-o", str(tmp_path / "out"), "--format", "ogg"])
+    assert rc == 2 and "unknown output format 'ogg'" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_same_stem_twice_is_refused_before_any_work(folder, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    flash_video(other / "a.mkv", [0.2], duration=0.5)
+    with pytest.raises(ConfigError, match="would both write"):
+        generate_many([folder / "a.mp4", other / "a.mkv"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- #
+# A folder from the command line
+
+
+def test_a_folder_scores_the_good_videos_lists_the_bad_and_resumes(folder, adapter_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["generate", str(folder), "-o", str(out), "--adapter", str(adapter_dir), "--seed", "3",
+            "--batch-size", "2", "-q"]
+    assert cli.main(argv) == 1  # a video failed
+    err = capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["a_music.wav", "b_music.wav", "c_music.wav"]
+    for name, seconds in LENGTHS.items():  # each row's music went to its own video, at its length
+        data, sr = read(out / f"{name}_music.wav")
+        assert sr == 32000 and len(data) == round(seconds * sr)
+    lines = err.strip().splitlines()
+    broken = [line for line in lines if "broken.mp4" in line]  # as it failed, then under the summary
+    assert len(broken) == 2 and all(line.count("broken.mp4") == 1 and "not a readable video" in line
+                                    for line in broken)
+    assert "scored 3, skipped 0, failed 1" in err and "Traceback" not in err
+
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)}
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "skipped 3 of 4 videos" in err and "scored 0, skipped 3, failed 1" in err
+    assert {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)} == stamps  # not rewritten
+
+
+def test_an_interrupted_run_leaves_no_partial_file_and_a_rerun_finishes(folder, adapter_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    from vidmusician import audio_io
+
+    real, calls = audio_io.atomic_write, []
+
+    def dies_in_the_second_write(path, write, durable=False):
+        calls.append(path)
+        if len(calls) == 2:  # half the file written under its temporary name, then Ctrl-C
+            def half(tmp):
+                write(tmp)
+                Path(tmp).write_bytes(Path(tmp).read_bytes()[:100])
+                raise KeyboardInterrupt
+            return real(path, half, durable)
+        return real(path, write, durable)
+
+    monkeypatch.setattr(audio_io, "atomic_write", dies_in_the_second_write)
+    videos = [str(folder / f"{name}.mp4") for name in LENGTHS]
+    out = tmp_path / "out"
+    argv = ["generate", *videos, "-o", str(out), "--adapter", str(adapter_dir), "--batch-size", "3", "-q"]
+    assert cli.main(argv) == 130
+    assert os.listdir(out) == ["c_music.wav"]  # the longest first; nothing of the second, not even hidden
+    monkeypatch.setattr(audio_io, "atomic_write", real)
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "scored 2, skipped 1, failed 0" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["a_music.wav", "b_music.wav", "c_music.wav"]
+
+
+# --------------------------------------------------------------------------- #
+# A video's music does not depend on its batch
+
+
+@pytest.mark.parametrize("sampling", [False, True], ids=["greedy", "sampled"])
+def test_a_video_alone_and_in_a_batch_gets_the_same_tokens(sampling, folder, adapter_dir, tmp_path, monkeypatch):
+    from vidmusician.generation import windows
+
+    decoded = []  # the tokens of each video, as generate_many decodes them
+
+    def recording(musicgen, tokens, duration):
+        decoded.append(tokens.clone())
+        return real(musicgen, tokens, duration)
+
+    real = windows.decode
+    monkeypatch.setattr(windows, "decode", recording)
+    top_k = 250 if sampling else 1  # top-1 sampling is the argmax
+    batch = score(adapter_dir, [folder / f"{name}.mp4" for name in LENGTHS], tmp_path / "batch", batch_size=3,
+                  top_k=top_k)
+    assert [p.name for p in batch.scored] == ["c_music.wav", "a_music.wav", "b_music.wav"]  # longest first
+    c, a, together = decoded
+    assert not torch.equal(a[..., :together.shape[-1]], together)  # each video has music of its own
+    decoded.clear()
+    score(adapter_dir, [folder / "b.mp4"], tmp_path / "alone", top_k=top_k)
+    (alone,) = decoded
+    # b, the shortest, ran on past its end beside c: its last frames' higher codebooks, sampled
+    # beside the frames after them, are where a batch could leave its mark.
+    assert together.shape == alone.shape == (1, 4, round(LENGTHS["b"] * 50))
+    assert torch.equal(together, alone)
+    assert np.array_equal(read(tmp_path / "batch" / "b_music.wav")[0], read(tmp_path / "alone" / "b_music.wav")[0])
+
+
+def test_a_list_of_seeds_seeds_each_row_as_if_it_were_alone():
+    """VidMusician.generate(seed=[...]): row i samples what a batch of it alone samples under seed i."""
+    from conftest import perturb_adapters, tiny_config
+    from test_generate import ramp_features
+    from vidmusician import attach_adapters, tiny_musicgen
+
+    musicgen = tiny_musicgen()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    perturb_adapters(vm, scale=0.1)
+    first, second = ramp_features(0.6), ramp_features(0.4)
+    _, alone = vm.generate([first], seed=5, return_tokens=True)
+    _, rows = vm.generate([first, second], seed=[5, 7], return_tokens=True)
+    _, listed = vm.generate([first], seed=[5], return_tokens=True)
+    assert torch.equal(rows[:1], alone) and torch.equal(listed, alone)
+    _, shared = vm.generate([first, second], seed=5, return_tokens=True)
+    assert not torch.equal(shared[:1], alone)  # one stream for the batch: the second row's draws come between
+    with pytest.raises(ConfigError, match="one seed per sample"):
+        vm.generate([first, second], seed=[5])
+
+
+# --------------------------------------------------------------------------- #
+# README
+
+
+def test_readme_generate_commands_parse():
+    """Every `vidmusician generate` command the README shows is one the parser takes."""
+    commands = [line.strip() for line in README.read_text().splitlines()
+                if line.strip().startswith(".venv/bin/vidmusician generate")]
+    assert any("-o" in c and "--batch-size" in c for c in commands)  # the section on many videos
+    assert any("--keep-soundtrack" in c for c in commands)
+    parser = cli.build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        assert args.command == "generate", command

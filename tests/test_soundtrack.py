@@ -1,0 +1,88 @@
+"""A video's own soundtrack: replaced by the music (and said so), or kept as a second audio stream."""
+
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from media import flash_video
+from vidmusician import cli
+from vidmusician.errors import ConfigError
+
+NOTICE = "own soundtrack is replaced"
+
+
+@pytest.fixture(scope="module")
+def with_audio(tmp_path_factory):
+    """A 1.6 s video with a stereo AAC soundtrack of its own (a real video has one)."""
+    t = np.arange(round(1.6 * 44100)) / 44100
+    audio = 0.3 * np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)])
+    return flash_video(tmp_path_factory.mktemp("media") / "clip.mp4", [0.4, 1.0], duration=1.6, audio=audio,
+                       sample_rate=44100)
+
+
+def audio_streams(path):
+    """(codec, sample rate, channels, seconds, default?, packet bytes) of each audio stream."""
+    with av.open(str(path)) as c:
+        streams = list(c.streams.audio)
+        packets = {s.index: [] for s in streams}
+        for packet in c.demux(*streams):
+            if packet.size:
+                packets[packet.stream.index].append(bytes(packet))
+        return [(s.codec_context.name, s.sample_rate, s.codec_context.channels, float(s.duration * s.time_base),
+                 bool(s.disposition & av.stream.Disposition.default), packets[s.index]) for s in streams]
+
+
+def generate(video, out, *extra):
+    return cli.main(["generate", str(video), "--backbone", "tiny", "--encoder", "tiny", "-o", str(out),
+                     "--seed", "1", "-q", *extra])
+
+
+def test_the_soundtrack_is_replaced_with_a_notice(with_audio, tmp_path, capsys):
+    assert generate(with_audio, tmp_path / "scored.mp4") == 0
+    err = capsys.readouterr().err
+    assert sum(NOTICE in line and "--keep-soundtrack" in line for line in err.splitlines()) == 1
+    (music,) = audio_streams(tmp_path / "scored.mp4")
+    assert music[:3] == ("aac", 32000, 1) and music[4]
+
+
+def test_keep_soundtrack_keeps_it_as_the_second_stream(with_audio, tmp_path, capsys):
+    assert generate(with_audio, tmp_path / "scored.mp4", "--keep-soundtrack") == 0
+    assert NOTICE not in capsys.readouterr().err
+    (original,) = audio_streams(with_audio)
+    music, kept = audio_streams(tmp_path / "scored.mp4")
+    assert music[:3] == ("aac", 32000, 1) and music[4]  # the music first, played by default
+    assert kept[:3] == ("aac", 44100, 2) and not kept[4]
+    assert kept[3] == pytest.approx(original[3], abs=1e-3) and kept[5] == original[5]  # copied whole, bit for bit
+
+
+def test_keep_soundtrack_without_one_or_into_an_audio_file(tmp_path, capsys):
+    from vidmusician.audio_io import write_output
+
+    silent = flash_video(tmp_path / "silent.mp4", [0.2], duration=0.6)
+    assert generate(silent, tmp_path / "scored.mp4") == 0
+    assert NOTICE not in capsys.readouterr().err  # nothing was replaced
+    music = 0.1 * torch.randn(1, 32000)
+    write_output(tmp_path / "out.mp4", music, 32000, video=silent, keep_soundtrack=True)
+    assert len(audio_streams(tmp_path / "out.mp4")) == 1  # nothing of its own to keep
+    with pytest.raises(ConfigError, match="video output"):
+        write_output(tmp_path / "out.wav", music, 32000, video=silent, keep_soundtrack=True)
+    # From the command line the same is refused before any model loads, and nothing is written.
+    assert cli.main(["generate", str(silent), "-o", str(tmp_path / "x.wav"), "--keep-soundtrack"]) == 2
+    assert "video output" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "scored.mp4", "silent.mp4"]
+
+
+def test_many_videos_into_mp4_count_the_replaced_soundtracks(with_audio, tmp_path, capsys):
+    silent = flash_video(tmp_path / "silent.mp4", [0.2], duration=0.6)
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(with_audio), str(silent), "-o", str(out), "--format", "mp4", "--backbone",
+                     "tiny", "--encoder", "tiny", "-q"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if NOTICE in line]
+    assert len(notes) == 1 and "in 1 of 2 outputs" in notes[0]  # the silent video had none to replace
+    assert sorted(os.listdir(out)) == ["clip_music.mp4", "silent_music.mp4"]
+    assert all(len(audio_streams(out / name)) == 1 for name in os.listdir(out))
