@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..adapter.context import VideoBatch
-from ..errors import DataError, differing_fields, one_line
+from ..errors import DataError, differing_fields, one_line, printable
 from ..fileio import atomic_write, native_name
 from ..video.encoder_specs import legacy_activation
 from ..video.features import VideoFeatures
@@ -43,6 +43,9 @@ class DatasetMeta:
     # MLP activation of the encoder ('quick_gelu'/'gelu'); datasets prepared before
     # it was recorded load with the one those versions built (legacy_activation).
     encoder_activation: str | None = None
+    # Which codec made the codes (vidmusician.training.codec_identity), checked by training;
+    # None: prepared before it was recorded (then only the shapes above are checked).
+    codec_id: str | None = None
 
     def save(self, root: Path) -> None:
         text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -193,6 +196,49 @@ def verify_dataset(root, full: bool = True, progress=None) -> tuple[int, int]:
         shards |= set(data._shards)
         data._shards.clear()  # close them
     return len(shards), total
+
+
+def check_training_split(train: int, held: int, global_batch: int, data) -> None:
+    """Refuses a training split smaller than one global batch, naming the holdout where it took the windows."""
+    if train >= global_batch:
+        return
+    if held and not train:
+        raise DataError(f"{printable(data)}: no training window: the holdout (`vidmusician prepare --holdout`) holds "
+                        f"all {held}; run the same `vidmusician prepare` again (it moves a video to training), or "
+                        f"prepare into a new folder with --holdout 0")
+    also = f" (and {held} more in the holdout: prepare into a new folder with --holdout 0 to train on them)" if held else ""
+    raise DataError(f"{printable(data)}: the training split has {train} windows, fewer than one global batch "
+                    f"({global_batch}); lower batch_size or prepare more data{also}")
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This process's part of an endless run of global batches, starting at batch ``start``.
+
+    Epoch e is a permutation seeded by ``(seed, e)``; global batch b is the same
+    windows for any process count with the same global batch, and is found from
+    b alone, which is what makes resume exact. The last partial batch of an
+    epoch is dropped (every process must take the same number of steps).
+    """
+
+    def __init__(self, n: int, batch_size: int, num_processes: int, rank: int, seed: int, start: int = 0):
+        super().__init__()
+        self.n, self.batch_size, self.rank, self.seed, self.start = n, batch_size, rank, seed, start
+        self.global_batch = batch_size * num_processes
+        self.per_epoch = n // self.global_batch
+        if self.per_epoch == 0:
+            raise DataError(f"the training split has {n} windows, fewer than one global batch "
+                            f"({batch_size} x {num_processes} processes); lower batch_size or prepare more data")
+
+    def __iter__(self):
+        b, perm, perm_epoch = self.start, None, None
+        while True:
+            epoch, i = divmod(b, self.per_epoch)
+            if epoch != perm_epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+                perm_epoch = epoch
+            batch = perm[i * self.global_batch:(i + 1) * self.global_batch]
+            yield batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
+            b += 1
 
 
 class MismatchedVideos(torch.utils.data.Dataset):

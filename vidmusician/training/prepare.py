@@ -28,12 +28,13 @@ from ..video.encoders import DEFAULT_ENCODER
 from ..video.features import load_encoder
 from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_features
 from ..video.reader import FRAME_TOLERANCE
+from .codec_identity import codec_identity
 from .dataset import DatasetMeta, verify_dataset
 from .shards import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, append_jsonl,
                      commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files, read_jsonl)
 # The sources and their windows, importable from here as before they had a module of their own.
-from .sources import (MIN_SECONDS, Source, encode_windows, holdout_ids, list_sources, load_audio,  # noqa: F401
-                      process_source, slice_features, window_starts)
+from .sources import (MIN_SECONDS, Source, encode_windows, holdout_ids, holdout_order, list_sources,  # noqa: F401
+                      load_audio, process_source, slice_features, window_starts)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class PrepareReport:
     seconds: dict = field(default_factory=dict)  # time spent per stage: audio, video (decode + encoder), codec, write
     elapsed: float = 0.0  # wall seconds from the first pending source to the last, models loaded
     verified: tuple | None = None  # (shards, windows) read whole by the check of ``verify=True``
+    holdout_note: str | None = None  # one line when the dataset has no holdout or a video left it for training
 
 
 class Terminated(BaseException):
@@ -130,6 +132,38 @@ def keep_complete_sources(path: Path) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=True)  # it replaces synced lines
 
 
+def keep_a_training_window(out: Path, fraction: float) -> str | None:
+    """Moves a video from the holdout to training when the holdout holds every window.
+
+    The holdout is chosen among the listed videos before any is read, and always
+    leaves one to training; when those fail (no audio, too short) it would hold every
+    window and training none. The video moved is the one the holdout took last (the
+    one a smaller holdout would not take).
+
+    Returns:
+        one line for the report when the dataset ends without a holdout (``fraction`` > 0)
+        or a video moved; else None.
+    """
+    rows = dataset_rows(out)
+    held = {r["source"] for r in rows if r["split"] == "holdout"}
+    moved = None
+    if held and all(r["split"] == "holdout" for r in rows):
+        moved = max(held, key=holdout_order)
+        held.discard(moved)
+        text = "".join(json.dumps(dict(r, split="train") if r["source"] == moved else r, sort_keys=True) + "\n"
+                       for r in rows)
+        atomic_write(out / INDEX_NAME, lambda tmp: Path(tmp).write_text(text), durable=True)
+    if moved is not None:
+        return (f"{'no holdout' if not held else 'holdout'}: {moved} was moved to training, where no other video "
+                f"has a window" + ("" if held else " (training runs without a holdout loss)"))
+    if fraction > 0 and rows and not held:
+        videos = len({r["source"] for r in rows})
+        why = ("one video with windows, and the holdout takes whole videos and leaves one to training" if videos == 1
+               else f"none of the {videos} videos with windows was chosen for it (the ones chosen failed)")
+        return f"no holdout: {why}; training runs without a holdout loss"
+    return None
+
+
 def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
             window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
             local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True,
@@ -206,6 +240,7 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     procs.barrier()
     if procs.rank == 0:
         merge_parts(out)
+        report.holdout_note = keep_a_training_window(out, holdout)
     procs.barrier()  # no process returns before the dataset is whole
     if verify and procs.rank == 0:  # after the last barrier: the others need not wait for the check
         report.verified = verify_dataset(out)
@@ -226,8 +261,13 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     enc = load_encoder(asked["encoder"], device=device)
     meta = DatasetMeta(sample_rate=int(cm.sample_rate), channels=int(cm.channels), frame_rate=float(cm.frame_rate),
                        n_q=int(cm.num_codebooks), card=int(cm.cardinality), global_dim=int(enc.global_dim),
-                       local_dim=int(enc.num_patches), encoder_activation=enc.activation, **asked)
-    diffs = DatasetMeta.load(out).differences(meta) if (out / META_NAME).is_file() else ""
+                       local_dim=int(enc.num_patches), encoder_activation=enc.activation,
+                       codec_id=codec_identity(asked["backbone"], cm), **asked)
+    old = DatasetMeta.load(out) if (out / META_NAME).is_file() else None
+    if old is not None and old.codec_id is None:
+        # Its first sources were prepared before the codec was recorded: which made them is unknown.
+        meta.codec_id = None
+    diffs = old.differences(meta) if old is not None else ""
     if diffs:
         raise DataError(f"{out}: prepared with another codec or encoder ({diffs}); use a new folder")
     meta.save(out)  # every process writes the same description (atomically)

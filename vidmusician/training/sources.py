@@ -151,9 +151,14 @@ def process_source(source: Source, cm, meta: DatasetMeta, feats: VideoFeatures, 
     return [(s, c, slice_features(feats, s, length)) for s, c in zip(starts, codes)]
 
 
+def holdout_order(source_id: str) -> str:
+    """The order in which the holdout takes sources: by hash, so stable across reruns and process counts."""
+    return hashlib.sha1(source_id.encode()).hexdigest()
+
+
 def holdout_ids(ids: list[str], fraction: float) -> set[str]:
-    """A fixed fraction of sources, chosen by hash (stable across reruns; at least one when asked)."""
+    """A fixed fraction of sources, chosen by hash (stable across reruns; at least one when asked, never all)."""
     if fraction <= 0 or len(ids) < 2:
         return set()
     n = min(len(ids) - 1, max(1, round(fraction * len(ids))))
-    return set(sorted(ids, key=lambda s: hashlib.sha1(s.encode()).hexdigest())[:n])
+    return set(sorted(ids, key=holdout_order)[:n])

@@ -67,6 +67,8 @@ def run(args) -> int:
               + f" ({report.elapsed:.2f} from the first video to the last)")
     for failure in report.failed:
         print(f"  skipped {failure['error']}")
+    if report.holdout_note:
+        print(f"  {report.holdout_note}")
     if report.verified:
         print(f"  verified {report.verified[0]} shards, {report.verified[1]} windows: intact")
     if report.failed:
