@@ -39,6 +39,10 @@ def add_arguments(parser):
                         help="then read every shard and window of OUT as training reads them (sizes, checksums, "
                              "shapes, codes, finite features; about 0.6 ms a window): damage is found now, not "
                              "mid-training. On a finished dataset: the check alone")
+    parser.add_argument("--practice", type=int, default=None, metavar="N",
+                        help="first write N practice music videos into SRC (a new or empty folder): synthetic "
+                             "music of the 'tiny-learned' backbone, timed to the picture; prepare them with "
+                             "--backbone tiny-learned --encoder tiny to try training on a CPU in minutes")
     parser.add_argument("--per-video-batches", action="store_true",
                         help="encode each video's frames in batches of their own (slower on short videos; "
                              "to compare, the dataset is the same)")
@@ -49,6 +53,11 @@ def run(args) -> int:
 
     from ...training.prepare import Terminated, prepare
 
+    if args.practice is not None:
+        from ...training.practice import write_practice_videos
+
+        videos = write_practice_videos(args.src, args.practice)
+        print(f"{len(videos)} practice videos in {printable(args.src)}")
     try:
         with one_line_warnings("prepare"):
             report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
