@@ -180,7 +180,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
             name, local folder, 'tiny', 'random-SIZE').
         encoder: visual encoder spec for :func:`vidmusician.video.features.load_encoder`.
         window, hop: window length and step in seconds.
-        holdout: fraction of sources held out for evaluation.
+        holdout: fraction of sources held out for evaluation (whole sources; training always keeps
+            one: :func:`keep_a_training_window`).
         global_fps, local_fps: rates of the visual features.
         retry_errors: try again the sources listed in ``errors.jsonl``.
         device: where the codec and encoder run (default: this process's GPU when there is one).

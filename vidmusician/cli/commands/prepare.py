@@ -27,7 +27,7 @@ def add_arguments(parser):
     parser.add_argument("--encoder", default="ViT-B-32:openai", help="visual encoder spec ('tiny' for tests)")
     parser.add_argument("--window", type=float, default=30.0, help="window length in seconds (default 30)")
     parser.add_argument("--hop", type=float, default=30.0, help="step between windows in seconds (default 30)")
-    parser.add_argument("--holdout", type=float, default=0.05, help="fraction of videos held out (default 0.05)")
+    parser.add_argument("--holdout", type=float, default=0.05, help="fraction of videos held out (default 0.05); training always keeps at least one")
     parser.add_argument("--global-fps", type=float, default=1.0, help="rate of the global features (default 1)")
     parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the local features (default 25)")
     parser.add_argument("--retry-errors", action="store_true", help="try again the files listed in OUT/errors.jsonl")
