@@ -116,8 +116,9 @@ def test_two_processes_give_the_dataset_of_one(folder, straight, tmp_path):
 # (WORK_LOG), installed in each round's process before the command runs.
 KILLER = """
 import os, random, signal, sys
-import vidmusician.training.dataset as dataset
 import vidmusician.training.prepare as prepare
+import vidmusician.training.shards as shards
+import vidmusician.training.sources as sources
 import vidmusician.video.frame_batches as frame_batches
 
 rng = random.Random(int(os.environ["KILL_SEED"]))
@@ -151,7 +152,7 @@ def encoding(*args):  # during encoding: the codes are computed, not yet written
     if hook("encode"):
         die()
 
-real_atomic_write = dataset.atomic_write
+real_atomic_write = shards.atomic_write
 def atomic_write(path, write):  # during a shard write: half the file is there, not yet renamed
     if "shards" not in str(path) or not hook("shard"):
         return real_atomic_write(path, write)
@@ -162,7 +163,7 @@ def atomic_write(path, write):  # during a shard write: half the file is there, 
         die()
     return real_atomic_write(path, half)
 
-real_append = dataset.append_jsonl
+real_append = shards.append_jsonl
 def append(path, rows):  # during the index append: some lines, the last one torn
     if hook("index"):
         text = "".join(__import__("json").dumps(r, sort_keys=True) + "\\n" for r in rows)
@@ -179,9 +180,9 @@ class LoggedBuilder(frame_batches.FeatureBuilder):  # every video that reaches t
 
 wrap(prepare, "process_source", before=log_work)
 frame_batches.FeatureBuilder = LoggedBuilder
-wrap(prepare, "encode_windows", after=encoding)
-dataset.atomic_write = atomic_write
-dataset.append_jsonl = append
+wrap(sources, "encode_windows", after=encoding)
+shards.atomic_write = atomic_write
+shards.append_jsonl = append
 """
 
 # Starts each round's process: a fork of one that has already imported what `prepare` imports (most of a

@@ -2,21 +2,14 @@
 
 For each source: decode the music with PyAV (resampled to the codec's rate and
 channels), compute the video's features once, cut aligned windows, encode every
-window with the frozen compression model once, and write shards (see
-:mod:`vidmusician.training.dataset` for the layout). Bad sources are skipped and listed in
-``errors.jsonl``; a rerun skips every source already done (or already failed).
-
-A source's id is its path relative to the folder (or the CSV/JSONL's ``video`` and
-``audio``), as :func:`~vidmusician.errors.printable` writes it: a name whose bytes are
-not UTF-8 (which the file system allows) has those bytes as ``\\xNN``, so the index,
-``errors.jsonl``, the holdout choice and the shard names, all made from ids, are
-valid UTF-8 and the same on every rerun.
+window with the frozen compression model once (:mod:`vidmusician.training.sources`),
+and write shards (see :mod:`vidmusician.training.shards` for the layout). Bad sources
+are skipped and listed in ``errors.jsonl``; a rerun skips every source already done
+(or already failed).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import os
 import signal
@@ -26,34 +19,22 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..audio_io import read_audio
 from ..backbones import load_codec
-from ..errors import ConfigError, DataError, VidMusicianError, one_line, printable
+from ..errors import ConfigError, DataError, VidMusicianError, one_line
 from ..fileio import atomic_write
 from ..video.encoders import DEFAULT_ENCODER
-from ..video.features import VideoFeatures, load_encoder
+from ..video.features import load_encoder
 from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_features
-from ..video.reader import FRAME_TOLERANCE, VIDEO_SUFFIXES, frames_covering, whole_frames
-from .dataset import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, DatasetMeta,
-                      append_jsonl, commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files,
-                      read_jsonl, verify_dataset)
-
-# Windows start on whole seconds of the global feature grid, so a window's first
-# global token is a real frame; clips shorter than this are skipped.
-MIN_SECONDS = 1.0
-
-
-@dataclass
-class Source:
-    """One training pair: a video, its music (None: the video's own audio track), optional text."""
-
-    id: str
-    video: Path
-    audio: Path | None = None
-    text: str | None = None
+from ..video.reader import FRAME_TOLERANCE
+from .codec_identity import codec_identity
+from .dataset import DatasetMeta, verify_dataset
+from .shards import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, append_jsonl,
+                     commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files, read_jsonl)
+# The sources and their windows, importable from here as before they had a module of their own.
+from .sources import (MIN_SECONDS, Source, encode_windows, holdout_ids, holdout_order, list_sources,  # noqa: F401
+                      load_audio, process_source, slice_features, window_starts)
 
 
 @dataclass
@@ -68,128 +49,11 @@ class PrepareReport:
     seconds: dict = field(default_factory=dict)  # time spent per stage: audio, video (decode + encoder), codec, write
     elapsed: float = 0.0  # wall seconds from the first pending source to the last, models loaded
     verified: tuple | None = None  # (shards, windows) read whole by the check of ``verify=True``
+    holdout_note: str | None = None  # one line when the dataset has no holdout or a video left it for training
 
 
 class Terminated(BaseException):
     """SIGTERM arrived (what schedulers send before a kill). Not an Exception: nothing may swallow it."""
-
-
-def list_sources(src) -> list[Source]:
-    """The pairs in a folder of music videos (recursive) or in a CSV/JSONL with ``video[,audio][,text]``.
-
-    Paths in a CSV/JSONL are relative to its folder.
-    """
-    src = Path(src)
-    if src.is_dir():
-        videos = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-        if not videos:
-            raise ConfigError(f"{src}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
-        sources = [Source(printable(p.relative_to(src)), p) for p in videos]
-        ids = {}
-        for s in sources:  # two ids the same only where one name spells another's undecodable bytes
-            if ids.setdefault(s.id, s.video) != s.video:
-                raise ConfigError(f"{printable(ids[s.id])} and {printable(s.video)}: both are named {s.id} in the "
-                                  f"dataset; rename one")
-        return sources
-    if not src.is_file():
-        raise ConfigError(f"{src}: no such folder or file; pass a folder of music videos or a CSV/JSONL of pairs")
-    if src.suffix.lower() == ".csv":
-        # surrogateescape: names in any encoding come through as the file system's bytes.
-        with open(src, newline="", encoding="utf-8", errors="surrogateescape") as f:
-            rows = list(csv.DictReader(f))
-    elif src.suffix.lower() in (".jsonl", ".json"):
-        try:
-            rows = [json.loads(line) for line in src.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
-                    if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{src}: invalid JSON on line {exc.lineno}") from None
-    else:
-        raise ConfigError(f"{src}: expected a folder, a .csv or a .jsonl file")
-    sources = []
-    for n, row in enumerate(rows, start=2 if src.suffix.lower() == ".csv" else 1):
-        if not row.get("video"):
-            raise ConfigError(f"{src}: row {n} has no 'video' (columns: video, audio (optional), text (optional))")
-        audio = row.get("audio") or None
-        sid = printable(row["video"] if audio is None else f"{row['video']}+{audio}")
-        sources.append(Source(sid, src.parent / row["video"], src.parent / audio if audio else None,
-                              printable(row.get("text") or "") or None))
-    return sources
-
-
-def window_starts(duration: float, window: float, hop: float, grid: float) -> tuple[list[float], float]:
-    """Window starts (on ``grid``) and length covering a clip: every ``hop``, plus one ending at the end.
-
-    A clip shorter than ``window`` gives one window of its own length.
-    """
-    if duration < window:
-        return [0.0], duration
-    last = whole_frames(duration - window, 1.0 / grid) * grid
-    starts = [float(s) for s in np.arange(0.0, last + 1e-6, hop)]
-    if last - starts[-1] > 1e-6:
-        starts.append(last)
-    return starts, window
-
-
-def slice_features(feats: VideoFeatures, start: float, length: float) -> VideoFeatures:
-    """The features of ``[start, start + length)`` of a video, timed from the window's start."""
-    def rows(x: torch.Tensor, fps: float) -> torch.Tensor:
-        first = int(round(start * fps))
-        return x[first:first + frames_covering(length, fps)]
-
-    return VideoFeatures(rows(feats.global_feats, feats.global_fps), rows(feats.local_feats, feats.local_fps),
-                         feats.global_fps, feats.local_fps, length, feats.encoder)
-
-
-def encode_windows(cm, wav: torch.Tensor, starts: list[float], length: float, batch: int = 8) -> torch.Tensor:
-    """Codes of each window: ``[N, K, T]`` with ``T = length * frame_rate``, encoded ``batch`` windows at a time."""
-    sr, T = cm.sample_rate, int(round(length * cm.frame_rate))
-    n = int(round(length * sr))
-    device = next(cm.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(starts), batch):
-            segments = [wav[:, int(round(s * sr)):int(round(s * sr)) + n] for s in starts[i:i + batch]]
-            x = torch.stack([torch.nn.functional.pad(seg, (0, n - seg.shape[-1])) for seg in segments])
-            codes, scale = cm.encode(x.to(device))
-            if scale is not None:
-                raise DataError("the codec renormalizes its input (scale); such codecs are not supported")
-            out.append(codes[..., :T].cpu())
-    return torch.cat(out)
-
-
-def load_audio(source: Source, meta: DatasetMeta) -> torch.Tensor:
-    """The music of a source at the codec's rate and channels."""
-    return read_audio(source.audio or source.video, meta.sample_rate, meta.channels,
-                      align_to_video=source.audio is None)
-
-
-def process_source(source: Source, cm, meta: DatasetMeta, feats: VideoFeatures, wav: torch.Tensor,
-                   seconds: dict | None = None) -> list[tuple[float, torch.Tensor, VideoFeatures]]:
-    """All windows of one source: ``(start, codes [K, T], window features)``.
-
-    Args:
-        feats: the source's visual features.
-        wav: its music (:func:`load_audio`).
-        seconds: adds the codec's time ("codec") to this dict.
-    """
-    seconds = {} if seconds is None else seconds
-    duration = min(feats.duration, wav.shape[-1] / meta.sample_rate)
-    duration = whole_frames(duration, meta.frame_rate) / meta.frame_rate
-    if duration < MIN_SECONDS:
-        raise DataError(f"{source.video}: only {duration:.2f} s of video with music (at least {MIN_SECONDS:g} s needed)")
-    starts, length = window_starts(duration, meta.window, meta.hop, grid=1.0 / meta.global_fps)
-    t = time.perf_counter()
-    codes = encode_windows(cm, wav, starts, length)
-    seconds["codec"] = seconds.get("codec", 0.0) + time.perf_counter() - t
-    return [(s, c, slice_features(feats, s, length)) for s, c in zip(starts, codes)]
-
-
-def holdout_ids(ids: list[str], fraction: float) -> set[str]:
-    """A fixed fraction of sources, chosen by hash (stable across reruns; at least one when asked)."""
-    if fraction <= 0 or len(ids) < 2:
-        return set()
-    n = min(len(ids) - 1, max(1, round(fraction * len(ids))))
-    return set(sorted(ids, key=lambda s: hashlib.sha1(s.encode()).hexdigest())[:n])
 
 
 class Processes:
@@ -268,6 +132,38 @@ def keep_complete_sources(path: Path) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=True)  # it replaces synced lines
 
 
+def keep_a_training_window(out: Path, fraction: float) -> str | None:
+    """Moves a video from the holdout to training when the holdout holds every window.
+
+    The holdout is chosen among the listed videos before any is read, and always
+    leaves one to training; when those fail (no audio, too short) it would hold every
+    window and training none. The video moved is the one the holdout took last (the
+    one a smaller holdout would not take).
+
+    Returns:
+        one line for the report when the dataset ends without a holdout (``fraction`` > 0)
+        or a video moved; else None.
+    """
+    rows = dataset_rows(out)
+    held = {r["source"] for r in rows if r["split"] == "holdout"}
+    moved = None
+    if held and all(r["split"] == "holdout" for r in rows):
+        moved = max(held, key=holdout_order)
+        held.discard(moved)
+        text = "".join(json.dumps(dict(r, split="train") if r["source"] == moved else r, sort_keys=True) + "\n"
+                       for r in rows)
+        atomic_write(out / INDEX_NAME, lambda tmp: Path(tmp).write_text(text), durable=True)
+    if moved is not None:
+        return (f"{'no holdout' if not held else 'holdout'}: {moved} was moved to training, where no other video "
+                f"has a window" + ("" if held else " (training runs without a holdout loss)"))
+    if fraction > 0 and rows and not held:
+        videos = len({r["source"] for r in rows})
+        why = ("one video with windows, and the holdout takes whole videos and leaves one to training" if videos == 1
+               else f"none of the {videos} videos with windows was chosen for it (the ones chosen failed)")
+        return f"no holdout: {why}; training runs without a holdout loss"
+    return None
+
+
 def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
             window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
             local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True,
@@ -284,7 +180,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
             name, local folder, 'tiny', 'random-SIZE').
         encoder: visual encoder spec for :func:`vidmusician.video.features.load_encoder`.
         window, hop: window length and step in seconds.
-        holdout: fraction of sources held out for evaluation.
+        holdout: fraction of sources held out for evaluation (whole sources; training always keeps
+            one: :func:`keep_a_training_window`).
         global_fps, local_fps: rates of the visual features.
         retry_errors: try again the sources listed in ``errors.jsonl``.
         device: where the codec and encoder run (default: this process's GPU when there is one).
@@ -344,6 +241,7 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     procs.barrier()
     if procs.rank == 0:
         merge_parts(out)
+        report.holdout_note = keep_a_training_window(out, holdout)
     procs.barrier()  # no process returns before the dataset is whole
     if verify and procs.rank == 0:  # after the last barrier: the others need not wait for the check
         report.verified = verify_dataset(out)
@@ -364,8 +262,13 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     enc = load_encoder(asked["encoder"], device=device)
     meta = DatasetMeta(sample_rate=int(cm.sample_rate), channels=int(cm.channels), frame_rate=float(cm.frame_rate),
                        n_q=int(cm.num_codebooks), card=int(cm.cardinality), global_dim=int(enc.global_dim),
-                       local_dim=int(enc.num_patches), encoder_activation=enc.activation, **asked)
-    diffs = DatasetMeta.load(out).differences(meta) if (out / META_NAME).is_file() else ""
+                       local_dim=int(enc.num_patches), encoder_activation=enc.activation,
+                       codec_id=codec_identity(asked["backbone"], cm), **asked)
+    old = DatasetMeta.load(out) if (out / META_NAME).is_file() else None
+    if old is not None and old.codec_id is None:
+        # Its first sources were prepared before the codec was recorded: which made them is unknown.
+        meta.codec_id = None
+    diffs = old.differences(meta) if old is not None else ""
     if diffs:
         raise DataError(f"{out}: prepared with another codec or encoder ({diffs}); use a new folder")
     meta.save(out)  # every process writes the same description (atomically)

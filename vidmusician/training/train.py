@@ -40,11 +40,14 @@ from ..fileio import atomic_write
 from ..model import VidMusician, attach_adapters
 from ..video.encoder_specs import check_encoder_fit
 from ..video.reader import frames_covering
-from .dataset import Collate, DatasetMeta, MismatchedVideos, PreparedDataset, verify_dataset
+from .codec_identity import codec_identity
+from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, PreparedDataset, check_training_split,
+                      verify_dataset)
 from .launch import stop_with_launcher
 from .losses import codebook_losses, loss_mask, plausible_targets
 from .monitor import Monitor, check_trackers
 from .recipe import Recipe, lr_factor, lr_warning, schedule_warning
+from .run_folder import RunFolder
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
 
 
@@ -86,36 +89,6 @@ def codebook_weights(recipe: Recipe, num_codebooks: int) -> torch.Tensor:
                           f"{num_codebooks} codebooks; give one weight per codebook")
     w = torch.tensor(recipe.codebook_weights, dtype=torch.float32)
     return w / w.sum()
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """This process's part of an endless run of global batches, starting at batch ``start``.
-
-    Epoch e is a permutation seeded by ``(seed, e)``; global batch b is the same
-    windows for any process count with the same global batch, and is found from
-    b alone, which is what makes resume exact. The last partial batch of an
-    epoch is dropped (every process must take the same number of steps).
-    """
-
-    def __init__(self, n: int, batch_size: int, num_processes: int, rank: int, seed: int, start: int = 0):
-        super().__init__()
-        self.n, self.batch_size, self.rank, self.seed, self.start = n, batch_size, rank, seed, start
-        self.global_batch = batch_size * num_processes
-        self.per_epoch = n // self.global_batch
-        if self.per_epoch == 0:
-            raise DataError(f"the training split has {n} windows, fewer than one global batch "
-                            f"({batch_size} x {num_processes} processes); lower batch_size or prepare more data")
-
-    def __iter__(self):
-        b, perm, perm_epoch = self.start, None, None
-        while True:
-            epoch, i = divmod(b, self.per_epoch)
-            if epoch != perm_epoch:
-                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-                perm_epoch = epoch
-            batch = perm[i * self.global_batch:(i + 1) * self.global_batch]
-            yield batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
-            b += 1
 
 
 @torch.no_grad()
@@ -161,6 +134,17 @@ def fresh_config(musicgen, meta: DatasetMeta, recipe: Recipe):
         **recipe.adapter)
 
 
+def check_codec(meta: DatasetMeta, name: str, codec, data) -> None:
+    """Refuses codes made by another codec than the backbone's (datasets that recorded none: shapes only)."""
+    if meta.codec_id is None:
+        return
+    found = codec_identity(name, codec)
+    if found != meta.codec_id:
+        raise DataError(f"{printable(data)}: its music was encoded by the codec of {meta.backbone!r}, not by that of "
+                        f"backbone {name!r} ({meta.codec_id} vs {found}); prepare the data again with "
+                        f"--backbone {name}, into a new folder")
+
+
 def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups."""
     musicgen = load_backbone(args.backbone or meta.backbone, device=device)
@@ -170,6 +154,7 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     if diffs:
         raise DataError(f"{args.data}: prepared with the codec of {meta.backbone!r}, which does not match "
                         f"backbone {spec.name!r} ({diffs}); prepare the data with --backbone {spec.name}")
+    check_codec(meta, spec.name, musicgen.compression_model, args.data)
     init = args.init or recipe.init_adapter
     if init:
         vm = VidMusician.from_pretrained(init, backbone=musicgen)
@@ -225,7 +210,24 @@ def parse_args(argv=None):
 
 
 def train(args) -> Path:
-    """Runs one training stage; returns the release adapter folder."""
+    """Runs one training stage; returns the release adapter folder.
+
+    A run that fails before its first step takes back what it added to ``--output``
+    (:class:`~vidmusician.training.run_folder.RunFolder`); the folder of a run that has
+    checkpoints is never touched.
+    """
+    folder = RunFolder(args.output)
+    progress = {"resumed": False, "stepped": False}
+    try:
+        return _train(args, progress)
+    except BaseException:
+        # Process 0 alone: the others wrote nothing there, and on a shared file system they would race it.
+        if not (progress["resumed"] or progress["stepped"]) and int(os.environ.get("RANK", "0")) == 0:
+            folder.remove_additions()
+        raise
+
+
+def _train(args, progress: dict) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -244,6 +246,7 @@ def train(args) -> Path:
         if accelerator.is_main_process and warning:
             print(f"vidmusician.training.train: warning: {warning}", file=sys.stderr)
     resume_from = latest_checkpoint(out)
+    progress["resumed"] = resume_from is not None
     if resume_from is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
 
@@ -255,6 +258,7 @@ def train(args) -> Path:
     verify_dataset(args.data, full=False)
     train_set = PreparedDataset(args.data, "train")
     holdout = PreparedDataset(args.data, "holdout")
+    check_training_split(len(train_set), len(holdout), recipe.batch_size * accelerator.num_processes, args.data)
     vm = build_model(args, recipe, meta, accelerator.device)
     params = vm.trainable_parameters()
     optimizer = torch.optim.AdamW(optimizer_groups(vm, recipe.weight_decay), lr=recipe.lr, betas=tuple(recipe.betas))
@@ -317,6 +321,7 @@ def train(args) -> Path:
             loss_sum += sums.detach()
         scheduler.step()
         state.step += 1
+        progress["stepped"] = True
         monitor.step()
         if state.step % recipe.log_every == 0 or state.step == recipe.max_steps:
             loss = (accelerator.reduce(loss_sum, "sum") / tokens).mean().item()

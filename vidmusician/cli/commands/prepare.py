@@ -27,7 +27,7 @@ def add_arguments(parser):
     parser.add_argument("--encoder", default="ViT-B-32:openai", help="visual encoder spec ('tiny' for tests)")
     parser.add_argument("--window", type=float, default=30.0, help="window length in seconds (default 30)")
     parser.add_argument("--hop", type=float, default=30.0, help="step between windows in seconds (default 30)")
-    parser.add_argument("--holdout", type=float, default=0.05, help="fraction of videos held out (default 0.05)")
+    parser.add_argument("--holdout", type=float, default=0.05, help="fraction of videos held out (default 0.05); training always keeps at least one")
     parser.add_argument("--global-fps", type=float, default=1.0, help="rate of the global features (default 1)")
     parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the local features (default 25)")
     parser.add_argument("--retry-errors", action="store_true", help="try again the files listed in OUT/errors.jsonl")
@@ -39,6 +39,10 @@ def add_arguments(parser):
                         help="then read every shard and window of OUT as training reads them (sizes, checksums, "
                              "shapes, codes, finite features; about 0.6 ms a window): damage is found now, not "
                              "mid-training. On a finished dataset: the check alone")
+    parser.add_argument("--practice", type=int, default=None, metavar="N",
+                        help="first write N practice music videos into SRC (a new or empty folder): synthetic "
+                             "music of the 'tiny-learned' backbone, timed to the picture; prepare them with "
+                             "--backbone tiny-learned --encoder tiny to try training on a CPU in minutes")
     parser.add_argument("--per-video-batches", action="store_true",
                         help="encode each video's frames in batches of their own (slower on short videos; "
                              "to compare, the dataset is the same)")
@@ -49,6 +53,11 @@ def run(args) -> int:
 
     from ...training.prepare import Terminated, prepare
 
+    if args.practice is not None:
+        from ...training.practice import write_practice_videos
+
+        videos = write_practice_videos(args.src, args.practice)
+        print(f"{len(videos)} practice videos in {printable(args.src)}")
     try:
         with one_line_warnings("prepare"):
             report = prepare(args.src, args.out, backbone=args.backbone, encoder=args.encoder, window=args.window,
@@ -67,6 +76,8 @@ def run(args) -> int:
               + f" ({report.elapsed:.2f} from the first video to the last)")
     for failure in report.failed:
         print(f"  skipped {failure['error']}")
+    if report.holdout_note:
+        print(f"  {report.holdout_note}")
     if report.verified:
         print(f"  verified {report.verified[0]} shards, {report.verified[1]} windows: intact")
     if report.failed:
