@@ -206,6 +206,7 @@ def test_cancel_button_flags_only_its_own_session():
 def test_page_names_the_models_and_warns_of_random_stand_ins(scorer):
     from vidmusician.demo import LoadedModels
     from vidmusician.demo.app import _describe
+    from vidmusician.demo.scoring import _random_encoder
 
     assert scorer.models == LoadedModels(backbone="tiny", adapter=None, stage=None, encoder="tiny",
                                          random_backbone=True, random_encoder=True)
@@ -216,6 +217,7 @@ def test_page_names_the_models_and_warns_of_random_stand_ins(scorer):
                                   encoder="ViT-B-32:openai", random_backbone=False, random_encoder=False))
     assert "`facebook/musicgen-small`" in real and "`adapters/mine` (stage 2)" in real
     assert "random" not in real and "noise" not in real
+    assert _random_encoder("ViT-B-32") and not _random_encoder("ViT-B-32:openai")  # no tag: random weights
 
 
 @pytest.mark.parametrize("text, seed", [("", None), ("  ", None), (None, None), ("12", 12), (" 7 ", 7)])

@@ -47,14 +47,14 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
     idle = (gr.Button(interactive=True), gr.Button(interactive=False))  # (Score, Cancel) with no job running
     busy = (gr.Button(interactive=False), gr.Button(interactive=True))
 
+    def note(message):  # a status with no results: (video, audio, WAV, plot, status, job folder)
+        return None, None, None, None, message, None
+
     def begin(request: gr.Request):
         # The flag exists from the click on, so Cancel also reaches a job still waiting in the queue;
         # the previous results go, so a status is never shown beside another job's files.
         jobs.start(request.session_hash)
         return *note("Scoring... (Cancel stops it)")[:-1], *busy
-
-    def note(message):  # a status with no results
-        return None, None, None, None, message, None
 
     def run(video, text, duration, seed, top_k, temperature, text_cfg, video_cfg, request: gr.Request,
             progress=gr.Progress(track_tqdm=True)):

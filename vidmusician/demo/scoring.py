@@ -33,11 +33,10 @@ DEFAULT_MAX_DURATION = 600.0
 # Seeds drawn for a job that names none: short enough to read off the page and type back.
 _SEED_RANGE = 2 ** 31
 
-# The backbones and encoder that `load_backbone` / `load_encoder` build with random
-# weights ('tiny', 'tiny-t5', 'random-small', ...): installation checks that make noise.
+# The backbones that `load_backbone` builds with random weights ('tiny', 'tiny-t5',
+# 'random-small', ...): installation checks and benchmarks, which make noise.
 _RANDOM_BACKBONES = ("tiny", "tiny-t5")
 _RANDOM_PREFIX = "random-"
-_RANDOM_ENCODERS = ("tiny",)
 
 
 class Cancelled(Exception):
@@ -133,7 +132,7 @@ class Scorer:
             backbone=backbone_name, adapter=None if adapter is None else str(adapter),
             stage=None if adapter is None else self.vm.config.stage, encoder=self.vm.encoder.name,
             random_backbone=backbone_name in _RANDOM_BACKBONES or backbone_name.startswith(_RANDOM_PREFIX),
-            random_encoder=self.vm.encoder.name in _RANDOM_ENCODERS)
+            random_encoder=_random_encoder(self.vm.encoder.name))
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="vidmusician-demo-") if workdir is None else workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -250,3 +249,13 @@ class Scorer:
             yield
         finally:
             handle.remove()
+
+
+def _random_encoder(spec: str) -> bool:
+    """Whether `load_encoder` builds ``spec`` with random weights: 'tiny', or a model name with no weights."""
+    from ..video.encoder_specs import TINY_SPEC, resolve_encoder
+
+    if spec == TINY_SPEC:
+        return True
+    plan = resolve_encoder(spec)
+    return plan.pretrained is None and not plan.model_name.startswith(("local-dir:", "hf-hub:"))
