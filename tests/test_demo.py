@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -71,7 +72,10 @@ def test_score_gives_video_wav_and_plot_of_the_video_length(scorer, clip):
 def test_same_seed_same_music(scorer, clip, capsys):
     from vidmusician.demo import ScoreRequest
 
-    a, b = (scorer.score(ScoreRequest(str(clip), seed=5, duration=1.0)) for _ in range(2))
+    # No seed: a random one is drawn and recorded, so the music can be made again.
+    a = scorer.score(ScoreRequest(str(clip), seed=None, duration=1.0))
+    b = scorer.score(ScoreRequest(str(clip), seed=a.seed, duration=1.0))
+    assert isinstance(a.seed, int) and b.seed == a.seed
     # tqdm bars over the sampling steps: what the page's gr.Progress(track_tqdm=True) follows.
     assert "step" in capsys.readouterr().err
     assert a.wav.read_bytes() == b.wav.read_bytes() and a.folder != b.folder
@@ -186,14 +190,50 @@ def test_cancel_button_flags_only_its_own_session():
 
     jobs = _Jobs()
     mine, theirs = jobs.start("me"), jobs.start("them")
-    jobs.cancel("me")
+    assert jobs.cancel("me")
     assert mine.is_set() and not theirs.is_set()
+    assert jobs.flag("me") is None and jobs.flag("them") is theirs  # a cancelled job waiting in the queue won't run
     jobs.finish("me", mine)
     again = jobs.start("me")
     jobs.finish("me", mine)  # a late finish of the old job keeps the new job's flag
-    jobs.cancel("me")
-    assert again.is_set()
-    jobs.cancel("nobody")  # nothing running: nothing happens
+    assert jobs.cancel("me") and again.is_set()
+    # Nothing running (finished, or never started): Cancel reports it, so the page leaves the results alone.
+    jobs.finish("them", theirs)
+    assert not jobs.cancel("them") and not theirs.is_set()
+    assert not jobs.cancel("nobody")
+
+
+def test_page_names_the_models_and_warns_of_random_stand_ins(scorer):
+    from vidmusician.demo import LoadedModels
+    from vidmusician.demo.app import _describe
+    from vidmusician.demo.scoring import _random_encoder
+
+    assert scorer.models == LoadedModels(backbone="tiny", adapter=None, stage=None, encoder="tiny",
+                                         random_backbone=True, random_encoder=True)
+    text = _describe(scorer.models)
+    assert "backbone `tiny`" in text and "adapter none" in text and "encoder `tiny`" in text
+    assert "random stand-in: it makes noise, not music" in text
+    real = _describe(LoadedModels(backbone="facebook/musicgen-small", adapter="adapters/mine", stage=2,
+                                  encoder="ViT-B-32:openai", random_backbone=False, random_encoder=False))
+    assert "`facebook/musicgen-small`" in real and "`adapters/mine` (stage 2)" in real
+    assert "random" not in real and "noise" not in real
+    assert _random_encoder("ViT-B-32") and not _random_encoder("ViT-B-32:openai")  # no tag: random weights
+
+
+@pytest.mark.parametrize("text, seed", [("", None), ("  ", None), (None, None), ("12", 12), (" 7 ", 7)])
+def test_seed_field_empty_means_random(text, seed):
+    from vidmusician.demo.app import _seed
+
+    assert _seed(text) == seed
+
+
+@pytest.mark.parametrize("text", ["abc", "1.5", "-1", str(2 ** 63)])
+def test_seed_field_not_a_seed_is_one_line(text):
+    from vidmusician.demo.app import _seed
+
+    with pytest.raises(VidMusicianError, match="Seed: .* is not a whole number from 0 to") as info:
+        _seed(text)
+    assert "\n" not in str(info.value)
 
 
 def test_cli_adapter_for_another_backbone_is_one_line(tmp_path, capsys):
@@ -393,19 +433,47 @@ def _score(driver, expect: str) -> str:
                          f"return t.includes({expect!r}) && t", f"'{expect}' in the status")
 
 
-def _check_results(driver, seconds: float):
+def _check_results(driver, seconds: float) -> bytes:
+    """The scored video, the music player and the plot are on the page; returns the WAV's bytes."""
     duration = _wait(driver, "var v = document.querySelector('#out-video video'); "
                              "return v && v.readyState >= 1 && isFinite(v.duration) && v.duration",
                      "the scored video to load")
     assert abs(duration - seconds) < 0.1
+    # The music as the browser's own player, its duration read by the browser from the served file.
+    duration = _wait(driver, "var a = document.querySelector('#out-audio audio[controls]'); "
+                             "return a && a.src && a.readyState >= 1 && isFinite(a.duration) && a.duration",
+                     "the music player to load")
+    assert abs(duration - seconds) < 0.05
+    src = driver.execute_script("return document.querySelector('#out-audio audio[controls]').src")
+    with urllib.request.urlopen(src, timeout=60) as r:
+        assert r.headers.get_content_type().startswith("audio/"), r.headers.get_content_type()
+        played = r.read()
     width = _wait(driver, "var i = document.querySelector('#out-plot img'); "
                           "return i && i.complete && i.naturalWidth", "the plot image")
     assert width > 300
     href = _wait(driver, "var a = document.querySelector('#out-wav a[href]'); return a && a.href", "the WAV link")
     with urllib.request.urlopen(href, timeout=60) as r:
         data = r.read()
+    assert played == data  # the player plays the WAV offered for download
     with sf.SoundFile(io.BytesIO(data)) as f:
         assert f.samplerate == 32000 and abs(f.frames / f.samplerate - seconds) < 0.05
+    return data
+
+
+def _seed_shown(status: str) -> int:
+    found = re.search(r"\bseed (\d+)\b", status)
+    assert found, status
+    return int(found.group(1))
+
+
+def _press_disabled_cancel(driver) -> None:
+    """Clicks Cancel as if it were enabled (a click that raced the job's end), and waits for the server's answer."""
+    # The page's own record of its requests (emptied first: it keeps only the first 250).
+    driver.execute_script("performance.clearResourceTimings(); "
+                          "var b = document.querySelector('#cancel'); b.disabled = false; b.click();")
+    _wait(driver, "return performance.getEntriesByType('resource')"
+                  ".some(e => e.name.includes('/run/predict') && e.responseEnd > 0)", "the server's answer to Cancel")
+    time.sleep(0.5)  # the page applies the answer
 
 
 @pytest.mark.browser
@@ -415,9 +483,27 @@ def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
     browser.get(server.url)
     seconds = probe(clip).duration
 
+    # What runs the page, and a plain warning that the tiny stand-in makes noise.
+    models = _wait(browser, "var m = document.querySelector('#models'); return m && m.innerText", "the models line")
+    assert "backbone tiny" in models and "adapter none" in models and "visual encoder tiny" in models, models
+    assert "random stand-in: it makes noise, not music" in models, models
+    # Seed empty (random) by default; Cancel off while no job runs.
+    assert browser.execute_script("return document.querySelector('#seed input').value") == ""
+    assert browser.execute_script("return document.querySelector('#cancel').disabled")
+
     _upload(browser, clip)
-    assert "Beat alignment" in _score(browser, "Done")
-    _check_results(browser, seconds)
+    status = _score(browser, "Done")
+    first_seed = _seed_shown(status)  # the random seed drawn, shown to repeat the music
+    # The score, with what it means beside it.
+    assert "Beat alignment" in status and "0 to 1, higher is better" in status
+    assert "music's beats fall to the video's visual beats" in status
+    assert browser.execute_script("return document.querySelector('#status a[href*=\"Bailando\"]') !== null")
+    first_wav = _check_results(browser, seconds)
+    _wait(browser, "return document.querySelector('#cancel').disabled", "Cancel to go off after the job")
+    # A Cancel that arrives after the job finished changes nothing.
+    _press_disabled_cancel(browser)
+    assert browser.execute_script("return document.querySelector('#status').innerText") == status
+    assert _check_results(browser, seconds) == first_wav
     browser.save_screenshot(str(tmp_path / "demo_page.png"))
     print(f"screenshot: {tmp_path / 'demo_page.png'}")
 
@@ -428,18 +514,26 @@ def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
     # One line naming the file as the visitor knows it (not the server's copy).
     assert status.strip().startswith("Error: notes.mp4: not a readable video") and len(status.splitlines()) == 1
 
-    # A long job: progress over the sampling steps, then Cancel stops it.
+    # A long job: one progress bar over the sampling steps, then Cancel stops it.
     _upload(browser, clip)
     _set_duration(browser, 100)  # thousands of steps: time to press Cancel
     browser.find_element(By.CSS_SELECTOR, "#run").click()
     _wait(browser, f"return {PROGRESS}.test(document.body.innerText)", "progress in steps")
+    bars = browser.execute_script(f"return Array.from(document.querySelectorAll('[data-testid=status-tracker]'))"
+                                  f".filter(e => {PROGRESS}.test(e.innerText)).length")
+    assert bars == 1
     browser.find_element(By.CSS_SELECTOR, "#cancel").click()
     _wait(browser, "return document.querySelector('#status').innerText.includes('Cancelled')", "'Cancelled'")
     _wait(browser, f"return !{PROGRESS}.test(document.body.innerText)", "the progress to go")
+    _wait(browser, "return document.querySelector('#cancel').disabled", "Cancel to go off after cancelling")
+    # No other job's results beside "Cancelled.".
+    assert browser.execute_script("return document.querySelector('#out-video video, #out-wav a[href]') === null")
 
-    _set_duration(browser, 0)  # the server still serves
-    _score(browser, "Done")
-    _check_results(browser, seconds)
+    _set_duration(browser, 0)  # the server still serves; the seed shown makes the same music
+    seed = browser.find_element(By.CSS_SELECTOR, "#seed input")
+    seed.send_keys(str(first_seed))
+    assert _seed_shown(_score(browser, "Done")) == first_seed
+    assert _check_results(browser, seconds) == first_wav
 
     (folder,) = server.tmp.glob("vidmusician-demo-*")
     assert sorted(p.name for p in folder.iterdir()) == ["examples", "gradio"]  # job folders went once served

@@ -8,7 +8,7 @@ music, WAV and alignment plot out); :func:`build_app` is the page over it;
 
 from .app import build_app
 from .examples import write_examples
-from .scoring import DEFAULT_MAX_DURATION, Cancelled, ScoreRequest, ScoreResult, Scorer
+from .scoring import DEFAULT_MAX_DURATION, Cancelled, LoadedModels, ScoreRequest, ScoreResult, Scorer
 
-__all__ = ["DEFAULT_MAX_DURATION", "Cancelled", "ScoreRequest", "ScoreResult", "Scorer", "build_app",
+__all__ = ["DEFAULT_MAX_DURATION", "Cancelled", "LoadedModels", "ScoreRequest", "ScoreResult", "Scorer", "build_app",
            "write_examples"]

@@ -14,6 +14,7 @@ The CLI's parser reads :data:`DEFAULT_MAX_DURATION` from here, so the library
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import tempfile
 import threading
@@ -23,11 +24,19 @@ from pathlib import Path
 
 from ..errors import ConfigError, VidMusicianError, printable
 
-__all__ = ["DEFAULT_MAX_DURATION", "Cancelled", "ScoreRequest", "ScoreResult", "Scorer"]
+__all__ = ["DEFAULT_MAX_DURATION", "Cancelled", "LoadedModels", "ScoreRequest", "ScoreResult", "Scorer"]
 
 # Ten minutes of music is already hours of CPU and minutes of GPU: beyond that a
 # shared page would be held by one user.
 DEFAULT_MAX_DURATION = 600.0
+
+# Seeds drawn for a job that names none: short enough to read off the page and type back.
+_SEED_RANGE = 2 ** 31
+
+# The backbones that `load_backbone` builds with random weights ('tiny', 'tiny-t5',
+# 'random-small', ...): installation checks and benchmarks, which make noise.
+_RANDOM_BACKBONES = ("tiny", "tiny-t5")
+_RANDOM_PREFIX = "random-"
 
 
 class Cancelled(Exception):
@@ -36,7 +45,10 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """What the page asks for; ``None`` fields take the defaults of ``vidmusician generate``."""
+    """What the page asks for; ``None`` fields take the defaults of ``vidmusician generate``.
+
+    A ``seed`` of None draws a random one, which the result records.
+    """
 
     video: str
     text: str | None = None
@@ -50,7 +62,7 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """One finished job's files (all in ``folder``) and its beat-alignment score."""
+    """One finished job's files (all in ``folder``), its beat-alignment score and the seed it used."""
 
     folder: Path
     video: Path
@@ -58,6 +70,29 @@ class ScoreResult:
     plot: Path
     beat_alignment: float
     duration: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """What a :class:`Scorer` runs, as the page names it.
+
+    Attributes:
+        backbone: the backbone's name ('facebook/musicgen-small', 'tiny', ...).
+        adapter: the adapter folder or Hub id; None: fresh adapters (identity at
+            init), so the music is the backbone's own.
+        stage: the adapter's training stage (None without an adapter).
+        encoder: the visual encoder's spec ('ViT-B-32:openai', 'tiny', ...).
+        random_backbone: the backbone has random weights (a stand-in: noise, not music).
+        random_encoder: the encoder has random weights (its visual beats are not a real model's).
+    """
+
+    backbone: str
+    adapter: str | None
+    stage: int | None
+    encoder: str
+    random_backbone: bool
+    random_encoder: bool
 
 
 class Scorer:
@@ -92,6 +127,12 @@ class Scorer:
 
             self.vm.encoder = load_encoder(self.vm.config.encoder, device=self.vm.device)
         self.adapter = adapter
+        backbone_name = str(self.musicgen.name)
+        self.models = LoadedModels(
+            backbone=backbone_name, adapter=None if adapter is None else str(adapter),
+            stage=None if adapter is None else self.vm.config.stage, encoder=self.vm.encoder.name,
+            random_backbone=backbone_name in _RANDOM_BACKBONES or backbone_name.startswith(_RANDOM_PREFIX),
+            random_encoder=_random_encoder(self.vm.encoder.name))
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="vidmusician-demo-") if workdir is None else workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -112,11 +153,14 @@ class Scorer:
             Cancelled: ``cancel`` was set; nothing is left behind.
         """
         from ..audio_io import write_audio
+        from ..generation.windows import check_seed
         from ..pipeline import check_duration
         from ..video.reader import probe
 
         cancel = cancel or threading.Event()
         duration = check_duration(request.duration)
+        # Drawn here rather than left unseeded, so the page can show it and a visitor can repeat the music.
+        seed = secrets.randbelow(_SEED_RANGE) if request.seed is None else check_seed(request.seed)
         info = probe(request.video)  # a bad file fails here, before any work
         length = info.duration if duration is None else duration
         if length > self.max_duration:
@@ -132,7 +176,7 @@ class Scorer:
                 features = self._features(request.video, folder)
                 self.vm.set_generation_params(top_k=request.top_k, temperature=request.temperature,
                                               text_cfg_coef=request.text_cfg, video_cfg_coef=request.video_cfg)
-                wav = self.vm.generate([features], [request.text or None], duration=length, seed=request.seed,
+                wav = self.vm.generate([features], [request.text or None], duration=length, seed=seed,
                                        progress=True)[0]
             if cancel.is_set():
                 raise Cancelled()
@@ -142,7 +186,7 @@ class Scorer:
             score, plot = self._plot(request.video, wav_path, folder, stem)
             if cancel.is_set():
                 raise Cancelled()
-            return ScoreResult(folder, video_path, wav_path, plot, score, wav.shape[-1] / self.vm.sample_rate)
+            return ScoreResult(folder, video_path, wav_path, plot, score, wav.shape[-1] / self.vm.sample_rate, seed)
         except BaseException:
             self.discard(folder)
             raise
@@ -205,3 +249,13 @@ class Scorer:
             yield
         finally:
             handle.remove()
+
+
+def _random_encoder(spec: str) -> bool:
+    """Whether `load_encoder` builds ``spec`` with random weights: 'tiny', or a model name with no weights."""
+    from ..video.encoder_specs import TINY_SPEC, resolve_encoder
+
+    if spec == TINY_SPEC:
+        return True
+    plan = resolve_encoder(spec)
+    return plan.pretrained is None and not plan.model_name.startswith(("local-dir:", "hf-hub:"))
