@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,79 @@ def test_the_one_call_api_imports_audiocraft_only_with_a_model():
     env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+# audiocraft's private API is used in one module, which says what to check on an upgrade.
+INTERNALS = "vidmusician/adapter/audiocraft_internals.py"
+# Where the project's Python lives: the package, its tests and its benchmarks.
+PROJECT_DIRS = ("vidmusician", "tests", "benchmarks", "scripts")
+# Private names audiocraft shares with torch.nn.Module, which audiocraft overrides as torch asks.
+TORCH_HOOKS = {"_load_from_state_dict", "_save_to_state_dict"}
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.endswith("__")
+
+
+def audiocraft_private_names() -> set[str]:
+    """Private attribute and method names of audiocraft's classes (``def _x`` in a class, ``self._x = ...``)."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("audiocraft").submodule_search_locations[0])
+    names = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_private(node.name):
+                names.add(node.name)  # module-level private functions too: none is ours to call
+            elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                  and isinstance(node.value, ast.Name) and node.value.id == "self" and _is_private(node.attr)):
+                names.add(node.attr)
+    return names - TORCH_HOOKS
+
+
+def private_uses(names: set[str], root: Path = PACKAGE.parent, dirs=PROJECT_DIRS) -> dict[str, set[str]]:
+    """{name: {'path:line', ...}} for each of ``names`` the project reads, sets, overrides or imports."""
+    uses: dict[str, set[str]] = {}
+    for folder in dirs:
+        for path in sorted((root / folder).rglob("*.py")):
+            where = path.relative_to(root).as_posix()
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                found = []
+                if isinstance(node, ast.Attribute):
+                    found = [node.attr]
+                elif isinstance(node, ast.ClassDef):  # an override of a private method
+                    found = [f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("audiocraft"):
+                    found = [alias.name for alias in node.names]
+                elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr"):
+                    found = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                for name in found:
+                    if name in names:
+                        uses.setdefault(name, set()).add(f"{where}:{node.lineno}")
+    return uses
+
+
+def test_audiocraft_private_api_is_used_only_in_its_module():
+    names = audiocraft_private_names()
+    assert {"_streaming_state", "_prepare_tokens_and_attributes", "_codebook"} <= names  # the scan read audiocraft
+    uses = private_uses(names)
+    outside = {name: sorted(w for w in where if not w.startswith(INTERNALS + ":"))
+               for name, where in sorted(uses.items())}
+    outside = {name: where for name, where in outside.items() if where}
+    assert not outside, f"audiocraft's private API outside {INTERNALS}: {outside}"
+    # The module's docstring names each private name it uses (what to check on an upgrade).
+    doc = ast.get_docstring(ast.parse((PACKAGE.parent / INTERNALS).read_text()))
+    used = sorted(uses)
+    print("audiocraft private names used in", INTERNALS, ":", ", ".join(used))
+    unnamed = [name for name in used if not re.search(rf"(?<!\w){name}(?!\w)", doc)]
+    assert used and not unnamed, f"{INTERNALS}'s docstring does not name {unnamed}"
+
+
+def test_a_private_name_outside_the_internals_is_found(tmp_path):
+    (tmp_path / "vidmusician").mkdir()
+    (tmp_path / "vidmusician" / "a.py").write_text(
+        "class M(Base):\n    def _load_base_model(self):\n        return self._streaming_state\n"
+        "def f(m):\n    return getattr(m, '_is_streaming'), m.streaming\n")
+    uses = private_uses({"_load_base_model", "_streaming_state", "_is_streaming"}, tmp_path, ("vidmusician",))
+    assert uses == {"_load_base_model": {"vidmusician/a.py:1"}, "_streaming_state": {"vidmusician/a.py:3"},
+                    "_is_streaming": {"vidmusician/a.py:5"}}

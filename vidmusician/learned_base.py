@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from .adapter.audiocraft_internals import codebooks
 from .fileio import atomic_write
 from .random_backbones import tiny_musicgen
 from .runtime import seeded
@@ -189,9 +190,9 @@ def music_codec(device="cpu"):
     with torch.no_grad():
         conv.weight.copy_(basis)
         deconv.weight.copy_(basis)
-        for layer, sounds in zip(quantizer.vq.layers, instrument()):
-            layer._codebook.embed.copy_(sounds)
-            layer._codebook.embed_avg.copy_(sounds)
+        for book, sounds in zip(codebooks(quantizer), instrument()):
+            book.embed.copy_(sounds)
+            book.embed_avg.copy_(sounds)
     codec = EncodecModel(torch.nn.Sequential(_WholeFrames(), conv), deconv, quantizer, frame_rate=FRAME_RATE,
                          sample_rate=SAMPLE_RATE, channels=1)
     return codec.eval().requires_grad_(False).to(device)

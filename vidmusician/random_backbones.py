@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .adapter.audiocraft_internals import codebooks
 from .adapter.t5 import T5_BASE, TINY_T5, attach_random_t5
 from .errors import BackboneError
 from .runtime import seeded
@@ -94,7 +95,7 @@ def build_codec(codec_cfg, seed: int):
         frames = emb.transpose(1, 2).reshape(-1, emb.shape[1])
         picks = frames[torch.randint(len(frames), (2 * cm.cardinality,), device=frames.device)]
         picks = picks + 0.1 * frames.std() * torch.randn_like(picks)
-        books = [layer._codebook for layer in cm.quantizer.vq.layers]
+        books = codebooks(cm.quantizer)
         for book in books:
             book.init_embed_ = functools.partial(_init_codebook, book)  # this instance only
         try:

@@ -25,7 +25,7 @@ from audiocraft.modules.streaming import StreamingModule
 from ..backbones import backbone_spec, check_fuser
 from ..config import GROUP_NAMES, AdapterConfig, backbone_t5
 from ..errors import AdapterError, BackboneError, ConfigError, differing_fields
-from .audiocraft_internals import streaming_position
+from .audiocraft_internals import is_streaming, streaming_position, streaming_state
 from .context import VideoContext
 from .layers import FoldedMemory, IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
 from .semantic import T5SemanticEncoder
@@ -84,13 +84,13 @@ class VideoInputs(StreamingModule):
     def rhythm_states(self, ctx: VideoContext) -> list[torch.Tensor]:
         """[r_1, r_2, ...] for the forward's steps, each [n, s, d]."""
         start, steps = ctx.frame_offset + ctx.position, ctx.steps
-        if not self._is_streaming:
+        if not is_streaming(self):
             return self._run_chain(ctx.local(start, steps))
-        cache = self._streaming_state.get("rhythm")
+        cache = streaming_state(self).get("rhythm")
         if cache is None or not cache.covers(ctx.window_id, start, steps):
             stop = start + max(steps, RHYTHM_CHUNK)
             cache = RhythmCache(ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start)))
-            self._streaming_state["rhythm"] = cache
+            streaming_state(self)["rhythm"] = cache
         return cache.slice(start, steps)
 
     def _run_chain(self, local: torch.Tensor) -> list[torch.Tensor]:
@@ -160,11 +160,11 @@ class AdaptedLayer(StreamingModule):
         # from it: while streaming it is kept in the streaming state (reset by
         # audiocraft's streaming()) until the context's window changes.
         ctx = self.context
-        state = self._streaming_state
-        if self._is_streaming and state.get("window_id") == ctx.window_id:
+        state, streaming = streaming_state(self), is_streaming(self)
+        if streaming and state.get("window_id") == ctx.window_id:
             return state["semantic"]
         folded = semantic.prepare(ctx.memory(), *ctx.memory_mask())
-        if self._is_streaming:
+        if streaming:
             state["window_id"], state["semantic"] = ctx.window_id, folded
         return folded
 
