@@ -1,5 +1,6 @@
 """The package's import graph runs one way: no module imports, directly or through
-others, a module that imports it back (module-level and function-level imports alike)."""
+others, a module that imports it back (module-level and function-level imports alike);
+and it runs down its layers (:data:`LAYERS`): no module imports a module of a higher layer."""
 
 from __future__ import annotations
 
@@ -39,15 +40,35 @@ def _imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> 
     return out
 
 
-def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """{module: the package's modules it imports anywhere in its body}, for every module under ``package``."""
+def _is_main_block(node: ast.AST) -> bool:
+    """``if __name__ == "__main__":``: code that runs only when the module is the program."""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                                                   for c in test.comparators))
+
+
+def _walk(tree: ast.AST, entry_points: bool):
+    """ast.walk, without the ``__main__`` blocks unless ``entry_points``."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(child for child in ast.iter_child_nodes(node) if entry_points or not _is_main_block(child))
+
+
+def import_graph(package: Path = PACKAGE, entry_points: bool = True) -> dict[str, set[str]]:
+    """{module: the package's modules it imports anywhere in its body}, for every module under ``package``.
+
+    ``entry_points=False`` leaves out what ``if __name__ == "__main__":`` blocks import.
+    """
     files = {_module_name(p, package): p for p in package.rglob("*.py")}
     known = set(files)
     graph = {}
     for module, path in files.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         edges = set()
-        for node in ast.walk(tree):  # module level, functions, and `if TYPE_CHECKING:` blocks alike
+        for node in _walk(tree, entry_points):  # module level, functions, and `if TYPE_CHECKING:` blocks alike
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 edges |= _imported(node, module, path.name == "__init__.py", known)
         # A package's parent packages run first anyway: importing them closes no cycle.
@@ -79,8 +100,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_package_imports_one_way():
+    """Old names kept where they used to live (:data:`ALIASES`) are left out: each is read on
+    first use, from a module that everything below it can import without it."""
     graph = import_graph()
     assert len(graph) > 40 and any(graph.values())  # the walk saw the package
+    for module, other in ALIASES:
+        graph[module].discard(other)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -97,6 +122,102 @@ def test_a_planted_cycle_is_found(tmp_path):
     assert find_cycle(graph) == ["vidmusician.a", "vidmusician.sub.b", "vidmusician.c", "vidmusician.a"]
     (package / "c.py").write_text("from . import sub\n")  # the package, not a.py: no cycle
     assert find_cycle(import_graph(package)) is None
+
+
+# The package's layers, lowest first: a module imports modules of its own layer or
+# lower ones. A pattern is a module or a package with its modules ('pkg.*'); the most
+# specific one places a module.
+LAYERS = (
+    # What everything may use: errors, number checks, devices, files, argument parsing,
+    # the table of visual encoders (data only).
+    ("foundation", ("vidmusician", "errors", "checks", "runtime", "fileio", "arguments", "video.encoder_specs")),
+    # Configs and a backbone's shape: no model, no audiocraft.
+    ("config", ("config", "backbone_spec")),
+    # Building blocks: the adapter layers, video and audio I/O and features, the loss,
+    # guidance math, rhythm analysis, adapter folders on disk.
+    ("parts", ("adapter.*", "video.*", "audio_io", "losses", "training.losses", "generation.guidance",
+               "evaluation.beats", "evaluation.beat_tracking", "evaluation.onsets", "adapter_files")),
+    # Backbones (real and for tests) and configs sized to them.
+    ("backbones", ("sizing", "backbones", "random_backbones", "learned_base", "testing.random_backbones",
+                   "testing.learned_base")),
+    # Adapters wired into a backbone, the model object, generation, the Hub.
+    ("assembly", ("adapter.wiring", "generation.*", "model", "model_card", "hub")),
+    # What a user runs: the one-call pipeline, training, evaluation, the demo, test media.
+    ("tasks", ("pipeline", "training.*", "evaluation.*", "demo.*", "testing.*")),
+    # The command line, thin over everything below (its subcommands import the library
+    # inside ``run``, so that `vidmusician -h` answers at once).
+    ("cli", ("cli.*", "__main__")),
+)
+# The only imports up the layers: old names kept importable where they used to live,
+# each read on first use only. {(module, module it imports): why}.
+ALIASES = {
+    ("vidmusician.config", "vidmusician.sizing"): "AdapterConfig.for_backbone, config.load_preset, "
+                                                  "config.preset_names, ...: sizing's functions under their old names",
+}
+
+
+def layer_of(module: str, layers=LAYERS) -> int:
+    """The index in ``layers`` of a module (``vidmusician.x.y``), by its most specific pattern."""
+    name = module.removeprefix("vidmusician.") if module != "vidmusician" else module
+    best = None
+    for index, (_, patterns) in enumerate(layers):
+        for pattern in patterns:
+            if pattern == name:
+                rank = (2, len(pattern))
+            elif pattern.endswith(".*") and (name + ".").startswith(pattern[:-1]):  # the package and its modules
+                rank = (1, len(pattern))
+            else:
+                continue
+            if best is None or rank > best[0]:
+                best = (rank, index)
+    assert best is not None, f"{module} has no layer in tests/test_layout.py LAYERS: add it to the right one"
+    return best[1]
+
+
+def upward_imports(graph: dict[str, set[str]], layers=LAYERS) -> dict[tuple[str, str], str]:
+    """{(module, imported module): 'layer -> higher layer'} for each import up the layers."""
+    out = {}
+    for module, imported in sorted(graph.items()):
+        low = layer_of(module, layers)
+        for other in sorted(imported):
+            high = layer_of(other, layers)
+            if high > low:
+                out[(module, other)] = f"{layers[low][0]} -> {layers[high][0]}"
+    return out
+
+
+def test_the_package_imports_down_its_layers():
+    """Entry points (``if __name__ == "__main__":``, e.g. ``python -m vidmusician.training.prepare``
+    handing its arguments to the CLI) are programs of their own, above every layer."""
+    graph = import_graph(entry_points=False)
+    upward = upward_imports(graph)
+    unexpected = {edge: why for edge, why in upward.items() if edge not in ALIASES}
+    assert not unexpected, "imports up the layers: " + "; ".join(f"{a} imports {b} ({why})"
+                                                                   for (a, b), why in unexpected.items())
+    assert set(upward) == set(ALIASES), f"ALIASES lists imports that are gone: {set(ALIASES) - set(upward)}"
+
+
+def test_the_config_is_a_leaf():
+    """The config knows no model: it imports only the foundation (and its aliases, on first use)."""
+    graph = import_graph()
+    config = graph["vidmusician.config"] - {other for module, other in ALIASES if module == "vidmusician.config"}
+    assert all(layer_of(m) == 0 for m in config), config
+    for spec in ("vidmusician.backbone_spec",):
+        assert all(layer_of(m) == 0 for m in graph[spec]), graph[spec]
+
+
+def test_an_import_up_the_layers_is_found(tmp_path):
+    package = tmp_path / "vidmusician"
+    (package / "adapter").mkdir(parents=True)
+    for name in ("__init__.py", "adapter/__init__.py", "errors.py", "sizing.py"):
+        (package / name).write_text("")
+    (package / "config.py").write_text("from .errors import x\ndef f():\n    from .adapter.wiring import y\n")
+    (package / "adapter" / "wiring.py").write_text("from ..config import z\n")
+    (package / "cli.py").write_text("")
+    (package / "model.py").write_text("if __name__ == '__main__':\n    from .cli import main\n")
+    graph = import_graph(package, entry_points=False)
+    assert upward_imports(graph) == {("vidmusician.config", "vidmusician.adapter.wiring"): "config -> assembly"}
+    assert ("vidmusician.model", "vidmusician.cli") in upward_imports(import_graph(package))
 
 
 def test_the_one_call_api_imports_audiocraft_only_with_a_model():

@@ -35,7 +35,7 @@ _EXPORTS = {
     "load_backbone": "vidmusician.backbones",
     "tiny_musicgen": "vidmusician.random_backbones",
     "random_musicgen": "vidmusician.random_backbones",
-    "load_preset": "vidmusician.config",
+    "load_preset": "vidmusician.sizing",
     "generate": "vidmusician.pipeline",  # a module named generate would shadow the function
     "load_encoder": "vidmusician.video.encoders",
     "extract_features": "vidmusician.video.features",

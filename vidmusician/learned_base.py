@@ -44,7 +44,7 @@ from .adapter.audiocraft_internals import codebooks
 from .fileio import atomic_write
 from .random_backbones import tiny_musicgen
 from .runtime import seeded
-from .training.losses import codebook_losses
+from .losses import codebook_losses
 
 VERSION = 3  # bump when the music, its codec or the training below changes
 STYLES, PERIOD = 4, 4

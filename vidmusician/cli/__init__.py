@@ -15,16 +15,10 @@ import importlib
 import sys
 
 from .. import __version__
+from ..arguments import Parser
 from ..errors import VidMusicianError, one_line
 
 COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo", "push")
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``vidmusician generate: error: ...`` (``-h`` shows the usage)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,8 +17,9 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ...config import CONFIG_NAME, AdapterConfig, load_preset, preset_names
-    from ...adapter.wiring import count_adapter_parameters
+    from ...adapter.build import count_adapter_parameters
+    from ...config import CONFIG_NAME, AdapterConfig
+    from ...sizing import load_preset, preset_names
     from ...hub import is_hub_id, resolve_adapter
 
     path = Path(args.adapter)
