@@ -33,8 +33,8 @@ _EXPORTS = {
     "VidMusician": "vidmusician.model",
     "VideoBatch": "vidmusician.adapter.context",
     "load_backbone": "vidmusician.backbones",
-    "tiny_musicgen": "vidmusician.random_backbones",
-    "random_musicgen": "vidmusician.random_backbones",
+    "tiny_musicgen": "vidmusician.testing.random_backbones",
+    "random_musicgen": "vidmusician.testing.random_backbones",
     "load_preset": "vidmusician.sizing",
     "generate": "vidmusician.pipeline",  # a module named generate would shadow the function
     "load_encoder": "vidmusician.video.encoders",
