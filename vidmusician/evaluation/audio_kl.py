@@ -19,7 +19,7 @@ import torch
 
 from ..adapter.audiocraft_internals import passt_kl_metric_class
 from ..errors import ConfigError
-from .beats import load_audio
+from .onsets import load_audio
 
 
 class PasstKL(passt_kl_metric_class()):

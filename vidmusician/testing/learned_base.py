@@ -213,13 +213,13 @@ def event_onsets(row: torch.Tensor) -> list[int]:
 def audio_onsets(audio, sample_rate: int) -> list[float]:
     """Onset times (seconds) an onset detector hears in a mono waveform: what audio-space metrics see.
 
-    librosa's onset detection through :func:`vidmusician.evaluation.beats.music_rhythm` with
+    librosa's onset detection through :func:`vidmusician.evaluation.onsets.music_rhythm` with
     LORIS's 3-frame peak picking: D2M-GAN's 1-frame windows miss about one burst in
     ten of this codec's music, whose attack spreads over two envelope frames.
     """
     import julius
 
-    from ..evaluation.beats import ONSET_PRESETS, music_rhythm  # librosa: loaded only when audio is scored
+    from ..evaluation.onsets import ONSET_PRESETS, music_rhythm  # librosa: loaded only when audio is scored
 
     config = ONSET_PRESETS["loris"]
     y = julius.resample_frac(torch.as_tensor(audio, dtype=torch.float32).reshape(-1), sample_rate, config.sample_rate)
