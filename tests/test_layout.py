@@ -304,3 +304,13 @@ def test_a_private_name_outside_the_internals_is_found(tmp_path):
     uses = private_uses({"_load_base_model", "_streaming_state", "_is_streaming"}, tmp_path, ("vidmusician",))
     assert uses == {"_load_base_model": {"vidmusician/a.py:1"}, "_streaming_state": {"vidmusician/a.py:3"},
                     "_is_streaming": {"vidmusician/a.py:5"}}
+
+
+def test_info_for_a_preset_loads_no_model_code():
+    """`vidmusician info PRESET` is data and arithmetic: audiocraft, open_clip and torch stay unloaded."""
+    code = ("import sys; from vidmusician.cli import main; main(['info', 'musicgen-medium']); "
+            "print(sorted({'audiocraft', 'open_clip', 'torch', 'transformers'} & set(sys.modules)))")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("\n[]"), out.stdout + out.stderr
+    assert "QuickGELU" in out.stdout and "(21.43M)" in out.stdout  # the whole answer, not a shortcut

@@ -1,9 +1,9 @@
 """Building a config's adapter modules, apart from any backbone.
 
 :mod:`vidmusician.adapter.wiring` builds the modules here and puts them into a
-MusicGen's LM; :func:`count_adapter_parameters` builds the same modules on the meta
-device to count them. Neither audiocraft nor a backbone is imported: ``vidmusician
-info`` answers in seconds.
+MusicGen's LM; :func:`built_parameter_counts` builds the same modules on the meta
+device and counts them (what :mod:`vidmusician.adapter.parameter_counts` computes
+from the shapes alone). Neither audiocraft nor a backbone is imported.
 """
 
 from __future__ import annotations
@@ -52,11 +52,12 @@ def layer_adapters(config: AdapterConfig, i: int) -> tuple[SemanticCrossAttentio
     return semantic, rhythm
 
 
-def count_adapter_parameters(config: AdapterConfig) -> dict[str, int]:
-    """Adapter parameter counts per group for a config, without a backbone.
+def built_parameter_counts(config: AdapterConfig) -> dict[str, int]:
+    """Adapter parameter counts per group, of the modules built for a config: ``{semantic, rhythm, total}``.
 
     The modules are built on the meta device (no memory, no weights), by the same
-    code that :func:`vidmusician.adapter.wiring.wire_adapters` uses.
+    code that :func:`vidmusician.adapter.wiring.wire_adapters` uses; seconds, where
+    :func:`vidmusician.adapter.parameter_counts.count_adapter_parameters` takes microseconds.
     """
 
     def size(module):

@@ -27,9 +27,10 @@ from ..config import GROUP_NAMES, AdapterConfig
 from ..errors import AdapterError, BackboneError, ConfigError, differing_fields
 from ..sizing import sized_to_t5
 from .audiocraft_internals import is_streaming, streaming_position, streaming_state
-from .build import count_adapter_parameters, layer_adapters, rhythm_input, semantic_encoder  # noqa: F401
+from .build import layer_adapters, rhythm_input, semantic_encoder
 from .context import VideoContext
 from .layers import FoldedMemory, IdentityLinear, SemanticCrossAttention
+from .parameter_counts import count_adapter_parameters  # noqa: F401  (its old home)
 from .t5 import text_conditioner
 
 
