@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ..audio_io import read_tags
 from ..errors import ConfigError, printable
 from ..fileio import atomic_write
+from ..video.encoder_weights import check_weights_available
 from ..video.features import VisualEncoder, load_encoder
 from . import metrics
 from .clips import METRICS, REFERENCE_METRICS, ClipResult, EvalSettings, score_clip  # noqa: F401  (here too)
@@ -182,7 +183,7 @@ def evaluate(
     encoder_source = "given"
     if encoder is None and settings.source == "change":
         encoder, encoder_source = encoder_of(gens.values(), log)
-    encoder = _load_encoder(encoder) if settings.source == "change" else None
+    encoder = _load_encoder(encoder, encoder_source) if settings.source == "change" else None
     clips = []
     for name in sorted(gens):
         # The report, the log and --prompts name a clip as text (a file name's bytes that are
@@ -233,8 +234,14 @@ def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[s
     return None, "default"
 
 
-def _load_encoder(spec: Any) -> Any:
+def _load_encoder(spec: Any, source: str) -> Any:
     # Loaded here once, not by extract_features once per clip.
-    return spec if isinstance(spec, VisualEncoder) else load_encoder(spec)
+    if isinstance(spec, VisualEncoder):
+        return spec
+    # Weights that cannot be had now are said at once, not after a minute of download retries.
+    why = ("the generated files record no visual encoder (music made without an adapter), so the default is used "
+           "(--visual-source flow needs none): " if source == "default" else "")
+    check_weights_available(spec, context=why)
+    return load_encoder(spec)
 
 
