@@ -33,8 +33,8 @@ import torch
 from overhead import TakeTurns, clock, spread, video_batch
 from vidmusician import attach_adapters
 from vidmusician.adapter.audiocraft_internals import text_conditions
-from vidmusician.random_backbones import random_musicgen
-from vidmusician.config import load_preset
+from vidmusician.testing.random_backbones import random_musicgen
+from vidmusician.sizing import load_preset
 from vidmusician.generation.windows import generate_tokens
 from vidmusician.generation.guidance import GenerationParams, guidance_conditions, guided_logits, sample_token
 
