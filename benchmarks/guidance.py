@@ -32,8 +32,9 @@ import torch
 
 from overhead import TakeTurns, clock, spread, video_batch
 from vidmusician import attach_adapters
-from vidmusician.random_backbones import random_musicgen
-from vidmusician.config import load_preset
+from vidmusician.adapter.audiocraft_internals import text_conditions
+from vidmusician.testing.random_backbones import random_musicgen
+from vidmusician.sizing import load_preset
 from vidmusician.generation.windows import generate_tokens
 from vidmusician.generation.guidance import GenerationParams, guidance_conditions, guided_logits, sample_token
 
@@ -62,7 +63,7 @@ def stepping(vm, videos, params: GenerationParams):
     """A stream of guided steps of ``vm`` with ``params``' branches; yields ``step()``."""
     lm = vm.lm
     guidance = params.guidance()
-    attributes, _ = vm.musicgen._prepare_tokens_and_attributes([TEXT] * videos.size, None)
+    attributes = text_conditions(vm.musicgen, [TEXT] * videos.size)
     conditions = guidance_conditions(lm, attributes, guidance)
     tokens = torch.randint(0, lm.card, (videos.size, lm.num_codebooks, 1), device=vm.device)
     vm.context.set(videos, 0, branches=guidance.video)
@@ -110,7 +111,7 @@ def generations_in_turns(copies, videos, seconds: float, rounds: int, device) ->
         roles = {"two": copies[i % 2], "three": copies[1 - i % 2]}
         jobs = {}
         for name, vm in roles.items():
-            attributes, _ = vm.musicgen._prepare_tokens_and_attributes([TEXT] * videos.size, None)
+            attributes = text_conditions(vm.musicgen, [TEXT] * videos.size)
             jobs[name] = (vm.lm, lambda vm=vm, a=attributes, p=SETTINGS[name]: generate_tokens(
                 vm.musicgen, a, num_frames, p, vm=vm, videos=videos))
         torch.manual_seed(0)  # the threads share the random generator; the tokens do not matter here

@@ -57,6 +57,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vidmusician.adapter.audiocraft_internals import codebooks as rvq_codebooks
+
 MUSICGEN = "facebook/musicgen-small"
 FINETUNE = "someone/musicgen-finetune"
 STEREO = "facebook/musicgen-stereo-small"
@@ -241,7 +243,7 @@ def _audiocraft_encodec(seed: int):
     torch.manual_seed(seed)
     model = builders.get_compression_model(cfg).eval()
     with torch.no_grad():
-        codebooks = [layer._codebook for layer in model.quantizer.vq.layers]
+        codebooks = rvq_codebooks(model.quantizer)
         _spread_codebooks(model.encoder(torch.randn(1, 1, SAMPLE_RATE // 2))[0],
                           [(c.embed, lambda x, c=c: c.quantize(x)) for c in codebooks])
         for c in codebooks:

@@ -67,8 +67,8 @@ def test_kl_is_reference_given_generated_by_hand(metric, tmp_path):
         from vidmusician.evaluation.beats import load_audio
 
         wav = torch.from_numpy(load_audio(path, PASST_SAMPLE_RATE))
-        return metric._get_label_distribution(wav[None, None], torch.tensor([wav.numel()]),
-                                              torch.tensor([PASST_SAMPLE_RATE]))[0].double()
+        return metric.label_distribution(wav[None, None], torch.tensor([wav.numel()]),
+                                         torch.tensor([PASST_SAMPLE_RATE]))[0].double()
 
     p_gen, p_ref = probs(gen[0]), probs(ref[0])
     expected = float(torch.sum(p_ref * (p_ref.log() - (p_gen + 1e-6).log())))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from vidmusician.errors import DataError, one_line
+from vidmusician.errors import DataError, one_line, shorten
 
 
 def test_project_error_is_its_message_also_from_a_dataloader_worker():
@@ -44,9 +44,24 @@ def test_library_reasons_are_their_readable_first_line():
     assert one_line(decord) == "ERROR opening: clip.mp4, Invalid data found when processing input"
     assert one_line(RuntimeError("[16:21:15] /src/a.cc:9: Check failed: n > 0")) == "Check failed: n > 0"
     assert one_line(ValueError("first  line\n second line")) == "first line"
-    assert one_line(ValueError("x" * 500)) == "x" * 200
-    assert one_line(ValueError("x" * 500), limit=50) == "x" * 50
+    assert one_line(ValueError("x" * 500)) == "x" * 500  # one word: never cut in two
     assert one_line(KeyError()) == "KeyError"
+
+
+def test_a_long_reason_is_cut_between_words():
+    """open_clip's download error, as `eval` quoted it cut at 200 characters: '... to locate the f)'."""
+    reason = ("Failed to download weights for tag 'openai': Failed to download file (open_clip_pytorch_model.bin) "
+              "for timm/vit_base_patch32_clip_224.openai. Last error: An error happened while trying to locate the "
+              "file on the Hub and we cannot find the requested files in the local cache.")
+    line = one_line(RuntimeError(reason))
+    assert len(line) <= 200 and line.endswith(" ...")
+    kept = line.removesuffix(" ...")
+    assert reason.startswith(kept + " ")  # whole words, up to a space of the original
+    assert kept.endswith("while trying to locate")
+    for limit in range(1, len(reason) + 2):
+        kept = shorten(reason, limit).removesuffix(" ...")
+        assert reason == kept or reason.startswith(kept + " "), limit
+        assert len(shorten(reason, limit)) <= max(limit, len("Failed ...")), limit
 
 
 def test_pyav_reason_drops_its_errno_and_file_name(tmp_path):

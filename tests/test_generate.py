@@ -21,6 +21,7 @@ from conftest import perturb_adapters, tiny_config
 from media import flash_video
 from test_timing import reference
 from vidmusician import cli
+from vidmusician.adapter.audiocraft_internals import text_conditions
 from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.errors import ConfigError, VideoError
 from vidmusician.video.features import VideoFeatures
@@ -102,7 +103,7 @@ def test_plan_windows_tiles_the_music():
 def test_window_loop_samples_exactly_what_audiocraft_samples(base, duration):
     musicgen = fresh(base, max_duration=1)
     _, expected = audiocraft_tokens(musicgen, ["piano"], duration, seed=3, extend_stride=0.5)
-    attributes, _ = musicgen._prepare_tokens_and_attributes(["piano"], None)
+    attributes = text_conditions(musicgen, ["piano"])
     torch.manual_seed(3)
     frames = int(duration * musicgen.frame_rate)
     tokens = generate_tokens(musicgen, attributes, frames, GenerationParams(extend_stride=0.5))

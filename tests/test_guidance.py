@@ -14,6 +14,7 @@ import torch
 
 from conftest import perturb_adapters, random_video_batch, tiny_config
 from vidmusician import cli
+from vidmusician.adapter.audiocraft_internals import text_conditions
 from vidmusician.random_backbones import TINY_CODEC, tiny_musicgen
 from vidmusician.errors import ConfigError
 from vidmusician.model import attach_adapters
@@ -118,7 +119,7 @@ def test_equal_coefficients_sample_todays_tokens_in_todays_batch(base):
     vm = adapted(base)
     videos = video()
     # Today's path: audiocraft's own LMModel.generate, CFG [cond; uncond] of 2B rows.
-    attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS, None)
+    attributes = text_conditions(vm.musicgen, TEXTS)
     torch.manual_seed(3)
     with vm.video(videos):
         today = vm.lm.generate(None, attributes, max_gen_len=FRAME_RATE // 2, use_sampling=True, top_k=250,
@@ -137,7 +138,7 @@ def forward_once(vm, guidance, videos, steps=6, seed=0, texts=None):
     B = videos.size
     g = torch.Generator().manual_seed(seed)
     sequence = torch.randint(0, vm.lm.card, (B, vm.lm.num_codebooks, steps), generator=g)
-    attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS[:B] if texts is None else texts, None)
+    attributes = text_conditions(vm.musicgen, TEXTS[:B] if texts is None else texts)
     conditions = guidance_conditions(vm.lm, attributes, guidance)
     log = []
     hook = record_lm(vm.lm, log)
@@ -278,7 +279,7 @@ def test_cli_bad_coefficient_is_one_line(clip, tmp_path, capsys):
 def test_a_layout_that_does_not_fit_the_model_batch_is_a_clear_error(base):
     vm = adapted(base)
     guidance = Guidance.two_branch(3.0)  # 4 rows for 2 samples...
-    attributes, _ = vm.musicgen._prepare_tokens_and_attributes(TEXTS, None)
+    attributes = text_conditions(vm.musicgen, TEXTS)
     conditions = guidance_conditions(vm.lm, attributes, guidance)
     sequence = torch.zeros(4, vm.lm.num_codebooks, 1, dtype=torch.long)
     vm.context.set(vm.make_batch(video()), 0, branches=(True, False, False))  # ...told 3 branches

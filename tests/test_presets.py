@@ -104,6 +104,25 @@ def test_stereo_presets_are_the_mono_ones_for_the_stereo_backbone(size):
         assert AdapterConfig.for_backbone(spec).backbone == stereo.backbone
 
 
+def test_counts_from_shapes_are_the_built_modules_counts():
+    """count_adapter_parameters (shapes only, what `info` prints) against the modules wire_adapters builds."""
+    from vidmusician.adapter.build import built_parameter_counts
+
+    configs = [load_preset(name) for name in preset_names()]
+    small = load_preset("musicgen-small")
+    configs += [small.replace(semantic_encoder="linear", t5=None), small.replace(rhythm_rank=None),
+                small.replace(rhythm_layers=[], semantic_layers=[3], lora_rank=3, memory_dim=40),
+                small.replace(t5=dict(small.t5, num_heads=4, d_kv=32, num_layers=2))]
+    for config in configs:
+        assert count_adapter_parameters(config) == built_parameter_counts(config), config
+
+
+def test_activations_known_without_open_clip_are_open_clip_s():
+    from vidmusician.video.encoder_specs import KNOWN_ACTIVATIONS, resolve_encoder
+
+    assert {spec: resolve_encoder(spec).trained_with for spec in KNOWN_ACTIVATIONS} == KNOWN_ACTIVATIONS
+
+
 def test_readme_table_matches_the_presets():
     rows = dict(re.findall(r"^\| (musicgen-[\w-]+) \| (.+) \|$", README.read_text(), re.M))
     assert set(rows) == set(preset_names())

@@ -290,8 +290,12 @@ def test_config_choice_and_its_errors(base_t5, tiny):
     with pytest.raises(ConfigError, match="t5 must be an object with keys"):
         AdapterConfig.from_dict(dict(config.to_dict(), t5=[1, 2]), source="x.json")
     # A config made by hand (no t5 shapes) is sized to the backbone's T5 when attached.
-    by_hand = AdapterConfig(**dict(config.to_dict(), t5=None))
-    assert attach_adapters(fresh(base_t5), by_hand).config.t5 == config.t5
+    by_hand = AdapterConfig(**dict(config.to_dict(), t5=None, stage=1))
+    vm = attach_adapters(fresh(base_t5), by_hand)
+    assert vm.config.t5 == config.t5
+    vm.set_stage(2)
+    # ... in a copy: the caller's config is never changed in place.
+    assert (by_hand.t5, by_hand.stage, vm.config.stage) == (None, 1, 2)
     old = config.to_dict()
     for key in ("semantic_encoder", "t5", "lora_rank", "lora_alpha"):
         old.pop(key)

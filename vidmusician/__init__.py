@@ -33,9 +33,9 @@ _EXPORTS = {
     "VidMusician": "vidmusician.model",
     "VideoBatch": "vidmusician.adapter.context",
     "load_backbone": "vidmusician.backbones",
-    "tiny_musicgen": "vidmusician.random_backbones",
-    "random_musicgen": "vidmusician.random_backbones",
-    "load_preset": "vidmusician.config",
+    "tiny_musicgen": "vidmusician.testing.random_backbones",
+    "random_musicgen": "vidmusician.testing.random_backbones",
+    "load_preset": "vidmusician.sizing",
     "generate": "vidmusician.pipeline",  # a module named generate would shadow the function
     "generate_many": "vidmusician.batch",
     "load_encoder": "vidmusician.video.encoders",

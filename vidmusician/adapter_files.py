@@ -26,7 +26,7 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
 
     Args:
         directory: the folder (created if needed).
-        config: the adapter's config; its ``version`` is set to this release's.
+        config: the adapter's config; written with this release's ``version`` (the object is left as it is).
         state: adapter tensors, keyed relative to the LM (stored as fp32 on the CPU).
 
     Returns:
@@ -35,7 +35,7 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    config.version = __version__
+    config = config.replace(version=__version__)
     meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata=meta))
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config.to_json()))

@@ -3,8 +3,8 @@
 ``load_backbone`` goes through audiocraft's own ``MusicGen.get_pretrained`` (hub
 names and local folders in audiocraft's export format), after reading the LM's
 config to refuse what the adapters do not support. The random ones ('tiny',
-'random-small', ...) are built by :mod:`vidmusician.random_backbones`, 'tiny-learned'
-by :mod:`vidmusician.learned_base`.
+'random-small', ...) are built by :mod:`vidmusician.testing.random_backbones`, 'tiny-learned'
+by :mod:`vidmusician.testing.learned_base`.
 """
 
 from __future__ import annotations
@@ -16,49 +16,17 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
 
 import torch
 
-from . import random_backbones
+from .backbone_spec import BackboneSpec, backbone_spec, check_fuser  # noqa: F401  (their old home)
 from .errors import BackboneError, one_line
-from .learned_base import learned_musicgen, music_codec
-from .random_backbones import ARCHITECTURES, ENCODEC_32KHZ_SEANET, RANDOM_CODEC, TINY_CODEC, codec_config
 from .runtime import default_device
+from .testing import random_backbones
+from .testing.learned_base import learned_musicgen, music_codec
+from .testing.random_backbones import ARCHITECTURES, ENCODEC_32KHZ_SEANET, RANDOM_CODEC, TINY_CODEC, codec_config
 
 HUB_NAMES = {f"facebook/musicgen-{size}": size for size in ARCHITECTURES}
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What an adapter depends on in a backbone."""
-
-    name: str
-    dim: int
-    num_layers: int
-    num_heads: int
-    n_q: int
-    card: int
-    frame_rate: float
-    sample_rate: int
-    channels: int
-
-
-def backbone_spec(musicgen) -> BackboneSpec:
-    """Reads the adapter-relevant facts off a loaded MusicGen."""
-    lm = musicgen.lm
-    cm = musicgen.compression_model
-    return BackboneSpec(
-        name=str(musicgen.name),
-        dim=int(lm.dim),
-        num_layers=len(lm.transformer.layers),
-        num_heads=int(getattr(lm.transformer.layers[0], "base_layer", lm.transformer.layers[0]).self_attn.num_heads),
-        n_q=int(lm.num_codebooks),
-        card=int(lm.card),
-        frame_rate=float(cm.frame_rate),
-        sample_rate=int(cm.sample_rate),
-        channels=int(cm.channels),
-    )
 
 
 def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
@@ -71,10 +39,10 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         name_or_path: a hub name ('facebook/musicgen-small', 'facebook/musicgen-stereo-small',
             or any repository in audiocraft's export format; downloaded on first use),
             a local folder in that format (``state_dict.bin`` + ``compression_state_dict.bin``),
-            'tiny' / 'tiny-t5' (:func:`~vidmusician.random_backbones.tiny_musicgen`), 'tiny-learned'
-            (its LM trained on synthetic music: :func:`vidmusician.learned_base.learned_musicgen`), or
+            'tiny' / 'tiny-t5' (:func:`~vidmusician.testing.random_backbones.tiny_musicgen`), 'tiny-learned'
+            (its LM trained on synthetic music: :func:`vidmusician.testing.learned_base.learned_musicgen`), or
             'random-small' / 'random-medium' / 'random-large'
-            (:func:`~vidmusician.random_backbones.random_musicgen`).
+            (:func:`~vidmusician.testing.random_backbones.random_musicgen`).
         device: 'cuda' or 'cpu'; default: CUDA when available.
     """
     from audiocraft.models.musicgen import MusicGen
@@ -103,7 +71,7 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     ``compression_state_dict.bin`` for that config (a codec alone could not tell a stereo
     model's wrapping). The codec of 'tiny', 'tiny-t5' and 'random-*' is the one
     :func:`tiny_musicgen` / :func:`random_musicgen` build; that of 'tiny-learned' is
-    :func:`vidmusician.learned_base.music_codec`, whose decoded audio follows its codes;
+    :func:`vidmusician.testing.learned_base.music_codec`, whose decoded audio follows its codes;
     'random-encodec' (a codec alone, no backbone) has the filters of the real 32 kHz EnCodec, random weights.
     """
     from audiocraft.models import builders, loaders
@@ -155,26 +123,6 @@ def read_lm_config(name: str):
     cfg = OmegaConf.create(pkg["xp.cfg"])
     check_fuser(name, cfg.get("fuser") or {})
     return cfg
-
-
-def check_fuser(name: str, fuse2cond) -> None:
-    """Refuses a backbone that fuses conditions by 'prepend' (musicgen-melody's chroma).
-
-    Prepended conditions shift every token position, which the adapters' timeline
-    (step s <-> video time s / frame_rate) does not account for yet.
-
-    Args:
-        name: the backbone's name, for the message.
-        fuse2cond: the fuser's method -> condition names (audiocraft's ``ConditionFuser.fuse2cond``
-            or the ``fuser`` section of the LM config).
-    """
-    prepended = list(fuse2cond.get("prepend") or [])
-    if prepended:
-        raise BackboneError(
-            f"{name}: prepends its {', '.join(map(str, prepended))} condition (melody models), which shifts "
-            f"token positions and is not supported yet; use a musicgen small/medium/large or stereo model")
-
-
 
 
 # A Hugging Face repository id: 'org/name'.

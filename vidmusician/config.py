@@ -1,4 +1,10 @@
-"""Adapter configuration: a dataclass saved as sorted JSON (``adapter_config.json``)."""
+"""Adapter configuration: a dataclass saved as sorted JSON (``adapter_config.json``).
+
+A leaf of the package, like peft's ``LoraConfig``: it knows no model and imports
+no backbone, adapter or audiocraft code. Sizing a config to a loaded MusicGen and
+the shipped presets are :mod:`vidmusician.sizing`'s, above it. A config is never
+changed in place once made: :meth:`AdapterConfig.replace` returns a changed copy.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .adapter.t5 import architecture, check_architecture, text_conditioner
-from .backbones import backbone_spec
 from .checks import MAX_COUNT, number
 from .errors import ConfigError, one_line
 from .video.encoder_specs import legacy_activation
 
 CONFIG_NAME = "adapter_config.json"
-PRESET_DIR = Path(__file__).parent / "presets"
+
+# What the adapters need to know of a T5 encoder: the shapes the LoRA layers take
+# (``d_model``, ``num_heads * d_kv``, one set per block) and the width of its inputs.
+T5_ARCH_KEYS = ("d_model", "d_kv", "num_heads", "num_layers")
 
 # The adapter groups: each adapter module belongs to one (see vidmusician.adapter.wiring.adapter_modules).
 GROUP_NAMES = ("semantic", "rhythm")
@@ -109,6 +116,7 @@ class AdapterConfig:
     saved: dataclasses.InitVar[bool] = False
 
     def __post_init__(self, saved: bool = False):
+        self._saved = saved  # not a field: neither saved to JSON nor compared
         self._check_numbers()
         # Defaults follow the paper: cross-attention in every layer, in-attention
         # in the first three quarters of the stack (rhythm is a low-level cue).
@@ -146,7 +154,7 @@ class AdapterConfig:
         number("lora_rank", self.lora_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
         number("lora_alpha", self.lora_alpha, low=0, high=1e6, low_open=True, source="adapter config")
         if self.t5 is not None:
-            self.t5 = check_architecture(self.t5)
+            self.t5 = check_t5_architecture(self.t5)
         if self.rhythm_rank is not None:
             number("rhythm_rank", self.rhythm_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
         for name in ("semantic_layers", "rhythm_layers"):
@@ -160,28 +168,21 @@ class AdapterConfig:
 
     @classmethod
     def for_backbone(cls, musicgen, **overrides) -> "AdapterConfig":
-        """A config sized to a loaded MusicGen, starting from its shipped preset.
+        """A config sized to a loaded MusicGen: :func:`vidmusician.sizing.config_for_backbone` (its old name)."""
+        from .sizing import config_for_backbone  # sizing sits above the config: a documented alias
 
-        The preset is found by the backbone's name, else by its LM architecture
-        (width and depth), so a fine-tuned export gets its base model's adapter
-        sizes; without one the class defaults apply. Width, depth and frame rate
-        always come from the backbone; ``overrides`` go on top of everything.
+        return config_for_backbone(musicgen, **overrides)
+
+    def replace(self, **changes) -> "AdapterConfig":
+        """A copy with ``changes``, checked as a new config is; this one is left as it is.
+
+        A config read from a file stays one (rules added since it was written warn, once,
+        when it is read).
         """
-        spec = backbone_spec(musicgen)
-        preset = preset_for(spec.name, spec.dim, spec.num_layers)
-        base = preset.to_dict() if preset is not None else {}
-        base.pop("version", None)  # the writer's version, not the preset's
-        base.update(backbone=spec.name, dim=spec.dim, num_layers=spec.num_layers, frame_rate=spec.frame_rate)
-        if preset is None and not low_rank_is_smaller(cls.rhythm_rank, spec.dim):
-            # A narrow backbone (the tiny test model): the default rank would not be low
-            # rank there, and a full-width linear is the smaller choice.
-            base["rhythm_rank"] = None
-        base.update(overrides)
-        if base.get("semantic_encoder", cls.semantic_encoder) == "t5-lora":
-            base["t5"] = backbone_t5(musicgen)  # the T5 the adapter will run through
-        elif "t5" not in overrides:
-            base["t5"] = None  # a 'linear' adapter depends on no T5
-        return cls(**base)
+        with warnings.catch_warnings():
+            if self._saved:
+                warnings.simplefilter("ignore")  # already said when the file was read
+            return dataclasses.replace(self, saved=self._saved, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -229,44 +230,27 @@ class AdapterConfig:
 SEMANTIC_ENCODERS = ("linear", "t5-lora")
 
 
-def backbone_t5(musicgen) -> dict:
-    """The architecture of the backbone's T5 text encoder; ConfigError when it has none."""
-    conditioner = text_conditioner(musicgen)
-    if conditioner is None:
-        raise ConfigError(f"backbone {musicgen.name!r} has no T5 text encoder, which semantic_encoder 't5-lora' "
-                          f"runs the video through; use semantic_encoder 'linear'")
-    return architecture(conditioner.t5)
-
-
 def low_rank_is_smaller(rank: int, dim: int) -> bool:
     """Whether an identity + rank-``rank`` update has fewer weights than a full ``dim x dim`` linear."""
     return 2 * rank < dim
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+def check_t5_architecture(arch, source: str = "adapter config") -> dict[str, int]:
+    """Validates a T5 architecture dict (from a config file): the four positive integers of :data:`T5_ARCH_KEYS`."""
+    if not isinstance(arch, dict) or sorted(arch) != sorted(T5_ARCH_KEYS):
+        raise ConfigError(f"{source}: t5 must be an object with keys {', '.join(T5_ARCH_KEYS)}, got {arch!r}")
+    for key in T5_ARCH_KEYS:
+        number(f"t5.{key}", arch[key], integer=True, low=1, high=MAX_COUNT, source=source)
+    return {key: int(arch[key]) for key in T5_ARCH_KEYS}
 
 
-def load_preset(name: str) -> AdapterConfig:
-    """Loads a shipped preset by name ('musicgen-small', 'musicgen-stereo-medium', ...)."""
-    path = PRESET_DIR / f"{name.removeprefix('facebook/')}.json"
-    if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
-    return AdapterConfig.load(path)
+# Names this module had before presets and sizing moved to vidmusician.sizing; they stay importable.
+_MOVED_TO_SIZING = ("PRESET_DIR", "preset_names", "load_preset", "preset_for", "backbone_t5")
 
 
-def preset_for(backbone: str, dim: int, num_layers: int) -> AdapterConfig | None:
-    """The preset of a backbone: the one named after it, else the mono preset of the
-    same LM architecture (a fine-tuned export keeps its base model's shape), else None.
-    A preset is only ever returned for a backbone of its width and depth."""
-    named = PRESET_DIR / f"{backbone.removeprefix('facebook/')}.json"
-    if backbone.startswith("facebook/") and named.is_file():
-        preset = AdapterConfig.load(named)
-        if (preset.dim, preset.num_layers) == (dim, num_layers):
-            return preset
-    for name in preset_names():
-        preset = load_preset(name)
-        if "stereo" not in name and (preset.dim, preset.num_layers) == (dim, num_layers):
-            return preset
-    return None
+def __getattr__(name: str):
+    if name in _MOVED_TO_SIZING:
+        from . import sizing  # above the config: a documented alias, read on first use only
 
+        return getattr(sizing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -65,8 +65,9 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
       to do ("disk is full; free space ..."), or what the system said.
     - Anything else (a library's error): its reason, without the errno and file name
       PyAV adds (``strerror``), the traceback decord or torch put before it, or
-      decord's log prefix; the first line, whitespace collapsed, at most ``limit``
-      characters; the exception's type name when it says nothing.
+      decord's log prefix; the first line, whitespace collapsed, cut between words to
+      at most ``limit`` characters (:func:`shorten`); the exception's type name when it
+      says nothing.
 
     Args:
         exc: The exception.
@@ -89,7 +90,25 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
         return printable(f"{path}: {what}" if path else what)
     reason = getattr(exc, "strerror", None) or (lines[0] if lines else "")
     reason = " ".join(_DECORD_PREFIX.sub("", reason).split())
-    return printable(reason[:limit] or type(exc).__name__)
+    return printable(shorten(reason, limit) or type(exc).__name__)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters where it can be, cut only between words.
+
+    Whole words are kept up to the limit and `` ...`` marks the cut. A word is never cut
+    in two (the start of a word can read as another word): a first word longer than the
+    limit is kept whole.
+    """
+    if len(text) <= limit:
+        return text
+    words = text.split(" ")
+    kept = words[0]
+    for word in words[1:]:
+        if len(kept) + len(word) + len(" ") + len(" ...") > limit:
+            break
+        kept += " " + word
+    return kept if kept == text else kept + " ..."
 
 
 def short_path(path, limit: int = 120) -> str:

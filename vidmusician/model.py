@@ -20,6 +20,7 @@ from .adapter.wiring import adapter_modules, wire_adapters
 from .adapter_files import read_adapter, write_adapter
 from .backbones import load_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
+from .sizing import config_for_backbone
 from .errors import AdapterError, ConfigError, differing_fields
 from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .hub import resolve_adapter, save_and_push
@@ -34,14 +35,15 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None) -> "VidMusici
 
     Args:
         musicgen: an audiocraft ``MusicGen`` (pretrained, tiny or random).
-        config: adapter config; default: :meth:`AdapterConfig.for_backbone`.
+        config: adapter config (left as it is: the model holds a copy sized to the backbone);
+            default: :func:`~vidmusician.sizing.config_for_backbone`.
 
     Raises:
         AdapterError: the config does not fit the backbone (width, depth, frame rate).
     """
     if config is None:
-        config = AdapterConfig.for_backbone(musicgen)
-    context, hook = wire_adapters(musicgen, config)
+        config = config_for_backbone(musicgen)
+    context, hook, config = wire_adapters(musicgen, config)
     vm = VidMusician(musicgen, config, context, hook)
     vm.set_stage(config.stage)
     return vm
@@ -144,7 +146,7 @@ class VidMusician:
     def set_stage(self, stage: int) -> None:
         """Selects what trains: the stage's groups in :data:`~vidmusician.config.STAGE_GROUPS`."""
         check_stage(stage, "set_stage")
-        self.config.stage = stage
+        self.config = self.config.replace(stage=stage)  # a copy: the caller's config stays as given
         self.set_trainable(STAGE_GROUPS[stage])
 
     def set_trainable(self, groups: Sequence[str]) -> None:

@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from .adapter.wiring import count_adapter_parameters
+from .adapter.parameter_counts import count_adapter_parameters
 from .config import STAGE_GROUPS, AdapterConfig
 from .errors import ConfigError
 

@@ -11,10 +11,10 @@ import dataclasses
 import warnings
 
 from .backbones import load_backbone
-from .config import AdapterConfig
 from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .generation.windows import (check_duration, check_seed, generate_batch, sample_and_decode,
                                  set_encoder)
+from .sizing import config_for_backbone
 from .video.encoders import load_encoder
 from .video.reader import frames_covering, probe
 
@@ -130,8 +130,8 @@ def load_models(adapter=None, backbone=None, encoder=None, device=None):
     enc = load_encoder(encoder, device=next(musicgen.lm.parameters()).device)
     # Fresh adapters are identity at init: the video runs through every step of
     # the path (an installation check) and the music equals the base model's.
-    config = AdapterConfig.for_backbone(musicgen, global_dim=enc.global_dim, local_dim=enc.num_patches,
-                                        encoder=enc.name, encoder_activation=enc.activation)
+    config = config_for_backbone(musicgen, global_dim=enc.global_dim, local_dim=enc.num_patches,
+                                 encoder=enc.name, encoder_activation=enc.activation)
     vm = attach_adapters(musicgen, config)
     vm.encoder = enc
     return vm, musicgen

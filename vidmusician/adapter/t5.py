@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import MAX_COUNT, number
-from ..errors import ConfigError
+from ..config import T5_ARCH_KEYS as ARCH_KEYS
+from ..config import check_t5_architecture as check_architecture  # noqa: F401  (its old home)
 from ..runtime import seeded
 from .audiocraft_internals import in_memory_t5_conditioner_class
-
-# What the adapters need to know of a T5 encoder: the shapes the LoRA layers take
-# (``d_model``, ``num_heads * d_kv``, one set per block) and the width of its inputs.
-ARCH_KEYS = ("d_model", "d_kv", "num_heads", "num_layers")
 # The released MusicGen models' T5 (``t5-base``'s encoder); the random backbones use it too.
 T5_BASE = dict(d_model=768, d_kv=64, num_heads=12, num_layers=12, d_ff=3072)
 # A T5 named 't5-small' (audiocraft's table fixes its width at 512) cut to one narrow block.
@@ -44,15 +40,6 @@ def text_conditioner(musicgen):
 def architecture(t5) -> dict[str, int]:
     """The shapes of a ``T5EncoderModel`` the adapters depend on ({d_model, d_kv, num_heads, num_layers})."""
     return {key: int(getattr(t5.config, key)) for key in ARCH_KEYS}
-
-
-def check_architecture(arch, source: str = "adapter config") -> dict[str, int]:
-    """Validates a T5 architecture dict (from a config file): the four positive integers of :data:`ARCH_KEYS`."""
-    if not isinstance(arch, dict) or sorted(arch) != sorted(ARCH_KEYS):
-        raise ConfigError(f"{source}: t5 must be an object with keys {', '.join(ARCH_KEYS)}, got {arch!r}")
-    for key in ARCH_KEYS:
-        number(f"t5.{key}", arch[key], integer=True, low=1, high=MAX_COUNT, source=source)
-    return {key: int(arch[key]) for key in ARCH_KEYS}
 
 
 def encoder_from_architecture(arch: dict, vocab_size: int = 2, **extra):

@@ -22,14 +22,16 @@ from torch.utils.checkpoint import checkpoint
 
 from audiocraft.modules.streaming import StreamingModule
 
-from ..backbones import backbone_spec, check_fuser
-from ..config import GROUP_NAMES, AdapterConfig, backbone_t5
+from ..backbone_spec import backbone_spec, check_fuser
+from ..config import GROUP_NAMES, AdapterConfig
 from ..errors import AdapterError, BackboneError, ConfigError, differing_fields
-from .audiocraft_internals import streaming_position
+from ..sizing import sized_to_t5
+from .audiocraft_internals import is_streaming, streaming_position, streaming_state
+from .build import layer_adapters, rhythm_input, semantic_encoder
 from .context import VideoContext
-from .layers import FoldedMemory, IdentityLinear, RhythmInput, SemanticCrossAttention, VisualMemory
-from .semantic import T5SemanticEncoder
-from .t5 import encoder_from_architecture, text_conditioner
+from .layers import FoldedMemory, IdentityLinear, SemanticCrossAttention
+from .parameter_counts import count_adapter_parameters  # noqa: F401  (its old home)
+from .t5 import text_conditioner
 
 
 # Generation steps whose in-attention states are computed at once (see VideoInputs).
@@ -74,7 +76,7 @@ class VideoInputs(StreamingModule):
     def __init__(self, config: AdapterConfig, text_conditioner=None):
         super().__init__()
         self.memory = semantic_encoder(config, text_conditioner)
-        self.rhythm_in = RhythmInput(config.local_dim, config.dim) if config.rhythm_layers else None
+        self.rhythm_in = rhythm_input(config)
         # Plain attributes (the modules are registered, and saved, under their layers):
         # the layers' IdentityLinear modules in chain order, and the adapted layers by
         # index, which stay reachable while VidMusician.disable_adapters() takes them out.
@@ -84,13 +86,13 @@ class VideoInputs(StreamingModule):
     def rhythm_states(self, ctx: VideoContext) -> list[torch.Tensor]:
         """[r_1, r_2, ...] for the forward's steps, each [n, s, d]."""
         start, steps = ctx.frame_offset + ctx.position, ctx.steps
-        if not self._is_streaming:
+        if not is_streaming(self):
             return self._run_chain(ctx.local(start, steps))
-        cache = self._streaming_state.get("rhythm")
+        cache = streaming_state(self).get("rhythm")
         if cache is None or not cache.covers(ctx.window_id, start, steps):
             stop = start + max(steps, RHYTHM_CHUNK)
             cache = RhythmCache(ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start)))
-            self._streaming_state["rhythm"] = cache
+            streaming_state(self)["rhythm"] = cache
         return cache.slice(start, steps)
 
     def _run_chain(self, local: torch.Tensor) -> list[torch.Tensor]:
@@ -160,11 +162,11 @@ class AdaptedLayer(StreamingModule):
         # from it: while streaming it is kept in the streaming state (reset by
         # audiocraft's streaming()) until the context's window changes.
         ctx = self.context
-        state = self._streaming_state
-        if self._is_streaming and state.get("window_id") == ctx.window_id:
+        state, streaming = streaming_state(self), is_streaming(self)
+        if streaming and state.get("window_id") == ctx.window_id:
             return state["semantic"]
         folded = semantic.prepare(ctx.memory(), *ctx.memory_mask())
-        if self._is_streaming:
+        if streaming:
             state["window_id"], state["semantic"] = ctx.window_id, folded
         return folded
 
@@ -179,7 +181,7 @@ def _check_supported(musicgen):
         raise BackboneError(f"{musicgen.name}: adapters are already attached to this model")
 
 
-def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object]:
+def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object, AdapterConfig]:
     """Wires video adapters into a MusicGen's LM in place; the model object is assembled on top.
 
     Every backbone parameter is frozen and the LM put in eval mode; the adapters
@@ -190,12 +192,15 @@ def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object
         config: the adapter config (checked against the backbone by :func:`check_fit`).
 
     Returns:
-        ``(context, hook)``: the :class:`VideoContext` every adapted layer reads, and the
-        handle of the forward pre-hook on ``lm.transformer`` that prepares it.
+        ``(context, hook, config)``: the :class:`VideoContext` every adapted layer reads, the
+        handle of the forward pre-hook on ``lm.transformer`` that prepares it, and the config
+        sized to the backbone (a copy with the backbone's T5 when ``config.t5`` was unset;
+        the given config is never changed).
     """
     _check_supported(musicgen)
     lm = musicgen.lm
     check_fit(config, musicgen)
+    config = sized_to_t5(config, musicgen)
     text_conditioner = _text_conditioner(config, musicgen)
     for p in lm.parameters():
         p.requires_grad_(False)
@@ -207,7 +212,7 @@ def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object
     lm.add_module("video_inputs", inputs)
     layers = lm.transformer.layers
     for i in sorted(set(config.semantic_layers) | set(config.rhythm_layers)):
-        semantic, rhythm = (m.to(ref.device) if m is not None else None for m in _layer_adapters(config, i))
+        semantic, rhythm = (m.to(ref.device) if m is not None else None for m in layer_adapters(config, i))
         slot = None
         if rhythm is not None:
             slot = len(inputs.chain)
@@ -224,67 +229,12 @@ def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object
         context.begin_forward(x.shape[0], streaming_position(transformer), x.shape[1], x.device, inputs)
 
     hook = lm.transformer.register_forward_pre_hook(begin_forward, with_kwargs=True)
-    return context, hook
-
-
-def semantic_encoder(config: AdapterConfig, text_conditioner=None) -> nn.Module:
-    """The module that turns a window's global tokens into the visual memory (``config.semantic_encoder``).
-
-    Args:
-        config: the adapter config.
-        text_conditioner: the backbone's audiocraft T5Conditioner ('t5-lora'); None
-            builds a T5 of ``config.t5``'s shapes on the current device (for counting
-            parameters on the meta device).
-    """
-    if config.semantic_encoder == "linear":
-        return VisualMemory(config.global_dim, config.memory_dim, config.max_global_tokens)
-    if text_conditioner is not None:
-        t5, autocast = text_conditioner.t5, text_conditioner.autocast
-    elif config.t5 is not None:
-        t5, autocast = encoder_from_architecture(config.t5), None
-    else:
-        raise ConfigError("semantic_encoder 't5-lora' needs the T5's shapes (config.t5) or a backbone's T5")
-    return T5SemanticEncoder(config.global_dim, config.memory_dim, config.max_global_tokens, t5,
-                             config.lora_rank, config.lora_alpha, autocast)
-
-
-def _layer_adapters(config: AdapterConfig, i: int):
-    semantic = (SemanticCrossAttention(config.dim, config.memory_dim, config.attn_dim, config.attn_heads)
-                if i in config.semantic_layers else None)
-    rhythm = IdentityLinear(config.dim, config.rhythm_rank) if i in config.rhythm_layers else None
-    return semantic, rhythm
-
-
-def count_adapter_parameters(config: AdapterConfig) -> dict[str, int]:
-    """Adapter parameter counts per group for a config, without a backbone.
-
-    The modules are built on the meta device (no memory, no weights), by the same
-    code that :func:`wire_adapters` uses.
-    """
-    with torch.device("meta"):
-        inputs = VideoInputs(config)
-        counts = {"semantic": sum(p.numel() for p in inputs.memory.parameters()),
-                  "rhythm": sum(p.numel() for p in inputs.rhythm_in.parameters()) if inputs.rhythm_in else 0}
-        for i in range(config.num_layers):
-            semantic, rhythm = _layer_adapters(config, i)
-            counts["semantic"] += sum(p.numel() for p in semantic.parameters()) if semantic else 0
-            counts["rhythm"] += sum(p.numel() for p in rhythm.parameters()) if rhythm else 0
-    counts["total"] = counts["semantic"] + counts["rhythm"]
-    return counts
+    return context, hook, config
 
 
 def _text_conditioner(config: AdapterConfig, musicgen):
-    """The backbone's T5 conditioner when the config runs the video through it (its shapes checked)."""
-    if config.semantic_encoder != "t5-lora":
-        return None
-    own = backbone_t5(musicgen)
-    if config.t5 is None:
-        config.t5 = own  # a config made by hand: sized to this backbone's T5
-    elif config.t5 != own:
-        diffs = differing_fields(config.t5, own, list(own), ("adapter", "backbone"))
-        raise ConfigError(f"adapter config for {config.backbone!r} was made for another T5 text encoder than "
-                          f"backbone {musicgen.name!r} has ({diffs}); use the backbone it was trained on")
-    return text_conditioner(musicgen)
+    """The backbone's T5 conditioner when the config runs the video through it (None otherwise)."""
+    return text_conditioner(musicgen) if config.semantic_encoder == "t5-lora" else None
 
 
 def check_fit(config: AdapterConfig, musicgen) -> None:

@@ -3,9 +3,10 @@
 Each subcommand lives in ``vidmusician/cli/commands/<name>.py`` and defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. User errors
 (:class:`~vidmusician.errors.VidMusicianError`) print one line on stderr and exit
-with status 2. Building the parser imports every subcommand module, so those
-import the library (torch, audiocraft) inside ``run``: ``vidmusician -h`` and a
-mistyped argument answer at once.
+with status 2. Building the parser imports every subcommand module (only the one
+named, when a subcommand is), so those import the library (torch, audiocraft) inside
+``run``: ``vidmusician -h`` and a mistyped argument answer at once, and a subcommand
+that needs no model (``info``) loads none.
 """
 
 from __future__ import annotations
@@ -15,23 +16,18 @@ import importlib
 import sys
 
 from .. import __version__
+from ..arguments import Parser
 from ..errors import VidMusicianError, one_line
 
 COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo", "push")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``vidmusician generate: error: ...`` (``-h`` shows the usage)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:
+    """The ``vidmusician`` parser with the subcommands ``commands`` (default: all)."""
     parser = Parser(prog="vidmusician", description="Video-to-music generation with MusicGen adapters.")
     parser.add_argument("--version", action="version", version=f"vidmusician {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
-    for name in COMMANDS:
+    for name in commands:
         try:
             module = importlib.import_module(f"vidmusician.cli.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -44,8 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _named_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names, when it names a known one before any other word (else None)."""
+    for arg in argv:
+        if arg.startswith("-"):
+            if arg in ("-h", "--help", "--version"):
+                return None
+            continue
+        return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _named_command(argv)
+    # Only the named subcommand's module: another's module-level imports cost this one nothing.
+    parser = build_parser((command,) if command else COMMANDS)
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)

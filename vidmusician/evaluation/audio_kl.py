@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from audiocraft.metrics.kld import KLDivergenceMetric, PasstKLDivergenceMetric
 
+from ..adapter.audiocraft_internals import passt_kl_metric_class
 from ..errors import ConfigError
-from .beats import load_audio
-
-# PaSST's input rate, and audiocraft's segment bounds for it (10 s, 0.15 s).
-PASST_SAMPLE_RATE = 32000
+from .onsets import load_audio
 
 
-class PasstKL(PasstKLDivergenceMetric):
+class PasstKL(passt_kl_metric_class()):
     """audiocraft's PaSST KL metric, optionally around a classifier given here.
 
     Args:
@@ -35,21 +32,14 @@ class PasstKL(PasstKLDivergenceMetric):
     """
 
     def __init__(self, model: Any = None):
-        # The parent's __init__ loads the pretrained model at once; the base
-        # class's sets up the metric state, and _initialize_model then takes
-        # the given model through _load_base_model.
-        KLDivergenceMetric.__init__(self)
-        self._given = [model]  # a list, so nn.Module does not register it twice
         try:
-            self._initialize_model()
+            super().__init__(model)
         except ModuleNotFoundError:
             raise ConfigError("the KL divergence needs hear21passt: `pip install hear21passt`") from None
 
-    def _load_base_model(self, pretrained_length=None):
-        if self._given[0] is None:
-            return super()._load_base_model(pretrained_length)
-        sr = PASST_SAMPLE_RATE
-        return self._given[0], sr, 10 * sr, int(0.15 * sr)
+
+# PaSST's input rate (audiocraft's segment bounds for it are 10 s and 0.15 s).
+PASST_SAMPLE_RATE = PasstKL.sample_rate
 
 
 def passt_kl_divergence(

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, one_line
-from .beats import load_audio
+from .onsets import load_audio
 
 DEFAULT_CLAP = "laion/larger_clap_music"
 

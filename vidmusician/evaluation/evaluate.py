@@ -5,17 +5,9 @@ Files are matched by stem: ``videos/clip.mp4`` goes with ``generated/clip.wav``
 reference folder is given, ``reference/clip.*``. The reference folder may be
 the video folder itself, to compare against the videos' own soundtracks.
 
-Per clip:
-
-- ``beat_alignment``: Bailando's score of the generated music's beats against
-  the video's visual beats (no reference needed);
-- ``bcs``, ``bhs``: D2M-GAN's beats coverage / hit scores of the generated
-  onsets against the reference onsets, both found with D2M-GAN's settings;
-- ``loris_cover``, ``loris_hit``, ``loris_f1``: LORIS's variant of the same,
-  with onsets found with LORIS's settings.
-
-With a text prompt per clip: ``clap_text``, the CLAP text-music score
-(:mod:`vidmusician.evaluation.embedders`).
+Per clip: the scores of :mod:`vidmusician.evaluation.clips` (beat alignment, and
+with reference music BCS/BHS and LORIS's), and with a text prompt per clip
+``clap_text``, the CLAP text-music score (:mod:`vidmusician.evaluation.embedders`).
 
 Over the set: the mean of each (skipping undefined values), and the Fréchet
 audio distance of generated vs reference music under each embedder given
@@ -33,143 +25,15 @@ from typing import Any, Callable, Iterable, Mapping
 from ..audio_io import read_tags
 from ..errors import ConfigError, printable
 from ..fileio import atomic_write
+from ..video.encoder_weights import check_weights_available
 from ..video.features import VisualEncoder, load_encoder
 from . import metrics
-from .beats import (ONSET_PRESETS, VISUAL_BEAT_PRESETS, MusicRhythm, OnsetConfig, VisualBeatConfig, VisualRhythm,
-                    load_audio, music_rhythm, visual_rhythm)
+from .clips import METRICS, REFERENCE_METRICS, ClipResult, EvalSettings, score_clip  # noqa: F401  (here too)
+from .clips import evaluate_clip, format_score, json_float
 from .embedders import clap_text_scores
 from .files import list_videos, match_audio
+from .onsets import load_audio
 from .plots import plot_clip
-
-REFERENCE_METRICS = ("bcs", "bhs", "loris_cover", "loris_hit", "loris_f1")
-METRICS = ("beat_alignment",) + REFERENCE_METRICS + ("clap_text",)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """How events are found and compared.
-
-    Attributes:
-        d2m_onsets: Onset detection for D2M-GAN's BCS/BHS (its settings by
-            default); its envelope also gives the music beats.
-        loris_onsets: Onset detection for LORIS's scores (its settings by
-            default), on the same envelope.
-        visual: Visual beat picking; ``None``: the source's preset
-            (:data:`~vidmusician.evaluation.beats.VISUAL_BEAT_PRESETS`).
-        local_fps: Rate of the visual change signal.
-        source: Visual signal, ``"change"`` (CLIP patch change) or ``"flow"``.
-        ba_sigma: Bailando's tolerance in seconds (default 0.12 s, 3 frames
-            at 25 fps; Bailando's own is 0.05 s, 3 frames at 60 fps).
-    """
-
-    d2m_onsets: OnsetConfig = ONSET_PRESETS["d2m"]
-    loris_onsets: OnsetConfig = ONSET_PRESETS["loris"]
-    visual: VisualBeatConfig | None = None
-    local_fps: float = 25.0
-    source: str = "change"
-    ba_sigma: float = metrics.DEFAULT_BA_SIGMA
-
-    def __post_init__(self):
-        if not (math.isfinite(self.ba_sigma) and self.ba_sigma > 0):
-            raise ConfigError(f"--ba-sigma must be positive seconds, got {self.ba_sigma} (Bailando's is 0.05)")
-        if not (math.isfinite(self.local_fps) and self.local_fps > 0):
-            raise ConfigError(f"--local-fps must be positive, got {self.local_fps}")
-
-    @property
-    def visual_config(self) -> VisualBeatConfig:
-        """The visual beat settings in use."""
-        return VISUAL_BEAT_PRESETS[self.source] if self.visual is None else self.visual
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["visual"] = dataclasses.asdict(self.visual_config)
-        out["ba_sigma_bailando"] = metrics.bailando_sigma()
-        return out
-
-
-@dataclasses.dataclass
-class ClipResult:
-    """One clip's events and scores.
-
-    Attributes:
-        name: The shared file stem.
-        video: Video file.
-        generated: Generated music file.
-        reference: Reference music file, if any.
-        visual: Visual signal and beats.
-        music: Generated music's envelope, onsets and beats.
-        reference_music: Reference music's, if any.
-        scores: ``{metric: value}`` (``nan`` where undefined or not computed).
-    """
-
-    name: str
-    video: Path
-    generated: Path
-    reference: Path | None
-    visual: VisualRhythm
-    music: MusicRhythm
-    reference_music: MusicRhythm | None
-    scores: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        ref = self.reference_music
-        counts = {
-            "visual_beats": len(self.visual.beats),
-            "music_beats": len(self.music.beats),
-            "generated_onsets": len(self.music.onsets),
-            "reference_onsets": None if ref is None else len(ref.onsets),
-            "generated_onsets_loris": len(self.music.other_onsets["loris"]),
-            "reference_onsets_loris": None if ref is None else len(ref.other_onsets["loris"]),
-        }
-        durations = {
-            "video": self.visual.duration,
-            "generated": self.music.duration,
-            "reference": None if self.reference_music is None else self.reference_music.duration,
-        }
-        return {
-            "name": self.name,
-            "video": printable(self.video),  # as text any JSON reader takes (see errors.printable)
-            "generated": printable(self.generated),
-            "reference": None if self.reference is None else printable(self.reference),
-            **{k: _json_float(self.scores.get(k, math.nan)) for k in METRICS},
-            "counts": counts,
-            "durations": durations,
-        }
-
-
-def score_clip(
-    visual: VisualRhythm, music: MusicRhythm, reference: MusicRhythm | None, sigma: float
-) -> dict[str, float]:
-    """All per-clip metrics from already extracted events.
-
-    Events are compared over the span the two sides share: music beats past
-    the end of the video have no visual beat to meet (Bailando likewise cuts
-    the music to the motion's length), and onsets are binned over the shorter
-    of the two tracks. BCS/BHS use ``onsets`` (D2M-GAN's settings), LORIS's
-    scores ``other_onsets["loris"]``.
-
-    Args:
-        visual: The video's visual beats.
-        music: The generated music's onsets and beats.
-        reference: The reference music's, or ``None``.
-        sigma: Bailando's tolerance in seconds.
-
-    Returns:
-        ``{metric: value}`` for every name in :data:`METRICS`.
-    """
-    span = min(visual.duration, music.duration)
-    scores = {"beat_alignment": metrics.beat_alignment_score(music.beats[music.beats < span], visual.beats, sigma)}
-    scores.update({k: math.nan for k in REFERENCE_METRICS + ("clap_text",)})
-    if reference is not None:
-        duration = min(music.duration, reference.duration)
-        scores["bcs"], scores["bhs"] = metrics.beats_scores(music.onsets, reference.onsets, duration)
-        loris = metrics.loris_scores(music.other_onsets["loris"], reference.other_onsets["loris"], duration)
-        scores.update(loris_cover=loris.cover, loris_hit=loris.hit, loris_f1=loris.f1)
-    return scores
-
-
-# --------------------------------------------------------------------------- #
-# Running
 
 
 @dataclasses.dataclass
@@ -203,8 +67,8 @@ class EvalReport:
         return {
             "settings": self.settings.to_dict(),
             "files": [c.to_dict() for c in self.clips],
-            "mean": {k: _json_float(v) for k, v in self.means.items()},
-            "frechet_distance": {k: _json_float(v) for k, v in self.frechet_distance.items()},
+            "mean": {k: json_float(v) for k, v in self.means.items()},
+            "frechet_distance": {k: json_float(v) for k, v in self.frechet_distance.items()},
             "unmatched": {k: [printable(n) for n in v] for k, v in self.unmatched.items()},
             "kl_divergence": self.kl_divergence,
             "encoder": self.encoder,
@@ -223,8 +87,8 @@ class EvalReport:
         # The text score only where a prompt was given.
         shown = [k for k in METRICS if k != "clap_text" or math.isfinite(self.means.get(k, math.nan))]
         heads = ("file", *shown)
-        rows = [[c.name] + [_fmt(c.scores[k]) for k in shown] for c in self.clips]
-        rows.append(["mean"] + [_fmt(self.means[k]) for k in shown])
+        rows = [[c.name] + [format_score(c.scores[k]) for k in shown] for c in self.clips]
+        rows.append(["mean"] + [format_score(self.means[k]) for k in shown])
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
 
         def line(cells: list[str]) -> str:
@@ -233,11 +97,11 @@ class EvalReport:
 
         rule = line(["-" * w for w in widths])
         out = [line(list(heads)), rule] + [line(r) for r in rows[:-1]] + [rule, line(rows[-1])]
-        out += [f"frechet_distance[{k}]: {_fmt(v)}" for k, v in self.frechet_distance.items()]
+        out += [f"frechet_distance[{k}]: {format_score(v)}" for k, v in self.frechet_distance.items()]
         if self.encoder is not None:
             out.append(f"visual encoder: {self.encoder['spec']} ({self.encoder['activation']}, {self.encoder['source']})")
         if self.kl_divergence is not None:
-            out.append(f"kl_divergence[passt]: {_fmt(self.kl_divergence['kld'])}")
+            out.append(f"kl_divergence[passt]: {format_score(self.kl_divergence['kld'])}")
         return "\n".join(out)
 
 
@@ -319,14 +183,14 @@ def evaluate(
     encoder_source = "given"
     if encoder is None and settings.source == "change":
         encoder, encoder_source = encoder_of(gens.values(), log)
-    encoder = _load_encoder(encoder) if settings.source == "change" else None
+    encoder = _load_encoder(encoder, encoder_source) if settings.source == "change" else None
     clips = []
     for name in sorted(gens):
         # The report, the log and --prompts name a clip as text (a file name's bytes that are
         # not UTF-8 as \xNN); its plot is named after the video's own bytes.
         clip = evaluate_clip(printable(name), vids[name], gens[name], refs.get(name), encoder, settings,
                              feature_cache)
-        log(f"{clip.name}: " + ", ".join(f"{k}={_fmt(clip.scores[k])}" for k in METRICS if k != "clap_text"))
+        log(f"{clip.name}: " + ", ".join(f"{k}={format_score(clip.scores[k])}" for k in METRICS if k != "clap_text"))
         if plot_dir is not None:
             plot_clip(clip, Path(plot_dir) / f"{name}.png")
         clips.append(clip)
@@ -342,7 +206,7 @@ def evaluate(
         gen = [load_audio(c.generated, rate) for c in paired]
         ref = [load_audio(c.reference, rate) for c in paired]
         fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
-        log(f"frechet_distance[{name}]: {_fmt(fd[name])}")
+        log(f"frechet_distance[{name}]: {format_score(fd[name])}")
     kl = None
     if kl_metric is not None:
         from .audio_kl import passt_kl_divergence  # audiocraft's metrics and PaSST: only when asked for
@@ -352,32 +216,6 @@ def evaluate(
     used = None if encoder is None else {"spec": encoder.name, "activation": encoder.activation,
                                          "source": encoder_source}
     return EvalReport(clips, means, fd, unmatched, settings, kl, used)
-
-
-def evaluate_clip(name: str, video, generated, reference=None, encoder=None, settings: EvalSettings = EvalSettings(),
-                  cache=None) -> ClipResult:
-    """Events and scores of one clip: ``video``'s visual beats against ``generated`` music (and ``reference``).
-
-    Args:
-        name: The clip's name in the report.
-        video, generated, reference: Files (``reference`` may be None).
-        encoder: A loaded visual encoder for the change signal (None with ``source="flow"``).
-        settings: Event detection settings.
-        cache: ``cache_dir`` of the visual features.
-    """
-    visual = visual_rhythm(
-        video,
-        encoder=encoder,
-        fps=settings.local_fps,
-        source=settings.source,
-        config=settings.visual_config,
-        cache_dir=cache,
-    )
-    onsets = {"loris": settings.loris_onsets}
-    music = music_rhythm(generated, settings.d2m_onsets, onsets)
-    ref = music_rhythm(reference, settings.d2m_onsets, onsets) if reference is not None else None
-    scores = score_clip(visual, music, ref, settings.ba_sigma)
-    return ClipResult(name, video, generated, reference, visual, music, ref, scores)
 
 
 def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[str | None, str]:
@@ -396,18 +234,14 @@ def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[s
     return None, "default"
 
 
-def _load_encoder(spec: Any) -> Any:
+def _load_encoder(spec: Any, source: str) -> Any:
     # Loaded here once, not by extract_features once per clip.
-    return spec if isinstance(spec, VisualEncoder) else load_encoder(spec)
+    if isinstance(spec, VisualEncoder):
+        return spec
+    # Weights that cannot be had now are said at once, not after a minute of download retries.
+    why = ("the generated files record no visual encoder (music made without an adapter), so the default is used "
+           "(--visual-source flow needs none): " if source == "default" else "")
+    check_weights_available(spec, context=why)
+    return load_encoder(spec)
 
 
-# --------------------------------------------------------------------------- #
-# Small helpers
-
-
-def _json_float(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _fmt(value: float) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"

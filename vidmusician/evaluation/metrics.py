@@ -2,7 +2,8 @@
 
 Every function here takes event times in seconds (or embedding matrices), so
 each metric can be checked exactly against a value computed by hand. Getting
-those events out of audio and video files is :mod:`vidmusician.evaluation.beats`'s job;
+those events out of audio and video files is the job of :mod:`vidmusician.evaluation.onsets`
+and :mod:`vidmusician.evaluation.visual_beats`;
 running the metrics over folders of files is :mod:`vidmusician.evaluation.evaluate`'s.
 
 Conventions shared by the functions:

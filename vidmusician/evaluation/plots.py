@@ -16,7 +16,8 @@ from ..errors import ConfigError
 from ..fileio import atomic_write
 
 if TYPE_CHECKING:
-    from .beats import MusicRhythm, VisualRhythm
+    from .onsets import MusicRhythm
+    from .visual_beats import VisualRhythm
 
 # One color per kind of event, kept across both panels.
 _VISUAL = "tab:red"
@@ -104,7 +105,7 @@ def plot_clip(clip, path: str | Path) -> Path:
     """:func:`plot_rhythm` for one evaluated clip, its scores in the title.
 
     Args:
-        clip: a :class:`~vidmusician.evaluation.evaluate.ClipResult` (not imported here:
+        clip: a :class:`~vidmusician.evaluation.clips.ClipResult` (not imported here:
             the evaluation imports its plots, not the other way round).
         path: the PNG to write.
     """

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..arguments import Parser
 from ..backbones import backbone_spec, load_backbone
-from ..cli import Parser
 from ..config import AdapterConfig
 from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line, printable
 from ..fileio import atomic_write

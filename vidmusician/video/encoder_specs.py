@@ -37,6 +37,10 @@ ACTIVATION_NAMES = {QUICK_GELU: "QuickGELU", GELU: "GELU"}
 
 DEFAULT_ENCODER = "ViT-B-32:openai"
 TINY_SPEC = "tiny"
+# What :func:`natural_activation` finds for these specs, known without importing open_clip
+# (and torch): OpenAI's CLIP was trained with QuickGELU, which its tag's config says; the
+# tiny architecture's config has GELU. tests/test_presets.py checks them against open_clip.
+KNOWN_ACTIVATIONS = {DEFAULT_ENCODER: QUICK_GELU, TINY_SPEC: GELU}
 TINY_MODEL_NAME = "vidmusician-tiny"
 # Fixed so that every process builds the same random tiny encoder: features
 # cached or stored by one test run stay valid in the next.
@@ -186,6 +190,8 @@ def check_encoder_fit(config, source: str, encoder: str, activation: str | None,
 
 def natural_activation(spec: str | None) -> str | None:
     """The activation the weights of ``spec`` were trained with; None when the spec does not resolve here."""
+    if spec in KNOWN_ACTIVATIONS:
+        return KNOWN_ACTIVATIONS[spec]
     try:
         return resolve_encoder(spec).trained_with
     except ConfigError:  # e.g. an adapter's checkpoint path from another machine

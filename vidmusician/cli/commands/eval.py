@@ -63,7 +63,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from ...evaluation.embedders import load_embedder, read_prompts
     from ...evaluation.evaluate import EvalSettings, evaluate
-    from ...evaluation.beats import VISUAL_BEAT_PRESETS
+    from ...evaluation.visual_beats import VISUAL_BEAT_PRESETS
 
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a folder; give a file name such as report.json")

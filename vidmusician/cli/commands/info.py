@@ -17,17 +17,24 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ...config import CONFIG_NAME, AdapterConfig, load_preset, preset_names
-    from ...adapter.wiring import count_adapter_parameters
-    from ...hub import is_hub_id, resolve_adapter
+    # Nothing here loads torch, open_clip or audiocraft for a preset: its config and counts
+    # are data and arithmetic (a Hub id needs huggingface_hub).
+    from ...adapter.parameter_counts import count_adapter_parameters
+    from ...config import CONFIG_NAME, AdapterConfig
+    from ...sizing import load_preset, preset_names
 
     path = Path(args.adapter)
     if path.exists():
         config = AdapterConfig.load(path)
-    elif is_hub_id(args.adapter) and args.adapter.removeprefix("facebook/") not in preset_names():
-        config = AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,)))
-    else:
+    elif args.adapter.removeprefix("facebook/") in preset_names():
         config = load_preset(args.adapter)
+    else:
+        from ...hub import is_hub_id, resolve_adapter
+
+        if is_hub_id(args.adapter):
+            config = AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,)))
+        else:
+            config = load_preset(args.adapter)  # names the presets there are
     counts = count_adapter_parameters(config)
     trainable = {"semantic": counts["semantic"], "rhythm": counts["rhythm"], "total": counts["total"]}
     if args.json:

@@ -1,0 +1,128 @@
+"""`vidmusician eval` without a network: encoder weights that cannot be had are one line at once, with the fixes.
+
+The README's offline check makes music without an adapter, so its files record no
+visual encoder and `eval` turns to the default, ViT-B-32:openai, whose weights
+download on first use. huggingface_hub retries a failed connection for about half
+a minute per file; the check before the load asks the Hub once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media import flash_video, write_audio
+from vidmusician.audio_io import read_tags
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CountingServer:
+    """A TCP port that accepts connections, counts them and closes them (a Hub that never answers)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def clip_without_adapter(tmp_path):
+    """A video and music as `generate` writes it without an adapter (no encoder recorded)."""
+    (tmp_path / "v").mkdir()
+    (tmp_path / "g").mkdir()
+    flash_video(tmp_path / "v" / "clip.mp4", [0.5, 1.5], 2.0)
+    write_audio(tmp_path / "g" / "clip.wav", np.zeros(64000, dtype=np.float32))
+    assert "encoder" not in read_tags(tmp_path / "g" / "clip.wav")
+    return tmp_path
+
+
+def _eval(folder: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=str(folder / "hf"), **env)  # an empty Hugging Face cache
+    env.pop("HF_HUB_CACHE", None)
+    if env.get("HF_HUB_OFFLINE") is None:
+        env.pop("HF_HUB_OFFLINE", None)
+    cmd = [sys.executable, "-m", "vidmusician", "eval", "--videos", str(folder / "v"), "--generated",
+           str(folder / "g"), "--plot", str(folder / "plots"), "--quiet", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env={k: v for k, v in env.items() if v is not None},
+                          timeout=300)
+
+
+def _one_line_with_the_fixes(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    line = lines[0]
+    assert line.startswith("vidmusician eval: error: ") and "ViT-B-32:openai" in line, line
+    assert "made without an adapter" in line and "--encoder" in line and "--visual-source flow" in line, line
+    return line
+
+
+def test_unreachable_hub_is_asked_once(clip_without_adapter):
+    hub = CountingServer()
+    try:
+        out = _eval(clip_without_adapter, {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": None})
+    finally:
+        hub.close()
+    line = _one_line_with_the_fixes(out)
+    assert "cannot be reached" in line and "HF_HUB_OFFLINE=1" in line, line
+    assert hub.connections == 1, hub.connections  # the probe; no download retries
+    assert not (clip_without_adapter / "plots").exists()
+
+
+def test_offline_asks_the_hub_nothing(clip_without_adapter):
+    hub = CountingServer()
+    try:
+        out = _eval(clip_without_adapter, {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "1"})
+    finally:
+        hub.close()
+    assert "HF_HUB_OFFLINE is set" in _one_line_with_the_fixes(out)
+    assert hub.connections == 0
+
+
+def test_cached_weights_need_no_hub():
+    """Weights in the cache (under open_clip's safetensors name) pass the check with the Hub unreachable."""
+    code = r"""
+import os, sys
+from pathlib import Path
+cache = Path(os.environ["HF_HOME"]) / "hub" / "models--timm--vit_base_patch32_clip_224.openai"
+(cache / "refs").mkdir(parents=True)
+(cache / "refs" / "main").write_text("abc")
+(cache / "snapshots" / "abc").mkdir(parents=True)
+(cache / "snapshots" / "abc" / "open_clip_model.safetensors").write_bytes(b"")
+from vidmusician.video.encoder_weights import check_weights_available
+check_weights_available("ViT-B-32:openai")
+print("ok")
+"""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HOME=home, HF_HUB_OFFLINE="1")
+        env.pop("HF_HUB_CACHE", None)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
