@@ -126,3 +126,19 @@ print("ok")
         env.pop("HF_HUB_CACHE", None)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def test_every_command_that_loads_an_encoder_refuses_missing_weights_at_once(tmp_path, monkeypatch):
+    """generate, features, prepare and the demo load encoders through `load_encoder`: offline without
+    the weights cached, it refuses in one line before any download is tried."""
+    from huggingface_hub import constants
+
+    from vidmusician.errors import ConfigError
+    from vidmusician.video.encoders import load_encoder
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError) as err:
+        load_encoder("ViT-B-32:openai", device="cpu")
+    message = str(err.value)
+    assert "\n" not in message and "not in the Hugging Face cache" in message and "--encoder" in message

@@ -143,7 +143,7 @@ LAYERS = (
     # Adapters wired into a backbone, the model object, generation, the Hub.
     ("assembly", ("adapter.wiring", "generation.*", "model", "model_card", "hub")),
     # What a user runs: the one-call pipeline, training, evaluation, the demo, test media.
-    ("tasks", ("pipeline", "training.*", "evaluation.*", "demo.*", "testing.*")),
+    ("tasks", ("pipeline", "batch", "training.*", "evaluation.*", "demo.*", "testing.*")),
     # The command line, thin over everything below (its subcommands import the library
     # inside ``run``, so that `vidmusician -h` answers at once).
     ("cli", ("cli.*", "__main__")),

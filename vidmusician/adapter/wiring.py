@@ -247,7 +247,7 @@ def check_fit(config: AdapterConfig, musicgen) -> None:
     diffs = differing_fields(config, spec, ("dim", "num_layers", "frame_rate"), ("adapter", "backbone"))
     if diffs:
         raise AdapterError(f"adapter made for {config.backbone!r} does not match backbone {spec.name!r} ({diffs}); "
-                           f"use backbone {config.backbone!r}, or size a config with AdapterConfig.for_backbone")
+                           f"use backbone {config.backbone!r}, or size a config with vidmusician.sizing.config_for_backbone")
 
 
 def adapter_modules(lm) -> dict[str, dict[str, nn.Module]]:

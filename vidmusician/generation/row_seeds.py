@@ -35,7 +35,7 @@ class RowSeeds:
         with self._forked():
             for seed in seeds:
                 torch.manual_seed(int(seed))
-                self.states.append(self._get())
+                self.states.append(self._read_state())
 
     def __len__(self) -> int:
         return len(self.states)
@@ -49,18 +49,18 @@ class RowSeeds:
         rows = []
         with self._forked():
             for i in range(len(self.states)):
-                self._set(self.states[i])
+                self._load_state(self.states[i])
                 rows.append(draw(inputs[i:i + 1]))
-                self.states[i] = self._get()
+                self.states[i] = self._read_state()
         return torch.cat(rows)
 
     def _forked(self):
         return torch.random.fork_rng(devices=[self.device] if self._cuda else [])
 
-    def _get(self) -> torch.Tensor:
+    def _read_state(self) -> torch.Tensor:
         return torch.cuda.get_rng_state(self.device) if self._cuda else torch.get_rng_state()
 
-    def _set(self, state: torch.Tensor) -> None:
+    def _load_state(self, state: torch.Tensor) -> None:
         if self._cuda:
             torch.cuda.set_rng_state(state, self.device)
         else:

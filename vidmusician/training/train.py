@@ -34,10 +34,10 @@ from torch import nn
 
 from ..arguments import Parser
 from ..backbones import backbone_spec, load_backbone
-from ..config import AdapterConfig
 from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line, printable
 from ..fileio import atomic_write
 from ..model import VidMusician, attach_adapters
+from ..sizing import config_for_backbone
 from ..video.encoder_specs import check_encoder_fit
 from ..video.reader import frames_covering
 from .codec_identity import codec_identity
@@ -128,7 +128,7 @@ def use_training_precision(musicgen) -> None:
 
 def fresh_config(musicgen, meta: DatasetMeta, recipe: Recipe):
     """The config of fresh adapters: the backbone's preset, the dataset's encoder, the recipe's overrides."""
-    return AdapterConfig.for_backbone(
+    return config_for_backbone(
         musicgen, encoder=meta.encoder, global_dim=meta.global_dim, local_dim=meta.local_dim,
         global_fps=meta.global_fps, local_fps=meta.local_fps, encoder_activation=meta.encoder_activation,
         **recipe.adapter)

@@ -35,6 +35,7 @@ import torch
 
 from ..errors import ConfigError, one_line
 from ..runtime import default_device, seeded
+from .encoder_weights import check_weights_available
 from .encoder_specs import (ACTIVATION_NAMES, DEFAULT_ENCODER, GELU, QUICK_GELU, TINY_CONFIG, TINY_MODEL_NAME,
                             TINY_SEED, TINY_SPEC, EncoderPlan, resolve_encoder)
 
@@ -229,6 +230,9 @@ def load_encoder(spec: str | None = None, device=None, activation: str | None = 
         if plan.pretrained is None and not plan.model_name.startswith(("local-dir:", "hf-hub:")):
             warnings.warn(f"visual encoder {plan.spec!r}: no weights given, using random weights (use NAME:TAG)",
                           stacklevel=2)
+        # Weights that are neither cached nor downloadable now: one line at once, not a
+        # minute of download retries (generate, features, prepare and the demo all load here).
+        check_weights_available(plan.spec)
         try:
             with _quiet_open_clip():
                 if plan.openai_archive:
