@@ -33,10 +33,6 @@ DEFAULT_MAX_DURATION = 600.0
 # Seeds drawn for a job that names none: short enough to read off the page and type back.
 _SEED_RANGE = 2 ** 31
 
-# The backbones that `load_backbone` builds with random weights ('tiny', 'tiny-t5',
-# 'random-small', ...): installation checks and benchmarks, which make noise.
-_RANDOM_BACKBONES = ("tiny", "tiny-t5")
-_RANDOM_PREFIX = "random-"
 
 
 class Cancelled(Exception):
@@ -112,8 +108,9 @@ class Scorer:
 
     def __init__(self, adapter=None, backbone=None, encoder=None, device=None,
                  max_duration: float = DEFAULT_MAX_DURATION, workdir=None):
-        from ..video.encoders import DEFAULT_ENCODER
         from ..pipeline import load_models
+        from ..testing.random_backbones import has_random_weights
+        from ..video.encoders import DEFAULT_ENCODER
 
         if not max_duration > 0:
             raise ConfigError(f"--max-duration must be a positive number of seconds, got {max_duration}")
@@ -131,7 +128,7 @@ class Scorer:
         self.models = LoadedModels(
             backbone=backbone_name, adapter=None if adapter is None else str(adapter),
             stage=None if adapter is None else self.vm.config.stage, encoder=self.vm.encoder.name,
-            random_backbone=backbone_name in _RANDOM_BACKBONES or backbone_name.startswith(_RANDOM_PREFIX),
+            random_backbone=has_random_weights(backbone_name),
             random_encoder=_random_encoder(self.vm.encoder.name))
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="vidmusician-demo-") if workdir is None else workdir)

@@ -125,6 +125,12 @@ def _init_codebook(book, data: torch.Tensor) -> None:
     book.inited.data.copy_(torch.Tensor([True]))
 
 
+def has_random_weights(name: str) -> bool:
+    """Whether ``load_backbone(name)`` builds a backbone with random weights ('tiny', 'tiny-t5',
+    'random-small', ...): installation checks and benchmarks, whose music is noise."""
+    return name in ("tiny", "tiny-t5") or name.startswith("random-")
+
+
 # Codec frame rate and codebook size of the tiny and random backbones: 50 Hz as the real
 # 32 kHz codec, so that tests run the resampling of the 25 fps video to the token rate.
 TINY_CODEC = dict(frame_rate=50, bins=400)
