@@ -184,7 +184,7 @@ class DecodeEngine:
             step()
             if callback is not None:
                 callback()
-        codes, _, _ = pattern.revert_pattern_sequence(self.sequence[..., :S], special_token=UNKNOWN)
+        codes, _, _ = pattern.revert_pattern_sequence(self.sequence[..., :S].contiguous(), special_token=UNKNOWN)
         codes = codes[..., :max_gen_len]
         assert (codes != UNKNOWN).all()
         return codes
