@@ -261,6 +261,29 @@ def test_an_unsupported_model_falls_back_with_one_line(tiny_base):
         assert select_engine(musicgen.lm, GenerationParams(), 1, Guidance.two_branch(3.0, video=False), 50) is None
 
 
+def test_cli_chooses_the_engine(tmp_path, monkeypatch, capsys):
+    import vidmusician.pipeline as pipeline
+    from vidmusician import cli
+    from vidmusician.errors import ConfigError
+
+    seen = []
+
+    def fake_generate(video, **kwargs):
+        seen.append(kwargs)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(pipeline, "generate", fake_generate)
+    args = ["generate", str(tmp_path / "v.mp4"), "-o", str(tmp_path / "o.wav"), "-q"]
+    for flags in ([], ["--engine", "reference"]):
+        assert cli.main([*args, *flags]) == 2
+    assert [kw["engine"] for kw in seen] == ["fast", "reference"]
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--engine", "turbo"])
+    assert "invalid choice: 'turbo'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="engine must be one of fast, reference, got 'turbo'"):
+        GenerationParams(engine="turbo")
+
+
 # --------------------------------------------------------------------------- #
 # CUDA: the captured step (skipped without a GPU)
 

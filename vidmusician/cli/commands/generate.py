@@ -47,6 +47,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--extend-stride", type=float, metavar="S",
                         help="seconds between windows past the backbone's 30 s window (default 18)")
     parser.add_argument("--device", metavar="DEV", help="cuda or cpu (default: cuda when available)")
+    # -- decoding engine --
+    parser.add_argument("--engine", choices=("fast", "reference"), default="fast",
+                        help="fast: the static-cache decode engine, one CUDA graph per step on a GPU (default; "
+                             "models it cannot compute fall back with a notice); reference: audiocraft's "
+                             "streaming decode")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -60,6 +65,7 @@ def run(args) -> int:
     check_output_path(output, inputs=[args.video])
     # Unset: generate()'s default (importing it here would load torch before the cheap checks).
     kwargs = {} if args.plausibility is None else {"plausibility": args.plausibility}
+    kwargs["engine"] = args.engine
     with one_line_warnings("generate"):
         wav, sample_rate = generate(
             args.video, adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
