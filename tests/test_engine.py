@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from conftest import perturb_adapters, random_video_batch, tiny_config
-from vidmusician.generation.engine import DecodeEngine, select_engine
+from vidmusician.generation.engine import DecodeEngine
+from vidmusician.generation.engine_select import select_engine
 from vidmusician.generation.guidance import GenerationParams, Guidance, guidance_conditions, sample_window
 from vidmusician.generation.windows import generate_tokens
 from vidmusician.model import attach_adapters

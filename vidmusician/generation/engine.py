@@ -25,8 +25,6 @@ tokens unless two candidates' rounding differs at the draw).
 
 from __future__ import annotations
 
-import warnings
-import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -37,57 +35,13 @@ from ..adapter.context import VideoContext
 from .engine_graph import StepGraph
 from .guidance import GenerationParams, Guidance
 
-__all__ = ["DecodeEngine", "engine_for", "select_engine", "unsupported_reason"]
+__all__ = ["DecodeEngine", "base_layers", "pad_folded", "sample_token"]
 
 UNKNOWN = -1  # codes not generated yet (as in sample_window)
-
-# Engines by LM, then by batch shape: their caches and graphs serve every window and
-# every video of that shape; they go with the LM.
-_ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def unsupported_reason(lm) -> str | None:
-    """Why the engine cannot decode ``lm``, in a few words; None when it can.
-
-    The engine computes MusicGen's text models: sinusoidal positions, pre-norm layers,
-    audiocraft's own ("custom") attention without rotary embeddings, key repetition,
-    limited context or normalized queries, text by cross-attention only.
-    """
-    transformer = lm.transformer
-    if transformer.positional_embedding != "sin":
-        return f"positional embedding {transformer.positional_embedding!r}"
-    fused = [op for op, names in lm.fuser.fuse2cond.items() if op != "cross" and names]
-    if fused:
-        return f"conditions fused by {', '.join(fused)} (melody models)"
-    for layer in base_layers(lm):
-        sa, ca = layer.self_attn, layer.cross_attention
-        if not layer.norm_first:
-            return "post-norm layers"
-        if not sa.custom or (ca is not None and not ca.custom):
-            return "torch's nn.MultiheadAttention (custom=False, memory_efficient=False)"
-        if sa.rope is not None or sa.qk_layer_norm or sa.kv_repeat != 1 or sa.past_context is not None:
-            return "rotary embeddings, normalized queries, repeated keys or a limited context"
-        if not sa.causal or (ca is not None and ca.qk_layer_norm):
-            return "non-causal self-attention or normalized cross-attention queries"
-    return None
-
 
 def base_layers(lm) -> list:
     """The LM's audiocraft transformer layers (an adapted layer's own base layer)."""
     return [getattr(layer, "base_layer", layer) for layer in lm.transformer.layers]
-
-
-def engine_for(lm, batch: int, branches: int, max_len: int) -> "DecodeEngine":
-    """The engine of ``lm`` for ``batch`` samples in ``branches`` branches and windows of
-    up to ``max_len`` sequence steps (made once, then reused with its caches and graphs)."""
-    device = next(lm.parameters()).device
-    engines = _ENGINES.setdefault(lm, {})
-    key = (batch, branches, device)
-    engine = engines.get(key)
-    if engine is None or engine.max_len < max_len:
-        engines.clear()  # one shape at a time: a cache of a 30 s window is large
-        engine = engines[key] = DecodeEngine(lm, batch, branches, max_len, device)
-    return engine
 
 
 @dataclass
@@ -423,34 +377,3 @@ def _multinomial(probs: torch.Tensor) -> torch.Tensor:
     flat = probs.reshape(-1, probs.shape[-1])
     q = torch.empty_like(flat).exponential_(1)
     return torch.argmax(flat / q, dim=-1, keepdim=True).reshape(*probs.shape[:-1], 1)
-
-
-def select_engine(lm, params: GenerationParams, batch: int, guidance: Guidance, window_frames: int,
-                  own_hooks: tuple = ()) -> "DecodeEngine | None":
-    """The engine a generation runs on, or None for the reference path (``sample_window``).
-
-    ``params.engine`` 'reference' asks for the reference path. 'fast' takes the engine
-    where it applies: an LM it cannot compute falls back with a one-line warning, and an
-    LM that forward hooks observe (other than the adapters' own, ``own_hooks``) falls back
-    silently, so that the hooks see the forwards they were registered for.
-    """
-    if params.engine == "reference":
-        return None
-    reason = unsupported_reason(lm)
-    if reason is not None:
-        warnings.warn(f"the fast decode engine does not support this model ({reason}); "
-                      f"using the reference path (engine='reference')", stacklevel=3)
-        return None
-    if _observed(lm, set(own_hooks)):
-        return None
-    max_len = len(lm.pattern_provider.get_pattern(window_frames).layout)
-    return engine_for(lm, batch, guidance.branches, max_len)
-
-
-def _observed(lm, own_hooks: set) -> bool:
-    """Whether a forward hook on one of the LM's modules waits for forwards the engine does not make."""
-    for module in lm.modules():
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            if any(key not in own_hooks for key in hooks):
-                return True
-    return False

@@ -27,7 +27,7 @@ from ..video.encoder_specs import check_encoder_fit
 from ..video.encoders import VisualEncoder, load_encoder
 from ..video.features import VideoFeatures, extract_features
 from ..video.reader import frames_covering
-from .engine import select_engine
+from .engine_select import select_engine
 from .guidance import GenerationParams, guidance_conditions, sample_window
 
 __all__ = ["GenerationParams", "Window", "plan_windows", "generate_tokens", "generate_batch", "check_duration",
