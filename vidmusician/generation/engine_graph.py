@@ -6,8 +6,8 @@ inputs (text keys and values, folded visual memory, local signal) are copied int
 tensors of the window the graph was captured with. Nothing in a step depends on the
 host: the position lives in a device tensor, the cache is masked past it, and the
 sampling draws from the CUDA generator with graph-safe offsets, so a replay is one
-launch. A new graph is captured only when what the step computes changes: the guidance,
-the sampling parameters, the text length, which adapters act, the autocast dtype.
+launch. A graph is captured for each kind of step: the guidance, the sampling
+parameters, the text length, which adapters act, the autocast dtype.
 
 Warm-up and capture times are kept in :attr:`StepGraph.timings` (seconds), apart from
 the steps; the random-number state is put back after them, so the same seed gives the
@@ -23,6 +23,7 @@ import torch
 __all__ = ["StepGraph", "window_tensors"]
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS handles, allocator)
+MAX_GRAPHS = 8  # kinds of step kept captured per engine
 
 
 def window_tensors(window) -> list[torch.Tensor]:
@@ -46,34 +47,42 @@ def _structure(window) -> tuple:
 
 
 class StepGraph:
-    """One CUDA graph of :meth:`DecodeEngine.step <vidmusician.generation.engine.DecodeEngine.step>`."""
+    """The CUDA graphs of :meth:`DecodeEngine.step <vidmusician.generation.engine.DecodeEngine.step>`.
+
+    One graph per kind of step (the window's structure, the guidance, the sampling
+    parameters, autocast's state), kept while the engine lives: a generation that
+    alternates between two kinds (the base model and the adapted one) captures each once.
+    """
 
     def __init__(self, engine):
         self.engine = engine
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.key = None
-        self.window = None  # the window the graph reads (its tensors are the graph's inputs)
-        self.timings: dict[str, float] = {}
+        self.windows: dict = {}  # structure -> the window whose tensors the graphs of that structure read
+        self.graphs: dict = {}  # (structure, guidance, params, autocast) -> CUDAGraph
+        self.timings: dict[str, float] = {}  # of the last capture
         self.captures = 0
 
     def load_window(self, window):
         """The window steps should read: ``window`` itself, or its values copied into the captured one's tensors."""
-        if self.window is not None and _structure(self.window) == _structure(window):
-            for static, fresh in zip(window_tensors(self.window), window_tensors(window)):
-                static.copy_(fresh)
-            return self.window
-        self.graph, self.key, self.window = None, None, window  # another structure: capture again
-        return window
+        structure = _structure(window)
+        static = self.windows.get(structure)
+        if static is None:
+            self.windows[structure] = window
+            return window
+        for mine, fresh in zip(window_tensors(static), window_tensors(window)):
+            mine.copy_(fresh)
+        return static
 
     def step(self, guidance, params):
         """The replay of the step for these parameters (captured first if needed)."""
-        key = (guidance, tuple(sorted(vars(params).items())), _autocast_state(), _structure(self.window))
-        if self.graph is None or key != self.key:
-            self._capture(guidance, params)
-            self.key = key
-        return self.graph.replay
+        key = (_structure(self.engine.window), guidance, tuple(sorted(vars(params).items())), _autocast_state())
+        graph = self.graphs.get(key)
+        if graph is None:
+            if len(self.graphs) >= MAX_GRAPHS:  # the oldest goes, with its memory pool
+                self.graphs.pop(next(iter(self.graphs)))
+            graph = self.graphs[key] = self._capture(guidance, params)
+        return graph.replay
 
-    def _capture(self, guidance, params):
+    def _capture(self, guidance, params) -> torch.cuda.CUDAGraph:
         engine = self.engine
         device = engine.device
         saved = engine.sequence.clone(), engine.position.clone()
@@ -99,17 +108,18 @@ class StepGraph:
         # The warm-up steps wrote tokens and moved the position: the capture starts from the window's state.
         engine.sequence.copy_(saved[0])
         engine.position.copy_(saved[1])
-        self.graph = None
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             run()
         torch.cuda.synchronize(device)
-        self.graph = graph
+        # Nothing ran during the capture, but the warm-up drew random numbers and the capture
+        # reserved some: the stream goes on from where this window found it.
         torch.cuda.set_rng_state(rng, device)
         engine.sequence.copy_(saved[0])
         engine.position.copy_(saved[1])
         self.captures += 1
         self.timings = {"warmup_s": warm - start, "capture_s": time.perf_counter() - warm}
+        return graph
 
 
 def _autocast_state() -> tuple[bool, torch.dtype]:
