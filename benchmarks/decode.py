@@ -76,12 +76,15 @@ def random_lm(size: str, device="cpu"):
 
 
 def build(size: str, device: str):
-    """A VidMusician on a random LM of ``size`` with the random real-size codec."""
+    """A VidMusician on a random LM of ``size`` (text through a random T5 of t5-base's shape, which the
+    presets' 't5-lora' semantic encoder runs the video through) with the random real-size codec."""
     from audiocraft.models.musicgen import MusicGen
 
+    from vidmusician.adapter.t5 import T5_BASE, TINY_T5, attach_random_t5
     from vidmusician.backbones import load_codec
 
     lm = random_lm(size, device)
+    attach_random_t5(lm, *(("t5-small", TINY_T5) if size == "tiny" else ("t5-base", T5_BASE)), seed=0, device=device)
     if device != "cpu":
         lm = lm.half()  # as audiocraft's loader puts the LM on a GPU
     musicgen = MusicGen(f"random-{size}", load_codec("random-encodec", device=device), lm,
