@@ -3,7 +3,7 @@
 For each LM architecture (MusicGen-small, -medium with random weights; 'tiny' for a
 quick check), batch size and guidance (2 branches: text and video together; 3: text
 and video apart), one model generates ``--seconds`` of music four ways, interleaved
-round by round: the reference path (``engine='reference'``: audiocraft's streaming
+round by round (each round starting with the next one): the reference path (``engine='reference'``: audiocraft's streaming
 forward) and the engine, each with the adapters (the shipped preset for the
 architecture, weights moved off their init so the video acts) and without them
 (``disable_adapters()``: the base MusicGen, same batch). The engine's cache is sized for
@@ -143,7 +143,8 @@ def run_config(vm, batch: int, branches: int, args, device) -> dict:
     codes = None
     with torch.no_grad():
         for round_ in range(args.warmup + args.rounds):
-            for variant in VARIANTS:
+            # Each round starts with another variant: what a round's position costs hits them all alike.
+            for variant in VARIANTS[round_ % 4:] + VARIANTS[:round_ % 4]:
                 sync(device)
                 start = time.perf_counter()
                 codes = generate(*variant)
