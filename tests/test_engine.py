@@ -12,6 +12,8 @@ the stereo layout (8 codebooks, two per delay), and the real small architecture
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -33,6 +35,11 @@ GREEDY = GenerationParams(use_sampling=False, plausibility=0.0)
 @pytest.fixture(scope="module")
 def tiny_base():
     return tiny_musicgen()
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_base():
+    return tiny_musicgen(t5=True)
 
 
 def adapted(base, scale=0.1, **config):
@@ -119,8 +126,8 @@ def test_plain_tiny_matches_the_reference(tiny_base, guidance, texts):
 @pytest.mark.parametrize("encoder", ["linear", "t5-lora"])
 @pytest.mark.parametrize("guidance", [Guidance.two_branch(3.0), Guidance.three_branch(2.0, 5.0, plausibility=0.01)],
                          ids=["two", "three"])
-def test_adapted_tiny_matches_the_reference(tiny_base, encoder, guidance):
-    base = tiny_base if encoder == "linear" else tiny_musicgen(t5=True)
+def test_adapted_tiny_matches_the_reference(tiny_base, tiny_t5_base, encoder, guidance):
+    base = tiny_base if encoder == "linear" else tiny_t5_base
     vm = adapted(base, semantic_encoder=encoder)
     videos = random_video_batch(2, [False, True], num_frames=60, num_global=3)  # a null video beside a video
     ref, codes, ref_logits, eng_logits = run_both(vm.lm, guidance, 40, vm=vm, videos=videos)
@@ -201,7 +208,11 @@ def both_generations(vm, videos, duration, seed=4, **coefs):
     return out
 
 
-def test_a_long_batch_of_videos_of_different_lengths_is_the_reference_greedy(tiny_base):
+def test_a_long_batch_of_videos_of_different_lengths_is_the_reference_greedy(tiny_base, monkeypatch):
+    windows = []
+    sample_window = DecodeEngine.sample_window
+    monkeypatch.setattr(DecodeEngine, "sample_window", lambda self, *a, **k: windows.append(k["frame_offset"])
+                        or sample_window(self, *a, **k))
     vm = adapted(tiny_base)
     vm.musicgen.max_duration = 1
     videos = random_video_batch(2, [True, True], num_frames=100, num_global=2)  # two seconds...
@@ -209,6 +220,7 @@ def test_a_long_batch_of_videos_of_different_lengths_is_the_reference_greedy(tin
     videos.global_mask[1, 1:] = False  # ... and half a second beside it
     ref, fast = both_generations(vm, videos, 1.9, use_sampling=False, text_cfg_coef=2.0, video_cfg_coef=4.0)
     assert ref.shape == (2, 4, 95)  # windows of 1 s advancing by 0.5 s, the last one shorter
+    assert windows == [0, 25, 50]  # the engine ran them
     assert torch.equal(ref, fast)
 
 
@@ -242,6 +254,7 @@ def test_zero_init_adapters_are_the_engines_plain_musicgen_bitwise(tiny_base):
     with vm.disable_adapters():
         plain = run_both(vm.lm, guidance, 30)
     assert torch.equal(with_video[1], plain[1])
+    assert len(with_video[3]) == len(plain[3]) > 0
     assert all(torch.equal(a, b) for a, b in zip(with_video[3], plain[3]))
 
 
@@ -253,6 +266,11 @@ def test_the_engine_is_the_default_and_the_reference_stays_available(tiny_base):
     hook = musicgen.lm.register_forward_pre_hook(lambda *a: None)
     assert select_engine(musicgen.lm, GenerationParams(), 2, guidance, 50) is None  # hooks see every forward
     hook.remove()
+    generate_tokens(musicgen, attributes(["piano"]), 10, GenerationParams())
+    lm = weakref.ref(musicgen.lm)
+    del musicgen
+    gc.collect()
+    assert lm() is None  # its engines (caches, graphs) go with it
 
 
 def test_an_unsupported_model_falls_back_with_one_line(tiny_base):

@@ -25,6 +25,7 @@ tokens unless two candidates' rounding differs at the draw).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -76,7 +77,9 @@ class DecodeEngine:
     """
 
     def __init__(self, lm, batch: int, branches: int, max_len: int, device):
-        self.lm, self.batch, self.branches, self.max_len, self.device = lm, batch, branches, max_len, device
+        # A weak reference: engines are kept per LM (engine_select), and must not keep it alive.
+        self._lm = weakref.ref(lm)
+        self.batch, self.branches, self.max_len, self.device = batch, branches, max_len, device
         self.rows = batch * branches
         K = lm.num_codebooks
         first = base_layers(lm)[0].self_attn
@@ -89,6 +92,10 @@ class DecodeEngine:
         self.cache: list | None = None  # per layer (keys, values) [rows, h, max_len, c]
         self.window: _Window | None = None
         self.graph = StepGraph(self) if device.type == "cuda" else None
+
+    @property
+    def lm(self):
+        return self._lm()
 
     # -- one window ----------------------------------------------------------
 
