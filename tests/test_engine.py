@@ -24,7 +24,7 @@ from vidmusician.generation.engine_select import select_engine
 from vidmusician.generation.guidance import GenerationParams, Guidance, guidance_conditions, sample_window
 from vidmusician.generation.windows import generate_tokens
 from vidmusician.model import attach_adapters
-from vidmusician.random_backbones import architecture, build, codec_config, lm_config, tiny_musicgen
+from vidmusician.random_backbones import build, codec_config, lm_config, tiny_musicgen
 
 # Largest difference of a raw logit between the engine and the reference path at any step,
 # relative to the step's largest logit (measured on a float32 CPU: 0 without adapters, below 1e-6 with).
@@ -153,28 +153,11 @@ def test_stereo_layout_matches(tiny_base):
 
 
 def small_lm():
-    """An LM of MusicGen-small's architecture (24 layers, 1024 wide, 4 x 2048 tokens), quickly random.
+    """An LM of MusicGen-small's architecture (24 layers, 1024 wide), random weights, built in seconds
+    (the decode benchmark's builder)."""
+    from test_benchmarks import load_script
 
-    Built on the meta device and filled with scaled normal weights tiled from a pool of a
-    prime length (so rows do not repeat in step): audiocraft's own initialization of 300M
-    parameters takes half a minute, and exactness needs none of it.
-    """
-    from audiocraft.models import builders
-
-    cfg = lm_config(**architecture("small"), card=2048)
-    cfg.device = "meta"
-    with torch.device("meta"):
-        lm = builders.get_lm_model(cfg)
-    lm = lm.to_empty(device="cpu").eval()
-    pool = torch.randn(1_000_003, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for name, p in lm.named_parameters():
-            if p.dim() > 1:
-                tiles = pool.repeat(-(-p.numel() // len(pool)))[:p.numel()]
-                p.copy_(tiles.view(p.shape) * p.shape[-1] ** -0.5)
-            else:  # norms start at the identity, biases at zero
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-    return lm
+    return load_script("decode").random_lm("small")
 
 
 @pytest.mark.numerics
