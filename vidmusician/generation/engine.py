@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from audiocraft.modules.transformer import create_sin_embedding
 
 from ..adapter.context import VideoContext
 from .engine_graph import StepGraph
@@ -80,6 +79,10 @@ class DecodeEngine:
         # A weak reference: engines are kept per LM (engine_select), and must not keep it alive.
         self._lm = weakref.ref(lm)
         self.batch, self.branches, self.max_len, self.device = batch, branches, max_len, device
+        # audiocraft comes with the model (importing the generation modules stays light).
+        from audiocraft.modules.transformer import create_sin_embedding
+
+        self._sin_embedding = create_sin_embedding
         self.rows = batch * branches
         K = lm.num_codebooks
         first = base_layers(lm)[0].self_attn
@@ -197,7 +200,7 @@ class DecodeEngine:
         offsets = start.expand(rows) if torch.is_tensor(start) else torch.full((rows,), start, device=self.device)
         positions = torch.arange(steps, device=self.device).view(1, -1, 1) + offsets.view(-1, 1, 1)
         transformer = lm.transformer
-        pos_emb = create_sin_embedding(positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype)
+        pos_emb = self._sin_embedding(positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype)
         x = x + transformer.positional_scale * pos_emb
         if self.cache is None:
             self._allocate(x)
