@@ -19,6 +19,7 @@ returning freed memory to the OS):
   finds the fine-codebook targets it rules out.
 
     .venv/bin/python benchmarks/train.py [--seconds 5] [--batch 1] [--steps 3] [--device cpu] [--only cached filtered]
+                                         [--size small] [--stage 2]
 """
 
 from __future__ import annotations
@@ -88,11 +89,11 @@ def build(args, semantic_encoder: str):
     from vidmusician.model import attach_adapters
 
     torch.manual_seed(0)  # the same weights for every semantic encoder
-    musicgen = random_musicgen("small", device=args.device)
+    musicgen = random_musicgen(args.size, device=args.device)
     musicgen.compression_model = real_codec(args.device)
-    config = dataclasses.replace(load_preset("musicgen-small"), semantic_encoder=semantic_encoder)
+    config = dataclasses.replace(load_preset(f"musicgen-{args.size}"), semantic_encoder=semantic_encoder)
     vm = attach_adapters(musicgen, config)
-    vm.set_trainable(["semantic", "rhythm"])
+    vm.set_trainable(["semantic", "rhythm"] if args.stage == 2 else ["semantic"])
     vm.train()
     return vm, torch.optim.AdamW(vm.trainable_parameters(), lr=1e-4)
 
@@ -200,6 +201,9 @@ def main():
     p.add_argument("--batch", type=int, default=None, help="windows per step (default: 8 on GPU, 1 on CPU)")
     p.add_argument("--steps", type=int, default=3, help="timed rounds (after one warmup round)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", default="small", choices=["small", "medium", "large"], help="LM architecture")
+    p.add_argument("--stage", type=int, default=2, choices=[1, 2],
+                   help="what trains: 1 the semantic adapter, 2 the semantic and rhythmic ones (default)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (default on GPU)")
     p.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), metavar="NAME",
                    help=f"time only these configurations (of {', '.join(CONFIGS)})")
@@ -211,7 +215,8 @@ def main():
     results = run(args)
 
     device = torch.cuda.get_device_name() if gpu else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"MusicGen-small LM + musicgen-small adapters (t5-lora unless named), semantic + rhythm training; "
+    print(f"MusicGen-{args.size} LM + musicgen-{args.size} adapters (t5-lora unless named), stage {args.stage} "
+          f"({'semantic + rhythm' if args.stage == 2 else 'semantic'}) training; "
           f"{device}; torch {torch.__version__}")
     print(f"batch {args.batch} x {args.seconds:g} s windows, bf16 autocast {'on' if args.bf16 else 'off'}, "
           f"median of {args.steps} interleaved rounds after a warmup round\n")

@@ -72,7 +72,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                   text_cfg_coef: float | None = None, video_cfg_coef: float | None = None,
                   plausibility: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   output_format: str = "wav", keep_soundtrack: bool = False,
-                  log: Callable[[str], None] | None = None) -> ManyReport:
+                  log: Callable[[str], None] | None = None, engine: str = "fast") -> ManyReport:
     """Generates music for many videos, one output file each, in ``output_dir``.
 
     ``OUT/NAME_music.wav`` for ``NAME.mp4`` (``output_format`` sets the suffix); an
@@ -93,7 +93,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
         log: called with a line for each video that fails, as it fails, and once with
             the number of outputs skipped.
         adapter, backbone, encoder, text, duration, cfg_coef, top_k, temperature, device,
-            progress, extend_stride, text_cfg_coef, video_cfg_coef, plausibility: as
+            progress, extend_stride, text_cfg_coef, video_cfg_coef, plausibility, engine: as
             for :func:`~vidmusician.generate` (``plausibility`` None: its default).
 
     Returns:
@@ -113,7 +113,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
     # Every check that needs no model and no video comes first.
     plausibility = DEFAULT_PLAUSIBILITY if plausibility is None else plausibility
     params = GenerationParams(top_k=top_k, temperature=temperature, cfg_coef=cfg_coef, text_cfg_coef=text_cfg_coef,
-                              video_cfg_coef=video_cfg_coef, extend_stride=extend_stride, plausibility=plausibility)
+                              video_cfg_coef=video_cfg_coef, extend_stride=extend_stride, plausibility=plausibility,
+                              engine=engine)
     duration, seed = check_duration(duration), check_seed(seed)
     if isinstance(seed, list):
         raise ConfigError("seed must be one integer; each video's own seed is derived from it and its name")

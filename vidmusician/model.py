@@ -312,7 +312,7 @@ class VidMusician:
                               temperature: float = 1.0, cfg_coef: float = 3.0, extend_stride: float | None = None,
                               two_step_cfg: bool = False, text_cfg_coef: float | None = None,
                               video_cfg_coef: float | None = None,
-                              plausibility: float = DEFAULT_PLAUSIBILITY) -> None:
+                              plausibility: float = DEFAULT_PLAUSIBILITY, engine: str = "fast") -> None:
         """Sets the sampling parameters of :meth:`generate` (MusicGen's names and defaults).
 
         Guidance: ``logits = null + t * (text - null) + v * (text_video - text)``.
@@ -336,11 +336,13 @@ class VidMusician:
             plausibility: guidance ranks only the tokens the conditional branch finds
                 plausible (probability at least this fraction of its top token's); 0:
                 every token, MusicGen's guidance (see docs/alignment.md).
+            engine: 'fast' (the static-cache decode engine where it applies) or
+                'reference' (audiocraft's streaming forward).
         """
         self.generation_params = GenerationParams(
             use_sampling=use_sampling, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
             text_cfg_coef=text_cfg_coef, video_cfg_coef=video_cfg_coef, extend_stride=extend_stride,
-            two_step_cfg=two_step_cfg, plausibility=plausibility)
+            two_step_cfg=two_step_cfg, plausibility=plausibility, engine=engine)
 
     def generate(self, videos, texts=None, duration: float | None = None, seed: int | None = None,
                  progress: bool = False, return_tokens: bool = False):

@@ -27,7 +27,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
              duration: float | None = None, cfg_coef: float = 3.0, top_k: int = 250, temperature: float = 1.0,
              seed: int | None = None, device=None, progress: bool = True, extend_stride: float | None = None,
              text_cfg_coef: float | None = None, video_cfg_coef: float | None = None,
-             plausibility: float = DEFAULT_PLAUSIBILITY):
+             plausibility: float = DEFAULT_PLAUSIBILITY, engine: str = "fast"):
     """Generates music for a video.
 
     Loads everything on each call; to generate repeatedly, load a
@@ -63,6 +63,8 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         plausibility: guidance ranks only the tokens the conditional branch gives at least
             this fraction of its top token's probability; 0: every token, MusicGen's guidance
             (see docs/alignment.md).
+        engine: 'fast': the static-cache decode engine (one CUDA graph per step on a
+            GPU) where it applies; 'reference': audiocraft's streaming forward.
 
     Returns:
         ``(wav, sample_rate)``: ``wav`` a float tensor ``[channels, samples]`` on
@@ -72,7 +74,8 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         VidMusicianError: bad video, adapter, backbone, encoder or argument (one line).
     """
     params = GenerationParams(top_k=top_k, temperature=temperature, cfg_coef=cfg_coef, text_cfg_coef=text_cfg_coef,
-                              video_cfg_coef=video_cfg_coef, extend_stride=extend_stride, plausibility=plausibility)
+                              video_cfg_coef=video_cfg_coef, extend_stride=extend_stride, plausibility=plausibility,
+                              engine=engine)
     duration = check_duration(duration)
     info = probe(video)  # fails fast on a bad video, before any model loads
     if duration is None:

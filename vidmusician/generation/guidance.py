@@ -39,6 +39,8 @@ STRIDE_FRACTION = 0.6
 # Guidance ranks only the tokens the conditional branch gives at least this fraction of its top
 # token's probability (Guidance.plausibility; measured in docs/alignment.md).
 DEFAULT_PLAUSIBILITY = 0.01
+# Decoders of a window: the static-cache engine (where it applies), audiocraft's streaming forward.
+ENGINES = ("fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,9 @@ class GenerationParams:
         plausibility: guidance ranks only the tokens whose probability under the
             conditional branch is at least this fraction of its most likely token's
             (:class:`Guidance`); 0: every token, MusicGen's guidance.
+        engine: 'fast' decodes with the static-cache engine
+            (:mod:`vidmusician.generation.engine`, one CUDA graph per step on a GPU) where
+            it applies; 'reference' with audiocraft's streaming forward.
     """
 
     use_sampling: bool = True
@@ -170,6 +175,7 @@ class GenerationParams:
     extend_stride: float | None = None
     two_step_cfg: bool = False
     plausibility: float = DEFAULT_PLAUSIBILITY
+    engine: str = "fast"
 
     def __post_init__(self):
         if self.two_step_cfg:
@@ -189,6 +195,8 @@ class GenerationParams:
         for name in ("cfg_coef", "text_cfg_coef", "video_cfg_coef"):
             if getattr(self, name) is not None:
                 setattr(self, name, check_guidance(name, getattr(self, name)))
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.extend_stride is not None and not self.extend_stride > 0:
             raise ConfigError(f"extend_stride must be positive seconds, got {self.extend_stride}")
         self.top_k = int(self.top_k)

@@ -27,6 +27,7 @@ from ..video.encoder_specs import check_encoder_fit
 from ..video.encoders import VisualEncoder, load_encoder
 from ..video.features import VideoFeatures, extract_features
 from ..video.reader import frames_covering
+from .engine_select import select_engine
 from .guidance import GenerationParams, guidance_conditions, sample_window
 from .row_seeds import RowSeeds
 
@@ -98,6 +99,9 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
     # No prompt in the batch: its text rows would be its null rows, a third branch for nothing.
     has_text = any(value for a in attributes for value in a.text.values())
     guidance = params.guidance(has_video, has_text)
+    # Hooks of the VidMusician's own (the adapters' context) do not ask for the reference path.
+    own_hooks = (vm._hook.id,) if vm is not None else ()
+    engine = select_engine(lm, params, len(attributes), guidance, windows[0].frames, own_hooks)
     bar = _progress_bar(lm, windows, progress)
     pieces = []
     device = next(lm.parameters()).device
@@ -114,8 +118,14 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
             if len(windows) > 1:
                 bar.set_description(f"window {w.index + 1}/{len(windows)}")
             with musicgen.autocast:
-                codes = sample_window(lm, prompt, conditions, guidance, w.frames, params,
-                                      callback=lambda: bar.update(1), row_seeds=row_seeds)
+                if engine is not None:
+                    codes = engine.sample_window(prompt, conditions, guidance, w.frames, params, videos=videos,
+                                                 frame_offset=w.frame_offset, callback=lambda: bar.update(1),
+                                                 max_global_tokens=vm.config.max_global_tokens if vm else 0,
+                                                 row_seeds=row_seeds)
+                else:
+                    codes = sample_window(lm, prompt, conditions, guidance, w.frames, params,
+                                          callback=lambda: bar.update(1), row_seeds=row_seeds)
             pieces.append(codes[..., w.prompt_frames:])
             prompt = codes[..., stride:]
     finally:

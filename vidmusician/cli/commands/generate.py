@@ -54,6 +54,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--extend-stride", type=float, metavar="S",
                         help="seconds between windows past the backbone's 30 s window (default 18)")
     parser.add_argument("--device", metavar="DEV", help="cuda or cpu (default: cuda when available)")
+    # -- decoding engine --
+    parser.add_argument("--engine", choices=("fast", "reference"), default="fast",
+                        help="fast: the static-cache decode engine, one CUDA graph per step on a GPU (default; "
+                             "models it cannot compute fall back with a notice); reference: audiocraft's "
+                             "streaming decode")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     # Many videos, and the output's audio streams.
     parser.add_argument("--batch-size", type=arg_number(low=1, integer=True), default=DEFAULT_BATCH_SIZE,
@@ -99,7 +104,8 @@ def generation_options(args) -> dict:
     options = dict(adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, text=args.text,
                    duration=args.duration, cfg_coef=args.cfg_coef, text_cfg_coef=args.text_cfg,
                    video_cfg_coef=args.video_cfg, top_k=args.top_k, temperature=args.temperature, seed=args.seed,
-                   device=args.device, progress=not args.quiet, extend_stride=args.extend_stride)
+                   device=args.device, progress=not args.quiet, extend_stride=args.extend_stride,
+                   engine=args.engine)
     if args.plausibility is not None:  # unset: the library's default (importing it here would load torch)
         options["plausibility"] = args.plausibility
     return options
