@@ -37,8 +37,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vidmusician import attach_adapters  # noqa: E402
+from vidmusician.adapter.audiocraft_internals import text_conditions  # noqa: E402
 from vidmusician.adapter.context import VideoBatch  # noqa: E402
-from vidmusician.config import AdapterConfig, load_preset  # noqa: E402
+from vidmusician.config import AdapterConfig  # noqa: E402
+from vidmusician.sizing import load_preset  # noqa: E402
 from vidmusician.generation.engine_select import engine_for  # noqa: E402
 from vidmusician.generation.guidance import GenerationParams  # noqa: E402
 from vidmusician.generation.windows import generate_tokens  # noqa: E402
@@ -56,7 +58,7 @@ def random_lm(size: str, device="cpu"):
     """
     from audiocraft.models import builders
 
-    from vidmusician.random_backbones import architecture, lm_config
+    from vidmusician.testing.random_backbones import architecture, lm_config
 
     arch = dict(dim=32, num_heads=4, num_layers=4) if size == "tiny" else architecture(size)
     cfg = lm_config(**arch, card=2048)
@@ -123,7 +125,7 @@ def run_config(vm, batch: int, branches: int, args, device) -> dict:
     frame_rate = musicgen.frame_rate
     frames = int(args.seconds * frame_rate)
     coefs = dict(cfg_coef=3.0) if branches == 2 else dict(text_cfg_coef=3.0, video_cfg_coef=5.0)
-    attributes = musicgen._prepare_tokens_and_attributes(["lo-fi, piano"] * batch, None)[0]
+    attributes = text_conditions(musicgen, ["lo-fi, piano"] * batch)
     batch_videos = videos(vm, batch, args.seconds)
     pattern = vm.lm.pattern_provider.get_pattern(frames)
     steps = len(pattern.layout) - pattern.get_first_step_with_timesteps(0)
