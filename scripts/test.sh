@@ -9,14 +9,12 @@
 # worker, so a file's module fixtures are built once). With arguments, pytest runs as given.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+cores=$(nproc 2>/dev/null || echo 1)
+workers=${VIDMUSICIAN_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
+spread=()
+[ "$workers" -gt 1 ] && spread=(-n "$workers" --dist loadfile)
 if [ "$#" -eq 0 ]; then
-  cores=$(nproc 2>/dev/null || echo 1)
-  workers=${VIDMUSICIAN_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
-  if [ "$workers" -gt 1 ]; then
-    .venv/bin/python -m pytest -n "$workers" --dist loadfile tests
-  else
-    .venv/bin/python -m pytest tests
-  fi
+  .venv/bin/python -m pytest "${spread[@]}" tests
 else
   .venv/bin/python -m pytest "$@"
 fi
@@ -28,7 +26,7 @@ fi
 if [ "$rc" -eq 0 ] && [ "$#" -eq 0 ]; then
   echo "test: the numerics tests again, on portable CPU kernels" >&2
   ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 VIDMUSICIAN_TEST_THREADS=1 \
-    .venv/bin/python -m pytest -q -m numerics tests
+    .venv/bin/python -m pytest -q "${spread[@]}" -m numerics tests
   rc=$?
 fi
 exit "$rc"
