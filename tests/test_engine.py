@@ -168,6 +168,22 @@ def test_real_small_architecture_matches_for_a_few_steps():
 
 
 @pytest.mark.numerics
+def test_real_small_architecture_matches_with_adapters():
+    """The adapters wired into every layer of a 24-layer, 1024-wide LM (perturbed), a video and a null video."""
+    from audiocraft.models import builders
+    from audiocraft.models.musicgen import MusicGen
+
+    lm = small_lm()
+    codec = builders.get_compression_model(codec_config(50, 2048)).eval()
+    musicgen = MusicGen("random-small", codec, lm, max_duration=30)
+    vm = attach_adapters(musicgen, tiny_config(musicgen, semantic_encoder="linear"))
+    perturb_adapters(vm, scale=0.1)
+    assert len(vm.lm.transformer.layers) == 24 and vm.lm.dim == 1024
+    videos = random_video_batch(2, [True, False], num_frames=40, num_global=2)
+    assert_same(*run_both(vm.lm, Guidance.two_branch(3.0), 3, texts=("piano", "drums"), vm=vm, videos=videos))
+
+
+@pytest.mark.numerics
 def test_learned_base_matches_with_adapters():
     from vidmusician.backbones import load_backbone
 
