@@ -72,16 +72,21 @@ def setup(tiny):
     return vm, codes, valid, random_video_batch(2, [True, True], num_frames=60)
 
 
-def test_the_objective_filters_with_the_frozen_base(setup):
+@pytest.mark.parametrize("texts", [[None, None], ["piano", "drums"]], ids=["no-text", "text"])
+def test_the_objective_filters_with_the_frozen_base(setup, texts):
+    """The base's forward reads the same text as the adapted one (the text is encoded once for both)."""
+    from audiocraft.modules.conditioners import ConditioningAttributes
+
     vm, codes, valid, videos = setup
+    conditions = [ConditioningAttributes(text={"description": t}) for t in texts]
     # The tiny random base is nearly uniform: a fraction near 1 makes it drop most fine targets.
     fraction = 0.6
     with torch.no_grad():
-        sums, counts = Objective(vm, fraction)(codes, valid, videos, [None, None])
-        plain, plain_counts = Objective(vm, fraction)(codes, valid, videos, [None, None], filtered=False)
-        off = Objective(vm)(codes, valid, videos, [None, None])
-        adapted = vm.compute_predictions(codes, videos)
-        base = vm.compute_predictions(codes, None)
+        sums, counts = Objective(vm, fraction)(codes, valid, videos, texts)
+        plain, plain_counts = Objective(vm, fraction)(codes, valid, videos, texts, filtered=False)
+        off = Objective(vm)(codes, valid, videos, texts)
+        adapted = vm.compute_predictions(codes, videos, conditions)
+        base = vm.compute_predictions(codes, None, conditions)
     mask = adapted.mask & loss_mask(vm.lm, valid)
     keep = plausible_targets(base.logits, codes, fraction)
     # The filter's mask is the base's: the adapted model's own would differ.

@@ -285,7 +285,8 @@ class VidMusician:
 
     # -- forward -------------------------------------------------------------
 
-    def compute_predictions(self, codes: torch.Tensor, videos=None, conditions=None, frame_offset: int = 0):
+    def compute_predictions(self, codes: torch.Tensor, videos=None, conditions=None, frame_offset: int = 0,
+                            condition_tensors=None):
         """``lm.compute_predictions`` with the video set: returns audiocraft's LMOutput.
 
         Args:
@@ -293,13 +294,17 @@ class VidMusician:
             videos: one ``VideoFeatures``/``None`` per sample, or a ``VideoBatch``.
             conditions: audiocraft ConditioningAttributes (default: null text).
             frame_offset: codec frame of the video that codes[..., 0] corresponds to.
+            condition_tensors: the conditions already encoded (``lm.condition_provider``'s
+                output), for forwards that share them; ``conditions`` is then not read.
         """
         from audiocraft.modules.conditioners import ConditioningAttributes
 
-        if conditions is None:
+        if condition_tensors is not None:
+            conditions = []
+        elif conditions is None:
             conditions = [ConditioningAttributes(text={"description": None}) for _ in range(codes.shape[0])]
         with self.video(videos, frame_offset):
-            return self.lm.compute_predictions(codes, conditions)
+            return self.lm.compute_predictions(codes, conditions, condition_tensors)
 
     # -- generation ----------------------------------------------------------
     # Thin over vidmusician.generation.windows.

@@ -66,13 +66,16 @@ class Objective(nn.Module):
         from audiocraft.modules.conditioners import ConditioningAttributes
 
         conditions = [ConditioningAttributes(text={"description": t}) for t in texts]
-        keep = None
+        keep, tensors = None, None
         if filtered and self.plausible_targets:
+            # The text is encoded once for both forwards (the base's and the adapted model's).
+            provider = self.lm.condition_provider
+            tensors = provider(provider.tokenize(conditions))
             with torch.no_grad():
-                base = self.vm.compute_predictions(codes, None, conditions)  # no video: the frozen base
+                base = self.vm.compute_predictions(codes, None, condition_tensors=tensors)  # no video: the base
                 keep = plausible_targets(base.logits, codes, self.plausible_targets)
                 del base
-        out = self.vm.compute_predictions(codes, videos, conditions)
+        out = self.vm.compute_predictions(codes, videos, conditions, condition_tensors=tensors)
         mask = out.mask & loss_mask(self.lm, valid)
         if keep is None:
             return codebook_losses(out.logits, codes, mask)
