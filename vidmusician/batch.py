@@ -22,14 +22,12 @@ from typing import Callable, Sequence
 
 from .errors import ConfigError, VidMusicianError, one_line, printable, short_path
 
-__all__ = ["DEFAULT_BATCH_SIZE", "VIDEO_SUFFIXES", "ManyReport", "generate_many", "find_videos", "output_path",
+__all__ = ["DEFAULT_BATCH_SIZE", "ManyReport", "generate_many", "find_videos", "output_path",
            "group_by_length", "video_seed", "music_tags"]
 
 # Videos sampled together: batching amortizes each step's fixed cost; 8 rows of
 # MusicGen-small (x2 for guidance) fit any GPU with room for the model.
 DEFAULT_BATCH_SIZE = 8
-# What a folder's scan takes as videos (any file named explicitly is tried).
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 # An output's name: the video's, then this, then the format's suffix (as `vidmusician generate` names one).
 OUTPUT_TAG = "_music"
 
@@ -81,7 +79,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
 
     Args:
         videos: video files and folders (a folder: its files ending in
-            :data:`VIDEO_SUFFIXES`, not its subfolders), or one of them.
+            :data:`vidmusician.video.reader.VIDEO_SUFFIXES`, not its subfolders), or one of them.
         output_dir: the folder of the outputs; made if missing.
         seed: seeds each video with :func:`video_seed` of it and the video's file name:
             a video's music is the same whichever videos share its batch. None: not seeded.
@@ -205,14 +203,16 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
 def find_videos(inputs, output_suffix: str = ".wav") -> list[Path]:
     """The videos of ``inputs`` (files and folders), in order, each once.
 
-    A folder gives its files ending in :data:`VIDEO_SUFFIXES`, sorted by name, not
-    hidden ones (a writer's temporary files) and not the outputs of other videos
-    found (``NAME_music.mp4`` beside ``NAME.mp4``, from an earlier run into the same
-    folder). A file named explicitly is taken whatever its suffix.
+    A folder gives its files ending in :data:`vidmusician.video.reader.VIDEO_SUFFIXES`
+    (the suffixes prepare and eval scan for), sorted by name, not hidden ones (a
+    writer's temporary files) and not the outputs of other videos found
+    (``NAME_music.mp4`` beside ``NAME.mp4``, from an earlier run into the same folder). A file named explicitly is taken whatever its suffix.
 
     Raises:
         ConfigError: an input does not exist, or a folder holds no video.
     """
+    from .video.reader import VIDEO_SUFFIXES
+
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     found, from_folders = [], set()
