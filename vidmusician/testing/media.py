@@ -35,6 +35,8 @@ def write_video(
     codec: str = "libx264",
     faststart: bool = False,
     rotation: int = 0,
+    audio_bit_rate: int | None = None,
+    container_format: str | None = None,
 ) -> Path:
     """Writes frames (and optionally audio) to an mp4/mkv/mov file.
 
@@ -54,6 +56,9 @@ def write_video(
             a truncated copy still opens and only its frames are missing.
         rotation: Display rotation in degrees (counter-clockwise) stored in the
             container, as phones do for portrait videos; players show the frames turned.
+        audio_bit_rate: the AAC encoder's bits per second (None: its default).
+        container_format: the container when the suffix does not say it (a temporary
+            name, e.g. ``mp4``).
 
     Returns:
         ``path`` as a Path.
@@ -66,7 +71,7 @@ def write_video(
     pts = np.round(np.asarray(times, dtype=np.float64) / float(_TIME_BASE)).astype(np.int64)
     assert len(pts) == len(frames) and np.all(np.diff(pts) > 0), "times must be increasing"
     options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), mode="w", options=options) as container:
+    with av.open(str(path), mode="w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -79,6 +84,8 @@ def write_video(
             audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
             layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
             astream = container.add_stream("aac", rate=sample_rate, layout=layout)
+            if audio_bit_rate:
+                astream.bit_rate = audio_bit_rate
         for frame, p in zip(frames, pts):
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
             vf.pts = int(p)

@@ -13,7 +13,6 @@ every machine and every run (its randomness is seeded by i).
 from __future__ import annotations
 
 import random
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +39,10 @@ def write_practice_video(path, index: int, seconds: float = SECONDS) -> Path:
     Returns:
         ``path`` as a Path.
     """
-    import av
     import julius
 
     from .. import learned_base as lb
+    from ..testing.media import write_video
 
     rng = random.Random(index)
     num_frames = int(round(seconds * lb.FRAME_RATE))  # codec frames
@@ -60,23 +59,9 @@ def write_practice_video(path, index: int, seconds: float = SECONDS) -> Path:
         frames[t, 28:36, x:x + 8] = 255 - PALETTE[style]
     frames[[f // step for f in events]] = 255
 
-    def write(tmp: Path) -> None:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            video = container.add_stream("libx264", rate=Fraction(FPS))
-            video.width = video.height = SIZE
-            video.pix_fmt = "yuv420p"
-            audio = container.add_stream("aac", rate=AAC_RATE, layout="mono")  # every stream before the first packet
-            audio.bit_rate = AAC_KBPS * 1000
-            for frame in frames:
-                container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(video.encode())
-            chunk = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            chunk.sample_rate, chunk.pts = AAC_RATE, 0
-            container.mux(audio.encode(chunk))
-            container.mux(audio.encode())
-
     path = Path(path)
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: write_video(tmp, frames, FPS, audio=samples, sample_rate=AAC_RATE,
+                                               audio_bit_rate=AAC_KBPS * 1000, container_format="mp4"))
     return path
 
 
