@@ -184,11 +184,7 @@ class DecodeEngine:
         lm, B, pos = self.lm, self.batch, self.position
         tokens = self.sequence.index_select(2, pos).repeat(self.branches, 1, 1)
         logits = self._forward(tokens, pos, length)
-        combined = guidance.combine(logits[:, :, -1], B)
-        if row_seeds is not None and params.use_sampling and params.temperature > 0.0:
-            token = row_seeds.sample(lambda row: sample_token(row, params), combined)  # [B, K, 1]
-        else:
-            token = sample_token(combined, params)  # [B, K, 1]
+        token = sample_token(guidance.combine(logits[:, :, -1], B), params, row_seeds)  # [B, K, 1]
         after = pos + 1
         valid = self.pattern_mask.index_select(1, after)  # [K, 1]
         token = torch.where(valid, token, torch.full_like(token, lm.special_token_id))
@@ -369,15 +365,18 @@ def pad_folded(folded, heads: int, tokens: int):
     return type(folded)(qk.contiguous().transpose(1, 2), vo.contiguous(), bias)
 
 
-def sample_token(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+def sample_token(logits: torch.Tensor, params: GenerationParams, row_seeds=None) -> torch.Tensor:
     """``[B, K, 1]`` tokens from ``[B, K, card]`` logits, on the device, as audiocraft samples them.
 
     ``torch.multinomial`` of one sample is the argmax of ``probs / q`` with ``q`` drawn
     from an exponential distribution; written out, with the same random draws, it needs
     no check on the host (which ``torch.multinomial`` makes, and a CUDA graph cannot).
+    ``row_seeds``: as in :func:`vidmusician.generation.guidance.sample_token` (eager only).
     """
     if not (params.use_sampling and params.temperature > 0.0):
         return torch.argmax(logits, dim=-1, keepdim=True)
+    if row_seeds is not None:
+        return row_seeds.sample(lambda row: sample_token(row, params), logits)
     probs = torch.softmax(logits / params.temperature, dim=-1)
     if params.top_p > 0.0:  # audiocraft.utils.utils.sample_top_p
         probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
