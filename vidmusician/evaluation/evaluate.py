@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterable, Mapping
 from ..audio_io import read_tags
 from ..errors import ConfigError, printable
 from ..fileio import atomic_write
-from ..video.encoder_weights import check_weights_available
 from ..video.features import VisualEncoder, load_encoder
 from . import metrics
 from .clips import METRICS, REFERENCE_METRICS, ClipResult, EvalSettings, score_clip  # noqa: F401  (here too)
@@ -238,10 +237,14 @@ def _load_encoder(spec: Any, source: str) -> Any:
     # Loaded here once, not by extract_features once per clip.
     if isinstance(spec, VisualEncoder):
         return spec
-    # Weights that cannot be had now are said at once, not after a minute of download retries.
-    why = ("the generated files record no visual encoder (music made without an adapter), so the default is used "
-           "(--visual-source flow needs none): " if source == "default" else "")
-    check_weights_available(spec, context=why)
-    return load_encoder(spec)
+    # Weights that cannot be had now are one line at once (load_encoder checks, before any
+    # download); it says why this encoder was chosen when the files chose none.
+    try:
+        return load_encoder(spec)
+    except ConfigError as exc:
+        if source != "default":
+            raise
+        raise ConfigError("the generated files record no visual encoder (music made without an adapter), so the "
+                          f"default is used (--visual-source flow needs none): {exc}") from None
 
 
