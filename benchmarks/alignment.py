@@ -292,6 +292,8 @@ def run(args) -> dict | list[dict]:
     weights = [f"codebook_weights={json.dumps(args.codebook_weights)}"] if args.codebook_weights else []
     if args.plausible_targets is not None:
         weights.append(f"plausible_targets={args.plausible_targets}")
+    if args.rhythm_context is not None:
+        weights.append(f"adapter.rhythm_context={args.rhythm_context}")
     log1 = train_stage("stage1_semantic.json", work / "data", work / "stage1", args.steps1, args.lr1, args.batch,
                        weights)
     log2 = train_stage("stage2_rhythm.json", work / "data", work / "stage2", args.steps2, args.lr2, args.batch,
@@ -347,6 +349,9 @@ def main():
     p.add_argument("--plausible-targets", type=float, metavar="F",
                    help="train both stages with this recipe plausible_targets (0: every target, MusicGen's loss; "
                         "default: the recipes')")
+    p.add_argument("--rhythm-context", type=int, default=None, metavar="N",
+                   help="earlier local frames the rhythm input reads (the adapter config's rhythm_context; "
+                        "0: the paper's per-frame input; default: the library's)")
     p.add_argument("--workdir", default=None, help="folder for videos, data and runs (default: a temporary one)")
     p.add_argument("--lr-sweep", type=float, nargs="+", metavar="LR", help="measure these learning rates instead")
     p.add_argument("--sweep-steps", type=int, default=80, help="training steps per rate of --lr-sweep")

@@ -94,13 +94,17 @@ def in_attention_linear(linear, r):
 
 def adapt_by_hand(base_lm, vm, video, frame_offset: int, steps: int):
     """Forward pre-hooks on the base model's layers that add what the design says, for the video rows:
-    ``r_0 = O(local)``, ``r_j = L_j(r_{j-1})``, ``h += r_j``, then ``h += CrossAttn(norm(h), M)``.
+    ``r_0 = O([local(t), local(t - lag_1), ...])`` (zero before the video), ``r_j = L_j(r_{j-1})``,
+    ``h += r_j``, then ``h += CrossAttn(norm(h), M)``.
 
     The adapted model's own adapter modules provide the weights (and receive the gradients).
     """
     config, inputs = vm.config, vm.lm.video_inputs
     rows = video.present.nonzero().flatten()
-    local = video.local[rows, frame_offset:frame_offset + steps]
+    lead = max(config.rhythm_lags)
+    padded = F.pad(video.local[rows], (0, 0, lead, steps))  # zeros before the video and after it
+    at = [padded[:, lead + frame_offset - lag:lead + frame_offset - lag + steps] for lag in config.rhythm_lags]
+    local = torch.cat(at, dim=-1)
     r = F.linear(local, inputs.rhythm_in.proj.weight, inputs.rhythm_in.proj.bias)
     residuals = {}
     for i in config.rhythm_layers:
@@ -126,12 +130,15 @@ def adapt_by_hand(base_lm, vm, video, frame_offset: int, steps: int):
 
 # Full-width in-attention, and a rank below the model width (32); windows that start at
 # frame 0 and one second in (frame 50 at the tiny codec's 50 Hz) (another stretch of local frames and global tokens); video
-# rows in one span and scattered (the wrappers' two ways of picking rows).
-@pytest.mark.parametrize("rank, frame_offset, present", [(None, 0, [True, True, False]),
-                                                         (8, 50, [True, False, True])])
-def test_adapted_model_matches_the_design_written_out(tiny, rank, frame_offset, present):
+# rows in one span and scattered (the wrappers' two ways of picking rows); a rhythm input
+# of the current frame only (the paper's, and adapters saved before the context), of the
+# default context, and of a longer one.
+@pytest.mark.parametrize("rank, frame_offset, present, context", [(None, 0, [True, True, False], 0),
+                                                                  (8, 50, [True, False, True], 1),
+                                                                  (None, 50, [True, True, False], 3)])
+def test_adapted_model_matches_the_design_written_out(tiny, rank, frame_offset, present, context):
     base, musicgen = tiny(), tiny()
-    vm = attach_adapters(musicgen, tiny_config(musicgen, rhythm_rank=rank))
+    vm = attach_adapters(musicgen, tiny_config(musicgen, rhythm_rank=rank, rhythm_context=context))
     perturb_adapters(vm, scale=0.2)  # the norms' weights and biases too
     vm.set_trainable(["semantic", "rhythm"])
     video = random_video_batch(3, present)

@@ -67,6 +67,39 @@ def test_a_batch_and_each_window_read_the_video_at_frame_offset_plus_step_over_t
             np.testing.assert_allclose(row.numpy(), want, rtol=0, atol=1e-6)
 
 
+
+def test_the_rhythm_input_reads_each_lag_from_the_whole_video_whatever_the_window():
+    """Block j of a step's features is the signal lags[j] codec frames earlier, zero before the
+    video: the earlier frames of a window that starts mid-video are read, not zeroed."""
+    from vidmusician.adapter.context import VideoContext
+
+    frame_rate, lags = 50.0, (0, 2, 5, -3)
+    short = VideoFeatures(torch.rand(2, 4), signal(30, 4, seed=1).float(), 1.0, LOCAL_FPS, 1.2, "tiny")
+    long = VideoFeatures(torch.rand(3, 4), signal(70, 4, seed=2).float(), 1.0, LOCAL_FPS, 2.8, "tiny")
+    context = VideoContext(max_global_tokens=30)
+    context.batch = VideoBatch.from_features([short, None, long], frame_rate)
+    context.rows = torch.tensor([2, 0])  # the model rows carrying video: samples 2 and 0
+    for start, steps in ((0, 6), (1, 1), (3, 4), (57, 1), (64, 9), (135, 10), (150, 3)):
+        got = context.local(start, steps, lags)
+        assert got.shape == (2, steps, 4 * len(lags))
+        for row, feats in zip(got, (long, short)):
+            for j, lag in enumerate(lags):
+                times = (start - lag + np.arange(steps)) / frame_rate
+                want = reference(feats.local_feats.double().numpy(), LOCAL_FPS, times)
+                np.testing.assert_allclose(row[:, 4 * j:4 * (j + 1)].numpy(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("local_fps, frame_rate, lags", [(25.0, 50.0, (0, 2, 4)), (25.0, 25.0, (0, 1, 2)),
+                                                         (30.0, 50.0, (0, 2, 4)), (10.0, 32.0, (0, 3, 6))])
+def test_rhythm_lags_are_whole_local_frames_in_codec_frames(local_fps, frame_rate, lags):
+    from vidmusician.config import AdapterConfig
+
+    config = AdapterConfig(dim=32, num_layers=2, frame_rate=frame_rate, local_fps=local_fps, rhythm_rank=None,
+                           rhythm_context=2)
+    assert config.rhythm_lags == lags
+    assert config.replace(rhythm_context=0).rhythm_lags == (0,)
+
+
 @pytest.mark.parametrize("name", ["tiny", "tiny-t5", "tiny-learned"])
 def test_test_backbones_have_the_real_codec_timing(name):
     """50 Hz tokens at 32 kHz, as facebook/musicgen-*: the 25 fps video is resampled on every timing test."""

@@ -62,6 +62,13 @@ class AdapterConfig:
             also the length of the learned temporal position embedding.
         rhythm_rank: None for full-width identity-initialized in-attention linears,
             or the rank of their trainable update (identity + low-rank).
+        rhythm_context: earlier local frames the rhythm input (the Zero-Linear O) reads
+            beside the current one: at each codec frame it sees the change signal now
+            and ``1 / local_fps``, ``2 / local_fps``, ... seconds before (rounded to whole
+            codec frames; zeros before the video starts), so it can tell a change that
+            begins from one that ends (a flash's second edge) or goes on (motion). 0 is
+            the paper's per-frame map. An adapter folder written before the field
+            existed loads as 0, what those versions built.
         encoder: visual encoder spec ('ViT-B-32:openai', 'tiny', ...).
         encoder_activation: MLP activation of the encoder that made the training
             features, 'quick_gelu' or 'gelu'; features made with another are refused.
@@ -99,6 +106,7 @@ class AdapterConfig:
     attn_heads: int = 4
     max_global_tokens: int = 30
     rhythm_rank: int | None = 64
+    rhythm_context: int = 1
     encoder: str = "ViT-B-32:openai"
     encoder_activation: str | None = None
     global_fps: float = 1.0
@@ -155,6 +163,8 @@ class AdapterConfig:
         number("lora_alpha", self.lora_alpha, low=0, high=1e6, low_open=True, source="adapter config")
         if self.t5 is not None:
             self.t5 = check_t5_architecture(self.t5)
+        number("rhythm_context", self.rhythm_context, integer=True, low=0, high=MAX_RHYTHM_CONTEXT,
+               source="adapter config")
         if self.rhythm_rank is not None:
             number("rhythm_rank", self.rhythm_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
         for name in ("semantic_layers", "rhythm_layers"):
@@ -165,6 +175,16 @@ class AdapterConfig:
         for name in ("backbone", "encoder", "semantic_encoder"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"adapter config: {name} must be a string, got {getattr(self, name)!r}")
+
+    @property
+    def rhythm_lags(self) -> tuple[int, ...]:
+        """Codec frames back from the current one that the rhythm input reads, current first.
+
+        One local frame is ``frame_rate / local_fps`` codec frames (2 at 50 Hz and 25 fps),
+        rounded and at least one.
+        """
+        step = max(1, round(self.frame_rate / self.local_fps))
+        return tuple(j * step for j in range(self.rhythm_context + 1))
 
     @classmethod
     def for_backbone(cls, musicgen, **overrides) -> "AdapterConfig":
@@ -224,10 +244,20 @@ class AdapterConfig:
             # A trained adapter from before the activation was recorded: its features
             # were made with the activation of the architecture's open_clip config.
             data["encoder_activation"] = legacy_activation(data.get("encoder", cls.encoder))
+        if path.name == CONFIG_NAME and "rhythm_context" not in data:
+            data["rhythm_context"] = 0  # a trained adapter from before: its rhythm input read the current frame only
         return cls.from_dict(data, source=str(path))
 
 
+def describe_rhythm_input(config: AdapterConfig) -> str:
+    """What the rhythm input reads, in words (``vidmusician info``, model cards)."""
+    if not config.rhythm_context:
+        return "input: the current local frame only"
+    return f"input: the current local frame and the {config.rhythm_context} before it"
+
+
 SEMANTIC_ENCODERS = ("linear", "t5-lora")
+MAX_RHYTHM_CONTEXT = 100  # earlier local frames the rhythm input may read (4 s at 25 fps)
 
 
 def low_rank_is_smaller(rank: int, dim: int) -> bool:

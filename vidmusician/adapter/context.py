@@ -264,14 +264,24 @@ class VideoContext:
         """[n]: the sample of the video batch each model row that carries video reads."""
         return self.rows % self.batch.size
 
-    def local(self, start: int, steps: int) -> torch.Tensor:
-        """[n, steps, p]: the local signal from codec frame ``start`` (zeros past the end)."""
+    def local(self, start: int, steps: int, lags: Sequence[int] = (0,)) -> torch.Tensor:
+        """[n, steps, p * len(lags)]: the local signal of codec frames ``[start, start + steps)``.
+
+        Block ``j`` of a row holds the signal ``lags[j]`` codec frames earlier (later for a
+        negative lag), read from the whole video whatever the window (zeros before its start
+        and past its end).
+        """
+        lead, tail = max(max(lags), 0), max(-min(lags), 0)
         # Slice time before rows: a long video's full signal is never copied per step.
-        chunk = self.batch.local[:, start:start + steps]
+        first = max(start - lead, 0)
+        chunk = self.batch.local[:, first:start + steps + tail]
         chunk = chunk[self.video_rows().to(chunk.device)]
-        if chunk.shape[1] < steps:  # past the end of the video: no change
-            chunk = F.pad(chunk, (0, 0, 0, steps - chunk.shape[1]))
-        return chunk
+        # Pad to frames [start - lead, start + steps + tail): zeros before the video and past its end.
+        before = first - (start - lead)
+        chunk = F.pad(chunk, (0, 0, before, lead + steps + tail - before - chunk.shape[1]))
+        if len(lags) == 1:
+            return chunk[:, lead - lags[0]:lead - lags[0] + steps]
+        return torch.cat([chunk[:, lead - lag:lead - lag + steps] for lag in lags], dim=-1)
 
     def global_window(self) -> tuple[torch.Tensor, torch.Tensor]:
         """([n, t, g] tokens, [n, t] mask): the global tokens of this window's stretch of video."""

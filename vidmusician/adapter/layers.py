@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class VisualMemory(nn.Module):
     """Projects global visual tokens to the memory every cross-attention reads ('linear').
@@ -202,16 +204,21 @@ class IdentityLinear(nn.Module):
 class RhythmInput(nn.Module):
     """The Zero-Linear O: local change features -> model width.
 
+    It reads the change signal at ``lags`` codec frames back from each step (0 first,
+    the paper's per-frame input), side by side: ``[p * len(lags)]`` features a step.
     Zero-initialized so the in-attention chain carries exactly zero at step 0.
     """
 
-    def __init__(self, local_dim: int, dim: int):
+    def __init__(self, local_dim: int, dim: int, lags: tuple[int, ...] = (0,)):
         super().__init__()
-        self.proj = nn.Linear(local_dim, dim)
+        if not lags or lags[0] != 0 or any(b <= a for a, b in zip(lags, lags[1:])):
+            raise ConfigError(f"rhythm input lags must start at 0 and increase, got {lags}")
+        self.lags = tuple(int(lag) for lag in lags)
+        self.proj = nn.Linear(local_dim * len(self.lags), dim)
         # Zero-Linear: r_0 = 0 at init, so every r_j = L_j(r_{j-1}) is 0 too.
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, local: torch.Tensor) -> torch.Tensor:
-        """local [n, s, p] -> r_0 [n, s, d]."""
+        """local [n, s, p * len(lags)] (:meth:`VideoContext.local` with these lags) -> r_0 [n, s, d]."""
         return self.proj(local)

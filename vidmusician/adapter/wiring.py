@@ -87,11 +87,11 @@ class VideoInputs(StreamingModule):
         """[r_1, r_2, ...] for the forward's steps, each [n, s, d]."""
         start, steps = ctx.frame_offset + ctx.position, ctx.steps
         if not is_streaming(self):
-            return self._run_chain(ctx.local(start, steps))
+            return self._run_chain(ctx.local(start, steps, self.rhythm_in.lags))
         cache = streaming_state(self).get("rhythm")
         if cache is None or not cache.covers(ctx.window_id, start, steps):
             stop = start + max(steps, RHYTHM_CHUNK)
-            cache = RhythmCache(ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start)))
+            cache = RhythmCache(ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start, self.rhythm_in.lags)))
             streaming_state(self)["rhythm"] = cache
         return cache.slice(start, steps)
 

@@ -310,7 +310,7 @@ class DecodeEngine:
         local = None
         if inputs.rhythm_in is not None:
             ref = inputs.rhythm_in.proj.weight
-            local = context.local(frame_offset, self.max_len).to(ref.device, ref.dtype)
+            local = context.local(frame_offset, self.max_len, inputs.rhythm_in.lags).to(ref.device, ref.dtype)
         present = videos.present.to(self.device).view(-1, 1, 1)
         return _VideoWindow((branch * self.batch, (branch + 1) * self.batch), present, folded, local)
 

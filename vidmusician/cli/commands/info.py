@@ -20,6 +20,7 @@ def run(args) -> int:
     # Nothing here loads torch, open_clip or audiocraft for a preset: its config and counts
     # are data and arithmetic (a Hub id needs huggingface_hub).
     from ...adapter.parameter_counts import count_adapter_parameters
+    from ...config import describe_rhythm_input
     from ...config import CONFIG_NAME, AdapterConfig
     from ...sizing import load_preset, preset_names
 
@@ -57,7 +58,7 @@ def run(args) -> int:
     else:
         print("  semantic encoder linear: LayerNorm + Linear + learned positions")
     rank = "full" if c.rhythm_rank is None else f"rank {c.rhythm_rank}"
-    print(f"  rhythm           in-attention in {len(c.rhythm_layers)} layers ({rank})")
+    print(f"  rhythm           in-attention in {len(c.rhythm_layers)} layers ({rank}), {describe_rhythm_input(c)}")
     print(f"  stage            {c.stage}")
     print("trainable parameters")
     for group in ("semantic", "rhythm", "total"):
