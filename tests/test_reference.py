@@ -105,6 +105,8 @@ def adapt_by_hand(base_lm, vm, video, frame_offset: int, steps: int):
     padded = F.pad(video.local[rows], (0, 0, lead, steps))  # zeros before the video and after it
     at = [padded[:, lead + frame_offset - lag:lead + frame_offset - lag + steps] for lag in config.rhythm_lags]
     local = torch.cat(at, dim=-1)
+    if config.rhythm_compression is not None:
+        local = torch.log(1 + local / config.rhythm_compression)
     r = F.linear(local, inputs.rhythm_in.proj.weight, inputs.rhythm_in.proj.bias)
     residuals = {}
     for i in config.rhythm_layers:
@@ -131,14 +133,15 @@ def adapt_by_hand(base_lm, vm, video, frame_offset: int, steps: int):
 # Full-width in-attention, and a rank below the model width (32); windows that start at
 # frame 0 and one second in (frame 50 at the tiny codec's 50 Hz) (another stretch of local frames and global tokens); video
 # rows in one span and scattered (the wrappers' two ways of picking rows); a rhythm input
-# of the current frame only (the paper's, and adapters saved before the context), of the
-# default context, and of a longer one.
-@pytest.mark.parametrize("rank, frame_offset, present, context", [(None, 0, [True, True, False], 0),
-                                                                  (8, 50, [True, False, True], 1),
-                                                                  (None, 50, [True, True, False], 3)])
-def test_adapted_model_matches_the_design_written_out(tiny, rank, frame_offset, present, context):
+# of the raw current frame only (the paper's, and adapters saved before the context), of
+# the default context and compression, and of a longer context.
+@pytest.mark.parametrize("rank, frame_offset, present, context, compression", [
+    (None, 0, [True, True, False], 0, None), (8, 50, [True, False, True], 2, 0.01),
+    (None, 50, [True, True, False], 3, 0.5)])
+def test_adapted_model_matches_the_design_written_out(tiny, rank, frame_offset, present, context, compression):
     base, musicgen = tiny(), tiny()
-    vm = attach_adapters(musicgen, tiny_config(musicgen, rhythm_rank=rank, rhythm_context=context))
+    vm = attach_adapters(musicgen, tiny_config(musicgen, rhythm_rank=rank, rhythm_context=context,
+                                               rhythm_compression=compression))
     perturb_adapters(vm, scale=0.2)  # the norms' weights and biases too
     vm.set_trainable(["semantic", "rhythm"])
     video = random_video_batch(3, present)

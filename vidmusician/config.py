@@ -69,6 +69,12 @@ class AdapterConfig:
             begins from one that ends (a flash's second edge) or goes on (motion). 0 is
             the paper's per-frame map. An adapter folder written before the field
             existed loads as 0, what those versions built.
+        rhythm_compression: the rhythm input reads ``log(1 + change / rhythm_compression)``
+            instead of the change itself: a flash that changes every patch a little and one
+            that changes them a lot both stand far above motion, where the raw signal
+            differs threefold between them and a linear input follows only the strong
+            one. None reads the raw signal (the paper's; what adapter folders written
+            before the field existed load as).
         encoder: visual encoder spec ('ViT-B-32:openai', 'tiny', ...).
         encoder_activation: MLP activation of the encoder that made the training
             features, 'quick_gelu' or 'gelu'; features made with another are refused.
@@ -106,7 +112,8 @@ class AdapterConfig:
     attn_heads: int = 4
     max_global_tokens: int = 30
     rhythm_rank: int | None = 64
-    rhythm_context: int = 1
+    rhythm_context: int = 2
+    rhythm_compression: float | None = 0.01
     encoder: str = "ViT-B-32:openai"
     encoder_activation: str | None = None
     global_fps: float = 1.0
@@ -165,6 +172,9 @@ class AdapterConfig:
             self.t5 = check_t5_architecture(self.t5)
         number("rhythm_context", self.rhythm_context, integer=True, low=0, high=MAX_RHYTHM_CONTEXT,
                source="adapter config")
+        if self.rhythm_compression is not None:
+            number("rhythm_compression", self.rhythm_compression, low=0, high=1e6, low_open=True,
+                   source="adapter config")
         if self.rhythm_rank is not None:
             number("rhythm_rank", self.rhythm_rank, integer=True, low=1, high=MAX_COUNT, source="adapter config")
         for name in ("semantic_layers", "rhythm_layers"):
@@ -246,14 +256,18 @@ class AdapterConfig:
             data["encoder_activation"] = legacy_activation(data.get("encoder", cls.encoder))
         if path.name == CONFIG_NAME and "rhythm_context" not in data:
             data["rhythm_context"] = 0  # a trained adapter from before: its rhythm input read the current frame only
+        if path.name == CONFIG_NAME and "rhythm_compression" not in data:
+            data["rhythm_compression"] = None  # ... and the raw change signal
         return cls.from_dict(data, source=str(path))
 
 
 def describe_rhythm_input(config: AdapterConfig) -> str:
     """What the rhythm input reads, in words (``vidmusician info``, model cards)."""
-    if not config.rhythm_context:
-        return "input: the current local frame only"
-    return f"input: the current local frame and the {config.rhythm_context} before it"
+    frames = ("the current local frame only" if not config.rhythm_context
+              else f"the current local frame and the {config.rhythm_context} before it")
+    signal = ("raw" if config.rhythm_compression is None
+              else f"log(1 + change / {config.rhythm_compression:g})")
+    return f"input: {frames}, {signal}"
 
 
 SEMANTIC_ENCODERS = ("linear", "t5-lora")

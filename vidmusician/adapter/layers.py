@@ -205,15 +205,17 @@ class RhythmInput(nn.Module):
     """The Zero-Linear O: local change features -> model width.
 
     It reads the change signal at ``lags`` codec frames back from each step (0 first,
-    the paper's per-frame input), side by side: ``[p * len(lags)]`` features a step.
+    the paper's per-frame input), side by side: ``[p * len(lags)]`` features a step,
+    each ``log(1 + change / compression)`` (the raw change with ``compression`` None).
     Zero-initialized so the in-attention chain carries exactly zero at step 0.
     """
 
-    def __init__(self, local_dim: int, dim: int, lags: tuple[int, ...] = (0,)):
+    def __init__(self, local_dim: int, dim: int, lags: tuple[int, ...] = (0,), compression: float | None = None):
         super().__init__()
         if not lags or lags[0] != 0 or any(b <= a for a, b in zip(lags, lags[1:])):
             raise ConfigError(f"rhythm input lags must start at 0 and increase, got {lags}")
         self.lags = tuple(int(lag) for lag in lags)
+        self.compression = compression
         self.proj = nn.Linear(local_dim * len(self.lags), dim)
         # Zero-Linear: r_0 = 0 at init, so every r_j = L_j(r_{j-1}) is 0 too.
         nn.init.zeros_(self.proj.weight)
@@ -221,4 +223,7 @@ class RhythmInput(nn.Module):
 
     def forward(self, local: torch.Tensor) -> torch.Tensor:
         """local [n, s, p * len(lags)] (:meth:`VideoContext.local` with these lags) -> r_0 [n, s, d]."""
+        if self.compression is not None:
+            # No change (and no video: zeros) stays 0; a change is never negative.
+            local = torch.log1p(local.clamp(min=0) / self.compression)
         return self.proj(local)

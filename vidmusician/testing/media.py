@@ -193,15 +193,21 @@ def flash_video(
     size: int = 64,
     audio: np.ndarray | None = None,
     sample_rate: int = 32000,
+    levels: int | Sequence[int] = 255,
 ) -> Path:
     """A dark video with a slowly moving square and a full-white frame at each flash time.
 
     The flash at time t is frame ``round(t * fps)``; every other frame differs from
-    its neighbour only by the square's small step.
+    its neighbour only by the square's small step. ``levels``: each flash's grey level
+    (one for all, or one per flash): through the tiny encoder a flash of 110 changes the
+    patches about a quarter as much as one of 255, still hundreds of times the square's step.
     """
     frames = moving_square(int(round(duration * fps)), size)
-    for t in flash_times:
-        frames[int(round(t * fps))] = 255
+    levels = [levels] * len(flash_times) if isinstance(levels, int) else list(levels)
+    if len(levels) != len(flash_times):
+        raise ValueError(f"{len(levels)} levels for {len(flash_times)} flashes")
+    for t, level in zip(flash_times, levels):
+        frames[int(round(t * fps))] = level
     return write_video(path, frames, fps, audio=audio, sample_rate=sample_rate)
 
 
