@@ -158,31 +158,44 @@ def test_bad_input_is_one_line_and_leaves_nothing(scorer, tmp_path, make, match)
     assert _jobs(scorer) == before
 
 
-def test_cancel_stops_generation_and_leaves_nothing(scorer, clip):
+def test_cancel_stops_generation_on_the_fast_engine_and_leaves_nothing(scorer, clip, monkeypatch):
     from vidmusician.demo import Cancelled, ScoreRequest
+    from vidmusician.generation.engine import DecodeEngine
 
     cancel = threading.Event()
     steps = []
+    sample_window = DecodeEngine.sample_window
 
-    def press_cancel_at_step_3(module, args):
-        steps.append(1)
-        if len(steps) == 3:
-            cancel.set()
+    def press_cancel_at_step_3(self, *args, callback, **kwargs):
+        def step():
+            steps.append(len(scorer.vm.lm._forward_pre_hooks))
+            if len(steps) == 3:
+                cancel.set()
+            callback()
 
-    # Registered before the scorer's own hook, so it runs first on every step.
-    handle = scorer.vm.lm.register_forward_pre_hook(press_cancel_at_step_3)
-    try:
-        with pytest.raises(Cancelled):
-            scorer.score(ScoreRequest(str(clip), seed=0), cancel)
-    finally:
-        handle.remove()
-    assert len(steps) == 3  # stopped at the step the flag was set, not at the end (~60 steps)
+        return sample_window(self, *args, callback=step, **kwargs)
+
+    # Steps of the engine only: a job that fell back to the reference path would count none.
+    monkeypatch.setattr(DecodeEngine, "sample_window", press_cancel_at_step_3)
+    with pytest.raises(Cancelled):
+        scorer.score(ScoreRequest(str(clip), seed=0), cancel)
+    assert steps == [0, 0, 0]  # stopped at the step the flag was set, not at the end (~60 steps); no hook on the LM
     assert _jobs(scorer) == []
-    assert not scorer.vm.lm._forward_pre_hooks  # the scorer's hook is gone too
+    monkeypatch.undo()
     # The model is free again.
-    from vidmusician.demo import ScoreRequest as R
+    scorer.discard(scorer.score(ScoreRequest(str(clip), seed=0, duration=0.2)).folder)
 
-    scorer.discard(scorer.score(R(str(clip), seed=0, duration=0.2)).folder)
+
+def test_cancel_during_feature_extraction_stops_before_generation(scorer, clip, monkeypatch):
+    from vidmusician.demo import Cancelled, ScoreRequest
+
+    cancel = threading.Event()
+    features = scorer._features
+    monkeypatch.setattr(scorer, "_features", lambda *a: cancel.set() or features(*a))
+    monkeypatch.setattr(scorer.vm, "generate", lambda *a, **k: pytest.fail("generation started after Cancel"))
+    with pytest.raises(Cancelled):
+        scorer.score(ScoreRequest(str(clip), seed=0), cancel)
+    assert _jobs(scorer) == []
 
 
 def test_cancel_button_flags_only_its_own_session():

@@ -223,6 +223,49 @@ def test_a_long_batch_of_videos_of_different_lengths_is_the_reference_greedy(tin
     assert torch.equal(ref, fast)
 
 
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("engine", ["reference", "fast"])
+def test_on_step_runs_after_every_step_and_its_exception_stops_the_generation(tiny_base, engine, monkeypatch):
+    vm = adapted(tiny_base)
+    vm.musicgen.max_duration = 1
+    videos = random_video_batch(2, [True, False], num_frames=100)
+    vm.set_generation_params(extend_stride=0.5, engine=engine)
+
+    def music(on_step=None):
+        return vm.generate(videos, texts=["piano", None], duration=1.9, seed=3, return_tokens=True,
+                           on_step=on_step)[1]
+
+    # The steps counted apart from on_step: one forward of the LM each (a hook keeps to the reference path).
+    forwards = []
+    hook = vm.lm.register_forward_pre_hook(lambda *a: forwards.append(1))
+    music()
+    hook.remove()
+    total = len(forwards)
+    engine_windows = []
+    sample_window = DecodeEngine.sample_window
+    monkeypatch.setattr(DecodeEngine, "sample_window", lambda self, *a, **k: engine_windows.append(1)
+                        or sample_window(self, *a, **k))
+    calls = []
+    first = music(lambda done, steps: calls.append((done, steps)))
+    assert calls == [(done, total) for done in range(1, total + 1)] and total > 100  # three windows' steps
+    assert len(engine_windows) == (3 if engine == "fast" else 0)
+
+    def stop_at_step_5(done, steps):
+        calls.append(done)
+        if done == 5:
+            raise Stop()
+
+    calls.clear()
+    with pytest.raises(Stop):
+        music(stop_at_step_5)
+    assert calls == [1, 2, 3, 4, 5]  # no step after the exception
+    assert vm.context.batch is None  # the adapters' video is cleared
+    assert torch.equal(music(), first)  # and the next generation is whole
+
+
 def test_each_call_reads_its_own_text(tiny_base):
     musicgen = copy.deepcopy(tiny_base)
     for texts in (["piano", "drums"], ["a quiet lullaby for strings", None]):

@@ -350,7 +350,7 @@ class VidMusician:
             two_step_cfg=two_step_cfg, plausibility=plausibility, engine=engine)
 
     def generate(self, videos, texts=None, duration: float | None = None, seed: int | None = None,
-                 progress: bool = False, return_tokens: bool = False):
+                 progress: bool = False, return_tokens: bool = False, *, on_step=None):
         """Music for a batch of videos; see :func:`vidmusician.generation.windows.generate_batch`.
 
         Args:
@@ -360,9 +360,12 @@ class VidMusician:
             seed: same seed, same music.
             progress: progress bars.
             return_tokens: also return the codes.
+            on_step: called after every sampling step as ``on_step(done, total)``:
+                steps done so far, steps of the whole generation (all windows). An
+                exception raised in it stops the generation and propagates (to cancel).
 
         Returns:
             ``[B, channels, samples]`` float audio at :attr:`sample_rate`.
         """
         return generate_batch(self, videos, texts, duration=duration, seed=seed, progress=progress,
-                              return_tokens=return_tokens)
+                              return_tokens=return_tokens, on_step=on_step)

@@ -27,7 +27,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
              duration: float | None = None, cfg_coef: float = 3.0, top_k: int = 250, temperature: float = 1.0,
              seed: int | None = None, device=None, progress: bool = True, extend_stride: float | None = None,
              text_cfg_coef: float | None = None, video_cfg_coef: float | None = None,
-             plausibility: float = DEFAULT_PLAUSIBILITY, engine: str = "fast"):
+             plausibility: float = DEFAULT_PLAUSIBILITY, engine: str = "fast", *, on_step=None):
     """Generates music for a video.
 
     Loads everything on each call; to generate repeatedly, load a
@@ -65,6 +65,9 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
             (see docs/alignment.md).
         engine: 'fast': the static-cache decode engine (one CUDA graph per step on a
             GPU) where it applies; 'reference': audiocraft's streaming forward.
+        on_step: called after every sampling step as ``on_step(done, total)``: steps
+            done so far, steps of the whole generation. An exception raised in it
+            stops the generation and propagates (a way to cancel from another thread).
 
     Returns:
         ``(wav, sample_rate)``: ``wav`` a float tensor ``[channels, samples]`` on
@@ -84,9 +87,11 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     vm, musicgen, params = load_for_generation(adapter, backbone, encoder, device, params)
     if vm is None:
         num_frames = frames_covering(duration, musicgen.frame_rate)
-        wav = sample_and_decode(musicgen, [text], duration, num_frames, params, seed, progress, False)
+        wav = sample_and_decode(musicgen, [text], duration, num_frames, params, seed, progress, False,
+                                on_step=on_step)
     else:
-        wav = generate_batch(vm, [video], [text], duration=duration, seed=seed, progress=progress, params=params)
+        wav = generate_batch(vm, [video], [text], duration=duration, seed=seed, progress=progress, params=params,
+                             on_step=on_step)
     return wav[0], int(musicgen.sample_rate)
 
 

@@ -13,7 +13,6 @@ The CLI's parser reads :data:`DEFAULT_MAX_DURATION` from here, so the library
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import shutil
 import tempfile
@@ -140,7 +139,8 @@ class Scorer:
 
         Args:
             request: the video and the settings.
-            cancel: set it to stop the job at the next sampling step.
+            cancel: set it to stop the job at the next sampling step (or, outside
+                generation, before its next stage).
 
         Returns:
             The :class:`ScoreResult`; its folder is the caller's to :meth:`discard`.
@@ -155,6 +155,11 @@ class Scorer:
         from ..video.reader import probe
 
         cancel = cancel or threading.Event()
+
+        def stop_if_cancelled(*step):  # also ``on_step``: after every sampling step
+            if cancel.is_set():
+                raise Cancelled()
+
         duration = check_duration(request.duration)
         # Drawn here rather than left unseeded, so the page can show it and a visitor can repeat the music.
         seed = secrets.randbelow(_SEED_RANGE) if request.seed is None else check_seed(request.seed)
@@ -167,22 +172,22 @@ class Scorer:
         folder = self.workdir / uuid.uuid4().hex
         folder.mkdir()
         try:
-            with self._lock, self._stop_on(cancel):
-                if cancel.is_set():
-                    raise Cancelled()
+            with self._lock:
+                stop_if_cancelled()
                 features = self._features(request.video, folder)
+                stop_if_cancelled()
                 self.vm.set_generation_params(top_k=request.top_k, temperature=request.temperature,
                                               text_cfg_coef=request.text_cfg, video_cfg_coef=request.video_cfg)
+                # A step callback rather than a hook on the LM: generation runs in a worker
+                # thread that cannot be killed, and forward hooks would keep it off the fast engine.
                 wav = self.vm.generate([features], [request.text or None], duration=length, seed=seed,
-                                       progress=True)[0]
-            if cancel.is_set():
-                raise Cancelled()
+                                       progress=True, on_step=stop_if_cancelled)[0]
+            stop_if_cancelled()
             stem = Path(request.video).stem or "video"
             wav_path = write_audio(folder / f"{stem}_music.wav", wav, self.vm.sample_rate)
             video_path = self._mux(request.video, wav, folder / f"{stem}_scored.mp4")
             score, plot = self._plot(request.video, wav_path, folder, stem)
-            if cancel.is_set():
-                raise Cancelled()
+            stop_if_cancelled()
             return ScoreResult(folder, video_path, wav_path, plot, score, wav.shape[-1] / self.vm.sample_rate, seed)
         except BaseException:
             self.discard(folder)
@@ -228,24 +233,6 @@ class Scorer:
         clip = evaluate_clip(printable(stem), Path(video), wav_path, None, self.vm.encoder, settings, folder / "features")
         plot = plot_clip(clip, folder / f"{stem}_alignment.png")
         return clip.scores["beat_alignment"], plot
-
-    @contextlib.contextmanager
-    def _stop_on(self, cancel: threading.Event):
-        """Raises :class:`Cancelled` at the next forward pass of the LM once ``cancel`` is set.
-
-        A forward pre-hook on this instance (torch's public hook API), removed on
-        exit: generation runs in a worker thread that cannot be killed, and every
-        sampling step passes through the LM.
-        """
-        def check(module, args):
-            if cancel.is_set():
-                raise Cancelled()
-
-        handle = self.vm.lm.register_forward_pre_hook(check)
-        try:
-            yield
-        finally:
-            handle.remove()
 
 
 def _random_encoder(spec: str) -> bool:

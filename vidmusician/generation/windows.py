@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -36,6 +36,9 @@ __all__ = ["GenerationParams", "Window", "plan_windows", "generate_tokens", "gen
 
 # 24 hours: far beyond any video anyone scores; larger values are typos that would overflow.
 MAX_DURATION = 86400.0
+
+# Called after every sampling step with (steps done, total steps of the generation).
+StepCallback = Callable[[int, int], object]
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def plan_windows(num_frames: int, window: int, stride: int) -> list[Window]:
 
 
 def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationParams, vm=None, videos=None,
-                    progress: bool = False, row_seeds=None) -> torch.Tensor:
+                    progress: bool = False, row_seeds=None, on_step: StepCallback | None = None) -> torch.Tensor:
     """Samples ``num_frames`` codec frames, window by window.
 
     Args:
@@ -87,6 +90,10 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
         progress: show a progress bar over all windows' steps.
         row_seeds: a :class:`~vidmusician.generation.row_seeds.RowSeeds` samples each
             row under its own RNG state; None: the batch draws from torch's RNG.
+        on_step: called after every sampling step, on either engine, as
+            ``on_step(done, total)``: the steps done so far and the steps of the
+            whole generation (all windows; the progress bar's counts). An exception
+            raised in it stops the generation at that step and propagates.
 
     Returns:
         ``[B, K, num_frames]`` codes.
@@ -102,7 +109,17 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
     # Hooks of the VidMusician's own (the adapters' context) do not ask for the reference path.
     own_hooks = (vm._hook.id,) if vm is not None else ()
     engine = select_engine(lm, params, len(attributes), guidance, windows[0].frames, own_hooks)
-    bar = _progress_bar(lm, windows, progress)
+    total = _total_steps(lm, windows)
+    bar = _progress_bar(total, progress)
+    done = 0
+
+    def step():
+        nonlocal done
+        done += 1
+        bar.update(1)
+        if on_step is not None:
+            on_step(done, total)
+
     pieces = []
     device = next(lm.parameters()).device
     prompt = torch.zeros(len(attributes), lm.num_codebooks, 0, dtype=torch.long, device=device)
@@ -120,12 +137,12 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
             with musicgen.autocast:
                 if engine is not None:
                     codes = engine.sample_window(prompt, conditions, guidance, w.frames, params, videos=videos,
-                                                 frame_offset=w.frame_offset, callback=lambda: bar.update(1),
+                                                 frame_offset=w.frame_offset, callback=step,
                                                  max_global_tokens=vm.config.max_global_tokens if vm else 0,
                                                  row_seeds=row_seeds)
                 else:
                     codes = sample_window(lm, prompt, conditions, guidance, w.frames, params,
-                                          callback=lambda: bar.update(1), row_seeds=row_seeds)
+                                          callback=step, row_seeds=row_seeds)
             pieces.append(codes[..., w.prompt_frames:])
             prompt = codes[..., stride:]
     finally:
@@ -137,18 +154,23 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
     return tokens
 
 
-def _progress_bar(lm, windows: Sequence[Window], enabled: bool):
-    from tqdm.auto import tqdm
-
+def _total_steps(lm, windows: Sequence[Window]) -> int:
     steps = 0
     for w in windows:  # sequence steps lm.generate runs: those past the prompt's last step
         pattern = lm.pattern_provider.get_pattern(w.frames)
         steps += len(pattern.layout) - pattern.get_first_step_with_timesteps(w.prompt_frames)
-    return tqdm(total=steps, unit="step", desc="generating", disable=not enabled, dynamic_ncols=True)
+    return steps
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", desc="generating", disable=not enabled, dynamic_ncols=True)
 
 
 def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: int | None = None,
-                   progress: bool = False, return_tokens: bool = False, params: GenerationParams | None = None):
+                   progress: bool = False, return_tokens: bool = False, params: GenerationParams | None = None,
+                   *, on_step: StepCallback | None = None):
     """:meth:`VidMusician.generate`: music for a batch of videos with a loaded model.
 
     Args:
@@ -163,6 +185,9 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
         progress: progress bars for feature extraction and sampling.
         return_tokens: also return the codes.
         params: default: ``vm.generation_params`` (audiocraft's defaults if unset).
+        on_step: called after every sampling step as ``on_step(done, total)`` (steps
+            done, steps of the whole generation), e.g. to show progress or to cancel:
+            an exception raised in it stops the generation and propagates.
 
     Returns:
         ``[B, channels, round(duration * sample_rate)]`` float audio on the CPU
@@ -187,7 +212,7 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
     num_frames = frames_covering(duration, musicgen.frame_rate)
     batch = vm.make_batch(features) if isinstance(features, VideoBatch) else vm.make_batch(features, num_frames)
     return sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,
-                              vm=vm, videos=batch)
+                              vm=vm, videos=batch, on_step=on_step)
 
 
 def check_duration(duration):
@@ -242,18 +267,21 @@ def _texts(texts, size: int) -> list:
 
 
 def sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progress, return_tokens,
-                      vm=None, videos=None):
+                      vm=None, videos=None, on_step: StepCallback | None = None):
     """Samples ``num_frames`` frames (seeded), decodes them, and cuts the audio to ``duration`` seconds."""
-    tokens = sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=vm, videos=videos)
+    tokens = sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=vm, videos=videos,
+                           on_step=on_step)
     wav = decode(musicgen, tokens, duration)
     return (wav, tokens) if return_tokens else wav
 
 
-def sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=None, videos=None) -> torch.Tensor:
+def sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=None, videos=None,
+                  on_step: StepCallback | None = None) -> torch.Tensor:
     """``[B, K, num_frames]`` codes for the texts (and videos), seeded.
 
     ``seed``: an int seeds the batch, a list of ints (one per sample) each sample's
     row on its own (:class:`~vidmusician.generation.row_seeds.RowSeeds`), None nothing.
+    ``on_step``: as for :func:`generate_tokens`.
     """
     # MusicGen's own preparation of the text conditions, so that without video the
     # tokens are exactly the ones MusicGen.generate samples.
@@ -266,7 +294,7 @@ def sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=None, 
         seed, row_seeds = None, RowSeeds(seed, device)
     with torch.no_grad(), seeded(seed, device):
         return generate_tokens(musicgen, attributes, num_frames, params, vm=vm, videos=videos, progress=progress,
-                               row_seeds=row_seeds)
+                               row_seeds=row_seeds, on_step=on_step)
 
 
 def decode(musicgen, tokens: torch.Tensor, duration: float) -> torch.Tensor:
