@@ -127,10 +127,15 @@ def test_each_window_reads_its_own_stretch_of_video(base):
     fr = vm.musicgen.frame_rate
     starts = [round(k * 0.4 * fr) for k in range(4)]
     assert sorted({offset for offset, _, _ in seen_local}) == starts
+    lags = vm.config.rhythm_lags
+    assert len(lags) > 1  # the default rhythm input reads earlier frames too: from before the window as well
     for offset, position, local in seen_local:
-        # Step s of this forward is codec frame offset + position + s: the video at that frame's time.
+        # Step s of this forward is codec frame offset + position + s: the video at that frame's time,
+        # beside it the video lag frames earlier (from the whole video, not only this window).
         times = (offset + position + np.arange(local.shape[1])) / fr
-        expected = reference(feats.local_feats.double().numpy(), LOCAL_FPS, times)
+        # (Before the video: its first frame.)
+        expected = np.concatenate([reference(feats.local_feats.double().numpy(), LOCAL_FPS,
+                                             np.maximum(times - lag / fr, 0.0)) for lag in lags], axis=1)
         np.testing.assert_allclose(local[0].numpy(), expected, atol=1e-5, err_msg=f"{(offset, position)}")
     for offset, tokens in seen_global:
         second = round(offset / fr)  # the global frame nearest the window's start

@@ -94,7 +94,7 @@ def in_attention_linear(linear, r):
 
 def adapt_by_hand(base_lm, vm, video, frame_offset: int, steps: int):
     """Forward pre-hooks on the base model's layers that add what the design says, for the video rows:
-    ``r_0 = O([local(t), local(t - lag_1), ...])`` (zero before the video), ``r_j = L_j(r_{j-1})``,
+    ``r_0 = O([local(t), local(t - lag_1), ...])`` (the first frame's before the video), ``r_j = L_j(r_{j-1})``,
     ``h += r_j``, then ``h += CrossAttn(norm(h), M)``.
 
     The adapted model's own adapter modules provide the weights (and receive the gradients).
@@ -102,7 +102,9 @@ def adapt_by_hand(base_lm, vm, video, frame_offset: int, steps: int):
     config, inputs = vm.config, vm.lm.video_inputs
     rows = video.present.nonzero().flatten()
     lead = max(config.rhythm_lags)
-    padded = F.pad(video.local[rows], (0, 0, lead, steps))  # zeros before the video and after it
+    signal = video.local[rows]
+    # Before the video its first frame, after it zeros.
+    padded = torch.cat([signal[:, :1].expand(-1, lead, -1), F.pad(signal, (0, 0, 0, steps))], dim=1)
     at = [padded[:, lead + frame_offset - lag:lead + frame_offset - lag + steps] for lag in config.rhythm_lags]
     local = torch.cat(at, dim=-1)
     if config.rhythm_compression is not None:

@@ -68,9 +68,14 @@ def test_a_batch_and_each_window_read_the_video_at_frame_offset_plus_step_over_t
 
 
 
+def before_the_start_as_the_first_frame(local: np.ndarray, local_fps: float, times: np.ndarray) -> np.ndarray:
+    """The reference with the video's first frame before it (what the rhythm input's earlier frames read)."""
+    return reference(local, local_fps, np.maximum(times, 0.0))
+
+
 def test_the_rhythm_input_reads_each_lag_from_the_whole_video_whatever_the_window():
-    """Block j of a step's features is the signal lags[j] codec frames earlier, zero before the
-    video: the earlier frames of a window that starts mid-video are read, not zeroed."""
+    """Block j of a step's features is the signal lags[j] codec frames earlier, the first frame's
+    before the video: the earlier frames of a window that starts mid-video are read, not zeroed."""
     from vidmusician.adapter.context import VideoContext
 
     frame_rate, lags = 50.0, (0, 2, 5, -3)
@@ -85,7 +90,7 @@ def test_the_rhythm_input_reads_each_lag_from_the_whole_video_whatever_the_windo
         for row, feats in zip(got, (long, short)):
             for j, lag in enumerate(lags):
                 times = (start - lag + np.arange(steps)) / frame_rate
-                want = reference(feats.local_feats.double().numpy(), LOCAL_FPS, times)
+                want = before_the_start_as_the_first_frame(feats.local_feats.double().numpy(), LOCAL_FPS, times)
                 np.testing.assert_allclose(row[:, 4 * j:4 * (j + 1)].numpy(), want, rtol=0, atol=1e-6)
 
 
