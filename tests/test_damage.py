@@ -204,7 +204,9 @@ def test_a_recipe_that_is_not_an_object_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("text, needle", [("[1]", "expected a JSON object"),
                                           ('{"attn_heads": 0}', "attn_heads must be a whole number"),
-                                          ('{"global_fps": 1e300}', "global_fps must be a number in (0, 1000]")])
+                                          ('{"global_fps": 1e300}', "global_fps must be a number in (0, 1000]"),
+                                          ('{"rhythm_context": -1}', "rhythm_context must be a whole number in [0, 100]"),
+                                          ('{"rhythm_compression": 0}', "rhythm_compression must be a number in (0, ")])
 def test_an_adapter_config_of_the_wrong_shape_is_refused(tmp_path, text, needle):
     from vidmusician.config import AdapterConfig
     from vidmusician.errors import ConfigError

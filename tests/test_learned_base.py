@@ -200,8 +200,10 @@ def test_generated_events_follow_the_flashes_at_default_sampling(flash_music, tm
                                    gradient_checkpointing=False, adapter=dict(TINY_ADAPTER, rhythm_rank=None)),
                 "--data", flash_music, "--backbone", "tiny-learned", "--output", out])
     final = [r for r in log_rows(out) if "holdout_loss" in r][-1]
-    # Equal at step 0 (the adapter is the identity); measured gap after 80 steps: see docs/alignment.md.
-    assert final["holdout_loss"] < final["holdout_loss_mismatched_video"] - 0.1, final
+    # Equal at step 0 (the adapter is the identity). Measured after 80 steps: the true videos' loss is 1/5.9
+    # of the mismatched ones' (0.018 against 0.107); 1/11 with the paper's rhythm input (0.015 / 0.167), whose
+    # sampled events follow the flashes less (F1 0.91 against 0.97 on these clips): the ratio, not the gap.
+    assert final["holdout_loss"] < final["holdout_loss_mismatched_video"] / 3, final
 
     from vidmusician.model import VidMusician
 
@@ -253,10 +255,9 @@ def test_events_follow_the_flashes_at_default_sampling_on_aac_soundtracks(aac_fl
     flashes are dim: the rhythm input must follow a change a quarter the size of another
     (``rhythm_compression``) and tell a flash's end from its start (``rhythm_context``).
 
-    Measured (docs/alignment.md): token F1 0.90 / 0.93 / 0.93 / 0.92 at the defaults (recipe seeds 1234, 1-3);
+    Measured (docs/alignment.md): token F1 0.97 / 0.99 / 0.97 / 0.99 at the defaults (recipe seeds 1234, 1-3);
     0.73 with the paper's rhythm input (``rhythm_context`` 0, ``rhythm_compression`` null), 0.80 with the
-    context alone, 0.60 with the compression alone; 0.00 training on every target (``plausible_targets`` 0)
-    with bright flashes only."""
+    context alone, 0.60 with the compression alone; 0.21 training on every target (``plausible_targets`` 0)."""
     out = tmp_path / "run"
     ok(run(["--recipe", recipe(tmp_path, batch_size=8, max_steps=80, warmup_steps=5, eval_every=80, log_every=20,
                                adapter=dict(TINY_ADAPTER, rhythm_rank=None), **AAC_TRAINING),
@@ -276,4 +277,4 @@ def test_events_follow_the_flashes_at_default_sampling_on_aac_soundtracks(aac_fl
         _, tokens = vm.generate([feats], duration=SECONDS, seed=i, return_tokens=True)  # the library's defaults
         scores.append(lb.match_events(lb.event_onsets(tokens[0, 0]), events, tolerance=1)[2])
     f1 = sum(scores) / len(scores)
-    assert f1 > 0.85, scores
+    assert f1 > 0.9, scores

@@ -65,7 +65,7 @@ class AdapterConfig:
         rhythm_context: earlier local frames the rhythm input (the Zero-Linear O) reads
             beside the current one: at each codec frame it sees the change signal now
             and ``1 / local_fps``, ``2 / local_fps``, ... seconds before (rounded to whole
-            codec frames; zeros before the video starts), so it can tell a change that
+            codec frames; before the video starts, its first frame), so it can tell a change that
             begins from one that ends (a flash's second edge) or goes on (motion). 0 is
             the paper's per-frame map. An adapter folder written before the field
             existed loads as 0, what those versions built.
