@@ -78,7 +78,7 @@ def test_the_rhythm_input_reads_each_lag_from_the_whole_video_whatever_the_windo
     before the video: the earlier frames of a window that starts mid-video are read, not zeroed."""
     from vidmusician.adapter.context import VideoContext
 
-    frame_rate, lags = 50.0, (0, 2, 5, -3)
+    frame_rate, lags = 50.0, (0, 2, 5)
     short = VideoFeatures(torch.rand(2, 4), signal(30, 4, seed=1).float(), 1.0, LOCAL_FPS, 1.2, "tiny")
     long = VideoFeatures(torch.rand(3, 4), signal(70, 4, seed=2).float(), 1.0, LOCAL_FPS, 2.8, "tiny")
     context = VideoContext(max_global_tokens=30)

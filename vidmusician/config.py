@@ -254,10 +254,10 @@ class AdapterConfig:
             # A trained adapter from before the activation was recorded: its features
             # were made with the activation of the architecture's open_clip config.
             data["encoder_activation"] = legacy_activation(data.get("encoder", cls.encoder))
-        if path.name == CONFIG_NAME and "rhythm_context" not in data:
-            data["rhythm_context"] = 0  # a trained adapter from before: its rhythm input read the current frame only
-        if path.name == CONFIG_NAME and "rhythm_compression" not in data:
-            data["rhythm_compression"] = None  # ... and the raw change signal
+        if path.name == CONFIG_NAME:
+            # A trained adapter from before the rhythm input's fields: it read the raw current frame only.
+            data.setdefault("rhythm_context", 0)
+            data.setdefault("rhythm_compression", None)
         return cls.from_dict(data, source=str(path))
 
 

@@ -41,7 +41,9 @@ def semantic_encoder(config: AdapterConfig, text_conditioner=None) -> nn.Module:
 
 def rhythm_input(config: AdapterConfig) -> RhythmInput | None:
     """Zero-Linear O of the in-attention chain (None when no layer gets in-attention)."""
-    return RhythmInput(config.local_dim, config.dim, config.rhythm_lags, config.rhythm_compression) if config.rhythm_layers else None
+    if not config.rhythm_layers:
+        return None
+    return RhythmInput(config.local_dim, config.dim, config.rhythm_lags, config.rhythm_compression)
 
 
 def layer_adapters(config: AdapterConfig, i: int) -> tuple[SemanticCrossAttention | None, IdentityLinear | None]:

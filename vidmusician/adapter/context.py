@@ -267,24 +267,22 @@ class VideoContext:
     def local(self, start: int, steps: int, lags: Sequence[int] = (0,)) -> torch.Tensor:
         """[n, steps, p * len(lags)]: the local signal of codec frames ``[start, start + steps)``.
 
-        Block ``j`` of a row holds the signal ``lags[j]`` codec frames earlier (later for a
-        negative lag), read from the whole video whatever the window. Before the video the
-        signal is its first frame's (where a video starts, its earlier frames read as the
-        same: the start is no flash), past its end zero (no change).
+        Block ``j`` of a row holds the signal ``lags[j] >= 0`` codec frames earlier, read
+        from the whole video whatever the window. Before the video the signal is its first
+        frame's (where a video starts, its earlier frames read as the same: the start is no
+        flash), past its end zero (no change).
         """
-        lead, tail = max(max(lags), 0), max(-min(lags), 0)
+        lead = max(lags)
         # Slice time before rows: a long video's full signal is never copied per step.
         first = max(start - lead, 0)
-        chunk = self.batch.local[:, first:start + steps + tail]
+        chunk = self.batch.local[:, first:start + steps]
         rows = self.video_rows().to(chunk.device)
         chunk = chunk[rows]
-        # Pad to frames [start - lead, start + steps + tail).
+        # Frames [start - lead, start + steps): the first frame's before the video, zeros past its end.
         before = first - (start - lead)
-        chunk = F.pad(chunk, (0, 0, 0, lead + steps + tail - before - chunk.shape[1]))
+        chunk = F.pad(chunk, (0, 0, 0, lead + steps - before - chunk.shape[1]))
         if before:
             chunk = torch.cat([self.batch.local[rows, :1].expand(-1, before, -1), chunk], dim=1)
-        if len(lags) == 1:
-            return chunk[:, lead - lags[0]:lead - lags[0] + steps]
         return torch.cat([chunk[:, lead - lag:lead - lag + steps] for lag in lags], dim=-1)
 
     def global_window(self) -> tuple[torch.Tensor, torch.Tensor]:

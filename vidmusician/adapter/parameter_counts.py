@@ -63,6 +63,6 @@ def count_adapter_parameters(config: AdapterConfig) -> dict[str, int]:
     semantic = semantic_encoder(config) + len(config.semantic_layers) * semantic_cross_attention(config)
     rhythm = 0
     if config.rhythm_layers:  # Zero-Linear O, then one identity-initialized linear per layer
-        rhythm = linear(config.local_dim * len(config.rhythm_lags), config.dim) + len(config.rhythm_layers) * identity_linear(
-            config.dim, config.rhythm_rank)
+        rhythm = (linear(config.local_dim * len(config.rhythm_lags), config.dim)
+                  + len(config.rhythm_layers) * identity_linear(config.dim, config.rhythm_rank))
     return {"semantic": semantic, "rhythm": rhythm, "total": semantic + rhythm}

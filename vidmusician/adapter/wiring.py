@@ -91,7 +91,8 @@ class VideoInputs(StreamingModule):
         cache = streaming_state(self).get("rhythm")
         if cache is None or not cache.covers(ctx.window_id, start, steps):
             stop = start + max(steps, RHYTHM_CHUNK)
-            cache = RhythmCache(ctx.window_id, start, stop, self._run_chain(ctx.local(start, stop - start, self.rhythm_in.lags)))
+            states = self._run_chain(ctx.local(start, stop - start, self.rhythm_in.lags))
+            cache = RhythmCache(ctx.window_id, start, stop, states)
             streaming_state(self)["rhythm"] = cache
         return cache.slice(start, steps)
 

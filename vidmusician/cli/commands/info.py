@@ -20,8 +20,7 @@ def run(args) -> int:
     # Nothing here loads torch, open_clip or audiocraft for a preset: its config and counts
     # are data and arithmetic (a Hub id needs huggingface_hub).
     from ...adapter.parameter_counts import count_adapter_parameters
-    from ...config import describe_rhythm_input
-    from ...config import CONFIG_NAME, AdapterConfig
+    from ...config import CONFIG_NAME, AdapterConfig, describe_rhythm_input
     from ...sizing import load_preset, preset_names
 
     path = Path(args.adapter)
