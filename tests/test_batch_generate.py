@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import shlex
 from pathlib import Path
 
@@ -148,6 +149,22 @@ def test_a_folder_scores_the_good_videos_lists_the_bad_and_resumes(folder, adapt
     err = capsys.readouterr().err
     assert "skipped 3 of 4 videos" in err and "scored 0, skipped 3, failed 1" in err
     assert {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)} == stamps  # not rewritten
+
+
+def test_an_output_name_too_long_fails_that_video_only_before_it_is_scored(folder, adapter_dir, tmp_path,
+                                                                           monkeypatch):
+    """The video's name fits the file system, its output's (longer, and written through a temporary name) does not."""
+    import vidmusician.generation.windows as windows
+
+    long = tmp_path / f"{'v' * 240}.mp4"
+    shutil.copy(folder / "b.mp4", long)
+    read_videos = []
+    real = windows.features_of
+    monkeypatch.setattr(windows, "features_of", lambda vm, video, *a: read_videos.append(video) or real(vm, video, *a))
+    report = score(adapter_dir, [folder / "a.mp4", long], tmp_path / "out")
+    assert read_videos == [folder / "a.mp4"]  # refused before its features were made and its music sampled
+    assert [p.name for p in report.scored] == ["a_music.wav"]
+    assert [(v, "too long" in why) for v, why in report.failed] == [(long, True)]
 
 
 def test_an_interrupted_run_leaves_no_partial_file_and_a_rerun_finishes(folder, adapter_dir, tmp_path, monkeypatch,

@@ -22,7 +22,7 @@ from .errors import AudioError, ConfigError, VideoError, one_line, short_path
 from .fileio import atomic_write
 
 __all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "write_audio", "mux_audio",
-           "write_output", "soundtrack_streams"]
+           "write_output"]
 
 # Output suffix -> soundfile format / FFmpeg muxer.
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -314,17 +314,6 @@ def _interleave(dst, source_packets, outputs: dict, audio_packets: list) -> None
     while next_audio is not None:
         dst.mux(next_audio)
         next_audio = next(pending, None)
-
-
-def soundtrack_streams(video) -> int:
-    """How many audio streams ``video`` has of its own (0 when it cannot be read)."""
-    import av
-
-    try:
-        with av.open(str(video)) as container:
-            return len(container.streams.audio)
-    except (av.FFmpegError, OSError):
-        return 0
 
 
 def _packet_time(packet) -> float:

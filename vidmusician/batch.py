@@ -102,7 +102,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             line, before any video is scored). A bad video does not raise: it is in
             the report's ``failed``.
     """
-    from .audio_io import VIDEO_FORMATS, check_writable, soundtrack_streams, write_output
+    from .audio_io import VIDEO_FORMATS, check_writable, write_output
     from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
     from .generation.windows import check_duration, check_seed, decode, features_of, sample_tokens
     from .pipeline import load_for_generation
@@ -126,7 +126,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"{short_path(output_dir)}: is a file; the outputs of many videos go in a folder")
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_writable(output_dir / f"{'x' * 16}{OUTPUT_TAG}{suffix}")
+    check_writable(output_dir / f"x{OUTPUT_TAG}{suffix}")  # the folder; each video's own name below
     outputs = {video: output_path(video, output_dir, suffix) for video in videos}
     _check_distinct(outputs)
 
@@ -146,12 +146,13 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
         report.failed.append((video, one_line(exc)))
         say(f"failed: {failure_line(video, one_line(exc))}")
 
-    # A bad video fails here, in a second, before the models load.
-    lengths = {}
+    # A bad video, or an output name the file system refuses, fails here, in a second, before the models load.
+    lengths, infos = {}, {}
     for video in pending:
         try:
-            info = probe(video)
-            lengths[video] = duration if duration is not None else info.duration
+            check_writable(outputs[video])
+            infos[video] = probe(video)
+            lengths[video] = duration if duration is not None else infos[video].duration
         except VidMusicianError as exc:
             failed(video, exc)
     pending = [v for v in pending if v in lengths]
@@ -192,7 +193,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                     failed(video, exc)
                 else:
                     report.scored.append(outputs[video])
-                    if suffix in VIDEO_FORMATS and not keep_soundtrack and soundtrack_streams(video):
+                    if suffix in VIDEO_FORMATS and not keep_soundtrack and infos[video].has_audio:
                         report.replaced_soundtracks.append(video)
                 bar.update(1)
     finally:

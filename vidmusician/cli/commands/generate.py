@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ...batch import DEFAULT_BATCH_SIZE, OUTPUT_TAG, generate_many, music_tags, output_suffix
+from ...batch import DEFAULT_BATCH_SIZE, generate_many, music_tags, output_path, output_suffix
 from ...checks import MAX_GUIDANCE, arg_number
 from ...errors import ConfigError, printable, short_path
 from . import one_line_warnings
@@ -75,8 +75,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if many_videos(args):
         return run_many(args)
-    from ...audio_io import check_output_path, soundtrack_streams, write_output
+    from ...audio_io import check_output_path, write_output
     from ...pipeline import check_duration, generate
+    from ...video.reader import probe
 
     # Every check that needs no model comes first: a bad argument costs nothing.
     check_duration(args.duration)
@@ -84,8 +85,9 @@ def run(args) -> int:
     if args.output and args.format:
         raise ConfigError(f"--format names the outputs made for you; with -o {args.output} give one or the other")
     suffix = output_suffix(args.format or "wav")
-    output = Path(args.output) if args.output else Path(f"{Path(video).stem}{OUTPUT_TAG}{suffix}")
-    if check_output_path(output, inputs=[video]) == "audio" and args.keep_soundtrack:
+    output = Path(args.output) if args.output else output_path(video, ".", suffix)
+    kind = check_output_path(output, inputs=[video])
+    if kind == "audio" and args.keep_soundtrack:
         raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
     with one_line_warnings("generate"):
         wav, sample_rate = generate(video, **generation_options(args))
@@ -93,7 +95,7 @@ def run(args) -> int:
                  keep_soundtrack=args.keep_soundtrack)
     seconds = wav.shape[-1] / sample_rate
     print(f"wrote {printable(output)} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
-    if check_output_path(output) == "video" and not args.keep_soundtrack and soundtrack_streams(video):
+    if kind == "video" and not args.keep_soundtrack and probe(video).has_audio:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music "
               f"(--keep-soundtrack keeps it as a second audio stream)", file=sys.stderr)
     return 0
