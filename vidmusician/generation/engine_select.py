@@ -2,8 +2,8 @@
 
 The engine (:mod:`vidmusician.generation.engine`) computes MusicGen's text models; a
 model it cannot compute falls back to ``sample_window`` (audiocraft's streaming
-forward) with a one-line warning. Engines are kept per LM and batch shape, so their
-caches and CUDA graphs serve every window and every video of that shape.
+forward) with a one-line warning. Each LM keeps its last engine, so its caches and CUDA
+graphs serve every window and every video of that batch shape.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from .guidance import GenerationParams, Guidance
 
 __all__ = ["engine_for", "select_engine", "unsupported_reason"]
 
-# Engines by LM, then by batch shape: their caches and graphs serve every window and
-# every video of that shape; they go with the LM.
+# Each LM's engine, for one batch shape at a time (the caches of a 30 s window are large);
+# it goes with the LM.
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -51,13 +51,13 @@ def engine_for(lm, batch: int, branches: int, max_len: int) -> "DecodeEngine":
     """The engine of ``lm`` for ``batch`` samples in ``branches`` branches and windows of
     up to ``max_len`` sequence steps (made once, then reused with its caches and graphs)."""
     device = next(lm.parameters()).device
-    engines = _ENGINES.setdefault(lm, {})
-    key = (batch, branches, device)
-    engine = engines.get(key)
-    if engine is None or engine.max_len < max_len:
-        engines.clear()  # one shape at a time: a cache of a 30 s window is large
-        engine = engines[key] = DecodeEngine(lm, batch, branches, max_len, device)
-    return engine
+    old = _ENGINES.get(lm)
+    if old is None or (old.batch, old.branches, old.device) != (batch, branches, device) or old.max_len < max_len:
+        # No reference left to the old engine: its caches go before the new one's are allocated.
+        del old
+        _ENGINES.pop(lm, None)
+        _ENGINES[lm] = DecodeEngine(lm, batch, branches, max_len, device)
+    return _ENGINES[lm]
 
 
 def select_engine(lm, params: GenerationParams, batch: int, guidance: Guidance, window_frames: int,
