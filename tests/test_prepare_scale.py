@@ -153,9 +153,9 @@ def encoding(*args):  # during encoding: the codes are computed, not yet written
         die()
 
 real_atomic_write = shards.atomic_write
-def atomic_write(path, write):  # during a shard write: half the file is there, not yet renamed
+def atomic_write(path, write, **kw):  # during a shard write: half the file is there, not yet renamed
     if "shards" not in str(path) or not hook("shard"):
-        return real_atomic_write(path, write)
+        return real_atomic_write(path, write, **kw)
     def half(tmp):
         write(tmp)
         with open(tmp, "r+b") as f:

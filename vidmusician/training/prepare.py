@@ -10,7 +10,6 @@ are skipped and listed in ``errors.jsonl``; a rerun skips every source already d
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -23,7 +22,6 @@ import torch
 
 from ..backbones import load_codec
 from ..errors import ConfigError, DataError, VidMusicianError, one_line
-from ..fileio import atomic_write
 from ..video.encoders import DEFAULT_ENCODER
 from ..video.features import load_encoder
 from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_features
@@ -31,7 +29,8 @@ from ..video.reader import FRAME_TOLERANCE
 from .codec_identity import codec_identity
 from .dataset import DatasetMeta, verify_dataset
 from .shards import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, append_jsonl,
-                     commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files, read_jsonl)
+                     commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files, read_jsonl,
+                     write_jsonl)
 # The sources and their windows, importable from here as before they had a module of their own.
 from .sources import (MIN_SECONDS, Source, encode_windows, holdout_ids, holdout_order, list_sources,  # noqa: F401
                       load_audio, process_source, slice_features, window_starts)
@@ -113,8 +112,7 @@ def merge_parts(out: Path) -> None:
         parts = index_files(out, name, part)[1:]
         if not parts:
             continue
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows(out))
-        atomic_write(out / name, lambda tmp: Path(tmp).write_text(text), durable=True)  # the parts go next
+        write_jsonl(out / name, rows(out))  # the parts go next
         for p in parts:
             p.unlink()
 
@@ -128,8 +126,7 @@ def keep_complete_sources(path: Path) -> None:
     rows = read_jsonl(path, INDEX_KEYS)
     done = complete_rows(rows)
     if len(done) != len(rows) or has_torn_tail(path):
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in done)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=True)  # it replaces synced lines
+        write_jsonl(path, done)  # it replaces synced lines
 
 
 def keep_a_training_window(out: Path, fraction: float) -> str | None:
@@ -150,9 +147,7 @@ def keep_a_training_window(out: Path, fraction: float) -> str | None:
     if held and all(r["split"] == "holdout" for r in rows):
         moved = max(held, key=holdout_order)
         held.discard(moved)
-        text = "".join(json.dumps(dict(r, split="train") if r["source"] == moved else r, sort_keys=True) + "\n"
-                       for r in rows)
-        atomic_write(out / INDEX_NAME, lambda tmp: Path(tmp).write_text(text), durable=True)
+        write_jsonl(out / INDEX_NAME, [dict(r, split="train") if r["source"] == moved else r for r in rows])
     if moved is not None:
         return (f"{'no holdout' if not held else 'holdout'}: {moved} was moved to training, where no other video "
                 f"has a window" + ("" if held else " (training runs without a holdout loss)"))

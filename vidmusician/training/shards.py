@@ -81,6 +81,12 @@ def has_torn_tail(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0 and not _ends_with_newline(path)
 
 
+def write_jsonl(path: Path, rows) -> None:
+    """Writes ``path`` whole with these rows, under a temporary name, synced, then renamed over it."""
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), durable=True)
+
+
 def append_jsonl(path: Path, rows: list[dict]) -> None:
     """Appends rows in one write and syncs, so a kill leaves at most one torn line."""
     if not rows:

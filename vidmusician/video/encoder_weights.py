@@ -62,12 +62,11 @@ def hub_unreachable() -> str | None:
     return None
 
 
-def check_weights_available(spec: str | None, context: str = "") -> None:
+def check_weights_available(spec: str | None) -> None:
     """Refuses at once (one line with the fixes) a spec whose weights are neither cached nor downloadable now.
 
     Args:
         spec: the encoder spec (None: the default).
-        context: words put before the message (e.g. why this encoder was chosen).
 
     Raises:
         ConfigError: the weights come from the Hub, are not in its cache, and the Hub cannot be reached.
@@ -86,7 +85,7 @@ def check_weights_available(spec: str | None, context: str = "") -> None:
     offline = why.startswith("HF_HUB_OFFLINE")
     spec = resolve_encoder(spec).spec
     raise ConfigError(
-        f"{context}visual encoder {spec!r}: its weights ({repo}) are not in the Hugging Face cache and {why}; "
+        f"visual encoder {spec!r}: its weights ({repo}) are not in the Hugging Face cache and {why}; "
         f"download them once with a network connection, or pass --encoder with weights on disk "
         f"(NAME:/path/to/checkpoint, a folder; --encoder tiny for a quick check)"
         + ("" if offline else "; working offline, set HF_HUB_OFFLINE=1 so that nothing waits for the network"))
