@@ -61,6 +61,16 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     return musicgen
 
 
+def built_codec(name: str) -> str | None:
+    """The codec :func:`load_codec` builds for a backbone name, by name ('tiny' and 'tiny-t5' share
+    'tiny', every 'random-SIZE' 'random'); None for a codec it loads (a hub name or a folder)."""
+    if name in ("tiny", "tiny-t5"):
+        return "tiny"
+    if name in ("tiny-learned", "random-encodec"):
+        return name
+    return "random" if name.startswith("random-") else None
+
+
 def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     """Loads only a backbone's codec, for encoding music without the LM.
 
@@ -77,14 +87,15 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     from audiocraft.models import builders, loaders
 
     name, device = str(name_or_path), str(default_device(device))
-    if name == "tiny-learned":
+    built = built_codec(name)
+    if built == "tiny-learned":
         return music_codec(device)
-    if name in ("tiny", "tiny-t5"):
+    if built == "tiny":
         return random_backbones.build_codec(codec_config(**TINY_CODEC, device=device), seed=0)
-    if name == "random-encodec":
+    if built == "random-encodec":
         return random_backbones.build_codec(codec_config(**RANDOM_CODEC, device=device, seanet=ENCODEC_32KHZ_SEANET),
                                             seed=0)
-    if name.startswith("random-"):
+    if built == "random":
         random_backbones.architecture(name.removeprefix("random-"))  # the codec is the same for every size
         return random_backbones.build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)
     cfg = read_lm_config(name)

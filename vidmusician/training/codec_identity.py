@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-# The codecs that code builds from a backbone's name, and the one each name builds ('tiny' and
-# 'tiny-t5' share one; every 'random-SIZE' another): see vidmusician.backbones.load_codec.
-BUILT_CODECS = {"tiny": "tiny", "tiny-t5": "tiny", "tiny-learned": "tiny-learned", "random-encodec": "random-encodec"}
+from ..backbones import built_codec
 
 
 def codec_identity(name: str, codec) -> str:
@@ -31,11 +29,9 @@ def codec_identity(name: str, codec) -> str:
         name: the backbone's name as given to ``load_backbone`` / ``load_codec``.
         codec: its compression model.
     """
-    name = str(name)
-    if name in BUILT_CODECS:
-        return f"built:{BUILT_CODECS[name]}"
-    if name.startswith("random-"):
-        return "built:random"
+    built = built_codec(str(name))
+    if built is not None:
+        return f"built:{built}"
     digests = []
     for tensor in codec.state_dict().values():
         t = tensor.detach().cpu()
