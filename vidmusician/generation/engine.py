@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapter.context import VideoContext
-from .engine_graph import StepGraph
+from .engine_graph import SYNC_EVERY, StepGraph
 from .guidance import GenerationParams, Guidance
 
 __all__ = ["DecodeEngine", "base_layers", "pad_folded", "sample_token"]
@@ -94,7 +94,7 @@ class DecodeEngine:
         self.position = torch.zeros(1, dtype=torch.long, device=device)  # the step's input position
         self.cache: list | None = None  # per layer (keys, values) [rows, h, max_len, c]
         self.window: _Window | None = None
-        self.graph = StepGraph(self) if device.type == "cuda" else None
+        self.graph = StepGraph.for_engine(self)  # None: eager steps (the CPU)
 
     @property
     def lm(self):
@@ -119,8 +119,9 @@ class DecodeEngine:
             max_global_tokens: the adapters' memory length (the longest run of global tokens).
             callback: called after every step.
             row_seeds: a :class:`~vidmusician.generation.row_seeds.RowSeeds` samples each row
-                under its own RNG state (the same draws as the reference path's); the steps
-                then run eagerly, as swapping generator states is not part of a CUDA graph.
+                under its own RNG state (the same draws as the reference path's); sampled
+                steps then run eagerly, as swapping generator states is not part of a CUDA
+                graph (greedy steps draw nothing, and replay the graph).
 
         Returns:
             ``[B, K, max_gen_len]`` codes.
@@ -140,6 +141,8 @@ class DecodeEngine:
         adapted = {i: layer for i, layer in enumerate(lm.transformer.layers) if hasattr(layer, "base_layer")}
         video = self._video_window(videos, frame_offset, max_global_tokens, guidance, adapted)
         self.window = _Window(self._cross_keys(conditions), video, adapted)
+        if not params.samples:
+            row_seeds = None  # greedy: nothing to draw
         graph = self.graph if row_seeds is None else None
         if graph is not None:
             self.window = graph.load_window(self.window)
@@ -148,9 +151,11 @@ class DecodeEngine:
             self._forward(self.sequence[..., :first - 1].repeat(self.branches, 1, 1), 0, first - 1)
         self.position.fill_(first - 1)
         step = self._step_function(guidance, params, first - 1, graph, row_seeds)
-        for _ in range(first, S):
+        for done, _ in enumerate(range(first, S), 1):
             step()
             if callback is not None:
+                if graph is not None and done % SYNC_EVERY == 0:
+                    graph.synchronize()  # the replays queued so far have run: the count is true
                 callback()
         codes, _, _ = pattern.revert_pattern_sequence(self.sequence[..., :S].contiguous(), special_token=UNKNOWN)
         codes = codes[..., :max_gen_len]
@@ -373,7 +378,7 @@ def sample_token(logits: torch.Tensor, params: GenerationParams, row_seeds=None)
     no check on the host (which ``torch.multinomial`` makes, and a CUDA graph cannot).
     ``row_seeds``: as in :func:`vidmusician.generation.guidance.sample_token` (eager only).
     """
-    if not (params.use_sampling and params.temperature > 0.0):
+    if not params.samples:
         return torch.argmax(logits, dim=-1, keepdim=True)
     if row_seeds is not None:
         return row_seeds.sample(lambda row: sample_token(row, params), logits)

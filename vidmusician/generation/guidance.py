@@ -201,6 +201,11 @@ class GenerationParams:
             raise ConfigError(f"extend_stride must be positive seconds, got {self.extend_stride}")
         self.top_k = int(self.top_k)
 
+    @property
+    def samples(self) -> bool:
+        """Whether tokens are drawn at random (else each step takes the argmax: greedy)."""
+        return self.use_sampling and self.temperature > 0.0
+
     def guidance(self, has_video: bool = True, has_text: bool = True) -> Guidance:
         """The guided step these coefficients call for (see :meth:`Guidance.plan`)."""
         t = self.cfg_coef if self.text_cfg_coef is None else self.text_cfg_coef
@@ -262,9 +267,9 @@ def sample_token(logits: torch.Tensor, params: GenerationParams, row_seeds=None)
     """
     from audiocraft.utils import utils
 
-    if params.use_sampling and params.temperature > 0.0 and row_seeds is not None:
+    if params.samples and row_seeds is not None:
         return row_seeds.sample(lambda row: sample_token(row, params), logits)
-    if params.use_sampling and params.temperature > 0.0:
+    if params.samples:
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p > 0.0:
             return utils.sample_top_p(probs, p=params.top_p)
