@@ -253,3 +253,20 @@ def test_a_step_that_reads_a_device_value_on_the_host_cannot_be_captured(graphs,
     monkeypatch.setattr(DecodeEngine, "step", host_read)
     with pytest.raises(RuntimeError, match="_local_scalar_dense.* reads a device value on the host"):
         engine_run(copy.deepcopy(tiny_base).lm, Guidance.two_branch(3.0, video=False), 20, GREEDY, ("piano",))
+
+
+def test_a_step_the_device_cannot_capture_runs_eagerly_with_one_line(graphs, tiny_base):
+    def refused(run, device):
+        RECORDED.append(run)
+        raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors might be ...")
+
+    graphs["record"] = refused
+    vm, videos = long_batch(tiny_base)
+    greedy = dict(use_sampling=False, text_cfg_coef=2.0, video_cfg_coef=4.0)
+    with pytest.warns(UserWarning) as caught:
+        fast = long_generation(vm, videos, dict(greedy, engine="fast"))
+    lines = [str(w.message) for w in caught if "CUDA graph" in str(w.message)]
+    assert lines == ["the decode step could not be captured as a CUDA graph (operation not permitted when "
+                     "stream is capturing); it runs eagerly, slower"]  # once: the next windows do not try again
+    assert len(RECORDED) == 1
+    assert torch.equal(fast, long_generation(vm, videos, dict(greedy, engine="reference")))

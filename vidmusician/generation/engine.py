@@ -25,6 +25,7 @@ tokens unless two candidates' rounding differs at the draw).
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, replace
 
@@ -150,7 +151,7 @@ class DecodeEngine:
         if first > 1:  # the prompt's steps but the last fill the cache; the last is the first step's input
             self._forward(self.sequence[..., :first - 1].repeat(self.branches, 1, 1), 0, first - 1)
         self.position.fill_(first - 1)
-        step = self._step_function(guidance, params, first - 1, graph, row_seeds)
+        step, graph = self._step_function(guidance, params, first - 1, graph, row_seeds)
         for done, _ in enumerate(range(first, S), 1):
             step()
             if callback is not None:
@@ -163,15 +164,26 @@ class DecodeEngine:
         return codes
 
     def _step_function(self, guidance: Guidance, params: GenerationParams, position: int, graph, row_seeds):
-        """The step to run from ``position``: a replay of ``graph`` (CUDA), else an eager step."""
+        """(the step to run from ``position``, the graph it replays): a replay of ``graph``
+        (CUDA), else an eager step and None.
+
+        A step the device cannot capture runs eagerly, in this window and the next ones,
+        with a one-line warning: slower music, not none.
+        """
         if graph is not None:
-            return graph.step(guidance, params)
+            try:
+                return graph.step(guidance, params), graph
+            except RuntimeError as error:
+                self.graph = None
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                warnings.warn(f"the decode step could not be captured as a CUDA graph ({reason}); "
+                              f"it runs eagerly, slower", stacklevel=4)
         host = {"position": position}  # eager: the host knows the position too, and slices the cache
 
         def step():
             self.step(guidance, params, length=host["position"] + 1, row_seeds=row_seeds)
             host["position"] += 1
-        return step
+        return step, None
 
     def step(self, guidance: Guidance, params: GenerationParams, length: int | None = None,
              row_seeds=None) -> None:
