@@ -79,6 +79,33 @@ def test_corrupt_weights_are_a_clear_error(saved, tiny, damage):
         VidMusician.from_pretrained(folder, backbone=tiny())
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused(saved, tiny, value):
+    """What a diverged training saves: every sample would be the same noise, whatever the seed."""
+    from safetensors.torch import save_file
+
+    _, folder = saved
+    tensors = load_file(folder / WEIGHTS_NAME)
+    name = sorted(tensors)[-1]
+    tensors[name] = tensors[name].clone().view(-1).index_fill_(0, torch.tensor([0]), value).view_as(tensors[name])
+    save_file(tensors, folder / WEIGHTS_NAME)
+    with pytest.raises(AdapterError) as err:
+        VidMusician.from_pretrained(folder, backbone=tiny())
+    assert str(err.value) == (f"{folder}: tensor {name} holds NaN or infinite values (the training diverged); "
+                              f"use an earlier checkpoint")
+
+
+def test_a_config_that_is_not_utf8_or_a_weights_file_is_one_line(saved, capsys):
+    _, folder = saved
+    config = folder / "adapter_config.json"
+    config.write_bytes(config.read_text().encode("utf-16"))  # what some editors save
+    with pytest.raises(ConfigError, match=r"adapter_config.json: not UTF-8 text; save it as UTF-8 JSON$"):
+        AdapterConfig.load(folder)
+    assert main(["info", str(folder / WEIGHTS_NAME)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a weights file; give its adapter folder" in err
+
+
 def test_missing_folder_is_a_clear_error(tmp_path, tiny):
     with pytest.raises(AdapterError, match="adapter folder not found"):
         VidMusician.from_pretrained(tmp_path / "nope", backbone=tiny())
@@ -139,6 +166,15 @@ def test_info_cli(saved, capsys):
     assert main(["info", "musicgen-huge"]) == 2
     out = capsys.readouterr()
     assert out.out == "" and out.err.count("\n") == 1 and "unknown preset" in out.err
+    for missing in ("./runs/stage2/adapter", "runs/stage2/adapter", str(folder.parent / "nope")):
+        assert main(["info", missing]) == 2  # a path, not a preset name
+        out = capsys.readouterr()
+        assert out.err.count("\n") == 1 and f"{missing}: no such adapter folder; give an adapter folder" in out.err
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(dict(config, future_option=1)))
+    assert main(["info", str(folder)]) == 0  # a key of a newer version: one warning line
+    err = capsys.readouterr().err
+    assert err.startswith("vidmusician info: warning: ") and err.count("\n") == 1 and "future_option" in err
 
 
 def test_load_backbone_reads_audiocraft_export_despite_weights_only(tiny, tmp_path):
@@ -233,3 +269,17 @@ def test_random_backbones_have_the_real_architectures(monkeypatch):
     assert all(len(torch.unique(codes[0, k])) > 5 for k in range(4))
     with pytest.raises(BackboneError, match="unknown architecture"):
         random_musicgen("huge")
+
+
+def test_generate_shows_a_newer_configs_warning_once(saved, tmp_path, capsys):
+    from media import flash_video
+
+    _, folder = saved
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(dict(config, future_option=1)))
+    video = flash_video(tmp_path / "clip.mp4", [0.3], 1.0, size=32)
+    assert main(["generate", str(video), "--adapter", str(folder), "--backbone", "tiny", "-o",
+                 str(tmp_path / "out.wav"), "-q", "--duration", "0.5"]) == 0
+    err = capsys.readouterr().err
+    warnings_ = [line for line in err.splitlines() if "future_option" in line]
+    assert len(warnings_) == 1 and warnings_[0].startswith("vidmusician generate: warning: "), err

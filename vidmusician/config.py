@@ -242,10 +242,14 @@ class AdapterConfig:
         path = Path(path)
         if path.is_dir():
             path = path / CONFIG_NAME
+        if path.suffix == ".safetensors":
+            raise ConfigError(f"{path}: a weights file; give its adapter folder (it holds {CONFIG_NAME} too)")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file; an adapter folder holds {CONFIG_NAME}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8 JSON") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, dict):

@@ -247,6 +247,10 @@ class VidMusician:
         if bad:
             raise AdapterError(f"{source}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
                                f"expected {tuple(own[bad[0]].shape)}")
+        broken = [k for k in own if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+        if broken:
+            raise AdapterError(f"{source}: tensor {broken[0]} holds NaN or infinite values (the training "
+                               f"diverged); use an earlier checkpoint")
         with torch.no_grad():
             for key, target in own.items():
                 target.copy_(state[key].to(target.dtype))

@@ -90,9 +90,9 @@ def run(args) -> int:
     if kind == "audio" and args.keep_soundtrack:
         raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
     with one_line_warnings("generate"):
+        tags = music_tags(args.adapter, args.encoder)  # reads the adapter's config: its warnings show once
         wav, sample_rate = generate(video, **generation_options(args))
-    write_output(output, wav, sample_rate, video=video, tags=music_tags(args.adapter, args.encoder),
-                 keep_soundtrack=args.keep_soundtrack)
+    write_output(output, wav, sample_rate, video=video, tags=tags, keep_soundtrack=args.keep_soundtrack)
     seconds = wav.shape[-1] / sample_rate
     print(f"wrote {printable(output)} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
     if kind == "video" and not args.keep_soundtrack and probe(video).has_audio:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 HELP = "show an adapter preset's or folder's config and trainable parameter counts"
@@ -20,21 +21,11 @@ def run(args) -> int:
     # Nothing here loads torch, open_clip or audiocraft for a preset: its config and counts
     # are data and arithmetic (a Hub id needs huggingface_hub).
     from ...adapter.parameter_counts import count_adapter_parameters
-    from ...config import CONFIG_NAME, AdapterConfig, describe_rhythm_input
-    from ...sizing import load_preset, preset_names
+    from ...config import describe_rhythm_input
+    from . import one_line_warnings
 
-    path = Path(args.adapter)
-    if path.exists():
-        config = AdapterConfig.load(path)
-    elif args.adapter.removeprefix("facebook/") in preset_names():
-        config = load_preset(args.adapter)
-    else:
-        from ...hub import is_hub_id, resolve_adapter
-
-        if is_hub_id(args.adapter):
-            config = AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,)))
-        else:
-            config = load_preset(args.adapter)  # names the presets there are
+    with one_line_warnings("info"):
+        config = _load(args.adapter)
     counts = count_adapter_parameters(config)
     trainable = {"semantic": counts["semantic"], "rhythm": counts["rhythm"], "total": counts["total"]}
     if args.json:
@@ -63,3 +54,22 @@ def run(args) -> int:
     for group in ("semantic", "rhythm", "total"):
         print(f"  {group:<16} {trainable[group]:>12,}  ({trainable[group] / 1e6:.2f}M)")
     return 0
+
+
+def _load(name: str):
+    """The config of an adapter folder (or its adapter_config.json), a Hub id or a preset."""
+    from ...config import CONFIG_NAME, AdapterConfig
+    from ...errors import ConfigError
+    from ...hub import is_hub_id, resolve_adapter
+    from ...sizing import load_preset, preset_names
+
+    if Path(name).exists():
+        return AdapterConfig.load(name)
+    if name.removeprefix("facebook/") in preset_names():
+        return load_preset(name)
+    if is_hub_id(name):
+        return AdapterConfig.load(resolve_adapter(name, files=(CONFIG_NAME,)))
+    if "/" in name or os.sep in name or name.startswith((".", "~")):
+        raise ConfigError(f"{name}: no such adapter folder; give an adapter folder, a Hub id "
+                          f"(org/name) or a preset ({', '.join(preset_names())})")
+    return load_preset(name)  # names the presets there are
