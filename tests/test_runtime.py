@@ -1,7 +1,9 @@
 """The default device and seeded blocks (vidmusician.runtime)."""
 
+import pytest
 import torch
 
+from vidmusician.errors import ConfigError
 from vidmusician.runtime import default_device, seeded
 
 
@@ -36,5 +38,48 @@ def test_seeded_with_no_seed_draws_from_the_callers_stream():
 def test_default_device_is_one_type():
     assert default_device("cpu") == torch.device("cpu")
     assert default_device(torch.device("cpu")) == torch.device("cpu")
-    assert str(default_device("cuda:1")) == "cuda:1"  # the name audiocraft's loaders compare with
+    if torch.cuda.device_count() > 1:
+        assert str(default_device("cuda:1")) == "cuda:1"  # the name audiocraft's loaders compare with
     assert default_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_device_this_machine_does_not_have_is_one_line():
+    with pytest.raises(ConfigError, match=r"^device 'foo': not a device name; use cpu, cuda or cuda:N$"):
+        default_device("foo")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last (cuda:0 on a machine without)
+    with pytest.raises(ConfigError, match=f"^device '{missing}': "):
+        default_device(missing)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--device", "gpu0"], "device 'gpu0': not a device name; use cpu, cuda or cuda:N"),
+    (["--seed", str(2 ** 64)], f"seed must be an integer from {-2 ** 63} to {2 ** 64 - 1}, got {2 ** 64}"),
+])
+def test_generate_refuses_a_device_or_seed_before_it_loads(args, needle, tmp_path, capsys, monkeypatch):
+    from media import flash_video
+
+    import vidmusician.pipeline as pipeline
+    from vidmusician import cli
+
+    loaded = []
+    monkeypatch.setattr(pipeline, "load_for_generation", lambda *a, **k: loaded.append(a))
+    video = flash_video(tmp_path / "clip.mp4", [0.3], 1.0, size=32)
+    out = tmp_path / "out.wav"
+    assert cli.main(["generate", str(video), "--backbone", "tiny", "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
+    assert not out.exists() and loaded == []
+
+
+def test_python_generation_refuses_seeds_out_of_range_and_no_videos(tiny):
+    from conftest import tiny_config
+    from vidmusician import attach_adapters
+
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    for seed in (2 ** 64, [1, -2 ** 63 - 1]):
+        with pytest.raises(ConfigError, match="seed must be an integer from"):
+            vm.generate([None, None], duration=0.1, seed=seed)
+    assert vm.generate([None], duration=0.1, seed=2 ** 64 - 1).shape[0] == 1  # the ends of the range are seeds
+    with pytest.raises(ConfigError, match="^videos is empty: give one entry"):
+        vm.generate([], duration=1.0)

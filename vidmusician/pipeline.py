@@ -14,6 +14,7 @@ from .backbones import load_backbone
 from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .generation.windows import (check_duration, check_seed, generate_batch, sample_and_decode,
                                  set_encoder)
+from .runtime import default_device
 from .sizing import config_for_backbone
 from .video.encoders import load_encoder
 from .video.reader import frames_covering, probe
@@ -38,8 +39,9 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         adapter: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``),
             or a Hugging Face Hub id (``org/name``, ``org/name@revision``). None: plain MusicGen, the video only sets the length (a warning says so).
         backbone: MusicGen hub name, local folder, 'tiny', or a loaded MusicGen (the
-            adapter is attached to it in place); default: the adapter's backbone,
-            or facebook/musicgen-small. Real weights download on first use.
+            adapter is attached to it in place, once: to score many videos load a
+            :class:`VidMusician` once and call its ``generate``); default: the adapter's
+            backbone, or facebook/musicgen-small. Real weights download on first use.
         encoder: visual encoder spec; default: the adapter's. Given without an
             adapter, untrained (identity) adapters are attached so the video runs
             through the whole path; the music then equals plain MusicGen's.
@@ -84,6 +86,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     if duration is None:
         duration = info.duration
     check_seed(seed)
+    default_device(device)  # a device this machine lacks, before any model loads
     vm, musicgen, params = load_for_generation(adapter, backbone, encoder, device, params)
     if vm is None:
         num_frames = frames_covering(duration, musicgen.frame_rate)

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["default_device", "seeded"]
 
 
@@ -17,10 +19,22 @@ def default_device(device=None) -> torch.device:
 
     Returns:
         The ``torch.device``; ``str()`` of it is the name audiocraft's loaders expect.
+
+    Raises:
+        ConfigError: not a device name, or a CUDA device this machine does not have.
     """
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r}: not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r}: no CUDA device here; use cpu (or leave the device out)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 @contextlib.contextmanager

@@ -179,7 +179,9 @@ def _check_supported(musicgen):
     if getattr(lm, "fuser", None) is not None:
         check_fuser(musicgen.name, lm.fuser.fuse2cond)
     if hasattr(lm, "video_inputs"):  # wire_adapters adds it
-        raise BackboneError(f"{musicgen.name}: adapters are already attached to this model")
+        raise BackboneError(f"{musicgen.name}: adapters are already attached to this model; to generate "
+                            f"many times, load once (vm = VidMusician.from_pretrained(adapter, backbone=...)) "
+                            f"and call vm.generate, or pass a fresh backbone")
 
 
 def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object, AdapterConfig]:

@@ -200,6 +200,8 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
         features, batch_duration = videos, videos.local.shape[1] / videos.frame_rate
         size = videos.size
     else:
+        if not len(videos):
+            raise ConfigError("videos is empty: give one entry (a video, its features or None) per sample")
         features = [features_of(vm, v, progress) for v in videos]
         batch_duration = max((f.duration for f in features if f is not None), default=None)
         size = len(features)
@@ -309,6 +311,9 @@ def decode(musicgen, tokens: torch.Tensor, duration: float) -> torch.Tensor:
     return wav
 
 
+SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)
+
+
 def check_seed(seed):
     """None, the seed as an int, or a list of ints for a list of seeds (else ConfigError)."""
     if seed is None:
@@ -318,6 +323,9 @@ def check_seed(seed):
             raise ConfigError(f"a list of seeds needs an integer for every sample, got {list(seed)!r}")
         return [check_seed(s) for s in seed]
     try:
-        return operator.index(seed)
+        value = operator.index(seed)
     except TypeError:
         raise ConfigError(f"seed must be an integer, got {seed!r}") from None
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:  # torch.manual_seed's range
+        raise ConfigError(f"seed must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {seed}")
+    return value

@@ -7,6 +7,7 @@ per video, batched and resumable (:func:`vidmusician.batch.generate_many`).
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from ...batch import DEFAULT_BATCH_SIZE, generate_many, music_tags, output_path, output_suffix
@@ -90,8 +91,10 @@ def run(args) -> int:
     if kind == "audio" and args.keep_soundtrack:
         raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
     with one_line_warnings("generate"):
-        tags = music_tags(args.adapter, args.encoder)  # reads the adapter's config: its warnings show once
         wav, sample_rate = generate(video, **generation_options(args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the adapter's config again: generate showed its warnings
+        tags = music_tags(args.adapter, args.encoder)
     write_output(output, wav, sample_rate, video=video, tags=tags, keep_soundtrack=args.keep_soundtrack)
     seconds = wav.shape[-1] / sample_rate
     print(f"wrote {printable(output)} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
