@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -278,8 +279,11 @@ def test_generate_shows_a_newer_configs_warning_once(saved, tmp_path, capsys):
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps(dict(config, future_option=1)))
     video = flash_video(tmp_path / "clip.mp4", [0.3], 1.0, size=32)
-    assert main(["generate", str(video), "--adapter", str(folder), "--backbone", "tiny", "-o",
-                 str(tmp_path / "out.wav"), "-q", "--duration", "0.5"]) == 0
+    with warnings.catch_warnings(record=True) as escaped:  # shown in Python's own format, with a source line
+        warnings.simplefilter("always")
+        assert main(["generate", str(video), "--adapter", str(folder), "--backbone", "tiny", "-o",
+                     str(tmp_path / "out.wav"), "-q", "--duration", "0.5"]) == 0
     err = capsys.readouterr().err
     warnings_ = [line for line in err.splitlines() if "future_option" in line]
     assert len(warnings_) == 1 and warnings_[0].startswith("vidmusician generate: warning: "), err
+    assert [str(w.message) for w in escaped if "future_option" in str(w.message)] == []
