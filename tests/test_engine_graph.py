@@ -13,6 +13,7 @@ eviction, and the waits for queued steps.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -275,3 +276,25 @@ def test_a_step_the_device_cannot_capture_runs_eagerly_with_one_line(graphs, tin
                      "stream is capturing); it runs eagerly, slower"]  # once: the next windows do not try again
     assert len(RECORDED) == 1
     assert torch.equal(fast, long_generation(vm, videos, dict(greedy, engine="reference")))
+
+
+def test_a_window_under_another_autocast_state_gets_its_cache_and_graph(graphs, tiny_base):
+    """The cache is in the dtype the attention computes in; a window under autocast (bf16 on the
+    CPU, fp16 on a GPU) after one without allocates it again, and the graphs of the old one go."""
+    musicgen = copy.deepcopy(tiny_base)
+    params = GenerationParams(use_sampling=False)
+
+    def tokens(autocast, engine="fast", model=musicgen):
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return generate_tokens(model, attributes(["piano", "drums"]), 20, replace(params, engine=engine))
+
+    plain = tokens(False)
+    assert torch.equal(plain, tokens(False, "reference"))
+    half = tokens(True)
+    assert len(RECORDED) == 2  # fp32, then bf16
+    from vidmusician.generation.engine_select import _ENGINES
+
+    assert _ENGINES[musicgen.lm].cache[0][0].dtype == torch.bfloat16
+    assert torch.equal(half, tokens(True, model=copy.deepcopy(tiny_base)))  # what a new engine computes
+    assert torch.equal(tokens(False), plain) and len(RECORDED) == 4  # and back

@@ -142,6 +142,7 @@ class DecodeEngine:
         adapted = {i: layer for i, layer in enumerate(lm.transformer.layers) if hasattr(layer, "base_layer")}
         video = self._video_window(videos, frame_offset, max_global_tokens, guidance, adapted)
         self.window = _Window(self._cross_keys(conditions), video, adapted)
+        self._prepare_cache()
         if not params.samples:
             row_seeds = None  # greedy: nothing to draw
         graph = self.graph if row_seeds is None else None
@@ -225,8 +226,6 @@ class DecodeEngine:
         transformer = lm.transformer
         pos_emb = self._sin_embedding(positions, x.shape[-1], max_period=transformer.max_period, dtype=x.dtype)
         x = x + transformer.positional_scale * pos_emb
-        if self.cache is None:
-            self._allocate(x)
         if length is None:  # the whole cache, keys past the step masked out
             keys = torch.arange(self.max_len, device=self.device)
             mask = (keys <= start).view(1, 1, 1, -1)
@@ -243,14 +242,25 @@ class DecodeEngine:
             x = lm.out_norm(x)
         return torch.stack([lm.linears[k](x) for k in range(K)], dim=1)
 
-    def _allocate(self, x: torch.Tensor):
-        """The key/value cache, in the dtype the attention computes in (autocast's on a GPU)."""
+    def _prepare_cache(self) -> None:
+        """The key/value cache, in the dtype the attention computes in now (autocast's on a GPU).
+
+        Allocated at the first window; again when that dtype changes (a window under
+        another autocast state), and then the captured steps, which read the old cache, go too.
+        """
+        lm = self.lm
+        proj = base_layers(lm)[0].self_attn
+        x = torch.zeros(1, 1, self.dim, dtype=lm.emb[0].weight.dtype, device=self.device)
+        dtype = F.linear(x, proj.in_proj_weight, proj.in_proj_bias).dtype
+        if self.cache is not None and self.cache[0][0].dtype == dtype:
+            return
         H, C = self.heads, self.dim // self.heads
-        proj = base_layers(self.lm)[0].self_attn
-        dtype = F.linear(x[:1, :1], proj.in_proj_weight, proj.in_proj_bias).dtype
+        self.cache = None  # the old one goes before the new one is allocated
         self.cache = [(torch.zeros(self.rows, H, self.max_len, C, dtype=dtype, device=self.device),
                        torch.zeros(self.rows, H, self.max_len, C, dtype=dtype, device=self.device))
-                      for _ in base_layers(self.lm)]
+                      for _ in base_layers(lm)]
+        if self.graph is not None:
+            self.graph.reset()
 
     def _layer(self, i: int, layer, x: torch.Tensor, positions: torch.Tensor, length: int, mask):
         """One of audiocraft's pre-norm ``StreamingTransformerLayer``s, operation for operation."""

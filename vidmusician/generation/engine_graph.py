@@ -117,6 +117,11 @@ class StepGraph:
             replay = self.graphs[key] = self._capture(guidance, params)
         return replay
 
+    def reset(self) -> None:
+        """Drops every graph and window (the engine's cache was allocated again: they read the old one)."""
+        self.graphs.clear()
+        self.windows.clear()
+
     def synchronize(self) -> None:
         """Waits until the steps queued so far have run."""
         _synchronize(self.engine.device)
