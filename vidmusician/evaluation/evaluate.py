@@ -1,8 +1,9 @@
 """Evaluating generated music against its videos (and reference music), folder by folder.
 
 Files are matched by stem: ``videos/clip.mp4`` goes with ``generated/clip.wav``
-(or ``.flac``, ``.mp3``, ``.mp4`` with an audio track, ...) and, when a
-reference folder is given, ``reference/clip.*``. The reference folder may be
+or ``generated/clip_music.wav``, the name ``vidmusician generate`` gives it (or
+``.flac``, ``.mp3``, ``.mp4`` with an audio track, ...) and, when a reference
+folder is given, ``reference/clip.*``. The reference folder may be
 the video folder itself, to compare against the videos' own soundtracks.
 
 Per clip: the scores of :mod:`vidmusician.evaluation.clips` (beat alignment, and
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..audio_io import read_tags
+from ..batch import OUTPUT_TAG
 from ..errors import ConfigError, printable
 from ..fileio import atomic_write
 from ..video.features import VisualEncoder, load_encoder
@@ -119,7 +121,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     feature_cache: str | Path | bool | None = None,
 ) -> EvalReport:
-    """Evaluates every generated file that matches a video by stem.
+    """Evaluates every generated file that matches a video by stem (``clip.*`` or ``clip_music.*``).
 
     Args:
         videos: Folder of input videos.
@@ -162,11 +164,11 @@ def evaluate(
     if prompts and text_embedder is None:
         raise ConfigError("a CLAP text-music score needs a CLAP model; pass text_embedder")
     vids = list_videos(videos)
-    gens = match_audio(list(vids), generated, "generated", log)
+    gens = match_audio(list(vids), generated, "generated", log, tag=OUTPUT_TAG)
     if not gens:
         raise ConfigError(
-            f"{generated}: no generated file matches a video in {videos} by name; "
-            f"name each one after its video (clip.mp4 -> clip.wav)"
+            f"{generated}: no generated file matches a video in {videos} by name; name each one after its "
+            f"video (clip.mp4 -> clip.wav or clip{OUTPUT_TAG}.wav, as `vidmusician generate` names it)"
         )
     refs = match_audio(list(gens), reference, "reference", log) if reference is not None else {}
     if reference is not None and not refs:

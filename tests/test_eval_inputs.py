@@ -1,0 +1,75 @@
+"""`vidmusician eval`'s inputs: generated files under `generate`'s names, prompts by name, too little music for a FAD."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from media import click_track, flash_video
+
+from vidmusician.batch import output_path
+from vidmusician.cli import main
+
+SR = 32000
+
+
+def _eval(argv, tmp_path):
+    out = tmp_path / "report.json"
+    code = main(["eval", *map(str, argv), "--out", str(out), "--encoder", "tiny", "--quiet"])
+    return code, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def _refused(argv, tmp_path, capsys, *needles) -> str:
+    code, report = _eval(argv, tmp_path)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and report is None, err
+    assert len(err.splitlines()) == 1 and err.startswith("vidmusician eval: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _folders(tmp_path, videos=("clip",), generated=("clip.wav",), seconds=1.0):
+    """Videos and generated click tracks under the given names; returns (videos, generated) folders."""
+    v, g = tmp_path / "v", tmp_path / "g"
+    v.mkdir(), g.mkdir()
+    for name in videos:
+        flash_video(v / f"{name}.mp4", [0.5], seconds)
+    for name in generated:
+        sf.write(g / name, click_track([0.5], seconds, SR), SR)
+    return v, g
+
+
+# --------------------------------------------------------------------------- #
+# Generated files as `vidmusician generate` names them
+
+
+def test_generate_output_names_match_their_videos(tmp_path):
+    # The names `vidmusician generate videos/ -o scored/` writes, from the function it names them with.
+    names = [output_path(f"{n}.mp4", ".", ".wav").name for n in ("a", "b")]
+    assert names == ["a_music.wav", "b_music.wav"]
+    v, g = _folders(tmp_path, ("a", "b", "c"), names)
+    code, report = _eval(["--videos", v, "--generated", g], tmp_path)
+    assert code == 0
+    assert [(f["name"], f["generated"].rsplit("/", 1)[-1]) for f in report["files"]] == list(zip("ab", names))
+    assert report["unmatched"] == {"no_generated": ["c"]}
+
+
+def test_a_video_with_both_names_is_refused(tmp_path, capsys):
+    v, g = _folders(tmp_path, ("clip",), ("clip.wav", "clip_music.flac"))
+    _refused(["--videos", v, "--generated", g], tmp_path, capsys, "clip.* and clip_music.*", "video clip",
+             "keep one")
+
+
+def test_a_file_that_names_two_videos_is_refused(tmp_path, capsys):
+    # x_music.wav is x_music.mp4's by its stem and x.mp4's by generate's naming.
+    v, g = _folders(tmp_path, ("x", "x_music"), ("x_music.wav",))
+    _refused(["--videos", v, "--generated", g], tmp_path, capsys, "x_music.wav", "matches both", "rename")
+
+
+def test_several_formats_of_one_name_still_pick_the_lossless_one(tmp_path):
+    v, g = _folders(tmp_path, ("clip",), ("clip_music.mp3", "clip_music.wav"))
+    code, report = _eval(["--videos", v, "--generated", g], tmp_path)
+    assert code == 0 and report["files"][0]["generated"].endswith("clip_music.wav")
