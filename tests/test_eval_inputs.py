@@ -73,3 +73,53 @@ def test_several_formats_of_one_name_still_pick_the_lossless_one(tmp_path):
     v, g = _folders(tmp_path, ("clip",), ("clip_music.mp3", "clip_music.wav"))
     code, report = _eval(["--videos", v, "--generated", g], tmp_path)
     assert code == 0 and report["files"][0]["generated"].endswith("clip_music.wav")
+
+
+# --------------------------------------------------------------------------- #
+# --prompts keyed by the video's name
+
+
+class ConstantClap:
+    """A stand-in for the CLAP model: every audio and text embeds to one vector (score 1)."""
+
+    sample_rate = 48000
+
+    def __call__(self, audio, sample_rate):
+        return np.ones((1, 4))
+
+    def embed_text(self, texts):
+        return np.ones((len(texts), 4))
+
+
+def _text_scores(tmp_path, prompts: dict) -> dict:
+    from vidmusician.evaluation.embedders import read_prompts
+    from vidmusician.evaluation.evaluate import evaluate
+
+    v, g = _folders(tmp_path, ("c", "d"), ("c_music.wav", "d.wav"))
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    report = evaluate(v, g, encoder="tiny", prompts=read_prompts(tmp_path / "prompts.json"),
+                      text_embedder=ConstantClap())
+    return {c.name: c.scores["clap_text"] for c in report.clips}
+
+
+@pytest.mark.parametrize("key", ["c", "c.mp4", "c_music.wav"])
+def test_prompts_by_the_videos_stem_or_file_name(tmp_path, key):
+    scores = _text_scores(tmp_path, {key: "calm piano"})
+    assert scores["c"] == pytest.approx(1.0) and np.isnan(scores["d"])
+
+
+def test_a_prompt_that_names_no_video_is_refused(tmp_path):
+    from vidmusician.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _text_scores(tmp_path, {"c.mp4": "calm piano", "e.mp4": "drums", "c.wav": "bass"})
+    message = str(err.value)
+    assert "\n" not in message and f"--prompts {tmp_path / 'prompts.json'}:" in message
+    assert "'e.mp4', 'c.wav' name no video" in message and "keyed by the video's name" in message
+
+
+def test_two_prompts_for_one_clip_are_refused(tmp_path):
+    from vidmusician.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'c' and 'c.mp4' both name the clip c"):
+        _text_scores(tmp_path, {"c": "calm piano", "c.mp4": "drums"})

@@ -218,8 +218,20 @@ def load_embedder(spec: str, clap_model: str = DEFAULT_CLAP, vggish_weights: str
     return spec, obj
 
 
-def read_prompts(path: str | Path) -> dict[str, str]:
+class Prompts(dict):
+    """Text prompts by clip name, and the file they came from (:attr:`path`, for messages)."""
+
+    def __init__(self, prompts: dict[str, str], path: str | Path):
+        super().__init__(prompts)
+        self.path = Path(path)
+
+
+def read_prompts(path: str | Path) -> Prompts:
     """Text prompts by clip name from a JSON file ``{"clip": "prompt", ...}``.
+
+    A clip is named by its video's stem or file name (``clip`` or ``clip.mp4``
+    for ``videos/clip.mp4``); :func:`vidmusician.evaluation.evaluate.evaluate`
+    refuses a name that matches no video.
 
     Raises:
         ConfigError: The file is missing, not JSON, or not an object of strings.
@@ -235,7 +247,7 @@ def read_prompts(path: str | Path) -> dict[str, str]:
         raise ConfigError(f"--prompts {path}: not valid JSON (line {exc.lineno}: {exc.msg}); check the file") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ConfigError(f'--prompts {path}: expected a JSON object of clip name -> prompt, e.g. {{"clip": "calm piano"}}')
-    return data
+    return Prompts(data, path)
 
 
 def clap_score(audio_embeddings: np.ndarray, text_embedding: np.ndarray) -> float:

@@ -135,8 +135,9 @@ def evaluate(
         embedders: Embedders for the Fréchet audio distance, by name (needs
             ``reference``). Each receives audio at its ``sample_rate``
             attribute if it has one, else at 32 kHz.
-        prompts: Text prompt of each clip, by name, for the CLAP text-music
-            score (clips without one have none), or one prompt for all.
+        prompts: Text prompt of each clip, by the name of its video (``clip``
+            or ``clip.mp4``; see :func:`prompts_by_clip`), for the CLAP
+            text-music score (clips without one have none), or one prompt for all.
         text_embedder: The CLAP model for that score (a
             :class:`~vidmusician.evaluation.embedders.ClapEmbedder`); needed with
             ``prompts``.
@@ -181,6 +182,8 @@ def evaluate(
         if names:
             log(f"warning: {len(names)} video(s) {what[key]}: {', '.join(map(printable, names))}")
 
+    if prompts and not isinstance(prompts, str):
+        prompts = prompts_by_clip(prompts, vids, gens, videos)  # a key that names no clip: refused before the work
     encoder_source = "given"
     if encoder is None and settings.source == "change":
         encoder, encoder_source = encoder_of(gens.values(), log)
@@ -217,6 +220,43 @@ def evaluate(
     used = None if encoder is None else {"spec": encoder.name, "activation": encoder.activation,
                                          "source": encoder_source}
     return EvalReport(clips, means, fd, unmatched, settings, kl, used)
+
+
+def prompts_by_clip(prompts: Mapping[str, str], videos: Mapping[str, Path], generated: Mapping[str, Path],
+                    folder: str | Path = "") -> dict[str, str]:
+    """Each clip's prompt, by clip name, from prompts keyed by the name of a clip's video.
+
+    A key is the video's stem or file name (``clip`` or ``clip.mp4`` for
+    ``videos/clip.mp4``), or the generated file's name (``clip_music.wav``).
+
+    Args:
+        prompts: ``{key: prompt}`` (a :class:`~vidmusician.evaluation.embedders.Prompts`
+            read from a file names that file in messages).
+        videos: The videos, by stem.
+        generated: The generated files, by their video's stem.
+        folder: The videos' folder, for messages.
+
+    Raises:
+        ConfigError: A key names no video, or two keys name one clip.
+    """
+    source = f"--prompts {printable(prompts.path)}" if hasattr(prompts, "path") else "prompts"
+    clip_of = {}
+    for stem, video in videos.items():
+        for name in (stem, video.name, generated[stem].name if stem in generated else None):
+            if name is not None:
+                clip_of.setdefault(printable(name), printable(stem))
+    unknown = [key for key in prompts if key not in clip_of]
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ConfigError(f"{source}: {shown} name{'s' if len(unknown) == 1 else ''} no video in {printable(folder)}; "
+                          f"prompts are keyed by the video's name (clip or clip.mp4 for videos/clip.mp4)")
+    out, key_of = {}, {}
+    for key, text in prompts.items():
+        clip = clip_of[key]
+        if clip in out:
+            raise ConfigError(f"{source}: {key_of[clip]!r} and {key!r} both name the clip {clip}; keep one of them")
+        out[clip], key_of[clip] = text, key
+    return out
 
 
 def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[str | None, str]:
