@@ -27,6 +27,7 @@ from ..audio_io import read_tags
 from ..batch import OUTPUT_TAG
 from ..errors import ConfigError, printable
 from ..fileio import atomic_write
+from ..video.encoder_specs import ACTIVATION_NAMES, natural_activation
 from ..video.features import VisualEncoder, load_encoder
 from . import metrics
 from .clips import METRICS, REFERENCE_METRICS, ClipResult, EvalSettings, score_clip  # noqa: F401  (here too)
@@ -129,8 +130,10 @@ def evaluate(
         reference: Folder of reference music (may be ``videos``, to use the
             videos' own soundtracks), or ``None`` for the video-only metric.
         encoder: Visual encoder for the change signal: a spec for
-            :func:`vidmusician.video.features.load_encoder`, a loaded encoder, or
-            ``None`` for the default one. Loaded once for all clips.
+            :func:`vidmusician.video.features.load_encoder` (built with the
+            activation the generated files record for it), a loaded encoder, or
+            ``None`` for the one the files record (see :func:`encoder_of`), else
+            the default. Loaded once for all clips.
         settings: Event detection settings.
         embedders: Embedders for the Fréchet audio distance, by name (needs
             ``reference``). Each receives audio at its ``sample_rate``
@@ -184,10 +187,11 @@ def evaluate(
 
     if prompts and not isinstance(prompts, str):
         prompts = prompts_by_clip(prompts, vids, gens, videos)  # a key that names no clip: refused before the work
-    encoder_source = "given"
-    if encoder is None and settings.source == "change":
-        encoder, encoder_source = encoder_of(gens.values(), log)
-    encoder = _load_encoder(encoder, encoder_source) if settings.source == "change" else None
+    encoder_source, activation = "given", None
+    if settings.source == "change" and (encoder is None or isinstance(encoder, str)):
+        # The encoder the music was made with, and its activation, as `generate` built it.
+        encoder, activation, encoder_source = encoder_of(gens.values(), log, encoder)
+    encoder = _load_encoder(encoder, activation, encoder_source) if settings.source == "change" else None
     clips = []
     for name in sorted(gens):
         # The report, the log and --prompts name a clip as text (a file name's bytes that are
@@ -259,34 +263,67 @@ def prompts_by_clip(prompts: Mapping[str, str], videos: Mapping[str, Path], gene
     return out
 
 
-def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[str | None, str]:
+def encoder_of(generated: Iterable[Path], log: Callable[[str], None],
+               spec: str | None = None) -> tuple[str | None, str | None, str]:
     """The visual encoder the generated music was made with, from the tags `generate` writes.
 
-    Returns ``(spec, source)``: the recorded spec when every tagged file agrees
-    (``"recorded in the generated files"``), else ``(None, "default")``, which
-    loads ``ViT-B-32:openai``.
+    The activation comes with the spec: an adapter written before the activation was
+    recorded was trained on GELU features of ``ViT-B-32:openai`` (trained with
+    QuickGELU), and `generate` builds the encoder as the adapter expects; the visual
+    beats must come from the same features.
+
+    Args:
+        generated: The generated files.
+        log: Told when the files disagree on the encoder.
+        spec: The spec the caller chose (``--encoder``), or None to take the files'.
+            A chosen spec takes the activation of the files made with it.
+
+    Returns:
+        ``(spec, activation, source)``: the recorded spec and activation when every
+        tagged file agrees (``"recorded in the generated files"``); with ``spec``
+        given, that spec and the activation of its files, if any; else
+        ``(None, None, "default")``, which loads ``ViT-B-32:openai``. An activation
+        of None is the weights' own.
+
+    Raises:
+        ConfigError: The files made with one spec record different activations (one
+            encoder scores a run).
     """
-    recorded = {read_tags(path).get("encoder") for path in generated} - {None}
-    if len(recorded) == 1:
-        return recorded.pop(), "recorded in the generated files"
-    if len(recorded) > 1:
-        log(f"warning: the generated files were made with different encoders ({', '.join(sorted(recorded))}); "
+    recorded: dict[tuple[str, str | None], list[Path]] = {}
+    for path in generated:
+        tags = read_tags(path)
+        made_with = tags.get("encoder")
+        if made_with is not None and spec in (None, made_with):
+            # Untagged activation (older outputs): the weights' own, as `generate` built it then.
+            activation = tags.get("encoder_activation") or natural_activation(made_with)
+            recorded.setdefault((made_with, activation), []).append(Path(path))
+    specs = sorted({s for s, _ in recorded})
+    if len(specs) > 1:
+        log(f"warning: the generated files were made with different encoders ({', '.join(specs)}); "
             f"using the default, pass --encoder to choose")
-    return None, "default"
+        return None, None, "default"
+    if len(recorded) > 1:
+        groups = "; ".join(f"{ACTIVATION_NAMES.get(a, a)}: {', '.join(printable(p.name) for p in files)}"
+                           for (_, a), files in sorted(recorded.items(), key=lambda kv: str(kv[0][1])))
+        raise ConfigError(f"the generated files were made with the visual encoder {specs[0]!r} under different "
+                          f"activations ({groups}); evaluate each activation's files in a folder of their own")
+    if recorded:
+        ((found, activation),) = recorded
+        return found, activation, ("given, activation recorded in the generated files" if spec is not None
+                                   else "recorded in the generated files")
+    return spec, None, "given" if spec is not None else "default"
 
 
-def _load_encoder(spec: Any, source: str) -> Any:
+def _load_encoder(spec: Any, activation: str | None, source: str) -> Any:
     # Loaded here once, not by extract_features once per clip.
     if isinstance(spec, VisualEncoder):
         return spec
     # Weights that cannot be had now are one line at once (load_encoder checks, before any
     # download); it says why this encoder was chosen when the files chose none.
     try:
-        return load_encoder(spec)
+        return load_encoder(spec, activation=activation)
     except ConfigError as exc:
         if source != "default":
             raise
         raise ConfigError("the generated files record no visual encoder (music made without an adapter), so the "
                           f"default is used (--visual-source flow needs none): {exc}") from None
-
-
