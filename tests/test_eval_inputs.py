@@ -123,3 +123,25 @@ def test_two_prompts_for_one_clip_are_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="'c' and 'c.mp4' both name the clip c"):
         _text_scores(tmp_path, {"c": "calm piano", "c.mp4": "drums"})
+
+
+# --------------------------------------------------------------------------- #
+# Too little music for a Fréchet distance
+
+
+def per_second_embedder(audio, sample_rate):
+    """One row per whole second of audio, at least one (as CLAP gives one per 10 s), of no known count."""
+    rows = max(1, len(audio) // sample_rate)
+    return np.stack([np.full(rows, float(np.mean(audio**2))), np.arange(rows, dtype=float)], axis=1)
+
+
+def test_too_few_embeddings_name_the_metric_the_set_and_the_fix(tmp_path, capsys):
+    v, g = _folders(tmp_path, ("c",), ("c_music.wav",), seconds=2.5)  # generated: 2 rows
+    reference = tmp_path / "r"
+    reference.mkdir()
+    sf.write(reference / "c.wav", click_track([0.5], 1.0, SR), SR)  # 1 row
+    err = _refused(["--videos", v, "--generated", g, "--reference", reference, "--embedder",
+                    "test_eval_inputs:per_second_embedder"], tmp_path, capsys,
+                   "frechet_distance[test_eval_inputs:per_second_embedder]: the reference music gives 1 embedding,",
+                   "needs at least 2 per set", "evaluate more clips or longer ones")
+    assert "generated" not in err

@@ -85,6 +85,15 @@ class ClapEmbedder:
         keep = [c for c in chunks if len(c) >= self.sample_rate]
         return keep or chunks[:1]
 
+    @property
+    def unit(self) -> str:
+        """What one embedding covers, for messages."""
+        return f"{self.window / self.sample_rate:g} s window"
+
+    def embedding_count(self, num_samples: int) -> int:
+        """How many embeddings :meth:`__call__` gives for audio of ``num_samples`` (known before embedding)."""
+        return len(self.windows(np.zeros(num_samples, np.float32)))
+
     def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """``[n_windows, D]`` unit-norm audio embeddings of a mono waveform at :attr:`sample_rate`."""
         import torch
@@ -117,6 +126,7 @@ class VGGishEmbedder:
 
     name = "vggish"
     sample_rate = 16000  # VGGish's input rate
+    unit = "0.96 s frame"  # what one embedding covers, for messages
 
     def __init__(self, model: Any, device: str | None = None):
         import torch

@@ -185,6 +185,9 @@ def evaluate(
         if names:
             log(f"warning: {len(names)} video(s) {what[key]}: {', '.join(map(printable, names))}")
 
+    pairs = [(gens[n], refs[n]) for n in sorted(gens) if n in refs]
+    for name, embedder in embedders.items():  # a distance that cannot be had: said before the clips' work
+        check_embedding_counts(name, embedder, [g for g, _ in pairs], [r for _, r in pairs])
     if prompts and not isinstance(prompts, str):
         prompts = prompts_by_clip(prompts, vids, gens, videos)  # a key that names no clip: refused before the work
     encoder_source, activation = "given", None
@@ -213,7 +216,10 @@ def evaluate(
         rate = int(getattr(embedder, "sample_rate", 32000))
         gen = [load_audio(c.generated, rate) for c in paired]
         ref = [load_audio(c.reference, rate) for c in paired]
-        fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+        try:
+            fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+        except ConfigError as exc:
+            raise ConfigError(f"frechet_distance[{name}]: {exc}{_per_unit(embedder)}") from None
         log(f"frechet_distance[{name}]: {format_score(fd[name])}")
     kl = None
     if kl_metric is not None:
@@ -224,6 +230,37 @@ def evaluate(
     used = None if encoder is None else {"spec": encoder.name, "activation": encoder.activation,
                                          "source": encoder_source}
     return EvalReport(clips, means, fd, unmatched, settings, kl, used)
+
+
+def check_embedding_counts(name: str, embedder: metrics.Embedder, generated: list[Path],
+                           reference: list[Path]) -> None:
+    """Refuses, before any clip is scored, a Fréchet distance whose sets give too few embeddings.
+
+    Known from the audio's lengths alone for an embedder with an ``embedding_count``
+    method (CLAP: one embedding per 10 s window); others are checked when they embed.
+
+    Raises:
+        ConfigError: The generated or the reference files give fewer than 2 embeddings.
+    """
+    count = getattr(embedder, "embedding_count", None)
+    if count is None:
+        return
+    rate = int(getattr(embedder, "sample_rate", 32000))
+    totals = {}
+    for role, files in (("generated", generated), ("reference", reference)):
+        totals[role] = 0
+        for path in files:
+            totals[role] += count(len(load_audio(path, rate)))
+            if totals[role] >= 2:  # enough: the other files need not be read
+                break
+    short = metrics.too_few_embeddings(totals)
+    if short:
+        raise ConfigError(f"frechet_distance[{name}]: {short}{_per_unit(embedder)}")
+
+
+def _per_unit(embedder: Any) -> str:
+    unit = getattr(embedder, "unit", None)
+    return f" (one embedding per {unit})" if unit else ""
 
 
 def prompts_by_clip(prompts: Mapping[str, str], videos: Mapping[str, Path], generated: Mapping[str, Path],
