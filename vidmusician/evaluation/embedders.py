@@ -168,7 +168,11 @@ class VGGishEmbedder:
             else:
                 state = torch.load(Path(weights), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
+        except OSError as exc:
+            if weights is None:  # the download: no network, or the release cannot be reached
+                raise weights_unavailable("VGGish's weights (torchvggish)", exc, "pass --vggish-weights FILE") from None
+            raise ConfigError(f"VGGish weights {weights}: cannot be loaded ({type(exc).__name__}); check the file") from None
+        except (RuntimeError, KeyError, pickle.UnpicklingError) as exc:
             where = VGGISH_WEIGHTS if weights is None else weights
             raise ConfigError(f"VGGish weights {where}: cannot be loaded ({type(exc).__name__}); check the file") from None
         return cls(model, device)
@@ -184,6 +188,21 @@ class VGGishEmbedder:
             raise ConfigError(f"VGGish needs at least 0.96 s of audio, got {len(audio) / sample_rate:.2f} s")
         with torch.no_grad():
             return self.model(examples.to(self.device)).float().cpu().numpy().reshape(examples.shape[0], -1)
+
+
+def weights_unavailable(what: str, exc: BaseException, fix: str) -> ConfigError:
+    """One line for weights that download once, on first use, and cannot be had now.
+
+    Args:
+        what: The weights, named as a user knows them (the model and its package).
+        exc: What the download raised.
+        fix: The other way, besides connecting once (a local file, leaving the metric out).
+    """
+    import torch
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return ConfigError(f"{what} are downloaded once, on first use, into {cache} (needs internet), and cannot be "
+                       f"downloaded now ({type(exc).__name__}: {one_line(exc)}); connect once, or {fix}")
 
 
 def load_embedder(spec: str, clap_model: str = DEFAULT_CLAP, vggish_weights: str | Path | None = None) -> Any:
