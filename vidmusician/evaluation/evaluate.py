@@ -158,8 +158,10 @@ def evaluate(
         The :class:`EvalReport`.
 
     Raises:
-        VidMusicianError: A folder is missing, nothing matches, or a file
-            cannot be read (the message names the file).
+        VidMusicianError: A folder is missing, nothing matches (or one video
+            has two generated files), a prompt names no video, a Fréchet
+            distance would have too few embeddings, or a file cannot be read
+            (the message names the file).
     """
     log = log or (lambda line: None)
     embedders = dict(embedders or {})

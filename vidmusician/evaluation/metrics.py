@@ -372,14 +372,8 @@ def frechet_audio_distance(
 
 
 def too_few_embeddings(counts: Mapping[str, int]) -> str | None:
-    """What is wrong when a set has fewer embeddings than a covariance needs (2), or None.
-
-    Args:
-        counts: Embeddings per set, ``{"generated": n, "reference": m}``.
-
-    Returns:
-        One line naming each short set and the fix, or None when every set has 2 or more.
-    """
+    """One line naming each set of ``counts`` (``{"generated": n, ...}``) with fewer than the 2 embeddings
+    a covariance needs, and the fix; None when every set has enough."""
     short = [f"the {role} music gives {n} embedding{'s' if n != 1 else ''}" for role, n in counts.items() if n < 2]
     if not short:
         return None
