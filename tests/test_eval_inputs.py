@@ -145,3 +145,11 @@ def test_too_few_embeddings_name_the_metric_the_set_and_the_fix(tmp_path, capsys
                    "frechet_distance[test_eval_inputs:per_second_embedder]: the reference music gives 1 embedding,",
                    "needs at least 2 per set", "evaluate more clips or longer ones")
     assert "generated" not in err
+
+
+def test_music_generated_beside_its_videos(tmp_path):
+    # `vidmusician generate v/ -o v/`: a.mp4 and a_music.wav in one folder; the video is not its own music.
+    v, _ = _folders(tmp_path, ("a",), ())
+    sf.write(output_path(v / "a.mp4", v, ".wav"), click_track([0.5], 1.0, SR), SR)
+    code, report = _eval(["--videos", v, "--generated", v], tmp_path)
+    assert code == 0 and report["files"][0]["generated"].endswith("a_music.wav")

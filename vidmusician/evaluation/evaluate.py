@@ -170,7 +170,8 @@ def evaluate(
     if prompts and text_embedder is None:
         raise ConfigError("a CLAP text-music score needs a CLAP model; pass text_embedder")
     vids = list_videos(videos)
-    gens = match_audio(list(vids), generated, "generated", log, tag=OUTPUT_TAG)
+    # A video is never its own generated music (`generate videos/ -o videos/` puts the music beside it).
+    gens = match_audio(list(vids), generated, "generated", log, tag=OUTPUT_TAG, exclude=vids.values())
     if not gens:
         raise ConfigError(
             f"{generated}: no generated file matches a video in {videos} by name; name each one after its "

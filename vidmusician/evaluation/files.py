@@ -32,7 +32,8 @@ def list_videos(directory: str | Path) -> dict[str, Path]:
 
 
 def match_audio(stems: Iterable[str], directory: str | Path, role: str,
-                log: Callable[[str], None] | None = None, tag: str = "") -> dict[str, Path]:
+                log: Callable[[str], None] | None = None, tag: str = "",
+                exclude: Iterable[Path] = ()) -> dict[str, Path]:
     """For each stem, the audio file of that stem in a folder.
 
     When a stem has several candidates the first suffix of
@@ -45,6 +46,8 @@ def match_audio(stems: Iterable[str], directory: str | Path, role: str,
         log: Told which file is used for each stem that has several.
         tag: Also match ``STEM{tag}.*`` to ``STEM`` (the generated files:
             ``vidmusician generate`` names its outputs ``NAME_music.wav``).
+        exclude: Files that are no candidates (the videos, when music was
+            generated into their own folder).
 
     Returns:
         ``{stem: file}`` for the stems found.
@@ -57,9 +60,10 @@ def match_audio(stems: Iterable[str], directory: str | Path, role: str,
     directory = _existing_dir(directory, role)
     rank = {s: i for i, s in enumerate(AUDIO_SUFFIXES)}
     wanted = set(stems)
+    excluded = {Path(p).resolve() for p in exclude}
     found: dict[str, dict[str, list[Path]]] = {}  # {stem: {the file's own stem: files}}
     for p in sorted(directory.iterdir()):
-        if not (p.is_file() and p.suffix.lower() in rank):
+        if not (p.is_file() and p.suffix.lower() in rank) or (excluded and p.resolve() in excluded):
             continue
         owners = [s for s in (p.stem, p.stem[: -len(tag)] if tag and p.stem.endswith(tag) else None) if s in wanted]
         if len(owners) > 1:
