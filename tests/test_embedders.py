@@ -209,6 +209,30 @@ def test_vggish_bad_weights_are_one_line(tmp_path):
         load_embedder("vggish", vggish_weights=bad)
 
 
+def test_clap_embedding_count_is_known_from_the_length(clap):
+    rate = clap.sample_rate
+    for seconds in (0.5, 3.0, 10.5, 11.0, 25.0):
+        n = int(seconds * rate)
+        assert clap.embedding_count(n) == len(clap(np.zeros(n, np.float32), rate)), seconds
+
+
+def test_too_little_music_for_a_clap_fad_is_one_line_before_any_clip_is_scored(clap_folder, tmp_path, capsys):
+    # One 3 s clip: one 10 s window, one embedding per set, no covariance.
+    rng = np.random.default_rng(3)
+    (tmp_path / "v").mkdir(), (tmp_path / "g").mkdir()
+    flash_video(tmp_path / "v" / "c.mp4", [0.6], 3.0, audio=_music(rng, 3.0, 32000))
+    sf.write(tmp_path / "g" / "c.wav", _music(rng, 3.0, 32000), 32000)
+    argv = ["eval", "--videos", str(tmp_path / "v"), "--generated", str(tmp_path / "g"), "--reference",
+            str(tmp_path / "v"), "--encoder", "tiny", "--embedder", "clap", "--clap-model", str(clap_folder)]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(lines) == 1, lines  # no clip's line ("c: beat_alignment=..."): refused before the clips were scored
+    assert lines[0].startswith("vidmusician eval: error: frechet_distance[clap]: "), lines
+    for needle in ("the generated music gives 1 embedding", "the reference music gives 1 embedding",
+                   "evaluate more clips or longer ones", "one embedding per 10 s window"):
+        assert needle in lines[0], lines
+
+
 # --------------------------------------------------------------------------- #
 # vidmusician eval with both embedders and prompts
 

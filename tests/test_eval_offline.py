@@ -142,3 +142,34 @@ def test_every_command_that_loads_an_encoder_refuses_missing_weights_at_once(tmp
         load_encoder("ViT-B-32:openai", device="cpu")
     message = str(err.value)
     assert "\n" not in message and "not in the Hugging Face cache" in message and "--encoder" in message
+
+
+def _closed_port_url() -> str:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there: every connection is refused
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("option, names", [
+    (["--kl"], ("PaSST", "hear21passt", "leave out --kl")),
+    (["--embedder", "vggish"], ("VGGish", "torchvggish", "--vggish-weights FILE")),
+])
+def test_weights_of_the_audio_metrics_offline_are_one_line(clip_without_adapter, tmp_path, option, names):
+    """PaSST (--kl) and VGGish download their weights into the torch hub cache on first use: with an
+    empty cache and no way out, one line naming the model and saying that the download needs internet."""
+    proxy = _closed_port_url()  # downloads go through a proxy that refuses them, network or not
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_HOME=str(tmp_path / "torch"), https_proxy=proxy,
+               HTTPS_PROXY=proxy, http_proxy=proxy, HTTP_PROXY=proxy)
+    for key in ("no_proxy", "NO_PROXY"):
+        env.pop(key, None)
+    folder = clip_without_adapter
+    cmd = [sys.executable, "-m", "vidmusician", "eval", "--videos", str(folder / "v"), "--generated",
+           str(folder / "g"), "--reference", str(folder / "v"), "--encoder", "tiny", "--quiet", *option]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vidmusician eval: error: "), out.stderr
+    for needle in (*names, "downloaded once, on first use", "needs internet", str(tmp_path / "torch")):
+        assert needle in lines[0], lines[0]

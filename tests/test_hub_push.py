@@ -150,7 +150,7 @@ def test_the_card_says_what_made_the_adapter(trained, report, commits):
     assert "stage2_rhythm.json" in text[two:] and "2 steps" in text[two:]
     assert "4 training windows of 4.0 s (+ 1 held out)" in text
     mean = json.loads(report.read_text())["mean"]["beat_alignment"]
-    assert f"| beat_alignment | {mean:.4f} |" in text and "on 1 clip (" in text
+    assert f"| beat_alignment (σ = 0.12 s) | {mean:.4f} |" in text and "on 1 clip (" in text
     assert "vidmusician generate clip.mp4 --adapter org/name" in text
     assert 'VidMusician.from_pretrained("org/name")' in text
     assert "CC-BY-NC 4.0" in text

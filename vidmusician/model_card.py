@@ -158,7 +158,8 @@ def _eval_section(report) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("mean"), dict):
         raise ConfigError(f"{report}: not an eval report (the JSON of `vidmusician eval --out`)")
     means = {k: v for k, v in data["mean"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    rows = [(k, v) for k, v in means.items()]
+    settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    rows = [(_metric_label(k, settings), v) for k, v in means.items()]
     rows += [(f"frechet_distance[{k}]", v) for k, v in (data.get("frechet_distance") or {}).items()
              if isinstance(v, (int, float))]
     kl = data.get("kl_divergence")
@@ -166,10 +167,28 @@ def _eval_section(report) -> str:
         rows.append(("kl_divergence[passt]", kl["kld"]))
     clips = len(data.get("files") or [])
     table = "\n".join(f"| {k} | {v:.4f} |" for k, v in rows)
-    encoder = data.get("encoder") or {}
-    visual = f", visual beats from `{encoder['spec']}`" if encoder.get("spec") else ""
-    return (f"## Evaluation\n\n`vidmusician eval` on {clips} clip{'s' if clips != 1 else ''} (means{visual}):\n\n"
+    return (f"## Evaluation\n\n`vidmusician eval` on {clips} clip{'s' if clips != 1 else ''} "
+            f"(means{_visual_beats(data.get('encoder') or {}, settings)}):\n\n"
             f"| metric | value |\n|---|---|\n{table}")
+
+
+def _metric_label(metric: str, settings: dict) -> str:
+    # A beat alignment means nothing without its tolerance (docs/evaluation.md: report the σ with the number).
+    sigma = settings.get("ba_sigma")
+    if metric == "beat_alignment" and isinstance(sigma, (int, float)):
+        return f"beat_alignment (σ = {sigma:g} s)"
+    return metric
+
+
+def _visual_beats(encoder: dict, settings: dict) -> str:
+    from .video.encoder_specs import ACTIVATION_NAMES
+
+    if settings.get("source") == "flow":
+        return ", visual beats from optical flow"
+    if not encoder.get("spec"):
+        return ""
+    activation = ACTIVATION_NAMES.get(encoder.get("activation"))
+    return f", visual beats from `{encoder['spec']}`" + (f" ({activation})" if activation else "")
 
 
 def _usage_section(repo_id: str) -> str:

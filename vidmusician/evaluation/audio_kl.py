@@ -19,6 +19,7 @@ import torch
 
 from ..adapter.audiocraft_internals import passt_kl_metric_class
 from ..errors import ConfigError
+from .embedders import weights_unavailable
 from .onsets import load_audio
 
 
@@ -36,6 +37,9 @@ class PasstKL(passt_kl_metric_class()):
             super().__init__(model)
         except ModuleNotFoundError:
             raise ConfigError("the KL divergence needs hear21passt: `pip install hear21passt`") from None
+        except OSError as exc:  # hear21passt downloads its weights on first use
+            raise weights_unavailable("PaSST's AudioSet weights (hear21passt, for the KL divergence, --kl)", exc,
+                                      "leave out --kl") from None
 
 
 # PaSST's input rate (audiocraft's segment bounds for it are 10 s and 0.15 s).

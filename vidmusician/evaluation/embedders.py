@@ -85,6 +85,15 @@ class ClapEmbedder:
         keep = [c for c in chunks if len(c) >= self.sample_rate]
         return keep or chunks[:1]
 
+    @property
+    def unit(self) -> str:
+        """What one embedding covers, for messages."""
+        return f"{self.window / self.sample_rate:g} s window"
+
+    def embedding_count(self, num_samples: int) -> int:
+        """How many embeddings :meth:`__call__` gives for audio of ``num_samples`` (known before embedding)."""
+        return len(self.windows(np.zeros(num_samples, np.float32)))
+
     def __call__(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """``[n_windows, D]`` unit-norm audio embeddings of a mono waveform at :attr:`sample_rate`."""
         import torch
@@ -117,6 +126,7 @@ class VGGishEmbedder:
 
     name = "vggish"
     sample_rate = 16000  # VGGish's input rate
+    unit = "0.96 s frame"  # what one embedding covers, for messages
 
     def __init__(self, model: Any, device: str | None = None):
         import torch
@@ -158,7 +168,11 @@ class VGGishEmbedder:
             else:
                 state = torch.load(Path(weights), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
+        except OSError as exc:
+            if weights is None:  # the download: no network, or the release cannot be reached
+                raise weights_unavailable("VGGish's weights (torchvggish)", exc, "pass --vggish-weights FILE") from None
+            raise ConfigError(f"VGGish weights {weights}: cannot be loaded ({type(exc).__name__}); check the file") from None
+        except (RuntimeError, KeyError, pickle.UnpicklingError) as exc:
             where = VGGISH_WEIGHTS if weights is None else weights
             raise ConfigError(f"VGGish weights {where}: cannot be loaded ({type(exc).__name__}); check the file") from None
         return cls(model, device)
@@ -174,6 +188,21 @@ class VGGishEmbedder:
             raise ConfigError(f"VGGish needs at least 0.96 s of audio, got {len(audio) / sample_rate:.2f} s")
         with torch.no_grad():
             return self.model(examples.to(self.device)).float().cpu().numpy().reshape(examples.shape[0], -1)
+
+
+def weights_unavailable(what: str, exc: BaseException, fix: str) -> ConfigError:
+    """One line for weights that download once, on first use, and cannot be had now.
+
+    Args:
+        what: The weights, named as a user knows them (the model and its package).
+        exc: What the download raised.
+        fix: The other way, besides connecting once (a local file, leaving the metric out).
+    """
+    import torch
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return ConfigError(f"{what} are downloaded once, on first use, into {cache} (needs internet), and cannot be "
+                       f"downloaded now ({type(exc).__name__}: {one_line(exc)}); connect once, or {fix}")
 
 
 def load_embedder(spec: str, clap_model: str = DEFAULT_CLAP, vggish_weights: str | Path | None = None) -> Any:
@@ -218,8 +247,20 @@ def load_embedder(spec: str, clap_model: str = DEFAULT_CLAP, vggish_weights: str
     return spec, obj
 
 
-def read_prompts(path: str | Path) -> dict[str, str]:
+class Prompts(dict):
+    """Text prompts by clip name, and the file they came from (:attr:`path`, for messages)."""
+
+    def __init__(self, prompts: dict[str, str], path: str | Path):
+        super().__init__(prompts)
+        self.path = Path(path)
+
+
+def read_prompts(path: str | Path) -> Prompts:
     """Text prompts by clip name from a JSON file ``{"clip": "prompt", ...}``.
+
+    A clip is named by its video's stem or file name (``clip`` or ``clip.mp4``
+    for ``videos/clip.mp4``); :func:`vidmusician.evaluation.evaluate.evaluate`
+    refuses a name that matches no video.
 
     Raises:
         ConfigError: The file is missing, not JSON, or not an object of strings.
@@ -235,7 +276,7 @@ def read_prompts(path: str | Path) -> dict[str, str]:
         raise ConfigError(f"--prompts {path}: not valid JSON (line {exc.lineno}: {exc.msg}); check the file") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ConfigError(f'--prompts {path}: expected a JSON object of clip name -> prompt, e.g. {{"clip": "calm piano"}}')
-    return data
+    return Prompts(data, path)
 
 
 def clap_score(audio_embeddings: np.ndarray, text_embedding: np.ndarray) -> float:

@@ -1,8 +1,9 @@
 """Evaluating generated music against its videos (and reference music), folder by folder.
 
 Files are matched by stem: ``videos/clip.mp4`` goes with ``generated/clip.wav``
-(or ``.flac``, ``.mp3``, ``.mp4`` with an audio track, ...) and, when a
-reference folder is given, ``reference/clip.*``. The reference folder may be
+or ``generated/clip_music.wav``, the name ``vidmusician generate`` gives it (or
+``.flac``, ``.mp3``, ``.mp4`` with an audio track, ...) and, when a reference
+folder is given, ``reference/clip.*``. The reference folder may be
 the video folder itself, to compare against the videos' own soundtracks.
 
 Per clip: the scores of :mod:`vidmusician.evaluation.clips` (beat alignment, and
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..audio_io import read_tags
+from ..batch import OUTPUT_TAG
 from ..errors import ConfigError, printable
 from ..fileio import atomic_write
+from ..video.encoder_specs import ACTIVATION_NAMES, natural_activation
 from ..video.features import VisualEncoder, load_encoder
 from . import metrics
 from .clips import METRICS, REFERENCE_METRICS, ClipResult, EvalSettings, score_clip  # noqa: F401  (here too)
@@ -119,7 +122,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     feature_cache: str | Path | bool | None = None,
 ) -> EvalReport:
-    """Evaluates every generated file that matches a video by stem.
+    """Evaluates every generated file that matches a video by stem (``clip.*`` or ``clip_music.*``).
 
     Args:
         videos: Folder of input videos.
@@ -127,14 +130,17 @@ def evaluate(
         reference: Folder of reference music (may be ``videos``, to use the
             videos' own soundtracks), or ``None`` for the video-only metric.
         encoder: Visual encoder for the change signal: a spec for
-            :func:`vidmusician.video.features.load_encoder`, a loaded encoder, or
-            ``None`` for the default one. Loaded once for all clips.
+            :func:`vidmusician.video.features.load_encoder` (built with the
+            activation the generated files record for it), a loaded encoder, or
+            ``None`` for the one the files record (see :func:`encoder_of`), else
+            the default. Loaded once for all clips.
         settings: Event detection settings.
         embedders: Embedders for the Fréchet audio distance, by name (needs
             ``reference``). Each receives audio at its ``sample_rate``
             attribute if it has one, else at 32 kHz.
-        prompts: Text prompt of each clip, by name, for the CLAP text-music
-            score (clips without one have none), or one prompt for all.
+        prompts: Text prompt of each clip, by the name of its video (``clip``
+            or ``clip.mp4``; see :func:`prompts_by_clip`), for the CLAP
+            text-music score (clips without one have none), or one prompt for all.
         text_embedder: The CLAP model for that score (a
             :class:`~vidmusician.evaluation.embedders.ClapEmbedder`); needed with
             ``prompts``.
@@ -152,8 +158,10 @@ def evaluate(
         The :class:`EvalReport`.
 
     Raises:
-        VidMusicianError: A folder is missing, nothing matches, or a file
-            cannot be read (the message names the file).
+        VidMusicianError: A folder is missing, nothing matches (or one video
+            has two generated files), a prompt names no video, a Fréchet
+            distance would have too few embeddings, or a file cannot be read
+            (the message names the file).
     """
     log = log or (lambda line: None)
     embedders = dict(embedders or {})
@@ -162,11 +170,12 @@ def evaluate(
     if prompts and text_embedder is None:
         raise ConfigError("a CLAP text-music score needs a CLAP model; pass text_embedder")
     vids = list_videos(videos)
-    gens = match_audio(list(vids), generated, "generated", log)
+    # A video is never its own generated music (`generate videos/ -o videos/` puts the music beside it).
+    gens = match_audio(list(vids), generated, "generated", log, tag=OUTPUT_TAG, exclude=vids.values())
     if not gens:
         raise ConfigError(
-            f"{generated}: no generated file matches a video in {videos} by name; "
-            f"name each one after its video (clip.mp4 -> clip.wav)"
+            f"{generated}: no generated file matches a video in {videos} by name; name each one after its "
+            f"video (clip.mp4 -> clip.wav or clip{OUTPUT_TAG}.wav, as `vidmusician generate` names it)"
         )
     refs = match_audio(list(gens), reference, "reference", log) if reference is not None else {}
     if reference is not None and not refs:
@@ -179,10 +188,16 @@ def evaluate(
         if names:
             log(f"warning: {len(names)} video(s) {what[key]}: {', '.join(map(printable, names))}")
 
-    encoder_source = "given"
-    if encoder is None and settings.source == "change":
-        encoder, encoder_source = encoder_of(gens.values(), log)
-    encoder = _load_encoder(encoder, encoder_source) if settings.source == "change" else None
+    pairs = [(gens[n], refs[n]) for n in sorted(gens) if n in refs]
+    for name, embedder in embedders.items():  # a distance that cannot be had: said before the clips' work
+        check_embedding_counts(name, embedder, [g for g, _ in pairs], [r for _, r in pairs])
+    if prompts and not isinstance(prompts, str):
+        prompts = prompts_by_clip(prompts, vids, gens, videos)  # a key that names no clip: refused before the work
+    encoder_source, activation = "given", None
+    if settings.source == "change" and (encoder is None or isinstance(encoder, str)):
+        # The encoder the music was made with, and its activation, as `generate` built it.
+        encoder, activation, encoder_source = encoder_of(gens.values(), log, encoder)
+    encoder = _load_encoder(encoder, activation, encoder_source) if settings.source == "change" else None
     clips = []
     for name in sorted(gens):
         # The report, the log and --prompts name a clip as text (a file name's bytes that are
@@ -204,7 +219,10 @@ def evaluate(
         rate = int(getattr(embedder, "sample_rate", 32000))
         gen = [load_audio(c.generated, rate) for c in paired]
         ref = [load_audio(c.reference, rate) for c in paired]
-        fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+        try:
+            fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+        except ConfigError as exc:
+            raise ConfigError(f"frechet_distance[{name}]: {exc}{_per_unit(embedder)}") from None
         log(f"frechet_distance[{name}]: {format_score(fd[name])}")
     kl = None
     if kl_metric is not None:
@@ -217,34 +235,135 @@ def evaluate(
     return EvalReport(clips, means, fd, unmatched, settings, kl, used)
 
 
-def encoder_of(generated: Iterable[Path], log: Callable[[str], None]) -> tuple[str | None, str]:
+def check_embedding_counts(name: str, embedder: metrics.Embedder, generated: list[Path],
+                           reference: list[Path]) -> None:
+    """Refuses, before any clip is scored, a Fréchet distance whose sets give too few embeddings.
+
+    Known from the audio's lengths alone for an embedder with an ``embedding_count``
+    method (CLAP: one embedding per 10 s window); others are checked when they embed.
+
+    Raises:
+        ConfigError: The generated or the reference files give fewer than 2 embeddings.
+    """
+    count = getattr(embedder, "embedding_count", None)
+    if count is None:
+        return
+    rate = int(getattr(embedder, "sample_rate", 32000))
+    totals = {}
+    for role, files in (("generated", generated), ("reference", reference)):
+        totals[role] = 0
+        for path in files:
+            totals[role] += count(len(load_audio(path, rate)))
+            if totals[role] >= 2:  # enough: the other files need not be read
+                break
+    short = metrics.too_few_embeddings(totals)
+    if short:
+        raise ConfigError(f"frechet_distance[{name}]: {short}{_per_unit(embedder)}")
+
+
+def _per_unit(embedder: Any) -> str:
+    unit = getattr(embedder, "unit", None)
+    return f" (one embedding per {unit})" if unit else ""
+
+
+def prompts_by_clip(prompts: Mapping[str, str], videos: Mapping[str, Path], generated: Mapping[str, Path],
+                    folder: str | Path = "") -> dict[str, str]:
+    """Each clip's prompt, by clip name, from prompts keyed by the name of a clip's video.
+
+    A key is the video's stem or file name (``clip`` or ``clip.mp4`` for
+    ``videos/clip.mp4``), or the generated file's name (``clip_music.wav``).
+
+    Args:
+        prompts: ``{key: prompt}`` (a :class:`~vidmusician.evaluation.embedders.Prompts`
+            read from a file names that file in messages).
+        videos: The videos, by stem.
+        generated: The generated files, by their video's stem.
+        folder: The videos' folder, for messages.
+
+    Raises:
+        ConfigError: A key names no video, or two keys name one clip.
+    """
+    source = f"--prompts {printable(prompts.path)}" if hasattr(prompts, "path") else "prompts"
+    clip_of = {}
+    for stem, video in videos.items():
+        for name in (stem, video.name, generated[stem].name if stem in generated else None):
+            if name is not None:
+                clip_of.setdefault(printable(name), printable(stem))
+    unknown = [key for key in prompts if key not in clip_of]
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ConfigError(f"{source}: {shown} name{'s' if len(unknown) == 1 else ''} no video in {printable(folder)}; "
+                          f"prompts are keyed by the video's name (clip or clip.mp4 for videos/clip.mp4)")
+    out, key_of = {}, {}
+    for key, text in prompts.items():
+        clip = clip_of[key]
+        if clip in out:
+            raise ConfigError(f"{source}: {key_of[clip]!r} and {key!r} both name the clip {clip}; keep one of them")
+        out[clip], key_of[clip] = text, key
+    return out
+
+
+def encoder_of(generated: Iterable[Path], log: Callable[[str], None],
+               spec: str | None = None) -> tuple[str | None, str | None, str]:
     """The visual encoder the generated music was made with, from the tags `generate` writes.
 
-    Returns ``(spec, source)``: the recorded spec when every tagged file agrees
-    (``"recorded in the generated files"``), else ``(None, "default")``, which
-    loads ``ViT-B-32:openai``.
+    The activation comes with the spec: an adapter written before the activation was
+    recorded was trained on GELU features of ``ViT-B-32:openai`` (trained with
+    QuickGELU), and `generate` builds the encoder as the adapter expects; the visual
+    beats must come from the same features.
+
+    Args:
+        generated: The generated files.
+        log: Told when the files disagree on the encoder.
+        spec: The spec the caller chose (``--encoder``), or None to take the files'.
+            A chosen spec takes the activation of the files made with it.
+
+    Returns:
+        ``(spec, activation, source)``: the recorded spec and activation when every
+        tagged file agrees (``"recorded in the generated files"``); with ``spec``
+        given, that spec and the activation of its files, if any; else
+        ``(None, None, "default")``, which loads ``ViT-B-32:openai``. An activation
+        of None is the weights' own.
+
+    Raises:
+        ConfigError: The files made with one spec record different activations (one
+            encoder scores a run).
     """
-    recorded = {read_tags(path).get("encoder") for path in generated} - {None}
-    if len(recorded) == 1:
-        return recorded.pop(), "recorded in the generated files"
-    if len(recorded) > 1:
-        log(f"warning: the generated files were made with different encoders ({', '.join(sorted(recorded))}); "
+    recorded: dict[tuple[str, str | None], list[Path]] = {}
+    for path in generated:
+        tags = read_tags(path)
+        made_with = tags.get("encoder")
+        if made_with is not None and spec in (None, made_with):
+            # Untagged activation (older outputs): the weights' own, as `generate` built it then.
+            activation = tags.get("encoder_activation") or natural_activation(made_with)
+            recorded.setdefault((made_with, activation), []).append(Path(path))
+    specs = sorted({s for s, _ in recorded})
+    if len(specs) > 1:
+        log(f"warning: the generated files were made with different encoders ({', '.join(specs)}); "
             f"using the default, pass --encoder to choose")
-    return None, "default"
+        return None, None, "default"
+    if len(recorded) > 1:
+        groups = "; ".join(f"{ACTIVATION_NAMES.get(a, a)}: {', '.join(printable(p.name) for p in files)}"
+                           for (_, a), files in sorted(recorded.items(), key=lambda kv: str(kv[0][1])))
+        raise ConfigError(f"the generated files were made with the visual encoder {specs[0]!r} under different "
+                          f"activations ({groups}); evaluate each activation's files in a folder of their own")
+    if recorded:
+        ((found, activation),) = recorded
+        return found, activation, ("given, activation recorded in the generated files" if spec is not None
+                                   else "recorded in the generated files")
+    return spec, None, "given" if spec is not None else "default"
 
 
-def _load_encoder(spec: Any, source: str) -> Any:
+def _load_encoder(spec: Any, activation: str | None, source: str) -> Any:
     # Loaded here once, not by extract_features once per clip.
     if isinstance(spec, VisualEncoder):
         return spec
     # Weights that cannot be had now are one line at once (load_encoder checks, before any
     # download); it says why this encoder was chosen when the files chose none.
     try:
-        return load_encoder(spec)
+        return load_encoder(spec, activation=activation)
     except ConfigError as exc:
         if source != "default":
             raise
         raise ConfigError("the generated files record no visual encoder (music made without an adapter), so the "
                           f"default is used (--visual-source flow needs none): {exc}") from None
-
-

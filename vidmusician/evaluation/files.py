@@ -32,7 +32,8 @@ def list_videos(directory: str | Path) -> dict[str, Path]:
 
 
 def match_audio(stems: Iterable[str], directory: str | Path, role: str,
-                log: Callable[[str], None] | None = None) -> dict[str, Path]:
+                log: Callable[[str], None] | None = None, tag: str = "",
+                exclude: Iterable[Path] = ()) -> dict[str, Path]:
     """For each stem, the audio file of that stem in a folder.
 
     When a stem has several candidates the first suffix of
@@ -43,22 +44,40 @@ def match_audio(stems: Iterable[str], directory: str | Path, role: str,
         directory: Folder to look in (not recursive).
         role: ``"generated"`` or ``"reference"``, for messages.
         log: Told which file is used for each stem that has several.
+        tag: Also match ``STEM{tag}.*`` to ``STEM`` (the generated files:
+            ``vidmusician generate`` names its outputs ``NAME_music.wav``).
+        exclude: Files that are no candidates (the videos, when music was
+            generated into their own folder).
 
     Returns:
         ``{stem: file}`` for the stems found.
 
     Raises:
-        ConfigError: The folder is missing.
+        ConfigError: The folder is missing, or one stem has files of both
+            names (``STEM.*`` and ``STEM{tag}.*``), or one file would match two
+            stems.
     """
     directory = _existing_dir(directory, role)
     rank = {s: i for i, s in enumerate(AUDIO_SUFFIXES)}
     wanted = set(stems)
-    found: dict[str, list[Path]] = {}
+    excluded = {Path(p).resolve() for p in exclude}
+    found: dict[str, dict[str, list[Path]]] = {}  # {stem: {the file's own stem: files}}
     for p in sorted(directory.iterdir()):
-        if p.is_file() and p.stem in wanted and p.suffix.lower() in rank:
-            found.setdefault(p.stem, []).append(p)
+        if not (p.is_file() and p.suffix.lower() in rank) or (excluded and p.resolve() in excluded):
+            continue
+        owners = [s for s in (p.stem, p.stem[: -len(tag)] if tag and p.stem.endswith(tag) else None) if s in wanted]
+        if len(owners) > 1:
+            raise ConfigError(f"{p}: its name matches both {owners[0]} and {owners[1]} among the videos; "
+                              f"rename it, or move one video's {role} file to another folder")
+        for owner in owners:
+            found.setdefault(owner, {}).setdefault(p.stem, []).append(p)
     best = {}
-    for stem, files in found.items():
+    for stem, by_name in found.items():
+        if len(by_name) > 1:
+            both = " and ".join(f"{name}.*" for name in sorted(by_name))
+            raise ConfigError(f"{directory}: {both} both match the video {stem}; keep one of them in the "
+                              f"{role} folder (move or rename the other)")
+        (files,) = by_name.values()
         files.sort(key=lambda p: rank[p.suffix.lower()])
         best[stem] = files[0]
         if len(files) > 1 and log is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -364,7 +364,21 @@ def frechet_audio_distance(
         rows = [np.atleast_2d(np.asarray(embedder(np.asarray(w, np.float32), sample_rate), np.float64)) for w in waves]
         return np.concatenate(rows, axis=0) if rows else np.zeros((0, 0))
 
-    return frechet_distance(pool(generated), pool(reference))
+    pools = {"generated": pool(generated), "reference": pool(reference)}
+    short = too_few_embeddings({role: rows.shape[0] for role, rows in pools.items()})
+    if short:
+        raise ConfigError(short)
+    return frechet_distance(pools["generated"], pools["reference"])
+
+
+def too_few_embeddings(counts: Mapping[str, int]) -> str | None:
+    """One line naming each set of ``counts`` (``{"generated": n, ...}``) with fewer than the 2 embeddings
+    a covariance needs, and the fix; None when every set has enough."""
+    short = [f"the {role} music gives {n} embedding{'s' if n != 1 else ''}" for role, n in counts.items() if n < 2]
+    if not short:
+        return None
+    return (f"{' and '.join(short)}, and a Fréchet distance needs at least 2 per set to estimate a covariance; "
+            f"evaluate more clips or longer ones")
 
 
 # --------------------------------------------------------------------------- #
