@@ -17,8 +17,9 @@ HELP = ("score generated music against its videos (beat alignment, BCS/BHS, LORI
 def add_arguments(parser):
     parser.add_argument("--videos", required=True, metavar="DIR", help="folder of input videos")
     parser.add_argument("--generated", required=True, metavar="DIR",
-                        help="folder of generated music, one file per video with the same stem "
-                             "(clip.mp4 -> clip.wav/.flac/.mp3, or a video with an audio track)")
+                        help="folder of generated music, one file per video named after it "
+                             "(clip.mp4 -> clip.wav/.flac/.mp3 or generate's clip_music.*, or a video "
+                             "with an audio track)")
     parser.add_argument("--reference", metavar="DIR",
                         help="folder of reference music matched by stem, for BCS/BHS and LORIS scores; "
                              "pass the --videos folder to use the videos' own soundtracks")
@@ -54,8 +55,9 @@ def add_arguments(parser):
                              "(audiocraft's metric, as MusicGen reports it; needs --reference and hear21passt; "
                              "weights download on first use)")
     parser.add_argument("--prompts", metavar="FILE",
-                        help='JSON {"clip": "text prompt", ...}: adds clap_text, the CLAP text-music score of '
-                             "each clip against the prompt it was generated from")
+                        help='JSON {"clip": "text prompt", ...} keyed by the video\'s name (clip or clip.mp4): '
+                             "adds clap_text, the CLAP text-music score of each clip against the prompt it was "
+                             "generated from")
     parser.add_argument("--text", metavar="PROMPT", help="one prompt for every clip, as --prompts")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
