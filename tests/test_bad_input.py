@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media import flash_video
+from media import flash_video, moving_square, write_video
 
 from vidmusician import cli
 from vidmusician.training.train import main as train_main
@@ -128,6 +128,23 @@ def test_generate_never_writes_over_its_input(clip, tmp_path, capsys):
     video.write_bytes(clip.read_bytes())
     refused(run(capsys, "generate", video, *TINY, "-o", video), "is the input")
     assert video.read_bytes() == clip.read_bytes()
+
+
+def test_generate_refuses_a_codec_the_output_cannot_hold_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """A .webm's VP8 has no place in .mp4: said in one line, with the fix, before the music is made."""
+    import vidmusician.pipeline as pipeline
+    from vidmusician.audio_io import write_output
+    from vidmusician.errors import VideoError
+
+    webm = write_video(tmp_path / "clip.webm", moving_square(10), 25, codec="libvpx")
+    monkeypatch.setattr(pipeline, "generate", lambda *a, **k: pytest.fail("the music was generated"))
+    out = tmp_path / "scored.mp4"
+    refused(run(capsys, "generate", webm, *TINY, "-o", out), "clip.webm", "vp8", ".mp4", "use a .mkv output")
+    assert not out.exists() and not leftovers(tmp_path)
+    # The writer says the same to a caller that did not check first, and leaves nothing.
+    with pytest.raises(VideoError, match=r"clip\.webm: a \.mp4 file cannot hold its vp8 video") as err:
+        write_output(out, np.zeros((1, 3200), np.float32), 32000, video=webm)
+    assert "\n" not in str(err.value) and not out.exists() and not leftovers(tmp_path)
 
 
 @pytest.mark.parametrize("target, needle", [("folder", "is a folder"), ("long", "too long"),
