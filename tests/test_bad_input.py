@@ -269,3 +269,51 @@ def test_cli_in_a_real_process(tmp_path):
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+# A generate that writes its output, announces it in READY and sleeps before the rename:
+# the test's SIGTERM arrives with the output's temporary file on disk.
+SLOW_WRITE = """
+import sys, time
+from pathlib import Path
+from vidmusician import audio_io, cli
+
+real = audio_io.atomic_write
+
+def slow(path, write, durable=False):
+    def write_then_wait(tmp):
+        write(tmp)
+        Path(sys.argv[1]).write_text(str(tmp))
+        time.sleep(120)
+    return real(path, write_then_wait, durable)
+
+audio_io.atomic_write = slow
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".mp4"])
+def test_sigterm_while_writing_leaves_no_partial_file(clip, tmp_path, suffix):
+    """What `kill` sends: the output being written is removed, exit status 143, one line."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    ready, out = tmp_path / "ready", tmp_path / "out" / f"scored{suffix}"
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, str(ready), "generate", str(clip), *TINY, "-o",
+                             str(out), "-q"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "no write within 120 s"
+        assert [p.name for p in out.parent.iterdir()] == [Path(ready.read_text()).name]  # the temporary file
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert list(out.parent.iterdir()) == []
+    lines = err.strip().splitlines()
+    assert lines[-1] == "vidmusician generate: stopped by SIGTERM" and "Traceback" not in err, err
