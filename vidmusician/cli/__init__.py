@@ -4,10 +4,12 @@ Each subcommand lives in ``vidmusician/cli/commands/<name>.py`` and defines ``HE
 ``add_arguments(parser)`` and ``run(args) -> int``. User errors
 (:class:`~vidmusician.errors.VidMusicianError`) print one line on stderr and exit
 with status 2. SIGTERM (what ``kill``, schedulers and service managers send) unwinds
-like Ctrl-C, so a file being written is removed, and exits with status 143. Building the parser imports every subcommand module (only the one
-named, when a subcommand is), so those import the library (torch, audiocraft) inside
-``run``: ``vidmusician -h`` and a mistyped argument answer at once, and a subcommand
-that needs no model (``info``) loads none.
+like Ctrl-C, so a file being written is removed, and exits with status 143.
+
+Building the parser imports every subcommand module (only the one named, when a
+subcommand is), so those import the library (torch, audiocraft) inside ``run``:
+``vidmusician -h`` and a mistyped argument answer at once, and a subcommand that
+needs no model (``info``) loads none.
 """
 
 from __future__ import annotations
