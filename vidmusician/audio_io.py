@@ -216,6 +216,10 @@ def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: di
             comment as JSON; :func:`read_tags` reads it back.
         keep_soundtrack: a video output keeps the video's own audio streams after the
             music (see :func:`mux_audio`).
+
+    Raises:
+        ConfigError: an output path no writer takes. AudioError: ``wav`` has no
+        samples (nothing is written). VideoError: see :func:`mux_audio`.
     """
     if check_output_path(path) == "audio":
         if keep_soundtrack:
