@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media import flash_video
+from media import flash_video, moving_square, write_video
 
 from vidmusician import cli
 from vidmusician.training.train import main as train_main
@@ -128,6 +128,23 @@ def test_generate_never_writes_over_its_input(clip, tmp_path, capsys):
     video.write_bytes(clip.read_bytes())
     refused(run(capsys, "generate", video, *TINY, "-o", video), "is the input")
     assert video.read_bytes() == clip.read_bytes()
+
+
+def test_generate_refuses_a_codec_the_output_cannot_hold_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """A .webm's VP8 has no place in .mp4: said in one line, with the fix, before the music is made."""
+    import vidmusician.pipeline as pipeline
+    from vidmusician.audio_io import write_output
+    from vidmusician.errors import VideoError
+
+    webm = write_video(tmp_path / "clip.webm", moving_square(10), 25, codec="libvpx")
+    monkeypatch.setattr(pipeline, "generate", lambda *a, **k: pytest.fail("the music was generated"))
+    out = tmp_path / "scored.mp4"
+    refused(run(capsys, "generate", webm, *TINY, "-o", out), "clip.webm", "vp8", ".mp4", "use a .mkv output")
+    assert not out.exists() and not leftovers(tmp_path)
+    # The writer says the same to a caller that did not check first, and leaves nothing.
+    with pytest.raises(VideoError, match=r"clip\.webm: a \.mp4 file cannot hold its vp8 video") as err:
+        write_output(out, np.zeros((1, 3200), np.float32), 32000, video=webm)
+    assert "\n" not in str(err.value) and not out.exists() and not leftovers(tmp_path)
 
 
 @pytest.mark.parametrize("target, needle", [("folder", "is a folder"), ("long", "too long"),
@@ -252,3 +269,51 @@ def test_cli_in_a_real_process(tmp_path):
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+# A generate that writes its output, announces it in READY and sleeps before the rename:
+# the test's SIGTERM arrives with the output's temporary file on disk.
+SLOW_WRITE = """
+import sys, time
+from pathlib import Path
+from vidmusician import audio_io, cli
+
+real = audio_io.atomic_write
+
+def slow(path, write, durable=False):
+    def write_then_wait(tmp):
+        write(tmp)
+        Path(sys.argv[1]).write_text(str(tmp))
+        time.sleep(120)
+    return real(path, write_then_wait, durable)
+
+audio_io.atomic_write = slow
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".mp4"])
+def test_sigterm_while_writing_leaves_no_partial_file(clip, tmp_path, suffix):
+    """What `kill` sends: the output being written is removed, exit status 143, one line."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    ready, out = tmp_path / "ready", tmp_path / "out" / f"scored{suffix}"
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, str(ready), "generate", str(clip), *TINY, "-o",
+                             str(out), "-q"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "no write within 120 s"
+        assert [p.name for p in out.parent.iterdir()] == [Path(ready.read_text()).name]  # the temporary file
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert list(out.parent.iterdir()) == []
+    lines = err.strip().splitlines()
+    assert lines[-1] == "vidmusician generate: stopped by SIGTERM" and "Traceback" not in err, err

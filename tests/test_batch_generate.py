@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from conftest import save_tiny_adapter
-from media import flash_video
+from media import flash_video, moving_square, write_video
 from vidmusician import cli, generate_many
 from vidmusician.batch import find_videos, group_by_length, video_seed
 from vidmusician.errors import ConfigError
@@ -149,6 +149,31 @@ def test_a_folder_scores_the_good_videos_lists_the_bad_and_resumes(folder, adapt
     err = capsys.readouterr().err
     assert "skipped 3 of 4 videos" in err and "scored 0, skipped 3, failed 1" in err
     assert {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)} == stamps  # not rewritten
+
+
+def test_a_codec_the_format_cannot_hold_fails_that_video_only_before_it_is_scored(folder, adapter_dir, tmp_path,
+                                                                                  capsys, monkeypatch):
+    """VP8 cannot go into .mp4: that video is listed, the others are scored, and a rerun says the same."""
+    import vidmusician.generation.windows as windows
+
+    read_videos = []
+    real = windows.features_of
+    monkeypatch.setattr(windows, "features_of",
+                        lambda vm, video, *a: read_videos.append(video.name) or real(vm, video, *a))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a.webm", moving_square(10), 25, codec="libvpx")
+    shutil.copy(folder / "b.mp4", videos / "b.mp4")
+    out = tmp_path / "out"
+    argv = ["generate", str(videos), "-o", str(out), "--format", "mp4", "--adapter", str(adapter_dir), "-q"]
+    for rerun in (False, True):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert os.listdir(out) == ["b_music.mp4"] and "Traceback" not in err
+        assert f"scored {0 if rerun else 1}, skipped {1 if rerun else 0}, failed 1" in err
+        failed = [line for line in err.splitlines() if "a.webm" in line]
+        assert len(failed) == 2 and all("vp8" in line and "use a .mkv output" in line for line in failed), err
+    assert read_videos == ["b.mp4"]  # refused before its features were made and its music sampled
 
 
 def test_an_output_name_too_long_fails_that_video_only_before_it_is_scored(folder, adapter_dir, tmp_path,

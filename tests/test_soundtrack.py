@@ -86,3 +86,38 @@ def test_many_videos_into_mp4_count_the_replaced_soundtracks(with_audio, tmp_pat
     assert len(notes) == 1 and "in 1 of 2 outputs" in notes[0]  # the silent video had none to replace
     assert sorted(os.listdir(out)) == ["clip_music.mp4", "silent_music.mp4"]
     assert all(len(audio_streams(out / name)) == 1 for name in os.listdir(out))
+
+
+def test_music_longer_than_the_video_is_cut_and_the_written_length_is_said(with_audio, tmp_path, capsys):
+    """--duration past the video's end: the output holds the video's length of music, and says so."""
+    assert generate(with_audio, tmp_path / "scored.mov", "--duration", "2.5", "--keep-soundtrack") == 0
+    err = capsys.readouterr().err
+    (music, _) = audio_streams(tmp_path / "scored.mov")
+    assert music[3] == pytest.approx(1.6, abs=0.05)
+    assert "(1.60 s, 32000 Hz)" in err and "2.50 s," not in err, err
+    notes = [line for line in err.splitlines() if "cut to the video's length" in line]
+    assert len(notes) == 1 and "1.60 s of 2.50 s" in notes[0] and ".wav" in notes[0], err
+    assert generate(with_audio, tmp_path / "full.wav", "--duration", "2.5") == 0  # an audio output keeps it all
+    err = capsys.readouterr().err
+    assert "(2.50 s, 32000 Hz)" in err and "cut to" not in err, err
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp4"])
+def test_music_without_samples_is_never_written(with_audio, tmp_path, suffix):
+    """An empty WAV, or a video whose music is missing, would pass for a finished output."""
+    from vidmusician.audio_io import write_output
+    from vidmusician.errors import AudioError
+
+    out = tmp_path / f"out{suffix}"
+    with pytest.raises(AudioError, match="the music has no samples") as err:
+        write_output(out, torch.zeros(1, 0), 32000, video=with_audio)
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_duration_under_one_sample_is_refused(with_audio, tmp_path, capsys):
+    assert generate(with_audio, tmp_path / "out.wav", "--duration", "0.00001") == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "no samples" in errors[0] and "Traceback" not in err, err
+    assert os.listdir(tmp_path) == []

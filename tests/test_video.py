@@ -48,9 +48,12 @@ def test_probe_reports_the_video(tmp_path):
     assert info.fps == pytest.approx(30.0) and info.duration == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
-def test_read_frames_returns_the_frame_shown_at_each_time(tmp_path, codec):
-    path = indexed_video(tmp_path / "v.mp4", 100, fps=25, codec=codec)
+# An AVI made with a 1/1000 time base: its average_rate is the time base's (1000), not 25.
+@pytest.mark.parametrize("codec, name", [("libx264", "v.mp4"), ("mpeg4", "v.mp4"), ("mpeg4", "v.avi")])
+def test_read_frames_returns_the_frame_shown_at_each_time(tmp_path, codec, name):
+    path = indexed_video(tmp_path / name, 100, fps=25, codec=codec)
+    info = probe(path)
+    assert info.num_frames == 100 and info.duration == pytest.approx(4.0, abs=1e-3)
     rng = np.random.default_rng(1)
     # Any order, repeats, exact frame starts, and times outside the video.
     times = np.concatenate([rng.uniform(0, 4, 40), np.arange(0, 100, 7) / 25, [-1.0, 0.0, 3.999, 4.0, 9.0, 0.04]])
@@ -141,6 +144,7 @@ def _bad_inputs(tmp: object) -> dict:
     (tmp / "empty.mp4").write_bytes(b"")
     (tmp / "text.mp4").write_text("not a video\n" * 20)
     faststart = write_video(tmp / "faststart.mp4", np.zeros((50, 64, 64, 3), np.uint8), 25, faststart=True)
+    avi = indexed_video(tmp / "good.avi", 50, codec="mpeg4")
     image = np.full((64, 64, 3), 128, np.uint8)
     return {
         "missing": (tmp / "missing.mp4", "no such file"),
@@ -149,6 +153,7 @@ def _bad_inputs(tmp: object) -> dict:
         "text": (tmp / "text.mp4", "not a readable video"),
         "truncated": (truncated_copy(good, tmp / "truncated.mp4", 0.5), "truncated"),
         "truncated_faststart": (truncated_copy(faststart, tmp / "cut_download.mp4", 0.6), "truncated"),
+        "truncated_avi": (truncated_copy(avi, tmp / "cut.avi", 0.6), "truncated"),  # its index is lost
         "audio_only": (write_audio(tmp / "song.m4a", click_track([0.1], 1.0)), "no video stream"),
         "still_png": (write_image(tmp / "still.png", image), "still image"),
         "still_jpg": (write_image(tmp / "still.jpg", image), "still image"),
@@ -157,7 +162,7 @@ def _bad_inputs(tmp: object) -> dict:
 
 
 BAD = [
-    "missing", "directory", "empty", "text", "truncated", "truncated_faststart",
+    "missing", "directory", "empty", "text", "truncated", "truncated_faststart", "truncated_avi",
     "audio_only", "still_png", "still_jpg", "zero_frames",
 ]
 

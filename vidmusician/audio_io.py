@@ -21,8 +21,8 @@ import torch
 from .errors import AudioError, ConfigError, VideoError, one_line, short_path
 from .fileio import atomic_write
 
-__all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "write_audio", "mux_audio",
-           "write_output"]
+__all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "check_muxable", "write_audio",
+           "mux_audio", "muxed_samples", "write_output"]
 
 # Output suffix -> soundfile format / FFmpeg muxer.
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -143,6 +143,66 @@ def same_file(a, b) -> bool:
         return False
 
 
+def check_muxable(video, path, keep_soundtrack: bool = False) -> None:
+    """Refuses, before any work, a video whose streams a video output ``path`` cannot hold.
+
+    The output copies the video stream (and with ``keep_soundtrack`` the audio
+    streams) unchanged, and each container holds only some codecs: VP8 or VP9 from a
+    .webm has no place in .mp4 or .mov. The check is the writer's own first steps, on
+    an empty container in memory. An audio output, or a video that cannot be read
+    (its probe says why), passes.
+
+    Raises:
+        VideoError: a stream's codec has no place in the output container; the
+            message names the video, the codec, the container and the outputs that fit.
+    """
+    import av
+
+    if Path(path).suffix.lower() not in VIDEO_FORMATS:
+        return
+    try:
+        src = av.open(str(video))
+    except (av.FFmpegError, OSError, ValueError):
+        return
+    with src:
+        _check_holds(video, list(src.streams.video[:1]) + (list(src.streams.audio) if keep_soundtrack else []), path)
+
+
+def _check_holds(video, streams, path) -> None:
+    """VideoError unless the output ``path``'s container takes a copy of each of ``streams``."""
+    fmt = VIDEO_FORMATS[Path(path).suffix.lower()]
+    for stream in streams:
+        if not _holds(fmt, stream):
+            raise VideoError(_no_place(video, stream, path))
+
+
+def _holds(fmt: str, stream) -> bool:
+    """Whether a ``fmt`` container takes a copy of ``stream`` (what :func:`mux_audio` adds)."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(), mode="w", format=fmt) as dst:
+            dst.add_stream_from_template(stream)
+            # Adding the stream checks FFmpeg's list of the format's codecs; some formats
+            # list a codec their header writer then refuses (VP8 in .mov): write the header too.
+            dst.start_encoding()
+    except (ValueError, av.FFmpegError):
+        return False
+    return True
+
+
+def _no_place(video, stream, path) -> str:
+    """The one line for a ``stream`` of ``video`` that the output ``path``'s container cannot hold."""
+    suffix = Path(path).suffix.lower()
+    fits = " or ".join(s for s, fmt in VIDEO_FORMATS.items() if s != suffix and _holds(fmt, stream))
+    if stream.type == "video":
+        fix = f"use a {fits} output" if fits else "write the music alone (.wav or .flac)"
+    else:  # a kept soundtrack
+        fix = "leave out --keep-soundtrack" + (f", or use a {fits} output" if fits else "")
+    codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
+    return f"{video}: a {suffix} file cannot hold its {codec} {stream.type} stream (copied unchanged); {fix}"
+
+
 def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: dict | None = None,
                  keep_soundtrack: bool = False) -> Path:
     """Writes ``wav`` to ``path``: an audio file, or ``video`` with the music as its soundtrack.
@@ -156,6 +216,10 @@ def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: di
             comment as JSON; :func:`read_tags` reads it back.
         keep_soundtrack: a video output keeps the video's own audio streams after the
             music (see :func:`mux_audio`).
+
+    Raises:
+        ConfigError: an output path no writer takes. AudioError: ``wav`` has no
+        samples (nothing is written). VideoError: see :func:`mux_audio`.
     """
     if check_output_path(path) == "audio":
         if keep_soundtrack:
@@ -176,6 +240,8 @@ def write_audio(path, wav: torch.Tensor, sample_rate: int, tags: dict | None = N
     if fmt is None:
         check_output_path(path)  # raises with the list of formats
     data = _as_float_array(wav).T  # soundfile wants [samples, channels]
+    if data.shape[0] == 0:
+        raise AudioError(_no_samples(path))
     # Encoded in memory, then written by Python: a full disk is then an OSError that says
     # so (libsndfile reports only "System error"), and the earlier file stays untouched.
     buffer = io.BytesIO()
@@ -232,6 +298,7 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
     Raises:
         VideoError: the source cannot be read, or its codec cannot go into the
             output container (e.g. VP8 into .mp4: write .mkv instead).
+        AudioError: ``wav`` has no samples.
     """
     import av
 
@@ -253,9 +320,12 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
                 raise VideoError(f"{video}: no video stream to copy")
             vin = src.streams.video[0]
             start = float(vin.start_time * vin.time_base) if vin.start_time is not None else 0.0
-            end = _stream_seconds(src, vin)
-            music = audio if end is None else audio[:, : int(round(end * sample_rate))]
+            music = audio[:, : _kept_samples(_stream_seconds(src, vin), audio.shape[1], sample_rate)]
+            if music.shape[1] == 0:
+                raise (AudioError(_no_samples(path)) if audio.shape[1] == 0 else
+                       VideoError(f"{video}: the video stream has no length to put music under"))
             kept = list(src.streams.audio) if keep_soundtrack else []
+            _check_holds(video, [vin, *kept], path)  # check_muxable's check, for a caller that skipped it
             try:
                 with av.open(str(tmp), mode="w", format=fmt) as dst:
                     if tags:
@@ -270,13 +340,36 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
                     # The music starts with the first video frame, wherever the container puts it.
                     audio_packets = _encode_aac(aout, music, sample_rate, first_sample=int(round(start * sample_rate)))
                     _interleave(dst, src.demux(vin, *kept), outputs, audio_packets)
-            except av.FFmpegError as exc:
+            except (av.FFmpegError, ValueError) as exc:  # PyAV says ValueError for a codec a format refuses
                 copied = " and audio streams" if kept else " stream"
                 raise VideoError(f"{path}: cannot copy the {vin.codec_context.name} video{copied} into a "
                                  f"{path.suffix} file ({one_line(exc)}); try a .mkv output") from None
 
     atomic_write(path, write)
     return path
+
+
+def muxed_samples(video, samples: int, sample_rate: int) -> int:
+    """How many of ``samples`` music samples a video output of ``video`` holds: the
+    music is cut at the video's end (see :func:`mux_audio`)."""
+    import av
+
+    try:
+        with av.open(str(video)) as src:
+            return _kept_samples(_stream_seconds(src, src.streams.video[0]), samples, sample_rate)
+    except (av.FFmpegError, OSError, IndexError):
+        return samples
+
+
+def _kept_samples(video_seconds: float | None, samples: int, sample_rate: int) -> int:
+    if video_seconds is None:
+        return samples
+    return min(samples, int(round(video_seconds * sample_rate)))
+
+
+def _no_samples(path) -> str:
+    # An empty WAV, or a video without its music, would pass for a finished output.
+    return f"{path}: the music has no samples (a duration under one audio sample); ask for a longer duration"
 
 
 def _encode_aac(stream, audio: np.ndarray, sample_rate: int, first_sample: int = 0) -> list:

@@ -102,7 +102,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             line, before any video is scored). A bad video does not raise: it is in
             the report's ``failed``.
     """
-    from .audio_io import VIDEO_FORMATS, check_writable, write_output
+    from .audio_io import VIDEO_FORMATS, check_muxable, check_writable, write_output
     from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
     from .generation.windows import check_duration, check_seed, decode, features_of, sample_tokens
     from .pipeline import load_for_generation
@@ -146,12 +146,14 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
         report.failed.append((video, one_line(exc)))
         say(f"failed: {failure_line(video, one_line(exc))}")
 
-    # A bad video, or an output name the file system refuses, fails here, in a second, before the models load.
+    # A bad video, an output name the file system refuses, or a codec the output format cannot hold
+    # fails here, in a second, before the models load.
     lengths, infos = {}, {}
     for video in pending:
         try:
             check_writable(outputs[video])
             infos[video] = probe(video)
+            check_muxable(video, outputs[video], keep_soundtrack=keep_soundtrack)
             lengths[video] = duration if duration is not None else infos[video].duration
         except VidMusicianError as exc:
             failed(video, exc)

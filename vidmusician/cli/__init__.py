@@ -3,17 +3,22 @@
 Each subcommand lives in ``vidmusician/cli/commands/<name>.py`` and defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. User errors
 (:class:`~vidmusician.errors.VidMusicianError`) print one line on stderr and exit
-with status 2. Building the parser imports every subcommand module (only the one
-named, when a subcommand is), so those import the library (torch, audiocraft) inside
-``run``: ``vidmusician -h`` and a mistyped argument answer at once, and a subcommand
-that needs no model (``info``) loads none.
+with status 2. SIGTERM (what ``kill``, schedulers and service managers send) unwinds
+like Ctrl-C, so a file being written is removed, and exits with status 143.
+
+Building the parser imports every subcommand module (only the one named, when a
+subcommand is), so those import the library (torch, audiocraft) inside ``run``:
+``vidmusician -h`` and a mistyped argument answer at once, and a subcommand that
+needs no model (``info``) loads none.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+from contextlib import contextmanager
 
 from .. import __version__
 from ..arguments import Parser
@@ -51,6 +56,33 @@ def _named_command(argv: list[str]) -> str | None:
     return None
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived. Not an Exception: nothing may swallow it on its way out."""
+
+
+@contextmanager
+def sigterm_unwinds():
+    """Turns SIGTERM into :class:`Terminated` in the main thread while the block runs.
+
+    Python's default for SIGTERM ends the process on the spot: no ``finally`` runs, and
+    an output being written stays as its hidden temporary file. As an exception it
+    unwinds like Ctrl-C. A command may install its own handler inside (``prepare``
+    says what it kept, ``demo`` stops its server); this one is restored after.
+    """
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _named_command(argv)
@@ -58,13 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser((command,) if command else COMMANDS)
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with sigterm_unwinds():
+            return int(args._run(args) or 0)
     except (VidMusicianError, OSError) as exc:  # OSError: the file system said no (full disk, read-only)
         print(f"vidmusician {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vidmusician {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"vidmusician {args.command}: stopped by SIGTERM", file=sys.stderr)
+        return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 
 if __name__ == "__main__":

@@ -331,9 +331,28 @@ def _check_tail(container, stream, path: Path) -> None:
         raise VideoError(f"{path}: is truncated or corrupt ({one_line(exc)})") from None
     # The last frame starts within one frame period (plus rounding) of the end.
     last = max((p.pts + (p.duration or 0) for p in packets if p.pts is not None), default=None)
-    frame = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
-    if last is None or (end - last) * stream.time_base > 2 * frame:
+    period = _frame_period(stream, packets)
+    if last is None or (end - last) * stream.time_base > 2 * period:
         raise VideoError(f"{path}: is truncated (the frames near the end are missing)")
+    # An AVI cut short loses its index (at the end): FFmpeg then measures the stream from
+    # the frames present, while the header keeps the length written (in time-base units).
+    written = stream.frames if container.format.name == "avi" else 0
+    if written and (written - stream.duration) * stream.time_base > 2 * period:
+        raise VideoError(f"{path}: is truncated (the frames near the end are missing)")
+
+
+def _frame_period(stream, packets) -> float:
+    """Seconds from one frame to the next near the stream's end.
+
+    The gaps between the packets read there are the real period. The stream's rates
+    can be another clock: an AVI's ``average_rate`` is its time base's (1000 for a
+    25 fps file with a 1/1000 time base). The median ignores a gap a missing frame left.
+    """
+    times = sorted({p.pts for p in packets if p.pts is not None})
+    gaps = np.diff(times)
+    if len(gaps):
+        return float(np.median(gaps) * stream.time_base)
+    return 1.0 / float(stream.guessed_rate or stream.base_rate or stream.average_rate or 25)
 
 
 def _decodable_width(width: int) -> int:

@@ -76,7 +76,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if many_videos(args):
         return run_many(args)
-    from ...audio_io import check_output_path, write_output
+    from ...audio_io import check_muxable, check_output_path, muxed_samples, write_output
     from ...pipeline import check_duration, generate
     from ...video.reader import probe
 
@@ -90,14 +90,19 @@ def run(args) -> int:
     kind = check_output_path(output, inputs=[video])
     if kind == "audio" and args.keep_soundtrack:
         raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
+    check_muxable(video, output, keep_soundtrack=args.keep_soundtrack)
     with one_line_warnings("generate"):
         wav, sample_rate = generate(video, **generation_options(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the adapter's config again: generate showed its warnings
         tags = music_tags(args.adapter, args.encoder)
     write_output(output, wav, sample_rate, video=video, tags=tags, keep_soundtrack=args.keep_soundtrack)
-    seconds = wav.shape[-1] / sample_rate
-    print(f"wrote {printable(output)} ({seconds:.2f} s, {sample_rate} Hz)", file=sys.stderr)
+    samples = muxed_samples(video, wav.shape[-1], sample_rate) if kind == "video" else wav.shape[-1]
+    print(f"wrote {printable(output)} ({samples / sample_rate:.2f} s, {sample_rate} Hz)", file=sys.stderr)
+    if samples < wav.shape[-1]:
+        print(f"vidmusician generate: note: the music was cut to the video's length ({samples / sample_rate:.2f} s "
+              f"of {wav.shape[-1] / sample_rate:.2f} s); an audio output (.wav, .flac) keeps all of it",
+              file=sys.stderr)
     if kind == "video" and not args.keep_soundtrack and probe(video).has_audio:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music "
               f"(--keep-soundtrack keeps it as a second audio stream)", file=sys.stderr)
