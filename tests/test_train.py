@@ -431,6 +431,26 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(short_run, tmp_path, 
     assert "no complete checkpoint to resume from" in err and "delete" in err and "Traceback" not in err
 
 
+def test_resume_refuses_a_changed_recipe_but_takes_a_longer_run(short_run, tmp_path, capsys):
+    """A new lr, seed or batch size would be ignored (the optimizer's state wins) or break the exact
+    resume; only how long, how often it logs/evaluates/saves and how it loads may change."""
+    args, straight, _ = short_run
+    out = rewound(straight, tmp_path / "run")
+    saved = (out / "recipe.json").read_text()
+    capsys.readouterr()
+    assert main(args + ["--output", str(out), "--resume", "--set", "lr=0.02", "--set", "seed=5",
+                        "--set", "max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "lr: 0.01 -> 0.02; seed: 1234 -> 5)" in err and "new --output" in err and "max_steps:" not in err
+    assert (out / "recipe.json").read_text() == saved and not (out / "adapter").exists()
+
+    assert main(args + ["--output", str(out), "--resume", "--set", "max_steps=5", "--set", "log_every=2",
+                        "--set", "save_every=1"]) == 0
+    assert json.loads((out / "recipe.json").read_text())["max_steps"] == 5
+    assert (out / "checkpoints" / "step-00000005").is_dir()
+
+
 # ---- the launcher dies -----------------------------------------------------------------------
 
 

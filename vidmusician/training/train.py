@@ -46,7 +46,7 @@ from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, Prep
 from .launch import stop_with_launcher
 from .losses import codebook_losses, loss_mask, plausible_targets
 from .monitor import Monitor, check_trackers
-from .recipe import Recipe, lr_factor, lr_warning, schedule_warning
+from .recipe import Recipe, check_resume, lr_factor, lr_warning, schedule_warning
 from .run_folder import RunFolder
 from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
 
@@ -252,6 +252,8 @@ def _train(args, progress: dict) -> Path:
     progress["resumed"] = resume_from is not None
     if resume_from is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
+    if resume_from is not None:
+        check_resume(recipe, out)  # before recipe.json is written again below
 
     # Same seed on every process: identical adapter initialization (DDP also broadcasts it).
     set_seed(recipe.seed)
