@@ -451,6 +451,39 @@ def test_resume_refuses_a_changed_recipe_but_takes_a_longer_run(short_run, tmp_p
     assert (out / "checkpoints" / "step-00000005").is_dir()
 
 
+@pytest.mark.parametrize("signum, rc, save_every", [("SIGINT", 130, 2), ("SIGTERM", 143, 1000)])
+def test_an_interrupted_run_says_where_resume_goes_on_in_one_line(flash_data, tmp_path, signum, rc, save_every):
+    """Ctrl-C or SIGTERM mid-run: the step reached and the last checkpoint, no traceback, 128 + the signal."""
+    import re
+    import signal
+    import time
+
+    args = ["--recipe", recipe(tmp_path, max_steps=100000, save_every=save_every), "--data", flash_data,
+            "--output", tmp_path / "run", "--backbone", "tiny"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "vidmusician.training.train"] + [str(a) for a in args], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log, deadline = tmp_path / "run" / "log.jsonl", time.time() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3) and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, signum))
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == rc and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    if save_every == 2:
+        found = re.fullmatch(r"vidmusician\.training\.train: interrupted at step (\d+); the last checkpoint is step "
+                             r"(\d+): `--resume` continues from there", last)
+        assert found, err[-3000:]
+        step, saved = int(found[1]), int(found[2])
+        # An interrupt during a step's save leaves the checkpoint before it the last one.
+        assert step >= 3 and saved % 2 == 0 and step - 2 <= saved <= step
+        assert latest_checkpoint(tmp_path / "run").name == f"step-{saved:08d}"
+    else:
+        assert re.fullmatch(r"vidmusician\.training\.train: interrupted at step \d+, before the first checkpoint: "
+                            r"the same command starts over", last), err[-3000:]
+
+
 # ---- the launcher dies -----------------------------------------------------------------------
 
 

@@ -60,6 +60,11 @@ def latest_checkpoint(run_dir) -> Path | None:
     return folders[-1] if folders else None
 
 
+def step_of(checkpoint: Path) -> int:
+    """The step a checkpoint folder (``step-00001000``) was saved at."""
+    return int(Path(checkpoint).name.removeprefix("step-"))
+
+
 def parameter_names(vm) -> dict[int, str]:
     """``id(parameter) -> name`` for every adapter parameter (names as in the adapter file)."""
     return {id(p): f"{prefix}.{name}" for mods in adapter_modules(vm.lm).values()
