@@ -153,6 +153,22 @@ def test_a_torn_index_is_repaired_and_the_source_redone(folder, tmp_path):
     assert len(PreparedDataset(out, "train")) == len(lines)
 
 
+def test_a_rerun_with_another_holdout_is_refused(prepared, folder, tmp_path):
+    """The sources done keep their split: another --holdout would split the rest otherwise (a mix)."""
+    out, _ = prepared
+    assert json.loads((out / "dataset.json").read_text())["holdout"] == 0.3
+    index = (out / INDEX_NAME).read_text()
+    with pytest.raises(DataError, match=r"prepared with other settings \(holdout: 0.3 vs 0.5\); use a new folder"):
+        prepare(folder, out, window=2.0, hop=1.0, holdout=0.5, **TINY)
+    assert (out / INDEX_NAME).read_text() == index
+    # A dataset prepared before the holdout was recorded: not compared.
+    legacy = shutil.copytree(out, tmp_path / "legacy")
+    meta = json.loads((legacy / "dataset.json").read_text())
+    del meta["holdout"]
+    (legacy / "dataset.json").write_text(json.dumps(meta))
+    assert prepare(folder, legacy, window=2.0, hop=1.0, holdout=0.5, **TINY).already_done == 5
+
+
 def test_pairs_from_a_csv_with_separate_audio_and_text(tmp_path):
     flash_video(tmp_path / "a.mp4", [0.5], 2.0)
     write_audio(tmp_path / "a.wav", noise_track(2.0, 7))

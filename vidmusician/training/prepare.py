@@ -178,10 +178,11 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     sources = list_sources(src)
     out.mkdir(parents=True, exist_ok=True)
     asked = dict(backbone=backbone, encoder=encoder, window=float(window), hop=float(hop),
-                 global_fps=float(global_fps), local_fps=float(local_fps))
+                 global_fps=float(global_fps), local_fps=float(local_fps), holdout=float(holdout))
     if (out / META_NAME).is_file():
         old = DatasetMeta.load(out)
-        diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items() if getattr(old, k) != v]
+        # A setting the dataset did not record (prepared before it was) is not compared.
+        diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items() if getattr(old, k) not in (None, v)]
         if diffs:
             raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); use a new folder")
 
@@ -238,6 +239,8 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     if old is not None and old.codec_id is None:
         # Its first sources were prepared before the codec was recorded: which made them is unknown.
         meta.codec_id = None
+    if old is not None and old.holdout is None:
+        meta.holdout = None  # the same: the holdout its first sources were split with is unknown
     diffs = old.differences(meta) if old is not None else ""
     if diffs:
         raise DataError(f"{out}: prepared with another codec or encoder ({diffs}); use a new folder")
