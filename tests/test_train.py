@@ -289,6 +289,8 @@ def test_sigkill_mid_checkpoint_then_resume_equals_an_uninterrupted_run(flash_da
     losses = {r["step"]: r["loss"] for r in log_rows(straight) if "loss" in r}
     again = {r["step"]: r["loss"] for r in log_rows(out) if "loss" in r and r["step"] > 4}
     assert all(abs(losses[s] - v) < 1e-6 for s, v in again.items()) and len(again) == 8
+    # The killed run's rows past its checkpoint (steps 5-8) were cut when the resumed run redid them.
+    assert [r["step"] for r in log_rows(out) if "loss" in r] == list(range(1, 13))
 
 
 # ---- stages ----------------------------------------------------------------------------------
