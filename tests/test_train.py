@@ -9,6 +9,7 @@ real flash videos through the tiny encoder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -371,6 +372,20 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown recipe keys"):
         Recipe.load(path, ["max_step=7"])
+
+
+def test_resume_check_reads_recipes_of_older_versions(tmp_path):
+    from vidmusician.errors import ConfigError
+    from vidmusician.training.recipe import check_resume
+
+    saved = dataclasses.asdict(Recipe(lr=0.01, min_lr=0.001))
+    del saved["plausible_targets"]  # written before the field existed: its default
+    saved["retired_field"] = 3  # a field recipes no longer have
+    (tmp_path / "recipe.json").write_text(json.dumps(saved))
+    check_resume(Recipe(lr=0.01, min_lr=0.001, max_steps=20000, save_every=10), tmp_path)
+    with pytest.raises(ConfigError, match=r"\(betas: \[0.9, 0.95\] -> \[0.9, 0.99\]; plausible_targets: 0.001 -> 0\)"):
+        check_resume(Recipe(lr=0.01, min_lr=0.001, betas=[0.9, 0.99], plausible_targets=0), tmp_path)
+    check_resume(Recipe(lr=0.5), tmp_path / "no_run")  # nothing recorded: nothing to compare
 
 
 # ---- resume: the RNG and damaged checkpoints -------------------------------------------------

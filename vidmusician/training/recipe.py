@@ -174,7 +174,8 @@ def check_resume(recipe: Recipe, run: Path) -> None:
     """Refuses to resume ``run`` with a recipe that differs from its ``recipe.json`` outside :data:`RESUME_SAFE`.
 
     A run folder without ``recipe.json`` is not checked; a field the file lacks (written
-    before the field existed) counts as its default.
+    before the field existed) counts as its default, one it has that recipes no longer
+    have is ignored.
 
     Raises:
         ConfigError: naming each differing field (old -> new) and the fix, in one line.
@@ -187,7 +188,8 @@ def check_resume(recipe: Recipe, run: Path) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{path}: not valid JSON; restore it from the recipe the run was made with, "
                           f"or start a new --output") from None
-    old = _flat(dict(dataclasses.asdict(Recipe()), **saved))
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    old = _flat(dict(dataclasses.asdict(Recipe()), **{k: v for k, v in saved.items() if k in known}))
     new = _flat(dataclasses.asdict(recipe))
     changed = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in sorted(set(old) | set(new))
                if k not in RESUME_SAFE and old.get(k) != new.get(k)]
