@@ -48,7 +48,7 @@ from .losses import codebook_losses, loss_mask, plausible_targets
 from .monitor import Monitor, check_trackers
 from .recipe import Recipe, check_resume, lr_factor, lr_warning, schedule_warning
 from .run_folder import RunFolder
-from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint, step_of
+from .train_state import TrainState, interrupted_line, latest_checkpoint, restore_rng, resume, save_checkpoint
 
 
 class Objective(nn.Module):
@@ -389,15 +389,6 @@ def main(argv=None) -> int:
             print(f"vidmusician.training.train: {interrupted_line(exc.step, args.output)}", file=sys.stderr)
         return 143 if exc.sigterm else 130  # 128 + the signal, what a shell reports for it
     return 0
-
-
-def interrupted_line(step: int, out) -> str:
-    """What an interrupted run says: the step it reached and where ``--resume`` goes on from."""
-    latest = latest_checkpoint(out) if Path(out).is_dir() else None
-    if latest is None:
-        return f"interrupted at step {step}, before the first checkpoint: the same command starts over"
-    return (f"interrupted at step {step}; the last checkpoint is step {step_of(latest)}: `--resume` "
-            f"continues from there")
 
 
 if __name__ == "__main__":

@@ -60,9 +60,13 @@ def latest_checkpoint(run_dir) -> Path | None:
     return folders[-1] if folders else None
 
 
-def step_of(checkpoint: Path) -> int:
-    """The step a checkpoint folder (``step-00001000``) was saved at."""
-    return int(Path(checkpoint).name.removeprefix("step-"))
+def interrupted_line(step: int, run_dir) -> str:
+    """What an interrupted run says: the step it reached and where ``--resume`` goes on from."""
+    latest = latest_checkpoint(run_dir) if Path(run_dir).is_dir() else None
+    if latest is None:
+        return f"interrupted at step {step}, before the first checkpoint: the same command starts over"
+    return (f"interrupted at step {step}; the last checkpoint is step {int(latest.name.removeprefix('step-'))}: "
+            f"`--resume` continues from there")
 
 
 def parameter_names(vm) -> dict[int, str]:
