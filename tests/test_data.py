@@ -17,7 +17,7 @@ from vidmusician.cli import main
 from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.training.dataset import (INDEX_NAME, Collate, DatasetMeta, MismatchedVideos, PreparedDataset,
                                          read_jsonl)
-from vidmusician.errors import DataError
+from vidmusician.errors import ConfigError, DataError
 from vidmusician.audio_io import read_audio
 from vidmusician.training.prepare import holdout_ids, list_sources, prepare, window_starts
 
@@ -153,6 +153,22 @@ def test_a_torn_index_is_repaired_and_the_source_redone(folder, tmp_path):
     assert len(PreparedDataset(out, "train")) == len(lines)
 
 
+def test_a_rerun_with_another_holdout_is_refused(prepared, folder, tmp_path):
+    """The sources done keep their split: another --holdout would split the rest otherwise (a mix)."""
+    out, _ = prepared
+    assert json.loads((out / "dataset.json").read_text())["holdout"] == 0.3
+    index = (out / INDEX_NAME).read_text()
+    with pytest.raises(DataError, match=r"prepared with other settings \(holdout: 0.3 vs 0.5\); use a new folder"):
+        prepare(folder, out, window=2.0, hop=1.0, holdout=0.5, **TINY)
+    assert (out / INDEX_NAME).read_text() == index
+    # A dataset prepared before the holdout was recorded: not compared.
+    legacy = shutil.copytree(out, tmp_path / "legacy")
+    meta = json.loads((legacy / "dataset.json").read_text())
+    del meta["holdout"]
+    (legacy / "dataset.json").write_text(json.dumps(meta))
+    assert prepare(folder, legacy, window=2.0, hop=1.0, holdout=0.5, **TINY).already_done == 5
+
+
 def test_pairs_from_a_csv_with_separate_audio_and_text(tmp_path):
     flash_video(tmp_path / "a.mp4", [0.5], 2.0)
     write_audio(tmp_path / "a.wav", noise_track(2.0, 7))
@@ -164,6 +180,28 @@ def test_pairs_from_a_csv_with_separate_audio_and_text(tmp_path):
     prepare(tmp_path / "pairs.csv", tmp_path / "ds", window=2.0, hop=2.0, holdout=0.0, **TINY)
     data = PreparedDataset(tmp_path / "ds")
     assert data.has_text and sorted(str(data[i].text) for i in range(len(data))) == ["None", "calm piano"]
+
+
+def test_a_source_list_naming_a_pair_twice_is_refused_before_any_work(tmp_path, capsys):
+    # Two rows with one id would write that source's windows twice, and the reader would drop it as torn.
+    (tmp_path / "pairs.csv").write_text("video,text\na.mp4,happy\nb.mp4,sad\na.mp4,another caption\n")
+    assert main(["prepare", str(tmp_path / "pairs.csv"), str(tmp_path / "ds"), "--backbone", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "rows 2 and 4 both name a.mp4" in err and "once" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ds").exists()
+    (tmp_path / "pairs.jsonl").write_text('{"video": "a.mp4", "audio": "x.wav"}\n{"video": "a.mp4"}\n'
+                                          '{"video": "a.mp4", "audio": "x.wav"}\n')
+    with pytest.raises(ConfigError, match=r"rows 1 and 3 both name a.mp4\+x.wav"):
+        list_sources(tmp_path / "pairs.jsonl")
+    # The same video with another music track is another pair.
+    (tmp_path / "pairs.jsonl").write_text('{"video": "a.mp4", "audio": "x.wav"}\n{"video": "a.mp4"}\n')
+    assert [s.id for s in list_sources(tmp_path / "pairs.jsonl")] == ["a.mp4+x.wav", "a.mp4"]
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    # Spreadsheets save "CSV UTF-8" with a BOM before the header's first name.
+    (tmp_path / "pairs.csv").write_bytes("\ufeffvideo,text\na.mp4,calm\nb.mp4,\n".encode("utf-8"))
+    assert [(s.id, s.text) for s in list_sources(tmp_path / "pairs.csv")] == [("a.mp4", "calm"), ("b.mp4", None)]
 
 
 def test_collate_pads_short_windows_and_aligns_video(prepared):

@@ -3,6 +3,7 @@ and the practice run (prepare, both stages, generate) runs as written, shrunk to
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -123,3 +124,18 @@ def test_practice_refuses_no_videos_and_a_folder_of_other_files(tmp_path, count,
     (tmp_path / "mine" / "holiday.mp4").write_bytes(b"")
     assert main(["prepare", "--practice", "2", str(tmp_path / "mine"), str(tmp_path / "d")]) == 2
     assert "holds other files (holiday.mp4, ...)" in capsys.readouterr().err
+
+
+def test_practice_reruns_after_a_kill_mid_clip(tmp_path):
+    """A SIGKILL while a clip is written leaves its hidden temporary file: the rerun removes it and writes the clip."""
+    from vidmusician.training.practice import write_practice_videos
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    dead = folder / ".practice-000.mp4.999999999.140000.part"  # above any pid: its writer is gone
+    dead.write_bytes(b"half a clip")
+    busy = folder / f".practice-007.mp4.{os.getppid()}.140000.part"  # a live writer's: left alone
+    busy.write_bytes(b"being written")
+    assert write_practice_videos(folder, 1) == [folder / "practice-000.mp4"]
+    assert sorted(p.name for p in folder.iterdir()) == [busy.name, "practice-000.mp4"]
+    assert (folder / "practice-000.mp4").stat().st_size > 1000

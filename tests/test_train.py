@@ -9,6 +9,7 @@ real flash videos through the tiny encoder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -289,6 +290,8 @@ def test_sigkill_mid_checkpoint_then_resume_equals_an_uninterrupted_run(flash_da
     losses = {r["step"]: r["loss"] for r in log_rows(straight) if "loss" in r}
     again = {r["step"]: r["loss"] for r in log_rows(out) if "loss" in r and r["step"] > 4}
     assert all(abs(losses[s] - v) < 1e-6 for s, v in again.items()) and len(again) == 8
+    # The killed run's rows past its checkpoint (steps 5-8) were cut when the resumed run redid them.
+    assert [r["step"] for r in log_rows(out) if "loss" in r] == list(range(1, 13))
 
 
 # ---- stages ----------------------------------------------------------------------------------
@@ -371,6 +374,20 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
         Recipe.load(path, ["max_step=7"])
 
 
+def test_resume_check_reads_recipes_of_older_versions(tmp_path):
+    from vidmusician.errors import ConfigError
+    from vidmusician.training.recipe import check_resume
+
+    saved = dataclasses.asdict(Recipe(lr=0.01, min_lr=0.001))
+    del saved["plausible_targets"]  # written before the field existed: its default
+    saved["retired_field"] = 3  # a field recipes no longer have
+    (tmp_path / "recipe.json").write_text(json.dumps(saved))
+    check_resume(Recipe(lr=0.01, min_lr=0.001, max_steps=20000, save_every=10), tmp_path)
+    with pytest.raises(ConfigError, match=r"\(betas: \[0.9, 0.95\] -> \[0.9, 0.99\]; plausible_targets: 0.001 -> 0\)"):
+        check_resume(Recipe(lr=0.01, min_lr=0.001, betas=[0.9, 0.99], plausible_targets=0), tmp_path)
+    check_resume(Recipe(lr=0.5), tmp_path / "no_run")  # nothing recorded: nothing to compare
+
+
 # ---- resume: the RNG and damaged checkpoints -------------------------------------------------
 
 
@@ -429,6 +446,59 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(short_run, tmp_path, 
     assert main(args + ["--output", str(out), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "no complete checkpoint to resume from" in err and "delete" in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_changed_recipe_but_takes_a_longer_run(short_run, tmp_path, capsys):
+    """A new lr, seed or batch size would be ignored (the optimizer's state wins) or break the exact
+    resume; only how long, how often it logs/evaluates/saves and how it loads may change."""
+    args, straight, _ = short_run
+    out = rewound(straight, tmp_path / "run")
+    saved = (out / "recipe.json").read_text()
+    capsys.readouterr()
+    assert main(args + ["--output", str(out), "--resume", "--set", "lr=0.02", "--set", "seed=5",
+                        "--set", "max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "lr: 0.01 -> 0.02; seed: 1234 -> 5)" in err and "new --output" in err and "max_steps:" not in err
+    assert (out / "recipe.json").read_text() == saved and not (out / "adapter").exists()
+
+    assert main(args + ["--output", str(out), "--resume", "--set", "max_steps=5", "--set", "log_every=2",
+                        "--set", "save_every=1"]) == 0
+    assert json.loads((out / "recipe.json").read_text())["max_steps"] == 5
+    assert (out / "checkpoints" / "step-00000005").is_dir()
+
+
+@pytest.mark.parametrize("signum, rc, save_every", [("SIGINT", 130, 2), ("SIGTERM", 143, 1000)])
+def test_an_interrupted_run_says_where_resume_goes_on_in_one_line(flash_data, tmp_path, signum, rc, save_every):
+    """Ctrl-C or SIGTERM mid-run: the step reached and the last checkpoint, no traceback, 128 + the signal."""
+    import re
+    import signal
+    import time
+
+    args = ["--recipe", recipe(tmp_path, max_steps=100000, save_every=save_every), "--data", flash_data,
+            "--output", tmp_path / "run", "--backbone", "tiny"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "vidmusician.training.train"] + [str(a) for a in args], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log, deadline = tmp_path / "run" / "log.jsonl", time.time() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3) and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, signum))
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == rc and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    if save_every == 2:
+        found = re.fullmatch(r"vidmusician\.training\.train: interrupted at step (\d+); the last checkpoint is step "
+                             r"(\d+): `--resume` continues from there", last)
+        assert found, err[-3000:]
+        step, saved = int(found[1]), int(found[2])
+        # An interrupt during a step's save leaves the checkpoint before it the last one.
+        assert step >= 3 and saved % 2 == 0 and step - 2 <= saved <= step
+        assert latest_checkpoint(tmp_path / "run").name == f"step-{saved:08d}"
+    else:
+        assert re.fullmatch(r"vidmusician\.training\.train: interrupted at step \d+, before the first checkpoint: "
+                            r"the same command starts over", last), err[-3000:]
 
 
 # ---- the launcher dies -----------------------------------------------------------------------

@@ -87,6 +87,23 @@ def test_the_bar_shows_loss_and_time_left(tmp_path, capsys):
     assert "step 2 loss 2.5 lr 0.125" in out.out
 
 
+def test_the_log_starts_where_the_run_starts(tmp_path):
+    """A resume cuts log.jsonl back to its checkpoint's step (the killed run's later rows, a torn row); a run
+    started over begins a new log."""
+    from accelerate import Accelerator
+
+    from vidmusician.training.monitor import Monitor
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 7)) + '{"step": 7, "lo')
+    monitor = Monitor(Accelerator(cpu=True), tmp_path, {}, 4, 8)
+    monitor.log(5, loss=0.5)
+    monitor.close()
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    Monitor(Accelerator(cpu=True), tmp_path, {}, 0, 8).close()
+    assert log.read_text() == ""
+
+
 def test_a_sample_leaves_the_training_random_state_alone(data, tmp_path):
     """A seeded sample leaves the RNG alone: a checkpoint saves (and resume restores) the same state either way."""
     from accelerate import Accelerator

@@ -46,6 +46,9 @@ class DatasetMeta:
     # Which codec made the codes (vidmusician.training.codec_identity), checked by training;
     # None: prepared before it was recorded (then only the shapes above are checked).
     codec_id: str | None = None
+    # The fraction of sources held out (prepare's --holdout): a rerun with another would split the
+    # sources still to do otherwise than those done. None: prepared before it was recorded.
+    holdout: float | None = None
 
     def save(self, root: Path) -> None:
         text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+from contextlib import contextmanager
 
-__all__ = ["stop_with_launcher"]
+__all__ = ["Terminated", "stop_on_sigterm", "stop_with_launcher"]
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (what schedulers send before a kill). Not an Exception: nothing may swallow it."""
+
+
+@contextmanager
+def stop_on_sigterm():
+    """Turns SIGTERM into :class:`Terminated` in the main thread (and restores the old handler after).
+
+    Python's default for SIGTERM ends the process on the spot; as an exception it
+    unwinds like Ctrl-C: a shard being written is removed, finished sources stay.
+    """
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0) -> None:
@@ -21,7 +48,6 @@ def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0)
     Python's SIGTERM handler never runs (waiting in a collective for peers that are
     gone): it is killed, so no worker outlives its launcher for good.
     """
-    import signal
     import threading
 
     launcher = os.getppid()

@@ -18,6 +18,7 @@ import torch
 
 from ..audio_io import write_audio
 from ..errors import ConfigError
+from ..fileio import atomic_write
 
 SAMPLE_SECONDS = 5.0  # long enough to hear the adapter follow the video, short enough to cost little
 
@@ -50,6 +51,25 @@ def flat_config(config: dict) -> dict:
     return flat
 
 
+def keep_log_until(path: Path, step: int) -> None:
+    """Cuts ``log.jsonl`` back to the rows of steps up to ``step``, where the run starts (0: a new log).
+
+    A resumed run redoes the steps after its checkpoint, and a run started over redoes
+    them all: their old rows (and a row a kill cut short) would stand beside the new ones.
+    """
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a row a kill cut short
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            rows.append(line + "\n")
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(rows)))
+
+
 class Monitor:
     """Progress bar, log lines and trackers of one run; everything is written by the main process only.
 
@@ -57,7 +77,8 @@ class Monitor:
         accelerator: the run's Accelerator (built with ``log_with`` and ``project_dir``).
         out: the run folder.
         config: the recipe, stored by the trackers as hyperparameters.
-        start, total: the step the run starts at and the last step.
+        start, total: the step the run starts at and the last step; ``log.jsonl``'s rows of later
+            steps (a resumed run's, or all of a run started over at 0) are removed.
         progress: show the bar; default: when stderr is a terminal (a log file gets the log lines only).
     """
 
@@ -66,6 +87,8 @@ class Monitor:
 
         self.accelerator, self.out = accelerator, Path(out)
         self.main = accelerator.is_main_process
+        if self.main:
+            keep_log_until(self.out / "log.jsonl", start)
         if accelerator.trackers or accelerator.log_with:
             accelerator.init_trackers("vidmusician", config=flat_config(config))
         progress = sys.stderr.isatty() if progress is None else progress

@@ -12,7 +12,9 @@ every machine and every run (its randomness is seeded by i).
 
 from __future__ import annotations
 
+import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ SIZE = 64  # pixels
 AAC_RATE, AAC_KBPS = 48000, 128  # what music videos carry
 # Scene colour of each style (learned_base.STYLES of them).
 PALETTE = np.array([[200, 30, 30], [30, 160, 60], [40, 60, 220], [230, 200, 40]], np.uint8)
+# A clip being written (atomic_write's temporary name): writer's process id, thread id.
+PARTIAL = re.compile(r"\.practice-\d+\.mp4\.(\d+)\.\d+\.part")
 
 
 def write_practice_video(path, index: int, seconds: float = SECONDS) -> Path:
@@ -78,10 +82,32 @@ def write_practice_videos(folder, count: int) -> list[Path]:
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder; --practice writes its videos into the folder SRC")
     names = [f"practice-{i:03d}.mp4" for i in range(count)]
-    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("practice-")) if folder.is_dir() else []
+    others = sorted(p.name for p in folder.iterdir()
+                    if not (p.name.startswith("practice-") or PARTIAL.fullmatch(p.name))) if folder.is_dir() else []
     if others:
         raise ConfigError(f"{folder}: holds other files ({others[0]}, ...); --practice writes into an empty or new "
                           f"folder, so that the practice set is not mixed with real videos")
     folder.mkdir(parents=True, exist_ok=True)
+    remove_partial_clips(folder)
     return [folder / name if (folder / name).is_file() else write_practice_video(folder / name, i)
             for i, name in enumerate(names)]
+
+
+def remove_partial_clips(folder: Path) -> None:
+    """Removes the half-written clips a killed run left (a live writer's, another run at work, are kept)."""
+    for path in folder.iterdir():
+        match = PARTIAL.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this run writes one clip at a time: a name of its own is a leftover of a reused pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -11,10 +11,9 @@ are skipped and listed in ``errors.jsonl``; a rerun skips every source already d
 from __future__ import annotations
 
 import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_fe
 from ..video.reader import FRAME_TOLERANCE
 from .codec_identity import codec_identity
 from .dataset import DatasetMeta, verify_dataset
+from .launch import Terminated, stop_on_sigterm  # noqa: F401 (Terminated: raised through prepare())
 from .shards import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, append_jsonl,
                      commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files, read_jsonl,
                      write_jsonl)
@@ -49,10 +49,6 @@ class PrepareReport:
     elapsed: float = 0.0  # wall seconds from the first pending source to the last, models loaded
     verified: tuple | None = None  # (shards, windows) read whole by the check of ``verify=True``
     holdout_note: str | None = None  # one line when the dataset has no holdout or a video left it for training
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (what schedulers send before a kill). Not an Exception: nothing may swallow it."""
 
 
 class Processes:
@@ -79,27 +75,6 @@ class Processes:
         """Waits for every process (a no-op alone)."""
         if self.state is not None:
             self.state.wait_for_everyone()
-
-
-@contextmanager
-def stop_on_sigterm():
-    """Turns SIGTERM into :class:`Terminated` in the main thread (and restores the old handler after).
-
-    Python's default for SIGTERM ends the process on the spot; as an exception it
-    unwinds like Ctrl-C: a shard being written is removed, finished sources stay.
-    """
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
 
 
 def merge_parts(out: Path) -> None:
@@ -203,10 +178,11 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
     sources = list_sources(src)
     out.mkdir(parents=True, exist_ok=True)
     asked = dict(backbone=backbone, encoder=encoder, window=float(window), hop=float(hop),
-                 global_fps=float(global_fps), local_fps=float(local_fps))
+                 global_fps=float(global_fps), local_fps=float(local_fps), holdout=float(holdout))
     if (out / META_NAME).is_file():
         old = DatasetMeta.load(out)
-        diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items() if getattr(old, k) != v]
+        # A setting the dataset did not record (prepared before it was) is not compared.
+        diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items() if getattr(old, k) not in (None, v)]
         if diffs:
             raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); use a new folder")
 
@@ -263,6 +239,8 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     if old is not None and old.codec_id is None:
         # Its first sources were prepared before the codec was recorded: which made them is unknown.
         meta.codec_id = None
+    if old is not None and old.holdout is None:
+        meta.holdout = None  # the same: the holdout its first sources were split with is unknown
     diffs = old.differences(meta) if old is not None else ""
     if diffs:
         raise DataError(f"{out}: prepared with another codec or encoder ({diffs}); use a new folder")

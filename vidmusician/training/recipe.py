@@ -12,7 +12,7 @@ from ..checks import MAX_COUNT, json_object, number
 from ..config import GROUP_NAMES, check_stage
 from ..errors import ConfigError
 
-__all__ = ["Recipe", "lr_factor", "lr_warning", "schedule_warning"]
+__all__ = ["RESUME_SAFE", "Recipe", "check_resume", "lr_factor", "lr_warning", "schedule_warning"]
 
 # The highest learning rate at which the adapters train without inflating the frozen
 # model's hidden states, measured on the 'tiny-learned' backbone (recipes/README.md,
@@ -149,6 +149,54 @@ class Recipe:
         except ConfigError as exc:  # name the file (and the --set) rather than "recipe"
             where = f"{path}{' with --set ' + ' '.join(overrides) if overrides else ''}"
             raise ConfigError(f"{where}: {str(exc).removeprefix('recipe: ')}") from None
+
+
+# The fields a resumed run may change: how long it runs, when it logs, evaluates and saves, and
+# how it loads data and spends memory. None changes a step's numbers: evaluation draws on no
+# training RNG (samples fork theirs), workers feed the same batches, checkpointing recomputes the
+# frozen layers exactly. Any other field (lr, betas, batch_size, seed, ...) would make the
+# optimizer's saved state, the data order or the schedule disagree with the recipe.
+RESUME_SAFE = ("max_steps", "log_every", "eval_every", "eval_windows", "save_every", "keep_checkpoints",
+               "num_workers", "gradient_checkpointing")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume(recipe: Recipe, run: Path) -> None:
+    """Refuses to resume ``run`` with a recipe that differs from its ``recipe.json`` outside :data:`RESUME_SAFE`.
+
+    A run folder without ``recipe.json`` is not checked; a field the file lacks (written
+    before the field existed) counts as its default, one it has that recipes no longer
+    have is ignored.
+
+    Raises:
+        ConfigError: naming each differing field (old -> new) and the fix, in one line.
+    """
+    path = Path(run) / "recipe.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json_object(json.loads(path.read_text()), str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path}: not valid JSON; restore it from the recipe the run was made with, "
+                          f"or start a new --output") from None
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    old = _flat(dict(dataclasses.asdict(Recipe()), **{k: v for k, v in saved.items() if k in known}))
+    new = _flat(dataclasses.asdict(recipe))
+    changed = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in sorted(set(old) | set(new))
+               if k not in RESUME_SAFE and old.get(k) != new.get(k)]
+    if changed:
+        raise ConfigError(f"{run}: --resume with a recipe unlike the run's ({'; '.join(changed)}); a resumed run "
+                          f"may change only {', '.join(RESUME_SAFE)}: resume with the run's values "
+                          f"({path.name}), or train with the new ones into a new --output")
 
 
 def schedule_warning(r: Recipe) -> str | None:

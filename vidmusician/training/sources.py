@@ -61,8 +61,9 @@ def list_sources(src) -> list[Source]:
     if not src.is_file():
         raise ConfigError(f"{src}: no such folder or file; pass a folder of music videos or a CSV/JSONL of pairs")
     if src.suffix.lower() == ".csv":
-        # surrogateescape: names in any encoding come through as the file system's bytes.
-        with open(src, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        # surrogateescape: names in any encoding come through as the file system's bytes; utf-8-sig: a
+        # byte-order mark (spreadsheets' "CSV UTF-8") is not part of the first column's name.
+        with open(src, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
     elif src.suffix.lower() in (".jsonl", ".json"):
         try:
@@ -72,12 +73,16 @@ def list_sources(src) -> list[Source]:
             raise ConfigError(f"{src}: invalid JSON on line {exc.lineno}") from None
     else:
         raise ConfigError(f"{src}: expected a folder, a .csv or a .jsonl file")
-    sources = []
+    sources, first_row = [], {}
     for n, row in enumerate(rows, start=2 if src.suffix.lower() == ".csv" else 1):
         if not row.get("video"):
             raise ConfigError(f"{src}: row {n} has no 'video' (columns: video, audio (optional), text (optional))")
         audio = row.get("audio") or None
         sid = printable(row["video"] if audio is None else f"{row['video']}+{audio}")
+        # One id is one source in the index and the shards: a second row would write its windows again.
+        if first_row.setdefault(sid, n) != n:
+            raise ConfigError(f"{src}: rows {first_row[sid]} and {n} both name {sid}; list each video (with its "
+                              f"audio) once (one text per pair)")
         sources.append(Source(sid, src.parent / row["video"], src.parent / audio if audio else None,
                               printable(row.get("text") or "") or None))
     return sources

@@ -43,12 +43,12 @@ from ..video.reader import frames_covering
 from .codec_identity import codec_identity
 from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, PreparedDataset, check_training_split,
                       verify_dataset)
-from .launch import stop_with_launcher
+from .launch import Terminated, stop_on_sigterm, stop_with_launcher
 from .losses import codebook_losses, loss_mask, plausible_targets
 from .monitor import Monitor, check_trackers
-from .recipe import Recipe, lr_factor, lr_warning, schedule_warning
+from .recipe import Recipe, check_resume, lr_factor, lr_warning, schedule_warning
 from .run_folder import RunFolder
-from .train_state import TrainState, latest_checkpoint, restore_rng, resume, save_checkpoint
+from .train_state import TrainState, interrupted_line, latest_checkpoint, restore_rng, resume, save_checkpoint
 
 
 class Objective(nn.Module):
@@ -212,21 +212,35 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM stopped training after ``step`` optimizer steps (``sigterm``: which of the two)."""
+
+    def __init__(self, step: int, sigterm: bool):
+        super().__init__(step, sigterm)
+        self.step, self.sigterm = step, sigterm
+
+
 def train(args) -> Path:
     """Runs one training stage; returns the release adapter folder.
 
     A run that fails before its first step takes back what it added to ``--output``
     (:class:`~vidmusician.training.run_folder.RunFolder`); the folder of a run that has
     checkpoints is never touched.
+
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM (under :func:`~vidmusician.training.launch.stop_on_sigterm`);
+            the checkpoints written before it stay.
     """
     folder = RunFolder(args.output)
-    progress = {"resumed": False, "stepped": False}
+    progress = {"resumed": False, "stepped": False, "step": 0}
     try:
         return _train(args, progress)
-    except BaseException:
+    except BaseException as exc:
         # Process 0 alone: the others wrote nothing there, and on a shared file system they would race it.
         if not (progress["resumed"] or progress["stepped"]) and int(os.environ.get("RANK", "0")) == 0:
             folder.remove_additions()
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            raise Interrupted(progress["step"], isinstance(exc, Terminated)) from None
         raise
 
 
@@ -252,6 +266,8 @@ def _train(args, progress: dict) -> Path:
     progress["resumed"] = resume_from is not None
     if resume_from is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
+    if resume_from is not None:
+        check_resume(recipe, out)  # before recipe.json is written again below
 
     # Same seed on every process: identical adapter initialization (DDP also broadcasts it).
     set_seed(recipe.seed)
@@ -274,6 +290,7 @@ def _train(args, progress: dict) -> Path:
                        say=lambda line: accelerator.is_main_process
                        and print(f"vidmusician.training.train: {printable(line)}", file=sys.stderr))
         accelerator.print(f"resumed at step {state.step}")
+    progress["step"] = state.step
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, sort_keys=True) + "\n")
@@ -324,7 +341,7 @@ def _train(args, progress: dict) -> Path:
             loss_sum += sums.detach()
         scheduler.step()
         state.step += 1
-        progress["stepped"] = True
+        progress["stepped"], progress["step"] = True, state.step
         monitor.step()
         if state.step % recipe.log_every == 0 or state.step == recipe.max_steps:
             loss = (accelerator.reduce(loss_sum, "sum") / tokens).mean().item()
@@ -359,11 +376,18 @@ def main(argv=None) -> int:
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by accelerate launch / torchrun
         stop_with_launcher("vidmusician.training.train")
     try:
-        train(args)
+        with stop_on_sigterm():
+            train(args)
     except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
         # checkpoints already written stay.
         print(f"vidmusician.training.train: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        # No checkpoint is written here: the processes stop at different points of a step,
+        # while a checkpoint (for an exact resume) needs all of them at the same step boundary.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"vidmusician.training.train: {interrupted_line(exc.step, args.output)}", file=sys.stderr)
+        return 143 if exc.sigterm else 130  # 128 + the signal, what a shell reports for it
     return 0
 
 

@@ -60,6 +60,15 @@ def latest_checkpoint(run_dir) -> Path | None:
     return folders[-1] if folders else None
 
 
+def interrupted_line(step: int, run_dir) -> str:
+    """What an interrupted run says: the step it reached and where ``--resume`` goes on from."""
+    latest = latest_checkpoint(run_dir) if Path(run_dir).is_dir() else None
+    if latest is None:
+        return f"interrupted at step {step}, before the first checkpoint: the same command starts over"
+    return (f"interrupted at step {step}; the last checkpoint is step {int(latest.name.removeprefix('step-'))}: "
+            f"`--resume` continues from there")
+
+
 def parameter_names(vm) -> dict[int, str]:
     """``id(parameter) -> name`` for every adapter parameter (names as in the adapter file)."""
     return {id(p): f"{prefix}.{name}" for mods in adapter_modules(vm.lm).values()
