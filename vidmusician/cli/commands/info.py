@@ -60,13 +60,14 @@ def _load(name: str):
     """The config of an adapter folder (or its adapter_config.json), a Hub id or a preset."""
     from ...config import CONFIG_NAME, AdapterConfig
     from ...errors import ConfigError
-    from ...hub import is_hub_id, resolve_adapter
     from ...sizing import load_preset, preset_names
 
     if Path(name).exists():
         return AdapterConfig.load(name)
     if name.removeprefix("facebook/") in preset_names():
         return load_preset(name)
+    from ...hub import is_hub_id, resolve_adapter  # huggingface_hub: not for a preset
+
     if is_hub_id(name):
         return AdapterConfig.load(resolve_adapter(name, files=(CONFIG_NAME,)))
     if "/" in name or os.sep in name or name.startswith((".", "~")):
