@@ -112,7 +112,8 @@ def test_generate_refuses_bad_videos(case, clip, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--duration", "1e300"], "duration must be a number of seconds in (0, 86400]"),
+    (["--duration", "1e300"], "duration must be a number of seconds in [0.02, 86400]"),
+    (["--duration", "0.001"], "(one codec frame at least), got 0.001"),
     (["--duration", "-2"], "duration must be"),
     (["--duration", "nan"], "duration must be"),
     (["--top-k", "ten"], "--top-k"),

@@ -115,9 +115,9 @@ def test_music_without_samples_is_never_written(with_audio, tmp_path, suffix):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_duration_under_one_sample_is_refused(with_audio, tmp_path, capsys):
+def test_a_duration_under_one_codec_frame_is_refused(with_audio, tmp_path, capsys):
     assert generate(with_audio, tmp_path / "out.wav", "--duration", "0.00001") == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and "no samples" in errors[0] and "Traceback" not in err, err
+    assert len(errors) == 1 and "one codec frame at least" in errors[0] and "Traceback" not in err, err
     assert os.listdir(tmp_path) == []

@@ -36,6 +36,7 @@ __all__ = ["GenerationParams", "Window", "plan_windows", "generate_tokens", "gen
 
 # 24 hours: far beyond any video anyone scores; larger values are typos that would overflow.
 MAX_DURATION = 86400.0
+MIN_DURATION = 0.02  # one frame of MusicGen's 50 Hz codec
 
 # Called after every sampling step with (steps done, total steps of the generation).
 StepCallback = Callable[[int, int], object]
@@ -218,15 +219,16 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
 
 
 def check_duration(duration):
-    """None, or a positive finite number of seconds (else ConfigError)."""
+    """None, or a number of seconds from one codec frame to a day (else ConfigError)."""
     if duration is None:
         return None
     try:
         value = float(duration)
     except (TypeError, ValueError):
         raise ConfigError(f"duration must be a number of seconds, got {duration!r}") from None
-    if not (0 < value <= MAX_DURATION):
-        raise ConfigError(f"duration must be a number of seconds in (0, {MAX_DURATION:g}], got {duration}")
+    if not (MIN_DURATION <= value <= MAX_DURATION):
+        raise ConfigError(f"duration must be a number of seconds in [{MIN_DURATION:g}, {MAX_DURATION:g}] "
+                          f"(one codec frame at least), got {duration}")
     return value
 
 
