@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
-from contextlib import contextmanager
 
 from .. import __version__
 from ..arguments import Parser
 from ..errors import VidMusicianError, one_line
+from ..training.launch import Terminated, stop_on_sigterm
 
 COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo", "push")
 
@@ -56,33 +55,6 @@ def _named_command(argv: list[str]) -> str | None:
     return None
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived. Not an Exception: nothing may swallow it on its way out."""
-
-
-@contextmanager
-def sigterm_unwinds():
-    """Turns SIGTERM into :class:`Terminated` in the main thread while the block runs.
-
-    Python's default for SIGTERM ends the process on the spot: no ``finally`` runs, and
-    an output being written stays as its hidden temporary file. As an exception it
-    unwinds like Ctrl-C. A command may install its own handler inside (``prepare``
-    says what it kept, ``demo`` stops its server); this one is restored after.
-    """
-    def handler(signum, frame):
-        raise Terminated()
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _named_command(argv)
@@ -90,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser((command,) if command else COMMANDS)
     args = parser.parse_args(argv)
     try:
-        with sigterm_unwinds():
+        with stop_on_sigterm():
             return int(args._run(args) or 0)
     except (VidMusicianError, OSError) as exc:  # OSError: the file system said no (full disk, read-only)
         print(f"vidmusician {args.command}: error: {one_line(exc)}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Living under a launcher (``accelerate launch`` / torchrun): worker lifetime."""
+"""A process's lifetime: SIGTERM as an exception (every command), and a worker under a launcher
+(``accelerate launch`` / torchrun) that ends with it."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ class Terminated(BaseException):
 def stop_on_sigterm():
     """Turns SIGTERM into :class:`Terminated` in the main thread (and restores the old handler after).
 
-    Python's default for SIGTERM ends the process on the spot; as an exception it
-    unwinds like Ctrl-C: a shard being written is removed, finished sources stay.
+    Python's default for SIGTERM ends the process on the spot: no ``finally`` runs, and
+    a file being written stays as its hidden temporary file. As an exception it unwinds
+    like Ctrl-C: a shard or output being written is removed, finished work stays. The
+    CLI runs every command under it; a command may install its own inside (``prepare``
+    says what it kept, ``demo`` stops its server), and the outer one is restored after.
     """
     def handler(signum, frame):
         raise Terminated()
