@@ -83,3 +83,20 @@ def test_python_generation_refuses_seeds_out_of_range_and_no_videos(tiny):
     assert vm.generate([None], duration=0.1, seed=2 ** 64 - 1).shape[0] == 1  # the ends of the range are seeds
     with pytest.raises(ConfigError, match="^videos is empty: give one entry"):
         vm.generate([], duration=1.0)
+
+
+def test_many_videos_and_prepare_refuse_a_device_before_any_work(tmp_path):
+    from media import flash_video
+
+    from vidmusician import generate_many
+    from vidmusician.training.prepare import prepare
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    flash_video(videos / "a.mp4", [0.3], 1.0, size=32)
+    with pytest.raises(ConfigError, match="^device 'gpu0': not a device name"):
+        generate_many(videos, tmp_path / "scored", backbone="tiny", device="gpu0")
+    assert not (tmp_path / "scored").exists()
+    with pytest.raises(ConfigError, match="^device 'gpu0': not a device name"):
+        prepare(videos, tmp_path / "data", backbone="tiny", encoder="tiny", device="gpu0")
+    assert not (tmp_path / "data").exists()

@@ -21,6 +21,7 @@ import torch
 
 from ..backbones import load_codec
 from ..errors import ConfigError, DataError, VidMusicianError, one_line
+from ..runtime import default_device
 from ..video.encoders import DEFAULT_ENCODER
 from ..video.features import load_encoder
 from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_features
@@ -176,6 +177,8 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
         raise ConfigError(f"--hop {hop} must be a whole number of global frames (1/{global_fps:g} s)")
     out = Path(out)
     sources = list_sources(src)
+    if device is not None:
+        device = default_device(device)  # a device this machine lacks: one line, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     asked = dict(backbone=backbone, encoder=encoder, window=float(window), hop=float(hop),
                  global_fps=float(global_fps), local_fps=float(local_fps), holdout=float(holdout))
@@ -186,7 +189,7 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
         if diffs:
             raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); use a new folder")
 
-    procs = Processes(cpu=device is not None and torch.device(device).type == "cpu")
+    procs = Processes(cpu=device is not None and device.type == "cpu")
     one = procs.world == 1
     index = out / (INDEX_NAME if one else INDEX_PART.format(rank=procs.rank))
     errors_file = out / (ERRORS_NAME if one else ERRORS_PART.format(rank=procs.rank))
