@@ -208,3 +208,25 @@ def test_a_resumed_run_that_fails_at_start_is_kept_whole(one_window, tmp_path, c
                     "--set", "max_steps=2")
     assert code == 2 and "damaged shard" in capsys.readouterr().err
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == files
+
+
+def test_a_diverged_training_stops_before_its_checkpoint_and_names_the_last_good_one(one_window, tmp_path, capsys,
+                                                                                     monkeypatch):
+    data = one_window[0]
+    code, out = train(tmp_path, data, "--backbone", "tiny")
+    assert code == 0
+    step = torch.optim.AdamW.step
+
+    def diverging(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", diverging)
+    code, _ = train(tmp_path, data, "--backbone", "tiny", "--resume", "--set", "max_steps=2")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "step 2: adapter weight " in err and "holds NaN or infinite values: the training diverged" in err
+    assert "the last checkpoint, step-00000001, is kept" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-00000001"]

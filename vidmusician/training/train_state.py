@@ -28,7 +28,7 @@ import torch
 
 from ..adapter.wiring import adapter_modules
 from ..adapter_files import WEIGHTS_NAME, read_adapter_weights
-from ..errors import ConfigError, DataError, VidMusicianError, one_line
+from ..errors import AdapterError, ConfigError, DataError, VidMusicianError, one_line
 from ..fileio import atomic_write, native_name, write_safetensors
 
 CHECKPOINTS = "checkpoints"
@@ -76,7 +76,14 @@ def parameter_names(vm) -> dict[int, str]:
 
 
 def save_checkpoint(run_dir, state: TrainState, vm, optimizer, scheduler, accelerator, keep: int) -> Path:
-    """Writes a checkpoint (main process), atomically; every process must call it (RNG is gathered)."""
+    """Writes a checkpoint (main process), atomically; every process must call it (RNG is gathered).
+
+    Raises:
+        AdapterError: the adapter's weights hold NaN or infinite values (the training
+            diverged): nothing is written, and the last checkpoint stays the latest.
+            Every process holds the same weights, so every process raises here.
+    """
+    check_finite(vm, state.step, run_dir)
     from accelerate.utils import gather_object
     rng = gather_object([_rng_state()])  # one entry per process, in rank order
     ckpts = Path(run_dir) / CHECKPOINTS
@@ -103,6 +110,19 @@ def save_checkpoint(run_dir, state: TrainState, vm, optimizer, scheduler, accele
             shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_finite(vm, step: int, run_dir) -> None:
+    """AdapterError when an adapter weight is NaN or infinite (a diverged training), naming the
+    last checkpoint that ``--resume`` would continue from."""
+    broken = next((k for k, v in vm.adapter_state_dict().items()
+                   if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if broken is None:
+        return
+    last = latest_checkpoint(run_dir)
+    kept = (f"the last checkpoint, {last.name}, is kept" if last is not None else "no checkpoint was written")
+    raise AdapterError(f"step {step}: adapter weight {broken} holds NaN or infinite values: the training "
+                       f"diverged (a lower lr, or grad_clip, keeps it stable); {kept}")
 
 
 @dataclass
