@@ -91,14 +91,14 @@ class ConstantClap:
         return np.ones((len(texts), 4))
 
 
-def _text_scores(tmp_path, prompts: dict) -> dict:
+def _text_scores(tmp_path, prompts: dict, log=None) -> dict:
     from vidmusician.evaluation.embedders import read_prompts
     from vidmusician.evaluation.evaluate import evaluate
 
     v, g = _folders(tmp_path, ("c", "d"), ("c_music.wav", "d.wav"))
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     report = evaluate(v, g, encoder="tiny", prompts=read_prompts(tmp_path / "prompts.json"),
-                      text_embedder=ConstantClap())
+                      text_embedder=ConstantClap(), log=log)
     return {c.name: c.scores["clap_text"] for c in report.clips}
 
 
@@ -108,14 +108,22 @@ def test_prompts_by_the_videos_stem_or_file_name(tmp_path, key):
     assert scores["c"] == pytest.approx(1.0) and np.isnan(scores["d"])
 
 
-def test_a_prompt_that_names_no_video_is_refused(tmp_path):
+def test_prompts_that_name_no_video_are_refused_when_none_does_and_left_out_with_a_line_else(tmp_path):
     from vidmusician.errors import ConfigError
 
-    with pytest.raises(ConfigError) as err:
-        _text_scores(tmp_path, {"c.mp4": "calm piano", "e.mp4": "drums", "c.wav": "bass"})
+    with pytest.raises(ConfigError) as err:  # a file keyed some other way
+        _text_scores(tmp_path, {"e.mp4": "drums", "c.wav": "bass"})
     message = str(err.value)
     assert "\n" not in message and f"--prompts {tmp_path / 'prompts.json'}:" in message
     assert "'e.mp4', 'c.wav' name no video" in message and "keyed by the video's name" in message
+    lines = []  # one file for a whole test set, scored a folder at a time
+    (tmp_path / "subset").mkdir()
+    scores = _text_scores(tmp_path / "subset", {"c.mp4": "calm piano", "e.mp4": "drums", "c.wav": "bass"},
+                          log=lines.append)
+    assert scores["c"] == pytest.approx(1.0) and np.isnan(scores["d"])
+    assert [line for line in lines if "prompts" in line] == [
+        f"warning: --prompts {tmp_path / 'subset' / 'prompts.json'}: 'e.mp4', 'c.wav' name no video in "
+        f"{tmp_path / 'subset' / 'v'}; left out"]
 
 
 def test_two_prompts_for_one_clip_are_refused(tmp_path):

@@ -192,7 +192,7 @@ def evaluate(
     for name, embedder in embedders.items():  # a distance that cannot be had: said before the clips' work
         check_embedding_counts(name, embedder, [g for g, _ in pairs], [r for _, r in pairs])
     if prompts and not isinstance(prompts, str):
-        prompts = prompts_by_clip(prompts, vids, gens, videos)  # a key that names no clip: refused before the work
+        prompts = prompts_by_clip(prompts, vids, gens, videos, log)  # said before the work
     encoder_source, activation = "given", None
     if settings.source == "change" and (encoder is None or isinstance(encoder, str)):
         # The encoder the music was made with, and its activation, as `generate` built it.
@@ -267,7 +267,7 @@ def _per_unit(embedder: Any) -> str:
 
 
 def prompts_by_clip(prompts: Mapping[str, str], videos: Mapping[str, Path], generated: Mapping[str, Path],
-                    folder: str | Path = "") -> dict[str, str]:
+                    folder: str | Path = "", log: Callable[[str], None] | None = None) -> dict[str, str]:
     """Each clip's prompt, by clip name, from prompts keyed by the name of a clip's video.
 
     A key is the video's stem or file name (``clip`` or ``clip.mp4`` for
@@ -279,9 +279,12 @@ def prompts_by_clip(prompts: Mapping[str, str], videos: Mapping[str, Path], gene
         videos: The videos, by stem.
         generated: The generated files, by their video's stem.
         folder: The videos' folder, for messages.
+        log: Receives a warning line naming the keys that name no video here (one
+            prompts file for a whole test set, scored a folder at a time).
 
     Raises:
-        ConfigError: A key names no video, or two keys name one clip.
+        ConfigError: No key names a video here (the file is keyed some other way), or
+            two keys name one clip.
     """
     source = f"--prompts {printable(prompts.path)}" if hasattr(prompts, "path") else "prompts"
     clip_of = {}
@@ -292,10 +295,16 @@ def prompts_by_clip(prompts: Mapping[str, str], videos: Mapping[str, Path], gene
     unknown = [key for key in prompts if key not in clip_of]
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise ConfigError(f"{source}: {shown} name{'s' if len(unknown) == 1 else ''} no video in {printable(folder)}; "
-                          f"prompts are keyed by the video's name (clip or clip.mp4 for videos/clip.mp4)")
+        names = f"{shown} name{'s' if len(unknown) == 1 else ''} no video in {printable(folder)}"
+        if len(unknown) == len(prompts):
+            raise ConfigError(f"{source}: {names}; prompts are keyed by the video's name "
+                              f"(clip or clip.mp4 for videos/clip.mp4)")
+        if log is not None:
+            log(f"warning: {source}: {names}; left out")
     out, key_of = {}, {}
     for key, text in prompts.items():
+        if key not in clip_of:
+            continue
         clip = clip_of[key]
         if clip in out:
             raise ConfigError(f"{source}: {key_of[clip]!r} and {key!r} both name the clip {clip}; keep one of them")
