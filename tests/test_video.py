@@ -180,3 +180,47 @@ def test_bad_input_raises_one_line_video_error(bad_inputs, kind):
             call()
         message = str(err.value)
         assert "\n" not in message and str(path) in message and words in message, message
+
+
+def test_a_codec_the_frame_reader_lacks_says_which_and_how_to_convert(tmp_path):
+    """AV1 (what many downloads are): decord's FFmpeg has no decoder for it, PyAV's names it."""
+    import av
+
+    try:
+        av.codec.Codec("libsvtav1", "w")
+    except Exception:  # pragma: no cover - PyAV's wheels carry it
+        pytest.skip("no AV1 encoder in this PyAV")
+    path = write_video(tmp_path / "av1.mp4", np.zeros((10, 64, 64, 3), np.uint8), 25, codec="libsvtav1")
+    with pytest.raises(VideoError) as err:
+        probe(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: cannot be decoded (")
+    assert message.endswith("its av1 video stream is not one the frame reader decodes: convert it first, "
+                            "e.g. ffmpeg -i IN -c:v libx264 -crf 18 OUT.mp4")
+    # A file that is not a video gets no such advice.
+    (tmp_path / "text.mp4").write_text("not a video")
+    with pytest.raises(VideoError) as err:
+        probe(tmp_path / "text.mp4")
+    assert "convert it first" not in str(err.value)
+
+
+def test_a_stream_copy_needs_no_encoder_of_its_codec(tmp_path):
+    """AV1's decoder (libdav1d) has no encoder of its name: copying its packets into an output must not ask for one."""
+    import av
+
+    from vidmusician.audio_io import check_muxable, write_output
+
+    try:
+        av.codec.Codec("libsvtav1", "w")
+    except Exception:  # pragma: no cover - PyAV's wheels carry it
+        pytest.skip("no AV1 encoder in this PyAV")
+    path = write_video(tmp_path / "av1.mp4", np.zeros((10, 64, 64, 3), np.uint8), 25, codec="libsvtav1")
+    music = np.zeros((1, 16000), np.float32)
+    for suffix in (".mkv", ".mp4"):
+        check_muxable(path, tmp_path / f"out{suffix}")
+        write_output(tmp_path / f"out{suffix}", music, 32000, video=path)
+        with av.open(str(tmp_path / f"out{suffix}")) as out:
+            assert [s.type for s in out.streams] == ["video", "audio"]
+            assert out.streams.video[0].codec_context.codec.canonical_name == "av1"
+    with pytest.raises(VideoError, match=r"a \.mov file cannot hold its .* video stream"):
+        check_muxable(path, tmp_path / "out.mov")

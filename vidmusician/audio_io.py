@@ -176,13 +176,23 @@ def _check_holds(video, streams, path) -> None:
             raise VideoError(_no_place(video, stream, path))
 
 
+def _copy_of(dst, stream):
+    """A stream of ``dst`` that takes ``stream``'s packets unchanged.
+
+    ``opaque``: the codec parameters are copied as they are. Without it PyAV looks up
+    an encoder named after the stream's decoder, and a decoder-only name (AV1's
+    ``libdav1d``) has none, although nothing is encoded.
+    """
+    return dst.add_stream_from_template(stream, opaque=True)
+
+
 def _holds(fmt: str, stream) -> bool:
     """Whether a ``fmt`` container takes a copy of ``stream`` (what :func:`mux_audio` adds)."""
     import av
 
     try:
         with av.open(io.BytesIO(), mode="w", format=fmt) as dst:
-            dst.add_stream_from_template(stream)
+            _copy_of(dst, stream)
             # Adding the stream checks FFmpeg's list of the format's codecs; some formats
             # list a codec their header writer then refuses (VP8 in .mov): write the header too.
             dst.start_encoding()
@@ -330,12 +340,12 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
                 with av.open(str(tmp), mode="w", format=fmt) as dst:
                     if tags:
                         dst.metadata["comment"] = _tag_text(tags)
-                    outputs = {vin.index: dst.add_stream_from_template(vin)}
+                    outputs = {vin.index: _copy_of(dst, vin)}
                     aout = dst.add_stream("aac", rate=sample_rate, layout=_LAYOUTS[audio.shape[0]])
                     aout.bit_rate = AAC_BIT_RATE
                     aout.disposition = av.stream.Disposition.default
                     for ain in kept:
-                        outputs[ain.index] = dst.add_stream_from_template(ain)
+                        outputs[ain.index] = _copy_of(dst, ain)
                         outputs[ain.index].disposition = 0  # the music plays by default, not this one
                     # The music starts with the first video frame, wherever the container puts it.
                     audio_packets = _encode_aac(aout, music, sample_rate, first_sample=int(round(start * sample_rate)))

@@ -395,5 +395,22 @@ def _open_decord(path: Path, size: Size | None):
         with native_name(path) as name:  # decord takes the name as UTF-8 text
             return decord.VideoReader(name, ctx=decord.cpu(0), num_threads=0, **kwargs)
     except Exception as exc:  # decord raises its own C++ error types
-        raise VideoError(f"{path}: cannot be decoded ({one_line(exc)})") from None
+        raise VideoError(f"{path}: cannot be decoded ({one_line(exc)}){_conversion_hint(path)}") from None
+
+
+def _conversion_hint(path: Path) -> str:
+    """What to do about a video the frame reader cannot decode although its video stream is there
+    (AV1, which decord's FFmpeg lacks): '' when the file itself is the problem."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video
+            codec = streams[0].codec_context.codec.canonical_name if streams else None
+    except (av.FFmpegError, OSError, ValueError):
+        return ""
+    if codec is None:
+        return ""
+    return (f"; its {codec} video stream is not one the frame reader decodes: convert it first, "
+            f"e.g. ffmpeg -i IN -c:v libx264 -crf 18 OUT.mp4")
 
