@@ -224,3 +224,40 @@ def test_a_stream_copy_needs_no_encoder_of_its_codec(tmp_path):
             assert out.streams.video[0].codec_context.codec.canonical_name == "av1"
     with pytest.raises(VideoError, match=r"a \.mov file cannot hold its .* video stream"):
         check_muxable(path, tmp_path / "out.mov")
+
+
+def _mjpeg_with_pcm(path):
+    """An AVI of MJPEG frames and 48 kHz stereo PCM (what some cameras write): its streams pass an
+    .mp4 header, and the PCM packets are refused when muxed."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("mjpeg", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuvj420p"
+        audio = out.add_stream("pcm_s16le", rate=48000)
+        audio.layout = "stereo"
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 10 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        for start in range(0, 48000, 1024):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 2048), np.int16), format="s16", layout="stereo")
+            samples.sample_rate, samples.pts = 48000, start
+            out.mux(audio.encode(samples))
+        out.mux(audio.encode())
+    return path
+
+
+def test_streams_a_container_refuses_at_their_packets_are_refused_before_any_work(tmp_path):
+    from vidmusician.audio_io import check_muxable, write_output
+
+    path = _mjpeg_with_pcm(tmp_path / "camera.avi")
+    out = tmp_path / "out.mp4"
+    with pytest.raises(VideoError) as err:
+        check_muxable(path, out, keep_soundtrack=True)
+    assert str(err.value).startswith(f"{path}: cannot copy its mjpeg video and audio streams into a .mp4 file (")
+    assert str(err.value).endswith("try a .mkv output or leave out --keep-soundtrack")
+    check_muxable(path, out)  # the video stream alone goes in
+    check_muxable(path, tmp_path / "out.mkv", keep_soundtrack=True)
+    write_output(tmp_path / "out.mkv", np.zeros((1, 16000), np.float32), 32000, video=path, keep_soundtrack=True)

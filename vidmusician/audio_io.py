@@ -165,7 +165,9 @@ def check_muxable(video, path, keep_soundtrack: bool = False) -> None:
     except (av.FFmpegError, OSError, ValueError):
         return
     with src:
-        _check_holds(video, list(src.streams.video[:1]) + (list(src.streams.audio) if keep_soundtrack else []), path)
+        streams = list(src.streams.video[:1]) + (list(src.streams.audio) if keep_soundtrack else [])
+        _check_holds(video, streams, path)
+        _check_copies(video, src, streams, path)
 
 
 def _check_holds(video, streams, path) -> None:
@@ -174,6 +176,35 @@ def _check_holds(video, streams, path) -> None:
     for stream in streams:
         if not _holds(fmt, stream):
             raise VideoError(_no_place(video, stream, path))
+
+
+def _check_copies(video, src, streams, path) -> None:
+    """VideoError unless the first packet of each of ``streams`` goes into the output ``path``'s
+    container in memory: some streams pass the header and fail at their packets (PCM into .mp4)."""
+    import av
+
+    fmt = VIDEO_FORMATS[Path(path).suffix.lower()]
+    try:
+        with av.open(io.BytesIO(), mode="w", format=fmt) as dst:
+            outputs = {stream.index: _copy_of(dst, stream) for stream in streams}
+            waiting = set(outputs)
+            for packet in src.demux(*streams):
+                if packet.dts is None or packet.stream.index not in waiting:
+                    continue
+                waiting.discard(packet.stream.index)
+                packet.stream = outputs[packet.stream.index]
+                dst.mux(packet)
+                if not waiting:
+                    break
+    except (av.FFmpegError, ValueError) as exc:
+        raise VideoError(_no_copy(video, streams, path, exc)) from None
+
+
+def _no_copy(video, streams, path, exc) -> str:
+    """The one line for streams of ``video`` that the output ``path``'s container refuses at their packets."""
+    copied, fix = (" and audio streams", " or leave out --keep-soundtrack") if len(streams) > 1 else (" stream", "")
+    return (f"{video}: cannot copy its {streams[0].codec_context.name} video{copied} into a {Path(path).suffix} "
+            f"file ({one_line(exc)}); try a .mkv output{fix}")
 
 
 def _copy_of(dst, stream):
@@ -351,9 +382,7 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
                     audio_packets = _encode_aac(aout, music, sample_rate, first_sample=int(round(start * sample_rate)))
                     _interleave(dst, src.demux(vin, *kept), outputs, audio_packets)
             except (av.FFmpegError, ValueError) as exc:  # PyAV says ValueError for a codec a format refuses
-                copied = " and audio streams" if kept else " stream"
-                raise VideoError(f"{path}: cannot copy the {vin.codec_context.name} video{copied} into a "
-                                 f"{path.suffix} file ({one_line(exc)}); try a .mkv output") from None
+                raise VideoError(_no_copy(video, [vin, *kept], path, exc)) from None
 
     atomic_write(path, write)
     return path
