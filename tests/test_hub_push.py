@@ -163,7 +163,8 @@ def test_branch_and_the_cli(trained, report, commits, capsys):
     names = [c[0] for c in commits]
     assert names == ["create_repo", "create_branch", "create_commit"]
     assert commits[1][2]["branch"] == "dev" and commits[2][2]["revision"] == "dev"
-    assert "## Evaluation" in card_of(sent(commits)).text
+    text = card_of(sent(commits)).text
+    assert "## Evaluation" in text and "--adapter org/name@dev -o" in text  # the usage loads the branch
 
 
 def test_push_refuses_what_is_not_an_adapter_in_one_line(trained, commits, tmp_path, capsys):
@@ -178,6 +179,42 @@ def test_push_refuses_what_is_not_an_adapter_in_one_line(trained, commits, tmp_p
     assert cli.main(["push", str(trained[0] / "adapter"), "org/name", "--report", str(tmp_path / "run.json")]) == 2
     assert "not an eval report" in capsys.readouterr().err
     assert commits == []  # nothing was sent
+
+
+def test_push_refuses_weights_no_backbone_would_load(trained, commits, tmp_path, capsys):
+    """What loading refuses is not sent: a diverged adapter's NaN, weights that do not match the config."""
+    from safetensors.torch import load_file, save_file
+
+    for damage in ("nan", "missing tensor"):
+        folder = tmp_path / damage.replace(" ", "-")
+        shutil.copytree(trained[1] / "adapter", folder)
+        tensors = load_file(folder / "adapter_model.safetensors")
+        name = sorted(tensors)[0]
+        if damage == "nan":
+            tensors[name] = torch.full_like(tensors[name], float("nan"))
+        else:
+            del tensors[name]
+        save_file(tensors, folder / "adapter_model.safetensors")
+        assert cli.main(["push", str(folder), "org/name"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(folder) in err, err
+        assert ("holds NaN or infinite values" if damage == "nan" else "the file does not match its config") in err
+    assert commits == []
+
+
+def test_a_run_record_that_is_not_an_object_is_one_line_and_the_card_names_no_local_folder(trained, commits,
+                                                                                          tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained[1], run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(dict(info, init_adapter="/home/someone/secret/runs/stage1/adapter")))
+    push_adapter(run / "adapter", "org/name")
+    text = card_of(sent(commits)).text
+    assert "started from `stage1/adapter`" in text and "/home/someone" not in text
+    (run / "recipe.json").write_text("[1, 2]")
+    assert cli.main(["push", str(run / "adapter"), "org/name"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recipe.json: not a JSON object" in err, err
 
 
 def test_push_while_offline_is_one_line(trained, monkeypatch):

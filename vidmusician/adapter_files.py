@@ -64,3 +64,25 @@ def read_adapter_weights(path) -> dict[str, torch.Tensor]:
             return load_file(name)
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterError(f"{path}: corrupt or truncated safetensors file ({one_line(exc)}); re-download or re-save it") from None
+
+
+def nonfinite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinite values (what a
+    diverged training leaves), or None."""
+    return next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+
+
+def check_adapter_tensors(config: AdapterConfig, tensors: dict[str, torch.Tensor], source) -> None:
+    """What a folder's weights must be to load onto any backbone its config fits, without the
+    backbone: finite, and as many values as the config's adapters hold (AdapterError)."""
+    from .adapter.parameter_counts import count_adapter_parameters
+
+    broken = nonfinite_tensor(tensors)
+    if broken is not None:
+        raise AdapterError(f"{source}: tensor {broken} holds NaN or infinite values (the training diverged); "
+                           f"use an earlier checkpoint")
+    held, expected = sum(v.numel() for v in tensors.values()), count_adapter_parameters(config)["total"]
+    if held != expected:
+        raise AdapterError(f"{source}: {WEIGHTS_NAME} holds {held:,} adapter values where its {CONFIG_NAME} "
+                           f"describes {expected:,}; the file does not match its config")
+

@@ -17,7 +17,7 @@ import torch
 
 from .adapter.context import VideoBatch, VideoContext
 from .adapter.wiring import adapter_modules, wire_adapters
-from .adapter_files import read_adapter, write_adapter
+from .adapter_files import nonfinite_tensor, read_adapter, write_adapter
 from .backbones import load_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .sizing import config_for_backbone
@@ -247,9 +247,9 @@ class VidMusician:
         if bad:
             raise AdapterError(f"{source}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
                                f"expected {tuple(own[bad[0]].shape)}")
-        broken = [k for k in own if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
-        if broken:
-            raise AdapterError(f"{source}: tensor {broken[0]} holds NaN or infinite values (the training "
+        broken = nonfinite_tensor({k: state[k] for k in own})
+        if broken is not None:
+            raise AdapterError(f"{source}: tensor {broken} holds NaN or infinite values (the training "
                                f"diverged); use an earlier checkpoint")
         with torch.no_grad():
             for key, target in own.items():

@@ -27,7 +27,7 @@ RECIPE_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmu
 
 def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=None,
                  license: str = MUSICGEN_LICENSE, backbone_parameters: int | None = None,
-                 base_model: str | None = None):
+                 base_model: str | None = None, revision: str | None = None):
     """The card of an adapter folder about to be pushed as ``repo_id``.
 
     Args:
@@ -40,6 +40,7 @@ def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=N
         backbone_parameters: the frozen backbone's parameter count, when known.
         base_model: the backbone's Hub id for the metadata (the Hub checks it names a
             repository); None for a backbone that is not on the Hub ('tiny', a folder).
+        revision: the branch it is pushed to, when not main: the usage loads ``repo_id@revision``.
 
     Returns:
         A ``huggingface_hub.ModelCard``.
@@ -49,7 +50,7 @@ def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=N
     data = ModelCardData(library_name="vidmusician", base_model=base_model, license=license, tags=list(TAGS))
     stages = training_record(Path(folder), run)
     sections = [_model_section(config, repo_id, backbone_parameters), _training_section(stages, config),
-                _eval_section(report), _usage_section(repo_id), _license_section(license)]
+                _eval_section(report), _usage_section(repo_id if revision is None else f"{repo_id}@{revision}"), _license_section(license)]
     body = "\n\n".join(s for s in sections if s)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
@@ -143,8 +144,8 @@ def _training_section(stages: list[dict], config: AdapterConfig) -> str:
                      f" (+ {info.get('holdout_windows', 0):,} held out)")
         if s["holdout_loss"] is not None:
             line += f"; last holdout loss {s['holdout_loss']:.4f}"
-        if s.get("init"):
-            line += f"; started from `{s['init']}`"
+        if s.get("init"):  # its last two parts: a public card names no local folder
+            line += f"; started from `{Path(*Path(s['init']).parts[-2:])}`"
         lines.append(line)
     return "\n".join(lines)
 
@@ -215,13 +216,17 @@ def _license_section(license: str) -> str:
             "under CC-BY-NC 4.0 (non-commercial use only); audiocraft's code is MIT.")
 
 
-def _json(path: Path):
+def _json(path: Path) -> dict | None:
+    """A run's JSON object, None when the file is not there (ConfigError when it is not an object)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a JSON object; is this the run folder the trainer wrote?")
+    return data
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..adapter.wiring import adapter_modules
-from ..adapter_files import WEIGHTS_NAME, read_adapter_weights
+from ..adapter_files import WEIGHTS_NAME, nonfinite_tensor, read_adapter_weights
 from ..errors import AdapterError, ConfigError, DataError, VidMusicianError, one_line
 from ..fileio import atomic_write, native_name, write_safetensors
 
@@ -115,8 +115,7 @@ def save_checkpoint(run_dir, state: TrainState, vm, optimizer, scheduler, accele
 def check_finite(vm, step: int, run_dir) -> None:
     """AdapterError when an adapter weight is NaN or infinite (a diverged training), naming the
     last checkpoint that ``--resume`` would continue from."""
-    broken = next((k for k, v in vm.adapter_state_dict().items()
-                   if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    broken = nonfinite_tensor(vm.adapter_state_dict())
     if broken is None:
         return
     last = latest_checkpoint(run_dir)
