@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,3 +311,34 @@ def test_cli_subprocess_exit_code_and_stderr(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"vidmusician features: error: {missing}: no such file"]
     assert not out.exists()
+
+
+def test_features_output_and_cache_folder_are_checked_before_the_work(tmp_path, capsys, monkeypatch):
+    video = flash_video(tmp_path / "clip.mp4", [0.3], 1.0, size=32)
+    other = tmp_path / "other.mp4"
+    shutil.copyfile(video, other)
+    assert main(["features", str(video), "--encoder", "tiny", "-q", "-o", str(other)]) == 2  # not a video's name
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "name the output OUT.safetensors" in err
+    assert other.read_bytes() == video.read_bytes()
+    computed = []
+    compute = features_mod._compute
+    monkeypatch.setattr(features_mod, "_compute", lambda *a, **k: computed.append(1) or compute(*a, **k))
+    out = tmp_path / "f.safetensors"
+    assert main(["features", str(video), "--encoder", "tiny", "-q", "-o", str(out),
+                 "--cache-dir", str(video / "sub")]) == 2  # a folder under a file
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(video) in err and computed == [] and not out.exists()
+    # A cache that cannot be written after the work: the features are still the output, with a warning.
+    save, cache = VideoFeatures.save, tmp_path / "cache"
+
+    def full_cache(self, path):
+        if cache in Path(path).parents:
+            raise OSError(28, "No space left on device")
+        save(self, path)
+
+    monkeypatch.setattr(VideoFeatures, "save", full_cache)
+    assert main(["features", str(video), "--encoder", "tiny", "-q", "-o", str(out),
+                 "--cache-dir", str(cache)]) == 0
+    err = capsys.readouterr().err
+    assert out.is_file() and "warning: " in err and "the features were not cached" in err, err

@@ -19,6 +19,7 @@ import json
 import os
 import queue
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,7 @@ def extract_features(
     cache_file = None
     if cache_dir is not None and cache_dir is not False:
         cache_file = _cache_path(cache_dir, video, encoder, global_fps, local_fps)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)  # a cache folder that cannot be: said before the work
         cached = _read_cache(cache_file)
         if cached is not None:
             return cached
@@ -175,8 +177,10 @@ def extract_features(
     reader = FrameReader(video, size=encoder.resize_size)
     feats = _compute(reader, encoder, float(global_fps), float(local_fps), int(batch_size), progress)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        feats.save(cache_file)
+        try:
+            feats.save(cache_file)
+        except OSError as exc:  # a full disk, say: the features are made, only not kept
+            warnings.warn(f"{cache_file.parent}: the features were not cached ({one_line(exc)})", stacklevel=2)
     return feats
 
 

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from ...video.features import extract_features
 
     output = args.output or args.video.with_name(f"{args.video.stem}.features.safetensors")
+    if output.suffix.lower() != ".safetensors":
+        raise ConfigError(f"{output}: features are written as safetensors; name the output OUT.safetensors")
     if output.is_dir():
         raise ConfigError(f"{output}: is a directory; give a file name for the features (-o OUT.safetensors)")
     if not output.parent.is_dir():
