@@ -137,6 +137,10 @@ def _too_long(tmp):
     return flash_video(tmp / "long.mp4", [1.0], duration=11.0), {}
 
 
+def _too_long_for_any_duration(tmp):  # its whole length would be read and encoded
+    return flash_video(tmp / "long.mp4", [1.0], duration=11.0), {"duration": 1.0}
+
+
 def _duration_too_long(tmp):
     return flash_video(tmp / "short.mp4", [0.5], duration=1.0), {"duration": 60.0}
 
@@ -145,6 +149,7 @@ def _duration_too_long(tmp):
     (_not_a_video, "notes.mp4"),
     (_audio_only, "song.mp4"),
     (_too_long, "limit of 10 s"),
+    (_too_long_for_any_duration, "the video is 11.0 s, longer than this page's limit of 10 s"),
     (_duration_too_long, "duration asked for is 60.0 s"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(scorer, tmp_path, make, match):

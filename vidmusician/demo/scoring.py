@@ -164,11 +164,11 @@ class Scorer:
         # Drawn here rather than left unseeded, so the page can show it and a visitor can repeat the music.
         seed = secrets.randbelow(_SEED_RANGE) if request.seed is None else check_seed(request.seed)
         info = probe(request.video)  # a bad file fails here, before any work
-        length = info.duration if duration is None else duration
-        if length > self.max_duration:
-            what = "the video is" if duration is None else "the duration asked for is"
-            raise ConfigError(f"{Path(request.video).name}: {what} {length:.1f} s, longer than this page's "
-                              f"limit of {self.max_duration:g} s; use a shorter clip or duration")
+        # The whole video is read whatever the duration asked for: both count against the limit.
+        for what, length in (("the video is", info.duration), ("the duration asked for is", duration)):
+            if length is not None and length > self.max_duration:
+                raise ConfigError(f"{Path(request.video).name}: {what} {length:.1f} s, longer than this page's "
+                                  f"limit of {self.max_duration:g} s; use a shorter clip or duration")
         folder = self.workdir / uuid.uuid4().hex
         folder.mkdir()
         try:
