@@ -191,6 +191,43 @@ def test_cancel_stops_generation_on_the_fast_engine_and_leaves_nothing(scorer, c
     scorer.discard(scorer.score(ScoreRequest(str(clip), seed=0, duration=0.2)).folder)
 
 
+def test_closing_stops_the_running_job_at_its_next_step_and_refuses_new_ones(clip, tmp_path, monkeypatch):
+    """A server stopped mid-job (Ctrl+C, SIGTERM) must not leave the generation running in its worker thread."""
+    from vidmusician.demo import Cancelled, ScoreRequest, Scorer
+    from vidmusician.generation.engine import DecodeEngine
+
+    scorer = Scorer(backbone="tiny", encoder="tiny", device="cpu", max_duration=10)
+    steps, started, outcome = [], threading.Event(), []
+    sample_window = DecodeEngine.sample_window
+
+    def count(self, *args, callback, **kwargs):
+        def step():
+            steps.append(1)
+            started.set()
+            time.sleep(0.01)
+            callback()
+
+        return sample_window(self, *args, callback=step, **kwargs)
+
+    monkeypatch.setattr(DecodeEngine, "sample_window", count)
+
+    def job():
+        try:
+            scorer.score(ScoreRequest(str(clip), seed=0))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    assert started.wait(60)
+    scorer.close()
+    worker.join(5)
+    assert not worker.is_alive() and len(outcome) == 1 and isinstance(outcome[0], Cancelled)
+    assert len(steps) < 50 and not scorer.workdir.exists()  # of ~100 steps; the folder went after the job
+    with pytest.raises(Cancelled):
+        scorer.score(ScoreRequest(str(clip), seed=0))
+
+
 def test_cancel_during_feature_extraction_stops_before_generation(scorer, clip, monkeypatch):
     from vidmusician.demo import Cancelled, ScoreRequest
 
@@ -555,5 +592,5 @@ def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
 
     (folder,) = server.tmp.glob("vidmusician-demo-*")
     assert sorted(p.name for p in folder.iterdir()) == ["examples", "gradio"]  # job folders went once served
-    server.stop()
+    assert server.stop() == 143  # SIGTERM: 128 + 15, as for every command
     assert not folder.exists()  # and the rest on exit

@@ -133,6 +133,7 @@ class Scorer:
         self.workdir = Path(tempfile.mkdtemp(prefix="vidmusician-demo-") if workdir is None else workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one job at a time on the model
+        self._closing = threading.Event()  # set by close(): every job stops at its next step
 
     def score(self, request: ScoreRequest, cancel: threading.Event | None = None) -> ScoreResult:
         """Generates music for ``request.video``, muxes it, plots and scores the alignment.
@@ -157,8 +158,10 @@ class Scorer:
         cancel = cancel or threading.Event()
 
         def stop_if_cancelled(*step):  # also ``on_step``: after every sampling step
-            if cancel.is_set():
+            if cancel.is_set() or self._closing.is_set():
                 raise Cancelled()
+
+        stop_if_cancelled()
 
         duration = check_duration(request.duration)
         # Drawn here rather than left unseeded, so the page can show it and a visitor can repeat the music.
@@ -199,8 +202,16 @@ class Scorer:
         if folder.parent == self.workdir:  # never anything outside the demo's own folder
             shutil.rmtree(folder, ignore_errors=True)
 
-    def close(self) -> None:
-        """Removes the work folder, when this scorer made it."""
+    def close(self, timeout: float = 60.0) -> None:
+        """Stops the running job at its next step (waiting up to ``timeout`` seconds for it to let
+        go of the model), refuses new ones, and removes the work folder when this scorer made it.
+
+        A server that stops (Ctrl+C, SIGTERM) thus leaves no generation running in a worker
+        thread past its own end.
+        """
+        self._closing.set()
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

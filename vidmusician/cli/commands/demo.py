@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 from ...errors import ConfigError
 
@@ -60,11 +61,15 @@ def run(args) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
     finally:
-        scorer.close()
-    return 0
+        scorer.close()  # a job still running stops at its next step first
+    return 143 if _TERMINATED.is_set() else 0  # 128 + SIGTERM, as for every command
+
+
+_TERMINATED = threading.Event()
 
 
 def _interrupt(signum, frame):
+    _TERMINATED.set()
     raise KeyboardInterrupt
 
 
