@@ -275,6 +275,16 @@ def test_page_names_the_models_and_warns_of_random_stand_ins(scorer):
     assert _random_encoder("ViT-B-32") and not _random_encoder("ViT-B-32:openai")  # no tag: random weights
 
 
+def test_the_pages_copies_do_not_pile_up_and_its_chain_has_no_api(scorer):
+    from vidmusician.demo import build_app
+
+    app = build_app(scorer)
+    assert app.delete_cache == (600, 3600)  # Gradio deletes its files an hour old, every 10 minutes
+    # The page's chain has no API of its own: `run` called alone found no job and kept its folder.
+    chain = {f.name: f.api_visibility for f in app.fns.values() if f.name in ("begin", "run", "end", "cancel")}
+    assert chain == dict.fromkeys(("begin", "run", "end", "cancel"), "private")
+
+
 @pytest.mark.parametrize("text, seed", [("", None), ("  ", None), (None, None), ("12", 12), (" 7 ", 7)])
 def test_seed_field_empty_means_random(text, seed):
     from vidmusician.demo.app import _seed

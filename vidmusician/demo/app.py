@@ -25,6 +25,8 @@ the video's visual beats above the music's onsets on one time axis, with the
 beat-alignment score (the `vidmusician eval --plot` figure)."""
 
 # Beside the score: what it measures, its range and direction, and where it is defined.
+# (every, older than) seconds: Gradio's copies of uploads and results an hour old go, checked every 10 minutes.
+GRADIO_CACHE_SWEEP = (600, 3600)
 _SCORE_HELP = ("how close the music's beats fall to the video's visual beats: 0 to 1, higher is better "
                "([Bailando](https://github.com/lisiyao21/Bailando)'s score, the mean over music beats of "
                "exp(-d²/2σ²), d the distance to the nearest visual beat, σ = {sigma:g} s; "
@@ -95,7 +97,8 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
         return "Cancelled.", *idle
 
     score_help = _SCORE_HELP.format(sigma=DEFAULT_BA_SIGMA)
-    with gr.Blocks(title="vidmusician", analytics_enabled=False) as app:
+    # Gradio keeps its own copy of every upload and result until the server stops: older ones go.
+    with gr.Blocks(title="vidmusician", analytics_enabled=False, delete_cache=GRADIO_CACHE_SWEEP) as app:
         gr.Markdown(_INTRO)
         gr.Markdown(_describe(scorer.models), elem_id="models")
         with gr.Row():
@@ -136,13 +139,17 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
             gr.Examples(examples, inputs=[video, text], label="Examples (synthetic clips)")
         folder = gr.State(None)
         results = [out_video, out_audio, out_wav, out_plot, status]
-        job = run_button.click(begin, outputs=[*results, run_button, cancel_button], queue=False).then(
+        # The page's own chain (begin -> run -> end, and Cancel): no API of its own, where a call
+        # to `run` alone would find no job to run and leave its folder behind.
+        private = dict(api_visibility="private")
+        job = run_button.click(begin, outputs=[*results, run_button, cancel_button], queue=False, **private).then(
             run, inputs=[video, text, duration, seed, top_k, temperature, text_cfg, video_cfg],
             outputs=[*results, folder], concurrency_limit=1,
             # One progress bar, over the first result, rather than one in every output box.
-            show_progress_on=out_video)
-        job.then(end, inputs=folder, outputs=[folder, run_button, cancel_button])
-        cancel_button.click(cancel, outputs=[status, run_button, cancel_button], cancels=[job], queue=False)
+            show_progress_on=out_video, **private)
+        job.then(end, inputs=folder, outputs=[folder, run_button, cancel_button], **private)
+        cancel_button.click(cancel, outputs=[status, run_button, cancel_button], cancels=[job], queue=False,
+                            **private)
     # One job at a time shares the model; the others wait in the queue, each with its own results.
     app.queue(default_concurrency_limit=1)
     return app
