@@ -182,15 +182,21 @@ def test_bad_input_raises_one_line_video_error(bad_inputs, kind):
         assert "\n" not in message and str(path) in message and words in message, message
 
 
-def test_a_codec_the_frame_reader_lacks_says_which_and_how_to_convert(tmp_path):
-    """AV1 (what many downloads are): decord's FFmpeg has no decoder for it, PyAV's names it."""
+@pytest.fixture
+def av1_clip(tmp_path):
+    """Ten AV1 frames in an .mp4 (what many downloads are)."""
     import av
 
     try:
         av.codec.Codec("libsvtav1", "w")
     except Exception:  # pragma: no cover - PyAV's wheels carry it
         pytest.skip("no AV1 encoder in this PyAV")
-    path = write_video(tmp_path / "av1.mp4", np.zeros((10, 64, 64, 3), np.uint8), 25, codec="libsvtav1")
+    return write_video(tmp_path / "av1.mp4", np.zeros((10, 64, 64, 3), np.uint8), 25, codec="libsvtav1")
+
+
+def test_a_codec_the_frame_reader_lacks_says_which_and_how_to_convert(av1_clip, tmp_path):
+    """AV1: decord's FFmpeg has no decoder for it, PyAV's names it."""
+    path = av1_clip
     with pytest.raises(VideoError) as err:
         probe(path)
     message = str(err.value)
@@ -204,17 +210,13 @@ def test_a_codec_the_frame_reader_lacks_says_which_and_how_to_convert(tmp_path):
     assert "convert it first" not in str(err.value)
 
 
-def test_a_stream_copy_needs_no_encoder_of_its_codec(tmp_path):
+def test_a_stream_copy_needs_no_encoder_of_its_codec(av1_clip, tmp_path):
     """AV1's decoder (libdav1d) has no encoder of its name: copying its packets into an output must not ask for one."""
     import av
 
     from vidmusician.audio_io import check_muxable, write_output
 
-    try:
-        av.codec.Codec("libsvtav1", "w")
-    except Exception:  # pragma: no cover - PyAV's wheels carry it
-        pytest.skip("no AV1 encoder in this PyAV")
-    path = write_video(tmp_path / "av1.mp4", np.zeros((10, 64, 64, 3), np.uint8), 25, codec="libsvtav1")
+    path = av1_clip
     music = np.zeros((1, 16000), np.float32)
     for suffix in (".mkv", ".mp4"):
         check_muxable(path, tmp_path / f"out{suffix}")
