@@ -287,3 +287,17 @@ def test_readme_generate_commands_parse():
     for command in commands:
         args = parser.parse_args(shlex.split(command)[1:])
         assert args.command == "generate", command
+
+
+def test_video_outputs_shorter_than_the_duration_say_the_music_was_cut(folder, adapter_dir, tmp_path, capsys):
+    videos = tmp_path / "two"
+    videos.mkdir()
+    for name in ("a", "b"):  # 1.4 s and 0.8 s
+        shutil.copyfile(folder / f"{name}.mp4", videos / f"{name}.mp4")
+    argv = ["generate", str(videos), "-o", str(tmp_path / "out"), "--adapter", str(adapter_dir), "-q",
+            "--duration", "1.0", "--seed", "1"]
+    assert cli.main([*argv, "--format", "mp4"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the music was cut to the video's length in 1 of 2 outputs (--duration is longer)" in err, err
+    assert cli.main([*argv[:3], str(tmp_path / "wav"), *argv[4:]]) == 0  # audio outputs keep it all
+    assert "was cut" not in capsys.readouterr().err

@@ -42,12 +42,15 @@ class ManyReport:
         failed: ``(video, one-line error)`` of each video that could not be scored.
         replaced_soundtracks: videos whose own audio the video output left out
             (``keep_soundtrack=False``).
+        cut_music: videos whose video output holds less music than asked for: a
+            ``duration`` longer than the video is cut at its end (an audio output keeps it).
     """
 
     scored: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     replaced_soundtracks: list[Path] = field(default_factory=list)
+    cut_music: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
         """``scored 2, skipped 1, failed 1``."""
@@ -102,7 +105,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             line, before any video is scored). A bad video does not raise: it is in
             the report's ``failed``.
     """
-    from .audio_io import VIDEO_FORMATS, check_muxable, check_writable, write_output
+    from .audio_io import VIDEO_FORMATS, check_muxable, check_writable, muxed_samples, write_output
     from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
     from .generation.windows import check_duration, check_seed, decode, features_of, sample_tokens
     from .pipeline import load_for_generation
@@ -199,6 +202,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                     report.scored.append(outputs[video])
                     if suffix in VIDEO_FORMATS and not keep_soundtrack and infos[video].has_audio:
                         report.replaced_soundtracks.append(video)
+                    if suffix in VIDEO_FORMATS and muxed_samples(video, wav.shape[-1], sample_rate) < wav.shape[-1]:
+                        report.cut_music.append(video)
                 bar.update(1)
     finally:
         bar.close()

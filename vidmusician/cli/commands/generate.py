@@ -148,6 +148,10 @@ def run_many(args) -> int:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music in "
               f"{len(report.replaced_soundtracks)} of {len(report.scored)} outputs (--keep-soundtrack keeps it as a "
               f"second audio stream)", file=sys.stderr)
+    if report.cut_music:
+        print(f"vidmusician generate: note: the music was cut to the video's length in {len(report.cut_music)} "
+              f"of {len(report.scored)} outputs (--duration is longer); an audio output (--format wav) keeps "
+              f"all of it", file=sys.stderr)
     failed = "".join(f"\n  {line}" for line in report.failures())
     print(f"vidmusician generate: {report.summary()} into {short_path(folder)}{failed}", file=sys.stderr)
     return 1 if report.failed else 0
