@@ -42,6 +42,7 @@ def run(args) -> int:
     # Models first: a bad adapter, backbone or encoder fails here, before the page is up.
     scorer = Scorer(adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, device=args.device,
                     max_duration=args.max_duration)
+    terminated = threading.Event()  # set by SIGTERM, for the exit status
     try:
         # Read by gradio when it is imported: no telemetry or version check, and its
         # uploads and cached outputs go under the scorer's folder, removed on exit.
@@ -52,7 +53,7 @@ def run(args) -> int:
         examples = None if args.no_examples else write_examples(scorer.workdir / "examples")
         app = build_app(scorer, examples)
         # `kill` (and service managers) stop a server with SIGTERM: leave as tidily as on Ctrl+C.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: _interrupt(terminated))
         print(f"vidmusician demo: serving on http://{args.host}:{args.port} (Ctrl+C stops it)",
               file=sys.stderr, flush=True)
         try:
@@ -62,14 +63,11 @@ def run(args) -> int:
             signal.signal(signal.SIGTERM, previous)
     finally:
         scorer.close()  # a job still running stops at its next step first
-    return 143 if _TERMINATED.is_set() else 0  # 128 + SIGTERM, as for every command
+    return 143 if terminated.is_set() else 0  # 128 + SIGTERM, as for every command
 
 
-_TERMINATED = threading.Event()
-
-
-def _interrupt(signum, frame):
-    _TERMINATED.set()
+def _interrupt(terminated: threading.Event):
+    terminated.set()
     raise KeyboardInterrupt
 
 
