@@ -196,6 +196,10 @@ def test_a_source_list_naming_a_pair_twice_is_refused_before_any_work(tmp_path, 
     # The same video with another music track is another pair.
     (tmp_path / "pairs.jsonl").write_text('{"video": "a.mp4", "audio": "x.wav"}\n{"video": "a.mp4"}\n')
     assert [s.id for s in list_sources(tmp_path / "pairs.jsonl")] == ["a.mp4+x.wav", "a.mp4"]
+    # One file spelled two ways is one video.
+    (tmp_path / "pairs.csv").write_text("video,audio\n./a.mp4,x.wav\nb.mp4,\nsub/../a.mp4,./x.wav\n")
+    with pytest.raises(ConfigError, match=r"rows 2 and 4 both name ./a.mp4\+x.wav and sub/../a.mp4\+./x.wav"):
+        list_sources(tmp_path / "pairs.csv")
 
 
 def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):

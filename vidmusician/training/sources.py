@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +80,13 @@ def list_sources(src) -> list[Source]:
             raise ConfigError(f"{src}: row {n} has no 'video' (columns: video, audio (optional), text (optional))")
         audio = row.get("audio") or None
         sid = printable(row["video"] if audio is None else f"{row['video']}+{audio}")
-        # One id is one source in the index and the shards: a second row would write its windows again.
-        if first_row.setdefault(sid, n) != n:
-            raise ConfigError(f"{src}: rows {first_row[sid]} and {n} both name {sid}; list each video (with its "
+        # One file is one source in the index and the shards: a second row would write its windows again,
+        # also where it spells the path another way (./a.mp4, a.mp4, sub/../a.mp4).
+        key = tuple(os.path.normpath(src.parent / p) for p in (row["video"], audio) if p)
+        if first_row.setdefault(key, (n, sid))[0] != n:
+            first, first_id = first_row[key]
+            named = sid if first_id == sid else f"{first_id} and {sid}"
+            raise ConfigError(f"{src}: rows {first} and {n} both name {named}; list each video (with its "
                               f"audio) once (one text per pair)")
         sources.append(Source(sid, src.parent / row["video"], src.parent / audio if audio else None,
                               printable(row.get("text") or "") or None))
