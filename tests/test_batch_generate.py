@@ -221,6 +221,43 @@ def test_an_interrupted_run_leaves_no_partial_file_and_a_rerun_finishes(folder, 
     assert sorted(os.listdir(out)) == ["a_music.wav", "b_music.wav", "c_music.wav"]
 
 
+def test_on_step_counts_the_steps_of_every_batch_and_stops_the_run(folder, adapter_dir, tmp_path, monkeypatch):
+    from vidmusician.errors import DataError
+    from vidmusician.generation import windows
+
+    videos = [folder / f"{name}.mp4" for name in LENGTHS]
+    calls = []
+    report = score(adapter_dir, videos, tmp_path / "all", batch_size=2, on_step=lambda *a: calls.append(a))
+    total = calls[0][1]
+    assert len(report.scored) == 3 and calls == [(n, total) for n in range(1, total + 1)]  # one call per step run
+
+    class Stop(Exception):
+        pass
+
+    stopped = tmp_path / "stopped"
+
+    def stop_in_the_second_batch(done, total):
+        if os.listdir(stopped):  # the first batch (c and a, the longest) is written
+            raise Stop
+    with pytest.raises(Stop):
+        score(adapter_dir, videos, stopped, batch_size=2, on_step=stop_in_the_second_batch)
+    assert sorted(os.listdir(stopped)) == ["a_music.wav", "c_music.wav"]  # what finished stays, nothing else
+
+    # A batch that loses its longest video runs fewer steps, one that loses all none; the run still ends at its total.
+    real = windows.features_of
+
+    def c_and_b_fail(vm, video, *a):
+        if video.name in ("c.mp4", "b.mp4"):
+            raise DataError(f"{video.name}: not a readable video")
+        return real(vm, video, *a)
+    monkeypatch.setattr(windows, "features_of", c_and_b_fail)
+    calls.clear()
+    report = score(adapter_dir, videos, tmp_path / "short", batch_size=2, on_step=lambda *a: calls.append(a))
+    assert len(report.scored) == 1 and len(report.failed) == 2
+    assert calls[-1] == (total, total) and len(calls) < total
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls})  # never backwards
+
+
 # --------------------------------------------------------------------------- #
 # A video's music does not depend on its batch
 

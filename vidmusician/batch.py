@@ -73,7 +73,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                   text_cfg_coef: float | None = None, video_cfg_coef: float | None = None,
                   plausibility: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   output_format: str = "wav", keep_soundtrack: bool = False,
-                  log: Callable[[str], None] | None = None, engine: str = "fast") -> ManyReport:
+                  log: Callable[[str], None] | None = None, engine: str = "fast",
+                  *, on_step: Callable[[int, int], object] | None = None) -> ManyReport:
     """Generates music for many videos, one output file each, in ``output_dir``.
 
     ``OUT/NAME_music.wav`` for ``NAME.mp4`` (``output_format`` sets the suffix); an
@@ -93,6 +94,12 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             stream (the music stays the first, default one); otherwise it is left out.
         log: called with a line for each video that fails, as it fails, and once with
             the number of outputs skipped.
+        on_step: called after every sampling step as ``on_step(done, total)``: the
+            steps done so far and the steps of the whole run (every batch's windows,
+            counted once the models are loaded; a batch that loses a video to a bad
+            file may run fewer, its remainder is counted as done when it ends). An
+            exception raised in it stops the run at that step and propagates: the
+            outputs written before stay.
         adapter, backbone, encoder, text, duration, cfg_coef, top_k, temperature, device,
             progress, extend_stride, text_cfg_coef, video_cfg_coef, plausibility, engine: as
             for :func:`~vidmusician.generate` (``plausibility`` None: its default).
@@ -107,7 +114,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
     """
     from .audio_io import VIDEO_FORMATS, check_muxable, check_writable, muxed_samples, write_output
     from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
-    from .generation.windows import check_duration, check_seed, decode, features_of, sample_tokens
+    from .generation.windows import check_duration, check_seed, count_steps, decode, features_of, sample_tokens
     from .pipeline import load_for_generation
     from .runtime import default_device
     from .video.reader import frames_covering, probe
@@ -172,9 +179,23 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
     # A row's last frames are sampled beside its next ones (the codebook delays): past its end every
     # row samples this many more, so a video's tokens do not depend on what follows it in its batch.
     lookahead = max(getattr(musicgen.lm.pattern_provider, "delays", [0]))
+    groups = group_by_length([lengths[v] for v in pending], batch_size)
+
+    def batch_frames(batch_videos):
+        frames = [frames_covering(lengths[v], frame_rate) for v in batch_videos]
+        return frames, max(frames) + lookahead
+
+    planned = [count_steps(musicgen, batch_frames([pending[i] for i in g])[1], params) for g in groups]
+    steps_total, steps_before, reported = sum(planned), 0, 0
+
+    def batch_step(done, _total):
+        nonlocal reported
+        reported = steps_before + done
+        on_step(reported, steps_total)
+
     bar = _progress_bar(len(pending), progress)
     try:
-        for group in group_by_length([lengths[v] for v in pending], batch_size):
+        for group, steps in zip(groups, planned):
             rows, features = [], []
             for video in (pending[i] for i in group):
                 try:
@@ -184,12 +205,14 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                     failed(video, exc)
                     bar.update(1)
             if not rows:
+                steps_before += steps
                 continue
-            frames = [frames_covering(lengths[v], frame_rate) for v in rows]
-            total = max(frames) + lookahead
+            frames, total = batch_frames(rows)
             batch = vm.make_batch(features, total) if vm is not None else None
             seeds = None if seed is None else [video_seed(seed, v) for v in rows]
-            tokens = sample_tokens(musicgen, [text] * len(rows), total, params, seeds, progress, vm=vm, videos=batch)
+            tokens = sample_tokens(musicgen, [text] * len(rows), total, params, seeds, progress, vm=vm, videos=batch,
+                                   on_step=batch_step if on_step is not None else None)
+            steps_before += steps
             for i, video in enumerate(rows):
                 # Each row decoded on its own, to its own length: the music it gets alone.
                 wav = decode(musicgen, tokens[i:i + 1, :, :frames[i]], lengths[video])[0]
@@ -207,6 +230,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                 bar.update(1)
     finally:
         bar.close()
+    if on_step is not None and reported < steps_total:  # a batch ran short: its videos failed
+        on_step(steps_total, steps_total)
     return report
 
 

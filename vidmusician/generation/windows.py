@@ -155,6 +155,11 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
     return tokens
 
 
+def count_steps(musicgen, num_frames: int, params: GenerationParams) -> int:
+    """The sampling steps :func:`generate_tokens` runs for ``num_frames`` frames (all windows)."""
+    return _total_steps(musicgen.lm, plan_windows(num_frames, *params.window_frames(musicgen)))
+
+
 def _total_steps(lm, windows: Sequence[Window]) -> int:
     steps = 0
     for w in windows:  # sequence steps lm.generate runs: those past the prompt's last step
