@@ -3,7 +3,7 @@
 # not audiocraft's pure-Python stack and cannot download: installs what it lacks from .whl/
 # (made here by `.venv/bin/python scripts/pack_gpu_deps.py`, carried with the working tree),
 # then runs, each under its own time limit (about 7.5 minutes in all), and writes one Markdown report:
-#   1. the CUDA test cases (tests/test_engine.py and the suite's other CUDA-parametrized tests);
+#   1. the CUDA test cases (`-m cuda`: tests/test_engine.py's and the suite's other CUDA-parametrized tests);
 #   2. benchmarks/decode.py: reference and engine, base and adapted, small and medium, batch 1 and 8,
 #      two and three branches;
 #   3. benchmarks/train.py at real size: small and medium, stage 1 and 2, batch 4 x 30 s windows,
@@ -88,8 +88,8 @@ section() {  # section TITLE SECONDS COMMAND...: runs it under a limit, its outp
   echo
 } > "$REPORT"
 
-CUDA_TESTS=$(grep -l -E "DEVICES|cuda" tests/test_*.py | tr '\n' ' ')
-section "CUDA tests" 80 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -k "cuda" $CUDA_TESTS
+CUDA_TESTS=$(grep -l -E "DEVICES|mark.cuda|^def cuda" tests/test_*.py | tr '\n' ' ')
+section "CUDA tests" 80 $PY -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda $CUDA_TESTS
 section "Decode: ms per step and x real time" 170 $PY benchmarks/decode.py --sizes small medium --batches 1 8 \
   --branches 2 3 --seconds 1 --rounds 2 --warmup 1 --markdown "$OUT_DIR/decode.md"
 for size in small medium; do

@@ -26,9 +26,10 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within
 
 
-# Device parameter of the tests that also run on a GPU (skipped where there is none).
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                 reason="needs a CUDA device"))]
+# Device parameter of the tests that also run on a GPU (skipped where there is none); `-m cuda` selects
+# these cases and the other tests of CUDA's own behaviour (what benchmarks/gpu.sh runs on a GPU).
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NEEDS_CUDA])]
 
 # Widths of the tiny visual encoder (`load_encoder('tiny')`): CLIP embedding and patch count.
 TINY_GLOBAL_DIM = 32

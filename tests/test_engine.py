@@ -18,7 +18,7 @@ import weakref
 import pytest
 import torch
 
-from conftest import perturb_adapters, random_video_batch, tiny_config
+from conftest import NEEDS_CUDA, perturb_adapters, random_video_batch, tiny_config
 from vidmusician.generation.engine import DecodeEngine
 from vidmusician.generation.engine_select import select_engine
 from vidmusician.generation.guidance import GenerationParams, Guidance, guidance_conditions, sample_window
@@ -352,7 +352,8 @@ def test_cli_chooses_the_engine(tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------- #
 # CUDA: the captured step (skipped without a GPU)
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def cuda(test):
+    return pytest.mark.cuda(NEEDS_CUDA(test))
 
 
 @cuda

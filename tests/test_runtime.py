@@ -35,6 +35,7 @@ def test_seeded_with_no_seed_draws_from_the_callers_stream():
     assert torch.equal(drawn, expected)
 
 
+@pytest.mark.cuda  # and on a GPU, its device names
 def test_default_device_is_one_type():
     assert default_device("cpu") == torch.device("cpu")
     assert default_device(torch.device("cpu")) == torch.device("cpu")
