@@ -61,6 +61,51 @@ def test_without_video_the_step_is_musicgens_whatever_the_cut():
     assert GenerationParams().plausibility == DEFAULT_PLAUSIBILITY > 0
 
 
+def test_the_cut_spares_the_samples_without_a_video():
+    g = Guidance.two_branch(3.0, plausibility=0.1)
+    batch = torch.cat([COND, COND, NULL, NULL])  # [cond a; cond b; null a; null b], rows stacked by branch
+    guided = g.combine(batch, 2, filtered=torch.tensor([True, False]))
+    torch.testing.assert_close(guided[0], g.combine(torch.cat([COND, NULL]), 1)[0])  # a has a video: cut
+    torch.testing.assert_close(guided[1], Guidance.two_branch(3.0).combine(torch.cat([COND, NULL]), 1)[0])
+    assert torch.isinf(guided[0]).any() and torch.isfinite(guided[1]).all()
+
+
+def peaked_adapted_musicgen():
+    """Tiny adapters with perturbed weights and a backbone whose logits are peaked, as a trained one's are."""
+    from conftest import perturb_adapters, tiny_config
+    from vidmusician.model import attach_adapters
+    from vidmusician.random_backbones import tiny_musicgen
+
+    musicgen = tiny_musicgen()
+    vm = attach_adapters(musicgen, tiny_config(musicgen))
+    perturb_adapters(vm, 0.5)
+    with torch.no_grad():
+        for linear in vm.lm.linears:
+            linear.weight.mul_(30)
+    return vm.eval()
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_a_sample_without_video_gets_its_music_alone_in_a_batch_with_videos(engine):
+    """The default cut acts on the samples with a video only: the null video contributes nothing."""
+    from vidmusician.video.features import VideoFeatures
+
+    vm = peaked_adapted_musicgen()
+    g = torch.Generator().manual_seed(0)
+    video = VideoFeatures(torch.randn(3, 32, generator=g), torch.rand(75, 16, generator=g), 1.0, 25.0, 3.0, "tiny",
+                          "gelu")
+    vm.set_generation_params(engine=engine)
+    assert vm.generation_params.plausibility > 0
+    for text in (None, "calm piano"):
+        _, mixed = vm.generate([video, None], texts=[text, text], duration=2.0, seed=[5, 7], return_tokens=True)
+        _, alone = vm.generate([None], texts=[text], duration=2.0, seed=[7], return_tokens=True)
+        assert torch.equal(mixed[1], alone[0]), text
+        vm.set_generation_params(engine=engine, plausibility=0.0)  # the sample with video does feel the cut
+        _, uncut = vm.generate([video, None], texts=[text, text], duration=2.0, seed=[5, 7], return_tokens=True)
+        assert not torch.equal(uncut[0], mixed[0]) and torch.equal(uncut[1], mixed[1]), text
+        vm.set_generation_params(engine=engine)
+
+
 @pytest.mark.parametrize("coef", [1e6, 1e30, -1e30])
 def test_huge_coefficients_give_a_finite_distribution(coef):
     """float32 throughout: finite while |coef| times the branch differences stays below 3.4e38."""

@@ -202,7 +202,9 @@ class DecodeEngine:
         lm, B, pos = self.lm, self.batch, self.position
         tokens = self.sequence.index_select(2, pos).repeat(self.branches, 1, 1)
         logits = self._forward(tokens, pos, length)
-        token = sample_token(guidance.combine(logits[:, :, -1], B), params, row_seeds)  # [B, K, 1]
+        # The plausibility filter acts on the samples with a video only (the window's own tensor, so a graph reads it).
+        filtered = self.window.video.present if self.window.video is not None else None
+        token = sample_token(guidance.combine(logits[:, :, -1], B, filtered), params, row_seeds)  # [B, K, 1]
         after = pos + 1
         valid = self.pattern_mask.index_select(1, after)  # [K, 1]
         token = torch.where(valid, token, torch.full_like(token, lm.special_token_id))

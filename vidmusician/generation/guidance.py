@@ -61,7 +61,9 @@ class Guidance:
         plausibility: ``alpha``: guidance only ranks the tokens the conditional branch
             (the first) finds plausible, those whose probability is at least ``alpha``
             times its most likely token's; the others get ``-inf``. 0: every token
-            (MusicGen's guidance). Branches without video ignore it (no filter).
+            (MusicGen's guidance). Branches without video ignore it (no filter), and
+            so do the samples without a video in a batch with some
+            (:meth:`combine`'s ``filtered``).
     """
 
     video: tuple[bool, ...]
@@ -102,10 +104,16 @@ class Guidance:
     def branches(self) -> int:
         return len(self.video)
 
-    def combine(self, logits: torch.Tensor, batch: int) -> torch.Tensor:
-        """Guided logits of ``batch`` samples from the branches' logits (rows stacked by branch)."""
+    def combine(self, logits: torch.Tensor, batch: int, filtered: torch.Tensor | None = None) -> torch.Tensor:
+        """Guided logits of ``batch`` samples from the branches' logits (rows stacked by branch).
+
+        ``filtered``: per sample (``batch`` booleans, any shape of that many), whether the
+        plausibility filter applies: the samples that have a video. A sample without one
+        gets MusicGen's guidance, so its music is what it gets alone whatever its batch.
+        None: every sample.
+        """
         if self.plausibility > 0:
-            return self._filtered(logits.float(), batch)
+            return self._filtered(logits.float(), batch, filtered)
         if self.branches == 2:
             cond, null = logits.split(batch)
             # audiocraft's expression, operation for operation: the same tokens as MusicGen.
@@ -113,7 +121,7 @@ class Guidance:
         text_video, text, null = logits.split(batch)
         return null + (text - null) * self.text_coef + (text_video - text) * self.video_coef
 
-    def _filtered(self, logits: torch.Tensor, batch: int) -> torch.Tensor:
+    def _filtered(self, logits: torch.Tensor, batch: int, filtered: torch.Tensor | None) -> torch.Tensor:
         """The guided logits of the conditional's plausible tokens; ``-inf`` for the rest (see ``plausibility``).
 
         Guidance extrapolates from the null branch (the frozen base) through the
@@ -134,6 +142,8 @@ class Guidance:
             guided = null + (branches[1] - null) * self.text_coef + (cond - branches[1]) * self.video_coef
         # log p(x) - log p(top) = logit(x) - max logit: no softmax needed; the top token always stays.
         keep = cond - cond.amax(dim=-1, keepdim=True) >= math.log(self.plausibility)
+        if filtered is not None:
+            keep = keep | ~filtered.reshape(-1, *(1,) * (keep.dim() - 1))
         return guided.masked_fill(~keep, -math.inf)
 
 
@@ -245,7 +255,8 @@ def guidance_conditions(lm, attributes, guidance: Guidance) -> dict:
     return provider(provider.tokenize(rows))
 
 
-def guided_logits(lm, sequence: torch.Tensor, conditions: dict, guidance: Guidance) -> torch.Tensor:
+def guided_logits(lm, sequence: torch.Tensor, conditions: dict, guidance: Guidance,
+                  filtered: torch.Tensor | None = None) -> torch.Tensor:
     """One forward of the branches' batch: guided logits ``[B, K, card]`` of the last step.
 
     Args:
@@ -253,10 +264,11 @@ def guided_logits(lm, sequence: torch.Tensor, conditions: dict, guidance: Guidan
         sequence: ``[B, K, S]`` pattern steps of the B samples.
         conditions: :func:`guidance_conditions` of the same guidance.
         guidance: the branches and their coefficients.
+        filtered: the samples the plausibility filter applies to (see :meth:`Guidance.combine`).
     """
     batch = sequence.shape[0]
     logits = lm(sequence.repeat(guidance.branches, 1, 1), conditions=[], condition_tensors=conditions)
-    return guidance.combine(logits[:, :, -1], batch)  # [B, K, S, card] -> last step
+    return guidance.combine(logits[:, :, -1], batch, filtered)  # [B, K, S, card] -> last step
 
 
 def sample_token(logits: torch.Tensor, params: GenerationParams, row_seeds=None) -> torch.Tensor:
@@ -281,7 +293,8 @@ def sample_token(logits: torch.Tensor, params: GenerationParams, row_seeds=None)
 
 @torch.no_grad()
 def sample_window(lm, prompt: torch.Tensor, conditions: dict, guidance: Guidance, max_gen_len: int,
-                  params: GenerationParams, callback=None, row_seeds=None) -> torch.Tensor:
+                  params: GenerationParams, callback=None, row_seeds=None,
+                  filtered: torch.Tensor | None = None) -> torch.Tensor:
     """Codes of one window, its prompt included: ``LMModel.generate``'s loop, guided by ``guidance``.
 
     Args:
@@ -293,6 +306,7 @@ def sample_window(lm, prompt: torch.Tensor, conditions: dict, guidance: Guidance
         params: sampling parameters.
         callback: called after every step.
         row_seeds: per-row RNG states (:func:`sample_token`); None: torch's RNG.
+        filtered: the samples the plausibility filter applies to (see :meth:`Guidance.combine`).
 
     Returns:
         ``[B, K, max_gen_len]`` codes.
@@ -308,7 +322,7 @@ def sample_window(lm, prompt: torch.Tensor, conditions: dict, guidance: Guidance
     with lm.streaming():
         previous = 0
         for offset in range(pattern.get_first_step_with_timesteps(T), sequence.shape[-1]):
-            logits = guided_logits(lm, sequence[..., previous:offset], conditions, guidance)
+            logits = guided_logits(lm, sequence[..., previous:offset], conditions, guidance, filtered)
             token = sample_token(logits, params, row_seeds)
             # Positions the pattern leaves empty hold the special token; prompt codes stay.
             token[~mask[..., offset:offset + 1].expand(B, -1, -1)] = lm.special_token_id

@@ -143,7 +143,8 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
                                                  row_seeds=row_seeds)
                 else:
                     codes = sample_window(lm, prompt, conditions, guidance, w.frames, params,
-                                          callback=step, row_seeds=row_seeds)
+                                          callback=step, row_seeds=row_seeds,
+                                          filtered=videos.present.to(device) if has_video else None)
             pieces.append(codes[..., w.prompt_frames:])
             prompt = codes[..., stride:]
     finally:
