@@ -114,6 +114,12 @@ def test_fit_checks_name_the_differing_fields_and_the_fix(tiny):
     with pytest.raises(ConfigError, match=rf"^video features do not fit the adapter \(global_dim: features 8 vs "
                                           rf"adapter {TINY_GLOBAL_DIM}\); extract them with encoder 'tiny'$"):
         vm.make_batch(batch)
+    from dataclasses import replace
+    twice = replace(random_video_batch(2, [True, False]), global_fps=2.0)  # the memory's positions are seconds
+    with pytest.raises(ConfigError, match=r"^video features have 2 global frames per second, the adapter reads 1; "
+                                          r"extract them with --global-fps 1$"):
+        vm.make_batch(twice)
+    vm.make_batch(replace(random_video_batch(2, [False, False]), global_fps=2.0))  # no video: no rate to check
     with pytest.raises(ConfigError, match=rf"^f.safetensors: features from encoder 'tiny' do not fit the adapter "
                                           rf"trained on 'tiny' \(local_dim: features 8 vs adapter {TINY_LOCAL_DIM}\); "
                                           rf"use the adapter's encoder"):

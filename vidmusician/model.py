@@ -140,6 +140,11 @@ class VidMusician:
             raise ConfigError(f"video features do not fit the adapter ({diffs}); extract them with encoder {c.encoder!r}")
         if abs(batch.frame_rate - c.frame_rate) > 1e-6:
             raise ConfigError(f"video batch aligned to {batch.frame_rate} Hz, the codec runs at {c.frame_rate} Hz")
+        # The memory's positions count the adapter's global frames: features at another rate would
+        # put every frame at another time.
+        if bool(batch.present.any()) and abs(batch.global_fps - c.global_fps) > 1e-6:
+            raise ConfigError(f"video features have {batch.global_fps:g} global frames per second, the adapter reads "
+                              f"{c.global_fps:g}; extract them with --global-fps {c.global_fps:g}")
 
     # -- training state ------------------------------------------------------
 
