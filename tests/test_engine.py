@@ -70,7 +70,7 @@ def run_both(lm, guidance, frames, params=GREEDY, texts=("piano", "drums"), vm=N
     ref_logits = []
     hook = lm.register_forward_hook(lambda m, args, out: ref_logits.append(out[:, :, -1].clone()))
     if vm is not None:
-        vm.context.set(videos, frame_offset, branches=guidance.video)
+        vm.context.set(videos, frame_offset, branches=guidance.video, frames=frames)
     torch.manual_seed(seed)
     try:
         ref = sample_window(lm, prompt, conditions, guidance, frames, params)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 
 import av
 import numpy as np
@@ -138,9 +139,27 @@ def test_each_window_reads_its_own_stretch_of_video(base):
                                              np.maximum(times - lag / fr, 0.0)) for lag in lags], axis=1)
         np.testing.assert_allclose(local[0].numpy(), expected, atol=1e-5, err_msg=f"{(offset, position)}")
     for offset, tokens in seen_global:
-        second = round(offset / fr)  # the global frame nearest the window's start
-        assert torch.equal(tokens[0], feats.global_feats[second:second + vm.config.max_global_tokens])
+        # From the global frame nearest the window's start, the frames of its 1 s (not the memory's 30 s).
+        second = round(offset / fr)
+        assert vm.config.max_global_tokens > 1 and torch.equal(tokens[0], feats.global_feats[second:second + 1])
     assert sorted({offset for offset, _ in seen_global}) == starts
+
+
+def test_a_memory_shorter_than_the_window_is_said_and_the_rest_is_not_seen(base):
+    musicgen = fresh(base, max_duration=2)
+    vm = attach_adapters(musicgen, tiny_config(musicgen, max_global_tokens=1))
+    perturb_adapters(vm, scale=0.1)
+    seen = []
+    vm.lm.video_inputs.memory.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    with pytest.warns(UserWarning, match=r"^the adapter's memory holds 1 global frames \(1 s at 1/s\), so the video "
+                                         r"past 1 s of each 2 s window is not seen; train adapters on windows as "
+                                         r"long as the backbone's$"):
+        vm.generate([ramp_features(2)], duration=2.0, seed=0)
+    assert set(seen) == {1}
+    vm = adapted(base, max_duration=2)  # 30 tokens: a 2 s window fits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vm.generate([ramp_features(2)], duration=2.0, seed=0)
 
 
 # --------------------------------------------------------------------------- #

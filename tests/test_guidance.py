@@ -121,7 +121,7 @@ def test_equal_coefficients_sample_todays_tokens_in_todays_batch(base):
     # Today's path: audiocraft's own LMModel.generate, CFG [cond; uncond] of 2B rows.
     attributes = text_conditions(vm.musicgen, TEXTS)
     torch.manual_seed(3)
-    with vm.video(videos):
+    with vm.video(videos, frames=FRAME_RATE // 2):
         today = vm.lm.generate(None, attributes, max_gen_len=FRAME_RATE // 2, use_sampling=True, top_k=250,
                                cfg_coef=2.5)
     rows = []

@@ -113,20 +113,24 @@ class VidMusician:
         self._check_batch(videos)
         return videos.to(self.device)
 
-    def set_video(self, videos: VideoBatch | Sequence | None, frame_offset: int = 0) -> None:
+    def set_video(self, videos: VideoBatch | Sequence | None, frame_offset: int = 0,
+                  frames: int | None = None) -> None:
         """Conditions the following forwards on ``videos`` (one per sample, ``None`` = null).
 
         Args:
             videos: a :class:`VideoBatch`, a list of ``VideoFeatures``/``None``, or
                 ``None`` to run the base model.
             frame_offset: codec frame of the video that sequence step 0 corresponds to.
+            frames: the codec frames the forwards cover (a generation window): the
+                semantic adapters see the video of that stretch only. None: as much as
+                their memory holds (``config.max_global_tokens`` global frames).
         """
-        self.context.set(self.make_batch(videos), frame_offset)
+        self.context.set(self.make_batch(videos), frame_offset, frames=frames)
 
     @contextlib.contextmanager
-    def video(self, videos, frame_offset: int = 0):
+    def video(self, videos, frame_offset: int = 0, frames: int | None = None):
         """``with vm.video(features): ...``: sets the video, and clears it on exit."""
-        self.set_video(videos, frame_offset)
+        self.set_video(videos, frame_offset, frames)
         try:
             yield self
         finally:

@@ -146,6 +146,7 @@ class VideoContext:
         self.max_global_tokens = max_global_tokens
         self.batch: VideoBatch | None = None
         self.frame_offset = 0
+        self.frames: int | None = None
         self.branches: tuple[bool, ...] | None = None
         self.window_id = 0  # changes whenever the video, offset or row layout changes
         self._reset_layout()
@@ -165,12 +166,16 @@ class VideoContext:
         self._memory = None
         self._rhythm = None
 
-    def set(self, batch: VideoBatch | None, frame_offset: int = 0, branches: tuple[bool, ...] | None = None):
+    def set(self, batch: VideoBatch | None, frame_offset: int = 0, branches: tuple[bool, ...] | None = None,
+            frames: int | None = None):
         """Conditions the following forwards on ``batch``.
 
         Args:
             batch: the video of each sample (None: no video, the base model).
             frame_offset: codec frame of the video that sequence step 0 reads.
+            frames: the window's length in codec frames: its memory is the global
+                tokens of its own stretch of video (at most ``max_global_tokens``), as
+                a training window's is. None: ``max_global_tokens`` from ``frame_offset``.
             branches: the model batch's row layout: one flag per block of
                 ``batch.size`` rows, True where the block carries the video (e.g.
                 ``(True, False, False)`` for guidance's ``[text+video; text; null]``).
@@ -179,6 +184,7 @@ class VideoContext:
         """
         self.batch = batch
         self.frame_offset = int(frame_offset)
+        self.frames = None if frames is None else int(frames)
         self.branches = None if branches is None else tuple(bool(b) for b in branches)
         self._reset_layout()
         self._begin(0, 0, None)
@@ -289,7 +295,10 @@ class VideoContext:
         """([n, t, g] tokens, [n, t] mask): the global tokens of this window's stretch of video."""
         b = self.batch
         start = int(round(self.frame_offset / b.frame_rate * b.global_fps))
-        stop = start + self.max_global_tokens
+        count = self.max_global_tokens
+        if self.frames is not None:
+            count = min(count, frames_covering(self.frames / b.frame_rate, b.global_fps))
+        stop = start + count
         idx = self.video_rows().to(b.global_feats.device)
         tokens, mask = b.global_feats[:, start:stop][idx], b.global_mask[:, start:stop][idx]
         if tokens.shape[1] == 0:  # window entirely past the video's end

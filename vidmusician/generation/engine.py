@@ -140,7 +140,7 @@ class DecodeEngine:
         self.sequence[..., :S] = sequence
         self.pattern_mask[:, :S] = mask
         adapted = {i: layer for i, layer in enumerate(lm.transformer.layers) if hasattr(layer, "base_layer")}
-        video = self._video_window(videos, frame_offset, max_global_tokens, guidance, adapted)
+        video = self._video_window(videos, frame_offset, max_gen_len, max_global_tokens, guidance, adapted)
         self.window = _Window(self._cross_keys(conditions), video, adapted)
         self._prepare_cache()
         if not params.samples:
@@ -316,7 +316,7 @@ class DecodeEngine:
             out.append(tuple(z.view(b, t, H, d // H).transpose(1, 2) for z in (k, v)))
         return out
 
-    def _video_window(self, videos, frame_offset: int, max_tokens: int, guidance: Guidance,
+    def _video_window(self, videos, frame_offset: int, frames: int, max_tokens: int, guidance: Guidance,
                       adapted: dict) -> _VideoWindow | None:
         """The adapters' inputs of one window (None: no adapter acts on any row)."""
         lm = self.lm
@@ -328,7 +328,8 @@ class DecodeEngine:
         # Every sample's rows of the video branch take the adapters; a sample without video
         # keeps its own values (torch.where at each layer), so shapes do not depend on who has one.
         context = VideoContext(max_tokens)
-        context.set(replace(videos, present=torch.ones_like(videos.present)), frame_offset, branches=(True,))
+        context.set(replace(videos, present=torch.ones_like(videos.present)), frame_offset, branches=(True,),
+                    frames=frames)
         context.begin_forward(self.batch, 0, 0, self.device, inputs)
         folded = {}
         for i, layer in adapted.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -104,6 +105,8 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
     window, stride = params.window_frames(musicgen)
     windows = plan_windows(num_frames, window, stride)
     has_video = vm is not None and videos is not None and bool(videos.present.any())
+    if has_video:
+        _warn_if_memory_is_short(vm.config, windows[0].frames / musicgen.frame_rate)
     # No prompt in the batch: its text rows would be its null rows, a third branch for nothing.
     has_text = any(value for a in attributes for value in a.text.values())
     guidance = params.guidance(has_video, has_text)
@@ -132,7 +135,7 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
             if vm is not None:
                 # Step 0 of this window is frame w.frame_offset of the video; the
                 # model's rows are the guidance's branches, which say who gets it.
-                vm.context.set(videos, w.frame_offset, branches=guidance.video)
+                vm.context.set(videos, w.frame_offset, branches=guidance.video, frames=w.frames)
             if len(windows) > 1:
                 bar.set_description(f"window {w.index + 1}/{len(windows)}")
             with musicgen.autocast:
@@ -154,6 +157,16 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
     tokens = torch.cat(pieces, dim=-1)
     assert tokens.shape[-1] == num_frames, (tokens.shape, num_frames)
     return tokens
+
+
+def _warn_if_memory_is_short(config, window_seconds: float) -> None:
+    """Says once per generation when a window's video is longer than the adapters' memory holds."""
+    needed = frames_covering(window_seconds, config.global_fps)
+    if needed > config.max_global_tokens:
+        held = config.max_global_tokens / config.global_fps
+        warnings.warn(f"the adapter's memory holds {config.max_global_tokens} global frames ({held:g} s at "
+                      f"{config.global_fps:g}/s), so the video past {held:g} s of each {window_seconds:g} s window "
+                      f"is not seen; train adapters on windows as long as the backbone's", stacklevel=3)
 
 
 def count_steps(musicgen, num_frames: int, params: GenerationParams) -> int:
