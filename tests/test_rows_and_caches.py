@@ -114,3 +114,17 @@ def test_a_short_video_beside_a_long_one_over_several_windows(tiny):
             assert torch.equal(got[0][mask[0]], ref[0][mask[0]]), second
         else:
             assert not torch.allclose(got[0][mask[0]], ref[0][mask[0]], atol=1e-3)
+
+
+@pytest.mark.parametrize("seconds, first, count", [(6.5, 7, 2), (7.5, 8, 2), (6.4, 6, 2), (6.0, 6, 2), (13.0, 13, 2)])
+def test_a_window_reads_the_global_frames_of_its_own_stretch(seconds, first, count):
+    """From the global frame nearest its start (half way: the later one, for every parity) for its length."""
+    batch = random_video_batch(1, [True], num_frames=800, num_global=16)  # 16 s
+    ctx = VideoContext(max_global_tokens=8)
+    ctx.set(batch, frame_offset=round(seconds * 50), frames=75)  # 1.5 s: two frames cover it
+    ctx.begin_forward(1, position=0, steps=1, device="cpu", inputs=None)
+    tokens, mask = ctx.global_window()
+    assert torch.equal(tokens[0], batch.global_feats[0, first:first + count]) and mask.all()
+    ctx.set(batch, frame_offset=round(seconds * 50))  # no length: the memory's 8 frames
+    ctx.begin_forward(1, position=0, steps=1, device="cpu", inputs=None)
+    assert torch.equal(ctx.global_window()[0][0], batch.global_feats[0, first:first + 8])

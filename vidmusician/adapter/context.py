@@ -14,6 +14,7 @@ carry video, ``s`` steps, ``t`` memory tokens, ``d`` model width, ...).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -294,7 +295,8 @@ class VideoContext:
     def global_window(self) -> tuple[torch.Tensor, torch.Tensor]:
         """([n, t, g] tokens, [n, t] mask): the global tokens of this window's stretch of video."""
         b = self.batch
-        start = int(round(self.frame_offset / b.frame_rate * b.global_fps))
+        # The global frame nearest the window's start (half way: the later one, whatever the parity).
+        start = math.floor(self.frame_offset / b.frame_rate * b.global_fps + 0.5)
         count = self.max_global_tokens
         if self.frames is not None:
             count = min(count, frames_covering(self.frames / b.frame_rate, b.global_fps))
