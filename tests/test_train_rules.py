@@ -159,6 +159,30 @@ def test_a_longer_max_steps_names_the_learning_rate_before_and_after():
     assert schedule_change(20000, r, 5000) is None and schedule_change(None, r, 5000) is None
 
 
+def test_a_run_resumed_with_a_longer_max_steps_follows_the_new_schedule_from_the_resumed_step(
+        captioned_data, tmp_path, capsys):
+    """Stopped at step 2 of 4 and resumed with max_steps 7, a run equals one made with 7 from the
+    start: the steps before the resume (warmup, then the cosine's first, lr 0.01) are alike in
+    both schedules, and from step 2 on the resumed run takes the new schedule's lr, not the one
+    its checkpoint's optimizer held."""
+    texts, _ = captioned_data
+    r = recipe(tmp_path, stage=1, trainable=["semantic"], batch_size=4, max_steps=4, warmup_steps=1,
+               save_every=2, keep_checkpoints=3, text_dropout=0.0)
+    args = ["--recipe", r, "--data", texts, "--backbone", "tiny"]
+    out = tmp_path / "resumed"
+    train_here(args + ["--output", out])
+    shutil.rmtree(out / "adapter")
+    shutil.rmtree(out / "checkpoints" / "step-00000004")
+    (out / "checkpoints" / "latest").write_text("step-00000002\n")
+    capsys.readouterr()
+    train_here(args + ["--output", out, "--resume", "--set", "max_steps=7"])
+    line = "max_steps 4 -> 7: the learning rate follows the new schedule (0.0078 -> 0.0094 at step 2)"
+    assert line in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    train_here(args + ["--output", fresh, "--set", "max_steps=7"])
+    assert max_diff(adapter(fresh), adapter(out)) < 1e-6
+
+
 # ---- evaluation leaves the training RNG alone ----------------------------------------------------
 
 
