@@ -413,7 +413,7 @@ def rewound(run_dir: Path, to: Path) -> Path:
 
 
 def test_resume_restores_the_rng_where_it_is_next_used(short_run, tmp_path):
-    """After a resume the RNG runs on exactly as in the uninterrupted run (dropout or augmentation
+    """After a resume the RNG runs on exactly as in the uninterrupted run (dropout in the trainer
     would see the same numbers): here, the state both runs end with."""
     args, straight, end_state = short_run
     import shutil

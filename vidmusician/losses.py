@@ -46,11 +46,24 @@ def loss_mask(lm, valid: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def coarse_codebooks(lm) -> int:
+    """How many leading codebooks are coarse: those at delay 0 of the LM's delay pattern.
+
+    Mono MusicGen has one (codebook 0). Stereo MusicGen interleaves its channels' codebooks
+    ``[L0, R0, L1, R1, ...]`` at delays ``[0, 0, 1, 1, ...]``: two, each channel's first.
+    A pattern without delays (not MusicGen's) counts its first codebook.
+    """
+    delays = list(getattr(lm.pattern_provider, "delays", None) or [0])
+    first = next((k for k, d in enumerate(delays) if d != delays[0]), len(delays))
+    assert all(d != delays[0] for d in delays[first:]), f"coarse codebooks are not leading: delays {delays}"
+    return first
+
+
 def plausible_targets(base_logits: torch.Tensor, codes: torch.Tensor, fraction: float,
                       first: int = 1) -> torch.Tensor:
     """[B, K, T]: the targets the frozen base finds plausible, so that the loss may count them.
 
-    Every target of the first ``first`` codebooks counts (the coarse codes carry what
+    Every target of the first ``first`` codebooks (:func:`coarse_codebooks`) counts (the coarse codes carry what
     the video calls for, including what the base alone would not expect there); in the
     finer codebooks a target counts when its probability under the base is at least
     ``fraction`` of the base's most likely token's. A lossy soundtrack (AAC, noise)

@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..adapter.context import VideoBatch
@@ -242,6 +243,28 @@ class EpochBatches(torch.utils.data.Sampler):
             batch = perm[i * self.global_batch:(i + 1) * self.global_batch]
             yield batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
             b += 1
+
+
+class TextDropout:
+    """Leaves out each training window's text with probability ``p`` (MusicGen's classifier-free dropout).
+
+    A window's draw is a function of the seed, its global batch (counted from the run's
+    start, as :class:`EpochBatches` counts them) and its place in that batch, never of
+    torch's global RNG: a resumed run draws what the uninterrupted one drew, and any
+    process count with the same global batch draws the same for the same window.
+    """
+
+    def __init__(self, p: float, batches: EpochBatches):
+        self.p, self.seed, self.global_batch = p, batches.seed, batches.global_batch
+        self.offset = batches.rank * batches.batch_size  # this process's first place in a global batch
+
+    def __call__(self, texts: list, batch: int) -> list:
+        """``texts`` of this process's part of global batch ``batch``, each None where dropped."""
+        if not self.p:
+            return list(texts)
+        # Its own stream (the 1), apart from any other draw made from the same seed.
+        u = np.random.default_rng([self.seed, batch, 1]).random(self.global_batch)[self.offset:]
+        return [None if drop < self.p else text for text, drop in zip(texts, u.tolist())]
 
 
 class MismatchedVideos(torch.utils.data.Dataset):

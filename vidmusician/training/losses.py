@@ -3,4 +3,4 @@
 Kept so that ``vidmusician.training.losses`` stays importable.
 """
 
-from ..losses import codebook_losses, loss_mask, plausible_targets  # noqa: F401
+from ..losses import codebook_losses, coarse_codebooks, loss_mask, plausible_targets  # noqa: F401

@@ -7,12 +7,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..checks import MAX_COUNT, json_object, number
 from ..config import GROUP_NAMES, check_stage
 from ..errors import ConfigError
 
-__all__ = ["RESUME_SAFE", "Recipe", "check_resume", "lr_factor", "lr_warning", "schedule_warning"]
+__all__ = ["FORMER_VALUES", "RESUME_SAFE", "Recipe", "Resumed", "check_resume", "lr_factor", "lr_warning",
+           "schedule_change", "schedule_warning"]
 
 # The highest learning rate at which the adapters train without inflating the frozen
 # model's hidden states, measured on the 'tiny-learned' backbone (recipes/README.md,
@@ -50,6 +52,12 @@ class Recipe:
             guidance amplify (docs/alignment.md). Costs one more forward pass, without
             gradients, per step. 0: every target, MusicGen's loss. The holdout loss counts
             every target.
+        text_dropout: the probability that a training window's text is left out (MusicGen's own
+            rate, 0.1), for the conditioning and the plausible-targets base alike, so that the
+            adapters also learn the video without text: what generation without a prompt, and
+            the text-free branches of guidance, use. Each window's draw follows from the seed,
+            the global batch and its place in it: the same on resume and for any process count.
+            0: every window keeps its text (what runs made before this field did).
     """
 
     stage: int = 1
@@ -75,6 +83,7 @@ class Recipe:
     num_workers: int = 2
     codebook_weights: list[float] | None = None
     plausible_targets: float = 1e-3
+    text_dropout: float = 0.1
 
     def __post_init__(self):
         self.check()
@@ -91,6 +100,7 @@ class Recipe:
         number("weight_decay", self.weight_decay, low=0, high=1, source=source)
         number("grad_clip", self.grad_clip, low=0, source=source)
         number("plausible_targets", self.plausible_targets, low=0, high=1, source=source)
+        number("text_dropout", self.text_dropout, low=0, high=1, source=source)
         check_stage(self.stage, source)
         if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
             raise ConfigError(f"{source}: betas must be two numbers in [0, 1), e.g. [0.9, 0.95], got {self.betas!r}")
@@ -152,12 +162,27 @@ class Recipe:
 
 
 # The fields a resumed run may change: how long it runs, when it logs, evaluates and saves, and
-# how it loads data and spends memory. None changes a step's numbers: evaluation draws on no
-# training RNG (samples fork theirs), workers feed the same batches, checkpointing recomputes the
+# how it loads data and spends memory. Only max_steps changes a step's numbers: the cosine
+# schedule stretches to the new end, so the learning rate from the resumed step on is the new
+# schedule's (the trainer prints it, before and after). The others change none: evaluation
+# draws on no training RNG (its loader has its own generator, samples fork theirs), workers
+# feed the same batches (the data path draws no random numbers), checkpointing recomputes the
 # frozen layers exactly. Any other field (lr, betas, batch_size, seed, ...) would make the
 # optimizer's saved state, the data order or the schedule disagree with the recipe.
 RESUME_SAFE = ("max_steps", "log_every", "eval_every", "eval_windows", "save_every", "keep_checkpoints",
                "num_workers", "gradient_checkpointing")
+
+# Fields added after runs had trained without them, with the value those runs trained with
+# (not today's default): a run's recipe.json that lacks one trained with this value.
+FORMER_VALUES = {"text_dropout": 0.0}
+
+
+class Resumed(NamedTuple):
+    """What :func:`check_resume` found: the recipe to resume with, and how the run's differs."""
+
+    recipe: Recipe  # the given one, with the fields of FORMER_VALUES the run's recipe.json lacks set to them
+    former: tuple[str, ...] = ()  # those fields: recipe.json is written again without them
+    max_steps: int | None = None  # the run's max_steps (None: no recipe.json)
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
@@ -170,26 +195,34 @@ def _flat(values: dict, prefix: str = "") -> dict:
     return flat
 
 
-def check_resume(recipe: Recipe, run: Path) -> None:
+def check_resume(recipe: Recipe, run: Path) -> Resumed:
     """Refuses to resume ``run`` with a recipe that differs from its ``recipe.json`` outside :data:`RESUME_SAFE`.
 
     A run folder without ``recipe.json`` is not checked; a field the file lacks (written
-    before the field existed) counts as its default, one it has that recipes no longer
-    have is ignored.
+    before the field existed) counts as its default, or as its value in :data:`FORMER_VALUES`
+    for a field whose default is not what the run trained with: a recipe that leaves such a
+    field at its default resumes with the run's value, one that sets another is refused. A
+    field the file has that recipes no longer have is ignored.
+
+    Returns:
+        The recipe to resume with, the fields it took from :data:`FORMER_VALUES`, the run's max_steps.
 
     Raises:
         ConfigError: naming each differing field (old -> new) and the fix, in one line.
     """
     path = Path(run) / "recipe.json"
     if not path.is_file():
-        return
+        return Resumed(recipe)
     try:
         saved = json_object(json.loads(path.read_text()), str(path))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{path}: not valid JSON; restore it from the recipe the run was made with, "
                           f"or start a new --output") from None
     known = {f.name for f in dataclasses.fields(Recipe)}
-    old = _flat(dict(dataclasses.asdict(Recipe()), **{k: v for k, v in saved.items() if k in known}))
+    absent = {k: v for k, v in FORMER_VALUES.items() if k not in saved}
+    former = tuple(k for k in absent if getattr(recipe, k) == getattr(Recipe(), k))
+    recipe = dataclasses.replace(recipe, **{k: absent[k] for k in former})
+    old = _flat(dict(dataclasses.asdict(Recipe()), **absent, **{k: v for k, v in saved.items() if k in known}))
     new = _flat(dataclasses.asdict(recipe))
     changed = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in sorted(set(old) | set(new))
                if k not in RESUME_SAFE and old.get(k) != new.get(k)]
@@ -197,6 +230,20 @@ def check_resume(recipe: Recipe, run: Path) -> None:
         raise ConfigError(f"{run}: --resume with a recipe unlike the run's ({'; '.join(changed)}); a resumed run "
                           f"may change only {', '.join(RESUME_SAFE)}: resume with the run's values "
                           f"({path.name}), or train with the new ones into a new --output")
+    return Resumed(recipe, former, old["max_steps"])
+
+
+def schedule_change(max_steps: int | None, r: Recipe, step: int) -> str | None:
+    """What a run resumed at ``step`` with another max_steps prints: the lr before and after (None: the same).
+
+    The cosine schedule ends at max_steps, so a longer run has a higher learning rate at the
+    same step: from the resumed step on the run follows the new schedule.
+    """
+    if max_steps is None or max_steps == r.max_steps:
+        return None
+    before = r.lr * lr_factor(step, dataclasses.replace(r, max_steps=max_steps))
+    return (f"max_steps {max_steps} -> {r.max_steps}: the learning rate follows the new schedule "
+            f"({before:.2g} -> {r.lr * lr_factor(step, r):.2g} at step {step})")
 
 
 def schedule_warning(r: Recipe) -> str | None:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapter.layers import IdentityLinear
 from ..arguments import Parser
 from ..backbones import backbone_spec, load_backbone
 from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line, printable
@@ -41,12 +42,12 @@ from ..sizing import config_for_backbone
 from ..video.encoder_specs import check_encoder_fit
 from ..video.reader import frames_covering
 from .codec_identity import codec_identity
-from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, PreparedDataset, check_training_split,
-                      verify_dataset)
+from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, PreparedDataset, TextDropout,
+                      check_training_split, verify_dataset)
 from .launch import Terminated, stop_on_sigterm, stop_with_launcher
-from .losses import codebook_losses, loss_mask, plausible_targets
+from .losses import codebook_losses, coarse_codebooks, loss_mask, plausible_targets
 from .monitor import Monitor, check_trackers
-from .recipe import Recipe, check_resume, lr_factor, lr_warning, schedule_warning
+from .recipe import Recipe, Resumed, check_resume, lr_factor, lr_warning, schedule_change, schedule_warning
 from .run_folder import RunFolder
 from .train_state import TrainState, interrupted_line, latest_checkpoint, restore_rng, resume, save_checkpoint
 
@@ -73,7 +74,7 @@ class Objective(nn.Module):
             tensors = provider(provider.tokenize(conditions))
             with torch.no_grad():
                 base = self.vm.compute_predictions(codes, None, condition_tensors=tensors)  # no video: the base
-                keep = plausible_targets(base.logits, codes, self.plausible_targets)
+                keep = plausible_targets(base.logits, codes, self.plausible_targets, coarse_codebooks(self.lm))
                 del base
         out = self.vm.compute_predictions(codes, videos, conditions, condition_tensors=tensors)
         mask = out.mask & loss_mask(self.lm, valid)
@@ -99,8 +100,11 @@ def holdout_loss(objective: Objective, dataset, accelerator, batch_size: int, ma
     """Mean over codebooks of the per-token cross-entropy on (this process's share of) a dataset."""
     rank, world = accelerator.process_index, accelerator.num_processes
     indices = list(range(min(len(dataset), max_windows)))[rank::world]
+    # Its own generator: iterating a DataLoader draws a seed, which would otherwise come from
+    # torch's global RNG, the training's (and eval_every may change on resume).
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
-                                         collate_fn=Collate(objective.vm.config.frame_rate))
+                                         collate_fn=Collate(objective.vm.config.frame_rate),
+                                         generator=torch.Generator())
     sums = torch.zeros(objective.vm.lm.num_codebooks, device=accelerator.device, dtype=torch.float64)
     counts = torch.zeros_like(sums)
     objective.vm.eval()
@@ -183,12 +187,16 @@ def optimizer_groups(vm, weight_decay: float) -> list[dict]:
     Chosen by module structure: the ``weight`` of each ``nn.Linear`` in the LM
     (LoRA's A and B are ones too) decays; biases, norms and the learned
     positions do not. A position table is a matrix, but decay would pull every
-    second's position toward zero, toward one another.
+    second's position toward zero, toward one another. Nor does the full weight
+    of an :class:`~vidmusician.adapter.layers.IdentityLinear` (``rhythm_rank: null``):
+    it starts at the identity, and decay toward zero would shrink the rhythm signal
+    each layer passes on (the low-rank form decays its update, which starts at zero).
 
     Returns:
         ``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]``.
     """
-    matrices = {id(m.weight) for m in vm.lm.modules() if isinstance(m, nn.Linear)}
+    identities = {id(m.linear.weight) for m in vm.lm.modules() if isinstance(m, IdentityLinear) and m.rank is None}
+    matrices = {id(m.weight) for m in vm.lm.modules() if isinstance(m, nn.Linear)} - identities
     params = vm.trainable_parameters()
     return [{"params": [p for p in params if id(p) in matrices], "weight_decay": weight_decay},
             {"params": [p for p in params if id(p) not in matrices], "weight_decay": 0.0}]
@@ -266,8 +274,10 @@ def _train(args, progress: dict) -> Path:
     progress["resumed"] = resume_from is not None
     if resume_from is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
+    resumed = Resumed(recipe)
     if resume_from is not None:
-        check_resume(recipe, out)  # before recipe.json is written again below
+        resumed = check_resume(recipe, out)  # before recipe.json is written again below
+        recipe = resumed.recipe
 
     # Same seed on every process: identical adapter initialization (DDP also broadcasts it).
     set_seed(recipe.seed)
@@ -290,10 +300,18 @@ def _train(args, progress: dict) -> Path:
                        say=lambda line: accelerator.is_main_process
                        and print(f"vidmusician.training.train: {printable(line)}", file=sys.stderr))
         accelerator.print(f"resumed at step {state.step}")
+        change = schedule_change(resumed.max_steps, recipe, state.step)
+        if change:
+            accelerator.print(change)
+            # The checkpoint's optimizer holds the old schedule's lr for this step: the new one's from here.
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * lr_factor(state.step, recipe)
     progress["step"] = state.step
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, sort_keys=True) + "\n")
+        # Fields the run's recipe.json lacked stay out: it trained with their former values.
+        saved = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in resumed.former}
+        (out / "recipe.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         vm.print_trainable_parameters()
 
     monitor = Monitor(accelerator, out, dataclasses.asdict(recipe), state.step, recipe.max_steps)
@@ -313,6 +331,7 @@ def _train(args, progress: dict) -> Path:
                            recipe.seed, start=state.step * recipe.grad_accum)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=Collate(meta.frame_rate),
                                          num_workers=recipe.num_workers)
+    drop_texts = TextDropout(recipe.text_dropout, sampler)
     batches = iter(loader)  # draws a seed from the RNG: restore the checkpoint's state after it
     restore_rng(state)
     accelerator.print(f"training {len(train_set)} windows, global batch {sampler.global_batch * recipe.grad_accum}, "
@@ -329,10 +348,11 @@ def _train(args, progress: dict) -> Path:
         counts = sum(loss_mask(vm.lm, b.valid).sum(dim=(0, 2)) for b in micro).float()
         tokens = accelerator.reduce(counts, "sum").clamp(min=1)
         loss_sum = torch.zeros_like(tokens)
-        for batch in micro:
+        for j, batch in enumerate(micro):
+            texts = drop_texts(batch.texts, state.step * recipe.grad_accum + j)  # the sampler's batch number
             # accumulate(): no DDP gradient sync until the last micro-batch.
             with accelerator.accumulate(objective):
-                sums, _ = objective(batch.codes, batch.valid, batch.videos, batch.texts)
+                sums, _ = objective(batch.codes, batch.valid, batch.videos, texts)
                 accelerator.backward((sums / tokens * weights).sum() * share)
                 if accelerator.sync_gradients and recipe.grad_clip:
                     accelerator.clip_grad_norm_(params, recipe.grad_clip)
