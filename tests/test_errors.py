@@ -1,5 +1,6 @@
 """One line for any exception (vidmusician.errors.one_line), and the field-by-field difference line."""
 
+import dataclasses
 import errno
 import sys
 
@@ -96,7 +97,7 @@ def test_differing_fields_name_each_difference_in_one_line():
     assert differing_fields(adapter, Spec()) == ""
 
 
-def test_fit_checks_name_the_differing_fields_and_the_fix(tiny):
+def test_fit_checks_name_the_differing_fields_and_the_fix(tiny, tmp_path):
     import types
 
     from conftest import TINY_GLOBAL_DIM, TINY_LOCAL_DIM, random_video_batch, tiny_config
@@ -133,3 +134,11 @@ def test_fit_checks_name_the_differing_fields_and_the_fix(tiny):
     with pytest.raises(DataError, match=rf"^ds: prepared with the codec of 'tiny', which does not match backbone "
                                         rf"'tiny' \(card: data 2048 vs backbone {card}\); prepare the data with"):
         build_model(args, Recipe(), meta, "cpu")
+    # An adapter to go on training on data of another global frame rate: its memory counts its own seconds.
+    init = vm.save_pretrained(tmp_path / "adapter")
+    meta = dataclasses.replace(meta, card=card, global_fps=2.0, window=2.0, hop=2.0)
+    args = types.SimpleNamespace(backbone=None, data="ds", init=str(init))
+    with pytest.raises(DataError, match=r"^ds: prepared with 2 global frames per second, the adapter reads 1; "
+                                        r"prepare it with --global-fps 1, or train a fresh adapter on it$"):
+        build_model(args, Recipe(), meta, "cpu")
+    build_model(types.SimpleNamespace(backbone=None, data="ds", init=None), Recipe(), meta, "cpu")  # a fresh one

@@ -170,6 +170,9 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     c = vm.config
     check_encoder_fit(c, str(args.data), meta.encoder, meta.encoder_activation, (meta.global_dim, meta.local_dim),
                       error=DataError, same_spec=True, fix=f"prepare it with --encoder {c.encoder}, or train a fresh adapter on it")
+    if abs(meta.global_fps - c.global_fps) > 1e-6:
+        raise DataError(f"{args.data}: prepared with {meta.global_fps:g} global frames per second, the adapter reads "
+                        f"{c.global_fps:g}; prepare it with --global-fps {c.global_fps:g}, or train a fresh adapter on it")
     if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
         raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
     vm.set_stage(recipe.stage)
