@@ -101,3 +101,18 @@ def test_many_videos_and_prepare_refuse_a_device_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="^device 'gpu0': not a device name"):
         prepare(videos, tmp_path / "data", backbone="tiny", encoder="tiny", device="gpu0")
     assert not (tmp_path / "data").exists()
+
+
+def test_loading_an_encoder_leaves_the_applications_logging_to_it(tmp_path):
+    """open_clip's root-logger calls configure logging when nothing has; the application's own
+    basicConfig afterwards must still take effect (a fresh process: pytest configures the root)."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "app.log"
+    code = ("import logging; from vidmusician import load_encoder; load_encoder('tiny', device='cpu'); "
+            "assert logging.root.handlers == [], logging.root.handlers; "
+            f"logging.basicConfig(level=logging.INFO, filename={str(log)!r}, format='APP %(message)s'); "
+            "logging.getLogger('app').info('hello')")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    assert log.read_text() == "APP hello\n"

@@ -326,8 +326,11 @@ def _quiet_open_clip():
     pretrained tag, when an adapter asks for the other activation). Its failures
     reach the user as our one-line error, the activation as our own warning; and
     torch warns that ``torch.jit.load``, which OpenAI's format needs, is deprecated.
+    Its module-level ``logging.info`` calls also configure the root logger when nothing
+    has (``basicConfig``: a stderr handler), which would make the application's own
+    later ``logging.basicConfig(...)`` do nothing: the root's handlers are put back.
     """
-    previous = logging.root.manager.disable
+    previous, handlers = logging.root.manager.disable, list(logging.root.handlers)
     logging.disable(logging.ERROR)
     try:
         with warnings.catch_warnings():
@@ -336,3 +339,6 @@ def _quiet_open_clip():
             yield
     finally:
         logging.disable(previous)
+        for handler in logging.root.handlers[:]:
+            if handler not in handlers:
+                logging.root.removeHandler(handler)
