@@ -116,3 +116,17 @@ def test_loading_an_encoder_leaves_the_applications_logging_to_it(tmp_path):
             "logging.getLogger('app').info('hello')")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
     assert log.read_text() == "APP hello\n"
+
+
+def test_loading_an_adapter_leaves_the_callers_random_stream_alone(tmp_path):
+    from conftest import save_tiny_adapter
+    from vidmusician import VidMusician
+    from vidmusician.random_backbones import tiny_musicgen
+
+    folder = save_tiny_adapter(tmp_path / "adapter")
+    backbone = tiny_musicgen()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    VidMusician.from_pretrained(folder, backbone=backbone)
+    assert torch.equal(torch.rand(3), expected)

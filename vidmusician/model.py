@@ -24,6 +24,7 @@ from .sizing import config_for_backbone
 from .errors import AdapterError, ConfigError, differing_fields
 from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .hub import resolve_adapter, save_and_push
+from .runtime import seeded
 from .generation.windows import generate_batch
 
 
@@ -65,7 +66,9 @@ def load_adapter(directory, backbone=None, device=None, revision: str | None = N
     if backbone is None or isinstance(backbone, (str, os.PathLike)):
         backbone = load_backbone(backbone or config.backbone, device=device)
     try:
-        vm = attach_adapters(backbone, config)
+        # The fresh adapters' random initial weights, which the file's replace, do not move the caller's stream.
+        with seeded(0, next(backbone.lm.parameters()).device):
+            vm = attach_adapters(backbone, config)
     except AdapterError as exc:
         raise AdapterError(f"{directory}: {exc}") from None
     vm.load_adapter_state_dict(state, source=str(directory))
