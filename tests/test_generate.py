@@ -162,6 +162,38 @@ def test_a_memory_shorter_than_the_window_is_said_and_the_rest_is_not_seen(base)
         vm.generate([ramp_features(2)], duration=2.0, seed=0)
 
 
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_generations_from_two_threads_take_turns_and_keep_their_seeds(base, engine):
+    """One model (and torch's one random stream) used from two threads at once: each gets its seed's music."""
+    import threading
+
+    vm = adapted(base, max_duration=1)
+    vm.set_generation_params(engine=engine)
+    feats = ramp_features(1)
+    alone = {seed: vm.generate([feats], duration=1.0, seed=seed) for seed in (0, 1)}
+    first_running, second_started, results, errors = threading.Event(), threading.Event(), {}, []
+
+    def first_waits_for_the_second(done, total):
+        if done == 1:  # the second thread's generation would run now, beside this one, were it let
+            first_running.set()
+            second_started.wait(timeout=1.5)
+
+    def run(seed, on_step):
+        try:
+            results[seed] = vm.generate([feats], duration=1.0, seed=seed, on_step=on_step)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=(0, first_waits_for_the_second))
+    second = threading.Thread(target=run, args=(1, lambda done, total: second_started.set()))
+    first.start()
+    assert first_running.wait(timeout=60)
+    second.start()
+    first.join()
+    second.join()
+    assert not errors and all(torch.equal(results[s], alone[s]) for s in (0, 1))
+
+
 # --------------------------------------------------------------------------- #
 # Base-model equivalence, text + video, seeds
 

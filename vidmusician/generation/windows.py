@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -298,13 +299,19 @@ def sample_and_decode(musicgen, texts, duration, num_frames, params, seed, progr
     return (wav, tokens) if return_tokens else wav
 
 
+# Generations in one process run one at a time: a seed is set in torch's random stream, which
+# every thread shares, and a model holds one video context and one decode engine. Another
+# thread's generation waits for its turn (processes generate in parallel).
+GENERATING = threading.RLock()
+
+
 def sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=None, videos=None,
                   on_step: StepCallback | None = None) -> torch.Tensor:
     """``[B, K, num_frames]`` codes for the texts (and videos), seeded.
 
     ``seed``: an int seeds the batch, a list of ints (one per sample) each sample's
     row on its own (:class:`~vidmusician.generation.row_seeds.RowSeeds`), None nothing.
-    ``on_step``: as for :func:`generate_tokens`.
+    ``on_step``: as for :func:`generate_tokens`. Runs under :data:`GENERATING`.
     """
     # MusicGen's own preparation of the text conditions, so that without video the
     # tokens are exactly the ones MusicGen.generate samples.
@@ -315,7 +322,7 @@ def sample_tokens(musicgen, texts, num_frames, params, seed, progress, vm=None, 
         if len(seed) != len(texts):
             raise ConfigError(f"got {len(seed)} seeds for {len(texts)} samples; give one seed per sample")
         seed, row_seeds = None, RowSeeds(seed, device)
-    with torch.no_grad(), seeded(seed, device):
+    with GENERATING, torch.no_grad(), seeded(seed, device):
         return generate_tokens(musicgen, attributes, num_frames, params, vm=vm, videos=videos, progress=progress,
                                row_seeds=row_seeds, on_step=on_step)
 
