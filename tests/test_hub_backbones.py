@@ -237,3 +237,23 @@ def test_hub_answers_become_one_line(offline_hub, monkeypatch, error, message):
     with pytest.raises(BackboneError) as exc:
         load_backbone("someone/elsewhere", device="cpu")
     assert message in one_line(exc) and "someone/elsewhere" in str(exc.value)
+
+
+def test_an_unreachable_hub_loads_the_cached_backbone_at_once(offline_hub, monkeypatch, caplog):
+    """Not offline, but nothing answers: the cached backbone loads, an uncached one is one line, no retries."""
+    import logging
+
+    import huggingface_hub.constants as constants
+    from vidmusician.errors import BackboneError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused
+    caplog.set_level(logging.INFO, logger="huggingface_hub")
+    musicgen = load_backbone(MUSICGEN, device="cpu")
+    assert same_state(musicgen.lm, saved_lm_state(offline_hub, MUSICGEN))
+    with pytest.raises(BackboneError) as exc:
+        load_backbone("someone/absent-musicgen", device="cpu")
+    assert "is not in the Hugging Face cache (the Hub could not be reached)" in one_line(exc)
+    assert "Retrying" not in caplog.text and constants.HF_HUB_OFFLINE is False

@@ -21,6 +21,7 @@ import torch
 
 from .backbone_spec import BackboneSpec, backbone_spec, check_fuser  # noqa: F401  (their old home)
 from .errors import BackboneError, one_line
+from .hub import hub_unreachable, offline_mode, offline_set
 from .runtime import default_device
 from .testing import random_backbones
 from .testing.learned_base import learned_musicgen, music_codec
@@ -54,9 +55,12 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         return learned_musicgen(device=device)
     if name.startswith("random-"):
         return random_backbones.random_musicgen(name.removeprefix("random-"), device=device)
-    read_lm_config(name)
-    with _load_errors(name, "MusicGen backbone"):
-        musicgen = MusicGen.get_pretrained(name, device=device)
+    # A Hub that does not answer: audiocraft's downloads (weights, codec, T5) come from the cache at
+    # once, not after the ~25 s of retries each that huggingface_hub spends on an unreachable Hub.
+    with offline_mode(not _is_local(name) and hub_unreachable(name, "state_dict.bin")):
+        read_lm_config(name)
+        with _load_errors(name, "MusicGen backbone"):
+            musicgen = MusicGen.get_pretrained(name, device=device)
     musicgen.name = name
     return musicgen
 
@@ -98,9 +102,10 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     if built == "random":
         random_backbones.architecture(name.removeprefix("random-"))  # the codec is the same for every size
         return random_backbones.build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)
-    cfg = read_lm_config(name)
-    with _load_errors(name, "codec"):
-        codec = loaders.load_compression_model(name, device=device)
+    with offline_mode(not _is_local(name) and hub_unreachable(name, "state_dict.bin")):
+        cfg = read_lm_config(name)
+        with _load_errors(name, "codec"):
+            codec = loaders.load_compression_model(name, device=device)
     return builders.get_wrapped_compression_model(codec, cfg).eval()
 
 
@@ -159,7 +164,7 @@ def _hub_file(repo: str, filename: str, required: bool = True) -> str | None:
     """A file of a hub repository, downloaded into the cache audiocraft reads (None: absent, not required)."""
     import audiocraft
     from audiocraft.models.loaders import get_audiocraft_cache_dir
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
@@ -172,7 +177,7 @@ def _hub_file(repo: str, filename: str, required: bool = True) -> str | None:
     except LocalEntryNotFoundError:
         if not required:
             return None
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
+        why = "HF_HUB_OFFLINE is set" if offline_set() else "the Hub could not be reached"
         raise BackboneError(f"{repo}: no such folder, and the hub model's {filename} is not in the Hugging Face "
                             f"cache ({why}); download it once with a network connection, or pass a local folder") from None
     except EntryNotFoundError:
