@@ -50,6 +50,9 @@ MAX_FPS = 1000.0
 class VideoFeatures:
     """The visual conditioning of one video.
 
+    Checked when made (:meth:`check`): numpy arrays are taken as tensors; anything
+    the model would trip over (NaN, a 1-D tensor, a rate of 0) is a one-line DataError.
+
     Attributes:
         global_feats: ``[Tg, Dg]`` float32 CLIP image embeddings at ``global_fps``.
         local_feats: ``[Tl, P]`` float32 per-patch change signal at ``local_fps``.
