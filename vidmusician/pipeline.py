@@ -8,15 +8,17 @@ is the batched form for loaded models.
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 
 from .backbones import load_backbone
+from .errors import ConfigError
 from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .generation.windows import (check_duration, check_seed, generate_batch, sample_and_decode,
                                  set_encoder)
 from .runtime import default_device
 from .sizing import config_for_backbone
-from .video.encoders import load_encoder
+from .video.encoders import VisualEncoder, load_encoder
 from .video.reader import frames_covering, probe
 
 __all__ = ["DEFAULT_BACKBONE", "load_models", "generate"]
@@ -81,12 +83,14 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     params = GenerationParams(top_k=top_k, temperature=temperature, cfg_coef=cfg_coef, text_cfg_coef=text_cfg_coef,
                               video_cfg_coef=video_cfg_coef, extend_stride=extend_stride, plausibility=plausibility,
                               engine=engine)
+    check_call(video, text, encoder, on_step)
     duration = check_duration(duration)
     info = probe(video)  # fails fast on a bad video, before any model loads
     if duration is None:
         duration = info.duration
     check_seed(seed)
-    default_device(device)  # a device this machine lacks, before any model loads
+    if default_device(device).type == "meta":  # a device this machine lacks, before any model loads
+        raise ConfigError("device 'meta' holds no weights to generate with; use cpu or cuda")
     vm, musicgen, params = load_for_generation(adapter, backbone, encoder, device, params)
     if vm is None:
         num_frames = frames_covering(duration, musicgen.frame_rate)
@@ -96,6 +100,27 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
         wav = generate_batch(vm, [video], [text], duration=duration, seed=seed, progress=progress, params=params,
                              on_step=on_step)
     return wav[0], int(musicgen.sample_rate)
+
+
+def check_call(video, text, encoder, on_step) -> None:
+    """Refuses arguments of the wrong kind before any model loads (they would fail deep in pathlib or audiocraft).
+
+    Raises:
+        ConfigError: One line naming the argument and what :func:`generate` takes.
+    """
+    if not isinstance(video, (str, os.PathLike)):
+        raise ConfigError(f"generate() takes a video file path, got {type(video).__name__}; for VideoFeatures "
+                          "or a batch of videos load the models once (VidMusician.from_pretrained) and call "
+                          "VidMusician.generate")
+    if text is not None and not isinstance(text, str):
+        hint = ("; for a text per video call VidMusician.generate(videos, texts=[...]) "
+                "(generate_many takes one text for many videos)" if isinstance(text, (list, tuple)) else "")
+        raise ConfigError(f"text must be a string (or None), got {type(text).__name__}{hint}")
+    if encoder is not None and not isinstance(encoder, (str, VisualEncoder)):
+        raise ConfigError(f"encoder must be a visual encoder spec such as 'ViT-B-32:openai' (or None: the "
+                          f"adapter's), got {type(encoder).__name__}")
+    if on_step is not None and not callable(on_step):
+        raise ConfigError(f"on_step must be a function on_step(done, total) (or None), got {type(on_step).__name__}")
 
 
 def load_for_generation(adapter, backbone, encoder, device, params: GenerationParams):

@@ -21,7 +21,8 @@ def default_device(device=None) -> torch.device:
         The ``torch.device``; ``str()`` of it is the name audiocraft's loaders expect.
 
     Raises:
-        ConfigError: not a device name, or a CUDA device this machine does not have.
+        ConfigError: not a device name, a device type other than CPU, CUDA (and 'meta',
+            shapes only), or a CUDA device this machine does not have.
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -29,6 +30,10 @@ def default_device(device=None) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ConfigError(f"device {device!r}: not a device name; use cpu, cuda or cuda:N") from None
+    # The models run, and are tested, on CPUs and CUDA GPUs only ('meta' builds shapes
+    # without weights); another type ('mps') would fail deep inside torch or audiocraft.
+    if device.type not in ("cpu", "cuda", "meta"):
+        raise ConfigError(f"device {str(device)!r}: vidmusician runs on cpu or cuda (cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(device)!r}: no CUDA device here; use cpu (or leave the device out)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..video.features import VideoFeatures
 from ..video.reader import frames_covering
 
 
@@ -99,12 +100,22 @@ class VideoBatch:
             global_dim, local_dim: widths, needed only when every entry is ``None``.
         """
         real = [f for f in features if f is not None]
+        for i, f in enumerate(features):
+            if f is not None and not isinstance(f, VideoFeatures):
+                raise ConfigError(f"video {i} of the batch: expected VideoFeatures or None, got {type(f).__name__}")
+        for f in real:
+            f.check()  # made valid, but a tensor may have been changed in place since
         if real:
             global_fps = real[0].global_fps
             if any(abs(f.global_fps - global_fps) > 1e-9 for f in real):
                 raise ConfigError("all videos of a batch must share one global_fps")
             global_dim = real[0].global_feats.shape[1]
             local_dim = real[0].local_feats.shape[1]
+            for i, f in enumerate(features):
+                widths = (f.global_feats.shape[1], f.local_feats.shape[1]) if f is not None else None
+                if widths not in (None, (global_dim, local_dim)):
+                    raise ConfigError(f"video {i} of the batch has features of widths {widths} (global, local), "
+                                      f"an earlier one {(global_dim, local_dim)}; extract every video with one encoder")
         else:
             global_fps = 1.0
             if global_dim is None or local_dim is None:

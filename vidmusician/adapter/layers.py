@@ -60,6 +60,9 @@ class VisualMemory(nn.Module):
         T = tokens.shape[1]
         if T > self.pos.shape[0]:
             raise ValueError(f"{T} global tokens exceed the position table ({self.pos.shape[0]})")
+        # The video enters here: features come in float32, the module may have been cast
+        # with the LM (bf16, fp16); LayerNorm on the CPU takes one dtype only.
+        tokens = tokens.to(self.proj.weight.dtype)
         return self.proj(self.norm(tokens)) + self.pos[:T]
 
 

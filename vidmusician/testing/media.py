@@ -65,11 +65,14 @@ def write_video(
     """
     path = Path(path)
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    assert frames.ndim == 4 and frames.shape[-1] == 3, frames.shape
+    if frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+        raise ValueError(f"frames must be [T, H, W, 3] RGB with T >= 1, got shape {frames.shape}")
+    _check_size(*frames.shape[1:3])
     if times is None:
         times = np.arange(len(frames)) / fps
     pts = np.round(np.asarray(times, dtype=np.float64) / float(_TIME_BASE)).astype(np.int64)
-    assert len(pts) == len(frames) and np.all(np.diff(pts) > 0), "times must be increasing"
+    if len(pts) != len(frames) or np.any(np.diff(pts) <= 0):
+        raise ValueError(f"times must be one per frame ({len(frames)}) and increasing by at least a millisecond")
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), mode="w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
@@ -202,11 +205,15 @@ def flash_video(
     (one for all, or one per flash): through the tiny encoder a flash of 110 changes the
     patches about a quarter as much as one of 255, still hundreds of times the square's step.
     """
-    frames = moving_square(int(round(duration * fps)), size)
+    _check_size(size, size)
+    frames = moving_square(_frame_count(duration, fps), size)
     levels = [levels] * len(flash_times) if isinstance(levels, int) else list(levels)
     if len(levels) != len(flash_times):
         raise ValueError(f"{len(levels)} levels for {len(flash_times)} flashes")
     for t, level in zip(flash_times, levels):
+        if not 0 <= round(t * fps) < len(frames):
+            raise ValueError(f"flash at {t} s is outside the {duration} s video (frames 0 to {len(frames) - 1} "
+                             f"at {fps} fps)")
         frames[int(round(t * fps))] = level
     return write_video(path, frames, fps, audio=audio, sample_rate=sample_rate)
 
@@ -226,8 +233,11 @@ def cut_video(
     moving square on top so no scene is perfectly static), so consecutive scenes
     differ in color and layout.
     """
-    n = int(round(duration * fps))
+    _check_size(size, size)
+    n = _frame_count(duration, fps)
     starts = [0] + [int(round(t * fps)) for t in cut_times] + [n]
+    if any(not 0 < start < n for start in starts[1:-1]):
+        raise ValueError(f"cut times {list(cut_times)} must fall inside the {duration} s video")
     frames = moving_square(n, size)
     square = frames != frames[:, :1, :1]  # where the drifting square is
     yy, xx = np.mgrid[:size, :size]
@@ -235,6 +245,21 @@ def cut_video(
         frames[starts[k] : starts[k + 1]] = _scene(k, yy, xx)
     frames[square] = 200
     return write_video(path, frames, fps, audio=audio, sample_rate=sample_rate)
+
+
+def _check_size(height: int, width: int) -> None:
+    """Raises ValueError unless frames of ``height`` x ``width`` can be written as yuv420p."""
+    # yuv420p stores colour at half resolution in both directions: libx264 refuses odd sizes.
+    if height < 2 or width < 2 or height % 2 or width % 2:
+        raise ValueError(f"frame size {width}x{height} px: width and height must be even (yuv420p) and at least 2")
+
+
+def _frame_count(duration: float, fps: float) -> int:
+    """Frames of a ``duration`` s video at ``fps``; ValueError when that is none."""
+    n = int(round(duration * fps))
+    if n < 1:
+        raise ValueError(f"duration {duration} s holds no frame at {fps} fps; give at least {1 / fps:g} s")
+    return n
 
 
 def _scene(k: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -252,7 +277,8 @@ def _scene(k: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
 
 def indexed_frames(num_frames: int, size: int = 64) -> np.ndarray:
     """Frames that show their own index (mod 256) as 8 black/white bars; see :func:`read_index`."""
-    assert size >= 8 * _CODE_BITS // 2 and size % _CODE_BITS == 0
+    if size < 8 * _CODE_BITS // 2 or size % _CODE_BITS:
+        raise ValueError(f"size must be a multiple of {_CODE_BITS} and at least {8 * _CODE_BITS // 2}, got {size}")
     bar = size // _CODE_BITS
     frames = np.zeros((num_frames, size, size, 3), np.uint8)
     for i in range(num_frames):

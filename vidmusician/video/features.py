@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import queue
 import threading
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import MAX_COUNT, number
 from ..errors import ConfigError, DataError, one_line
 from ..fileio import atomic_write, native_name
 from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
@@ -38,11 +41,17 @@ FEATURES_VERSION = 1
 # Chunks decoded ahead of the encoder: enough to hide decode latency, and the
 # bound on frames held in memory.
 _PREFETCH = 2
+# Rates above a frame per millisecond are typos (1e6 would encode millions of copies
+# of each frame); the CLI and the adapter config take the same range.
+MAX_FPS = 1000.0
 
 
 @dataclass
 class VideoFeatures:
     """The visual conditioning of one video.
+
+    Checked when made (:meth:`check`): numpy arrays are taken as tensors; anything
+    the model would trip over (NaN, a 1-D tensor, a rate of 0) is a one-line DataError.
 
     Attributes:
         global_feats: ``[Tg, Dg]`` float32 CLIP image embeddings at ``global_fps``.
@@ -65,14 +74,45 @@ class VideoFeatures:
     encoder: str
     encoder_activation: str | None = None
 
+    def __post_init__(self):
+        # numpy arrays (np.load, another pipeline's output) are taken as tensors.
+        for name in ("global_feats", "local_feats"):
+            if isinstance(getattr(self, name), np.ndarray):
+                setattr(self, name, torch.as_tensor(getattr(self, name)))
+        self.check()
+
+    def check(self) -> VideoFeatures:
+        """Checks what generation and training would trip over deep inside the model.
+
+        Runs when features are made or loaded, and again when they are batched (a
+        tensor may have been changed in place since).
+
+        Returns:
+            The features themselves.
+
+        Raises:
+            DataError: One line naming the field and the fix: a field that is not a 2-D
+                float tensor, NaN/inf values, a rate outside ``(0, 1000]``, a duration
+                that is not a positive number.
+        """
+        problem = _problem(self)
+        if problem:
+            raise DataError(f"video features: {problem}")
+        return self
+
     def save(self, path: str | os.PathLike) -> Path:
         """Writes a safetensors file (tensors ``global``, ``local``; the rest as metadata).
 
         The file appears complete or not at all: it is written under a temporary
         name in the same folder, then renamed.
+
+        Raises:
+            DataError: The features are not valid (:meth:`check`), or the file cannot
+                be written (a folder, a missing folder, a full disk).
         """
         from safetensors.torch import save
 
+        self.check()
         path = Path(path)
         tensors = {
             "global": self.global_feats.detach().float().cpu().contiguous(),
@@ -90,7 +130,10 @@ class VideoFeatures:
         # Serialized in memory (features are small) and written with open(), so the
         # file gets the usual umask permissions (safetensors' save_file makes 0600).
         data = save(tensors, metadata=metadata)
-        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        try:
+            atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        except OSError as exc:  # a folder given, a missing folder, a full disk
+            raise DataError(f"video features not saved: {one_line(exc)}") from None
         return path
 
     @classmethod
@@ -110,18 +153,37 @@ class VideoFeatures:
             with native_name(path) as name, safe_open(name, framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in ("global", "local") if k in f.keys()}
-            feats = cls(
-                tensors["global"], tensors["local"], float(meta["global_fps"]), float(meta["local_fps"]),
-                float(meta["duration"]), meta["encoder"], meta.get("encoder_activation"),
-            )
+            fields = (tensors["global"], tensors["local"], float(meta["global_fps"]), float(meta["local_fps"]),
+                      float(meta["duration"]), meta["encoder"], meta.get("encoder_activation"))
         except KeyError as exc:
             raise DataError(f"{path}: not a features file (missing {exc.args[0]!r})") from None
         except Exception as exc:  # safetensors raises SafetensorError / OSError on corrupt files
             raise DataError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
-        if feats.global_feats.ndim != 2 or feats.local_feats.ndim != 2:
-            raise DataError(f"{path}: features must be 2-D, got global {tuple(feats.global_feats.shape)}, "
-                            f"local {tuple(feats.local_feats.shape)}")
-        return feats
+        try:
+            return cls(*fields)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
+
+
+def _problem(feats: VideoFeatures) -> str | None:
+    """What is wrong with ``feats`` (see :meth:`VideoFeatures.check`), or None."""
+    for name in ("global_feats", "local_feats"):
+        x = getattr(feats, name)
+        if not isinstance(x, torch.Tensor):
+            return f"{name} must be a tensor or numpy array, got {type(x).__name__}"
+        if x.ndim != 2 or not x.is_floating_point():
+            return f"{name} must be a 2-D float tensor [frames, width], got {x.dtype} of shape {tuple(x.shape)}"
+        finite = torch.isfinite(x).all(dim=1)
+        if not bool(finite.all()):
+            return f"{name} holds NaN/inf values (row {int((~finite).nonzero()[0])}); extract them again"
+    for name, high, wanted in (("global_fps", MAX_FPS, f"a rate in (0, {MAX_FPS:g}]"),
+                               ("local_fps", MAX_FPS, f"a rate in (0, {MAX_FPS:g}]"),
+                               ("duration", math.inf, "a positive number of seconds")):
+        value = getattr(feats, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+                math.isfinite(value) and 0 < value <= high):
+            return f"{name} must be {wanted}, got {value!r}"
+    return None
 
 
 def extract_features(
@@ -155,12 +217,10 @@ def extract_features(
 
     Raises:
         VideoError: The video cannot be read.
-        ConfigError: A rate or the batch size is not positive, or the encoder spec
-            is invalid.
+        ConfigError: The video is not a path, a rate is not in ``(0, 1000]``, the
+            batch size is not a positive whole number, or the encoder spec is invalid.
     """
-    for name, value in (("global_fps", global_fps), ("local_fps", local_fps), ("batch_size", batch_size)):
-        if not value > 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
+    global_fps, local_fps, batch_size = _check_arguments(video, encoder, global_fps, local_fps, batch_size)
     video = Path(video)
     # Check the video before hashing it or building the encoder: a bad file fails fast.
     probe(video)
@@ -182,6 +242,28 @@ def extract_features(
         except OSError as exc:  # a full disk, say: the features are made, only not kept
             warnings.warn(f"{cache_file.parent}: the features were not cached ({one_line(exc)})", stacklevel=2)
     return feats
+
+
+def _check_arguments(video, encoder, global_fps, local_fps, batch_size) -> tuple[float, float, int]:
+    """:func:`extract_features`' arguments checked before any work: ``(global_fps, local_fps, batch_size)``.
+
+    Raises:
+        ConfigError: One line naming the argument and what it takes.
+    """
+    if not isinstance(video, (str, os.PathLike)):
+        raise ConfigError(f"video must be a video file path, got {type(video).__name__}")
+    if encoder is not None and not isinstance(encoder, (str, VisualEncoder)):
+        raise ConfigError(f"encoder must be a spec such as {DEFAULT_ENCODER!r} or a loaded VisualEncoder "
+                          f"(load_encoder), got {type(encoder).__name__}")
+    # numpy and torch scalars are numbers too; bools and strings are not.
+    rates = [float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else value
+             for value in (global_fps, local_fps)]
+    for name, value in zip(("global_fps", "local_fps"), rates):
+        number(name, value, low=0, high=MAX_FPS, low_open=True)
+    if isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool):
+        batch_size = int(batch_size)
+    number("batch_size", batch_size, integer=True, low=1, high=MAX_COUNT)
+    return rates[0], rates[1], batch_size
 
 
 class FeatureBuilder:
