@@ -142,7 +142,9 @@ def test_extract_features_takes_numpy_rates(clip):
     (None, dict(duration=3), "generate() takes a video file path, got NoneType;"),
     ("clip", dict(on_step=5), "on_step must be a function on_step(done, total) (or None), got int"),
     ("clip", dict(encoder=5), "encoder must be a visual encoder spec"),
-    ("clip", dict(device="mps"), "device 'mps': vidmusician runs on cpu or cuda (cuda:N)"),
+    pytest.param("clip", dict(device="mps"), "device 'mps': no Apple GPU (MPS) here; use cpu",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
+    ("clip", dict(device="xpu"), "device 'xpu': vidmusician runs on cpu, cuda (cuda:N) or mps"),
     ("clip", dict(device="meta"), "device 'meta' holds no weights to generate with; use cpu or cuda"),
 ])
 def test_generate_refuses_bad_arguments_before_any_model_loads(clip, monkeypatch, video, kwargs, words):

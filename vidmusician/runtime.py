@@ -30,10 +30,12 @@ def default_device(device=None) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ConfigError(f"device {device!r}: not a device name; use cpu, cuda or cuda:N") from None
-    # The models run, and are tested, on CPUs and CUDA GPUs only ('meta' builds shapes
-    # without weights); another type ('mps') would fail deep inside torch or audiocraft.
-    if device.type not in ("cpu", "cuda", "meta"):
-        raise ConfigError(f"device {str(device)!r}: vidmusician runs on cpu or cuda (cuda:N)")
+    # The models are tested on CPUs and CUDA GPUs ('meta' builds shapes without weights); Apple's
+    # 'mps' where the machine has it. Another type, or an mps without the GPU, would fail deep inside torch.
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r}: no Apple GPU (MPS) here; use cpu (or leave the device out)")
+    if device.type not in ("cpu", "cuda", "meta", "mps"):
+        raise ConfigError(f"device {str(device)!r}: vidmusician runs on cpu, cuda (cuda:N) or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(device)!r}: no CUDA device here; use cpu (or leave the device out)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
