@@ -213,3 +213,31 @@ def test_cut_video_refuses_cuts_outside_the_video(tmp_path):
         cut_video(tmp_path / "c.mp4", [1.5], 1.0)
     with pytest.raises(ValueError, match="frame size 31x31"):
         cut_video(tmp_path / "c.mp4", [0.5], 1.0, size=31)
+
+
+def test_a_loaded_model_refuses_bad_arguments_in_one_line(tmp_path):
+    """VidMusician.generate and save_pretrained: the wrong kind of argument is one line, before any video is read."""
+    from conftest import tiny_config
+    from vidmusician import attach_adapters
+    from vidmusician.errors import AdapterError
+    from vidmusician.random_backbones import tiny_musicgen
+
+    vm = attach_adapters(tiny_musicgen(), tiny_config(tiny_musicgen()))
+    for kwargs, words in [(dict(texts=[5]), "texts[0] must be a string (or None), got int"),
+                          (dict(on_step=5), "on_step must be a function on_step(done, total) (or None), got int"),
+                          (dict(seed=True), "seed must be an integer, got True"),
+                          (dict(duration=True), "duration must be a number of seconds, got True")]:
+        with pytest.raises(ConfigError) as exc:
+            vm.generate([None], **{"duration": 1.0, **kwargs})
+        assert str(exc.value).startswith(words), exc.value
+    with pytest.raises(ConfigError, match="^videos must be a list \\(one entry per sample\\), got int$"):
+        vm.generate(5)
+    wav = vm.generate((v for v in [None, None]), duration=0.1)
+    assert wav.shape[0] == 2  # a generator of videos is read once
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file; an adapter is saved as a folder"):
+        vm.save_pretrained(tmp_path / "file")
+    other = tiny_musicgen()
+    other.lm.transformer.layers = other.lm.transformer.layers[:1]  # 'tiny', another shape
+    with pytest.raises(AdapterError, match=r"load the 'tiny' the adapter was made for \(this one has another shape\)"):
+        attach_adapters(other, vm.config)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from . import __version__
 from .config import CONFIG_NAME, AdapterConfig
-from .errors import AdapterError, VidMusicianError, one_line
+from .errors import AdapterError, ConfigError, VidMusicianError, one_line
 from .fileio import atomic_write, native_name, write_safetensors
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -33,6 +33,8 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
         The folder.
     """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{directory}: is a file; an adapter is saved as a folder (give a folder name)")
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
     config = config.replace(version=__version__)

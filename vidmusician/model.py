@@ -127,6 +127,10 @@ class VidMusician:
             frames: the codec frames the forwards cover (a generation window): the
                 semantic adapters see the video of that stretch only. None: as much as
                 their memory holds (``config.max_global_tokens`` global frames).
+
+        The video stays where it is set: audiocraft's own ``MusicGen.generate`` past its
+        window (``max_duration``) starts later windows without moving it, so their music
+        would follow the video's start again. :meth:`generate` moves it with every window.
         """
         self.context.set(self.make_batch(videos), frame_offset, frames=frames)
 
@@ -218,8 +222,9 @@ class VidMusician:
         block, so the model computes exactly what the base model computes (the video,
         if set, is ignored); the adapters come back on exit, trained weights and all.
         Streaming state lives in the base layers, so a block may also start or end
-        mid-generation. Meant for inference: the adapters' parameters are not part of
-        ``lm.parameters()`` inside the block.
+        mid-generation. Meant for inference: inside the block the adapted layers'
+        parameters are not part of ``lm.parameters()``; the adapters' shared inputs
+        (``lm.video_inputs``: the visual memory and the rhythm input) stay, unused.
         """
         layers = self.lm.transformer.layers
         adapted = self.lm.video_inputs.layers

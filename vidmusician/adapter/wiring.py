@@ -249,8 +249,10 @@ def check_fit(config: AdapterConfig, musicgen) -> None:
     spec = backbone_spec(musicgen)
     diffs = differing_fields(config, spec, ("dim", "num_layers", "frame_rate"), ("adapter", "backbone"))
     if diffs:
+        fix = (f"use backbone {config.backbone!r}" if config.backbone != spec.name else
+               f"load the {spec.name!r} the adapter was made for (this one has another shape)")
         raise AdapterError(f"adapter made for {config.backbone!r} does not match backbone {spec.name!r} ({diffs}); "
-                           f"use backbone {config.backbone!r}, or size a config with vidmusician.sizing.config_for_backbone")
+                           f"{fix}, or size a config with vidmusician.sizing.config_for_backbone")
 
 
 def adapter_modules(lm) -> dict[str, dict[str, nn.Module]]:

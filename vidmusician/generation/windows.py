@@ -215,18 +215,23 @@ def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: 
         (and the ``[B, K, frames]`` codes with ``return_tokens``).
     """
     check_seed(seed)
+    if on_step is not None and not callable(on_step):
+        raise ConfigError(f"on_step must be a function on_step(done, total) (or None), got {type(on_step).__name__}")
     if isinstance(videos, (str, os.PathLike)):
         raise ConfigError("videos must be a list (one entry per sample); for one video use [video]")
     if isinstance(videos, VideoBatch):
+        texts = _texts(texts, videos.size)
         features, batch_duration = videos, videos.local.shape[1] / videos.frame_rate
-        size = videos.size
     else:
-        if not len(videos):
+        try:
+            videos = list(videos)  # an iterator or a generator too: it is read once
+        except TypeError:
+            raise ConfigError(f"videos must be a list (one entry per sample), got {type(videos).__name__}") from None
+        if not videos:
             raise ConfigError("videos is empty: give one entry (a video, its features or None) per sample")
+        texts = _texts(texts, len(videos))  # before any video is read
         features = [features_of(vm, v, progress) for v in videos]
         batch_duration = max((f.duration for f in features if f is not None), default=None)
-        size = len(features)
-    texts = _texts(texts, size)
     duration = check_duration(batch_duration if duration is None else duration)
     if duration is None:
         raise ConfigError("no video in the batch to take the duration from: pass duration=SECONDS")
@@ -242,6 +247,8 @@ def check_duration(duration):
     """None, or a number of seconds from one codec frame to a day (else ConfigError)."""
     if duration is None:
         return None
+    if isinstance(duration, bool):
+        raise ConfigError(f"duration must be a number of seconds, got {duration!r}")
     try:
         value = float(duration)
     except (TypeError, ValueError):
@@ -287,6 +294,9 @@ def _texts(texts, size: int) -> list:
     texts = list(texts)
     if len(texts) != size:
         raise ConfigError(f"got {len(texts)} texts for {size} videos; give one text (or None) per video")
+    for i, text in enumerate(texts):
+        if text is not None and not isinstance(text, str):
+            raise ConfigError(f"texts[{i}] must be a string (or None), got {type(text).__name__}")
     return texts
 
 
@@ -350,6 +360,8 @@ def check_seed(seed):
         if any(s is None for s in seed):
             raise ConfigError(f"a list of seeds needs an integer for every sample, got {list(seed)!r}")
         return [check_seed(s) for s in seed]
+    if isinstance(seed, bool):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
     try:
         value = operator.index(seed)
     except TypeError:
