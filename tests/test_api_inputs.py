@@ -241,3 +241,11 @@ def test_a_loaded_model_refuses_bad_arguments_in_one_line(tmp_path):
     other.lm.transformer.layers = other.lm.transformer.layers[:1]  # 'tiny', another shape
     with pytest.raises(AdapterError, match=r"load the 'tiny' the adapter was made for \(this one has another shape\)"):
         attach_adapters(other, vm.config)
+
+
+def test_generate_many_refuses_the_meta_device_before_any_video_is_read(tmp_path):
+    from vidmusician import generate_many
+
+    with pytest.raises(ConfigError, match="^device 'meta' holds no weights to generate with; use cpu or cuda$"):
+        generate_many([tmp_path / "absent.mp4"], tmp_path / "out", device="meta")
+    assert not (tmp_path / "out").exists()

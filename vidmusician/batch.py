@@ -116,7 +116,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
     from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
     from .generation.windows import check_duration, check_seed, count_steps, decode, features_of, sample_tokens
     from .pipeline import load_for_generation
-    from .runtime import default_device
+    from .runtime import generation_device
     from .video.reader import frames_covering, probe
 
     # Every check that needs no model and no video comes first.
@@ -125,7 +125,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                               video_cfg_coef=video_cfg_coef, extend_stride=extend_stride, plausibility=plausibility,
                               engine=engine)
     duration, seed = check_duration(duration), check_seed(seed)
-    default_device(device)  # a device this machine lacks, before any video is read
+    generation_device(device)  # a device this machine lacks, before any video is read
     if isinstance(seed, list):
         raise ConfigError("seed must be one integer; each video's own seed is derived from it and its name")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

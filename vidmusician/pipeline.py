@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .generation.windows import (check_duration, check_seed, generate_batch, sample_and_decode,
                                  set_encoder)
-from .runtime import default_device
+from .runtime import generation_device
 from .sizing import config_for_backbone
 from .video.encoders import VisualEncoder, load_encoder
 from .video.reader import frames_covering, probe
@@ -89,8 +89,7 @@ def generate(video, adapter=None, backbone=None, encoder: str | None = None, tex
     if duration is None:
         duration = info.duration
     check_seed(seed)
-    if default_device(device).type == "meta":  # a device this machine lacks, before any model loads
-        raise ConfigError("device 'meta' holds no weights to generate with; use cpu or cuda")
+    generation_device(device)  # a device this machine lacks, before any model loads
     vm, musicgen, params = load_for_generation(adapter, backbone, encoder, device, params)
     if vm is None:
         num_frames = frames_covering(duration, musicgen.frame_rate)

@@ -44,6 +44,14 @@ def default_device(device=None) -> torch.device:
     return device
 
 
+def generation_device(device=None) -> torch.device:
+    """:func:`default_device` for a device to generate on: one with weights (not 'meta')."""
+    device = default_device(device)
+    if device.type == "meta":
+        raise ConfigError("device 'meta' holds no weights to generate with; use cpu or cuda")
+    return device
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None, device=None):
     """Runs the block with torch's RNG seeded, then gives the caller back its own RNG state.
