@@ -21,7 +21,7 @@ import torch
 
 from .backbone_spec import BackboneSpec, backbone_spec, check_fuser  # noqa: F401  (their old home)
 from .errors import BackboneError, one_line
-from .hub import hub_unreachable, offline_mode, offline_set
+from .hub_reach import hub_unreachable, offline_mode, offline_set
 from .runtime import default_device
 from .testing import random_backbones
 from .testing.learned_base import learned_musicgen, music_codec

@@ -21,6 +21,7 @@ from . import __version__
 from .adapter_files import WEIGHTS_NAME, check_adapter_tensors, read_adapter
 from .config import CONFIG_NAME
 from .errors import AdapterError, ConfigError, one_line
+from .hub_reach import no_answer
 
 __all__ = ["ADAPTER_FILES", "is_hub_id", "split_revision", "resolve_adapter", "push_adapter"]
 
@@ -77,65 +78,6 @@ def resolve_adapter(name, revision: str | None = None, files: tuple[str, ...] = 
     return first.parent
 
 
-def hub_unreachable(repo: str, filename: str, revision: str | None = None) -> bool:
-    """Whether the Hub cannot be reached for ``repo``'s ``filename`` (False when offline mode is set).
-
-    One plain request: when nothing answers, ``hf_hub_download`` retries for ~25 s (with
-    a warning each time) before it falls back to the cache. An answer, even an error (no
-    such repository, gated, ...), means the Hub is there.
-    """
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        return not constants.HF_HUB_OFFLINE and _no_answer(repo, filename, revision)
-    except HfHubHTTPError:
-        return False
-
-
-def _no_answer(repo: str, filename: str, revision: str | None) -> bool:
-    """True when a plain request for the file gets no answer; an error answer is raised."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
-    except HfHubHTTPError:
-        raise
-    except Exception:  # noqa: BLE001 - any failure to reach the Hub
-        return True
-    return False
-
-
-_FORCED: list = []  # the offline_mode blocks running that turned offline mode on
-
-
-def offline_set() -> bool:
-    """Whether the user set offline mode (HF_HUB_OFFLINE), not :func:`offline_mode` for an unreachable Hub."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) and not _FORCED
-
-
-@contextlib.contextmanager
-def offline_mode(enabled: bool = True):
-    """Runs the block with huggingface_hub (and transformers, which asks it) in offline mode: files
-    come from the cache at once, without the retries of a Hub that does not answer."""
-    from huggingface_hub import constants
-
-    previous = constants.HF_HUB_OFFLINE
-    forced = enabled and not previous
-    constants.HF_HUB_OFFLINE = previous or enabled
-    if forced:
-        _FORCED.append(True)
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = previous
-        if forced:
-            _FORCED.pop()
-
-
 def _download(repo: str, filename: str, revision: str | None, shown_revision: str | None = None) -> Path:
     from huggingface_hub import constants, hf_hub_download
 
@@ -145,7 +87,7 @@ def _download(repo: str, filename: str, revision: str | None, shown_revision: st
     with hub_errors(where, shown_revision or revision, filename):
         # An answer from the Hub that is an error (no such repository, gated, ...) is raised: hub_errors
         # says it; no answer: the cache decides at once (see hub_unreachable).
-        if not constants.HF_HUB_OFFLINE and _no_answer(repo, filename, revision):
+        if not constants.HF_HUB_OFFLINE and no_answer(repo, filename, revision):
             return Path(hf_hub_download(**kwargs, local_files_only=True))
         return Path(hf_hub_download(**kwargs))
 

@@ -1,0 +1,71 @@
+"""Whether the Hugging Face Hub answers, and offline mode for a block when it does not.
+
+When nothing answers, ``huggingface_hub`` retries each download for ~25 s (with a
+warning line each time) before it falls back to the cache; one plain request first
+tells that case apart, so cached files load at once and uncached ones fail in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+__all__ = ["hub_unreachable", "no_answer", "offline_mode", "offline_set"]
+
+
+def hub_unreachable(repo: str, filename: str, revision: str | None = None) -> bool:
+    """Whether the Hub cannot be reached for ``repo``'s ``filename`` (False when offline mode is set).
+
+    One plain request: when nothing answers, ``hf_hub_download`` retries for ~25 s (with
+    a warning each time) before it falls back to the cache. An answer, even an error (no
+    such repository, gated, ...), means the Hub is there.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return not constants.HF_HUB_OFFLINE and no_answer(repo, filename, revision)
+    except HfHubHTTPError:
+        return False
+
+
+def no_answer(repo: str, filename: str, revision: str | None) -> bool:
+    """True when a plain request for the file gets no answer; an error answer is raised."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
+    except HfHubHTTPError:
+        raise
+    except Exception:  # noqa: BLE001 - any failure to reach the Hub
+        return True
+    return False
+
+
+_FORCED: list = []  # the offline_mode blocks running that turned offline mode on
+
+
+def offline_set() -> bool:
+    """Whether the user set offline mode (HF_HUB_OFFLINE), not :func:`offline_mode` for an unreachable Hub."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) and not _FORCED
+
+
+@contextlib.contextmanager
+def offline_mode(enabled: bool = True):
+    """Runs the block with huggingface_hub (and transformers, which asks it) in offline mode: files
+    come from the cache at once, without the retries of a Hub that does not answer."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    forced = enabled and not previous
+    constants.HF_HUB_OFFLINE = previous or enabled
+    if forced:
+        _FORCED.append(True)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+        if forced:
+            _FORCED.pop()
