@@ -139,6 +139,28 @@ def test_rerun_with_other_settings_is_refused(prepared, folder):
         prepare(folder, out, window=3.0, hop=1.0, **TINY)
 
 
+def test_a_rerun_or_a_check_takes_the_datasets_own_settings(prepared, folder, capsys):
+    """`prepare SRC OUT --verify` as the README writes it: the options the dataset was made with are left out."""
+    out, _ = prepared
+    assert main(["prepare", str(folder), str(out), "--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 already done, 0 prepared" in printed and "intact" in printed
+    report = prepare(folder, out, progress=False)  # the library's too: no backbone, encoder, window, ... given
+    assert (report.already_done, report.prepared) == (5, 0)
+
+
+def test_a_model_that_fails_to_load_leaves_no_folder(folder, tmp_path, capsys):
+    out = tmp_path / "new" / "ds"
+    assert main(["prepare", str(folder), str(out), "--backbone", str(tmp_path / "no-backbone"), "--encoder", "tiny",
+                 "--device", "cpu"]) == 2
+    assert "no-backbone: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    assert main(["prepare", str(folder), str(tmp_path / "kept"), "--backbone", str(tmp_path / "no-backbone"),
+                 "--encoder", "tiny", "--device", "cpu"]) == 2
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_a_torn_index_is_repaired_and_the_source_redone(folder, tmp_path):
     out = tmp_path / "ds"
     prepare(folder, out, window=2.0, hop=1.0, holdout=0.0, **TINY)
@@ -158,7 +180,8 @@ def test_a_rerun_with_another_holdout_is_refused(prepared, folder, tmp_path):
     out, _ = prepared
     assert json.loads((out / "dataset.json").read_text())["holdout"] == 0.3
     index = (out / INDEX_NAME).read_text()
-    with pytest.raises(DataError, match=r"prepared with other settings \(holdout: 0.3 vs 0.5\); use a new folder"):
+    with pytest.raises(DataError, match=r"prepared with other settings \(holdout: 0.3 vs 0.5\); leave those options "
+                                        r"out \(a rerun takes the dataset's\), or prepare into a new folder"):
         prepare(folder, out, window=2.0, hop=1.0, holdout=0.5, **TINY)
     assert (out / INDEX_NAME).read_text() == index
     # A dataset prepared before the holdout was recorded: not compared.

@@ -11,6 +11,7 @@ are skipped and listed in ``errors.jsonl``; a rerun skips every source already d
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -135,14 +136,21 @@ def keep_a_training_window(out: Path, fraction: float) -> str | None:
     return None
 
 
-def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = DEFAULT_ENCODER,
-            window: float = 30.0, hop: float = 30.0, holdout: float = 0.05, global_fps: float = 1.0,
-            local_fps: float = 25.0, retry_errors: bool = False, device=None, progress: bool = True,
+# The settings of a new dataset that the call leaves out; a rerun's are the dataset's own (dataset.json).
+DEFAULTS = dict(backbone="facebook/musicgen-small", encoder=DEFAULT_ENCODER, window=30.0, hop=30.0, holdout=0.05,
+                global_fps=1.0, local_fps=25.0)
+
+
+def prepare(src, out, backbone: str | None = None, encoder: str | None = None, window: float | None = None,
+            hop: float | None = None, holdout: float | None = None, global_fps: float | None = None,
+            local_fps: float | None = None, retry_errors: bool = False, device=None, progress: bool = True,
             encoder_batch: int | None = None, per_video_batches: bool = False, verify: bool = False) -> PrepareReport:
     """Prepares a training dataset in ``out`` (see the module docstring).
 
     Under ``accelerate launch`` / torchrun, each process prepares its share of the
     sources and the report counts that share; process 0 merges the index at the end.
+    A setting left out (None) is the dataset's own when ``out`` holds one (a rerun, or
+    ``verify`` alone), else :data:`DEFAULTS`; one given must be the dataset's.
 
     Args:
         src: a folder of music videos, or a CSV/JSONL of ``video, audio, text`` pairs.
@@ -168,6 +176,14 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
         Terminated: on SIGTERM; every source finished before it is kept.
         DataError: ``verify`` found a damaged shard (named).
     """
+    out = Path(out)
+    old = DatasetMeta.load(out) if (out / META_NAME).is_file() else None
+    given = dict(backbone=backbone, encoder=encoder, window=window, hop=hop, global_fps=global_fps,
+                 local_fps=local_fps, holdout=holdout)
+    recorded = {k: getattr(old, k, None) for k in given} if old is not None else {}
+    asked = {k: v if v is not None else recorded.get(k) if recorded.get(k) is not None else DEFAULTS[k]
+             for k, v in given.items()}
+    window, hop, holdout, global_fps = asked["window"], asked["hop"], asked["holdout"], asked["global_fps"]
     if not (window > 0 and hop > 0 and 0 <= holdout < 1):
         raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
     if encoder_batch is not None and not (isinstance(encoder_batch, int) and encoder_batch >= 1):
@@ -175,20 +191,41 @@ def prepare(src, out, backbone: str = "facebook/musicgen-small", encoder: str = 
                           f"(default {GPU_ENCODER_BATCH} on a GPU, {CPU_ENCODER_BATCH} on a CPU)")
     if abs(hop * global_fps - round(hop * global_fps)) > FRAME_TOLERANCE:
         raise ConfigError(f"--hop {hop} must be a whole number of global frames (1/{global_fps:g} s)")
-    out = Path(out)
     sources = list_sources(src)
     if device is not None:
         device = default_device(device)  # a device this machine lacks: one line, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    asked = dict(backbone=backbone, encoder=encoder, window=float(window), hop=float(hop),
-                 global_fps=float(global_fps), local_fps=float(local_fps), holdout=float(holdout))
-    if (out / META_NAME).is_file():
-        old = DatasetMeta.load(out)
+    asked = {k: v if k in ("backbone", "encoder") else float(v) for k, v in asked.items()}
+    if old is not None:
         # A setting the dataset did not record (prepared before it was) is not compared.
         diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items() if getattr(old, k) not in (None, v)]
         if diffs:
-            raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); use a new folder")
+            raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); leave those options out "
+                            f"(a rerun takes the dataset's), or prepare into a new folder")
+    created = _first_missing(out)  # the outermost folder this call makes (None: OUT is there)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _prepare(sources, out, asked, retry_errors, device, progress, encoder_batch, per_video_batches,
+                        verify)
+    except BaseException:
+        if created is not None and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)  # a backbone or encoder that failed to load: no empty folder
+        raise
 
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist (None: ``path`` exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _prepare(sources: list[Source], out: Path, asked: dict, retry_errors: bool, device, progress: bool,
+             encoder_batch: int | None, per_video_batches: bool, verify: bool) -> PrepareReport:
+    """:func:`prepare` past its checks, into the folder ``out``."""
+    holdout = asked["holdout"]
     procs = Processes(cpu=device is not None and device.type == "cpu")
     one = procs.world == 1
     index = out / (INDEX_NAME if one else INDEX_PART.format(rank=procs.rank))
