@@ -36,6 +36,7 @@ _EXPORTS = {
     "tiny_musicgen": "vidmusician.testing.random_backbones",
     "random_musicgen": "vidmusician.testing.random_backbones",
     "load_preset": "vidmusician.sizing",
+    "config_for_backbone": "vidmusician.sizing",
     "generate": "vidmusician.pipeline",  # a module named generate would shadow the function
     "generate_many": "vidmusician.batch",
     "load_encoder": "vidmusician.video.encoders",
