@@ -50,7 +50,7 @@ def add_arguments(parser) -> None:
                              "its top token's probability (default: the library's, see docs/alignment.md); 0: "
                              "every token, MusicGen's guidance, which amplifies what adapters learned from lossy "
                              "soundtracks")
-    parser.add_argument("--top-k", type=int, default=250, metavar="K", help="top-k sampling (default 250)")
+    parser.add_argument("--top-k", type=int, default=250, metavar="K", help="sample among the K most likely tokens (default 250; 0: no top-k cut)")
     parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default 1.0)")
     parser.add_argument("--extend-stride", type=float, metavar="S",
                         help="seconds between windows past the backbone's 30 s window (default 18)")

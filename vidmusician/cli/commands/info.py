@@ -10,8 +10,10 @@ HELP = "show an adapter preset's or folder's config and trainable parameter coun
 
 
 def add_arguments(parser):
+    from ...sizing import preset_names  # data only: no torch
+
     parser.add_argument("adapter", metavar="PRESET_OR_DIR",
-                        help="a preset name (musicgen-small, musicgen-medium, musicgen-large), "
+                        help=f"a preset name ({', '.join(preset_names())}), "
                              "an adapter folder, an adapter_config.json, or a Hugging Face Hub id "
                              "(org/name[@revision]; only its adapter_config.json is fetched)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
