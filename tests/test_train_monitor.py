@@ -134,3 +134,21 @@ def test_unknown_or_missing_tracker_is_one_line(data, tmp_path, capsys):
 def test_recipe_becomes_flat_hyperparameters():
     assert flat_config({"lr": 0.1, "betas": [0.9, 0.95], "adapter": {"rank": 4}, "init_adapter": None}) == \
         {"lr": 0.1, "betas": "[0.9, 0.95]", "adapter.rank": 4, "init_adapter": "null"}
+
+
+def test_the_logged_loss_counts_every_target_as_the_holdout_loss_does(data, tmp_path, capsys):
+    """With plausible_targets the optimized objective leaves targets out; the logged loss still counts every
+    target: at step 1 (the initial weights' forward, before any update) it is the unfiltered run's loss."""
+    rows = {}
+    for fraction in (0.0, 0.5):
+        (tmp_path / str(fraction)).mkdir()
+        code, _, err = train(data, tmp_path / str(fraction), capsys, "--set", "max_steps=1", "--set",
+                             f"plausible_targets={fraction}")
+        assert code == 0, err
+        log = tmp_path / str(fraction) / "run" / "log.jsonl"
+        rows[fraction] = next(json.loads(line) for line in log.read_text().splitlines() if '"loss"' in line)
+    plain, filtered = rows[0.0], rows[0.5]
+    assert plain["step"] == filtered["step"] == 1
+    assert filtered["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert plain["objective"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert filtered["objective"] < 0.9 * filtered["loss"]  # the filter leaves targets out of the objective
