@@ -199,6 +199,9 @@ def test_two_processes_give_the_adapter_of_one(mixed_data, tmp_path):
     assert moved > 100 * 1e-4
     losses = [[r["loss"] for r in log_rows(run_dir) if "loss" in r] for run_dir in (one, two, accumulated)]
     assert all(abs(x - y) < 1e-5 for x, y in zip(losses[0], losses[1])) and losses[0] == pytest.approx(losses[2])
+    objectives = [[r["objective"] for r in log_rows(run_dir) if "objective" in r] for run_dir in (one, two, accumulated)]
+    assert len(objectives[0]) == 6 and objectives[0] == pytest.approx(objectives[1], abs=1e-5)
+    assert objectives[0] == pytest.approx(objectives[2])
     holdout = [(x["holdout_loss"], y["holdout_loss"]) for x, y in zip(log_rows(one), log_rows(two)) if "holdout_loss" in x]
     assert len(holdout) == 2 and all(abs(x - y) < 1e-4 for x, y in holdout)
 

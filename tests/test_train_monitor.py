@@ -68,7 +68,8 @@ def test_tensorboard_gets_losses_learning_rate_and_audio_samples(data, tmp_path,
     assert samples == ["step-00000002.wav", "step-00000004.wav"]
     wav, rate = sf.read(run / "samples" / samples[0])
     assert rate == 32000 and len(wav) == 2 * 32000 and abs(wav).max() > 0
-    assert "step 4 loss" in out and "training:" not in err  # no bar when stderr is not a terminal (a log file)
+    # No bar when stderr is not a terminal (a log file): a plain line at the first step instead.
+    assert "step 4 loss" in out and "training:" not in err and "step 1/4, " in err
 
 
 def test_the_bar_shows_loss_and_time_left(tmp_path, capsys):
@@ -85,6 +86,69 @@ def test_the_bar_shows_loss_and_time_left(tmp_path, capsys):
     bar = out.err.replace("\r", "\n").strip().splitlines()[-1]
     assert bar.startswith("training:  60%") and "3/5" in bar and "<00:" in bar and "loss=2.5" in bar, out.err
     assert "step 2 loss 2.5 lr 0.125" in out.out
+    assert "s/step" not in out.err  # the bar alone, no plain lines
+
+
+def test_without_a_terminal_plain_lines_tell_the_progress(tmp_path, capsys):
+    """A stderr that is no terminal gets a line at the first step, then one a minute (37.1 s steps: every
+    second step); the rate and time left count from where the run started (a resumed run's step 100)."""
+    from accelerate import Accelerator
+
+    from vidmusician.training.monitor import Monitor
+
+    now = [0.0]
+    monitor = Monitor(Accelerator(cpu=True), tmp_path, {}, 100, 2100, clock=lambda: now[0])
+    capsys.readouterr()
+    for _ in range(6):
+        now[0] += 37.1
+        monitor.step()
+    monitor.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["step 101/2100, 37.1 s/step, about 20 h 36 min left",  # 1999 x 37.1 s
+                     "step 103/2100, 37.1 s/step, about 20 h 34 min left",
+                     "step 105/2100, 37.1 s/step, about 20 h 33 min left"], lines
+
+
+def test_other_processes_write_no_progress_lines(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from vidmusician.training.monitor import Monitor
+
+    other = SimpleNamespace(is_main_process=False, trackers=[], log_with=None, end_training=lambda: None)
+    monitor = Monitor(other, tmp_path, {}, 0, 10)
+    monitor.step()
+    monitor.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_log_line_is_flushed_at_once(tmp_path, monkeypatch):
+    """A stdout that is a file or a pipe is block-buffered: each log line is flushed as it is written."""
+    import io
+    import sys
+
+    from accelerate import Accelerator
+
+    from vidmusician.training.monitor import Monitor
+
+    class Buffered(io.StringIO):
+        flushed = ""
+
+        def flush(self):
+            self.flushed = self.getvalue()
+
+    out = Buffered()
+    monkeypatch.setattr(sys, "stdout", out)
+    monitor = Monitor(Accelerator(cpu=True), tmp_path, {}, 0, 10)
+    monitor.log(1, loss=2.5)
+    assert out.flushed == "step 1 loss 2.5\n"
+    monitor.close()
+
+
+def test_durations_read_as_hours_minutes_or_seconds():
+    from vidmusician.training.monitor import about
+
+    assert [about(s) for s in (0.4, 59.4, 60, 3599, 3600, 73800)] == ["0 s", "59 s", "1 min", "59 min", "1 h 0 min",
+                                                                       "20 h 30 min"]
 
 
 def test_the_log_starts_where_the_run_starts(tmp_path):
@@ -134,3 +198,21 @@ def test_unknown_or_missing_tracker_is_one_line(data, tmp_path, capsys):
 def test_recipe_becomes_flat_hyperparameters():
     assert flat_config({"lr": 0.1, "betas": [0.9, 0.95], "adapter": {"rank": 4}, "init_adapter": None}) == \
         {"lr": 0.1, "betas": "[0.9, 0.95]", "adapter.rank": 4, "init_adapter": "null"}
+
+
+def test_the_logged_loss_counts_every_target_as_the_holdout_loss_does(data, tmp_path, capsys):
+    """With plausible_targets the optimized objective leaves targets out; the logged loss still counts every
+    target: at step 1 (the initial weights' forward, before any update) it is the unfiltered run's loss."""
+    rows = {}
+    for fraction in (0.0, 0.5):
+        (tmp_path / str(fraction)).mkdir()
+        code, _, err = train(data, tmp_path / str(fraction), capsys, "--set", "max_steps=1", "--set",
+                             f"plausible_targets={fraction}")
+        assert code == 0, err
+        log = tmp_path / str(fraction) / "run" / "log.jsonl"
+        rows[fraction] = next(json.loads(line) for line in log.read_text().splitlines() if '"loss"' in line)
+    plain, filtered = rows[0.0], rows[0.5]
+    assert plain["step"] == filtered["step"] == 1
+    assert filtered["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert plain["objective"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert filtered["objective"] < 0.9 * filtered["loss"]  # the filter leaves targets out of the objective

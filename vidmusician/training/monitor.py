@@ -1,5 +1,7 @@
 """What a training run shows while it runs: a progress bar, log lines, trackers, audio samples.
 
+The bar is for a terminal; a stderr that is a file or a pipe gets a plain progress line a minute.
+
 Log lines go to the terminal and ``OUTPUT/log.jsonl``; with ``--report-to`` the same
 numbers go to Accelerate's trackers (TensorBoard, W&B, MLflow, ...; their files
 under ``OUTPUT/trackers``). At each evaluation a short piece of music for one
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +24,9 @@ from ..errors import ConfigError
 from ..fileio import atomic_write
 
 SAMPLE_SECONDS = 5.0  # long enough to hear the adapter follow the video, short enough to cost little
+# Seconds between the plain progress lines of a stderr that is no terminal: often enough to see a
+# slow run move (a CPU step can take half a minute), rarely enough to keep a log file short.
+LINE_EVERY = 60.0
 
 
 def check_trackers(names: list[str]) -> list[str]:
@@ -51,6 +57,14 @@ def flat_config(config: dict) -> dict:
     return flat
 
 
+def about(seconds: float) -> str:
+    """A duration as a person reads it: ``20 h 30 min``, ``4 min``, ``37 s``."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
+
+
 def keep_log_until(path: Path, step: int) -> None:
     """Cuts ``log.jsonl`` back to the rows of steps up to ``step``, where the run starts (0: a new log).
 
@@ -79,10 +93,14 @@ class Monitor:
         config: the recipe, stored by the trackers as hyperparameters.
         start, total: the step the run starts at and the last step; ``log.jsonl``'s rows of later
             steps (a resumed run's, or all of a run started over at 0) are removed.
-        progress: show the bar; default: when stderr is a terminal (a log file gets the log lines only).
+        progress: show the bar; default: when stderr is a terminal. Without the bar (nohup, a batch
+            job, ``| tee``), stderr gets a plain line at the first step, then every :data:`LINE_EVERY`
+            seconds: ``step 10/2000, 37.1 s/step, about 20 h 30 min left``.
+        clock: seconds, for the plain lines' cadence and rate (tests pass a fake one).
     """
 
-    def __init__(self, accelerator, out: Path, config: dict, start: int, total: int, progress: bool | None = None):
+    def __init__(self, accelerator, out: Path, config: dict, start: int, total: int, progress: bool | None = None,
+                 clock=time.monotonic):
         from tqdm.auto import tqdm
 
         self.accelerator, self.out = accelerator, Path(out)
@@ -95,10 +113,24 @@ class Monitor:
         # The bar goes to stderr; log lines go to stdout above it (tqdm.write keeps them apart).
         self.bar = tqdm(total=total, initial=start, unit="step", desc="training", disable=not (self.main and progress),
                         dynamic_ncols=True, file=sys.stderr)
+        # A bar redrawn into a file is one growing line of carriage returns, and the first log
+        # line may be log_every steps away: plain lines instead.
+        self.lines = self.main and not progress
+        self.clock, self.start, self.total = clock, start, total
+        self.done, self.began, self.last_line = start, clock(), None
 
     def step(self) -> None:
         """One optimizer step done."""
         self.bar.update(1)
+        self.done += 1
+        if not self.lines:
+            return
+        now = self.clock()
+        if self.last_line is None or now - self.last_line >= LINE_EVERY:
+            rate = (now - self.began) / (self.done - self.start)
+            print(f"step {self.done}/{self.total}, {rate:.3g} s/step, about {about(rate * (self.total - self.done))} "
+                  f"left", file=sys.stderr, flush=True)
+            self.last_line = now
 
     def log(self, step: int, **values) -> None:
         """A log line (terminal, ``log.jsonl``), the bar's numbers and the trackers' scalars."""
@@ -108,6 +140,7 @@ class Monitor:
 
         tqdm.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in dict(step=step, **values).items()))
+        sys.stdout.flush()  # a stdout that is a file or a pipe is block-buffered: the line now, not pages later
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(dict(step=step, **values)) + "\n")
         shown = {k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "holdout_loss", "lr")}

@@ -11,7 +11,9 @@ Several GPUs or nodes (the same script, the launcher sets up DDP)::
 
 What trains is data in the recipe (stage and adapter groups). The loss is
 MusicGen's own: masked cross-entropy per codebook of ``LMModel.compute_predictions``,
-averaged over codebooks. Checkpoints (``OUTPUT/checkpoints/step-N``) hold only the
+averaged over codebooks. The log's ``loss`` counts every target, as ``holdout_loss`` does;
+``objective`` is the number the gradient descends (without the targets ``plausible_targets``
+leaves out, with ``codebook_weights``). Checkpoints (``OUTPUT/checkpoints/step-N``) hold only the
 adapter, the optimizer, the scheduler, the RNG states and the step; ``--resume``
 continues from the latest one exactly. The release adapter is ``OUTPUT/adapter``.
 A progress bar shows the loss and the time left; ``--report-to tensorboard`` (or
@@ -61,9 +63,11 @@ class Objective(nn.Module):
         self.__dict__["vm"] = vm  # not a submodule: its LM is registered above
         self.plausible_targets = plausible_targets
 
-    def forward(self, codes, valid, videos, texts, filtered: bool = True):
+    def forward(self, codes, valid, videos, texts, filtered: bool = True, every_target: bool = False):
         """Per-codebook loss sums and counts; ``filtered``: the fine codebooks' targets the frozen
-        base rules out count zero (:attr:`Recipe.plausible_targets`), the counts stay every valid position."""
+        base rules out count zero (:attr:`Recipe.plausible_targets`), the counts stay every valid position.
+        ``every_target``: a third result, the sums over every target (what the holdout loss counts),
+        from the same logits without gradients, so the log can show a loss comparable to the holdout's."""
         from audiocraft.modules.conditioners import ConditioningAttributes
 
         conditions = [ConditioningAttributes(text={"description": t}) for t in texts]
@@ -79,9 +83,14 @@ class Objective(nn.Module):
         out = self.vm.compute_predictions(codes, videos, conditions, condition_tensors=tensors)
         mask = out.mask & loss_mask(self.lm, valid)
         if keep is None:
-            return codebook_losses(out.logits, codes, mask)
+            sums, counts = codebook_losses(out.logits, codes, mask)
+            return (sums, counts, sums.detach()) if every_target else (sums, counts)
         sums, _ = codebook_losses(out.logits, codes, mask & keep)
-        return sums, mask.sum(dim=(0, 2))
+        if not every_target:
+            return sums, mask.sum(dim=(0, 2))
+        with torch.no_grad():
+            every, _ = codebook_losses(out.logits.detach(), codes, mask)
+        return sums, mask.sum(dim=(0, 2)), every
 
 
 def codebook_weights(recipe: Recipe, num_codebooks: int) -> torch.Tensor:
@@ -350,25 +359,29 @@ def _train(args, progress: dict) -> Path:
         # codebook), however the batch is split over processes and micro-batches.
         counts = sum(loss_mask(vm.lm, b.valid).sum(dim=(0, 2)) for b in micro).float()
         tokens = accelerator.reduce(counts, "sum").clamp(min=1)
-        loss_sum = torch.zeros_like(tokens)
+        # [2, K]: the cross-entropy of every target (the holdout loss's measure) and the optimized
+        # sums (which leave out the targets the base rules out, with plausible_targets).
+        loss_sum = torch.zeros(2, *tokens.shape, device=tokens.device)
         for j, batch in enumerate(micro):
             texts = drop_texts(batch.texts, state.step * recipe.grad_accum + j)  # the sampler's batch number
             # accumulate(): no DDP gradient sync until the last micro-batch.
             with accelerator.accumulate(objective):
-                sums, _ = objective(batch.codes, batch.valid, batch.videos, texts)
+                sums, _, every = objective(batch.codes, batch.valid, batch.videos, texts, every_target=True)
                 accelerator.backward((sums / tokens * weights).sum() * share)
                 if accelerator.sync_gradients and recipe.grad_clip:
                     accelerator.clip_grad_norm_(params, recipe.grad_clip)
                 optimizer.step()  # a no-op until the gradients are synced
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += sums.detach()
+            loss_sum += torch.stack([every, sums.detach()])
         scheduler.step()
         state.step += 1
         progress["stepped"], progress["step"] = True, state.step
         monitor.step()
         if state.step % recipe.log_every == 0 or state.step == recipe.max_steps:
-            loss = (accelerator.reduce(loss_sum, "sum") / tokens).mean().item()
-            monitor.log(state.step, loss=loss, lr=scheduler.get_last_lr()[0],
+            every, optimized = (accelerator.reduce(loss_sum, "sum") / tokens).unbind()
+            # loss: comparable to holdout_loss; objective: what the gradient descends.
+            monitor.log(state.step, loss=every.mean().item(), objective=(optimized * weights).sum().item(),
+                        lr=scheduler.get_last_lr()[0],
                         sec_per_step=(time.time() - t0) / (state.step - logged))
             t0, logged = time.time(), state.step
         if state.step % recipe.eval_every == 0:
