@@ -39,7 +39,7 @@ class Recipe:
         gradient_checkpointing: recompute the frozen backbone's activations in backward.
         eval_every, eval_windows: holdout loss every N steps, on at most this many windows.
         save_every, keep_checkpoints: checkpoint every N steps, keep the newest few.
-        log_every: print and log the training loss every N steps.
+        log_every: print and log the training loss (every target) and objective every N steps.
         seed: adapter initialization and data order.
         num_workers: DataLoader worker processes.
         codebook_weights: weight of each codebook's mean cross-entropy in the training loss
