@@ -101,31 +101,90 @@ def _fad_is_zero_with_itself_and_grows_with_a_shift(embedder, n=4):
 # CLAP
 
 
-def test_clap_loads_by_id_from_the_hub_cache_offline(clap_folder, tmp_path, monkeypatch):
+def _hub_cache(tmp_path, monkeypatch, clap_folder=None, offline=True):
+    """An HF cache under tmp_path (holding the default id, laid out as huggingface_hub caches a
+    download, when ``clap_folder`` is given) and offline mode on or off."""
     import huggingface_hub.constants as hub
 
-    # The default id, laid out as huggingface_hub caches a download.
-    repo = tmp_path / "hub" / ("models--" + DEFAULT_CLAP.replace("/", "--"))
-    commit = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for f in clap_folder.iterdir():
-        (snapshot / f.name).write_bytes(f.read_bytes())
-    for name, value in (("HF_HUB_OFFLINE", "1"), ("HF_HOME", str(tmp_path)), ("HF_HUB_CACHE", str(tmp_path / "hub"))):
+    if clap_folder is not None:
+        repo = tmp_path / "hub" / ("models--" + DEFAULT_CLAP.replace("/", "--"))
+        commit = "0" * 40
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for f in clap_folder.iterdir():
+            (snapshot / f.name).write_bytes(f.read_bytes())
+    for name, value in (("HF_HUB_OFFLINE", str(int(offline))), ("TRANSFORMERS_OFFLINE", str(int(offline))),
+                        ("HF_HOME", str(tmp_path)), ("HF_HUB_CACHE", str(tmp_path / "hub"))):
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(hub, "HF_HOME", str(tmp_path))
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
+
+def test_clap_loads_by_id_from_the_hub_cache_offline(clap_folder, tmp_path, monkeypatch):
+    _hub_cache(tmp_path, monkeypatch, clap_folder)
     name, embedder = load_embedder("clap")
     assert name == "clap" and isinstance(embedder, ClapEmbedder)
     assert embedder.sample_rate == 48000 and embedder.truncation == "rand_trunc"
     emb = embedder(np.zeros(48000 * 2, np.float32), 48000)
     assert emb.shape == (1, CLAP_DIM)
-    with pytest.raises(ConfigError, match="cannot be loaded"):
+    with pytest.raises(ConfigError) as err:
         ClapEmbedder.from_pretrained("laion/not-in-the-cache")
+    message = str(err.value)
+    assert "not in the Hugging Face cache (HF_HUB_OFFLINE is set)" in message, message
+    assert "download it once with a network connection" in message and "--clap-model DIR" in message, message
+
+
+def test_an_unreachable_hub_loads_the_cached_clap_at_once(clap_folder, tmp_path, monkeypatch, caplog):
+    """Not offline, but nothing answers: the default id is one line saying that it is not in the cache (not
+    that the default is the fix); once cached it loads; no download retries."""
+    import logging
+
+    import huggingface_hub.constants as hub
+
+    _hub_cache(tmp_path / "empty", monkeypatch, offline=False)
+    monkeypatch.setattr(hub, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused
+    caplog.set_level(logging.INFO, logger="huggingface_hub")
+    with pytest.raises(ConfigError) as err:
+        load_embedder("clap")
+    message = str(err.value)
+    assert "\n" not in message and f"CLAP model {DEFAULT_CLAP!r}: no such folder" in message, message
+    assert "not in the Hugging Face cache (the Hub could not be reached)" in message, message
+    assert "download it once with a network connection" in message and "--clap-model DIR" in message, message
+    assert "such as" not in message, message
+    _hub_cache(tmp_path / "cached", monkeypatch, clap_folder, offline=False)
+    _, embedder = load_embedder("clap")
+    assert embedder(np.zeros(48000, np.float32), 48000).shape == (1, CLAP_DIM)
+    assert "Retrying" not in caplog.text and hub.HF_HUB_OFFLINE is False
+
+
+def test_a_clap_folder_that_is_not_there_is_one_line(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        ClapEmbedder.from_pretrained(str(tmp_path / "no" / "clap"))
+    message = str(err.value)
+    assert "cannot be loaded" in message and f"such as {DEFAULT_CLAP}" in message and "--clap-model DIR" in message
+
+
+def test_the_default_clap_failing_with_the_hub_there_is_not_its_own_fix(tmp_path, monkeypatch):
+    """The Hub answers but the download breaks off: the line says what happened and offers a folder,
+    not the default id it was loading."""
+    import transformers
+
+    import vidmusician.evaluation.embedders as embedders
+
+    def broken(*args, **kwargs):
+        raise OSError("Connection reset by peer")
+
+    _hub_cache(tmp_path, monkeypatch, offline=False)
+    monkeypatch.setattr(embedders, "hub_unreachable", lambda *args: False)
+    monkeypatch.setattr(transformers.ClapModel, "from_pretrained", broken)
+    with pytest.raises(ConfigError) as err:
+        ClapEmbedder.from_pretrained(DEFAULT_CLAP)
+    message = str(err.value)
+    assert "cannot be loaded (Connection reset by peer)" in message and "--clap-model DIR" in message, message
+    assert "such as" not in message, message
 
 
 def test_clap_embeds_each_10s_window(clap):

@@ -107,7 +107,7 @@ def test_exit_code_and_files(run):
     _, code, report, plots = run
     assert code == 0
     assert [f["name"] for f in report["files"]] == sorted(CASES)
-    assert report["unmatched"] == {"no_generated": ["orphan"], "no_reference": []}
+    assert report["unmatched"] == {"no_generated": ["orphan"], "no_reference": [], "no_reference_audio": []}
     assert report["settings"]["ba_sigma"] == pytest.approx(SIGMA)
     assert report["settings"]["ba_sigma_bailando"] == pytest.approx(3 / 60)
     assert report["settings"]["d2m_onsets"]["pad_mode"] == report["settings"]["loris_onsets"]["pad_mode"] == "reflect"

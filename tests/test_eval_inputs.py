@@ -161,3 +161,47 @@ def test_music_generated_beside_its_videos(tmp_path):
     sf.write(output_path(v / "a.mp4", v, ".wav"), click_track([0.5], 1.0, SR), SR)
     code, report = _eval(["--videos", v, "--generated", v], tmp_path)
     assert code == 0 and report["files"][0]["generated"].endswith("a_music.wav")
+
+
+# --------------------------------------------------------------------------- #
+# Reference videos without a soundtrack (`--reference videos/`)
+
+
+def frame_embedder(audio, sample_rate):
+    """Per-50 ms frame (log energy, time): a stand-in for a real audio embedder."""
+    hop = sample_rate // 20
+    frames = audio[: len(audio) // hop * hop].reshape(-1, hop)
+    return np.stack([np.log(np.mean(frames**2, axis=1) + 1e-8), np.arange(len(frames)) / 20], axis=1)
+
+
+def _videos_as_reference(tmp_path, with_sound=("a",), silent=("b",)):
+    """Videos, some with a click soundtrack and some without, and a generated click track for each."""
+    v, g = _folders(tmp_path, (), [f"{n}.wav" for n in (*with_sound, *silent)], seconds=2.0)
+    for name in with_sound:
+        flash_video(v / f"{name}.mp4", [0.5], 2.0, audio=click_track([0.5, 1.5], 2.0, SR))
+    for name in silent:
+        flash_video(v / f"{name}.mp4", [0.5], 2.0)
+    return v, g
+
+
+def test_a_reference_video_without_audio_is_scored_without_a_reference_and_the_rest_with_one(tmp_path, capsys):
+    v, g = _videos_as_reference(tmp_path, ("a", "c"), ("b",))
+    out = tmp_path / "report.json"
+    code = main(["eval", "--videos", str(v), "--generated", str(g), "--reference", str(v), "--encoder", "tiny",
+                 "--embedder", "test_eval_inputs:frame_embedder", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    scores = {f["name"]: f for f in report["files"]}
+    assert sorted(scores) == ["a", "b", "c"]
+    assert scores["a"]["bcs"] is not None and scores["c"]["bcs"] is not None and scores["b"]["bcs"] is None
+    assert scores["b"]["beat_alignment"] is not None  # the video-only metric still scores it
+    assert report["unmatched"] == {"no_generated": [], "no_reference": [], "no_reference_audio": ["b"]}
+    assert report["frechet_distance"]["test_eval_inputs:frame_embedder"] is not None  # over a and c
+    assert "warning: 1 video(s) with a reference file that has no audio stream, scored without one: b\n" in err
+
+
+def test_no_reference_with_audio_left_is_one_line(tmp_path, capsys):
+    v, g = _videos_as_reference(tmp_path, (), ("b", "d"))
+    _refused(["--videos", v, "--generated", g, "--reference", v], tmp_path, capsys,
+             f"{v}: no reference file has an audio stream (b, d)", "leave out --reference")

@@ -23,15 +23,19 @@ import importlib
 import json
 import math
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, one_line
+from ..hub_reach import hub_unreachable, offline_mode, offline_set
 from .onsets import load_audio
 
 DEFAULT_CLAP = "laion/larger_clap_music"
+# What a Hugging Face model id looks like ('org/name', or 'name'); anything else is a path.
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 class ClapEmbedder:
@@ -63,19 +67,42 @@ class ClapEmbedder:
     def from_pretrained(cls, name_or_path: str = DEFAULT_CLAP, device: str | None = None) -> ClapEmbedder:
         """Loads a CLAP checkpoint: a Hugging Face model id or a local folder.
 
+        A model id comes from the Hugging Face cache at once when the Hub cannot be
+        reached (or ``HF_HUB_OFFLINE`` is set); one not in the cache is one line then.
+
+        Args:
+            name_or_path: A Hugging Face model id (downloaded on first use) or a folder
+                saved with ``save_pretrained``.
+            device: Where to run; ``None``: CUDA if available.
+
         Raises:
-            ConfigError: The checkpoint is missing or not a CLAP model.
+            ConfigError: The checkpoint is missing (not in the cache with no Hub to
+                download it from) or not a CLAP model.
         """
         from transformers import ClapModel, ClapProcessor
 
+        name = str(name_or_path)
+        hub_id = not Path(name).exists() and _HUB_ID.fullmatch(name) is not None
+        # A Hub that does not answer: the cache decides at once, not after the ~25 s of retries
+        # per file that huggingface_hub spends on an unreachable Hub.
+        unreachable = hub_id and hub_unreachable(name, "config.json")
         try:
-            model = ClapModel.from_pretrained(name_or_path)
-            processor = ClapProcessor.from_pretrained(name_or_path)
+            with offline_mode(unreachable):
+                model = ClapModel.from_pretrained(name)
+                processor = ClapProcessor.from_pretrained(name)
         except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"CLAP model {name_or_path!r} cannot be loaded ({one_line(exc)}); pass a Hugging Face id such as "
-                f"{DEFAULT_CLAP} (downloaded on first use) or a folder saved with save_pretrained"
-            ) from None
+            if hub_id and (unreachable or offline_set()):
+                why = "HF_HUB_OFFLINE is set" if not unreachable else "the Hub could not be reached"
+                raise ConfigError(
+                    f"CLAP model {name!r}: no such folder, and not in the Hugging Face cache ({why}); download "
+                    f"it once with a network connection, or pass a folder saved with save_pretrained "
+                    f"(--clap-model DIR)"
+                ) from None
+            # The default id is no fix for itself.
+            other = "" if name == DEFAULT_CLAP else (f"a Hugging Face id such as {DEFAULT_CLAP} "
+                                                     "(downloaded on first use), or ")
+            raise ConfigError(f"CLAP model {name!r} cannot be loaded ({one_line(exc)}); pass {other}a folder saved "
+                              f"with save_pretrained (--clap-model DIR)") from None
         return cls(model, processor, device)
 
     def windows(self, audio: np.ndarray) -> list[np.ndarray]:

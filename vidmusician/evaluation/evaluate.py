@@ -33,7 +33,7 @@ from . import metrics
 from .clips import METRICS, REFERENCE_METRICS, ClipResult, EvalSettings, score_clip  # noqa: F401  (here too)
 from .clips import evaluate_clip, format_score, json_float
 from .embedders import clap_text_scores
-from .files import list_videos, match_audio
+from .files import list_videos, match_audio, without_audio
 from .onsets import load_audio
 from .plots import plot_clip
 
@@ -47,8 +47,9 @@ class EvalReport:
         means: ``{metric: mean over clips}`` (see :func:`metrics.mean_scores`).
         frechet_distance: Generated vs reference, by embedder name (empty
             without an embedder).
-        unmatched: Videos with no generated file, and clips with no reference
-            file when a reference folder was given.
+        unmatched: Videos with no generated file, and when a reference folder
+            was given, clips with no reference file and clips whose reference
+            file has no audio stream (both scored without a reference).
         settings: The settings used.
         kl_divergence: PaSST label KL divergences (see
             :func:`vidmusician.evaluation.audio_kl.passt_kl_divergence`), or ``None``.
@@ -180,10 +181,20 @@ def evaluate(
     refs = match_audio(list(gens), reference, "reference", log) if reference is not None else {}
     if reference is not None and not refs:
         raise ConfigError(f"{reference}: no reference file matches a generated file by name; check --reference")
+    # A video without a soundtrack in a reference folder of videos (`--reference videos/`) is no
+    # reference music: its clip is scored without one, as a clip with no reference file is.
+    silent = without_audio(refs)
+    refs = {n: p for n, p in refs.items() if n not in silent}
+    if reference is not None and not refs:
+        raise ConfigError(f"{reference}: no reference file has an audio stream ({', '.join(map(printable, silent))}); "
+                          f"pass a folder of reference music or of videos with their soundtracks, or leave out "
+                          f"--reference")
     unmatched = {"no_generated": sorted(set(vids) - set(gens))}
     if reference is not None:
-        unmatched["no_reference"] = sorted(set(gens) - set(refs))
-    what = {"no_generated": "skipped, no generated file", "no_reference": "no reference file, scored without one"}
+        unmatched["no_reference"] = sorted(set(gens) - set(refs) - set(silent))
+        unmatched["no_reference_audio"] = silent
+    what = {"no_generated": "skipped, no generated file", "no_reference": "no reference file, scored without one",
+            "no_reference_audio": "with a reference file that has no audio stream, scored without one"}
     for key, names in unmatched.items():
         if names:
             log(f"warning: {len(names)} video(s) {what[key]}: {', '.join(map(printable, names))}")

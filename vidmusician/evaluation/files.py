@@ -86,6 +86,24 @@ def match_audio(stems: Iterable[str], directory: str | Path, role: str,
     return best
 
 
+def without_audio(files: dict[str, Path]) -> list[str]:
+    """The stems whose file holds no audio stream (a silent video given as reference music), sorted.
+
+    A file that cannot be opened is not among them: reading it later says what is wrong with it.
+    """
+    import av
+
+    silent = []
+    for stem, path in files.items():
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.audio:
+                    silent.append(stem)
+        except (OSError, av.FFmpegError):
+            continue
+    return sorted(silent)
+
+
 def _existing_dir(directory: str | Path, role: str) -> Path:
     directory = Path(directory)
     if not directory.is_dir():

@@ -22,7 +22,8 @@ def add_arguments(parser):
                              "with an audio track)")
     parser.add_argument("--reference", metavar="DIR",
                         help="folder of reference music matched by stem, for BCS/BHS and LORIS scores; "
-                             "pass the --videos folder to use the videos' own soundtracks")
+                             "pass the --videos folder to use the videos' own soundtracks (a video without one is "
+                             "scored without a reference)")
     parser.add_argument("--out", metavar="FILE", help="write per-file and mean metrics to this JSON file")
     parser.add_argument("--plot", metavar="DIR", help="write one PNG per file: visual beats above music onsets")
     parser.add_argument("--encoder", metavar="NAME[:TAG]|PATH|tiny",
