@@ -24,7 +24,7 @@ from test_engine import GREEDY, adapted, assert_logits_close, attributes, run_bo
 from vidmusician.generation import engine_graph
 from vidmusician.generation.engine import DecodeEngine
 from vidmusician.generation.engine_graph import SYNC_EVERY, StepGraph
-from vidmusician.generation.guidance import GenerationParams, Guidance
+from vidmusician.generation.guidance import GenerationParams, Guidance, guidance_conditions
 from vidmusician.generation.windows import generate_tokens
 from vidmusician.testing.random_backbones import build, codec_config, lm_config
 
@@ -230,7 +230,9 @@ def test_the_oldest_graph_goes_and_the_windows_no_graph_reads(graphs, monkeypatc
 
         return _ENGINES[musicgen.lm].graph
 
-    short, long_, other_short = ["piano", "drums"], ["a quiet lullaby for strings", "drums"], ["drums", "piano"]
+    # A text of up to 32 tokens takes 32 slots; the long one (55 T5 tokens) takes 64: another window shape.
+    long_text = " ".join(["a quiet lullaby for strings"] * 6)
+    short, long_, other_short = ["piano", "drums"], [long_text, "drums"], ["drums", "piano"]
     for texts, cfg in [(short, 3.0), (long_, 3.0), (short, 2.0), (other_short, 2.0), (long_, 2.0)]:
         assert torch.equal(tokens(texts, cfg), tokens(texts, cfg, "reference")), (texts, cfg)
         g = graph()
@@ -239,6 +241,41 @@ def test_the_oldest_graph_goes_and_the_windows_no_graph_reads(graphs, monkeypatc
     # (short, 2.0) evicted (short, 3.0), whose window the new graph reads: it was kept, and
     # other_short's values went into it; the last call evicted (long, 3.0) and kept its window.
     assert len(RECORDED) == 4 and len(g.windows) == 2
+
+
+@pytest.mark.numerics
+def test_texts_of_other_lengths_share_a_capture_and_read_only_their_own_tokens(graphs):
+    """Texts of 1 to 32 tokens take one shape (the slots past a text masked out): one capture
+    serves them all, and each window's music is the reference path's for its own text."""
+    from vidmusician.testing.random_backbones import tiny_musicgen
+
+    musicgen = tiny_musicgen(t5=True)  # T5's tokens: padded to the batch's longest text, as the real model's
+    guidance = Guidance.two_branch(3.0, video=False)
+    texts = [("piano", "drums"), ("a quiet lullaby for strings", "drums"), ("drums", None)]
+    engine = None
+    for t in texts:
+        ref, codes, ref_logits, eng_logits = run_both(musicgen.lm, guidance, 30, texts=t, graph=False)
+        assert_logits_close(ref_logits, eng_logits)
+        assert torch.equal(ref, codes), t
+    # The same three windows through one engine's captured step: one capture.
+    lm = musicgen.lm
+    for t in texts:
+        conditions = guidance_conditions(lm, attributes(t), guidance)
+        ref = sample_window_reference(lm, conditions, guidance, 30)
+        if engine is None:
+            max_len = len(lm.pattern_provider.get_pattern(30).layout)
+            engine = DecodeEngine(lm, len(t), guidance.branches, max_len, torch.device("cpu"))
+        prompt = torch.zeros(len(t), lm.num_codebooks, 0, dtype=torch.long)
+        assert torch.equal(ref, engine.sample_window(prompt, conditions, guidance, 30, GREEDY)), t
+    assert len(RECORDED) == 1 and engine.graph.captures == 1
+
+
+def sample_window_reference(lm, conditions, guidance, frames):
+    from vidmusician.generation.guidance import sample_window
+
+    prompt = torch.zeros(conditions["description"][0].shape[0] // guidance.branches, lm.num_codebooks, 0,
+                         dtype=torch.long)
+    return sample_window(lm, prompt, conditions, guidance, frames, GREEDY)
 
 
 # --------------------------------------------------------------------------- #

@@ -36,7 +36,7 @@ from ..adapter.context import VideoContext
 from .engine_graph import SYNC_EVERY, StepGraph
 from .guidance import GenerationParams, Guidance
 
-__all__ = ["DecodeEngine", "base_layers", "pad_folded", "sample_token"]
+__all__ = ["DecodeEngine", "base_layers", "pad_folded", "sample_token", "text_slots"]
 
 UNKNOWN = -1  # codes not generated yet (as in sample_window)
 
@@ -49,7 +49,8 @@ def base_layers(lm) -> list:
 class _Window:
     """What a window's steps read, computed once per window."""
 
-    cross: list  # per layer (keys, values) [rows, h, text tokens, c], or None
+    cross: list  # per layer (keys, values) [rows, h, text slots, c], or None
+    text: torch.Tensor  # [1, 1, 1, text slots] True at the text's tokens, False at the slots past them
     video: "_VideoWindow | None"
     adapted: dict  # adapted layers (the wiring's wrappers) by index
 
@@ -141,7 +142,7 @@ class DecodeEngine:
         self.pattern_mask[:, :S] = mask
         adapted = {i: layer for i, layer in enumerate(lm.transformer.layers) if hasattr(layer, "base_layer")}
         video = self._video_window(videos, frame_offset, max_gen_len, max_global_tokens, guidance, adapted)
-        self.window = _Window(self._cross_keys(conditions), video, adapted)
+        self.window = _Window(*self._cross_keys(conditions), video, adapted)
         self._prepare_cache()
         if not params.samples:
             row_seeds = None  # greedy: nothing to draw
@@ -284,7 +285,7 @@ class DecodeEngine:
             q = F.linear(h, ca.in_proj_weight[:d], None if ca.in_proj_bias is None else ca.in_proj_bias[:d])
             ck, cv = self.window.cross[i]
             q = q.view(b, s, H, d // H).transpose(1, 2)
-            x = x + layer.layer_scale_cross(ca.out_proj(self._attend(ca, q, ck, cv, None, False, h.dtype)))
+            x = x + layer.layer_scale_cross(ca.out_proj(self._attend(ca, q, ck, cv, self.window.text, False, h.dtype)))
         return x + layer.layer_scale_2(layer.linear2(layer.activation(layer.linear1(layer.norm2(x)))))
 
     @staticmethod
@@ -298,10 +299,19 @@ class DecodeEngine:
 
     # -- once per window -----------------------------------------------------
 
-    def _cross_keys(self, conditions: dict) -> list:
-        """Per layer the text cross-attention's (keys, values), projected once for the window."""
+    def _cross_keys(self, conditions: dict) -> tuple[list, torch.Tensor]:
+        """Per layer the text cross-attention's (keys, values), projected once for the window,
+        in :func:`text_slots` slots, and the mask of the slots that hold the text.
+
+        The slots past the text are masked out of the attention, so a window's shape (and a
+        captured step) does not change with the text's length in tokens.
+        """
         lm = self.lm
         _, source = lm.fuser(torch.zeros(self.rows, 1, self.dim, device=self.device), conditions)
+        tokens = source.shape[1]
+        slots = text_slots(tokens)
+        source = F.pad(source, (0, 0, 0, slots - tokens))
+        text = (torch.arange(slots, device=self.device) < tokens).view(1, 1, 1, slots)
         out = []
         for layer in base_layers(lm):
             ca = layer.cross_attention
@@ -314,7 +324,7 @@ class DecodeEngine:
             v = F.linear(source, w[2 * d:], None if bias is None else bias[2 * d:])
             b, t, _ = k.shape
             out.append(tuple(z.view(b, t, H, d // H).transpose(1, 2) for z in (k, v)))
-        return out
+        return out, text
 
     def _video_window(self, videos, frame_offset: int, frames: int, max_tokens: int, guidance: Guidance,
                       adapted: dict) -> _VideoWindow | None:
@@ -376,6 +386,12 @@ class DecodeEngine:
             y = semantic(y, video.folded[wrapper.index], in_place=in_place)
         adapted = torch.where(video.present, y.to(x.dtype), rows)
         return torch.cat([x[:lo], adapted, x[hi:]]) if self.branches > 1 else adapted
+
+
+def text_slots(tokens: int) -> int:
+    """Cross-attention slots for a text of ``tokens`` tokens: a power of two, at least 32
+    (texts of 1 to 32 tokens share one shape, and so one captured step)."""
+    return max(32, 1 << (tokens - 1).bit_length())
 
 
 def pad_folded(folded, heads: int, tokens: int):

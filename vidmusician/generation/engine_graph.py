@@ -7,7 +7,8 @@ tensors of the window the graph was captured with. Nothing in a step depends on 
 host: the position lives in a device tensor, the cache is masked past it, and the
 sampling draws from the CUDA generator with graph-safe offsets, so a replay is one
 launch. A graph is captured for each kind of step: the guidance, the sampling
-parameters, the text length, which adapters act, the autocast dtype.
+parameters, the text's slots (texts of up to 32 tokens share one), which adapters act,
+the autocast dtype.
 
 Warm-up and capture times are kept in :attr:`StepGraph.timings` (seconds), apart from
 the steps; the random-number state is put back after them, so the same seed gives the
@@ -48,6 +49,7 @@ def cuda_graph(run: Callable[[], None], device: torch.device) -> Callable[[], No
 def window_tensors(window) -> list[torch.Tensor]:
     """The tensors a step reads from a window, in a fixed order."""
     out = [t for pair in window.cross if pair is not None for t in pair]
+    out.append(window.text)
     video = window.video
     if video is not None:
         out.append(video.present)
