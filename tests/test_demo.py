@@ -420,10 +420,10 @@ class _Server:
             assert time.monotonic() < deadline, "the demo did not start: " + self.log_path.read_text()
             time.sleep(0.5)
 
-    def stop(self) -> int:
-        """SIGTERM, as `kill` stops it; the demo removes its folder on the way out."""
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """SIGTERM, as `kill` stops it (or ``signum``); the demo removes its folder on the way out."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signum)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -604,3 +604,17 @@ def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["examples", "gradio"]  # job folders went once served
     assert server.stop() == 143  # SIGTERM: 128 + 15, as for every command
     assert not folder.exists()  # and the rest on exit
+
+
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                  (signal.SIGINT, 130, "interrupted")])
+def test_a_stopped_server_says_so_in_one_line_of_its_own(tmp_path, signum, status, line):
+    """`kill` or Ctrl+C: the exit status every command gives, and the CLI's line, not gradio's."""
+    s = _Server(tmp_path)
+    try:
+        s.wait_ready()
+    finally:
+        rc = s.stop(signum)
+    lines = s.log_path.read_text().splitlines()
+    assert rc == status and lines[-1] == f"vidmusician demo: {line}", lines
+    assert len(lines) == 2 and lines[0].startswith("vidmusician demo: serving on "), lines

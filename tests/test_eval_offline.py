@@ -25,13 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class CountingServer:
-    """A TCP port that accepts connections, counts them and closes them (a Hub that never answers)."""
+    """A TCP port that accepts connections, counts them and closes them (a Hub that never answers).
 
-    def __init__(self):
+    ``hold``: keeps them open instead, never answering (a proxy or a network that drops everything).
+    """
+
+    def __init__(self, hold: bool = False):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
-        self.connections = 0
+        self.connections, self.hold, self.held = 0, hold, []
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -45,9 +48,14 @@ class CountingServer:
             except OSError:
                 return
             self.connections += 1
-            conn.close()
+            if self.hold:
+                self.held.append(conn)
+            else:
+                conn.close()
 
     def close(self):
+        for conn in self.held:
+            conn.close()
         self.sock.close()
 
 
@@ -172,4 +180,32 @@ def test_weights_of_the_audio_metrics_offline_are_one_line(clip_without_adapter,
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vidmusician eval: error: "), out.stderr
     for needle in (*names, "downloaded once, on first use", "needs internet", str(tmp_path / "torch")):
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("option, names", [
+    (["--kl"], ("PaSST", "hear21passt", "put a copy of https://", ".pt into that folder", "leave out --kl")),
+    (["--embedder", "vggish"], ("VGGish", "torchvggish", "--vggish-weights FILE, a copy of https://")),
+])
+def test_a_download_that_gets_no_answer_ends_in_one_line(clip_without_adapter, tmp_path, option, names):
+    """A network that never answers: the weights' download gives up (here after 1 s) and says what it
+    was fetching and how to provide it without the network, instead of waiting for good."""
+    proxy = CountingServer(hold=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_HOME=str(tmp_path / "torch"), https_proxy=proxy.url,
+               HTTPS_PROXY=proxy.url, http_proxy=proxy.url, HTTP_PROXY=proxy.url)
+    for key in ("no_proxy", "NO_PROXY"):
+        env.pop(key, None)
+    folder = clip_without_adapter
+    argv = ["eval", "--videos", str(folder / "v"), "--generated", str(folder / "g"), "--reference",
+            str(folder / "v"), "--encoder", "tiny", "--quiet", *option]
+    code = ("import sys\nimport vidmusician.evaluation.downloads as downloads\ndownloads.DOWNLOAD_TIMEOUT = 1.0\n"
+            f"from vidmusician.cli import main\nsys.exit(main({argv!r}))\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=90)
+    finally:
+        proxy.close()
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vidmusician eval: error: "), out.stderr
+    for needle in (*names, "no answer in 1 s", "needs internet", str(tmp_path / "torch")):
         assert needle in lines[0], lines[0]

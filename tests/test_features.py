@@ -217,6 +217,37 @@ def test_cache_returns_identical_tensors_without_decoding(flashes, tiny_encoder,
         extract_features(flashes, tiny_encoder, local_fps=10, cache_dir=cache)
 
 
+def _custom_encoder(seed: int, name: str = "mine", **kwargs):
+    """An encoder built in the caller's code (not from a spec): the tiny architecture, seeded weights."""
+    import open_clip
+
+    from vidmusician.video.features import VisualEncoder
+
+    load_encoder("tiny", device="cpu")  # registers the tiny architecture with open_clip
+    torch.manual_seed(seed)
+    return VisualEncoder(open_clip.create_model(TINY_MODEL_NAME).visual, name, **kwargs)
+
+
+def test_custom_encoders_of_one_name_do_not_share_cached_features(flashes, tmp_path):
+    """A custom encoder's cache entry is keyed by its weights (and preprocessing), not its name alone."""
+    cache = tmp_path / "cache"
+    a, b, a_again = _custom_encoder(1), _custom_encoder(2), _custom_encoder(1)
+    first = extract_features(flashes, a, cache_dir=cache)
+    second = extract_features(flashes, b, cache_dir=cache)
+    assert not torch.equal(first.global_feats, second.global_feats)
+    assert torch.equal(second.global_feats, extract_features(flashes, b).global_feats)
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    # The same weights in another instance hit the first entry; so does the key a caller gives.
+    assert a_again.fingerprint == a.fingerprint != b.fingerprint
+    assert torch.equal(extract_features(flashes, a_again, cache_dir=cache).global_feats, first.global_feats)
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    keyed = _custom_encoder(2, fingerprint="my-encoder-v1")
+    assert keyed.fingerprint == "my-encoder-v1"
+    other_mean = _custom_encoder(1)
+    other_mean.preprocess_cfg.mean = (0.0, 0.0, 0.0)  # the same weights, other preprocessing
+    assert other_mean.fingerprint != a.fingerprint
+
+
 def test_cache_recomputes_a_corrupt_entry(flashes, tiny_encoder, tmp_path):
     first = extract_features(flashes, tiny_encoder, cache_dir=tmp_path)
     (entry,) = tmp_path.glob("*.safetensors")

@@ -397,3 +397,14 @@ def test_cli_bad_input(case, match, media, adapter_dir, wrong_adapter, tmp_path,
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vidmusician generate: error:") and match in lines[0]
     assert not out.exists() and set(os.listdir(tmp_path)) == before  # nothing written, not even a temp file
+
+
+def test_cli_progress_in_a_log_is_each_bar_once(media, adapter_dir, tmp_path, capsys):
+    """stderr to a file (capsys is no terminal): each bar's final state as one line, no redraws."""
+    out = tmp_path / "logged.wav"
+    assert cli.main(["generate", str(media["short"]), "--adapter", str(adapter_dir), "-o", str(out),
+                     "--seed", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    bars = [line for line in err.splitlines() if line.startswith("generating")]
+    assert len(bars) == 1 and "100%" in bars[0], err

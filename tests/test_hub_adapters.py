@@ -177,3 +177,24 @@ def test_the_command_line_takes_a_hub_id(adapter_hub, adapters, tmp_path, capsys
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "someone/absent: no such folder, and the Hub adapter is not in the Hugging Face cache" in err
+
+
+@pytest.mark.parametrize("name, repo_id", [
+    ("facebook/musicgen-small", True), ("someone/vid.adapter_2", True), ("Org-1/x", True),
+    ("musicgen-small", False), ("org/name/more", False), ("_org/name", False), ("org/.name", False),
+    ("org/na me", False), ("a/../b", False), ("org/..", False), ("org/a..b", False), ("./folder", False),
+    ("org/", False),
+])
+def test_adapters_and_backbones_agree_on_what_a_hub_id_is(name, repo_id, tmp_path, monkeypatch):
+    """One form of 'org/name' for --adapter and --backbone: a name is a Hub id for both or for neither."""
+    from vidmusician.backbones import _is_local
+    from vidmusician.hub import is_hub_id, split_revision
+
+    monkeypatch.chdir(tmp_path)  # nothing here has the name: the form alone decides
+    assert is_hub_id(name) is repo_id and _is_local(name) is not repo_id
+    assert is_hub_id(f"{name}@v1") is repo_id
+    if repo_id:
+        assert split_revision(f"{name}@refs/pr/1") == (name, "refs/pr/1")
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "name").mkdir()
+    assert not is_hub_id("org/name") and _is_local("org/name")  # a folder wins

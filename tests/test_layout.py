@@ -129,9 +129,9 @@ def test_a_planted_cycle_is_found(tmp_path):
 # specific one places a module.
 LAYERS = (
     # What everything may use: errors, number checks, devices, files, argument parsing,
-    # the table of visual encoders (data only), whether the Hugging Face Hub answers.
-    ("foundation", ("vidmusician", "errors", "checks", "runtime", "fileio", "arguments", "video.encoder_specs",
-                    "hub_reach")),
+    # progress bars, the table of visual encoders (data only), whether the Hugging Face Hub answers.
+    ("foundation", ("vidmusician", "errors", "checks", "runtime", "fileio", "arguments", "progress",
+                    "video.encoder_specs", "hub_reach")),
     # Configs and a backbone's shape: no model, no audiocraft.
     ("config", ("config", "backbone_spec")),
     # Building blocks: the adapter layers, video and audio I/O and features, the loss,

@@ -14,14 +14,13 @@ import contextlib
 import json
 import os
 import pickle
-import re
 import zipfile
 
 import torch
 
 from .backbone_spec import BackboneSpec, backbone_spec, check_fuser  # noqa: F401  (their old home)
 from .errors import BackboneError, one_line
-from .hub_reach import hub_unreachable, offline_mode, offline_set
+from .hub_reach import hub_unreachable, is_repo_id, offline_mode, offline_set
 from .runtime import default_device
 from .testing import random_backbones
 from .testing.learned_base import learned_musicgen, music_codec
@@ -141,13 +140,9 @@ def read_lm_config(name: str):
     return cfg
 
 
-# A Hugging Face repository id: 'org/name'.
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
 def _is_local(name: str) -> bool:
     """Whether ``name`` means a folder: it exists, or it cannot be a hub repository id ('org/name')."""
-    return os.path.exists(name) or not _REPO_ID.fullmatch(name) or ".." in name
+    return os.path.exists(name) or not is_repo_id(name)
 
 
 def _check_local_folder(name: str, files: tuple[str, ...]) -> None:

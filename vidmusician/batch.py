@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import ConfigError, VidMusicianError, one_line, printable, short_path
+from .progress import progress_bar
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ManyReport", "generate_many", "find_videos", "output_path",
            "group_by_length", "video_seed", "music_tags"]
@@ -332,6 +333,4 @@ def _check_distinct(outputs: dict) -> None:
 
 
 def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="video", desc="videos", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(total=total, unit="video", desc="videos", enabled=enabled, dynamic_ncols=True)

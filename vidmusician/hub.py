@@ -21,13 +21,13 @@ from . import __version__
 from .adapter_files import WEIGHTS_NAME, check_adapter_tensors, read_adapter
 from .config import CONFIG_NAME
 from .errors import AdapterError, ConfigError, one_line
-from .hub_reach import no_answer
+from .hub_reach import REPO_ID, is_repo_id, no_answer
 
 __all__ = ["ADAPTER_FILES", "is_hub_id", "split_revision", "resolve_adapter", "push_adapter"]
 
 ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 # A Hugging Face repository id ('org/name'), optionally '@revision' (which may hold '/': 'refs/pr/1').
-_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>\S+))?")
+_HUB_ID = re.compile(rf"(?P<repo>{REPO_ID.pattern})(?:@(?P<revision>\S+))?")
 
 
 def is_hub_id(name) -> bool:
@@ -35,7 +35,7 @@ def is_hub_id(name) -> bool:
     if not isinstance(name, str) or os.path.exists(name):
         return False
     match = _HUB_ID.fullmatch(name)
-    return match is not None and ".." not in match["repo"]
+    return match is not None and is_repo_id(match["repo"])
 
 
 def split_revision(name: str, revision: str | None = None) -> tuple[str, str | None]:

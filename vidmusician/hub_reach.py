@@ -1,4 +1,5 @@
-"""Whether the Hugging Face Hub answers, and offline mode for a block when it does not.
+"""What a Hugging Face repository id looks like, whether the Hub answers, and offline mode for a
+block when it does not.
 
 When nothing answers, ``huggingface_hub`` retries each download for ~25 s (with a
 warning line each time) before it falls back to the cache; one plain request first
@@ -8,8 +9,18 @@ tells that case apart, so cached files load at once and uncached ones fail in on
 from __future__ import annotations
 
 import contextlib
+import re
 
-__all__ = ["hub_unreachable", "no_answer", "offline_mode", "offline_set"]
+__all__ = ["REPO_ID", "is_repo_id", "hub_unreachable", "no_answer", "offline_mode", "offline_set"]
+
+# A Hugging Face repository id: 'org/name' (adapters and backbones by id; an adapter id may
+# add '@revision' after it).
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` has the form of a repository id (``org/name``, no ``..``: that is a path)."""
+    return REPO_ID.fullmatch(name) is not None and ".." not in name
 
 
 def hub_unreachable(repo: str, filename: str, revision: str | None = None) -> bool:

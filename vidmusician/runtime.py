@@ -1,14 +1,16 @@
-"""Where tensors run, and blocks that draw random numbers under their own seed."""
+"""Where tensors run, blocks that draw random numbers under their own seed, and what identifies weights."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from typing import Iterable
 
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["default_device", "seeded"]
+__all__ = ["default_device", "seeded", "weights_digest"]
 
 
 def default_device(device=None) -> torch.device:
@@ -72,3 +74,27 @@ def seeded(seed: int | None, device=None):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def weights_digest(tensors: Iterable[torch.Tensor], salt: str = "") -> str:
+    """The hex SHA-256 (32 digits) of a set of weights: equal for the same values, whatever holds them.
+
+    Each tensor counts by its shape and float32 bytes (integers as they are), taken in the
+    sorted order of the tensors' own hashes: neither the parameter names nor their order
+    nor the precision or device they are held in change it.
+
+    Args:
+        tensors: the weights, e.g. a module's ``state_dict().values()``.
+        salt: what else the digest covers (a class name, a config).
+    """
+    digests = []
+    for tensor in tensors:
+        t = tensor.detach().cpu()
+        t = t.float() if t.is_floating_point() else t
+        h = hashlib.sha256(f"{tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.contiguous().numpy().tobytes())
+        digests.append(h.digest())
+    h = hashlib.sha256(salt.encode())
+    for digest in sorted(digests):
+        h.update(digest)
+    return h.hexdigest()[:32]

@@ -19,7 +19,7 @@ import torch
 
 from ..adapter.audiocraft_internals import passt_kl_metric_class
 from ..errors import ConfigError
-from .embedders import weights_unavailable
+from .downloads import download_timeout, weights_unavailable
 from .onsets import load_audio
 
 
@@ -34,16 +34,31 @@ class PasstKL(passt_kl_metric_class()):
 
     def __init__(self, model: Any = None):
         try:
-            super().__init__(model)
+            with download_timeout():  # a network that never answers: one line, not a wait for good
+                super().__init__(model)
         except ModuleNotFoundError:
             raise ConfigError("the KL divergence needs hear21passt: `pip install hear21passt`") from None
         except OSError as exc:  # hear21passt downloads its weights on first use
+            url = _passt_weights_url()
+            copy = f"put a copy of {url} into that folder, " if url else ""
             raise weights_unavailable("PaSST's AudioSet weights (hear21passt, for the KL divergence, --kl)", exc,
-                                      "leave out --kl") from None
+                                      f"{copy}or leave out --kl") from None
+
+
+def _passt_weights_url() -> str | None:
+    """Where hear21passt downloads the AudioSet model audiocraft loads (None: not found in this version)."""
+    try:
+        from hear21passt.models.passt import default_cfgs
+
+        return default_cfgs[PASST_ARCH]["url"] or None
+    except (ImportError, KeyError, TypeError):
+        return None
 
 
 # PaSST's input rate (audiocraft's segment bounds for it are 10 s and 0.15 s).
 PASST_SAMPLE_RATE = PasstKL.sample_rate
+# The model hear21passt.base.get_basic_model builds, which audiocraft's metric loads.
+PASST_ARCH = "passt_s_swa_p16_128_ap476"
 
 
 def passt_kl_divergence(

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError, one_line
 from ..hub_reach import hub_unreachable, offline_mode, offline_set
+from .downloads import download_timeout, weights_unavailable
 from .onsets import load_audio
 
 DEFAULT_CLAP = "laion/larger_clap_music"
@@ -191,13 +192,15 @@ class VGGishEmbedder:
         model = cls.build()
         try:
             if weights is None:
-                state = torch.hub.load_state_dict_from_url(VGGISH_WEIGHTS, progress=False, map_location="cpu")
+                with download_timeout():  # a network that never answers: one line, not a wait for good
+                    state = torch.hub.load_state_dict_from_url(VGGISH_WEIGHTS, progress=False, map_location="cpu")
             else:
                 state = torch.load(Path(weights), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except OSError as exc:
             if weights is None:  # the download: no network, or the release cannot be reached
-                raise weights_unavailable("VGGish's weights (torchvggish)", exc, "pass --vggish-weights FILE") from None
+                raise weights_unavailable("VGGish's weights (torchvggish)", exc,
+                                          f"pass --vggish-weights FILE, a copy of {VGGISH_WEIGHTS}") from None
             raise ConfigError(f"VGGish weights {weights}: cannot be loaded ({type(exc).__name__}); check the file") from None
         except (RuntimeError, KeyError, pickle.UnpicklingError) as exc:
             where = VGGISH_WEIGHTS if weights is None else weights
@@ -215,21 +218,6 @@ class VGGishEmbedder:
             raise ConfigError(f"VGGish needs at least 0.96 s of audio, got {len(audio) / sample_rate:.2f} s")
         with torch.no_grad():
             return self.model(examples.to(self.device)).float().cpu().numpy().reshape(examples.shape[0], -1)
-
-
-def weights_unavailable(what: str, exc: BaseException, fix: str) -> ConfigError:
-    """One line for weights that download once, on first use, and cannot be had now.
-
-    Args:
-        what: The weights, named as a user knows them (the model and its package).
-        exc: What the download raised.
-        fix: The other way, besides connecting once (a local file, leaving the metric out).
-    """
-    import torch
-
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    return ConfigError(f"{what} are downloaded once, on first use, into {cache} (needs internet), and cannot be "
-                       f"downloaded now ({type(exc).__name__}: {one_line(exc)}); connect once, or {fix}")
 
 
 def load_embedder(spec: str, clap_model: str = DEFAULT_CLAP, vggish_weights: str | Path | None = None) -> Any:

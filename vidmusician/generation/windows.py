@@ -24,6 +24,7 @@ import torch
 from ..adapter.audiocraft_internals import text_conditions
 from ..adapter.context import VideoBatch
 from ..errors import ConfigError
+from ..progress import progress_bar
 from ..runtime import seeded
 from ..video.encoder_specs import check_encoder_fit
 from ..video.encoders import VisualEncoder, load_encoder
@@ -184,9 +185,7 @@ def _total_steps(lm, windows: Sequence[Window]) -> int:
 
 
 def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="step", desc="generating", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(total=total, unit="step", desc="generating", enabled=enabled, dynamic_ncols=True)
 
 
 def generate_batch(vm, videos, texts=None, duration: float | None = None, seed: int | None = None,

@@ -8,9 +8,8 @@ fingerprint tells them apart.
 
 from __future__ import annotations
 
-import hashlib
-
 from ..backbones import built_codec
+from ..runtime import weights_digest
 
 
 def codec_identity(name: str, codec) -> str:
@@ -32,14 +31,4 @@ def codec_identity(name: str, codec) -> str:
     built = built_codec(str(name))
     if built is not None:
         return f"built:{built}"
-    digests = []
-    for tensor in codec.state_dict().values():
-        t = tensor.detach().cpu()
-        t = t.float() if t.is_floating_point() else t
-        h = hashlib.sha256(f"{tuple(t.shape)} {t.dtype}".encode())
-        h.update(t.contiguous().numpy().tobytes())
-        digests.append(h.digest())
-    h = hashlib.sha256(type(codec).__name__.encode())
-    for digest in sorted(digests):
-        h.update(digest)
-    return "sha256:" + h.hexdigest()[:32]
+    return "sha256:" + weights_digest(codec.state_dict().values(), salt=type(codec).__name__)

@@ -24,7 +24,7 @@ def stop_on_sigterm():
     a file being written stays as its hidden temporary file. As an exception it unwinds
     like Ctrl-C: a shard or output being written is removed, finished work stays. The
     CLI runs every command under it; a command may install its own inside (``prepare``
-    says what it kept, ``demo`` stops its server), and the outer one is restored after.
+    says what it kept), and the outer one is restored after.
     """
     def handler(signum, frame):
         raise Terminated()

@@ -22,6 +22,7 @@ import torch
 
 from ..backbones import load_codec
 from ..errors import ConfigError, DataError, VidMusicianError, one_line
+from ..progress import progress_bar
 from ..runtime import default_device
 from ..video.encoders import DEFAULT_ENCODER
 from ..video.features import load_encoder
@@ -266,9 +267,6 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     The next source's audio decodes in a thread meanwhile, and the next videos' frames
     in another (:func:`~vidmusician.video.frame_batches.video_features`).
     """
-    from tqdm.auto import tqdm
-
-
     cm = load_codec(asked["backbone"], device=device)  # the codec alone: the LM is not needed to encode
     enc = load_encoder(asked["encoder"], device=device)
     meta = DatasetMeta(sample_rate=int(cm.sample_rate), channels=int(cm.channels), frame_rate=float(cm.frame_rate),
@@ -294,7 +292,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
             return exc, time.perf_counter() - t
 
     seconds, start = report.seconds, time.perf_counter()
-    bar = tqdm(pending, unit="video", desc="prepare", disable=not progress)
+    bar = progress_bar(pending, unit="video", desc="prepare", enabled=progress)
     features = video_features(enc, [s.video for s in pending], meta.global_fps, meta.local_fps, encoder_batch, across)
     # closing: a SIGTERM or an error stops the frame decoding thread too.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidmusician-audio") as pool, closing(features):

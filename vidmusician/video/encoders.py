@@ -28,13 +28,15 @@ happened in the decoder and only crop and normalization remain.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import warnings
 
 import torch
 
 from ..errors import ConfigError, one_line
-from ..runtime import default_device, seeded
+from ..runtime import default_device, seeded, weights_digest
 from .encoder_weights import check_weights_available
 from .encoder_specs import (ACTIVATION_NAMES, DEFAULT_ENCODER, GELU, QUICK_GELU, TINY_CONFIG, TINY_MODEL_NAME,
                             TINY_SEED, TINY_SPEC, EncoderPlan, resolve_encoder)
@@ -54,7 +56,9 @@ class VisualEncoder:
             ``VisionTransformer``.
         name: The spec it was built from (recorded in features files).
         fingerprint: What identifies its features for the feature cache (the spec,
-            the activation, size and mtime of a local checkpoint).
+            the activation, size and mtime of a local checkpoint). None (an encoder
+            built in your code): a hash of its weights and preprocessing, taken when
+            the cache first asks; pass a key of your own to skip that hashing.
         device: Where it runs.
 
     Attributes:
@@ -78,7 +82,7 @@ class VisualEncoder:
             )
         self.name = name
         self.activation = _activation_of(visual, name)
-        self.fingerprint = fingerprint or f"{name}|{self.activation}"
+        self._fingerprint = fingerprint
         self.device = torch.device(device or "cpu")
         # Frozen feature extractor: eval mode (no dropout), no gradients.
         self.model = visual.to(self.device).eval().requires_grad_(False)
@@ -97,6 +101,17 @@ class VisualEncoder:
         self.global_dim = int(visual.output_dim)
         self._mean = torch.tensor(self.preprocess_cfg.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.preprocess_cfg.std, device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies its features for the feature cache (see ``fingerprint`` above)."""
+        if self._fingerprint is None:
+            # A name alone would let two encoders of one name share cached features: their
+            # weights and preprocessing tell them apart (hashed once, on first use).
+            config = json.dumps(dataclasses.asdict(self.preprocess_cfg), sort_keys=True, default=str)
+            tensors = [*self.model.state_dict().values(), *([self._proj] if self._proj is not None else [])]
+            self._fingerprint = f"{self.name}|{self.activation}|weights:{weights_digest(tensors, salt=config)}"
+        return self._fingerprint
 
     def __repr__(self) -> str:
         return (

@@ -31,6 +31,7 @@ import torch
 from ..checks import MAX_COUNT, number
 from ..errors import ConfigError, DataError, one_line
 from ..fileio import atomic_write, native_name
+from ..progress import progress_bar
 from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
 from .reader import FrameReader, probe, sample_times
 
@@ -335,12 +336,10 @@ class FeatureBuilder:
 def _compute(
     reader: FrameReader, encoder: VisualEncoder, global_fps: float, local_fps: float, batch_size: int, progress: bool
 ) -> VideoFeatures:
-    from tqdm.auto import tqdm
-
     builder = FeatureBuilder(reader, encoder, global_fps, local_fps)
     frames = builder.frames
     chunks = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
-    bar = tqdm(total=len(frames), unit="frame", desc=reader.path.name, disable=not progress, delay=1.0)
+    bar = progress_bar(total=len(frames), unit="frame", desc=reader.path.name, enabled=progress, delay=1.0)
     with bar:
         for chunk, batch in _prefetch(reader, chunks, pin=encoder.device.type == "cuda"):
             builder.add(chunk, *encoder.encode(batch))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
+import time
 
 from ...errors import ConfigError
 
@@ -42,7 +41,6 @@ def run(args) -> int:
     # Models first: a bad adapter, backbone or encoder fails here, before the page is up.
     scorer = Scorer(adapter=args.adapter, backbone=args.backbone, encoder=args.encoder, device=args.device,
                     max_duration=args.max_duration)
-    terminated = threading.Event()  # set by SIGTERM, for the exit status
     try:
         # Read by gradio when it is imported: no telemetry or version check, and its
         # uploads and cached outputs go under the scorer's folder, removed on exit.
@@ -52,23 +50,21 @@ def run(args) -> int:
 
         examples = None if args.no_examples else write_examples(scorer.workdir / "examples")
         app = build_app(scorer, examples)
-        # `kill` (and service managers) stop a server with SIGTERM: leave as tidily as on Ctrl+C.
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: _interrupt(terminated))
         print(f"vidmusician demo: serving on http://{args.host}:{args.port} (Ctrl+C stops it)",
               file=sys.stderr, flush=True)
+        # The wait is ours, not gradio's: gradio's catches Ctrl+C and prints a line of its own.
+        # Here Ctrl+C and SIGTERM (the CLI's Terminated) close the server and reach the CLI,
+        # whose one line says so, with exit status 130 / 143 as for every command.
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
+                   mcp_server=False, quiet=True, allowed_paths=[str(scorer.workdir)], prevent_thread_lock=True)
         try:
-            app.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
-                       mcp_server=False, quiet=True, allowed_paths=[str(scorer.workdir)])
+            while app.is_running:
+                time.sleep(0.1)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            app.close(verbose=False)
     finally:
         scorer.close()  # a job still running stops at its next step first
-    return 143 if terminated.is_set() else 0  # 128 + SIGTERM, as for every command
-
-
-def _interrupt(terminated: threading.Event):
-    terminated.set()
-    raise KeyboardInterrupt
+    return 0
 
 
 def _require_gradio() -> None:
