@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -375,6 +376,23 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown recipe keys"):
         Recipe.load(path, ["max_step=7"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("adapter.attn_dims=64", r"unknown adapter config keys \['attn_dims'\]; known: \[.*'attn_dim'"),
+    ("adapter.encoder=\"tiny\"", r"adapter \['encoder'\] come from the backbone and the dataset"),
+    ("adapter.dim=64", r"adapter \['dim'\] come from the backbone and the dataset"),
+])
+def test_recipe_adapter_keys_that_fresh_adapters_cannot_take_are_refused_at_load(tmp_path, override, message):
+    """A misspelled adapter field, or one the backbone and dataset set, is one line naming the
+    recipe and the key, before any model loads (not a TypeError from the config's constructor)."""
+    from vidmusician.errors import ConfigError
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"stage": 1}))
+    with pytest.raises(ConfigError, match=rf"r.json with --set {re.escape(override)}: {message}"):
+        Recipe.load(path, [override])
+    Recipe.load(path, ["adapter.attn_dim=64", "adapter.rhythm_rank=null"])  # the settable ones still load
 
 
 def test_resume_check_reads_recipes_of_older_versions(tmp_path):
