@@ -301,6 +301,22 @@ def test_sigkill_mid_checkpoint_then_resume_equals_an_uninterrupted_run(flash_da
 # ---- stages ----------------------------------------------------------------------------------
 
 
+def test_stage2_before_stage1_is_one_line_naming_the_recipes_init_adapter_and_the_fix(tmp_path, capsys,
+                                                                                     monkeypatch):
+    """The shipped stage-2 recipe starts from runs/stage1/adapter: where stage 1 has not written it,
+    the line says where that path came from and what to do, before anything loads or is written."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "stage2"
+    args = ["--recipe", str(REPO / "recipes" / "stage2_rhythm.json"), "--data", "data", "--output", str(out)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "vidmusician.training.train: error: runs/stage1/adapter: no such adapter folder (the recipe's "
+        "init_adapter); train stage 1 first (its --output's adapter/), or pass --init DIR")
+    assert main(args + ["--init", "stage1/run/adapter"]) == 2
+    assert "stage1/run/adapter: no such adapter folder (--init)" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_shipped_recipes_chain_stage1_into_stage2(flash_data, tmp_path):
     tiny = ["--set", "batch_size=2", "--set", "max_steps=3", "--set", "num_workers=0", "--set", "eval_every=3",
             "--set", "save_every=3", "--set", "warmup_steps=1", "--set", "lr=0.01"]

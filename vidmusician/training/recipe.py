@@ -13,8 +13,8 @@ from ..checks import MAX_COUNT, json_object, number
 from ..config import GROUP_NAMES, AdapterConfig, check_stage
 from ..errors import ConfigError
 
-__all__ = ["FORMER_VALUES", "RESUME_SAFE", "Recipe", "Resumed", "check_resume", "lr_factor", "lr_warning",
-           "schedule_change", "schedule_warning"]
+__all__ = ["FORMER_VALUES", "RESUME_SAFE", "Recipe", "Resumed", "check_init_adapter", "check_resume", "lr_factor",
+           "lr_warning", "schedule_change", "schedule_warning"]
 
 # The highest learning rate at which the adapters train without inflating the frozen
 # model's hidden states, measured on the 'tiny-learned' backbone (recipes/README.md,
@@ -180,6 +180,19 @@ def check_adapter_overrides(adapter: dict, source: str = "recipe") -> None:
     if fixed:
         raise ConfigError(f"{source}: adapter {fixed} come from the backbone and the dataset, not the recipe; "
                           f"leave them out (prepare the data again for another encoder or rate, or pass --backbone)")
+
+
+def check_init_adapter(init: str | None, from_recipe: bool) -> None:
+    """A start adapter that is neither a folder here nor a Hub id: one line naming where it was
+    set and the fix, before the backbone loads (stage 2 run before stage 1 wrote its adapter)."""
+    from ..hub import is_hub_id
+
+    if init is None or is_hub_id(init) or Path(init).exists():
+        return
+    if from_recipe:
+        raise ConfigError(f"{init}: no such adapter folder (the recipe's init_adapter); train stage 1 first (its "
+                          f"--output's adapter/), or pass --init DIR")
+    raise ConfigError(f"{init}: no such adapter folder (--init); pass a stage-1 run's OUTPUT/adapter or a Hub id")
 
 
 # The fields a resumed run may change: how long it runs, when it logs, evaluates and saves, and
