@@ -310,10 +310,10 @@ def test_stage2_before_stage1_is_one_line_naming_the_recipes_init_adapter_and_th
     args = ["--recipe", str(REPO / "recipes" / "stage2_rhythm.json"), "--data", "data", "--output", str(out)]
     assert main(args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "vidmusician.training.train: error: runs/stage1/adapter: no such adapter folder (the recipe's "
+        "vidmusician.training.train: error: runs/stage1/adapter: adapter folder not found (the recipe's "
         "init_adapter); train stage 1 first (its --output's adapter/), or pass --init DIR")
     assert main(args + ["--init", "stage1/run/adapter"]) == 2
-    assert "stage1/run/adapter: no such adapter folder (--init)" in capsys.readouterr().err
+    assert "stage1/run/adapter: adapter folder not found (--init)" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -190,9 +190,9 @@ def check_init_adapter(init: str | None, from_recipe: bool) -> None:
     if init is None or is_hub_id(init) or Path(init).exists():
         return
     if from_recipe:
-        raise ConfigError(f"{init}: no such adapter folder (the recipe's init_adapter); train stage 1 first (its "
+        raise ConfigError(f"{init}: adapter folder not found (the recipe's init_adapter); train stage 1 first (its "
                           f"--output's adapter/), or pass --init DIR")
-    raise ConfigError(f"{init}: no such adapter folder (--init); pass a stage-1 run's OUTPUT/adapter or a Hub id")
+    raise ConfigError(f"{init}: adapter folder not found (--init); pass a stage-1 run's OUTPUT/adapter or a Hub id")
 
 
 # The fields a resumed run may change: how long it runs, when it logs, evaluates and saves, and
