@@ -47,14 +47,16 @@ def add_arguments(parser) -> None:
                         help="guidance of the video on top of the text (default: --cfg-coef); different from "
                              "the text's, every step runs a third, text-only branch (up to 1.5x the time); "
                              "0: plain MusicGen with the text")
-    parser.add_argument("--plausibility", type=float, metavar="A",
+    parser.add_argument("--plausibility", type=arg_number(low=0.0, high=1.0), metavar="A",
                         help="guidance ranks only the tokens the video-conditioned model gives at least A times "
                              "its top token's probability (default: the library's, see docs/alignment.md); 0: "
                              "every token, MusicGen's guidance, which amplifies what adapters learned from lossy "
                              "soundtracks")
-    parser.add_argument("--top-k", type=int, default=250, metavar="K", help="sample among the K most likely tokens (default 250; 0: no top-k cut)")
-    parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default 1.0)")
-    parser.add_argument("--extend-stride", type=float, metavar="S",
+    parser.add_argument("--top-k", type=arg_number(integer=True, low=0), default=250, metavar="K",
+                        help="sample among the K most likely tokens (default 250; 0: no top-k cut)")
+    parser.add_argument("--temperature", type=arg_number(low=0.0, low_open=True), default=1.0, metavar="T",
+                        help="sampling temperature, > 0 (default 1.0)")
+    parser.add_argument("--extend-stride", type=arg_number(low=0.0, low_open=True), metavar="S",
                         help="seconds between windows past the backbone's 30 s window (default 18)")
     parser.add_argument("--device", metavar="DEV", help="cuda or cpu (default: cuda when available)")
     # -- decoding engine --
