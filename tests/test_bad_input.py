@@ -117,6 +117,12 @@ def test_generate_refuses_bad_videos(case, clip, tmp_path, capsys):
     (["--duration", "-2"], "duration must be"),
     (["--duration", "nan"], "duration must be"),
     (["--top-k", "ten"], "--top-k"),
+    # Each named as the option is spelled on the command line, before any model loads.
+    (["--top-k", "-1"], "argument --top-k: must be >= 0, got -1"),
+    (["--temperature", "0"], "argument --temperature: must be > 0, got 0"),
+    (["--temperature", "inf"], "argument --temperature: must be > 0, got inf"),
+    (["--plausibility", "2"], "argument --plausibility: must be in [0, 1], got 2"),
+    (["--extend-stride", "0"], "argument --extend-stride: must be > 0, got 0"),
 ])
 def test_generate_refuses_numbers_no_one_meant(args, needle, clip, tmp_path, capsys):
     out = tmp_path / "out.wav"

@@ -96,6 +96,8 @@ def test_video_seed_depends_on_the_seed_and_the_name_only(tmp_path):
     (["a.mp4", "-o", "{tmp}/taken.wav"], False),  # a folder named like a file: refused as today
     (["a.mp4", "-o", "{tmp}/scored"], True),  # an existing folder: the output goes in it
     (["a.mp4", "b.mp4", "-o", "new"], True),
+    (["a.mp4", "-o", "new/"], True),  # a trailing slash names a folder, made if missing
+    (["a.mp4", "-o", "new.d/"], True),
     (["{tmp}"], True),
 ])
 def test_which_command_lines_score_many(argv, many, tmp_path):
@@ -105,6 +107,13 @@ def test_which_command_lines_score_many(argv, many, tmp_path):
     (tmp_path / "scored").mkdir()
     args = cli.build_parser().parse_args(["generate", *(a.format(tmp=tmp_path) for a in argv)])
     assert many_videos(args) == many
+
+
+def test_one_video_into_a_new_folder_named_with_a_slash(folder, adapter_dir, tmp_path, capsys):
+    """`generate a.mp4 -o scored/`, as the README scores a folder: the folder is made, not read as a file name."""
+    out = f"{tmp_path / 'scored.v1'}/"
+    assert cli.main(["generate", str(folder / "a.mp4"), "-o", out, "--adapter", str(adapter_dir), "-q"]) == 0
+    assert os.listdir(tmp_path / "scored.v1") == ["a_music.wav"] and "error" not in capsys.readouterr().err
 
 
 def test_format_names_the_outputs_made_for_you(folder, tmp_path, capsys):

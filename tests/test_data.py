@@ -175,6 +175,20 @@ def test_a_torn_index_is_repaired_and_the_source_redone(folder, tmp_path):
     assert len(PreparedDataset(out, "train")) == len(lines)
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--window", "0", "--window must be a number > 0, got 0.0"),
+    ("--hop", "-1", "--hop must be a number > 0, got -1.0"),
+    ("--window", "inf", "--window must be a number > 0, got inf"),
+    ("--holdout", "1", "--holdout must be a fraction of the videos in [0, 1), got 1.0"),
+])
+def test_a_window_hop_or_holdout_out_of_range_is_one_line_naming_the_option(folder, tmp_path, capsys, option, value,
+                                                                          message):
+    out = tmp_path / "data"
+    assert main(["prepare", str(folder), str(out), "--backbone", "tiny", "--encoder", "tiny", option, value]) == 2
+    assert capsys.readouterr().err == f"vidmusician prepare: error: {message}\n"
+    assert not out.exists()
+
+
 def test_a_rerun_with_another_holdout_is_refused(prepared, folder, tmp_path):
     """The sources done keep their split: another --holdout would split the rest otherwise (a mix)."""
     out, _ = prepared

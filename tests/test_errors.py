@@ -97,6 +97,35 @@ def test_differing_fields_name_each_difference_in_one_line():
     assert differing_fields(adapter, Spec()) == ""
 
 
+def test_features_of_the_adapters_own_encoder_that_do_not_fit_say_to_size_the_config(tiny):
+    """A config that names the features' encoder but kept another encoder's widths
+    (``config_for_backbone(musicgen, encoder="tiny")``): extracting again cannot help, so the
+    line says how to size the config instead."""
+    import torch
+
+    from conftest import TINY_GLOBAL_DIM, TINY_LOCAL_DIM, tiny_config
+    from vidmusician.errors import ConfigError
+    from vidmusician.model import attach_adapters
+    from vidmusician.video.features import VideoFeatures
+
+    musicgen = tiny()
+    vm = attach_adapters(musicgen, tiny_config(musicgen, global_dim=512, local_dim=49))
+
+    def features(encoder):
+        return VideoFeatures(torch.randn(2, TINY_GLOBAL_DIM), torch.rand(50, TINY_LOCAL_DIM), 1.0, 25.0, 2.0, encoder)
+
+    with pytest.raises(ConfigError, match=rf"^video features of encoder 'tiny' do not fit the adapter \(global_dim: "
+                                          rf"features {TINY_GLOBAL_DIM} vs adapter 512; local_dim: features "
+                                          rf"{TINY_LOCAL_DIM} vs adapter 49\): its config names that encoder but is "
+                                          rf"sized for another; size it to the features, e\.g\. config_for_backbone"
+                                          rf"\(musicgen, encoder='tiny', global_dim={TINY_GLOBAL_DIM}, "
+                                          rf"local_dim={TINY_LOCAL_DIM}\)$"):
+        vm.make_batch([features("tiny"), None])
+    with pytest.raises(ConfigError, match=r"^video features do not fit the adapter \(.*\); extract them with "
+                                          r"encoder 'tiny'$"):
+        vm.make_batch([features("ViT-B-16:openai")])  # another encoder's features: extract with the adapter's
+
+
 def test_fit_checks_name_the_differing_fields_and_the_fix(tiny, tmp_path):
     import types
 

@@ -180,6 +180,22 @@ def test_table_on_stdout_and_feature_cache(tmp_path, capsys):
     assert any(line.startswith("mean") for line in lines)
 
 
+def test_quiet_leaves_out_the_progress_but_says_which_videos_were_skipped(tmp_path, capsys):
+    videos, generated = tmp_path / "v", tmp_path / "g"
+    videos.mkdir()
+    generated.mkdir()
+    for name in ("clip", "other"):
+        flash_video(videos / f"{name}.mp4", [0.52, 1.12], 2.0)
+    sf.write(generated / "clip.wav", click_track(mid_hop([0.52, 1.12]), 2.0, SR), SR)  # none for "other"
+    argv = ["eval", "--videos", str(videos), "--generated", str(generated), "--encoder", "tiny"]
+    assert main(argv + ["--quiet", "--out", str(tmp_path / "r.json")]) == 0
+    assert capsys.readouterr().err == "vidmusician eval: warning: 1 video(s) skipped, no generated file: other\n"
+    assert main(argv) == 0  # without --quiet: the same line, then the progress
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "vidmusician eval: warning: 1 video(s) skipped, no generated file: other"
+    assert any(line.startswith("clip: beat_alignment=") for line in err[1:])
+
+
 # --------------------------------------------------------------------------- #
 # Bad input: one line on stderr, exit 2, no report file
 

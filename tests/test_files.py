@@ -107,6 +107,20 @@ def test_a_config_that_is_not_utf8_or_a_weights_file_is_one_line(saved, capsys):
     assert err.count("\n") == 1 and "a weights file; give its adapter folder" in err
 
 
+def test_a_training_run_folder_given_for_its_adapter_names_the_adapter_inside(saved, tiny, capsys):
+    """`info runs/stage2` (or --adapter, --init, push) for `runs/stage2/adapter`: the line points at it."""
+    _, folder = saved
+    run = folder.parent  # holds adapter/, as a training run's OUTPUT does
+    assert main(["info", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith(
+        f"no such file; an adapter folder holds adapter_config.json (this is a training run: its adapter is {folder})")
+    with pytest.raises(AdapterError, match=r"\(this is a training run: its adapter is .*adapter\)$"):
+        VidMusician.from_pretrained(run, backbone=tiny())
+    with pytest.raises(ConfigError, match=r"an adapter folder holds adapter_config.json$"):  # no adapter/ inside
+        AdapterConfig.load(folder / "checkpoints")
+
+
 def test_missing_folder_is_a_clear_error(tmp_path, tiny):
     with pytest.raises(AdapterError, match="adapter folder not found"):
         VidMusician.from_pretrained(tmp_path / "nope", backbone=tiny())

@@ -107,6 +107,17 @@ def cli_parser():
     return build_parser()
 
 
+def test_the_subcommand_summaries_read_alike():
+    """`vidmusician --help` lists every subcommand in one voice: lowercase, no closing period."""
+    import importlib
+
+    from vidmusician.cli import COMMANDS
+
+    for name in COMMANDS:
+        summary = importlib.import_module(f"vidmusician.cli.commands.{name}").HELP
+        assert summary[0].islower() and not summary.endswith("."), (name, summary)
+
+
 def subcommands() -> dict:
     import argparse
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,22 @@ def test_sigkill_mid_checkpoint_then_resume_equals_an_uninterrupted_run(flash_da
 # ---- stages ----------------------------------------------------------------------------------
 
 
+def test_stage2_before_stage1_is_one_line_naming_the_recipes_init_adapter_and_the_fix(tmp_path, capsys,
+                                                                                     monkeypatch):
+    """The shipped stage-2 recipe starts from runs/stage1/adapter: where stage 1 has not written it,
+    the line says where that path came from and what to do, before anything loads or is written."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "stage2"
+    args = ["--recipe", str(REPO / "recipes" / "stage2_rhythm.json"), "--data", "data", "--output", str(out)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "vidmusician.training.train: error: runs/stage1/adapter: adapter folder not found (the recipe's "
+        "init_adapter); train stage 1 first (its --output's adapter/), or pass --init DIR")
+    assert main(args + ["--init", "stage1/run/adapter"]) == 2
+    assert "stage1/run/adapter: adapter folder not found (--init)" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_shipped_recipes_chain_stage1_into_stage2(flash_data, tmp_path):
     tiny = ["--set", "batch_size=2", "--set", "max_steps=3", "--set", "num_workers=0", "--set", "eval_every=3",
             "--set", "save_every=3", "--set", "warmup_steps=1", "--set", "lr=0.01"]
@@ -375,6 +392,23 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown recipe keys"):
         Recipe.load(path, ["max_step=7"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("adapter.attn_dims=64", r"unknown adapter config keys \['attn_dims'\]; known: \[.*'attn_dim'"),
+    ("adapter.encoder=\"tiny\"", r"adapter \['encoder'\] come from the backbone and the dataset"),
+    ("adapter.dim=64", r"adapter \['dim'\] come from the backbone and the dataset"),
+])
+def test_recipe_adapter_keys_that_fresh_adapters_cannot_take_are_refused_at_load(tmp_path, override, message):
+    """A misspelled adapter field, or one the backbone and dataset set, is one line naming the
+    recipe and the key, before any model loads (not a TypeError from the config's constructor)."""
+    from vidmusician.errors import ConfigError
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"stage": 1}))
+    with pytest.raises(ConfigError, match=rf"r.json with --set {re.escape(override)}: {message}"):
+        Recipe.load(path, [override])
+    Recipe.load(path, ["adapter.attn_dim=64", "adapter.rhythm_rank=null"])  # the settable ones still load
 
 
 def test_resume_check_reads_recipes_of_older_versions(tmp_path):

@@ -247,7 +247,10 @@ class AdapterConfig:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file; an adapter folder holds {CONFIG_NAME}") from None
+            run_adapter = path.parent / "adapter"  # a training run folder given for its release adapter
+            hint = (f" (this is a training run: its adapter is {run_adapter})"
+                    if (run_adapter / CONFIG_NAME).is_file() else "")
+            raise ConfigError(f"{path}: no such file; an adapter folder holds {CONFIG_NAME}{hint}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8 JSON") from None
         except json.JSONDecodeError as exc:

@@ -110,10 +110,13 @@ class VidMusician:
         """A :class:`VideoBatch` on the model's device from features (``None`` entries: null video)."""
         if videos is None:
             return None
+        encoders = None  # the specs that made the features, where they are known
         if not isinstance(videos, VideoBatch):
-            videos = VideoBatch.from_features(list(videos), self.config.frame_rate, num_frames,
+            videos = list(videos)
+            encoders = {f.encoder for f in videos if f is not None}
+            videos = VideoBatch.from_features(videos, self.config.frame_rate, num_frames,
                                               self.config.global_dim, self.config.local_dim)
-        self._check_batch(videos)
+        self._check_batch(videos, encoders)
         return videos.to(self.device)
 
     def set_video(self, videos: VideoBatch | Sequence | None, frame_offset: int = 0,
@@ -143,10 +146,18 @@ class VidMusician:
         finally:
             self.context.set(None)
 
-    def _check_batch(self, batch: VideoBatch):
+    def _check_batch(self, batch: VideoBatch, encoders: set | None = None):
         c = self.config
         widths = dict(global_dim=batch.global_feats.shape[-1], local_dim=batch.local.shape[-1])
         diffs = differing_fields(widths, c, list(widths), ("features", "adapter"))
+        if diffs and encoders == {c.encoder}:
+            # The features come from the adapter's own encoder: the config names it but was
+            # sized for another one (config_for_backbone(musicgen, encoder=...) alone keeps the
+            # preset's widths), so extracting again would not help.
+            raise ConfigError(f"video features of encoder {c.encoder!r} do not fit the adapter ({diffs}): its config "
+                              f"names that encoder but is sized for another; size it to the features, e.g. "
+                              f"config_for_backbone(musicgen, encoder={c.encoder!r}, "
+                              f"global_dim={widths['global_dim']}, local_dim={widths['local_dim']})")
         if diffs:
             raise ConfigError(f"video features do not fit the adapter ({diffs}); extract them with encoder {c.encoder!r}")
         if abs(batch.frame_rate - c.frame_rate) > 1e-6:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import load_codec
+from ..checks import number
 from ..errors import ConfigError, DataError, VidMusicianError, one_line
 from ..progress import progress_bar
 from ..runtime import default_device
@@ -185,8 +186,10 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
     asked = {k: v if v is not None else recorded.get(k) if recorded.get(k) is not None else DEFAULTS[k]
              for k, v in given.items()}
     window, hop, holdout, global_fps = asked["window"], asked["hop"], asked["holdout"], asked["global_fps"]
-    if not (window > 0 and hop > 0 and 0 <= holdout < 1):
-        raise ConfigError(f"need window > 0, hop > 0 and 0 <= holdout < 1 (got {window}, {hop}, {holdout})")
+    number("--window", window, low=0, low_open=True)
+    number("--hop", hop, low=0, low_open=True)
+    if not (isinstance(holdout, (int, float)) and 0 <= holdout < 1):
+        raise ConfigError(f"--holdout must be a fraction of the videos in [0, 1), got {holdout!r}")
     if encoder_batch is not None and not (isinstance(encoder_batch, int) and encoder_batch >= 1):
         raise ConfigError(f"--encoder-batch {encoder_batch}: must be a positive number of frames "
                           f"(default {GPU_ENCODER_BATCH} on a GPU, {CPU_ENCODER_BATCH} on a CPU)")

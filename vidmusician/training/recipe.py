@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..checks import MAX_COUNT, json_object, number
-from ..config import GROUP_NAMES, check_stage
+from ..config import GROUP_NAMES, AdapterConfig, check_stage
 from ..errors import ConfigError
 
-__all__ = ["FORMER_VALUES", "RESUME_SAFE", "Recipe", "Resumed", "check_resume", "lr_factor", "lr_warning",
-           "schedule_change", "schedule_warning"]
+__all__ = ["FORMER_VALUES", "RESUME_SAFE", "Recipe", "Resumed", "check_init_adapter", "check_resume", "lr_factor",
+           "lr_warning", "schedule_change", "schedule_warning"]
 
 # The highest learning rate at which the adapters train without inflating the frozen
 # model's hidden states, measured on the 'tiny-learned' backbone (recipes/README.md,
@@ -111,6 +111,7 @@ class Recipe:
             raise ConfigError(f"{source}: trainable must be a list of {list(GROUP_NAMES)}, got {self.trainable!r}")
         if not isinstance(self.adapter, dict):
             raise ConfigError(f"{source}: adapter must be an object of adapter config fields, got {self.adapter!r}")
+        check_adapter_overrides(self.adapter, source)
         if self.codebook_weights is not None:
             if not isinstance(self.codebook_weights, list) or not self.codebook_weights:
                 raise ConfigError(f"{source}: codebook_weights must be a list of numbers, one per codebook, "
@@ -159,6 +160,39 @@ class Recipe:
         except ConfigError as exc:  # name the file (and the --set) rather than "recipe"
             where = f"{path}{' with --set ' + ' '.join(overrides) if overrides else ''}"
             raise ConfigError(f"{where}: {str(exc).removeprefix('recipe: ')}") from None
+
+
+# Adapter fields the trainer takes from the backbone (its shape and codec rate) and from the
+# dataset (the visual encoder and rates its features were made with): a recipe value would
+# disagree with what the adapters are trained on, so only the rest may be overridden.
+FROM_BACKBONE_AND_DATA = ("backbone", "dim", "num_layers", "frame_rate", "encoder", "encoder_activation",
+                          "global_dim", "local_dim", "global_fps", "local_fps", "version")
+
+
+def check_adapter_overrides(adapter: dict, source: str = "recipe") -> None:
+    """Refuses recipe ``adapter`` keys that are no adapter config field, or that the backbone and dataset set."""
+    fields = {f.name for f in dataclasses.fields(AdapterConfig)}
+    unknown = sorted(set(adapter) - fields)
+    if unknown:
+        settable = sorted(fields - set(FROM_BACKBONE_AND_DATA))
+        raise ConfigError(f"{source}: unknown adapter config keys {unknown}; known: {settable}")
+    fixed = sorted(set(adapter) & set(FROM_BACKBONE_AND_DATA))
+    if fixed:
+        raise ConfigError(f"{source}: adapter {fixed} come from the backbone and the dataset, not the recipe; "
+                          f"leave them out (prepare the data again for another encoder or rate, or pass --backbone)")
+
+
+def check_init_adapter(init: str | None, from_recipe: bool) -> None:
+    """A start adapter that is neither a folder here nor a Hub id: one line naming where it was
+    set and the fix, before the backbone loads (stage 2 run before stage 1 wrote its adapter)."""
+    from ..hub import is_hub_id
+
+    if init is None or is_hub_id(init) or Path(init).exists():
+        return
+    if from_recipe:
+        raise ConfigError(f"{init}: adapter folder not found (the recipe's init_adapter); train stage 1 first (its "
+                          f"--output's adapter/), or pass --init DIR")
+    raise ConfigError(f"{init}: adapter folder not found (--init); pass a stage-1 run's OUTPUT/adapter or a Hub id")
 
 
 # The fields a resumed run may change: how long it runs, when it logs, evaluates and saves, and

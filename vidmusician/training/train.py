@@ -49,7 +49,8 @@ from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, Prep
 from .launch import Terminated, stop_on_sigterm, stop_with_launcher
 from .losses import codebook_losses, coarse_codebooks, loss_mask, plausible_targets
 from .monitor import Monitor, check_trackers
-from .recipe import Recipe, Resumed, check_resume, lr_factor, lr_warning, schedule_change, schedule_warning
+from .recipe import (Recipe, Resumed, check_init_adapter, check_resume, lr_factor, lr_warning, schedule_change,
+                     schedule_warning)
 from .run_folder import RunFolder
 from .train_state import TrainState, interrupted_line, latest_checkpoint, restore_rng, resume, save_checkpoint
 
@@ -286,6 +287,7 @@ def _train(args, progress: dict) -> Path:
     progress["resumed"] = resume_from is not None
     if resume_from is not None and not args.resume:
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
+    check_init_adapter(args.init or recipe.init_adapter, from_recipe=not args.init)
     resumed = Resumed(recipe)
     if resume_from is not None:
         resumed = check_resume(recipe, out)  # before recipe.json is written again below

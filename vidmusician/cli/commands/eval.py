@@ -60,7 +60,7 @@ def add_arguments(parser):
                              "adds clap_text, the CLAP text-music score of each clip against the prompt it was "
                              "generated from")
     parser.add_argument("--text", metavar="PROMPT", help="one prompt for every clip, as --prompts")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings still)")
 
 
 def run(args) -> int:
@@ -88,7 +88,14 @@ def run(args) -> int:
         from ...evaluation.audio_kl import PasstKL
 
         kl_metric = PasstKL()
-    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    def log(line: str) -> None:
+        # --quiet leaves out the progress lines, never a warning or a note: a video skipped or
+        # a prompt left out would otherwise go unsaid.
+        if line.startswith(("warning: ", "note: ")):
+            print(f"vidmusician eval: {line}", file=sys.stderr, flush=True)
+        elif not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
     report = evaluate(
         args.videos, args.generated, args.reference,
         encoder=args.encoder, settings=settings, embedders=embedders, prompts=prompts, text_embedder=clap,
@@ -98,7 +105,6 @@ def run(args) -> int:
     print(report.table())
     if args.out:
         report.write_json(args.out)
-        if log:
-            log(f"wrote {printable(args.out)}")
+        log(f"wrote {printable(args.out)}")
     return 0
 

@@ -10,7 +10,7 @@ from ...checks import arg_number
 from ...errors import ConfigError, printable
 from . import one_line_warnings
 
-HELP = "Extract visual features (global CLIP embeddings, local change signal) of a video."
+HELP = "extract a video's visual features: global CLIP embeddings and the local change signal"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(a state dict, or OpenAI's TorchScript .pt; NAME-quickgelu for QuickGELU weights), an open_clip model "
         "folder, hf-hub:ORG/REPO, or 'tiny' (random, offline, for tests)",
     )
-    parser.add_argument("--global-fps", type=arg_number(low=0, high=1000, low_open=True), default=1.0,
+    parser.add_argument("--global-fps", type=arg_number(low=0, high=1000, low_open=True), default=1.0, metavar="FPS",
                         help="rate of the global embeddings, in (0, 1000] (default 1)")
-    parser.add_argument("--local-fps", type=arg_number(low=0, high=1000, low_open=True), default=25.0,
+    parser.add_argument("--local-fps", type=arg_number(low=0, high=1000, low_open=True), default=25.0, metavar="FPS",
                         help="rate of the local change signal, in (0, 1000] (default 25)")
-    parser.add_argument("--batch-size", type=arg_number(integer=True, low=1, high=65536), default=64,
+    parser.add_argument("--batch-size", type=arg_number(integer=True, low=1, high=65536), default=64, metavar="N",
                         help="frames per encoder batch, in [1, 65536] (default 64)")
     # Two flags rather than one with an optional value: `--cache VIDEO` would read VIDEO as the folder.
     parser.add_argument(

@@ -6,6 +6,7 @@ per video, batched and resumable (:func:`vidmusician.batch.generate_many`).
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,7 +25,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="OUT.wav or OUT.flac for the music, OUT.mp4/.mov/.mkv for the video with the music "
                              "(video stream copied, music as AAC); default: VIDEO_NAME_music.wav here. "
-                             "For several videos a folder (made if missing): FOLDER/VIDEO_NAME_music.wav each")
+                             "For several videos, or -o FOLDER/, a folder (made if missing): "
+                             "FOLDER/VIDEO_NAME_music.wav each")
     parser.add_argument("--adapter", metavar="DIR|ORG/NAME[@REV]",
                         help="adapter folder or Hugging Face Hub id; without one the video only sets the length")
     parser.add_argument("--backbone", metavar="NAME|PATH|tiny",
@@ -45,14 +47,16 @@ def add_arguments(parser) -> None:
                         help="guidance of the video on top of the text (default: --cfg-coef); different from "
                              "the text's, every step runs a third, text-only branch (up to 1.5x the time); "
                              "0: plain MusicGen with the text")
-    parser.add_argument("--plausibility", type=float, metavar="A",
+    parser.add_argument("--plausibility", type=arg_number(low=0.0, high=1.0), metavar="A",
                         help="guidance ranks only the tokens the video-conditioned model gives at least A times "
                              "its top token's probability (default: the library's, see docs/alignment.md); 0: "
                              "every token, MusicGen's guidance, which amplifies what adapters learned from lossy "
                              "soundtracks")
-    parser.add_argument("--top-k", type=int, default=250, metavar="K", help="sample among the K most likely tokens (default 250; 0: no top-k cut)")
-    parser.add_argument("--temperature", type=float, default=1.0, metavar="T", help="sampling temperature (default 1.0)")
-    parser.add_argument("--extend-stride", type=float, metavar="S",
+    parser.add_argument("--top-k", type=arg_number(integer=True, low=0), default=250, metavar="K",
+                        help="sample among the K most likely tokens (default 250; 0: no top-k cut)")
+    parser.add_argument("--temperature", type=arg_number(low=0.0, low_open=True), default=1.0, metavar="T",
+                        help="sampling temperature, > 0 (default 1.0)")
+    parser.add_argument("--extend-stride", type=arg_number(low=0.0, low_open=True), metavar="S",
                         help="seconds between windows past the backbone's 30 s window (default 18)")
     parser.add_argument("--device", metavar="DEV", help="cuda or cpu (default: cuda when available)")
     # -- decoding engine --
@@ -127,7 +131,12 @@ def many_videos(args) -> bool:
 
     out = Path(args.output) if args.output else None
     into_folder = out is not None and out.is_dir() and out.suffix.lower() not in {**AUDIO_FORMATS, **VIDEO_FORMATS}
-    return len(args.videos) > 1 or Path(args.videos[0]).is_dir() or into_folder
+    return len(args.videos) > 1 or Path(args.videos[0]).is_dir() or into_folder or names_folder(args.output)
+
+
+def names_folder(output: str | None) -> bool:
+    """-o ends with a slash (``scored/``): a folder, made if missing, whatever its name or the count of videos."""
+    return bool(output) and output.endswith(("/", os.sep))
 
 
 def run_many(args) -> int:
@@ -135,7 +144,7 @@ def run_many(args) -> int:
     from tqdm.auto import tqdm
 
     folder = Path(args.output or ".")
-    if args.output and folder.suffix.lower() and not folder.is_dir():
+    if args.output and folder.suffix.lower() and not folder.is_dir() and not names_folder(args.output):
         raise ConfigError(f"{args.output}: several videos write several files; -o takes a folder for them")
 
     def log(line):
