@@ -130,9 +130,11 @@ def test_cli_bad_plausibility_is_one_line(tmp_path, capsys):
 
     clip = flash_video(tmp_path / "clip.mp4", [0.2], duration=0.5)
     out = tmp_path / "out.wav"
-    assert cli.main(["generate", str(clip), "--backbone", "tiny", "-o", str(out), "-q", "--plausibility", "2"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the argument parser, as the console script exits
+        cli.main(["generate", str(clip), "--backbone", "tiny", "-o", str(out), "-q", "--plausibility", "2"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "plausibility must be in [0, 1]" in err[0], err
+    assert len(err) == 1 and "--plausibility: must be in [0, 1], got 2" in err[0], err
     assert not out.exists()
 
 
