@@ -75,7 +75,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                   plausibility: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   output_format: str = "wav", keep_soundtrack: bool = False,
                   log: Callable[[str], None] | None = None, engine: str = "fast",
-                  *, on_step: Callable[[int, int], object] | None = None) -> ManyReport:
+                  *, on_step: Callable[[int, int], object] | None = None,
+                  format_option: str | None = None) -> ManyReport:
     """Generates music for many videos, one output file each, in ``output_dir``.
 
     ``OUT/NAME_music.wav`` for ``NAME.mp4`` (``output_format`` sets the suffix); an
@@ -101,6 +102,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             file may run fewer, its remainder is counted as done when it ends). An
             exception raised in it stops the run at that step and propagates: the
             outputs written before stay.
+        format_option: the option the user gave ``output_format`` with (the CLI's
+            ``"--format"``): a video's error then offers ``--format mkv``, not ``a .mkv output``.
         adapter, backbone, encoder, text, duration, cfg_coef, top_k, temperature, device,
             progress, extend_stride, text_cfg_coef, video_cfg_coef, plausibility, engine: as
             for :func:`~vidmusician.generate` (``plausibility`` None: its default).
@@ -166,7 +169,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
         try:
             check_writable(outputs[video])
             infos[video] = probe(video)
-            check_muxable(video, outputs[video], keep_soundtrack=keep_soundtrack)
+            check_muxable(video, outputs[video], keep_soundtrack=keep_soundtrack, format_option=format_option)
             lengths[video] = duration if duration is not None else infos[video].duration
         except VidMusicianError as exc:
             failed(video, exc)
@@ -219,7 +222,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                 wav = decode(musicgen, tokens[i:i + 1, :, :frames[i]], lengths[video])[0]
                 try:
                     write_output(outputs[video], wav, sample_rate, video=video, tags=tags,
-                                 keep_soundtrack=keep_soundtrack)
+                                 keep_soundtrack=keep_soundtrack, format_option=format_option)
                 except VidMusicianError as exc:
                     failed(video, exc)
                 else:

@@ -94,13 +94,16 @@ def run(args) -> int:
     kind = check_output_path(output, inputs=[video])
     if kind == "audio" and args.keep_soundtrack:
         raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
-    check_muxable(video, output, keep_soundtrack=args.keep_soundtrack)
+    # A fix names what the user typed: --format mkv, or a .mkv name for -o.
+    format_option = "--format" if args.format else None
+    check_muxable(video, output, keep_soundtrack=args.keep_soundtrack, format_option=format_option)
     with one_line_warnings("generate"):
         wav, sample_rate = generate(video, **generation_options(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the adapter's config again: generate showed its warnings
         tags = music_tags(args.adapter, args.encoder)
-    write_output(output, wav, sample_rate, video=video, tags=tags, keep_soundtrack=args.keep_soundtrack)
+    write_output(output, wav, sample_rate, video=video, tags=tags, keep_soundtrack=args.keep_soundtrack,
+                 format_option=format_option)
     samples = muxed_samples(video, wav.shape[-1], sample_rate) if kind == "video" else wav.shape[-1]
     print(f"wrote {printable(output)} ({samples / sample_rate:.2f} s, {sample_rate} Hz)", file=sys.stderr)
     if samples < wav.shape[-1]:
@@ -152,7 +155,8 @@ def run_many(args) -> int:
 
     with one_line_warnings("generate"):
         report = generate_many(args.videos, folder, batch_size=args.batch_size, output_format=args.format or "wav",
-                               keep_soundtrack=args.keep_soundtrack, log=log, **generation_options(args))
+                               keep_soundtrack=args.keep_soundtrack, log=log, format_option="--format",
+                               **generation_options(args))
     if report.replaced_soundtracks:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music in "
               f"{len(report.replaced_soundtracks)} of {len(report.scored)} outputs (--keep-soundtrack keeps it as a "
