@@ -43,6 +43,8 @@ class ManyReport:
         failed: ``(video, one-line error)`` of each video that could not be scored.
         replaced_soundtracks: videos whose own audio the video output left out
             (``keep_soundtrack=False``).
+        no_soundtrack: videos without audio of their own, whose video output has only the
+            music although ``keep_soundtrack`` asked to keep theirs.
         cut_music: videos whose video output holds less music than asked for: a
             ``duration`` longer than the video is cut at its end (an audio output keeps it).
     """
@@ -51,6 +53,7 @@ class ManyReport:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     replaced_soundtracks: list[Path] = field(default_factory=list)
+    no_soundtrack: list[Path] = field(default_factory=list)
     cut_music: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -229,6 +232,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                     report.scored.append(outputs[video])
                     if suffix in VIDEO_FORMATS and not keep_soundtrack and infos[video].has_audio:
                         report.replaced_soundtracks.append(video)
+                    if keep_soundtrack and not infos[video].has_audio:  # (refused above for an audio output)
+                        report.no_soundtrack.append(video)
                     if suffix in VIDEO_FORMATS and muxed_samples(video, wav.shape[-1], sample_rate) < wav.shape[-1]:
                         report.cut_music.append(video)
                 bar.update(1)

@@ -110,9 +110,13 @@ def run(args) -> int:
         print(f"vidmusician generate: note: the music was cut to the video's length ({samples / sample_rate:.2f} s "
               f"of {wav.shape[-1] / sample_rate:.2f} s); an audio output (.wav, .flac) keeps all of it",
               file=sys.stderr)
-    if kind == "video" and not args.keep_soundtrack and probe(video).has_audio:
+    has_audio = kind == "video" and probe(video).has_audio
+    if kind == "video" and not args.keep_soundtrack and has_audio:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music "
               f"(--keep-soundtrack keeps it as a second audio stream)", file=sys.stderr)
+    if kind == "video" and args.keep_soundtrack and not has_audio:
+        print(f"vidmusician generate: note: the video has no soundtrack of its own to keep (--keep-soundtrack); "
+              f"the output holds the music alone", file=sys.stderr)
     return 0
 
 
@@ -161,6 +165,10 @@ def run_many(args) -> int:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music in "
               f"{len(report.replaced_soundtracks)} of {len(report.scored)} outputs (--keep-soundtrack keeps it as a "
               f"second audio stream)", file=sys.stderr)
+    if report.no_soundtrack:
+        print(f"vidmusician generate: note: {len(report.no_soundtrack)} of {len(report.scored)} videos have no "
+              f"soundtrack of their own to keep (--keep-soundtrack); their outputs hold the music alone",
+              file=sys.stderr)
     if report.cut_music:
         print(f"vidmusician generate: note: the music was cut to the video's length in {len(report.cut_music)} "
               f"of {len(report.scored)} outputs (--duration is longer); an audio output (--format wav) keeps "
