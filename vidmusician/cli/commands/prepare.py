@@ -41,7 +41,8 @@ def add_arguments(parser):
                              "shapes, codes, finite features; about 0.6 ms a window): damage is found now, not "
                              "mid-training. On a finished dataset: the check alone")
     parser.add_argument("--practice", type=int, default=None, metavar="N",
-                        help="first write N practice music videos into SRC (a new or empty folder): synthetic "
+                        help="first write N practice music videos into SRC (a new or empty folder, or one of "
+                             "fewer practice videos: the missing ones are written): synthetic "
                              "music of the 'tiny-learned' backbone, timed to the picture; prepare them with "
                              "--backbone tiny-learned --encoder tiny to try training on a CPU in minutes")
     parser.add_argument("--per-video-batches", action="store_true",
