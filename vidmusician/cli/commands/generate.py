@@ -111,7 +111,7 @@ def run(args) -> int:
               f"of {wav.shape[-1] / sample_rate:.2f} s); an audio output (.wav, .flac) keeps all of it",
               file=sys.stderr)
     has_audio = kind == "video" and probe(video).has_audio
-    if kind == "video" and not args.keep_soundtrack and has_audio:
+    if has_audio and not args.keep_soundtrack:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music "
               f"(--keep-soundtrack keeps it as a second audio stream)", file=sys.stderr)
     if kind == "video" and args.keep_soundtrack and not has_audio:
