@@ -138,7 +138,8 @@ def test_generate_never_writes_over_its_input(clip, tmp_path, capsys):
 
 
 def test_generate_refuses_a_codec_the_output_cannot_hold_before_any_model_loads(tmp_path, capsys, monkeypatch):
-    """A .webm's VP8 has no place in .mp4: said in one line, with the fix, before the music is made."""
+    """A .webm's VP8 has no place in .mp4: said in one line, with the fix as the user would type it
+    (a .mkv -o name, or --format mkv), before the music is made."""
     import vidmusician.pipeline as pipeline
     from vidmusician.audio_io import write_output
     from vidmusician.errors import VideoError
@@ -148,10 +149,16 @@ def test_generate_refuses_a_codec_the_output_cannot_hold_before_any_model_loads(
     out = tmp_path / "scored.mp4"
     refused(run(capsys, "generate", webm, *TINY, "-o", out), "clip.webm", "vp8", ".mp4", "use a .mkv output")
     assert not out.exists() and not leftovers(tmp_path)
+    # Chosen with --format, the fix is the --format to type.
+    monkeypatch.chdir(tmp_path)
+    said = refused(run(capsys, "generate", webm, *TINY, "--format", "mp4"), "clip.webm", "vp8", ".mp4")
+    assert said.rstrip().endswith("; use --format mkv") and not (tmp_path / "clip_music.mp4").exists(), said
     # The writer says the same to a caller that did not check first, and leaves nothing.
     with pytest.raises(VideoError, match=r"clip\.webm: a \.mp4 file cannot hold its vp8 video") as err:
         write_output(out, np.zeros((1, 3200), np.float32), 32000, video=webm)
     assert "\n" not in str(err.value) and not out.exists() and not leftovers(tmp_path)
+    with pytest.raises(VideoError, match=r"; use --format mkv$"):
+        write_output(out, np.zeros((1, 3200), np.float32), 32000, video=webm, format_option="--format")
 
 
 @pytest.mark.parametrize("target, needle", [("folder", "is a folder"), ("long", "too long"),

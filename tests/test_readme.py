@@ -118,6 +118,18 @@ def test_the_subcommand_summaries_read_alike():
         assert summary[0].islower() and not summary.endswith("."), (name, summary)
 
 
+def test_every_option_names_its_value_readably():
+    """Every --help shows what an option takes (`--window S`, `--backbone NAME|PATH|tiny`), as `vidmusician
+    generate --help` does, not argparse's default placeholder, the option's name in capitals (`--window WINDOW`)."""
+    from vidmusician.training.train import build_parser
+
+    parsers = {f"vidmusician {name}": parser for name, parser in subcommands().items()}
+    parsers["python -m vidmusician.training.train"] = build_parser()
+    defaults = [(what, a.option_strings[-1]) for what, parser in parsers.items() for a in parser._actions
+                if a.option_strings and a.nargs != 0 and a.metavar is None and a.choices is None]
+    assert not defaults, defaults
+
+
 def subcommands() -> dict:
     import argparse
 

@@ -126,6 +126,25 @@ def test_practice_refuses_no_videos_and_a_folder_of_other_files(tmp_path, count,
     assert "holds other files (holiday.mp4, ...)" in capsys.readouterr().err
 
 
+def test_practice_refuses_fewer_clips_than_the_folder_holds(tmp_path, capsys):
+    """prepare takes every video of SRC: `--practice 2` on the 3 clips of an earlier `--practice 3`
+    would prepare 3, so it is refused (in one line, with the fix) before anything is written."""
+    from vidmusician.cli import main
+    from vidmusician.training.practice import write_practice_videos
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    clips = [folder / f"practice-{i:03d}.mp4" for i in range(3)]
+    for clip in clips:
+        clip.write_bytes(b"a clip")  # names are all the check reads
+    assert main(["prepare", "--practice", "2", str(folder), str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "up to practice-002.mp4" in err and "give --practice 3" in err, err
+    assert not (tmp_path / "d").exists() and sorted(folder.iterdir()) == clips
+    assert write_practice_videos(folder, 3) == clips  # as many as asked: kept, none written again
+    assert all(clip.read_bytes() == b"a clip" for clip in clips)
+
+
 def test_practice_reruns_after_a_kill_mid_clip(tmp_path):
     """A SIGKILL while a clip is written leaves its hidden temporary file: the rerun removes it and writes the clip."""
     from vidmusician.training.practice import write_practice_videos

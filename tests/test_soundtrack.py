@@ -14,6 +14,7 @@ from vidmusician import cli
 from vidmusician.errors import ConfigError
 
 NOTICE = "own soundtrack is replaced"
+NOTHING_TO_KEEP = "no soundtrack of its own to keep"  # and "of their own", for many videos
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def test_the_soundtrack_is_replaced_with_a_notice(with_audio, tmp_path, capsys):
 
 def test_keep_soundtrack_keeps_it_as_the_second_stream(with_audio, tmp_path, capsys):
     assert generate(with_audio, tmp_path / "scored.mp4", "--keep-soundtrack") == 0
-    assert NOTICE not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert NOTICE not in err and "soundtrack of" not in err
     (original,) = audio_streams(with_audio)
     music, kept = audio_streams(tmp_path / "scored.mp4")
     assert music[:3] == ("aac", 32000, 1) and music[4]  # the music first, played by default
@@ -69,12 +71,17 @@ def test_keep_soundtrack_without_one_or_into_an_audio_file(tmp_path, capsys):
     music = 0.1 * torch.randn(1, 32000)
     write_output(tmp_path / "out.mp4", music, 32000, video=silent, keep_soundtrack=True)
     assert len(audio_streams(tmp_path / "out.mp4")) == 1  # nothing of its own to keep
+    # The command says there was none, and writes the output all the same.
+    assert generate(silent, tmp_path / "kept.mp4", "--keep-soundtrack") == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if NOTHING_TO_KEEP in line]
+    assert len(notes) == 1 and notes[0].startswith("vidmusician generate: note: ") and "--keep-soundtrack" in notes[0]
+    assert len(audio_streams(tmp_path / "kept.mp4")) == 1
     with pytest.raises(ConfigError, match="video output"):
         write_output(tmp_path / "out.wav", music, 32000, video=silent, keep_soundtrack=True)
     # From the command line the same is refused before any model loads, and nothing is written.
     assert cli.main(["generate", str(silent), "-o", str(tmp_path / "x.wav"), "--keep-soundtrack"]) == 2
     assert "video output" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path)) == ["out.mp4", "scored.mp4", "silent.mp4"]
+    assert sorted(os.listdir(tmp_path)) == ["kept.mp4", "out.mp4", "scored.mp4", "silent.mp4"]
 
 
 def test_many_videos_into_mp4_count_the_replaced_soundtracks(with_audio, tmp_path, capsys):
@@ -86,6 +93,17 @@ def test_many_videos_into_mp4_count_the_replaced_soundtracks(with_audio, tmp_pat
     assert len(notes) == 1 and "in 1 of 2 outputs" in notes[0]  # the silent video had none to replace
     assert sorted(os.listdir(out)) == ["clip_music.mp4", "silent_music.mp4"]
     assert all(len(audio_streams(out / name)) == 1 for name in os.listdir(out))
+
+
+def test_many_videos_keeping_their_soundtracks_count_those_without_one(with_audio, tmp_path, capsys):
+    silent = flash_video(tmp_path / "silent.mp4", [0.2], duration=0.6)
+    out = tmp_path / "out"
+    assert cli.main(["generate", str(with_audio), str(silent), "-o", str(out), "--format", "mp4", "--backbone",
+                     "tiny", "--encoder", "tiny", "-q", "--keep-soundtrack"]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "soundtrack of their own to keep" in line]
+    assert len(notes) == 1 and "1 of 2 videos" in notes[0] and NOTICE not in err, err
+    assert [len(audio_streams(out / name)) for name in ("clip_music.mp4", "silent_music.mp4")] == [2, 1]
 
 
 def test_music_longer_than_the_video_is_cut_and_the_written_length_is_said(with_audio, tmp_path, capsys):

@@ -260,6 +260,8 @@ def test_streams_a_container_refuses_at_their_packets_are_refused_before_any_wor
         check_muxable(path, out, keep_soundtrack=True)
     assert str(err.value).startswith(f"{path}: cannot copy its mjpeg video and audio streams into a .mp4 file (")
     assert str(err.value).endswith("try a .mkv output or leave out --keep-soundtrack")
+    with pytest.raises(VideoError, match=r"; try --format mkv or leave out --keep-soundtrack$"):
+        check_muxable(path, out, keep_soundtrack=True, format_option="--format")  # the fix as the user chose
     check_muxable(path, out)  # the video stream alone goes in
     check_muxable(path, tmp_path / "out.mkv", keep_soundtrack=True)
     write_output(tmp_path / "out.mkv", np.zeros((1, 16000), np.float32), 32000, video=path, keep_soundtrack=True)

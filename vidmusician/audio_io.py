@@ -143,7 +143,7 @@ def same_file(a, b) -> bool:
         return False
 
 
-def check_muxable(video, path, keep_soundtrack: bool = False) -> None:
+def check_muxable(video, path, keep_soundtrack: bool = False, format_option: str | None = None) -> None:
     """Refuses, before any work, a video whose streams a video output ``path`` cannot hold.
 
     The output copies the video stream (and with ``keep_soundtrack`` the audio
@@ -151,6 +151,11 @@ def check_muxable(video, path, keep_soundtrack: bool = False) -> None:
     .webm has no place in .mp4 or .mov. The check is the writer's own first steps, on
     an empty container in memory. An audio output, or a video that cannot be read
     (its probe says why), passes.
+
+    Args:
+        format_option: the option the user chose the output's format with (``"--format"``):
+            the fix then names it (``use --format mkv``); None: the output's suffix was
+            the choice (``use a .mkv output``).
 
     Raises:
         VideoError: a stream's codec has no place in the output container; the
@@ -166,19 +171,19 @@ def check_muxable(video, path, keep_soundtrack: bool = False) -> None:
         return
     with src:
         streams = list(src.streams.video[:1]) + (list(src.streams.audio) if keep_soundtrack else [])
-        _check_holds(video, streams, path)
-        _check_copies(video, src, streams, path)
+        _check_holds(video, streams, path, format_option)
+        _check_copies(video, src, streams, path, format_option)
 
 
-def _check_holds(video, streams, path) -> None:
+def _check_holds(video, streams, path, format_option: str | None = None) -> None:
     """VideoError unless the output ``path``'s container takes a copy of each of ``streams``."""
     fmt = VIDEO_FORMATS[Path(path).suffix.lower()]
     for stream in streams:
         if not _holds(fmt, stream):
-            raise VideoError(_no_place(video, stream, path))
+            raise VideoError(_no_place(video, stream, path, format_option))
 
 
-def _check_copies(video, src, streams, path) -> None:
+def _check_copies(video, src, streams, path, format_option: str | None = None) -> None:
     """VideoError unless the first packet of each of ``streams`` goes into the output ``path``'s
     container in memory: some streams pass the header and fail at their packets (PCM into .mp4)."""
     import av
@@ -197,14 +202,14 @@ def _check_copies(video, src, streams, path) -> None:
                 if not waiting:
                     break
     except (av.FFmpegError, ValueError) as exc:
-        raise VideoError(_no_copy(video, streams, path, exc)) from None
+        raise VideoError(_no_copy(video, streams, path, exc, format_option)) from None
 
 
-def _no_copy(video, streams, path, exc) -> str:
+def _no_copy(video, streams, path, exc, format_option: str | None = None) -> str:
     """The one line for streams of ``video`` that the output ``path``'s container refuses at their packets."""
     copied, fix = (" and audio streams", " or leave out --keep-soundtrack") if len(streams) > 1 else (" stream", "")
     return (f"{video}: cannot copy its {streams[0].codec_context.name} video{copied} into a {Path(path).suffix} "
-            f"file ({one_line(exc)}); try a .mkv output{fix}")
+            f"file ({one_line(exc)}); try {_outputs(['.mkv'], format_option)}{fix}")
 
 
 def _copy_of(dst, stream):
@@ -232,20 +237,28 @@ def _holds(fmt: str, stream) -> bool:
     return True
 
 
-def _no_place(video, stream, path) -> str:
+def _no_place(video, stream, path, format_option: str | None = None) -> str:
     """The one line for a ``stream`` of ``video`` that the output ``path``'s container cannot hold."""
     suffix = Path(path).suffix.lower()
-    fits = " or ".join(s for s, fmt in VIDEO_FORMATS.items() if s != suffix and _holds(fmt, stream))
+    fits = [s for s, fmt in VIDEO_FORMATS.items() if s != suffix and _holds(fmt, stream)]
     if stream.type == "video":
-        fix = f"use a {fits} output" if fits else "write the music alone (.wav or .flac)"
+        fix = f"use {_outputs(fits, format_option)}" if fits else "write the music alone (.wav or .flac)"
     else:  # a kept soundtrack
-        fix = "leave out --keep-soundtrack" + (f", or use a {fits} output" if fits else "")
+        fix = "leave out --keep-soundtrack" + (f", or use {_outputs(fits, format_option)}" if fits else "")
     codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
     return f"{video}: a {suffix} file cannot hold its {codec} {stream.type} stream (copied unchanged); {fix}"
 
 
+def _outputs(suffixes, format_option: str | None) -> str:
+    """The outputs a fix offers, as the user asks for them: ``a .mov or .mkv output``, or with the
+    option that chose the format (see :func:`check_muxable`) ``--format mov or --format mkv``."""
+    if format_option:
+        return " or ".join(f"{format_option} {s[1:]}" for s in suffixes)
+    return f"a {' or '.join(suffixes)} output"
+
+
 def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: dict | None = None,
-                 keep_soundtrack: bool = False) -> Path:
+                 keep_soundtrack: bool = False, format_option: str | None = None) -> Path:
     """Writes ``wav`` to ``path``: an audio file, or ``video`` with the music as its soundtrack.
 
     Args:
@@ -257,6 +270,8 @@ def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: di
             comment as JSON; :func:`read_tags` reads it back.
         keep_soundtrack: a video output keeps the video's own audio streams after the
             music (see :func:`mux_audio`).
+        format_option: how the user chose the output's format, for the fix an error
+            offers (see :func:`check_muxable`).
 
     Raises:
         ConfigError: an output path no writer takes. AudioError: ``wav`` has no
@@ -269,7 +284,7 @@ def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: di
         return write_audio(path, wav, sample_rate, tags)
     if video is None:
         raise ConfigError(f"{path}: a video output needs the source video")
-    return mux_audio(video, wav, sample_rate, path, tags, keep_soundtrack=keep_soundtrack)
+    return mux_audio(video, wav, sample_rate, path, tags, keep_soundtrack=keep_soundtrack, format_option=format_option)
 
 
 def write_audio(path, wav: torch.Tensor, sample_rate: int, tags: dict | None = None) -> Path:
@@ -327,7 +342,7 @@ def read_tags(path) -> dict:
 
 
 def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | None = None,
-              keep_soundtrack: bool = False) -> Path:
+              keep_soundtrack: bool = False, format_option: str | None = None) -> Path:
     """Writes ``video``'s video stream (copied, not re-encoded) with ``wav`` as AAC audio.
 
     The music is the first audio stream, marked default (the one players play). The
@@ -335,6 +350,7 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
     it unchanged (not re-encoded, their full length; players offer them as other
     tracks). Music longer than the video is cut at the video's end, so the music is
     as long as the video. ``tags`` go into the container's comment (see :func:`read_tags`).
+    ``format_option``: how the user chose the output's format (see :func:`check_muxable`).
 
     Raises:
         VideoError: the source cannot be read, or its codec cannot go into the
@@ -366,7 +382,8 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
                 raise (AudioError(_no_samples(path)) if audio.shape[1] == 0 else
                        VideoError(f"{video}: the video stream has no length to put music under"))
             kept = list(src.streams.audio) if keep_soundtrack else []
-            _check_holds(video, [vin, *kept], path)  # check_muxable's check, for a caller that skipped it
+            # check_muxable's check, for a caller that skipped it
+            _check_holds(video, [vin, *kept], path, format_option)
             try:
                 with av.open(str(tmp), mode="w", format=fmt) as dst:
                     if tags:
@@ -382,7 +399,7 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
                     audio_packets = _encode_aac(aout, music, sample_rate, first_sample=int(round(start * sample_rate)))
                     _interleave(dst, src.demux(vin, *kept), outputs, audio_packets)
             except (av.FFmpegError, ValueError) as exc:  # PyAV says ValueError for a codec a format refuses
-                raise VideoError(_no_copy(video, [vin, *kept], path, exc)) from None
+                raise VideoError(_no_copy(video, [vin, *kept], path, exc, format_option)) from None
 
     atomic_write(path, write)
     return path

@@ -43,6 +43,8 @@ class ManyReport:
         failed: ``(video, one-line error)`` of each video that could not be scored.
         replaced_soundtracks: videos whose own audio the video output left out
             (``keep_soundtrack=False``).
+        no_soundtrack: videos without audio of their own, whose video output has only the
+            music although ``keep_soundtrack`` asked to keep theirs.
         cut_music: videos whose video output holds less music than asked for: a
             ``duration`` longer than the video is cut at its end (an audio output keeps it).
     """
@@ -51,6 +53,7 @@ class ManyReport:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     replaced_soundtracks: list[Path] = field(default_factory=list)
+    no_soundtrack: list[Path] = field(default_factory=list)
     cut_music: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -75,7 +78,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                   plausibility: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                   output_format: str = "wav", keep_soundtrack: bool = False,
                   log: Callable[[str], None] | None = None, engine: str = "fast",
-                  *, on_step: Callable[[int, int], object] | None = None) -> ManyReport:
+                  *, on_step: Callable[[int, int], object] | None = None,
+                  format_option: str | None = None) -> ManyReport:
     """Generates music for many videos, one output file each, in ``output_dir``.
 
     ``OUT/NAME_music.wav`` for ``NAME.mp4`` (``output_format`` sets the suffix); an
@@ -101,6 +105,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             file may run fewer, its remainder is counted as done when it ends). An
             exception raised in it stops the run at that step and propagates: the
             outputs written before stay.
+        format_option: the option the user gave ``output_format`` with (the CLI's
+            ``"--format"``): a video's error then offers ``--format mkv``, not ``a .mkv output``.
         adapter, backbone, encoder, text, duration, cfg_coef, top_k, temperature, device,
             progress, extend_stride, text_cfg_coef, video_cfg_coef, plausibility, engine: as
             for :func:`~vidmusician.generate` (``plausibility`` None: its default).
@@ -166,7 +172,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
         try:
             check_writable(outputs[video])
             infos[video] = probe(video)
-            check_muxable(video, outputs[video], keep_soundtrack=keep_soundtrack)
+            check_muxable(video, outputs[video], keep_soundtrack=keep_soundtrack, format_option=format_option)
             lengths[video] = duration if duration is not None else infos[video].duration
         except VidMusicianError as exc:
             failed(video, exc)
@@ -219,13 +225,15 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                 wav = decode(musicgen, tokens[i:i + 1, :, :frames[i]], lengths[video])[0]
                 try:
                     write_output(outputs[video], wav, sample_rate, video=video, tags=tags,
-                                 keep_soundtrack=keep_soundtrack)
+                                 keep_soundtrack=keep_soundtrack, format_option=format_option)
                 except VidMusicianError as exc:
                     failed(video, exc)
                 else:
                     report.scored.append(outputs[video])
                     if suffix in VIDEO_FORMATS and not keep_soundtrack and infos[video].has_audio:
                         report.replaced_soundtracks.append(video)
+                    if keep_soundtrack and not infos[video].has_audio:  # (refused above for an audio output)
+                        report.no_soundtrack.append(video)
                     if suffix in VIDEO_FORMATS and muxed_samples(video, wav.shape[-1], sample_rate) < wav.shape[-1]:
                         report.cut_music.append(video)
                 bar.update(1)

@@ -30,6 +30,7 @@ AAC_RATE, AAC_KBPS = 48000, 128  # what music videos carry
 PALETTE = np.array([[200, 30, 30], [30, 160, 60], [40, 60, 220], [230, 200, 40]], np.uint8)
 # A clip being written (atomic_write's temporary name): writer's process id, thread id.
 PARTIAL = re.compile(r"\.practice-\d+\.mp4\.(\d+)\.\d+\.part")
+CLIP = re.compile(r"practice-(\d+)\.mp4")  # a finished clip: its index
 
 
 def write_practice_video(path, index: int, seconds: float = SECONDS) -> Path:
@@ -74,7 +75,8 @@ def write_practice_videos(folder, count: int) -> list[Path]:
     writes only what is missing).
 
     Raises:
-        ConfigError: ``count`` is not positive, or ``folder`` holds other files (a folder of real videos).
+        ConfigError: ``count`` is not positive, ``folder`` holds other files (a folder of real videos), or
+            more practice clips than ``count`` (prepare takes every video of the folder, not ``count``).
     """
     if count < 1:
         raise ConfigError(f"--practice {count}: give the number of practice videos to write (e.g. 16)")
@@ -87,6 +89,11 @@ def write_practice_videos(folder, count: int) -> list[Path]:
     if others:
         raise ConfigError(f"{folder}: holds other files ({others[0]}, ...); --practice writes into an empty or new "
                           f"folder, so that the practice set is not mixed with real videos")
+    held = sorted(int(m.group(1)) for m in map(CLIP.fullmatch, os.listdir(folder) if folder.is_dir() else []) if m)
+    if held and held[-1] >= count:
+        raise ConfigError(f"{folder}: holds practice videos up to practice-{held[-1]:03d}.mp4, past the {count} "
+                          f"--practice {count} asks for (prepare takes them all); give --practice {held[-1] + 1} (or "
+                          f"leave --practice out) to prepare the ones there, or write {count} into a new folder")
     folder.mkdir(parents=True, exist_ok=True)
     remove_partial_clips(folder)
     return [folder / name if (folder / name).is_file() else write_practice_video(folder / name, i)

@@ -216,21 +216,28 @@ def optimizer_groups(vm, weight_decay: float) -> list[dict]:
 
 
 def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> Parser:
+    """The command line of ``python -m vidmusician.training.train``."""
     p = Parser(prog="python -m vidmusician.training.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", required=True, help="recipe JSON (recipes/stage1_semantic.json, ...)")
-    p.add_argument("--data", required=True, help="dataset folder from `vidmusician prepare`")
-    p.add_argument("--output", required=True, help="run folder: checkpoints/, adapter/, log.jsonl")
-    p.add_argument("--backbone", default=None, help="MusicGen name or folder, or 'tiny' (default: the dataset's)")
-    p.add_argument("--init", default=None, help="adapter folder or Hub id (org/name[@revision]) to start from "
-                                                       "(overrides the recipe's init_adapter)")
+    p.add_argument("--recipe", required=True, metavar="FILE", help="recipe JSON (recipes/stage1_semantic.json, ...)")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder from `vidmusician prepare`")
+    p.add_argument("--output", required=True, metavar="DIR", help="run folder: checkpoints/, adapter/, log.jsonl")
+    p.add_argument("--backbone", default=None, metavar="NAME|PATH|tiny",
+                   help="MusicGen name or folder, or 'tiny' (default: the dataset's)")
+    p.add_argument("--init", default=None, metavar="DIR|ORG/NAME[@REV]",
+                   help="adapter folder or Hub id (org/name[@revision]) to start from (overrides the recipe's "
+                        "init_adapter)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output, if any")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                    help="default: the accelerate config's (bf16 in recipes/accelerate/*.yaml), else no")
     p.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
                    help="Accelerate trackers for losses, learning rate and audio samples: tensorboard, wandb, "
-                        "mlflow, ... or all (files under OUTPUT/trackers; default: none)")
-    return p.parse_args(argv)
+                        "mlflow, ... or all (files under --output's trackers/; default: none)")
+    return p
 
 
 class Interrupted(BaseException):

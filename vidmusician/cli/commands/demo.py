@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--encoder", metavar="SPEC|tiny",
                         help="visual encoder (default: the adapter's, or ViT-B-32:openai)")
     parser.add_argument("--device", metavar="DEV", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--host", default="127.0.0.1",
+    parser.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                         help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: the network)")
     parser.add_argument("--port", type=int, default=7860, metavar="N", help="port (default 7860)")
     parser.add_argument("--share", action="store_true",

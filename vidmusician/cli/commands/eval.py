@@ -38,7 +38,8 @@ def add_arguments(parser):
                         help="smallest change a visual beat needs, in the signal's units (default 0.02 for "
                              "change, 0.25 px for flow); beats must also stand 5 robust deviations above the "
                              "clip's own change")
-    parser.add_argument("--local-fps", type=float, default=25.0, help="rate of the visual signal (default 25)")
+    parser.add_argument("--local-fps", type=float, default=25.0, metavar="FPS",
+                        help="rate of the visual signal (default 25)")
     parser.add_argument("--ba-sigma", type=float, default=DEFAULT_BA_SIGMA, metavar="SECONDS",
                         help=f"tolerance of the beat-alignment score (default {DEFAULT_BA_SIGMA:g}: 3 frames at "
                              f"25 fps; Bailando's is {bailando_sigma():g}, 3 frames at {BAILANDO_FPS:g} fps)")

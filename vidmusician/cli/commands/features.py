@@ -16,7 +16,7 @@ HELP = "extract a video's visual features: global CLIP embeddings and the local 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", type=Path, help="video file")
     parser.add_argument(
-        "-o", "--output", type=Path, default=None,
+        "-o", "--output", type=Path, default=None, metavar="FILE",
         help="output .safetensors file (default: VIDEO's name with .features.safetensors, next to it)",
     )
     parser.add_argument(
@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="reuse features cached by content hash, encoder and rates, in ~/.cache/vidmusician/features",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="cache in DIR (implies --cache)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", default=None, metavar="DEV",
+                        help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 

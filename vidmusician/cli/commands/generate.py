@@ -94,22 +94,29 @@ def run(args) -> int:
     kind = check_output_path(output, inputs=[video])
     if kind == "audio" and args.keep_soundtrack:
         raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
-    check_muxable(video, output, keep_soundtrack=args.keep_soundtrack)
+    # A fix names what the user typed: --format mkv, or a .mkv name for -o.
+    format_option = "--format" if args.format else None
+    check_muxable(video, output, keep_soundtrack=args.keep_soundtrack, format_option=format_option)
     with one_line_warnings("generate"):
         wav, sample_rate = generate(video, **generation_options(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the adapter's config again: generate showed its warnings
         tags = music_tags(args.adapter, args.encoder)
-    write_output(output, wav, sample_rate, video=video, tags=tags, keep_soundtrack=args.keep_soundtrack)
+    write_output(output, wav, sample_rate, video=video, tags=tags, keep_soundtrack=args.keep_soundtrack,
+                 format_option=format_option)
     samples = muxed_samples(video, wav.shape[-1], sample_rate) if kind == "video" else wav.shape[-1]
     print(f"wrote {printable(output)} ({samples / sample_rate:.2f} s, {sample_rate} Hz)", file=sys.stderr)
     if samples < wav.shape[-1]:
         print(f"vidmusician generate: note: the music was cut to the video's length ({samples / sample_rate:.2f} s "
               f"of {wav.shape[-1] / sample_rate:.2f} s); an audio output (.wav, .flac) keeps all of it",
               file=sys.stderr)
-    if kind == "video" and not args.keep_soundtrack and probe(video).has_audio:
+    has_audio = kind == "video" and probe(video).has_audio
+    if has_audio and not args.keep_soundtrack:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music "
               f"(--keep-soundtrack keeps it as a second audio stream)", file=sys.stderr)
+    if kind == "video" and args.keep_soundtrack and not has_audio:
+        print(f"vidmusician generate: note: the video has no soundtrack of its own to keep (--keep-soundtrack); "
+              f"the output holds the music alone", file=sys.stderr)
     return 0
 
 
@@ -152,11 +159,16 @@ def run_many(args) -> int:
 
     with one_line_warnings("generate"):
         report = generate_many(args.videos, folder, batch_size=args.batch_size, output_format=args.format or "wav",
-                               keep_soundtrack=args.keep_soundtrack, log=log, **generation_options(args))
+                               keep_soundtrack=args.keep_soundtrack, log=log, format_option="--format",
+                               **generation_options(args))
     if report.replaced_soundtracks:
         print(f"vidmusician generate: note: the video's own soundtrack is replaced by the music in "
               f"{len(report.replaced_soundtracks)} of {len(report.scored)} outputs (--keep-soundtrack keeps it as a "
               f"second audio stream)", file=sys.stderr)
+    if report.no_soundtrack:
+        print(f"vidmusician generate: note: {len(report.no_soundtrack)} of {len(report.scored)} videos have no "
+              f"soundtrack of their own to keep (--keep-soundtrack); their outputs hold the music alone",
+              file=sys.stderr)
     if report.cut_music:
         print(f"vidmusician generate: note: the music was cut to the video's length in {len(report.cut_music)} "
               f"of {len(report.scored)} outputs (--duration is longer); an audio output (--format wav) keeps "

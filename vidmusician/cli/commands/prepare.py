@@ -22,17 +22,23 @@ def add_arguments(parser):
                              "with columns video, audio (optional), text (optional)")
     parser.add_argument("out", metavar="OUT", help="dataset folder to write (a rerun continues, with the "
                                                     "dataset's own settings for the options below left out)")
-    parser.add_argument("--backbone", default=None,
+    parser.add_argument("--backbone", default=None, metavar="NAME|PATH|tiny",
                         help="MusicGen whose codec encodes the music: hub name, local folder or 'tiny' "
                              "(only the codec is loaded; default facebook/musicgen-small)")
-    parser.add_argument("--encoder", default=None, help="visual encoder spec (default ViT-B-32:openai; 'tiny' for tests)")
-    parser.add_argument("--window", type=float, default=None, help="window length in seconds (default 30)")
-    parser.add_argument("--hop", type=float, default=None, help="step between windows in seconds (default 30)")
-    parser.add_argument("--holdout", type=float, default=None, help="fraction of videos held out (default 0.05); training always keeps at least one")
-    parser.add_argument("--global-fps", type=float, default=None, help="rate of the global features (default 1)")
-    parser.add_argument("--local-fps", type=float, default=None, help="rate of the local features (default 25)")
+    parser.add_argument("--encoder", default=None, metavar="SPEC|tiny",
+                        help="visual encoder spec (default ViT-B-32:openai; 'tiny' for tests)")
+    parser.add_argument("--window", type=float, default=None, metavar="S",
+                        help="window length in seconds (default 30)")
+    parser.add_argument("--hop", type=float, default=None, metavar="S",
+                        help="step between windows in seconds (default 30)")
+    parser.add_argument("--holdout", type=float, default=None, metavar="F",
+                        help="fraction of videos held out (default 0.05); training always keeps at least one")
+    parser.add_argument("--global-fps", type=float, default=None, metavar="FPS",
+                        help="rate of the global features (default 1)")
+    parser.add_argument("--local-fps", type=float, default=None, metavar="FPS",
+                        help="rate of the local features (default 25)")
     parser.add_argument("--retry-errors", action="store_true", help="try again the files listed in OUT/errors.jsonl")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--device", default=None, metavar="DEV", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--encoder-batch", type=int, default=None, metavar="N",
                         help=f"frames per visual encoder batch, filled across videos (default {GPU_ENCODER_BATCH} "
                              f"on a GPU, {CPU_ENCODER_BATCH} on a CPU)")
@@ -41,7 +47,8 @@ def add_arguments(parser):
                              "shapes, codes, finite features; about 0.6 ms a window): damage is found now, not "
                              "mid-training. On a finished dataset: the check alone")
     parser.add_argument("--practice", type=int, default=None, metavar="N",
-                        help="first write N practice music videos into SRC (a new or empty folder): synthetic "
+                        help="first write N practice music videos into SRC (a new or empty folder, or one of "
+                             "fewer practice videos: the missing ones are written): synthetic "
                              "music of the 'tiny-learned' backbone, timed to the picture; prepare them with "
                              "--backbone tiny-learned --encoder tiny to try training on a CPU in minutes")
     parser.add_argument("--per-video-batches", action="store_true",
