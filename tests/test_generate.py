@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import warnings
+from pathlib import Path
 
 import av
 import numpy as np
@@ -160,6 +161,29 @@ def test_a_memory_shorter_than_the_window_is_said_and_the_rest_is_not_seen(base)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vm.generate([ramp_features(2)], duration=2.0, seed=0)
+
+
+def test_a_window_longer_than_the_training_windows_is_said_once(base):
+    vm = adapted(base, max_duration=2)  # 30 tokens: a 2 s window fits the memory
+    vm.config = vm.config.replace(trained_window=1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vm.generate([ramp_features(3)], duration=3.0, seed=0)  # two 2 s windows, one warning
+    assert [str(w.message) for w in caught] == [
+        "the adapter was trained on 1 s windows, so its memory's positions past 1 global frames are untrained "
+        "and each 2 s window reads them; prepare the data with a longer --window and train again"]
+    for trained in (2.0, None):  # windows as long as the training's; not recorded (an older adapter)
+        vm.config = vm.config.replace(trained_window=trained)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            vm.generate([ramp_features(2)], duration=2.0, seed=0)
+
+
+def test_an_adapter_config_written_before_trained_window_loads_with_none():
+    from vidmusician.config import AdapterConfig
+
+    # Saved by release 0.1.0, before the field: what its windows were is unknown, not 30 s.
+    assert AdapterConfig.load(Path(__file__).parent / "data" / "t5-lora-adapter").trained_window is None
 
 
 @pytest.mark.parametrize("engine", ["fast", "reference"])

@@ -325,6 +325,11 @@ def test_shipped_recipes_chain_stage1_into_stage2(flash_data, tmp_path):
     assert main(["--recipe", str(REPO / "recipes" / "stage1_semantic.json"), "--data", str(flash_data),
                  "--output", str(stage1), "--backbone", "tiny", *tiny,
                  *[x for d in adapter_dims for x in ("--set", d)]]) == 0
+    stage1_config = stage1 / "adapter" / "adapter_config.json"
+    config = json.loads(stage1_config.read_text())
+    assert config["trained_window"] == SECONDS  # the data's windows, which trained the memory's positions
+    # Stage 2 records its own windows, not its init adapter's (here marked as shorter).
+    stage1_config.write_text(json.dumps(dict(config, trained_window=SECONDS / 2)))
     stage2 = tmp_path / "stage2"
     assert main(["--recipe", str(REPO / "recipes" / "stage2_rhythm.json"), "--data", str(flash_data),
                  "--output", str(stage2), "--init", str(stage1 / "adapter"), *tiny]) == 0
@@ -337,7 +342,7 @@ def test_shipped_recipes_chain_stage1_into_stage2(flash_data, tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in semantic)  # stage 2 keeps stage 1's semantic adapter
     assert two["video_inputs.rhythm_in.proj.weight"].ne(0).any()  # and trains the in-attention
     config = json.loads((stage2 / "adapter" / "adapter_config.json").read_text())
-    assert config["stage"] == 2 and config["encoder"] == "tiny"
+    assert config["stage"] == 2 and config["encoder"] == "tiny" and config["trained_window"] == SECONDS
 
 
 def test_stage2_without_a_stage1_adapter_is_a_clear_error(flash_data, tmp_path, capsys):

@@ -60,6 +60,11 @@ class AdapterConfig:
         attn_heads: heads of each semantic cross-attention.
         max_global_tokens: global tokens attended at once (window seconds x global_fps);
             also the length of the learned temporal position embedding.
+        trained_window: seconds of video one training window held (the dataset's
+            ``prepare --window``), set by training when it saves the adapter. Positions of the
+            temporal embedding past ``trained_window x global_fps`` were never trained, so
+            generation warns when a window's memory reads them. None: not trained, or
+            written before the field existed.
         rhythm_rank: None for full-width identity-initialized in-attention linears,
             or the rank of their trainable update (identity + low-rank).
         rhythm_context: earlier local frames the rhythm input (the Zero-Linear O) reads
@@ -111,6 +116,8 @@ class AdapterConfig:
     attn_dim: int = 128
     attn_heads: int = 4
     max_global_tokens: int = 30
+    # None, not a guess: an adapter that predates the field says nothing about its windows.
+    trained_window: float | None = None
     rhythm_rank: int | None = 64
     rhythm_context: int = 2
     rhythm_compression: float | None = 0.01
@@ -172,6 +179,9 @@ class AdapterConfig:
             self.t5 = check_t5_architecture(self.t5)
         number("rhythm_context", self.rhythm_context, integer=True, low=0, high=MAX_RHYTHM_CONTEXT,
                source="adapter config")
+        if self.trained_window is not None:
+            number("trained_window", self.trained_window, low=0, high=MAX_COUNT, low_open=True,
+                   source="adapter config")
         if self.rhythm_compression is not None:
             number("rhythm_compression", self.rhythm_compression, low=0, high=1e6, low_open=True,
                    source="adapter config")
@@ -266,6 +276,13 @@ class AdapterConfig:
             data.setdefault("rhythm_context", 0)
             data.setdefault("rhythm_compression", None)
         return cls.from_dict(data, source=str(path))
+
+
+def describe_memory(config: AdapterConfig) -> str:
+    """The semantic memory in words (``vidmusician info``, the model card): its width, its tokens and,
+    where recorded, the training windows that trained its positions."""
+    trained = f", trained on {config.trained_window:g} s windows" if config.trained_window is not None else ""
+    return f"memory {config.memory_dim}-d, {config.max_global_tokens} tokens{trained}"
 
 
 def describe_rhythm_input(config: AdapterConfig) -> str:

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from .adapter.parameter_counts import count_adapter_parameters
-from .config import STAGE_GROUPS, AdapterConfig, describe_rhythm_input
+from .config import STAGE_GROUPS, AdapterConfig, describe_memory, describe_rhythm_input
 from .errors import ConfigError
 
 __all__ = ["adapter_card", "training_record", "MUSICGEN_LICENSE"]
@@ -76,8 +76,7 @@ def _model_section(c: AdapterConfig, repo_id: str, backbone_parameters: int | No
                            f"{c.local_fps:g} fps"),
         ("semantic encoder", semantic),
         ("semantic adapter", f"zero-initialized cross-attention in {len(c.semantic_layers)} layers (width "
-                             f"{c.attn_dim}, {c.attn_heads} heads, memory {c.memory_dim}-d, "
-                             f"{c.max_global_tokens} tokens)"),
+                             f"{c.attn_dim}, {c.attn_heads} heads, {describe_memory(c)})"),
         ("rhythmic adapter", f"identity-initialized in-attention in {len(c.rhythm_layers)} layers ({rank}), "
                              f"{describe_rhythm_input(c)}"),
         ("stage", f"{c.stage} (trains the {' and '.join(STAGE_GROUPS[c.stage])} adapter)"),

@@ -162,13 +162,21 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
 
 
 def _warn_if_memory_is_short(config, window_seconds: float) -> None:
-    """Says once per generation when a window's video is longer than the adapters' memory holds."""
+    """Says, once per generation, when a window needs more memory than the adapters hold or were trained on."""
     needed = frames_covering(window_seconds, config.global_fps)
     if needed > config.max_global_tokens:
         held = config.max_global_tokens / config.global_fps
         warnings.warn(f"the adapter's memory holds {config.max_global_tokens} global frames ({held:g} s at "
                       f"{config.global_fps:g}/s), so the video past {held:g} s of each {window_seconds:g} s window "
                       f"is not seen; train adapters on windows as long as the backbone's", stacklevel=3)
+    if config.trained_window is None:
+        return  # not trained, or trained before the window was recorded: nothing to compare
+    trained = frames_covering(config.trained_window, config.global_fps)
+    if min(needed, config.max_global_tokens) > trained:
+        # The memory's positions past the training windows' frames kept their initial random values.
+        warnings.warn(f"the adapter was trained on {config.trained_window:g} s windows, so its memory's positions "
+                      f"past {trained} global frames are untrained and each {window_seconds:g} s window reads them; "
+                      f"prepare the data with a longer --window and train again", stacklevel=3)
 
 
 def count_steps(musicgen, num_frames: int, params: GenerationParams) -> int:

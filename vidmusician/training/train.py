@@ -185,6 +185,9 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
                         f"{c.global_fps:g}; prepare it with --global-fps {c.global_fps:g}, or train a fresh adapter on it")
     if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
         raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
+    # This run's windows, not an init adapter's (its samples, checkpoints and release adapter say so):
+    # generation warns when a longer window's memory reads the positions past them.
+    vm.config = c.replace(trained_window=meta.window)
     vm.set_stage(recipe.stage)
     if recipe.trainable is not None:
         vm.set_trainable(recipe.trainable)

@@ -23,7 +23,7 @@ def run(args) -> int:
     # Nothing here loads torch, open_clip or audiocraft for a preset: its config and counts
     # are data and arithmetic (a Hub id needs huggingface_hub).
     from ...adapter.parameter_counts import count_adapter_parameters
-    from ...config import describe_rhythm_input
+    from ...config import describe_memory, describe_rhythm_input
     from . import one_line_warnings
 
     with one_line_warnings("info"):
@@ -42,7 +42,7 @@ def run(args) -> int:
           f"global {c.global_dim}-d at {c.global_fps:g} fps, "
           f"local {c.local_dim}-d at {c.local_fps:g} fps")
     print(f"  semantic         cross-attention in {len(c.semantic_layers)} layers "
-          f"(width {c.attn_dim}, {c.attn_heads} heads, memory {c.memory_dim}-d, {c.max_global_tokens} tokens)")
+          f"(width {c.attn_dim}, {c.attn_heads} heads, {describe_memory(c)})")
     if c.semantic_encoder == "t5-lora":
         t5 = c.t5 or {}
         print(f"  semantic encoder t5-lora: embedding manager -> the backbone's T5 ({t5.get('num_layers')} blocks, "
