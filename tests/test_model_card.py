@@ -42,3 +42,19 @@ def test_the_beat_alignment_comes_with_its_sigma(clip, tmp_path, sigma):
 def test_the_card_says_when_the_visual_beats_come_from_optical_flow(clip, tmp_path):
     section, _ = _card(clip, tmp_path, "--visual-source", "flow")
     assert "visual beats from optical flow" in section and "| beat_alignment (σ = 0.12 s) |" in section
+
+
+@pytest.mark.parametrize("trained_window", [10.0, None])
+def test_the_card_and_info_name_the_training_windows_where_known(tmp_path, capsys, trained_window):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    config = load_preset("musicgen-small").replace(trained_window=trained_window)
+    config.save(folder / "adapter_config.json")
+    card = adapter_card(folder, config, "org/name").text
+    assert cli.main(["info", str(folder)]) == 0
+    shown = capsys.readouterr().out
+    said = "memory 512-d, 30 tokens, trained on 10 s windows)"
+    if trained_window is None:  # an older adapter: nothing to say, nothing guessed
+        assert "memory 512-d, 30 tokens)" in card and "memory 512-d, 30 tokens)" in shown
+    else:
+        assert said in card and said in shown
