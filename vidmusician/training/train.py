@@ -162,6 +162,12 @@ def check_codec(meta: DatasetMeta, name: str, codec, data) -> None:
                         f"--backbone {name}, into a new folder")
 
 
+def trained_window(before: float | None, window: float) -> float:
+    """Seconds of memory positions trained after a run on ``window``-second windows from an
+    adapter trained to ``before`` (None: a fresh adapter, or one that predates the record)."""
+    return window if before is None else max(before, window)
+
+
 def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups."""
     musicgen = load_backbone(args.backbone or meta.backbone, device=device)
@@ -185,9 +191,10 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
                         f"{c.global_fps:g}; prepare it with --global-fps {c.global_fps:g}, or train a fresh adapter on it")
     if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
         raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
-    # This run's windows, not an init adapter's (its samples, checkpoints and release adapter say so):
-    # generation warns when a longer window's memory reads the positions past them.
-    vm.config = c.replace(trained_window=meta.window)
+    # The memory positions trained so far: this run's windows', or an init adapter's where longer (a
+    # run on shorter windows leaves the positions past them as they were). Generation warns when a
+    # longer window's memory reads positions past them.
+    vm.config = c.replace(trained_window=trained_window(c.trained_window, meta.window))
     vm.set_stage(recipe.stage)
     if recipe.trainable is not None:
         vm.set_trainable(recipe.trainable)
