@@ -411,6 +411,7 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
     ("adapter.attn_dims=64", r"unknown adapter config keys \['attn_dims'\]; known: \[.*'attn_dim'"),
     ("adapter.encoder=\"tiny\"", r"adapter \['encoder'\] come from the backbone and the dataset"),
     ("adapter.dim=64", r"adapter \['dim'\] come from the backbone and the dataset"),
+    ("adapter.trained_window=30", r"adapter \['trained_window'\] come from the backbone and the dataset"),
 ])
 def test_recipe_adapter_keys_that_fresh_adapters_cannot_take_are_refused_at_load(tmp_path, override, message):
     """A misspelled adapter field, or one the backbone and dataset set, is one line naming the

@@ -166,7 +166,7 @@ class Recipe:
 # dataset (the visual encoder and rates its features were made with): a recipe value would
 # disagree with what the adapters are trained on, so only the rest may be overridden.
 FROM_BACKBONE_AND_DATA = ("backbone", "dim", "num_layers", "frame_rate", "encoder", "encoder_activation",
-                          "global_dim", "local_dim", "global_fps", "local_fps", "version")
+                          "global_dim", "local_dim", "global_fps", "local_fps", "trained_window", "version")
 
 
 def check_adapter_overrides(adapter: dict, source: str = "recipe") -> None:
