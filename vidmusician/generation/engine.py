@@ -34,9 +34,11 @@ import torch.nn.functional as F
 
 from ..adapter.context import VideoContext
 from .engine_graph import SYNC_EVERY, StepGraph
+from .engine_sampling import sample_token
+from .engine_shapes import pad_folded, text_slots
 from .guidance import GenerationParams, Guidance
 
-__all__ = ["DecodeEngine", "base_layers", "pad_folded", "sample_token", "text_slots"]
+__all__ = ["DecodeEngine", "base_layers"]
 
 UNKNOWN = -1  # codes not generated yet (as in sample_window)
 
@@ -386,59 +388,3 @@ class DecodeEngine:
             y = semantic(y, video.folded[wrapper.index], in_place=in_place)
         adapted = torch.where(video.present, y.to(x.dtype), rows)
         return torch.cat([x[:lo], adapted, x[hi:]]) if self.branches > 1 else adapted
-
-
-def text_slots(tokens: int) -> int:
-    """Cross-attention slots for a text of ``tokens`` tokens: a power of two, at least 32
-    (texts of 1 to 32 tokens share one shape, and so one captured step)."""
-    return max(32, 1 << (tokens - 1).bit_length())
-
-
-def pad_folded(folded, heads: int, tokens: int):
-    """A :class:`~vidmusician.adapter.layers.FoldedMemory` of ``t`` tokens padded to ``tokens``
-    (keys no step attends: score ``-inf``, zero values), so every window has one shape."""
-    qk_t, vo, bias = folded
-    b, d, ht = qk_t.shape
-    t = ht // heads
-    if t == tokens:
-        return folded
-    assert t < tokens, (t, tokens)
-    pad = tokens - t
-    qk = qk_t.transpose(1, 2).reshape(b, heads, t, d)
-    qk = F.pad(qk, (0, 0, 0, pad)).reshape(b, heads * tokens, d)
-    vo = F.pad(vo.reshape(b, heads, t, d), (0, 0, 0, pad)).reshape(b, heads * tokens, d)
-    bias = F.pad(bias.reshape(b, 1, heads, t), (0, pad), value=float("-inf")).reshape(b, 1, heads * tokens)
-    return type(folded)(qk.contiguous().transpose(1, 2), vo.contiguous(), bias)
-
-
-def sample_token(logits: torch.Tensor, params: GenerationParams, row_seeds=None) -> torch.Tensor:
-    """``[B, K, 1]`` tokens from ``[B, K, card]`` logits, on the device, as audiocraft samples them.
-
-    ``torch.multinomial`` of one sample is the argmax of ``probs / q`` with ``q`` drawn
-    from an exponential distribution; written out, with the same random draws, it needs
-    no check on the host (which ``torch.multinomial`` makes, and a CUDA graph cannot).
-    ``row_seeds``: as in :func:`vidmusician.generation.guidance.sample_token` (eager only).
-    """
-    if not params.samples:
-        return torch.argmax(logits, dim=-1, keepdim=True)
-    if row_seeds is not None:
-        return row_seeds.sample(lambda row: sample_token(row, params), logits)
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p > 0.0:  # audiocraft.utils.utils.sample_top_p
-        probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
-        probs_sum = torch.cumsum(probs_sort, dim=-1)
-        probs_sort = probs_sort * (~(probs_sum - probs_sort > params.top_p)).float()
-        probs_sort = probs_sort / probs_sort.sum(dim=-1, keepdim=True)
-        return torch.gather(probs_idx, -1, _multinomial(probs_sort))
-    if params.top_k > 0:  # audiocraft.utils.utils.sample_top_k
-        top_k_value, _ = torch.topk(probs, params.top_k, dim=-1)
-        probs = probs * (probs >= top_k_value[..., [-1]]).float()
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return _multinomial(probs)
-
-
-def _multinomial(probs: torch.Tensor) -> torch.Tensor:
-    """One draw per row of ``probs`` [..., card]: ``torch.multinomial``'s own one-sample path."""
-    flat = probs.reshape(-1, probs.shape[-1])
-    q = torch.empty_like(flat).exponential_(1)
-    return torch.argmax(flat / q, dim=-1, keepdim=True).reshape(*probs.shape[:-1], 1)
