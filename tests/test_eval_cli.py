@@ -188,7 +188,7 @@ def test_quiet_leaves_out_the_progress_but_says_which_videos_were_skipped(tmp_pa
         flash_video(videos / f"{name}.mp4", [0.52, 1.12], 2.0)
     sf.write(generated / "clip.wav", click_track(mid_hop([0.52, 1.12]), 2.0, SR), SR)  # none for "other"
     argv = ["eval", "--videos", str(videos), "--generated", str(generated), "--encoder", "tiny"]
-    assert main(argv + ["--quiet", "--out", str(tmp_path / "r.json")]) == 0
+    assert main(argv + ["-q", "-o", str(tmp_path / "r.json")]) == 0  # the short forms, as in generate
     assert capsys.readouterr().err == "vidmusician eval: warning: 1 video(s) skipped, no generated file: other\n"
     assert main(argv) == 0  # without --quiet: the same line, then the progress
     err = capsys.readouterr().err.splitlines()
@@ -212,6 +212,14 @@ def _bad(argv, tmp_path, capsys, *needles):
 
 def test_missing_folder(tmp_path, capsys):
     _bad(["--videos", str(tmp_path / "nope"), "--generated", str(tmp_path)], tmp_path, capsys, "nope", "no such folder")
+
+
+def test_output_that_is_a_folder(tmp_path, capsys):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    assert main(["eval", "--videos", str(tmp_path), "--generated", str(tmp_path), "-o", str(folder), "-q"]) == 2
+    assert capsys.readouterr().err == (f"vidmusician eval: error: --output {folder}: is a folder; give a file name "
+                                       "such as report.json\n")
 
 
 def _one_clip(tmp_path, generated_name="clip.wav", generated_bytes=None):

@@ -24,7 +24,8 @@ def add_arguments(parser):
                         help="folder of reference music matched by stem, for BCS/BHS and LORIS scores; "
                              "pass the --videos folder to use the videos' own soundtracks (a video without one is "
                              "scored without a reference)")
-    parser.add_argument("--out", metavar="FILE", help="write per-file and mean metrics to this JSON file")
+    parser.add_argument("-o", "--output", "--out", dest="out", metavar="FILE",
+                        help="write per-file and mean metrics to this JSON file")
     parser.add_argument("--plot", metavar="DIR", help="write one PNG per file: visual beats above music onsets")
     parser.add_argument("--encoder", metavar="NAME[:TAG]|PATH|tiny",
                         help="visual encoder for the change signal, as for `vidmusician features` (default: "
@@ -61,7 +62,7 @@ def add_arguments(parser):
                              "adds clap_text, the CLAP text-music score of each clip against the prompt it was "
                              "generated from")
     parser.add_argument("--text", metavar="PROMPT", help="one prompt for every clip, as --prompts")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings still)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr (warnings still)")
 
 
 def run(args) -> int:
@@ -70,7 +71,7 @@ def run(args) -> int:
     from ...evaluation.visual_beats import VISUAL_BEAT_PRESETS
 
     if args.out and Path(args.out).is_dir():
-        raise ConfigError(f"--out {args.out}: is a folder; give a file name such as report.json")
+        raise ConfigError(f"--output {args.out}: is a folder; give a file name such as report.json")
     visual = None
     if args.beat_floor is not None:
         visual = dataclasses.replace(VISUAL_BEAT_PRESETS[args.visual_source], floor=args.beat_floor)
