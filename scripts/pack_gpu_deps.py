@@ -47,8 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 # What benchmarks/gpu.sh runs imports: the tests, the three benchmarks, the package's modules they load.
 MODULES = ["pytest", "vidmusician.model", "vidmusician.generation.windows", "vidmusician.training.train",
            "vidmusician.training.prepare", "vidmusician.video.encoders", "vidmusician.video.features",
-           "vidmusician.backbones", "vidmusician.cli", "vidmusician.audio_io", "audiocraft.models.musicgen",
-           "audiocraft.models.builders", "open_clip", "accelerate", "peft"]
+           "vidmusician.backbones", "vidmusician.cli", "vidmusician.audio_io", "vidmusician.muxing",
+           "audiocraft.models.musicgen", "audiocraft.models.builders", "open_clip", "accelerate", "peft"]
 # On the machine already (torch's wheel brings them), or this project itself.
 ON_DEVICE = re.compile(r"^(torch|triton|sympy|mpmath|networkx|jinja2|markupsafe|filelock|fsspec|"
                        r"typing[-_]extensions|setuptools|pip|numpy|scipy|nvidia-.*|cuda-.*|vidmusician)$", re.I)

@@ -141,7 +141,7 @@ def test_generate_refuses_a_codec_the_output_cannot_hold_before_any_model_loads(
     """A .webm's VP8 has no place in .mp4: said in one line, with the fix as the user would type it
     (a .mkv -o name, or --format mkv), before the music is made."""
     import vidmusician.pipeline as pipeline
-    from vidmusician.audio_io import write_output
+    from vidmusician.muxing import write_output
     from vidmusician.errors import VideoError
 
     webm = write_video(tmp_path / "clip.webm", moving_square(10), 25, codec="libvpx")
@@ -290,7 +290,7 @@ def test_cli_in_a_real_process(tmp_path):
 SLOW_WRITE = """
 import sys, time
 from pathlib import Path
-from vidmusician import audio_io, cli
+from vidmusician import audio_io, cli, muxing
 
 real = audio_io.atomic_write
 
@@ -301,7 +301,7 @@ def slow(path, write, durable=False):
         time.sleep(120)
     return real(path, write_then_wait, durable)
 
-audio_io.atomic_write = slow
+audio_io.atomic_write = muxing.atomic_write = slow  # a .wav output, a video one
 sys.exit(cli.main(sys.argv[2:]))
 """
 

@@ -302,7 +302,7 @@ def test_ba_sigma_must_be_positive(tmp_path, capsys, value):
 
 
 def test_music_in_an_mp4_scores_as_the_same_music_in_a_wav(tmp_path, capsys):
-    from vidmusician.audio_io import mux_audio
+    from vidmusician.muxing import mux_audio
 
     # 3.5 s: the AAC track ends in a padded frame (20 ms past the music at 32 kHz).
     duration = 3.5

@@ -10,7 +10,8 @@ from conftest import tiny_config
 from media import flash_video
 
 from vidmusician import cli
-from vidmusician.audio_io import read_tags, write_output
+from vidmusician.audio_io import read_tags
+from vidmusician.muxing import write_output
 
 
 def test_eval_takes_the_encoder_recorded_by_generate(tiny, tmp_path, capsys):

@@ -303,7 +303,7 @@ def test_without_adapter_the_music_is_plain_musicgen(base, media, encoder):
 
 
 def test_wav_and_flac(tmp_path):
-    from vidmusician.audio_io import write_output
+    from vidmusician.muxing import write_output
 
     wav = torch.linspace(-0.5, 0.5, 16000)[None]
     for name in ("a.wav", "a.flac"):
@@ -315,7 +315,7 @@ def test_wav_and_flac(tmp_path):
 
 
 def test_mp4_copies_the_video_stream_and_adds_aac(media, tmp_path):
-    from vidmusician.audio_io import write_output
+    from vidmusician.muxing import write_output
 
     src = media["short"]
     duration = probe(src).duration
@@ -342,7 +342,7 @@ def test_mp4_copies_the_video_stream_and_adds_aac(media, tmp_path):
 
 
 def test_failed_mux_leaves_no_file(tmp_path):
-    from vidmusician.audio_io import write_output
+    from vidmusician.muxing import write_output
 
     bogus = tmp_path / "notes.mp4"
     bogus.write_text("not a video")

@@ -136,7 +136,7 @@ LAYERS = (
     ("config", ("config", "backbone_spec")),
     # Building blocks: the adapter layers, video and audio I/O and features, the loss,
     # guidance math, rhythm analysis, adapter folders on disk.
-    ("parts", ("adapter.*", "video.*", "audio_io", "losses", "training.losses", "generation.guidance",
+    ("parts", ("adapter.*", "video.*", "audio_io", "muxing", "losses", "training.losses", "generation.guidance",
                "evaluation.beats", "evaluation.onsets", "evaluation.visual_beats", "adapter_files")),
     # Backbones (real and for tests) and configs sized to them.
     ("backbones", ("sizing", "backbones", "random_backbones", "learned_base", "testing.random_backbones",

@@ -63,7 +63,7 @@ def test_keep_soundtrack_keeps_it_as_the_second_stream(with_audio, tmp_path, cap
 
 
 def test_keep_soundtrack_without_one_or_into_an_audio_file(tmp_path, capsys):
-    from vidmusician.audio_io import write_output
+    from vidmusician.muxing import write_output
 
     silent = flash_video(tmp_path / "silent.mp4", [0.2], duration=0.6)
     assert generate(silent, tmp_path / "scored.mp4") == 0
@@ -123,7 +123,7 @@ def test_music_longer_than_the_video_is_cut_and_the_written_length_is_said(with_
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp4"])
 def test_music_without_samples_is_never_written(with_audio, tmp_path, suffix):
     """An empty WAV, or a video whose music is missing, would pass for a finished output."""
-    from vidmusician.audio_io import write_output
+    from vidmusician.muxing import write_output
     from vidmusician.errors import AudioError
 
     out = tmp_path / f"out{suffix}"

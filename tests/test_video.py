@@ -214,7 +214,7 @@ def test_a_stream_copy_needs_no_encoder_of_its_codec(av1_clip, tmp_path):
     """AV1's decoder (libdav1d) has no encoder of its name: copying its packets into an output must not ask for one."""
     import av
 
-    from vidmusician.audio_io import check_muxable, write_output
+    from vidmusician.muxing import check_muxable, write_output
 
     path = av1_clip
     music = np.zeros((1, 16000), np.float32)
@@ -252,7 +252,7 @@ def _mjpeg_with_pcm(path):
 
 
 def test_streams_a_container_refuses_at_their_packets_are_refused_before_any_work(tmp_path):
-    from vidmusician.audio_io import check_muxable, write_output
+    from vidmusician.muxing import check_muxable, write_output
 
     path = _mjpeg_with_pcm(tmp_path / "camera.avi")
     out = tmp_path / "out.mp4"

@@ -1,10 +1,11 @@
-"""Reading music (PyAV), and writing generated music: WAV/FLAC with soundfile, or
-muxed into the video with PyAV.
+"""Reading music (PyAV), writing generated music as WAV/FLAC (soundfile), checking
+output paths, and the tags that say what made the music.
 
-Every writer goes through a temporary name in the destination folder and renames
-at the end, so a failure (or Ctrl-C) never leaves a partial file under the
-requested name. Neither path needs an ffmpeg binary: soundfile bundles libsndfile
-and PyAV bundles FFmpeg's libraries.
+Muxing the music into a copy of the video is :mod:`vidmusician.muxing`, which
+builds on this module. Every writer goes through a temporary name in the
+destination folder and renames at the end, so a failure (or Ctrl-C) never leaves
+a partial file under the requested name. Neither path needs an ffmpeg binary:
+soundfile bundles libsndfile and PyAV bundles FFmpeg's libraries.
 """
 
 from __future__ import annotations
@@ -12,24 +13,21 @@ from __future__ import annotations
 import io
 import json
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import AudioError, ConfigError, VideoError, one_line, short_path
+from .errors import AudioError, ConfigError, one_line, short_path
 from .fileio import atomic_write
 
-__all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "check_muxable", "write_audio",
-           "mux_audio", "muxed_samples", "write_output"]
+__all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "write_audio"]
 
 # Output suffix -> soundfile format / FFmpeg muxer.
 AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 VIDEO_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
-# AAC at this rate is transparent for MusicGen's 32 kHz output.
-AAC_BIT_RATE = 192_000
-_LAYOUTS = {1: "mono", 2: "stereo"}
+# Channels -> PyAV's layout name, for decoding here and for the AAC that muxing encodes.
+LAYOUTS = {1: "mono", 2: "stereo"}
 
 
 def read_audio(path, sample_rate: int, channels: int, align_to_video: bool = False) -> torch.Tensor:
@@ -43,7 +41,7 @@ def read_audio(path, sample_rate: int, channels: int, align_to_video: bool = Fal
     """
     import av
 
-    layout = _LAYOUTS.get(channels)
+    layout = LAYOUTS.get(channels)
     if layout is None:
         raise ConfigError(f"codec channels must be 1 or 2, got {channels}")
     try:
@@ -143,150 +141,6 @@ def same_file(a, b) -> bool:
         return False
 
 
-def check_muxable(video, path, keep_soundtrack: bool = False, format_option: str | None = None) -> None:
-    """Refuses, before any work, a video whose streams a video output ``path`` cannot hold.
-
-    The output copies the video stream (and with ``keep_soundtrack`` the audio
-    streams) unchanged, and each container holds only some codecs: VP8 or VP9 from a
-    .webm has no place in .mp4 or .mov. The check is the writer's own first steps, on
-    an empty container in memory. An audio output, or a video that cannot be read
-    (its probe says why), passes.
-
-    Args:
-        format_option: the option the user chose the output's format with (``"--format"``):
-            the fix then names it (``use --format mkv``); None: the output's suffix was
-            the choice (``use a .mkv output``).
-
-    Raises:
-        VideoError: a stream's codec has no place in the output container; the
-            message names the video, the codec, the container and the outputs that fit.
-    """
-    import av
-
-    if Path(path).suffix.lower() not in VIDEO_FORMATS:
-        return
-    try:
-        src = av.open(str(video))
-    except (av.FFmpegError, OSError, ValueError):
-        return
-    with src:
-        streams = list(src.streams.video[:1]) + (list(src.streams.audio) if keep_soundtrack else [])
-        _check_holds(video, streams, path, format_option)
-        _check_copies(video, src, streams, path, format_option)
-
-
-def _check_holds(video, streams, path, format_option: str | None = None) -> None:
-    """VideoError unless the output ``path``'s container takes a copy of each of ``streams``."""
-    fmt = VIDEO_FORMATS[Path(path).suffix.lower()]
-    for stream in streams:
-        if not _holds(fmt, stream):
-            raise VideoError(_no_place(video, stream, path, format_option))
-
-
-def _check_copies(video, src, streams, path, format_option: str | None = None) -> None:
-    """VideoError unless the first packet of each of ``streams`` goes into the output ``path``'s
-    container in memory: some streams pass the header and fail at their packets (PCM into .mp4)."""
-    import av
-
-    fmt = VIDEO_FORMATS[Path(path).suffix.lower()]
-    try:
-        with av.open(io.BytesIO(), mode="w", format=fmt) as dst:
-            outputs = {stream.index: _copy_of(dst, stream) for stream in streams}
-            waiting = set(outputs)
-            for packet in src.demux(*streams):
-                if packet.dts is None or packet.stream.index not in waiting:
-                    continue
-                waiting.discard(packet.stream.index)
-                packet.stream = outputs[packet.stream.index]
-                dst.mux(packet)
-                if not waiting:
-                    break
-    except (av.FFmpegError, ValueError) as exc:
-        raise VideoError(_no_copy(video, streams, path, exc, format_option)) from None
-
-
-def _no_copy(video, streams, path, exc, format_option: str | None = None) -> str:
-    """The one line for streams of ``video`` that the output ``path``'s container refuses at their packets."""
-    copied, fix = (" and audio streams", " or leave out --keep-soundtrack") if len(streams) > 1 else (" stream", "")
-    return (f"{video}: cannot copy its {streams[0].codec_context.name} video{copied} into a {Path(path).suffix} "
-            f"file ({one_line(exc)}); try {_outputs(['.mkv'], format_option)}{fix}")
-
-
-def _copy_of(dst, stream):
-    """A stream of ``dst`` that takes ``stream``'s packets unchanged.
-
-    ``opaque``: the codec parameters are copied as they are. Without it PyAV looks up
-    an encoder named after the stream's decoder, and a decoder-only name (AV1's
-    ``libdav1d``) has none, although nothing is encoded.
-    """
-    return dst.add_stream_from_template(stream, opaque=True)
-
-
-def _holds(fmt: str, stream) -> bool:
-    """Whether a ``fmt`` container takes a copy of ``stream`` (what :func:`mux_audio` adds)."""
-    import av
-
-    try:
-        with av.open(io.BytesIO(), mode="w", format=fmt) as dst:
-            _copy_of(dst, stream)
-            # Adding the stream checks FFmpeg's list of the format's codecs; some formats
-            # list a codec their header writer then refuses (VP8 in .mov): write the header too.
-            dst.start_encoding()
-    except (ValueError, av.FFmpegError):
-        return False
-    return True
-
-
-def _no_place(video, stream, path, format_option: str | None = None) -> str:
-    """The one line for a ``stream`` of ``video`` that the output ``path``'s container cannot hold."""
-    suffix = Path(path).suffix.lower()
-    fits = [s for s, fmt in VIDEO_FORMATS.items() if s != suffix and _holds(fmt, stream)]
-    if stream.type == "video":
-        fix = f"use {_outputs(fits, format_option)}" if fits else "write the music alone (.wav or .flac)"
-    else:  # a kept soundtrack
-        fix = "leave out --keep-soundtrack" + (f", or use {_outputs(fits, format_option)}" if fits else "")
-    codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
-    return f"{video}: a {suffix} file cannot hold its {codec} {stream.type} stream (copied unchanged); {fix}"
-
-
-def _outputs(suffixes, format_option: str | None) -> str:
-    """The outputs a fix offers, as the user asks for them: ``a .mov or .mkv output``, or with the
-    option that chose the format (see :func:`check_muxable`) ``--format mov or --format mkv``."""
-    if format_option:
-        return " or ".join(f"{format_option} {s[1:]}" for s in suffixes)
-    return f"a {' or '.join(suffixes)} output"
-
-
-def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: dict | None = None,
-                 keep_soundtrack: bool = False, format_option: str | None = None) -> Path:
-    """Writes ``wav`` to ``path``: an audio file, or ``video`` with the music as its soundtrack.
-
-    Args:
-        path: ``.wav``/``.flac`` for audio, ``.mp4``/``.mov``/``.mkv`` for a video.
-        wav: ``[channels, samples]`` float audio in [-1, 1].
-        sample_rate: sample rate of ``wav``.
-        video: the source video; required for a video output.
-        tags: what made the music (e.g. the visual encoder), stored in the file's
-            comment as JSON; :func:`read_tags` reads it back.
-        keep_soundtrack: a video output keeps the video's own audio streams after the
-            music (see :func:`mux_audio`).
-        format_option: how the user chose the output's format, for the fix an error
-            offers (see :func:`check_muxable`).
-
-    Raises:
-        ConfigError: an output path no writer takes. AudioError: ``wav`` has no
-        samples (nothing is written). VideoError: see :func:`mux_audio`.
-    """
-    if check_output_path(path) == "audio":
-        if keep_soundtrack:
-            raise ConfigError(f"{path}: an audio file has no room for the video's own soundtrack; "
-                              f"keep it in a video output (.mp4, .mov, .mkv)")
-        return write_audio(path, wav, sample_rate, tags)
-    if video is None:
-        raise ConfigError(f"{path}: a video output needs the source video")
-    return mux_audio(video, wav, sample_rate, path, tags, keep_soundtrack=keep_soundtrack, format_option=format_option)
-
-
 def write_audio(path, wav: torch.Tensor, sample_rate: int, tags: dict | None = None) -> Path:
     """Writes ``[channels, samples]`` float audio as 16-bit WAV or FLAC (by suffix), ``tags`` in its comment."""
     import soundfile as sf
@@ -295,15 +149,15 @@ def write_audio(path, wav: torch.Tensor, sample_rate: int, tags: dict | None = N
     fmt = AUDIO_FORMATS.get(path.suffix.lower())
     if fmt is None:
         check_output_path(path)  # raises with the list of formats
-    data = _as_float_array(wav).T  # soundfile wants [samples, channels]
+    data = as_float_array(wav).T  # soundfile wants [samples, channels]
     if data.shape[0] == 0:
-        raise AudioError(_no_samples(path))
+        raise AudioError(no_samples(path))
     # Encoded in memory, then written by Python: a full disk is then an OSError that says
     # so (libsndfile reports only "System error"), and the earlier file stays untouched.
     buffer = io.BytesIO()
     with sf.SoundFile(buffer, "w", sample_rate, data.shape[1], "PCM_16", format=fmt) as f:
         if tags:
-            f.comment = _tag_text(tags)
+            f.comment = tag_text(tags)
         f.write(data)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     return path
@@ -312,12 +166,13 @@ def write_audio(path, wav: torch.Tensor, sample_rate: int, tags: dict | None = N
 TAG_PREFIX = "vidmusician "
 
 
-def _tag_text(tags: dict) -> str:
+def tag_text(tags: dict) -> str:
+    """The comment an output stores ``tags`` in (an audio file's, or a video container's)."""
     return TAG_PREFIX + json.dumps(tags, sort_keys=True)
 
 
 def read_tags(path) -> dict:
-    """The tags :func:`write_output` stored in a file; ``{}`` for any other file."""
+    """The tags :func:`~vidmusician.muxing.write_output` stored in a file; ``{}`` for any other file."""
     text = None
     try:
         if Path(path).suffix.lower() in AUDIO_FORMATS:
@@ -341,144 +196,13 @@ def read_tags(path) -> dict:
     return tags if isinstance(tags, dict) else {}
 
 
-def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | None = None,
-              keep_soundtrack: bool = False, format_option: str | None = None) -> Path:
-    """Writes ``video``'s video stream (copied, not re-encoded) with ``wav`` as AAC audio.
-
-    The music is the first audio stream, marked default (the one players play). The
-    source's own audio streams are dropped, or with ``keep_soundtrack`` copied after
-    it unchanged (not re-encoded, their full length; players offer them as other
-    tracks). Music longer than the video is cut at the video's end, so the music is
-    as long as the video. ``tags`` go into the container's comment (see :func:`read_tags`).
-    ``format_option``: how the user chose the output's format (see :func:`check_muxable`).
-
-    Raises:
-        VideoError: the source cannot be read, or its codec cannot go into the
-            output container (e.g. VP8 into .mp4: write .mkv instead).
-        AudioError: ``wav`` has no samples.
-    """
-    import av
-
-    path = Path(path)
-    fmt = VIDEO_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        check_output_path(path)
-    audio = _as_float_array(wav)
-    if audio.shape[0] not in _LAYOUTS:
-        raise ConfigError(f"{path}: can mux mono or stereo music, got {audio.shape[0]} channels")
-
-    def write(tmp):
-        try:
-            src = av.open(str(video))
-        except (av.FFmpegError, OSError) as exc:
-            raise VideoError(f"{video}: cannot read it as a video ({one_line(exc)})") from None
-        with src:
-            if not src.streams.video:
-                raise VideoError(f"{video}: no video stream to copy")
-            vin = src.streams.video[0]
-            start = float(vin.start_time * vin.time_base) if vin.start_time is not None else 0.0
-            music = audio[:, : _kept_samples(_stream_seconds(src, vin), audio.shape[1], sample_rate)]
-            if music.shape[1] == 0:
-                raise (AudioError(_no_samples(path)) if audio.shape[1] == 0 else
-                       VideoError(f"{video}: the video stream has no length to put music under"))
-            kept = list(src.streams.audio) if keep_soundtrack else []
-            # check_muxable's check, for a caller that skipped it
-            _check_holds(video, [vin, *kept], path, format_option)
-            try:
-                with av.open(str(tmp), mode="w", format=fmt) as dst:
-                    if tags:
-                        dst.metadata["comment"] = _tag_text(tags)
-                    outputs = {vin.index: _copy_of(dst, vin)}
-                    aout = dst.add_stream("aac", rate=sample_rate, layout=_LAYOUTS[audio.shape[0]])
-                    aout.bit_rate = AAC_BIT_RATE
-                    aout.disposition = av.stream.Disposition.default
-                    for ain in kept:
-                        outputs[ain.index] = _copy_of(dst, ain)
-                        outputs[ain.index].disposition = 0  # the music plays by default, not this one
-                    # The music starts with the first video frame, wherever the container puts it.
-                    audio_packets = _encode_aac(aout, music, sample_rate, first_sample=int(round(start * sample_rate)))
-                    _interleave(dst, src.demux(vin, *kept), outputs, audio_packets)
-            except (av.FFmpegError, ValueError) as exc:  # PyAV says ValueError for a codec a format refuses
-                raise VideoError(_no_copy(video, [vin, *kept], path, exc, format_option)) from None
-
-    atomic_write(path, write)
-    return path
-
-
-def muxed_samples(video, samples: int, sample_rate: int) -> int:
-    """How many of ``samples`` music samples a video output of ``video`` holds: the
-    music is cut at the video's end (see :func:`mux_audio`)."""
-    import av
-
-    try:
-        with av.open(str(video)) as src:
-            return _kept_samples(_stream_seconds(src, src.streams.video[0]), samples, sample_rate)
-    except (av.FFmpegError, OSError, IndexError):
-        return samples
-
-
-def _kept_samples(video_seconds: float | None, samples: int, sample_rate: int) -> int:
-    if video_seconds is None:
-        return samples
-    return min(samples, int(round(video_seconds * sample_rate)))
-
-
-def _no_samples(path) -> str:
+def no_samples(path) -> str:
+    """The one line for music with no samples, which no writer writes."""
     # An empty WAV, or a video without its music, would pass for a finished output.
     return f"{path}: the music has no samples (a duration under one audio sample); ask for a longer duration"
 
 
-def _encode_aac(stream, audio: np.ndarray, sample_rate: int, first_sample: int = 0) -> list:
-    """Encodes the whole track; returns its packets (about 1.4 MB per minute)."""
-    import av
-
-    layout = _LAYOUTS[audio.shape[0]]
-    packets = []
-    step = sample_rate  # one-second frames; the encoder re-buffers to its own frame size
-    for start in range(0, audio.shape[1], step):
-        chunk = np.ascontiguousarray(audio[:, start:start + step])
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-        frame.sample_rate = sample_rate
-        frame.pts = first_sample + start
-        frame.time_base = Fraction(1, sample_rate)
-        packets.extend(stream.encode(frame))
-    packets.extend(stream.encode(None))
-    return packets
-
-
-def _interleave(dst, source_packets, outputs: dict, audio_packets: list) -> None:
-    """Muxes the source's packets as they come (to ``outputs[their stream's index]``),
-    each preceded by the music's packets due before it."""
-    pending = iter(audio_packets)
-    next_audio = next(pending, None)
-    for packet in source_packets:
-        if packet.dts is None:  # the demuxer's flush packet
-            continue
-        t = _packet_time(packet)
-        while next_audio is not None and _packet_time(next_audio) <= t:
-            dst.mux(next_audio)
-            next_audio = next(pending, None)
-        packet.stream = outputs[packet.stream.index]
-        dst.mux(packet)
-    while next_audio is not None:
-        dst.mux(next_audio)
-        next_audio = next(pending, None)
-
-
-def _packet_time(packet) -> float:
-    return float((packet.dts if packet.dts is not None else packet.pts or 0) * packet.time_base)
-
-
-def _stream_seconds(container, stream) -> float | None:
-    """The video stream's length in seconds, from the container's metadata."""
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000
-    return None
-
-
-def _as_float_array(wav) -> np.ndarray:
+def as_float_array(wav) -> np.ndarray:
     """``[channels, samples]`` float32, clipped to [-1, 1] (what 16-bit PCM and AAC can hold)."""
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().to("cpu", torch.float32).numpy()

@@ -119,7 +119,8 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             line, before any video is scored). A bad video does not raise: it is in
             the report's ``failed``.
     """
-    from .audio_io import VIDEO_FORMATS, check_muxable, check_writable, muxed_samples, write_output
+    from .audio_io import VIDEO_FORMATS, check_writable
+    from .muxing import check_muxable, muxed_samples, write_output
     from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
     from .generation.windows import check_duration, check_seed, count_steps, decode, features_of, sample_tokens
     from .pipeline import load_for_generation

@@ -227,7 +227,7 @@ class Scorer:
                                 cache_dir=folder / "features", progress=True)
 
     def _mux(self, video, wav, path: Path) -> Path:
-        from ..audio_io import mux_audio
+        from ..muxing import mux_audio
 
         try:
             return mux_audio(video, wav, self.vm.sample_rate, path)

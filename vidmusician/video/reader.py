@@ -2,9 +2,9 @@
 
 Frames are decoded with decord, resized inside the decoder when a size is asked
 for (FFmpeg's scaler, so a 4K video never exists at full size in Python). The
-container is first checked with PyAV, which reports problems as Python
-exceptions; decord is only opened on a file PyAV accepted, because decord reports
-failures as C++ check messages on stderr.
+container is first checked with PyAV (:mod:`.container`), which reports problems
+as Python exceptions; decord is only opened on a file PyAV accepted, because decord
+reports failures as C++ check messages on stderr.
 
 Time is measured from the first video frame: the frame "shown at time t" is the
 last frame whose presentation time is <= t. Indices come from each frame's own
@@ -24,14 +24,13 @@ import torch
 
 from ..errors import ConfigError, VideoError, one_line
 from ..fileio import native_name
+from .container import check_container
 
 __all__ = ["VideoInfo", "FrameReader", "probe", "read_frames", "iter_frames", "sample_times", "frames_covering",
            "whole_frames"]
 
 # File suffixes read as videos when a folder is scanned (prepare, eval).
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
-# Demuxers that read one still picture (FFmpeg's image2 family); a GIF is a video.
-_IMAGE_FORMATS = {"image2", "image2pipe", "apng"}
 # Slack when matching a requested time to frame timestamps: containers store
 # rounded timestamps (e.g. 0.04 s as 0.0399...), far finer than any frame period.
 _TIME_EPS = 1e-4
@@ -188,7 +187,7 @@ class FrameReader:
 
     def __init__(self, path: str | os.PathLike, size: Size | Callable[[int, int], Size] | None = None):
         self.path = Path(path)
-        width, height, has_audio, stream_duration = _inspect(self.path)
+        width, height, has_audio, stream_duration = check_container(self.path)
         if callable(size):
             size = size(height, width)
         self.size: Size = (height, width) if size is None else (int(size[0]), int(size[1]))
@@ -254,105 +253,6 @@ class FrameReader:
         if len(unique) != len(indices) or not np.array_equal(unique, indices):
             frames = frames[torch.from_numpy(inverse)]
         return frames.contiguous()
-
-
-def _inspect(path: Path) -> tuple[int, int, bool, float | None]:
-    """Checks the container with PyAV; returns (displayed width, height, has_audio, video duration)."""
-    import av
-
-    if not path.exists():
-        raise VideoError(f"{path}: no such file")
-    if path.is_dir():
-        raise VideoError(f"{path}: is a directory, not a video file")
-    if path.stat().st_size == 0:
-        raise VideoError(f"{path}: is empty (0 bytes)")
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        reason = one_line(exc)
-        raise VideoError(f"{path}: not a readable video file (truncated, corrupt or not a video: {reason})") from None
-    with container:
-        fmt = container.format.name
-        streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-        has_audio = len(container.streams.audio) > 0
-        if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
-            raise VideoError(f"{path}: is a still image ({fmt}), not a video")
-        if not streams:
-            what = "an audio-only file" if has_audio else "no audio or video"
-            raise VideoError(f"{path}: has no video stream ({what})")
-        stream = streams[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if not (width and height):
-            raise VideoError(f"{path}: the video stream has no frame size (unsupported or corrupt codec data)")
-        duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
-        rotation = _check_frames(container, stream, path)
-    if rotation % 180:
-        # decord turns such frames upright (as players do): report the size shown.
-        width, height = height, width
-    return width, height, has_audio, duration
-
-
-def _check_frames(container, stream, path: Path) -> int:
-    """Decodes the first frame and checks the last packets hold data; returns the rotation.
-
-    Decoding one frame proves the codec is readable and gives the display
-    rotation (phone videos store landscape frames plus "show rotated 90 degrees").
-    """
-    import av
-
-    try:
-        first = next(iter(container.decode(stream)), None)
-    except av.FFmpegError as exc:
-        _check_tail(container, stream, path)  # a truncated file is the likelier story; say so
-        codec = stream.codec_context.name
-        raise VideoError(f"{path}: cannot decode its {codec} video ({one_line(exc)})") from None
-    if first is None:
-        raise VideoError(f"{path}: the video stream has no frames")
-    _check_tail(container, stream, path)
-    return int(round(getattr(first, "rotation", 0) or 0))
-
-
-def _check_tail(container, stream, path: Path) -> None:
-    """Raises unless the packets near the end of the stream hold data.
-
-    A file cut short (a partial download) can keep a complete index at its start
-    (mp4 "faststart") while the frames it points to are gone; reading the packets
-    near the end catches that without decoding the whole file.
-    """
-    import av
-
-    if not stream.duration:  # e.g. Matroska: no index to compare with
-        return
-    try:
-        end = (stream.start_time or 0) + stream.duration
-        container.seek(end, stream=stream, backward=True, any_frame=False)
-        packets = [p for p in container.demux(stream) if p.size > 0]
-    except av.FFmpegError as exc:
-        raise VideoError(f"{path}: is truncated or corrupt ({one_line(exc)})") from None
-    # The last frame starts within one frame period (plus rounding) of the end.
-    last = max((p.pts + (p.duration or 0) for p in packets if p.pts is not None), default=None)
-    period = _frame_period(stream, packets)
-    if last is None or (end - last) * stream.time_base > 2 * period:
-        raise VideoError(f"{path}: is truncated (the frames near the end are missing)")
-    # An AVI cut short loses its index (at the end): FFmpeg then measures the stream from
-    # the frames present, while the header keeps the length written (in time-base units).
-    written = stream.frames if container.format.name == "avi" else 0
-    if written and (written - stream.duration) * stream.time_base > 2 * period:
-        raise VideoError(f"{path}: is truncated (the frames near the end are missing)")
-
-
-def _frame_period(stream, packets) -> float:
-    """Seconds from one frame to the next near the stream's end.
-
-    The gaps between the packets read there are the real period. The stream's rates
-    can be another clock: an AVI's ``average_rate`` is its time base's (1000 for a
-    25 fps file with a 1/1000 time base). The median ignores a gap a missing frame left.
-    """
-    times = sorted({p.pts for p in packets if p.pts is not None})
-    gaps = np.diff(times)
-    if len(gaps):
-        return float(np.median(gaps) * stream.time_base)
-    return 1.0 / float(stream.guessed_rate or stream.base_rate or stream.average_rate or 25)
 
 
 def _decodable_width(width: int) -> int:

@@ -80,7 +80,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if many_videos(args):
         return run_many(args)
-    from ...audio_io import check_muxable, check_output_path, muxed_samples, write_output
+    from ...audio_io import check_output_path
+    from ...muxing import check_muxable, muxed_samples, write_output
     from ...pipeline import check_duration, generate
     from ...video.reader import probe
 
