@@ -9,9 +9,10 @@ Several GPUs or nodes (the same script, the launcher sets up DDP)::
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m vidmusician.training.train \\
         --recipe recipes/stage1_semantic.json --data data/ --output runs/stage1
 
-What trains is data in the recipe (stage and adapter groups). The loss is
-MusicGen's own: masked cross-entropy per codebook of ``LMModel.compute_predictions``,
-averaged over codebooks. The log's ``loss`` counts every target, as ``holdout_loss`` does;
+What trains is data in the recipe (stage and adapter groups; the model is built by
+:mod:`vidmusician.training.model_setup`). The loss is MusicGen's own: masked cross-entropy
+per codebook of ``LMModel.compute_predictions``, averaged over codebooks
+(:mod:`vidmusician.training.objective`). The log's ``loss`` counts every target, as ``holdout_loss`` does;
 ``objective`` is the number the gradient descends (without the targets ``plausible_targets``
 leaves out, with ``codebook_weights``). Checkpoints (``OUTPUT/checkpoints/step-N``) hold only the
 adapter, the optimizer, the scheduler, the RNG states and the step; ``--resume``
