@@ -235,7 +235,7 @@ def soundtrack_f1(clips: list[dict], num_frames: int) -> float:
 def hidden_norm(vm, data: Path, videos: bool = True) -> float:
     """Mean per-token norm of the LM's last layer output on the holdout (``videos=False``: no video, the base)."""
     from vidmusician.training.dataset import Collate, PreparedDataset
-    from vidmusician.training.train import Objective
+    from vidmusician.training.objective import Objective
 
     holdout = PreparedDataset(data, "holdout")
     batch = Collate(vm.config.frame_rate)([holdout[i] for i in range(len(holdout))])

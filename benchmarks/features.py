@@ -61,7 +61,8 @@ def measure(mode: str, video: str, encoder_spec: str, batch_size: int) -> dict:
     import numpy as np
     import torch
 
-    from vidmusician.video.features import _prefetch, extract_features, load_encoder
+    from vidmusician.video.features import extract_features, load_encoder
+    from vidmusician.video.prefetch import prefetch
     from vidmusician.video.reader import FrameReader, sample_times
 
     with warnings.catch_warnings():
@@ -75,7 +76,7 @@ def measure(mode: str, video: str, encoder_spec: str, batch_size: int) -> dict:
     base_mb = _rss_mb()
     start = time.perf_counter()
     if mode == "decode":
-        for _ in _prefetch(reader, chunks):
+        for _ in prefetch(reader, chunks):
             pass
     elif mode == "encode":
         batch = reader.read(chunks[0])

@@ -120,7 +120,7 @@ def run(args) -> dict[str, dict]:
     """Times the configurations interleaved step by step (each sees the same machine state),
     then measures each one's peak memory in one more step."""
     from vidmusician.training.dataset import Collate, PreparedDataset
-    from vidmusician.training.train import Objective
+    from vidmusician.training.objective import Objective
 
     configs = {name: CONFIGS[name] for name in args.only}
     models = {}

@@ -375,7 +375,7 @@ def test_what_a_stage_trains_comes_from_one_table(tiny, monkeypatch):
     from vidmusician.training.dataset import DatasetMeta
     from vidmusician.adapter.wiring import adapter_modules
     from vidmusician.training.recipe import Recipe
-    from vidmusician.training.train import build_model
+    from vidmusician.training.model_setup import build_model
 
     monkeypatch.setitem(STAGE_GROUPS, 1, ("rhythm",))
     monkeypatch.setitem(STAGE_GROUPS, 3, ("semantic", "rhythm"))

@@ -9,7 +9,7 @@ from test_train import adapter, flash_data, max_diff, recipe, train_here  # noqa
 
 from vidmusician.errors import ConfigError
 from vidmusician.training.recipe import Recipe
-from vidmusician.training.train import codebook_weights
+from vidmusician.training.objective import codebook_weights
 
 
 def test_weights_are_normalized_and_default_to_equal():

@@ -13,7 +13,8 @@ from vidmusician.training.dataset import INDEX_NAME, SHARD_DIR, DatasetMeta, Pre
 from vidmusician.errors import DataError
 from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.video.features import VideoFeatures
-from vidmusician.training.train import main, optimizer_groups
+from vidmusician.training.model_setup import optimizer_groups
+from vidmusician.training.train import main
 from vidmusician.training.train_state import STATE_NAME, latest_checkpoint
 
 FRAMES, CARD = 100, 400  # 2 s windows at the tiny codec's 50 Hz

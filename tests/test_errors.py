@@ -135,7 +135,7 @@ def test_fit_checks_name_the_differing_fields_and_the_fix(tiny, tmp_path):
     from vidmusician.errors import ConfigError
     from vidmusician.model import attach_adapters
     from vidmusician.training.recipe import Recipe
-    from vidmusician.training.train import build_model
+    from vidmusician.training.model_setup import build_model
 
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))

@@ -12,7 +12,7 @@ from torch import nn
 from conftest import tiny_config
 from vidmusician import attach_adapters
 from vidmusician.adapter.layers import VisualMemory
-from vidmusician.training.train import optimizer_groups
+from vidmusician.training.model_setup import optimizer_groups
 
 
 def test_weight_decay_reaches_the_weights_of_linear_maps_only(tiny):

@@ -19,7 +19,7 @@ from vidmusician.errors import ConfigError
 from vidmusician.model import attach_adapters
 from vidmusician.training.losses import codebook_losses, loss_mask, plausible_targets
 from vidmusician.training.recipe import Recipe
-from vidmusician.training.train import Objective
+from vidmusician.training.objective import Objective
 
 
 def reference_keep(logits: np.ndarray, codes: np.ndarray, fraction: float, first: int) -> np.ndarray:
@@ -120,7 +120,7 @@ def test_the_holdout_loss_counts_every_target(setup, tmp_path):
     from test_damage import random_dataset
 
     from vidmusician.training.dataset import PreparedDataset
-    from vidmusician.training.train import holdout_loss
+    from vidmusician.training.objective import holdout_loss
 
     vm = setup[0]
     holdout = PreparedDataset(random_dataset(tmp_path / "data"), "holdout")

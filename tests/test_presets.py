@@ -17,7 +17,8 @@ from vidmusician.config import AdapterConfig, load_preset, preset_names
 from vidmusician.training.dataset import DatasetMeta
 from vidmusician.adapter.wiring import count_adapter_parameters
 from vidmusician.model import attach_adapters
-from vidmusician.training.train import Recipe, build_model, fresh_config
+from vidmusician.training.model_setup import build_model, fresh_config
+from vidmusician.training.recipe import Recipe
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SIZES = ("small", "medium", "large")
@@ -134,17 +135,17 @@ def test_readme_table_matches_the_presets():
 
 def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch):
     """audiocraft's loader returns a float16 LM on GPU; training must not back-propagate through it."""
-    import vidmusician.training.train as train_module
+    import vidmusician.training.model_setup as model_setup
     from conftest import random_video_batch
 
-    from vidmusician.training.train import Objective
+    from vidmusician.training.objective import Objective
 
     def half_precision_loader(name, device=None):
         musicgen = tiny()
         musicgen.lm.half()  # what audiocraft's loader does on any non-CPU device
         return musicgen
 
-    monkeypatch.setattr(train_module, "load_backbone", half_precision_loader)
+    monkeypatch.setattr(model_setup, "load_backbone", half_precision_loader)
     args = types.SimpleNamespace(backbone="tiny", init=None, data="data")
     recipe = Recipe(stage=2, adapter={"memory_dim": 32, "attn_dim": 16, "attn_heads": 2}, gradient_checkpointing=False)
     vm = build_model(args, recipe, dataset_meta(), "cpu")

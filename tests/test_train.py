@@ -26,7 +26,8 @@ from vidmusician.random_backbones import TINY_CODEC
 from vidmusician.training.dataset import DatasetMeta, ShardWriter
 from vidmusician.errors import DataError
 from vidmusician.video.features import extract_features, load_encoder
-from vidmusician.training.train import EpochBatches, Recipe, codebook_losses, lr_factor, main
+from vidmusician.training.losses import codebook_losses
+from vidmusician.training.train import EpochBatches, Recipe, lr_factor, main
 from vidmusician.training.train_state import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +216,8 @@ def test_a_window_has_the_same_loss_alone_and_padded_in_a_batch(tiny):
     from conftest import perturb_adapters, random_video_batch, tiny_config
 
     from vidmusician.model import attach_adapters
-    from vidmusician.training.train import Objective, loss_mask
+    from vidmusician.training.losses import loss_mask
+    from vidmusician.training.objective import Objective
 
     musicgen = tiny()
     vm = attach_adapters(musicgen, tiny_config(musicgen))
@@ -346,7 +348,7 @@ def test_shipped_recipes_chain_stage1_into_stage2(flash_data, tmp_path):
 
 
 def test_the_trained_window_is_the_longest_that_trained_the_memory_positions():
-    from vidmusician.training.train import trained_window
+    from vidmusician.training.model_setup import trained_window
 
     assert trained_window(None, 10.0) == 10.0  # a fresh adapter: this run's windows
     assert trained_window(10.0, 30.0) == 30.0  # longer windows train more positions

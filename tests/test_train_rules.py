@@ -20,7 +20,8 @@ from vidmusician.random_backbones import build, codec_config, lm_config, tiny_mu
 from vidmusician.training.dataset import DatasetMeta, EpochBatches, Example, ShardWriter, TextDropout
 from vidmusician.training.losses import coarse_codebooks
 from vidmusician.training.recipe import Recipe, check_resume, schedule_change
-from vidmusician.training.train import Objective, holdout_loss, optimizer_groups
+from vidmusician.training.model_setup import optimizer_groups
+from vidmusician.training.objective import Objective, holdout_loss
 from vidmusician.video.features import VideoFeatures
 
 SECONDS, FRAME_RATE = 1.0, 50

@@ -9,9 +9,10 @@ Several GPUs or nodes (the same script, the launcher sets up DDP)::
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m vidmusician.training.train \\
         --recipe recipes/stage1_semantic.json --data data/ --output runs/stage1
 
-What trains is data in the recipe (stage and adapter groups). The loss is
-MusicGen's own: masked cross-entropy per codebook of ``LMModel.compute_predictions``,
-averaged over codebooks. The log's ``loss`` counts every target, as ``holdout_loss`` does;
+What trains is data in the recipe (stage and adapter groups; the model is built by
+:mod:`vidmusician.training.model_setup`). The loss is MusicGen's own: masked cross-entropy
+per codebook of ``LMModel.compute_predictions``, averaged over codebooks
+(:mod:`vidmusician.training.objective`). The log's ``loss`` counts every target, as ``holdout_loss`` does;
 ``objective`` is the number the gradient descends (without the targets ``plausible_targets``
 leaves out, with ``codebook_weights``). Checkpoints (``OUTPUT/checkpoints/step-N``) hold only the
 adapter, the optimizer, the scheduler, the RNG states and the step; ``--resume``
@@ -32,197 +33,21 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from ..adapter.layers import IdentityLinear
 from ..arguments import Parser
-from ..backbones import backbone_spec, load_backbone
-from ..errors import ConfigError, DataError, VidMusicianError, differing_fields, one_line, printable
+from ..errors import ConfigError, VidMusicianError, one_line, printable
 from ..fileio import atomic_write
-from ..model import VidMusician, attach_adapters
-from ..sizing import config_for_backbone
-from ..video.encoder_specs import check_encoder_fit
-from ..video.reader import frames_covering
-from .codec_identity import codec_identity
 from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, PreparedDataset, TextDropout,
                       check_training_split, verify_dataset)
 from .launch import Terminated, stop_on_sigterm, stop_with_launcher
-from .losses import codebook_losses, coarse_codebooks, loss_mask, plausible_targets
+from .losses import loss_mask
+from .model_setup import build_model, optimizer_groups
 from .monitor import Monitor, check_trackers
+from .objective import Objective, codebook_weights, holdout_loss
 from .recipe import (Recipe, Resumed, check_init_adapter, check_resume, lr_factor, lr_warning, schedule_change,
                      schedule_warning)
 from .run_folder import RunFolder
 from .train_state import TrainState, interrupted_line, latest_checkpoint, restore_rng, resume, save_checkpoint
-
-
-class Objective(nn.Module):
-    """The training forward as one module, so DDP sees (and syncs) the whole step."""
-
-    def __init__(self, vm, plausible_targets: float = 0.0):
-        super().__init__()
-        self.lm = vm.lm
-        self.__dict__["vm"] = vm  # not a submodule: its LM is registered above
-        self.plausible_targets = plausible_targets
-
-    def forward(self, codes, valid, videos, texts, filtered: bool = True, every_target: bool = False):
-        """Per-codebook loss sums and counts; ``filtered``: the fine codebooks' targets the frozen
-        base rules out count zero (:attr:`Recipe.plausible_targets`), the counts stay every valid position.
-        ``every_target``: a third result, the sums over every target (what the holdout loss counts),
-        from the same logits without gradients, so the log can show a loss comparable to the holdout's."""
-        from audiocraft.modules.conditioners import ConditioningAttributes
-
-        conditions = [ConditioningAttributes(text={"description": t}) for t in texts]
-        keep, tensors = None, None
-        if filtered and self.plausible_targets:
-            # The text is encoded once for both forwards (the base's and the adapted model's).
-            provider = self.lm.condition_provider
-            tensors = provider(provider.tokenize(conditions))
-            with torch.no_grad():
-                base = self.vm.compute_predictions(codes, None, condition_tensors=tensors)  # no video: the base
-                keep = plausible_targets(base.logits, codes, self.plausible_targets, coarse_codebooks(self.lm))
-                del base
-        out = self.vm.compute_predictions(codes, videos, conditions, condition_tensors=tensors)
-        mask = out.mask & loss_mask(self.lm, valid)
-        if keep is None:
-            sums, counts = codebook_losses(out.logits, codes, mask)
-            return (sums, counts, sums.detach()) if every_target else (sums, counts)
-        sums, _ = codebook_losses(out.logits, codes, mask & keep)
-        if not every_target:
-            return sums, mask.sum(dim=(0, 2))
-        with torch.no_grad():
-            every, _ = codebook_losses(out.logits.detach(), codes, mask)
-        return sums, mask.sum(dim=(0, 2)), every
-
-
-def codebook_weights(recipe: Recipe, num_codebooks: int) -> torch.Tensor:
-    """[K] weights of the codebooks' mean losses, summing to 1 (equal unless the recipe says)."""
-    if recipe.codebook_weights is None:
-        return torch.full((num_codebooks,), 1.0 / num_codebooks)
-    if len(recipe.codebook_weights) != num_codebooks:
-        raise ConfigError(f"recipe: codebook_weights has {len(recipe.codebook_weights)} weights, the backbone "
-                          f"{num_codebooks} codebooks; give one weight per codebook")
-    w = torch.tensor(recipe.codebook_weights, dtype=torch.float32)
-    return w / w.sum()
-
-
-@torch.no_grad()
-def holdout_loss(objective: Objective, dataset, accelerator, batch_size: int, max_windows: int) -> float:
-    """Mean over codebooks of the per-token cross-entropy on (this process's share of) a dataset."""
-    rank, world = accelerator.process_index, accelerator.num_processes
-    indices = list(range(min(len(dataset), max_windows)))[rank::world]
-    # Its own generator: iterating a DataLoader draws a seed, which would otherwise come from
-    # torch's global RNG, the training's (and eval_every may change on resume).
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
-                                         collate_fn=Collate(objective.vm.config.frame_rate),
-                                         generator=torch.Generator())
-    sums = torch.zeros(objective.vm.lm.num_codebooks, device=accelerator.device, dtype=torch.float64)
-    counts = torch.zeros_like(sums)
-    objective.vm.eval()
-    for batch in loader:
-        batch = batch.to(accelerator.device)
-        with accelerator.autocast():
-            s, c = objective(batch.codes, batch.valid, batch.videos, batch.texts, filtered=False)
-        sums += s.double()
-        counts += c.double()
-    objective.vm.train()
-    sums, counts = accelerator.reduce(sums, "sum"), accelerator.reduce(counts, "sum")
-    return float((sums / counts.clamp(min=1)).mean())
-
-
-def use_training_precision(musicgen) -> None:
-    """Holds the frozen LM in float32 for training, whatever the loader chose.
-
-    audiocraft's loader puts the LM in float16 on any non-CPU device, which suits
-    generation. Training back-propagates through the whole frozen stack to reach
-    the adapters of the early layers: float16 weights would round every gradient
-    path and ignore ``--mixed-precision``. So the weights are float32 (as the
-    adapters are) and Accelerate's autocast picks the compute precision: bf16 or
-    fp16 matmuls with ``--mixed-precision bf16|fp16``, float32 with ``no``.
-    Generation keeps audiocraft's float16 backbone on GPU.
-    """
-    musicgen.lm.float()
-
-
-def fresh_config(musicgen, meta: DatasetMeta, recipe: Recipe):
-    """The config of fresh adapters: the backbone's preset, the dataset's encoder, the recipe's overrides."""
-    return config_for_backbone(
-        musicgen, encoder=meta.encoder, global_dim=meta.global_dim, local_dim=meta.local_dim,
-        global_fps=meta.global_fps, local_fps=meta.local_fps, encoder_activation=meta.encoder_activation,
-        **recipe.adapter)
-
-
-def check_codec(meta: DatasetMeta, name: str, codec, data) -> None:
-    """Refuses codes made by another codec than the backbone's (datasets that recorded none: shapes only)."""
-    if meta.codec_id is None:
-        return
-    found = codec_identity(name, codec)
-    if found != meta.codec_id:
-        raise DataError(f"{printable(data)}: its music was encoded by the codec of {meta.backbone!r}, not by that of "
-                        f"backbone {name!r} ({meta.codec_id} vs {found}); prepare the data again with "
-                        f"--backbone {name}, into a new folder")
-
-
-def trained_window(before: float | None, window: float) -> float:
-    """Seconds of memory positions trained after a run on ``window``-second windows from an
-    adapter trained to ``before`` (None: a fresh adapter, or one that predates the record)."""
-    return window if before is None else max(before, window)
-
-
-def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
-    """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups."""
-    musicgen = load_backbone(args.backbone or meta.backbone, device=device)
-    use_training_precision(musicgen)
-    spec = backbone_spec(musicgen)
-    diffs = differing_fields(meta, spec, ("frame_rate", "n_q", "card", "sample_rate"), ("data", "backbone"))
-    if diffs:
-        raise DataError(f"{args.data}: prepared with the codec of {meta.backbone!r}, which does not match "
-                        f"backbone {spec.name!r} ({diffs}); prepare the data with --backbone {spec.name}")
-    check_codec(meta, spec.name, musicgen.compression_model, args.data)
-    init = args.init or recipe.init_adapter
-    if init:
-        vm = VidMusician.from_pretrained(init, backbone=musicgen)
-    else:
-        vm = attach_adapters(musicgen, fresh_config(musicgen, meta, recipe))
-    c = vm.config
-    check_encoder_fit(c, str(args.data), meta.encoder, meta.encoder_activation, (meta.global_dim, meta.local_dim),
-                      error=DataError, same_spec=True, fix=f"prepare it with --encoder {c.encoder}, or train a fresh adapter on it")
-    if abs(meta.global_fps - c.global_fps) > 1e-6:
-        raise DataError(f"{args.data}: prepared with {meta.global_fps:g} global frames per second, the adapter reads "
-                        f"{c.global_fps:g}; prepare it with --global-fps {c.global_fps:g}, or train a fresh adapter on it")
-    if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
-        raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
-    # The memory positions trained so far: this run's windows', or an init adapter's where longer (a
-    # run on shorter windows leaves the positions past them as they were). Generation warns when a
-    # longer window's memory reads positions past them.
-    vm.config = c.replace(trained_window=trained_window(c.trained_window, meta.window))
-    vm.set_stage(recipe.stage)
-    if recipe.trainable is not None:
-        vm.set_trainable(recipe.trainable)
-    vm.train()
-    if recipe.gradient_checkpointing:
-        vm.enable_gradient_checkpointing()
-    return vm
-
-
-def optimizer_groups(vm, weight_decay: float) -> list[dict]:
-    """AdamW's parameter groups: the trainable weights of linear maps decay; the rest does not.
-
-    Chosen by module structure: the ``weight`` of each ``nn.Linear`` in the LM
-    (LoRA's A and B are ones too) decays; biases, norms and the learned
-    positions do not. A position table is a matrix, but decay would pull every
-    second's position toward zero, toward one another. Nor does the full weight
-    of an :class:`~vidmusician.adapter.layers.IdentityLinear` (``rhythm_rank: null``):
-    it starts at the identity, and decay toward zero would shrink the rhythm signal
-    each layer passes on (the low-rank form decays its update, which starts at zero).
-
-    Returns:
-        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]``.
-    """
-    identities = {id(m.linear.weight) for m in vm.lm.modules() if isinstance(m, IdentityLinear) and m.rank is None}
-    matrices = {id(m.weight) for m in vm.lm.modules() if isinstance(m, nn.Linear)} - identities
-    params = vm.trainable_parameters()
-    return [{"params": [p for p in params if id(p) in matrices], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) not in matrices], "weight_decay": 0.0}]
 
 
 def parse_args(argv=None):

@@ -8,8 +8,8 @@
 Each distinct source frame is decoded and encoded once, whichever grid it serves
 (at 25 and 1 fps every global frame is also a local frame). Decoding runs in a
 background thread one chunk ahead of encoding (decord and torch both release the
-GIL), and at most a few chunks of frames exist at a time, so memory does not
-grow with the video's length.
+GIL; :mod:`vidmusician.video.prefetch`), and at most a few chunks of frames exist
+at a time, so memory does not grow with the video's length.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import json
 import math
 import numbers
 import os
-import queue
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +31,13 @@ from ..errors import ConfigError, DataError, one_line
 from ..fileio import atomic_write, native_name
 from ..progress import progress_bar
 from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
+from .prefetch import prefetch
 from .reader import FrameReader, probe, sample_times
 
 __all__ = ["VideoFeatures", "VisualEncoder", "load_encoder", "extract_features", "DEFAULT_ENCODER"]
 
 # Bump when the feature computation changes: old cache entries then stop matching.
 FEATURES_VERSION = 1
-# Chunks decoded ahead of the encoder: enough to hide decode latency, and the
-# bound on frames held in memory.
-_PREFETCH = 2
 # Rates above a frame per millisecond are typos (1e6 would encode millions of copies
 # of each frame); the CLI and the adapter config take the same range.
 MAX_FPS = 1000.0
@@ -341,66 +337,10 @@ def _compute(
     chunks = [frames[i : i + batch_size] for i in range(0, len(frames), batch_size)]
     bar = progress_bar(total=len(frames), unit="frame", desc=reader.path.name, enabled=progress, delay=1.0)
     with bar:
-        for chunk, batch in _prefetch(reader, chunks, pin=encoder.device.type == "cuda"):
+        for chunk, batch in prefetch(reader, chunks, pin=encoder.device.type == "cuda"):
             builder.add(chunk, *encoder.encode(batch))
             bar.update(len(chunk))
     return builder.result()
-
-
-def _prefetch(reader: FrameReader, chunks: list[np.ndarray], pin: bool = False):
-    """Yields ``(chunk, frames)``, decoding up to ``_PREFETCH`` chunks ahead in a thread.
-
-    With ``pin``, frames come in pinned memory, so the copy to the GPU is asynchronous.
-
-    Errors in the decoder thread are re-raised here; if the consumer stops early
-    (an error, Ctrl-C) the thread stops at its next chunk.
-    """
-    out: queue.Queue = queue.Queue(maxsize=_PREFETCH)
-    stop = threading.Event()
-    done = object()
-    put = stoppable_put(out, stop)
-
-    def decode():
-        try:
-            for chunk in chunks:
-                frames = reader.read(chunk)
-                if not put((chunk, frames.pin_memory() if pin else frames)):
-                    return
-            put(done)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(exc)
-
-    thread = threading.Thread(target=decode, name="vidmusician-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = out.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-def stoppable_put(out: queue.Queue, stop: threading.Event):
-    """``put(item) -> bool`` for a producer thread: waits for room in ``out``; False once ``stop`` is set.
-
-    The consumer sets ``stop`` when it quits early (an error, Ctrl-C), so a producer
-    blocked on a full queue does not wait forever.
-    """
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    return put
 
 
 def _cache_path(cache_dir, video: Path, encoder, global_fps: float, local_fps: float) -> Path:

@@ -19,7 +19,8 @@ import torch
 
 from ..errors import ConfigError, VidMusicianError
 from .encoders import VisualEncoder
-from .features import FeatureBuilder, VideoFeatures, extract_features, stoppable_put
+from .features import FeatureBuilder, VideoFeatures, extract_features
+from .prefetch import stoppable_put
 from .reader import FrameReader
 
 # Frames per encoder batch on a GPU: ViT-B/32 sees 50 tokens a frame, so 256 frames
