@@ -232,6 +232,9 @@ def test_a_loaded_model_refuses_bad_arguments_in_one_line(tmp_path):
         assert str(exc.value).startswith(words), exc.value
     with pytest.raises(ConfigError, match="^videos must be a list \\(one entry per sample\\), got int$"):
         vm.generate(5)
+    for call in (lambda: vm.make_batch(["clip.mp4"]), lambda: vm.set_video([None, torch.zeros(3, 8)])):
+        with pytest.raises(ConfigError, match=r"^video \d of the batch: expected VideoFeatures or None, got (str|Tensor)$"):
+            call()
     wav = vm.generate((v for v in [None, None]), duration=0.1)
     assert wav.shape[0] == 2  # a generator of videos is read once
     (tmp_path / "file").write_text("x")

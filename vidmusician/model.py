@@ -112,10 +112,10 @@ class VidMusician:
             return None
         encoders = None  # the specs that made the features, where they are known
         if not isinstance(videos, VideoBatch):
-            videos = list(videos)
-            encoders = {f.encoder for f in videos if f is not None}
-            videos = VideoBatch.from_features(videos, self.config.frame_rate, num_frames,
+            features = list(videos)
+            videos = VideoBatch.from_features(features, self.config.frame_rate, num_frames,
                                               self.config.global_dim, self.config.local_dim)
+            encoders = {f.encoder for f in features if f is not None}  # checked as features by from_features
         self._check_batch(videos, encoders)
         return videos.to(self.device)
 
