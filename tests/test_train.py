@@ -330,7 +330,8 @@ def test_shipped_recipes_chain_stage1_into_stage2(flash_data, tmp_path):
     stage1_config = stage1 / "adapter" / "adapter_config.json"
     config = json.loads(stage1_config.read_text())
     assert config["trained_window"] == SECONDS  # the data's windows, which trained the memory's positions
-    # Stage 2 records the longer of its own windows and its init adapter's (here marked as shorter).
+    # Stage 2 trains no memory position (the semantic group stays frozen): it keeps its init adapter's
+    # record (here marked as shorter than the data's windows), and generation still warns past it.
     stage1_config.write_text(json.dumps(dict(config, trained_window=SECONDS / 2)))
     stage2 = tmp_path / "stage2"
     assert main(["--recipe", str(REPO / "recipes" / "stage2_rhythm.json"), "--data", str(flash_data),
@@ -344,7 +345,7 @@ def test_shipped_recipes_chain_stage1_into_stage2(flash_data, tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in semantic)  # stage 2 keeps stage 1's semantic adapter
     assert two["video_inputs.rhythm_in.proj.weight"].ne(0).any()  # and trains the in-attention
     config = json.loads((stage2 / "adapter" / "adapter_config.json").read_text())
-    assert config["stage"] == 2 and config["encoder"] == "tiny" and config["trained_window"] == SECONDS
+    assert config["stage"] == 2 and config["encoder"] == "tiny" and config["trained_window"] == SECONDS / 2
 
 
 def test_the_trained_window_is_the_longest_that_trained_the_memory_positions():
@@ -353,6 +354,8 @@ def test_the_trained_window_is_the_longest_that_trained_the_memory_positions():
     assert trained_window(None, 10.0) == 10.0  # a fresh adapter: this run's windows
     assert trained_window(10.0, 30.0) == 30.0  # longer windows train more positions
     assert trained_window(30.0, 10.0) == 30.0  # shorter ones leave the positions past them as trained before
+    assert trained_window(10.0, 30.0, trains_memory=False) == 10.0  # stage 2: the memory stays as it was
+    assert trained_window(None, 30.0, trains_memory=False) is None
 
 
 def test_stage2_without_a_stage1_adapter_is_a_clear_error(flash_data, tmp_path, capsys):

@@ -55,9 +55,13 @@ def check_codec(meta: DatasetMeta, name: str, codec, data) -> None:
                         f"--backbone {name}, into a new folder")
 
 
-def trained_window(before: float | None, window: float) -> float:
+def trained_window(before: float | None, window: float, trains_memory: bool = True) -> float | None:
     """Seconds of memory positions trained after a run on ``window``-second windows from an
-    adapter trained to ``before`` (None: a fresh adapter, or one that predates the record)."""
+    adapter trained to ``before`` (None: a fresh adapter, or one that predates the record).
+    A run that leaves the semantic group frozen (``trains_memory`` False: stage 2) trains no
+    memory position, and so leaves ``before`` as it was."""
+    if not trains_memory:
+        return before
     return window if before is None else max(before, window)
 
 
@@ -84,13 +88,15 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
                         f"{c.global_fps:g}; prepare it with --global-fps {c.global_fps:g}, or train a fresh adapter on it")
     if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
         raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
-    # The memory positions trained so far: this run's windows', or an init adapter's where longer (a
-    # run on shorter windows leaves the positions past them as they were). Generation warns when a
-    # longer window's memory reads positions past them.
-    vm.config = c.replace(trained_window=trained_window(c.trained_window, meta.window))
     vm.set_stage(recipe.stage)
     if recipe.trainable is not None:
         vm.set_trainable(recipe.trainable)
+    # The memory positions trained so far: this run's windows', or an init adapter's where longer (a
+    # run on shorter windows leaves the positions past them as they were; one that does not train the
+    # semantic group, whose memory holds them, leaves them all). Generation warns when a longer
+    # window's memory reads positions past them.
+    trains_memory = "semantic" in vm.trainable_groups
+    vm.config = vm.config.replace(trained_window=trained_window(c.trained_window, meta.window, trains_memory))
     vm.train()
     if recipe.gradient_checkpointing:
         vm.enable_gradient_checkpointing()
