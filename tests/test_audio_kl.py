@@ -94,3 +94,23 @@ def test_eval_reports_the_kl(metric, tmp_path):
     argv = ["eval", "--videos", str(tmp_path / "v"), "--generated", str(tmp_path / "g"), "--kl", "--quiet",
             "--out", str(out)]
     assert main(argv) == 2 and not out.exists()
+
+
+@pytest.mark.parametrize("url", ["https://example.org/passt.pt", None])
+def test_passt_weights_unavailable_is_one_line_with_or_without_a_known_url(monkeypatch, url):
+    """hear21passt downloads its weights on first use: without the network, one line that offers a
+    copy of the file where its URL is known, and leaving out --kl in any case."""
+    import vidmusician.evaluation.audio_kl as audio_kl
+    from vidmusician.errors import ConfigError
+
+    def unreachable(self, model=None):
+        raise OSError("no network")
+
+    monkeypatch.setattr(audio_kl, "_passt_weights_url", lambda: url)
+    monkeypatch.setattr(audio_kl.PasstKL.__mro__[1], "__init__", unreachable)
+    with pytest.raises(ConfigError) as err:
+        PasstKL()
+    message = str(err.value)
+    fix = f"connect once, or put a copy of {url} into that folder, or leave out --kl" if url else \
+        "connect once, or leave out --kl"
+    assert message.endswith(fix) and "\n" not in message, message

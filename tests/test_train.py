@@ -414,9 +414,12 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("adapter.attn_dims=64", r"unknown adapter config keys \['attn_dims'\]; known: \[.*'attn_dim'"),
-    ("adapter.encoder=\"tiny\"", r"adapter \['encoder'\] come from the backbone and the dataset"),
-    ("adapter.dim=64", r"adapter \['dim'\] come from the backbone and the dataset"),
-    ("adapter.trained_window=30", r"adapter \['trained_window'\] come from the backbone and the dataset"),
+    ("adapter.encoder=\"tiny\"", r"adapter fields \['encoder'\] come from the dataset \(prepare the data again for another "
+                                  r"encoder or rate\); leave them out of the recipe$"),
+    ("adapter.dim=64", r"adapter fields \['dim'\] come from the backbone \(pass --backbone for another\); leave them out"),
+    ("adapter.trained_window=30", r"adapter fields \['trained_window'\] are recorded by training from the dataset's windows "
+                                  r"\(prepare --window sets them\); leave them out"),
+    ("adapter.version=\"0\"", r"adapter fields \['version'\] are written by vidmusician; leave them out"),
 ])
 def test_recipe_adapter_keys_that_fresh_adapters_cannot_take_are_refused_at_load(tmp_path, override, message):
     """A misspelled adapter field, or one the backbone and dataset set, is one line naming the

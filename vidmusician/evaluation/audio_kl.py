@@ -40,9 +40,9 @@ class PasstKL(passt_kl_metric_class()):
             raise ConfigError("the KL divergence needs hear21passt: `pip install hear21passt`") from None
         except OSError as exc:  # hear21passt downloads its weights on first use
             url = _passt_weights_url()
-            copy = f"put a copy of {url} into that folder, " if url else ""
+            copy = f"put a copy of {url} into that folder, or " if url else ""
             raise weights_unavailable("PaSST's AudioSet weights (hear21passt, for the KL divergence, --kl)", exc,
-                                      f"{copy}or leave out --kl") from None
+                                      f"{copy}leave out --kl") from None
 
 
 def _passt_weights_url() -> str | None:

@@ -162,11 +162,18 @@ class Recipe:
             raise ConfigError(f"{where}: {str(exc).removeprefix('recipe: ')}") from None
 
 
-# Adapter fields the trainer takes from the backbone (its shape and codec rate) and from the
-# dataset (the visual encoder and rates its features were made with): a recipe value would
-# disagree with what the adapters are trained on, so only the rest may be overridden.
-FROM_BACKBONE_AND_DATA = ("backbone", "dim", "num_layers", "frame_rate", "encoder", "encoder_activation",
-                          "global_dim", "local_dim", "global_fps", "local_fps", "trained_window", "version")
+# Adapter fields a recipe cannot set, by who sets them, and what to do instead: the trainer takes
+# the backbone's shape and codec rate, the dataset's visual encoder and rates (a recipe value would
+# disagree with what the adapters are trained on), and records the windows training saw.
+NOT_IN_RECIPES = {
+    "come from the backbone (pass --backbone for another)":
+        ("backbone", "dim", "num_layers", "frame_rate"),
+    "come from the dataset (prepare the data again for another encoder or rate)":
+        ("encoder", "encoder_activation", "global_dim", "local_dim", "global_fps", "local_fps"),
+    "are recorded by training from the dataset's windows (prepare --window sets them)": ("trained_window",),
+    "are written by vidmusician": ("version",),
+}
+FROM_BACKBONE_AND_DATA = tuple(key for keys in NOT_IN_RECIPES.values() for key in keys)
 
 
 def check_adapter_overrides(adapter: dict, source: str = "recipe") -> None:
@@ -176,10 +183,10 @@ def check_adapter_overrides(adapter: dict, source: str = "recipe") -> None:
     if unknown:
         settable = sorted(fields - set(FROM_BACKBONE_AND_DATA))
         raise ConfigError(f"{source}: unknown adapter config keys {unknown}; known: {settable}")
-    fixed = sorted(set(adapter) & set(FROM_BACKBONE_AND_DATA))
-    if fixed:
-        raise ConfigError(f"{source}: adapter {fixed} come from the backbone and the dataset, not the recipe; "
-                          f"leave them out (prepare the data again for another encoder or rate, or pass --backbone)")
+    said = [f"adapter fields {fixed} {why}" for why, keys in NOT_IN_RECIPES.items()
+            if (fixed := sorted(set(adapter) & set(keys)))]
+    if said:
+        raise ConfigError(f"{source}: {'; '.join(said)}; leave them out of the recipe")
 
 
 def check_init_adapter(init: str | None, from_recipe: bool) -> None:
