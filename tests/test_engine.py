@@ -319,10 +319,14 @@ def test_the_engine_is_the_default_and_the_reference_stays_available(tiny_base):
     assert lm() is None  # its engines (caches, graphs) go with it
 
 
-def test_an_unsupported_model_falls_back_with_one_line(tiny_base):
+@pytest.mark.parametrize("change, words", [
+    (lambda lm: setattr(lm.transformer, "positional_embedding", "rope"), "rope"),
+    (lambda lm: lm.fuser.fuse2cond.update(cross=[]), "no condition by cross-attention"),
+])
+def test_an_unsupported_model_falls_back_with_one_line(tiny_base, change, words):
     musicgen = copy.deepcopy(tiny_base)
-    musicgen.lm.transformer.positional_embedding = "rope"
-    with pytest.warns(UserWarning, match=r"^the fast decode engine does not support this model .*rope"):
+    change(musicgen.lm)
+    with pytest.warns(UserWarning, match=rf"^the fast decode engine does not support this model .*{words}"):
         assert select_engine(musicgen.lm, GenerationParams(), 1, Guidance.two_branch(3.0, video=False), 50) is None
 
 

@@ -34,6 +34,8 @@ def unsupported_reason(lm) -> str | None:
     fused = [op for op, names in lm.fuser.fuse2cond.items() if op != "cross" and names]
     if fused:
         return f"conditions fused by {', '.join(fused)} (melody models)"
+    if not lm.fuser.fuse2cond.get("cross"):
+        return "no condition by cross-attention (no text)"
     for layer in base_layers(lm):
         sa, ca = layer.self_attn, layer.cross_attention
         if not layer.norm_first:
