@@ -57,8 +57,9 @@ class VisualEncoder:
         name: The spec it was built from (recorded in features files).
         fingerprint: What identifies its features for the feature cache (the spec,
             the activation, size and mtime of a local checkpoint). None (an encoder
-            built in your code): a hash of its weights and preprocessing, taken when
-            the cache first asks; pass a key of your own to skip that hashing.
+            built in your code) or "": a hash of its weights and preprocessing, taken
+            when the cache first asks (weights changed in place after that keep the
+            key: build a new encoder); pass a key of your own to skip that hashing.
         device: Where it runs.
 
     Attributes:
@@ -105,7 +106,7 @@ class VisualEncoder:
     @property
     def fingerprint(self) -> str:
         """What identifies its features for the feature cache (see ``fingerprint`` above)."""
-        if self._fingerprint is None:
+        if not self._fingerprint:
             # A name alone would let two encoders of one name share cached features: their
             # weights and preprocessing tell them apart (hashed once, on first use).
             config = json.dumps(dataclasses.asdict(self.preprocess_cfg), sort_keys=True, default=str)
