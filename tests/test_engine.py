@@ -393,3 +393,19 @@ def test_cuda_graph_is_captured_once_for_every_window_and_the_seed_gives_the_mus
     assert set(engine.graph.timings) == {"warmup_s", "capture_s"}
     assert torch.equal(first, music(1)) and not torch.equal(first, music(2))
     assert engine.graph.captures == 1  # and the next videos of that shape replay it
+
+
+@cuda
+def test_cuda_texts_of_other_lengths_replay_one_graph_and_match_the_reference():
+    """The text's slots past its tokens are masked in the captured step as on the CPU: one capture
+    serves texts of 1 to 32 T5 tokens, and each gives the reference path's greedy music."""
+    lm = tiny_musicgen(t5=True, device="cuda").lm
+    guidance = Guidance.two_branch(3.0, video=False)
+    max_len = len(lm.pattern_provider.get_pattern(30).layout)
+    engine = DecodeEngine(lm, 2, guidance.branches, max_len, torch.device("cuda"))
+    for texts in [("piano", "drums"), ("a quiet lullaby for strings and a far choir", "drums"), ("drums", None)]:
+        conditions = guidance_conditions(lm, attributes(texts), guidance)
+        prompt = torch.zeros(2, lm.num_codebooks, 0, dtype=torch.long, device="cuda")
+        ref = sample_window(lm, prompt, conditions, guidance, 30, GREEDY)
+        assert torch.equal(ref, engine.sample_window(prompt, conditions, guidance, 30, GREEDY)), texts
+    assert engine.graph.captures == 1
