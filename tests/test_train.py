@@ -348,6 +348,22 @@ def test_shipped_recipes_chain_stage1_into_stage2(flash_data, tmp_path):
     assert config["stage"] == 2 and config["encoder"] == "tiny" and config["trained_window"] == SECONDS / 2
 
 
+def test_clips_shorter_than_the_window_record_the_longest_window_trained(flash_data, tmp_path):
+    """prepare --window longer than every clip gives windows of the clips' length: the adapter records
+    those, so generation still warns about the memory positions past them."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(flash_data, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps(dict(meta, window=2 * SECONDS)))
+    out = tmp_path / "run"
+    train_here(["--recipe", recipe(tmp_path, stage=1, trainable=None, max_steps=1), "--data", data,
+                "--backbone", "tiny", "--output", out])
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["trained_window"] == SECONDS  # the clips', not --window's 2 x SECONDS
+
+
 def test_the_trained_window_is_the_longest_that_trained_the_memory_positions():
     from vidmusician.training.model_setup import trained_window
 

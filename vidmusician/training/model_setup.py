@@ -65,8 +65,12 @@ def trained_window(before: float | None, window: float, trains_memory: bool = Tr
     return window if before is None else max(before, window)
 
 
-def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
-    """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups."""
+def build_model(args, recipe: Recipe, meta: DatasetMeta, device, longest: float | None = None):
+    """The backbone with adapters (fresh, or from ``init_adapter``), set to train the recipe's groups.
+
+    ``longest``: seconds of the longest window the run trains on (None: the dataset's ``--window``;
+    clips shorter than it give shorter windows), recorded as the adapter's ``trained_window``.
+    """
     musicgen = load_backbone(args.backbone or meta.backbone, device=device)
     use_training_precision(musicgen)
     spec = backbone_spec(musicgen)
@@ -96,7 +100,8 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device):
     # semantic group, whose memory holds them, leaves them all). Generation warns when a longer
     # window's memory reads positions past them.
     trains_memory = "semantic" in vm.trainable_groups
-    vm.config = vm.config.replace(trained_window=trained_window(c.trained_window, meta.window, trains_memory))
+    window = meta.window if longest is None else longest
+    vm.config = vm.config.replace(trained_window=trained_window(c.trained_window, window, trains_memory))
     vm.train()
     if recipe.gradient_checkpointing:
         vm.enable_gradient_checkpointing()

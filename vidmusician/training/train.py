@@ -144,7 +144,8 @@ def _train(args, progress: dict) -> Path:
     train_set = PreparedDataset(args.data, "train")
     holdout = PreparedDataset(args.data, "holdout")
     check_training_split(len(train_set), len(holdout), recipe.batch_size * accelerator.num_processes, args.data)
-    vm = build_model(args, recipe, meta, accelerator.device)
+    longest = max((float(row["seconds"]) for row in train_set.rows), default=None)  # short clips: shorter windows
+    vm = build_model(args, recipe, meta, accelerator.device, longest)
     params = vm.trainable_parameters()
     optimizer = torch.optim.AdamW(optimizer_groups(vm, recipe.weight_decay), lr=recipe.lr, betas=tuple(recipe.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
