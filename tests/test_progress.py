@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import sys
+import types
 
+from tqdm.std import tqdm as text_bar
 from tqdm.auto import tqdm
 
 from vidmusician.progress import progress_bar
@@ -53,3 +56,53 @@ def test_a_disabled_bar_writes_nothing():
     file = io.StringIO()
     bar = progress_bar(range(3), enabled=False, file=file)
     assert list(bar) == [0, 1, 2] and file.getvalue() == ""
+
+
+class WidgetBar(text_bar):
+    """Draws its own way, as tqdm.notebook's bar (what tqdm.auto is in Jupyter or Colab) does."""
+
+    def __init__(self, *args, **kwargs):
+        self.drawn = []
+        super().__init__(*args, **kwargs)
+        self.display(check_delay=False)  # as tqdm.notebook's __init__ does
+
+    def display(self, msg=None, pos=None, close=False, bar_style=None, check_delay=True):
+        self.drawn.append(self.n)  # a widget's state, drawn in the page
+        return True
+
+
+def test_a_bar_that_draws_its_own_way_is_used_as_is(monkeypatch):
+    # A notebook's stderr says isatty() False: still the notebook's widget, not the log's bar.
+    monkeypatch.setattr("tqdm.auto.tqdm", WidgetBar)
+    file = io.StringIO()
+    bar = progress_bar(total=3, desc="work", file=file, mininterval=0)
+    bar.update(3)
+    bar.close()
+    assert type(bar) is WidgetBar and bar.drawn[-1] == 3, (type(bar).__mro__, bar.drawn)
+    items = progress_bar(range(4), file=file, mininterval=0)
+    assert list(items) == [0, 1, 2, 3] and type(items) is WidgetBar
+
+
+def test_the_log_bar_takes_tqdms_keyword_arguments():
+    file = io.StringIO()
+    bar = progress_bar(total=3, desc="work", file=file, mininterval=0)
+    assert bar.display(check_delay=False) is False
+    bar.clear(nolock=True)
+    bar.refresh(nolock=True)
+    bar.update(3)
+    bar.close()
+    assert file.getvalue().startswith("work: 100%") and file.getvalue().count("\n") == 1, repr(file.getvalue())
+
+
+def test_a_notebook_cell_without_widgets_gets_the_bar_redrawn(monkeypatch):
+    # Without ipywidgets tqdm.auto is the text bar; a Jupyter cell overwrites the line on "\r".
+    class OutStream(io.StringIO):
+        def isatty(self):
+            return False  # as ipykernel's streams say
+
+    iostream = types.ModuleType("ipykernel.iostream")
+    iostream.OutStream = OutStream
+    monkeypatch.setitem(sys.modules, "ipykernel.iostream", iostream)
+    out = run_bar(OutStream())
+    assert out.count("\r") > 2 and "50/50" in out, repr(out)
+    assert run_bar(io.StringIO()).count("\r") == 0  # other files keep the log's bar

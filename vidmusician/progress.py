@@ -3,6 +3,9 @@
 A terminal overwrites a bar in place; a file or a pipe (``2> log.txt``, ``nohup``, a CI log)
 keeps every redraw as text, so a log showed a bar's states one after another. There a bar
 writes nothing while it runs and its final state once, as one line, when it closes.
+
+Only tqdm's text bar is concerned: a bar that draws its own way (the widget of
+``tqdm.notebook``, which ``tqdm.auto`` picks in Jupyter or Colab) is used as it is.
 """
 
 from __future__ import annotations
@@ -29,21 +32,40 @@ def progress_bar(iterable=None, *, total: int | None = None, desc: str | None = 
 
     Returns:
         The bar: a ``tqdm.auto.tqdm`` (so the demo's ``gr.Progress(track_tqdm=True)`` sees it).
+        In a notebook with ipywidgets that is tqdm's widget bar, whatever ``file`` is.
     """
     from tqdm.auto import tqdm
 
     file = sys.stderr if file is None else file
-    isatty = getattr(file, "isatty", None)
-    kind = tqdm if callable(isatty) and isatty() else _log_bar_class(tqdm)
+    kind = _log_bar_class(tqdm) if _draws_text(tqdm) and not _redraws(file) else tqdm
     return kind(iterable, total=total, desc=desc, unit=unit, disable=not enabled, delay=delay, file=file,
                 **kwargs)
+
+
+def _draws_text(tqdm) -> bool:
+    """Whether ``tqdm`` draws tqdm's text bar on its file (a notebook's widget bar does not)."""
+    from tqdm.std import tqdm as text_bar
+
+    # tqdm.auto is tqdm.asyncio's class outside a notebook: a subclass that keeps the text display.
+    return issubclass(tqdm, text_bar) and tqdm.display is text_bar.display
+
+
+def _redraws(file) -> bool:
+    """Whether ``file`` shows a carriage return as a redraw: a terminal, or a notebook cell's output."""
+    isatty = getattr(file, "isatty", None)
+    if callable(isatty) and isatty():
+        return True
+    # ipykernel's streams say isatty() False, yet Jupyter overwrites the line on "\r"; tqdm.auto
+    # gives the text bar there when ipywidgets is missing. Looked up, not imported: a kernel has it.
+    kernel_streams = sys.modules.get("ipykernel.iostream")
+    return kernel_streams is not None and isinstance(file, kernel_streams.OutStream)
 
 
 _LOG_BARS: dict = {}
 
 
 def _log_bar_class(tqdm):
-    """The bar for a file or a pipe, made on first use from the tqdm class in use (the demo's is patched)."""
+    """The bar for a file or a pipe, made on first use from the text tqdm class (the demo's is patched)."""
     if tqdm not in _LOG_BARS:
 
         class LogBar(tqdm):
@@ -55,10 +77,10 @@ def _log_bar_class(tqdm):
                 self._show_after = delay
                 super().__init__(*args, delay=0.0, **kwargs)
 
-            def display(self, msg=None, pos=None):
+            def display(self, msg=None, pos=None, **kwargs):
                 return False  # a redraw would stay in the log as one more line
 
-            def clear(self, nolock=False):
+            def clear(self, nolock=False, **kwargs):
                 pass  # tqdm.write clears the bars around its line: nothing is drawn to clear
 
             def close(self):
