@@ -60,7 +60,7 @@ class BackboneLimits:
 # (small, medium, large and their stereo versions) codes 32 kHz audio with EnCodec's 2048
 # tokens per codebook at 50 Hz and was trained on 30 s segments; the random ones copy that
 # shape; the tiny ones have audiocraft's debug codec (400 tokens per codebook) at 50 Hz.
-# (tests/test_bad_input.py checks these against the loaded models.)
+# (tests/test_bad_input.py checks the tiny ones against the loaded models.)
 _MUSICGEN = BackboneLimits(card=2048, window=30.0, frame_rate=50.0)
 _TINY = BackboneLimits(card=400, window=30.0, frame_rate=50.0)
 _BUILT = {"tiny": _TINY, "tiny-t5": _TINY, "tiny-learned": _TINY,
