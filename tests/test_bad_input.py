@@ -37,6 +37,23 @@ def clip(tmp_path_factory) -> Path:
     return flash_video(path, [0.5, 1.2], 2.0, size=32, audio=music)
 
 
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory) -> Path:
+    """An adapter folder whose config names the backbone 'tiny'."""
+    from conftest import save_tiny_adapter
+
+    return save_tiny_adapter(tmp_path_factory.mktemp("adapter"))
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> Path:
+    """The tiny backbone as a folder: its shape is known only once it loads."""
+    from vidmusician.random_backbones import TINY_CODEC, codec_config, export_musicgen, lm_config, tiny_musicgen
+
+    return export_musicgen(tiny_musicgen(), lm_config(32, 4, 4, card=400), codec_config(**TINY_CODEC),
+                           tmp_path_factory.mktemp("backbone") / "tiny")
+
+
 @pytest.fixture
 def mount(tmp_path):
     """A factory of small tmpfs folders: ``mount(kb, readonly=False)``; unmounted after the test."""
@@ -128,6 +145,72 @@ def test_generate_refuses_numbers_no_one_meant(args, needle, clip, tmp_path, cap
     out = tmp_path / "out.wav"
     refused(run(capsys, "generate", clip, *TINY, "-o", out, *args), needle)
     assert not out.exists()
+
+
+# A backbone's bounds (tokens per codebook, window): checked before it loads where its name or the
+# adapter's config tells them ('tiny': 400 tokens, a 30 s window of 50 Hz frames; the default
+# facebook/musicgen-small: 2048), else once loaded; either way named as the option is spelled.
+LOADS = "a model would load here"
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([*TINY, "--top-k", "401"], "--top-k 401: more than the backbone's 400 tokens per codebook; use --top-k 400 or"),
+    ([*TINY, "--extend-stride", "30"], "--extend-stride 30: must be shorter than the backbone's 30 s window"),
+    ([*TINY, "--extend-stride", "0.01"], "--extend-stride 0.01: shorter than one codec frame (1/50 s)"),
+    (["--encoder", "tiny", "--top-k", "2049"], "--top-k 2049: more than the backbone's 2048 tokens"),
+    (["--adapter", "ADAPTER", "--top-k", "401"], "--top-k 401: more than the backbone's 400 tokens"),
+    ([*TINY, "--top-k", "400", "--extend-stride", "29.9"], LOADS),  # within: on to the models
+], ids=["top-k", "long stride", "short stride", "default backbone", "adapter's backbone", "within"])
+@pytest.mark.parametrize("many", [False, True], ids=["one", "many"])
+def test_generate_refuses_a_backbone_bound_before_it_loads(args, needle, many, clip, tiny_adapter, tmp_path,
+                                                           capsys, monkeypatch):
+    import vidmusician.pipeline as pipeline
+    from vidmusician.errors import ConfigError
+
+    def load_models(*a, **k):
+        raise ConfigError(LOADS)
+
+    monkeypatch.setattr(pipeline, "load_models", load_models)
+    args = [tiny_adapter if a == "ADAPTER" else a for a in args]
+    out = f"{tmp_path / 'scored'}/" if many else tmp_path / "out.wav"  # a folder: the batch path
+    err = refused(run(capsys, "generate", clip, "-o", out, "-q", *args), needle)
+    assert needle == LOADS or LOADS not in err
+
+
+@pytest.mark.parametrize("args, many", [(["--top-k", "401"], False), (["--encoder", "tiny", "--top-k", "401"], True),
+                                        (["--encoder", "tiny", "--extend-stride", "30"], True)],
+                         ids=["top-k, one", "top-k, many", "stride, many"])
+def test_generate_names_the_option_a_loaded_backbone_bounds(args, many, clip, tiny_export, tmp_path, capsys,
+                                                            monkeypatch):
+    """A folder's backbone is known once loaded: the library's error, in the option's name, before
+    any video's features are extracted."""
+    import vidmusician.generation.windows as windows
+
+    monkeypatch.setattr(windows, "features_of", lambda *a: pytest.fail("features were extracted"))
+    out = f"{tmp_path / 'scored'}/" if many else tmp_path / "out.wav"
+    refused(run(capsys, "generate", clip, "--backbone", tiny_export, "-o", out, "-q", *args),
+            f"{' '.join(args[-2:])}: ")
+
+
+def test_the_library_names_its_keywords():
+    from types import SimpleNamespace
+
+    from vidmusician.errors import ConfigError
+    from vidmusician.generation.guidance import GenerationParams
+
+    with pytest.raises(ConfigError, match=r"^top_k=401: more than the backbone's 400 tokens per codebook; use top_k=400 "):
+        GenerationParams(top_k=401).check(SimpleNamespace(card=400))
+    with pytest.raises(ConfigError, match=r"^extend_stride=30: must be shorter than the backbone's 30 s window"):
+        GenerationParams(extend_stride=30.0).window_frames(SimpleNamespace(frame_rate=50, max_duration=30))
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-t5", "tiny-learned"])
+def test_the_bounds_known_by_name_are_the_loaded_ones(name):
+    from vidmusician.backbones import load_backbone
+    from vidmusician.generation.limits import BackboneLimits, known_limits
+
+    musicgen = load_backbone(name, device="cpu")
+    assert known_limits(name) == BackboneLimits(musicgen.lm.card, musicgen.max_duration, musicgen.frame_rate)
 
 
 def test_generate_never_writes_over_its_input(clip, tmp_path, capsys):

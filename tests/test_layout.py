@@ -135,8 +135,9 @@ LAYERS = (
     # Configs and a backbone's shape: no model, no audiocraft.
     ("config", ("config", "backbone_spec")),
     # Building blocks: the adapter layers, video and audio I/O and features, the loss,
-    # guidance math, rhythm analysis, adapter folders on disk.
+    # guidance math and the sampling parameters' bounds, rhythm analysis, adapter folders on disk.
     ("parts", ("adapter.*", "video.*", "audio_io", "muxing", "losses", "training.losses", "generation.guidance",
+               "generation.limits",
                "evaluation.beats", "evaluation.onsets", "evaluation.visual_beats", "adapter_files")),
     # Backbones (real and for tests) and configs sized to them.
     ("backbones", ("sizing", "backbones", "random_backbones", "learned_base", "testing.random_backbones",

@@ -31,11 +31,10 @@ import torch
 
 from ..checks import guidance as check_guidance
 from ..errors import ConfigError
+from .limits import STRIDE_FRACTION, check_extend_stride, check_top_k
 
 __all__ = ["DEFAULT_PLAUSIBILITY", "GenerationParams", "Guidance", "guidance_conditions", "guided_logits", "sample_window"]
 
-# audiocraft extends by 18 s of a 30 s window; keep that ratio for other window lengths.
-STRIDE_FRACTION = 0.6
 # Guidance ranks only the tokens the conditional branch gives at least this fraction of its top
 # token's probability (Guidance.plausibility; measured in docs/alignment.md).
 DEFAULT_PLAUSIBILITY = 0.01
@@ -223,21 +222,15 @@ class GenerationParams:
         return Guidance.plan(float(t), float(v), has_video, has_text, float(self.plausibility))
 
     def check(self, lm) -> None:
-        """Checks the parameters against the backbone (ConfigError)."""
-        if self.top_k > lm.card:
-            raise ConfigError(f"top_k {self.top_k} exceeds the backbone's {lm.card} tokens per codebook")
+        """Checks the parameters against the backbone (:class:`~vidmusician.generation.limits.LimitError`)."""
+        check_top_k(self.top_k, int(lm.card))
 
     def window_frames(self, musicgen) -> tuple[int, int]:
         """(window length, stride) in codec frames for this backbone."""
         fr, max_duration = musicgen.frame_rate, musicgen.max_duration
         stride = STRIDE_FRACTION * max_duration if self.extend_stride is None else self.extend_stride
-        if not stride < max_duration:
-            raise ConfigError(f"extend_stride {stride} s must be shorter than the backbone's "
-                              f"{max_duration} s window")
-        stride_frames = int(fr * stride)
-        if stride_frames < 1:
-            raise ConfigError(f"extend_stride {stride} s is shorter than one codec frame (1/{fr} s)")
-        return int(max_duration * fr), stride_frames
+        check_extend_stride(stride, max_duration, fr)
+        return int(max_duration * fr), int(fr * stride)
 
 
 def guidance_conditions(lm, attributes, guidance: Guidance) -> dict:

@@ -6,6 +6,7 @@ per video, batched and resumable (:func:`vidmusician.batch.generate_many`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from ...batch import DEFAULT_BATCH_SIZE, generate_many, music_tags, output_path, output_suffix
 from ...checks import MAX_GUIDANCE, arg_number
-from ...errors import ConfigError, printable, short_path
+from ...errors import ConfigError, VidMusicianError, printable, short_path
+from ...generation.limits import LimitError, known_limits
 from . import one_line_warnings
 
 HELP = "generate music for a video (WAV/FLAC, or the video with the music as its soundtrack)"
@@ -53,11 +55,13 @@ def add_arguments(parser) -> None:
                              "every token, MusicGen's guidance, which amplifies what adapters learned from lossy "
                              "soundtracks")
     parser.add_argument("--top-k", type=arg_number(integer=True, low=0), default=250, metavar="K",
-                        help="sample among the K most likely tokens (default 250; 0: no top-k cut)")
+                        help="sample among the K most likely tokens, at most the backbone's tokens per codebook "
+                             "(2048 for MusicGen, 400 for tiny; default 250; 0: no top-k cut)")
     parser.add_argument("--temperature", type=arg_number(low=0.0, low_open=True), default=1.0, metavar="T",
                         help="sampling temperature, > 0 (default 1.0)")
     parser.add_argument("--extend-stride", type=arg_number(low=0.0, low_open=True), metavar="S",
-                        help="seconds between windows past the backbone's 30 s window (default 18)")
+                        help="seconds between windows past the backbone's window (30 s for MusicGen), shorter "
+                             "than that window (default 18)")
     parser.add_argument("--device", metavar="DEV", help="cuda or cpu (default: cuda when available)")
     # -- decoding engine --
     parser.add_argument("--engine", choices=("fast", "reference"), default="fast",
@@ -87,6 +91,7 @@ def run(args) -> int:
 
     # Every check that needs no model comes first: a bad argument costs nothing.
     check_duration(args.duration)
+    check_backbone_limits(args)
     video = args.videos[0]
     if args.output and args.format:
         raise ConfigError(f"--format names the outputs made for you; with -o {args.output} give one or the other")
@@ -98,7 +103,7 @@ def run(args) -> int:
     # A fix names what the user typed: --format mkv, or a .mkv name for -o.
     format_option = "--format" if args.format else None
     check_muxable(video, output, keep_soundtrack=args.keep_soundtrack, format_option=format_option)
-    with one_line_warnings("generate"):
+    with one_line_warnings("generate"), option_names():
         wav, sample_rate = generate(video, **generation_options(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the adapter's config again: generate showed its warnings
@@ -133,6 +138,54 @@ def generation_options(args) -> dict:
     return options
 
 
+# The options of the library's parameters whose bounds depend on the backbone.
+OPTIONS = {"top_k": "--top-k", "extend_stride": "--extend-stride"}
+
+
+def check_backbone_limits(args) -> None:
+    """Refuses --top-k and --extend-stride beyond the backbone's bounds, when its name tells them.
+
+    A backbone known by name (a released MusicGen, tiny, random-*: see
+    :func:`~vidmusician.generation.limits.known_limits`), given with --backbone or named in a
+    local adapter's config, is checked here, before it loads; any other is checked once loaded
+    (:func:`option_names` words that error the same way).
+    """
+    limits = known_limits(backbone_name(args))
+    if limits is not None:
+        limits.check(args.top_k, args.extend_stride, OPTIONS)
+
+
+def backbone_name(args) -> str:
+    """The backbone generate loads, as far as it is known without loading: --backbone, else the
+    adapter's (read from a local adapter folder's config; '' for a Hub adapter), else the default."""
+    from ...pipeline import DEFAULT_BACKBONE
+
+    if args.backbone:
+        return args.backbone
+    if not args.adapter:
+        return DEFAULT_BACKBONE
+    from ...config import CONFIG_NAME, AdapterConfig
+    from ...hub import is_hub_id
+
+    if is_hub_id(args.adapter):
+        return ""  # its config is downloaded with the adapter
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the adapter's load shows them, once
+            return AdapterConfig.load(Path(args.adapter) / CONFIG_NAME).backbone
+    except (VidMusicianError, OSError):
+        return ""  # the adapter's load says what is wrong with it, before any model loads
+
+
+@contextlib.contextmanager
+def option_names():
+    """A backbone's bound on --top-k or --extend-stride found once it loaded, in these options' names."""
+    try:
+        yield
+    except LimitError as exc:
+        raise exc.named(OPTIONS) from None
+
+
 def many_videos(args) -> bool:
     """Several videos, a folder of them, or -o naming a folder (not OUT.wav): one output each, in a folder."""
     from ...audio_io import AUDIO_FORMATS, VIDEO_FORMATS
@@ -155,10 +208,12 @@ def run_many(args) -> int:
     if args.output and folder.suffix.lower() and not folder.is_dir() and not names_folder(args.output):
         raise ConfigError(f"{args.output}: several videos write several files; -o takes a folder for them")
 
+    check_backbone_limits(args)
+
     def log(line):
         tqdm.write(f"vidmusician generate: {printable(line)}", file=sys.stderr)
 
-    with one_line_warnings("generate"):
+    with one_line_warnings("generate"), option_names():
         report = generate_many(args.videos, folder, batch_size=args.batch_size, output_format=args.format or "wav",
                                keep_soundtrack=args.keep_soundtrack, log=log, format_option="--format",
                                **generation_options(args))
