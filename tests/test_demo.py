@@ -52,6 +52,15 @@ def _jobs(scorer) -> list[Path]:
 # Scoring (no browser)
 
 
+def test_the_top_k_slider_ends_at_the_backbones_tokens_per_codebook(scorer):
+    """A visitor cannot pick a top-k the model refuses (tiny's codebooks hold 400 tokens)."""
+    from vidmusician.demo.app import build_app
+
+    app = build_app(scorer)
+    (slider,) = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "top-k"]
+    assert (slider.maximum, slider.value) == (scorer.musicgen.lm.card, 250) == (400, 250)
+
+
 def test_score_gives_video_wav_and_plot_of_the_video_length(scorer, clip):
     from vidmusician.demo import ScoreRequest
 

@@ -112,7 +112,9 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
                     seed = gr.Textbox(label="Seed", placeholder="random", max_lines=1,
                                       info="empty: random (the result shows the seed used)", elem_id="seed")
                 with gr.Accordion("Sampling and guidance", open=False):
-                    top_k = gr.Slider(0, 1000, value=250, step=1, label="Top-k", elem_id="top-k")
+                    card = scorer.musicgen.lm.card  # top-k is at most the tokens per codebook
+                    top_k = gr.Slider(0, min(1000, card), value=min(250, card), step=1, label="Top-k",
+                                      elem_id="top-k")
                     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature",
                                             elem_id="temperature")
                     text_cfg = gr.Slider(0, MAX_GUIDANCE, value=3.0, step=0.25, label="Text guidance",
