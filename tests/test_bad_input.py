@@ -177,9 +177,12 @@ def test_generate_refuses_a_backbone_bound_before_it_loads(args, needle, many, c
     assert needle == LOADS or LOADS not in err
 
 
-@pytest.mark.parametrize("args, many", [(["--top-k", "401"], False), (["--encoder", "tiny", "--top-k", "401"], True),
+@pytest.mark.parametrize("args, many", [(["--top-k", "401"], False), (["--encoder", "tiny", "--top-k", "401"], False),
+                                        (["--encoder", "tiny", "--extend-stride", "30"], False),
+                                        (["--encoder", "tiny", "--top-k", "401"], True),
                                         (["--encoder", "tiny", "--extend-stride", "30"], True)],
-                         ids=["top-k, one", "top-k, many", "stride, many"])
+                         ids=["top-k, one", "top-k, one, encoder", "stride, one, encoder", "top-k, many",
+                              "stride, many"])
 def test_generate_names_the_option_a_loaded_backbone_bounds(args, many, clip, tiny_export, tmp_path, capsys,
                                                             monkeypatch):
     """A folder's backbone is known once loaded: the library's error, in the option's name, before

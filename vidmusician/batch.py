@@ -182,7 +182,6 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
         return report
 
     vm, musicgen, params = load_for_generation(adapter, backbone, encoder, device, params)
-    params.check(musicgen.lm)  # the backbone's bounds, before any video's features (window_frames: below)
     tags = music_tags(adapter, encoder)
     frame_rate, sample_rate = musicgen.frame_rate, int(musicgen.sample_rate)
     # A row's last frames are sampled beside its next ones (the codebook delays): past its end every

@@ -127,8 +127,13 @@ def load_for_generation(adapter, backbone, encoder, device, params: GenerationPa
 
     Returns:
         ``(VidMusician or None, MusicGen, GenerationParams)``.
+
+    Raises:
+        LimitError: ``top_k`` or ``extend_stride`` beyond the backbone's bounds (before any video's features).
     """
     vm, musicgen = load_models(adapter, backbone, encoder, device)
+    params.check(musicgen.lm)
+    params.window_frames(musicgen)
     if adapter is None:
         warnings.warn("no adapter: the video does not condition the music, it only sets its length "
                       "(pass an adapter folder for music that follows the video)", stacklevel=3)
