@@ -1,13 +1,14 @@
 """Pushing adapters to the Hub: the commit is recorded (HfApi's calls replaced), never sent.
 
 A real two-stage training run on the tiny backbone gives the adapter folder and its
-run record; a real ``vidmusician eval --out`` gives the report; the card is read back
+run record; a real ``vidmusician eval --output`` gives the report; the card is read back
 with huggingface_hub's own ModelCard parser.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -36,7 +37,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("push")
     data = root / "data"
     data.mkdir()
-    DatasetMeta("tiny", 32000, 1, 50.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, SECONDS, SECONDS).save(data)
+    # Prepared with --window 2 x SECONDS: the clips (SECONDS long) give windows of their own length.
+    DatasetMeta("tiny", 32000, 1, 50.0, 4, 400, "tiny", 32, 16, 1.0, 25.0, 2 * SECONDS, SECONDS).save(data)
     encoder, g = load_encoder("tiny", device="cpu"), torch.Generator().manual_seed(0)
     writer = ShardWriter(data)
     for i in range(5):
@@ -50,14 +52,19 @@ def trained(tmp_path_factory):
     stage1, stage2 = root / "stage1", root / "stage2"
     assert main(["--recipe", str(REPO_ROOT / "recipes" / "stage1_semantic.json"), "--data", str(data),
                  "--output", str(stage1), "--backbone", "tiny", "--set", "max_steps=3", *small, *dims]) == 0
-    assert main(["--recipe", str(REPO_ROOT / "recipes" / "stage2_rhythm.json"), "--data", str(data),
-                 "--output", str(stage2), "--init", str(stage1 / "adapter"), "--set", "max_steps=2", *small]) == 0
+    here = os.getcwd()
+    os.chdir(root)  # --init as typed in the runs' folder: the card follows it from wherever push runs
+    try:
+        assert main(["--recipe", str(REPO_ROOT / "recipes" / "stage2_rhythm.json"), "--data", str(data),
+                     "--output", str(stage2), "--init", "stage1/adapter", "--set", "max_steps=2", *small]) == 0
+    finally:
+        os.chdir(here)
     return stage1, stage2
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """A real eval report (`vidmusician eval --out`) of one clip."""
+    """A real eval report (`vidmusician eval --output`) of one clip."""
     from media import write_audio
 
     root = tmp_path_factory.mktemp("report")
@@ -148,7 +155,7 @@ def test_the_card_says_what_made_the_adapter(trained, report, commits):
     assert "(`stage1_semantic.json`)" in text[one:two] and str(REPO_ROOT) not in text  # no local paths
     assert "stage1_semantic.json" in text[one:two] and "3 steps" in text[one:two]
     assert "stage2_rhythm.json" in text[two:] and "2 steps" in text[two:]
-    assert "4 training windows of 4.0 s (+ 1 held out)" in text
+    assert "4 training windows of 4.0 s (+ 1 held out)" in text and "8.0 s" not in text  # the clips', not --window's
     mean = json.loads(report.read_text())["mean"]["beat_alignment"]
     assert f"| beat_alignment (σ = 0.12 s) | {mean:.4f} |" in text and "on 1 clip (" in text
     assert "vidmusician generate clip.mp4 --adapter org/name" in text

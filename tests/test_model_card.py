@@ -1,4 +1,4 @@
-"""The model card's evaluation section, from a real `vidmusician eval --out` report."""
+"""The model card's evaluation section, from a real `vidmusician eval --output` report."""
 
 from __future__ import annotations
 

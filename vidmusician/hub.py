@@ -159,7 +159,7 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
         repo_id: ``org/name`` (created if missing).
         private: create the repository private (an existing one keeps its visibility).
         revision: branch to commit to (created from main if missing); default: main.
-        report: an eval report (the JSON of ``vidmusician eval --out``) for the card's metrics.
+        report: an eval report (the JSON of ``vidmusician eval --output``) for the card's metrics.
         commit_message: default: "Upload vidmusician adapter".
         token: a Hugging Face token; default: the logged-in one (``HF_TOKEN``).
         license: the card's license id; MusicGen's weights, which the adapter runs on,

@@ -4,7 +4,7 @@ Everything on the card is read from what the project wrote: ``adapter_config.jso
 the training run's record around the adapter folder (``RUN/adapter`` beside
 ``RUN/recipe.json``, ``RUN/log.jsonl`` and ``RUN/run.json``; stage 2's
 ``init_adapter`` leads to stage 1's run) and, when given, an eval report (the JSON
-of ``vidmusician eval --out``).
+of ``vidmusician eval --output``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=N
         folder: the adapter folder.
         config: its config.
         repo_id: the Hub id it is pushed to (for the usage snippet).
-        report: an eval report file (``vidmusician eval --out``), or None.
+        report: an eval report file (``vidmusician eval --output``), or None.
         run: the training run folder; default: the one above ``folder``, if any.
         license: the license id in the metadata.
         backbone_parameters: the frozen backbone's parameter count, when known.
@@ -153,10 +153,10 @@ def _eval_section(report) -> str:
     if report is None:
         return ""
     if not Path(report).is_file():
-        raise ConfigError(f"{report}: no such file; pass the JSON written by `vidmusician eval --out`")
+        raise ConfigError(f"{report}: no such file; pass the JSON written by `vidmusician eval --output`")
     data = _json(Path(report))
     if not isinstance(data, dict) or not isinstance(data.get("mean"), dict):
-        raise ConfigError(f"{report}: not an eval report (the JSON of `vidmusician eval --out`)")
+        raise ConfigError(f"{report}: not an eval report (the JSON of `vidmusician eval --output`)")
     means = {k: v for k, v in data["mean"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
     settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
     rows = [(_metric_label(k, settings), v) for k, v in means.items()]

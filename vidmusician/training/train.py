@@ -240,9 +240,13 @@ def _train(args, progress: dict) -> Path:
     if accelerator.is_main_process:
         vm.save_pretrained(release)
         # What the recipe does not say, for the adapter's model card (vidmusician.model_card).
-        record = dict(recipe=printable(args.recipe), init_adapter=args.init or recipe.init_adapter,
+        # An init folder as an absolute path (the card follows it to stage 1's run from wherever
+        # `push` runs); the window the longest trained on, as the adapter's trained_window.
+        init = args.init or recipe.init_adapter
+        init = str(Path(init).resolve()) if init is not None and Path(init).is_dir() else init
+        record = dict(recipe=printable(args.recipe), init_adapter=init,
                       data=printable(args.data), train_windows=len(train_set),
-                      holdout_windows=len(holdout), window=meta.window, steps=state.step,
+                      holdout_windows=len(holdout), window=longest or meta.window, steps=state.step,
                       global_batch=sampler.global_batch * recipe.grad_accum, processes=accelerator.num_processes)
         atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True)
                                                                          + "\n"))

@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--revision", "--branch", dest="revision", metavar="BRANCH",
                         help="commit to this branch (created if missing; default: main)")
     parser.add_argument("--report", metavar="EVAL.json",
-                        help="an eval report (`vidmusician eval --out`) whose metrics go into the card")
+                        help="an eval report (`vidmusician eval --output`) whose metrics go into the card")
     parser.add_argument("--run", metavar="RUN_DIR",
                         help="the training run folder whose recipe and steps go into the card "
                              "(default: the folder above DIR when it is one)")
