@@ -7,6 +7,7 @@ with huggingface_hub's own ModelCard parser.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -222,6 +223,25 @@ def test_a_run_record_that_is_not_an_object_is_one_line_and_the_card_names_no_lo
     assert cli.main(["push", str(run / "adapter"), "org/name"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "recipe.json: not a JSON object" in err, err
+
+
+@pytest.mark.parametrize("backbone", ["/home/someone/ckpts/musicgen-ft", "./musicgen-ft"])
+def test_a_local_backbone_is_named_by_its_folder_and_the_usage_passes_a_copy(trained, backbone):
+    """An adapter trained on a local export: the card names no local folder, and its usage gives the
+    backbone (a copy of it), since the config's path means nothing to anyone else."""
+    from vidmusician.model_card import adapter_card
+
+    folder = trained[0] / "adapter"
+    config = dataclasses.replace(AdapterConfig.load(folder), backbone=backbone)
+    text = adapter_card(folder, config, "org/name").text
+    assert "`musicgen-ft` (a local checkpoint in audiocraft's format, frozen" in text
+    assert "MusicGen `musicgen-ft` into a video-to-music model" in text
+    assert "/home/someone" not in text and "./musicgen-ft" not in text
+    assert "--adapter org/name --backbone path/to/musicgen-ft -o clip_scored.mp4" in text
+    assert 'VidMusician.from_pretrained("org/name", backbone="path/to/musicgen-ft")' in text
+    assert "# the backbone loads from its config" not in text
+    hub = adapter_card(folder, dataclasses.replace(config, backbone="facebook/musicgen-small"), "org/name").text
+    assert "`facebook/musicgen-small` (frozen" in hub and "--backbone" not in hub
 
 
 def test_push_while_offline_is_one_line(trained, monkeypatch):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from .adapter.parameter_counts import count_adapter_parameters
 from .config import STAGE_GROUPS, AdapterConfig, describe_memory, describe_rhythm_input
 from .errors import ConfigError
+from .hub_reach import is_repo_id
 
 __all__ = ["adapter_card", "training_record", "MUSICGEN_LICENSE"]
 
@@ -23,6 +25,18 @@ TAGS = ["vidmusician", "video-to-music", "music-generation", "musicgen", "audioc
 MUSICGEN_LICENSE = "cc-by-nc-4.0"  # MusicGen's weights (audiocraft's code is MIT)
 # Recipe fields worth a reader's time, in the order shown.
 RECIPE_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "weight_decay", "seed")
+
+
+# Backbones built by name (load_backbone), which every vidmusician install has.
+BUILT_BACKBONES = ("tiny", "tiny-t5", "tiny-learned", "random-small", "random-medium", "random-large")
+
+
+def shown_backbone(name: str) -> tuple[str, bool]:
+    """The backbone as a public card names it, and whether it is a local folder (named by its
+    last part only: a card names no local folder, and no one else can load it by that path)."""
+    if name in BUILT_BACKBONES or (is_repo_id(name) and not os.path.exists(name)):
+        return name, False
+    return Path(name).name or name, True
 
 
 def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=None,
@@ -50,7 +64,8 @@ def adapter_card(folder, config: AdapterConfig, repo_id: str, report=None, run=N
     data = ModelCardData(library_name="vidmusician", base_model=base_model, license=license, tags=list(TAGS))
     stages = training_record(Path(folder), run)
     sections = [_model_section(config, repo_id, backbone_parameters), _training_section(stages, config),
-                _eval_section(report), _usage_section(repo_id if revision is None else f"{repo_id}@{revision}"), _license_section(license)]
+                _eval_section(report), _usage_section(repo_id if revision is None else f"{repo_id}@{revision}",
+                                                      config.backbone), _license_section(license)]
     body = "\n\n".join(s for s in sections if s)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
@@ -68,8 +83,10 @@ def _model_section(c: AdapterConfig, repo_id: str, backbone_parameters: int | No
         semantic = "linear: LayerNorm + Linear + learned positions"
     rank = "full width" if c.rhythm_rank is None else f"rank {c.rhythm_rank}"
     frozen = f"; the backbone's {backbone_parameters:,} stay frozen" if backbone_parameters else ""
+    backbone, local = shown_backbone(c.backbone)
+    where = "a local checkpoint in audiocraft's format, " if local else ""
     rows = [
-        ("backbone", f"`{c.backbone}` (frozen, not in this repository): width {c.dim}, {c.num_layers} layers, "
+        ("backbone", f"`{backbone}` ({where}frozen, not in this repository): width {c.dim}, {c.num_layers} layers, "
                      f"{c.frame_rate:g} Hz codec"),
         ("visual encoder", f"`{c.encoder}` ({ACTIVATION_NAMES.get(activation, activation or 'activation unknown')}): "
                            f"global {c.global_dim}-d at {c.global_fps:g} fps, local {c.local_dim}-d at "
@@ -87,7 +104,7 @@ def _model_section(c: AdapterConfig, repo_id: str, backbone_parameters: int | No
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (f"# {repo_id}\n\n"
             f"A vidmusician adapter: it turns the frozen MusicGen "
-            f"`{c.backbone}` into a video-to-music model. Global visual features reach the backbone through "
+            f"`{backbone}` into a video-to-music model. Global visual features reach the backbone through "
             f"cross-attention (what the video is about), the frame-to-frame change signal through in-attention "
             f"(its rhythm); a text prompt still steers the style. This repository holds the adapter only "
             f"(`adapter_config.json`, `adapter_model.safetensors`).\n\n"
@@ -191,18 +208,29 @@ def _visual_beats(encoder: dict, settings: dict) -> str:
     return f", visual beats from `{encoder['spec']}`" + (f" ({activation})" if activation else "")
 
 
-def _usage_section(repo_id: str) -> str:
+def _usage_section(repo_id: str, backbone: str) -> str:
+    name, local = shown_backbone(backbone)
+    if local:  # only its owner has it: the usage passes a copy of it
+        path = f"path/to/{name}"
+        cli, kwarg = f" --backbone {path}", f', backbone="{path}"'
+        note = (f"The backbone, `{name}`, is a local checkpoint that is not on the Hub: pass your copy of it "
+                f"as shown (a folder with audiocraft's `state_dict.bin` and `compression_state_dict.bin`).\n\n")
+        loads = f"  # with your copy of {name}"
+    else:
+        cli = kwarg = note = ""
+        loads = "  # the backbone loads from its config"
     return (
         "## Usage\n\n"
+        f"{note}"
         "With vidmusician installed:\n\n"
         "```bash\n"
-        f"vidmusician generate clip.mp4 --adapter {repo_id} -o clip_scored.mp4\n"
-        f"vidmusician generate clip.mp4 --adapter {repo_id} --text 'lo-fi, piano' -o clip.wav\n"
+        f"vidmusician generate clip.mp4 --adapter {repo_id}{cli} -o clip_scored.mp4\n"
+        f"vidmusician generate clip.mp4 --adapter {repo_id}{cli} --text 'lo-fi, piano' -o clip.wav\n"
         "```\n\n"
         "```python\n"
         "from vidmusician import VidMusician, generate\n\n"
-        f'wav, sample_rate = generate("clip.mp4", adapter="{repo_id}")\n\n'
-        f'vm = VidMusician.from_pretrained("{repo_id}")  # the backbone loads from its config\n'
+        f'wav, sample_rate = generate("clip.mp4", adapter="{repo_id}"{kwarg})\n\n'
+        f'vm = VidMusician.from_pretrained("{repo_id}"{kwarg}){loads}\n'
         'wav = vm.generate(["clip.mp4"], texts=["lo-fi, piano"], seed=0)\n'
         "```\n\n"
         "The adapter's files come through `huggingface_hub` (its cache, `HF_HUB_OFFLINE`); "
