@@ -256,6 +256,38 @@ def test_generate_refuses_outputs_it_cannot_write(target, needle, clip, tmp_path
     refused(run(capsys, "generate", clip, *TINY, "-o", out), needle)
 
 
+@pytest.mark.parametrize("case", ["keep soundtrack, many", "keep soundtrack, named for you", "keep soundtrack, -o",
+                                  "-o folder.v2, many", "-o file.wav, many", "-o newfolder, one", "missing among many"])
+def test_generate_names_the_option_that_fixes_the_command(case, clip, tmp_path, capsys, monkeypatch):
+    """Said in the options' names, with the fix, before any model loads; nothing written."""
+    import vidmusician.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_models", lambda *a, **k: pytest.fail("a model loaded"))
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other.mp4"
+    other.write_bytes(clip.read_bytes())
+    keep = "error: --keep-soundtrack needs a video output, not"
+    args, needle = {
+        "keep soundtrack, many": ([clip, other, "-o", "scored/", "--keep-soundtrack"],
+                                  f"{keep} wav: use --format mp4, mov or mkv"),
+        "keep soundtrack, named for you": ([clip, "--keep-soundtrack", "--format", "flac"],
+                                           f"{keep} flac: use --format mp4, mov or mkv"),
+        "keep soundtrack, -o": ([clip, "-o", "x.wav", "--keep-soundtrack"],
+                                "error: x.wav: --keep-soundtrack needs a video output (.mp4, .mov, .mkv), "
+                                "e.g. -o x.mp4"),
+        "-o folder.v2, many": ([clip, other, "-o", "results.v2"], "end -o with / to name a folder: -o results.v2/"),
+        "-o file.wav, many": ([clip, other, "-o", "all.wav"],
+                              "into a folder; -o takes a folder (and --format their format): -o all/ --format wav"),
+        "-o newfolder, one": ([clip, "-o", "newfolder"],
+                              "unknown output extension '(none)'; use one of .flac, .wav, .mkv, .mov, .mp4; "
+                              "for a folder, end it with / (-o newfolder/)"),
+        # A path that does not exist is a mistake in the command: the others are not scored either.
+        "missing among many": ([clip, "typo.mp4", other, "-o", "scored/"], "error: typo.mp4: no such file or folder"),
+    }[case]
+    refused(run(capsys, "generate", *TINY, "-q", *args), needle)
+    assert sorted(os.listdir(tmp_path)) == ["other.mp4"]
+
+
 def test_generate_into_a_read_only_folder(mount, clip, capsys):
     folder = mount(readonly=True)
     refused(run(capsys, "generate", clip, *TINY, "-o", folder / "out.wav"), "not writable")

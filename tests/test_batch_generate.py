@@ -124,13 +124,49 @@ def test_format_names_the_outputs_made_for_you(folder, tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
-def test_same_stem_twice_is_refused_before_any_work(folder, tmp_path):
-    other = tmp_path / "other"
-    other.mkdir()
-    flash_video(other / "a.mkv", [0.2], duration=0.5)
-    with pytest.raises(ConfigError, match="would both write"):
-        generate_many([folder / "a.mp4", other / "a.mkv"], tmp_path / "out", progress=False)
-    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+def test_find_videos_takes_a_video_named_twice_once(tmp_path):
+    """The same file under the same name writes the same output with the same seed: once. Under another name,
+    another output."""
+    (tmp_path / "v").mkdir()
+    (tmp_path / "links").mkdir()
+    video = tmp_path / "v" / "a.mp4"
+    video.write_bytes(b"")
+    (tmp_path / "links" / "a.mp4").symlink_to(video)
+    (tmp_path / "links" / "alias.mp4").symlink_to(video)
+    os.link(video, tmp_path / "hard.mp4")
+    os.link(video, tmp_path / "a.mp4")
+    respelled = tmp_path / "links" / ".." / "v" / "a.mp4"
+    assert find_videos([video, respelled, tmp_path / "links", tmp_path / "a.mp4", tmp_path / "hard.mp4",
+                        tmp_path / "v"]) == [video, tmp_path / "links" / "alias.mp4", tmp_path / "hard.mp4"]
+
+
+def test_videos_that_would_share_an_output_fail_and_the_others_are_scored(folder, adapter_dir, tmp_path, capsys):
+    """a.mp4 and a.mkv both name a_music.wav: both listed, on every run, whatever exists; b is scored."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    shutil.copy(folder / "a.mp4", videos / "a.mp4")
+    flash_video(videos / "a.mkv", [0.2], duration=0.5)
+    shutil.copy(folder / "b.mp4", videos / "b.mp4")
+    respelled = str(videos / ".." / "videos" / "b.mp4")  # b named twice: scored once
+    argv = ["generate", str(videos), respelled, "-o", f"{out}/", "--adapter", str(adapter_dir), "-q"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert os.listdir(out) == ["b_music.wav"] and "scored 1, skipped 0, failed 2" in err, err
+    clash = f"{videos / 'a.mkv'} and {videos / 'a.mp4'} would both write {out / 'a_music.wav'}; rename one"
+    assert err.count(clash) == 2 and ": error: " not in err  # as it failed, then under the summary
+
+    (out / "a_music.wav").write_bytes(b"an earlier run's")
+    report = score(adapter_dir, [videos], out)
+    assert report.scored == [] and report.skipped == [out / "b_music.wav"]
+    assert [(v.name, "would both write" in why) for v, why in report.failed] == [("a.mkv", True), ("a.mp4", True)]
+    assert (out / "a_music.wav").read_bytes() == b"an earlier run's"
+
+
+def test_keep_soundtrack_with_an_audio_output_is_said_in_python_names(tmp_path):
+    with pytest.raises(ConfigError, match=r"^keep_soundtrack needs a video output, not 'flac': "
+                                          r"use output_format='mp4', 'mov' or 'mkv'$"):
+        generate_many([tmp_path], tmp_path / "out", output_format="flac", keep_soundtrack=True)
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- #

@@ -4,7 +4,10 @@ The models load once; the videos are sampled in batches of similar length (a bat
 generates as long as its longest video); each output is written under a temporary
 name and renamed, so a file under an output's name is always complete; an output
 that exists is skipped, so a rerun after an interruption finishes the rest. A bad
-video is listed with its one-line error and the others are scored.
+video is listed with its one-line error and the others are scored. Videos whose
+outputs would share a name (``a.mp4`` and ``a.mov``) are listed so too, on every run,
+whatever exists; a path that does not exist is a mistake in the command, refused before
+any work.
 
 A seed seeds each video on its own, from the seed and the video's file name
 (:func:`video_seed`), and each video samples under its own seed
@@ -83,8 +86,11 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
     """Generates music for many videos, one output file each, in ``output_dir``.
 
     ``OUT/NAME_music.wav`` for ``NAME.mp4`` (``output_format`` sets the suffix); an
-    output that exists is skipped. The arguments :func:`~vidmusician.generate` also
-    takes mean the same here, applied to every video.
+    output that exists is skipped. Videos whose outputs would share a name
+    (``a.mp4`` and ``a.mov``, or two ``a.mp4`` from different folders) fail, listed
+    with why, and the others are scored; a video named twice (the same file under
+    the same name, by another path or a link) is scored once. The arguments
+    :func:`~vidmusician.generate` also takes mean the same here, applied to every video.
 
     Args:
         videos: video files and folders (a folder: its files ending in
@@ -115,9 +121,9 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
         A :class:`ManyReport`: outputs scored and skipped, videos failed (with why).
 
     Raises:
-        VidMusicianError: a bad argument, adapter, backbone or output folder (one
-            line, before any video is scored). A bad video does not raise: it is in
-            the report's ``failed``.
+        VidMusicianError: a bad argument, adapter, backbone or output folder, or an
+            input that does not exist (one line, before any video is scored). A bad
+            video does not raise: it is in the report's ``failed``.
     """
     from .audio_io import VIDEO_FORMATS, check_writable
     from .muxing import check_muxable, muxed_samples, write_output
@@ -140,7 +146,9 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     suffix = output_suffix(output_format)
     if keep_soundtrack and suffix not in VIDEO_FORMATS:
-        raise ConfigError(f"keep_soundtrack needs a video output (mp4, mov, mkv), not {output_format}")
+        formats = [repr(s[1:]) for s in VIDEO_FORMATS]
+        raise ConfigError(f"keep_soundtrack needs a video output, not {output_format!r}: use output_format="
+                          f"{', '.join(formats[:-1])} or {formats[-1]}")
     videos = find_videos(videos, suffix)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -148,23 +156,27 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
     output_dir.mkdir(parents=True, exist_ok=True)
     check_writable(output_dir / f"x{OUTPUT_TAG}{suffix}")  # the folder; each video's own name below
     outputs = {video: output_path(video, output_dir, suffix) for video in videos}
-    _check_distinct(outputs)
 
     report = ManyReport()
     say = log or (lambda line: None)
+
+    def failed(video, exc):
+        report.failed.append((video, one_line(exc)))
+        say(f"failed: {failure_line(video, one_line(exc))}")
+
+    # Which of two videos an existing output came from cannot be told: both fail, on every run.
+    shared = shared_outputs(outputs)
     pending = []
     for video in videos:
-        if outputs[video].exists():
+        if video in shared:
+            failed(video, ConfigError(shared[video]))
+        elif outputs[video].exists():
             report.skipped.append(outputs[video])
         else:
             pending.append(video)
     if report.skipped:
         say(f"skipped {len(report.skipped)} of {len(videos)} videos: their outputs exist "
             f"(delete them to score the videos again)")
-
-    def failed(video, exc):
-        report.failed.append((video, one_line(exc)))
-        say(f"failed: {failure_line(video, one_line(exc))}")
 
     # A bad video, an output name the file system refuses, or a codec the output format cannot hold
     # fails here, in a second, before the models load.
@@ -248,6 +260,10 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
 def find_videos(inputs, output_suffix: str = ".wav") -> list[Path]:
     """The videos of ``inputs`` (files and folders), in order, each once.
 
+    Each once: a file named again under the same name (another spelling of its path, a
+    symlink or hard link in another folder, a folder that holds it) is dropped; it would
+    write the same output with the same seed. Under another name it is another output.
+
     A folder gives its files ending in :data:`vidmusician.video.reader.VIDEO_SUFFIXES`
     (the suffixes prepare and eval scan for), sorted by name, not hidden ones (a
     writer's temporary files) and not the outputs of other videos found
@@ -274,7 +290,10 @@ def find_videos(inputs, output_suffix: str = ".wav") -> list[Path]:
             found.append(item)
         else:
             raise ConfigError(f"{short_path(item)}: no such file or folder")
-    unique = list(dict.fromkeys(found))
+    first = {}
+    for video in found:
+        first.setdefault(_identity(video), video)
+    unique = list(first.values())
     outputs = {output_path(v, v.parent, output_suffix) for v in unique}
     return [v for v in unique if not (v in from_folders and v in outputs)]
 
@@ -332,13 +351,27 @@ def music_tags(adapter, encoder=None) -> dict | None:
     return {"encoder": encoder, "encoder_activation": activation, "adapter": printable(adapter)}
 
 
-def _check_distinct(outputs: dict) -> None:
+def shared_outputs(outputs: dict) -> dict:
+    """``{video: why}`` for each video whose output (``outputs[video]``) another video's would be."""
     by_output = {}
     for video, out in outputs.items():
-        if out in by_output:
-            raise ConfigError(f"{short_path(by_output[out])} and {short_path(video)} would both write "
-                              f"{short_path(out)}; score them into different folders or rename one")
-        by_output[out] = video
+        by_output.setdefault(out, []).append(video)
+    shared = {}
+    for out, videos in by_output.items():
+        for video in videos if len(videos) > 1 else ():
+            others = " and ".join(short_path(v) for v in videos if v != video)
+            shared[video] = (f"{short_path(video)} and {others} would {'both' if len(videos) == 2 else 'all'} "
+                             f"write {short_path(out)}; rename one, or score them into different folders")
+    return shared
+
+
+def _identity(path: Path):
+    """The same file under the same name: a video named twice."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return path
+    return path.name, stat.st_dev, stat.st_ino
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -84,7 +84,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if many_videos(args):
         return run_many(args)
-    from ...audio_io import check_output_path
+    from ...audio_io import AUDIO_FORMATS, VIDEO_FORMATS, check_output_path
     from ...muxing import check_muxable, muxed_samples, write_output
     from ...pipeline import check_duration, generate
     from ...video.reader import probe
@@ -97,9 +97,14 @@ def run(args) -> int:
         raise ConfigError(f"--format names the outputs made for you; with -o {args.output} give one or the other")
     suffix = output_suffix(args.format or "wav")
     output = Path(args.output) if args.output else output_path(video, ".", suffix)
-    kind = check_output_path(output, inputs=[video])
-    if kind == "audio" and args.keep_soundtrack:
-        raise ConfigError(f"{output}: --keep-soundtrack needs a video output (.mp4, .mov, .mkv)")
+    check_keep_soundtrack(args, output.suffix.lower())
+    try:
+        kind = check_output_path(output, inputs=[video])
+    except ConfigError as exc:
+        if output.suffix.lower() in {**AUDIO_FORMATS, **VIDEO_FORMATS}:
+            raise
+        # `-o newfolder` meant as a folder: say how to name one.
+        raise ConfigError(f"{exc}; for a folder, end it with / (-o {printable(args.output)}/)") from None
     # A fix names what the user typed: --format mkv, or a .mkv name for -o.
     format_option = "--format" if args.format else None
     check_muxable(video, output, keep_soundtrack=args.keep_soundtrack, format_option=format_option)
@@ -124,6 +129,20 @@ def run(args) -> int:
         print(f"vidmusician generate: note: the video has no soundtrack of its own to keep (--keep-soundtrack); "
               f"the output holds the music alone", file=sys.stderr)
     return 0
+
+
+def check_keep_soundtrack(args, suffix: str) -> None:
+    """Refuses --keep-soundtrack with an audio output (``suffix``), naming the option that makes a video one."""
+    from ...audio_io import VIDEO_FORMATS
+
+    if not args.keep_soundtrack or suffix in VIDEO_FORMATS:
+        return
+    if args.output and not many_videos(args):  # -o names the output
+        raise ConfigError(f"{printable(args.output)}: --keep-soundtrack needs a video output "
+                          f"({', '.join(VIDEO_FORMATS)}), e.g. -o {printable(Path(args.output).with_suffix('.mp4'))}")
+    formats = [s[1:] for s in VIDEO_FORMATS]
+    raise ConfigError(f"--keep-soundtrack needs a video output, not {suffix[1:]}: use --format "
+                      f"{', '.join(formats[:-1])} or {formats[-1]}")
 
 
 def generation_options(args) -> dict:
@@ -204,10 +223,18 @@ def run_many(args) -> int:
     """Scores every video into the -o folder; exit status 1 when a video failed."""
     from tqdm.auto import tqdm
 
-    folder = Path(args.output or ".")
-    if args.output and folder.suffix.lower() and not folder.is_dir() and not names_folder(args.output):
-        raise ConfigError(f"{args.output}: several videos write several files; -o takes a folder for them")
+    from ...audio_io import AUDIO_FORMATS, VIDEO_FORMATS
 
+    folder = Path(args.output or ".")
+    suffix = folder.suffix.lower()
+    if args.output and suffix and not folder.is_dir() and not names_folder(args.output):
+        if suffix in {**AUDIO_FORMATS, **VIDEO_FORMATS}:  # meant as one file
+            fix = f"-o takes a folder (and --format their format): -o {printable(folder.with_suffix(''))}/ " \
+                  f"--format {suffix[1:]}"
+        else:
+            fix = f"end -o with / to name a folder: -o {printable(args.output)}/"
+        raise ConfigError(f"{args.output}: several videos write one file each, into a folder; {fix}")
+    check_keep_soundtrack(args, output_suffix(args.format or "wav"))
     check_backbone_limits(args)
 
     def log(line):
