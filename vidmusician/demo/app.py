@@ -8,6 +8,7 @@ page's stable handles, for tests and for scripts that drive it.
 
 
 import math
+import re
 import sys
 import threading
 import traceback
@@ -85,14 +86,14 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
         except Cancelled:
             return note("Cancelled.")
         except VidMusicianError as exc:
-            return note(f"**Error:** {_as_visitor_knows(one_line(exc), video)}")
+            return note(f"**Error:** {_as_visitor_knows(one_line(exc), video, scorer.workdir)}")
         except Exception as exc:
             # Anything else (out of GPU memory, a full disk, a bug): this job ends in one line,
             # and the server goes on serving; the traceback is the operator's, on stderr.
             if result is not None:
                 scorer.discard(result.folder)
             _log_failure(video, exc)
-            return note(f"**Failed:** {type(exc).__name__}: {_as_visitor_knows(one_line(exc), video)}")
+            return note(f"**Failed:** {type(exc).__name__}: {_as_visitor_knows(one_line(exc), video, scorer.workdir)}")
         finally:
             jobs.finish(request.session_hash, cancel)
 
@@ -224,9 +225,11 @@ class _Jobs:
         return True
 
 
-def _as_visitor_knows(message: str, video) -> str:
-    """``message`` naming the upload as the visitor knows it, by its name, not the server's copy."""
-    return message.replace(printable(video), printable(Path(video).name))
+def _as_visitor_knows(message: str, video, workdir: Path) -> str:
+    """``message`` naming files by their names: the upload as the visitor knows it, not the server's
+    copy, and a job's file without the server's folders."""
+    message = message.replace(printable(video), printable(Path(video).name))
+    return re.sub(re.escape(printable(workdir)) + r"/[0-9a-f]{32}/", "", message)
 
 
 def _log_failure(video, exc: Exception) -> None:

@@ -181,7 +181,7 @@ class Scorer:
             if length is not None and length > self.max_duration:
                 raise ConfigError(f"{Path(request.video).name}: {what} {length:.1f} s, longer than this page's "
                                   f"limit of {self.max_duration:g} s; use a shorter clip or duration")
-        folder = self.workdir / uuid.uuid4().hex
+        folder = self.workdir / uuid.uuid4().hex  # 32 hex digits: the page leaves them out of messages
         folder.mkdir()
         try:
             with self._lock:
