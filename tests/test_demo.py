@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import io
 import os
 import re
@@ -247,6 +249,110 @@ def test_cancel_during_feature_extraction_stops_before_generation(scorer, clip, 
     with pytest.raises(Cancelled):
         scorer.score(ScoreRequest(str(clip), seed=0), cancel)
     assert _jobs(scorer) == []
+
+
+class _Visitor:
+    """One visitor's clicks on the page, as Gradio calls its handlers: Score (begin, run, end)."""
+
+    SETTINGS = dict(text="", duration=0.2, seed="1", top_k=250, temperature=1.0, text_cfg=3.0, video_cfg=3.0)
+
+    def __init__(self, scorer):
+        from types import SimpleNamespace
+
+        from vidmusician.demo import build_app
+
+        self.handlers = {f.name: f.fn for f in build_app(scorer).fns.values()}
+        self.request = SimpleNamespace(session_hash="visitor")
+
+    def score(self, video) -> tuple:
+        """What run shows: (video, audio, WAV, plot, status, job folder); end has run after it."""
+        self.handlers["begin"](self.request)
+        shown = self.handlers["run"](str(video), *self.SETTINGS.values(), self.request)
+        self.handlers["end"](shown[-1])
+        return shown
+
+
+# The byte at the cut: a character's first (ascii, cjk), inside a 2-byte one, inside a 3-byte one.
+@pytest.mark.parametrize("stem", ["v" * 225, "音" * 75, "v" + "é" * 110, "vv" + "音" * 74],
+                         ids=["ascii", "cjk", "inside-2-bytes", "inside-3-bytes"])
+def test_a_long_upload_name_is_cut_for_the_results_and_still_recognisable(scorer, clip, tmp_path, stem):
+    """Every name the job writes (and its writer's hidden ".<name>.PID.TID.part") fits 255 bytes."""
+    from vidmusician.demo import ScoreRequest
+
+    video = tmp_path / f"{stem}.mp4"
+    video.write_bytes(clip.read_bytes())
+    result = scorer.score(ScoreRequest(str(video), seed=0, duration=0.2))
+    names = [p.name for p in (result.video, result.wav, result.plot)]
+    assert all(p.is_file() for p in (result.video, result.wav, result.plot))
+    assert max(len(name.encode()) for name in names) + 40 <= 255, names
+    kept = result.wav.name.removesuffix("_music.wav")  # cut between characters, the start of the name kept
+    assert stem.startswith(kept) and 100 <= len(kept.encode()) <= 120, kept
+    assert names == [f"{kept}_scored.mp4", f"{kept}_music.wav", f"{kept}_alignment.png"]
+    scorer.discard(result.folder)
+
+
+def test_a_short_upload_name_is_kept_whole(scorer, clip, tmp_path):
+    from vidmusician.demo import ScoreRequest
+
+    video = tmp_path / ("音" * 40 + ".mp4")  # 120 bytes
+    video.write_bytes(clip.read_bytes())
+    result = scorer.score(ScoreRequest(str(video), seed=0, duration=0.2))
+    assert result.wav.name == "音" * 40 + "_music.wav"
+    scorer.discard(result.folder)
+
+
+def _out_of_memory(scorer, monkeypatch):
+    def generate(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB.\nGPU 0 has a total capacity of 79 GiB")
+
+    monkeypatch.setattr(scorer.vm, "generate", generate)
+    return "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB."
+
+
+def _disk_full_while_muxing(scorer, monkeypatch):  # the WAV is written by then
+    def mux(video, wav, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(scorer, "_mux", mux)
+    return "OSError: clip_scored.mp4: the disk is full"  # the file by its name, not the server's folders
+
+
+def _bug_after_the_job(scorer, monkeypatch):  # the job's files are all written
+    score = scorer.score
+    monkeypatch.setattr(scorer, "score", lambda *a: dataclasses.replace(score(*a), beat_alignment="n/a"))
+    return "TypeError: "
+
+
+@pytest.mark.parametrize("fail", [_out_of_memory, _disk_full_while_muxing, _bug_after_the_job])
+def test_an_unexpected_failure_is_one_line_leaves_nothing_and_the_page_goes_on(scorer, clip, fail, monkeypatch,
+                                                                              capsys):
+    visitor = _Visitor(scorer)
+    said = fail(scorer, monkeypatch)
+    *results, status, folder = visitor.score(clip)
+    assert results == [None] * 4 and folder is None
+    assert status.startswith(f"**Failed:** {said}") and "\n" not in status, status
+    assert _jobs(scorer) == []
+    # The operator's record: the demo's line, then the whole traceback.
+    err = capsys.readouterr().err
+    assert "vidmusician demo: a job on clip.mp4 failed:\nTraceback (most recent call last):" in err, err
+    kind = said.split(":")[0]
+    assert f"\n{kind}: " in err.split("Traceback", 1)[1], err  # the exception, as Python prints it
+    monkeypatch.undo()
+    *results, status, folder = visitor.score(clip)
+    assert status.startswith("Done") and Path(results[1]).name == "clip_music.wav"
+    assert _jobs(scorer) == []  # served and removed by end
+
+
+def test_a_webm_comes_back_as_mkv_and_the_page_says_how_to_get_it(scorer, tmp_path):
+    from vidmusician.testing.media import moving_square, write_video
+
+    webm = write_video(tmp_path / "clip.webm", moving_square(10), 25, codec="libvpx")  # VP8: no place in .mp4
+    visitor = _Visitor(scorer)
+    video, *_, status, _ = visitor.score(webm)
+    assert Path(video).suffix == ".mkv" and status.startswith("Done")
+    assert "comes back as .mkv" in status and "download it with the player's download button" in status
+    clip = flash_video(tmp_path / "clip.mp4", FLASHES, duration=CLIP_SECONDS)
+    assert ".mkv" not in visitor.score(clip)[-2]
 
 
 def test_cancel_button_flags_only_its_own_session():

@@ -8,7 +8,10 @@ page's stable handles, for tests and for scripts that drive it.
 
 
 import math
+import re
+import sys
 import threading
+import traceback
 from pathlib import Path
 
 from ..checks import MAX_GUIDANCE
@@ -31,6 +34,12 @@ _SCORE_HELP = ("how close the music's beats fall to the video's visual beats: 0 
                "([Bailando](https://github.com/lisiyao21/Bailando)'s score, the mean over music beats of "
                "exp(-d²/2σ²), d the distance to the nearest visual beat, σ = {sigma:g} s; "
                "`vidmusician eval` in the README)")
+
+# The video stream is copied, never re-encoded: one that an .mp4 cannot hold (VP8 from a
+# .webm) comes back as .mkv, which some browsers' <video> does not play.
+_MKV_NOTE = ("The video comes back as .mkv (its video stream, copied as it is, has no place in an .mp4): "
+             "if the player stays blank, download it with the player's download button; the Music player "
+             "plays the music alone.")
 
 
 def build_app(scorer: Scorer, examples: list[list] | None = None):
@@ -63,6 +72,7 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
         cancel = jobs.flag(request.session_hash)
         if cancel is None:  # cancelled while it waited
             return note("Cancelled.")
+        result = None
         try:
             if not video:
                 return note("Drop a video first.")
@@ -71,18 +81,29 @@ def build_app(scorer: Scorer, examples: list[list] | None = None):
                 video=video, text=(text or "").strip() or None, duration=_blank_is_none(duration) or None,
                 seed=_seed(seed), top_k=int(top_k),
                 temperature=float(temperature), text_cfg=float(text_cfg), video_cfg=float(video_cfg)), cancel)
+            return str(result.video), str(result.wav), str(result.wav), str(result.plot), done(result), \
+                str(result.folder)
         except Cancelled:
             return note("Cancelled.")
         except VidMusicianError as exc:
-            # The visitor knows the file by its name, not by the server's copy of it.
-            message = one_line(exc).replace(printable(video), printable(Path(video).name))
-            return note(f"**Error:** {message}")
+            return note(f"**Error:** {_as_visitor_knows(one_line(exc), video, scorer.workdir)}")
+        except Exception as exc:
+            # Anything else (out of GPU memory, a full disk, a bug): this job ends in one line,
+            # and the server goes on serving; the traceback is the operator's, on stderr.
+            if result is not None:
+                scorer.discard(result.folder)
+            _log_failure(video, exc)
+            return note(f"**Failed:** {type(exc).__name__}: {_as_visitor_knows(one_line(exc), video, scorer.workdir)}")
         finally:
             jobs.finish(request.session_hash, cancel)
+
+    def done(result) -> str:
         score = "n/a (no beats to compare)" if math.isnan(result.beat_alignment) else f"{result.beat_alignment:.3f}"
         status = (f"Done: {result.duration:.2f} s of music, seed {result.seed} (type it in Seed for the same music)."
                   f"\n\nBeat alignment: **{score}**, {score_help}")
-        return str(result.video), str(result.wav), str(result.wav), str(result.plot), status, str(result.folder)
+        if result.video.suffix == ".mkv":
+            status += f"\n\n{_MKV_NOTE}"
+        return status
 
     def end(folder):
         # Gradio has copied the files into its own cache by now: the job folder can go.
@@ -202,6 +223,20 @@ class _Jobs:
             return False
         flag.set()
         return True
+
+
+def _as_visitor_knows(message: str, video, workdir: Path) -> str:
+    """``message`` naming files by their names: the upload as the visitor knows it, not the server's
+    copy, and a job's file without the server's folders."""
+    message = message.replace(printable(video), printable(Path(video).name))
+    return re.sub(re.escape(printable(workdir)) + r"/[0-9a-f]{32}/", "", message)
+
+
+def _log_failure(video, exc: Exception) -> None:
+    """The operator's record of a job that failed unexpectedly: the demo's line on stderr, then the traceback."""
+    trace = "".join(traceback.format_exception(exc))
+    print(f"vidmusician demo: a job on {printable(Path(video).name)} failed:\n{trace}", end="", file=sys.stderr,
+          flush=True)
 
 
 def _blank_is_none(value):

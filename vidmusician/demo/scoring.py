@@ -13,6 +13,7 @@ The CLI's parser reads :data:`DEFAULT_MAX_DURATION` from here, so the library
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -32,6 +33,14 @@ DEFAULT_MAX_DURATION = 600.0
 # Seeds drawn for a job that names none: short enough to read off the page and type back.
 _SEED_RANGE = 2 ** 31
 
+# A job's files are named after the upload, as the visitor downloads them: "<stem>_music.wav",
+# "<stem>_scored.mp4" (or .mkv) and, the longest, "<stem>_alignment.png".
+_LONGEST_SUFFIX = len("_alignment.png")
+# What the atomic writer adds beside a name (".<name>.PID.TID.part"), as audio_io.check_writable reserves.
+_WRITER_RESERVE = 40
+# Enough of the upload's name to recognise it by; a longer one (a 75-character CJK
+# title is 225 bytes) is cut, since the writer's hidden name would pass NAME_MAX.
+_STEM_BYTES = 120
 
 
 class Cancelled(Exception):
@@ -172,7 +181,7 @@ class Scorer:
             if length is not None and length > self.max_duration:
                 raise ConfigError(f"{Path(request.video).name}: {what} {length:.1f} s, longer than this page's "
                                   f"limit of {self.max_duration:g} s; use a shorter clip or duration")
-        folder = self.workdir / uuid.uuid4().hex
+        folder = self.workdir / uuid.uuid4().hex  # 32 hex digits: the page leaves them out of messages
         folder.mkdir()
         try:
             with self._lock:
@@ -186,7 +195,7 @@ class Scorer:
                 wav = self.vm.generate([features], [request.text or None], duration=length, seed=seed,
                                        progress=True, on_step=stop_if_cancelled)[0]
             stop_if_cancelled()
-            stem = Path(request.video).stem or "video"
+            stem = _job_stem(request.video, folder)
             wav_path = write_audio(folder / f"{stem}_music.wav", wav, self.vm.sample_rate)
             video_path = self._mux(request.video, wav, folder / f"{stem}_scored.mp4")
             score, plot = self._plot(request.video, wav_path, folder, stem)
@@ -244,6 +253,27 @@ class Scorer:
         clip = evaluate_clip(printable(stem), Path(video), wav_path, None, self.vm.encoder, settings, folder / "features")
         plot = plot_clip(clip, folder / f"{stem}_alignment.png")
         return clip.scores["beat_alignment"], plot
+
+
+def _job_stem(video, folder: Path) -> str:
+    """The upload's name without its suffix, cut so that every file the job writes in ``folder`` fits.
+
+    The start of the name is kept (the visitor downloads the files under it), cut
+    between characters: a UTF-8 name stays valid UTF-8.
+    """
+    stem = Path(video).stem or "video"
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    budget = min(_STEM_BYTES, name_max - _WRITER_RESERVE - _LONGEST_SUFFIX)
+    raw = os.fsencode(stem)  # the bytes on disk (a name may not be UTF-8)
+    if len(raw) <= budget:
+        return stem
+    cut = budget
+    while cut > 0 and raw[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: inside a character
+        cut -= 1
+    return os.fsdecode(raw[:cut]) or "video"
 
 
 def _random_encoder(spec: str) -> bool:
