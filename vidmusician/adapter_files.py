@@ -87,4 +87,3 @@ def check_adapter_tensors(config: AdapterConfig, tensors: dict[str, torch.Tensor
     if held != expected:
         raise AdapterError(f"{source}: {WEIGHTS_NAME} holds {held:,} adapter values where its {CONFIG_NAME} "
                            f"describes {expected:,}; the file does not match its config")
-

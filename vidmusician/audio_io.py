@@ -212,5 +212,3 @@ def as_float_array(wav) -> np.ndarray:
     if wav.ndim != 2:
         raise ConfigError(f"expected audio of shape [channels, samples], got {tuple(wav.shape)}")
     return np.clip(wav, -1.0, 1.0)
-
-

@@ -60,14 +60,12 @@ def check_muxable(video, path, keep_soundtrack: bool = False, format_option: str
         _check_copies(video, src, streams, path, format_option)
 
 
-
 def _check_holds(video, streams, path, format_option: str | None = None) -> None:
     """VideoError unless the output ``path``'s container takes a copy of each of ``streams``."""
     fmt = VIDEO_FORMATS[Path(path).suffix.lower()]
     for stream in streams:
         if not _holds(fmt, stream):
             raise VideoError(_no_place(video, stream, path, format_option))
-
 
 
 def _check_copies(video, src, streams, path, format_option: str | None = None) -> None:
@@ -92,13 +90,11 @@ def _check_copies(video, src, streams, path, format_option: str | None = None) -
         raise VideoError(_no_copy(video, streams, path, exc, format_option)) from None
 
 
-
 def _no_copy(video, streams, path, exc, format_option: str | None = None) -> str:
     """The one line for streams of ``video`` that the output ``path``'s container refuses at their packets."""
     copied, fix = (" and audio streams", " or leave out --keep-soundtrack") if len(streams) > 1 else (" stream", "")
     return (f"{video}: cannot copy its {streams[0].codec_context.name} video{copied} into a {Path(path).suffix} "
             f"file ({one_line(exc)}); try {_outputs(['.mkv'], format_option)}{fix}")
-
 
 
 def _copy_of(dst, stream):
@@ -109,7 +105,6 @@ def _copy_of(dst, stream):
     ``libdav1d``) has none, although nothing is encoded.
     """
     return dst.add_stream_from_template(stream, opaque=True)
-
 
 
 def _holds(fmt: str, stream) -> bool:
@@ -127,7 +122,6 @@ def _holds(fmt: str, stream) -> bool:
     return True
 
 
-
 def _no_place(video, stream, path, format_option: str | None = None) -> str:
     """The one line for a ``stream`` of ``video`` that the output ``path``'s container cannot hold."""
     suffix = Path(path).suffix.lower()
@@ -140,14 +134,12 @@ def _no_place(video, stream, path, format_option: str | None = None) -> str:
     return f"{video}: a {suffix} file cannot hold its {codec} {stream.type} stream (copied unchanged); {fix}"
 
 
-
 def _outputs(suffixes, format_option: str | None) -> str:
     """The outputs a fix offers, as the user asks for them: ``a .mov or .mkv output``, or with the
     option that chose the format (see :func:`check_muxable`) ``--format mov or --format mkv``."""
     if format_option:
         return " or ".join(f"{format_option} {s[1:]}" for s in suffixes)
     return f"a {' or '.join(suffixes)} output"
-
 
 
 def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: dict | None = None,
@@ -178,7 +170,6 @@ def write_output(path, wav: torch.Tensor, sample_rate: int, video=None, tags: di
     if video is None:
         raise ConfigError(f"{path}: a video output needs the source video")
     return mux_audio(video, wav, sample_rate, path, tags, keep_soundtrack=keep_soundtrack, format_option=format_option)
-
 
 
 def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | None = None,
@@ -245,7 +236,6 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
     return path
 
 
-
 def muxed_samples(video, samples: int, sample_rate: int) -> int:
     """How many of ``samples`` music samples a video output of ``video`` holds: the
     music is cut at the video's end (see :func:`mux_audio`)."""
@@ -258,12 +248,10 @@ def muxed_samples(video, samples: int, sample_rate: int) -> int:
         return samples
 
 
-
 def _kept_samples(video_seconds: float | None, samples: int, sample_rate: int) -> int:
     if video_seconds is None:
         return samples
     return min(samples, int(round(video_seconds * sample_rate)))
-
 
 
 def _encode_aac(stream, audio: np.ndarray, sample_rate: int, first_sample: int = 0) -> list:
@@ -282,7 +270,6 @@ def _encode_aac(stream, audio: np.ndarray, sample_rate: int, first_sample: int =
         packets.extend(stream.encode(frame))
     packets.extend(stream.encode(None))
     return packets
-
 
 
 def _interleave(dst, source_packets, outputs: dict, audio_packets: list) -> None:
@@ -304,10 +291,8 @@ def _interleave(dst, source_packets, outputs: dict, audio_packets: list) -> None
         next_audio = next(pending, None)
 
 
-
 def _packet_time(packet) -> float:
     return float((packet.dts if packet.dts is not None else packet.pts or 0) * packet.time_base)
-
 
 
 def _stream_seconds(container, stream) -> float | None:
@@ -317,4 +302,3 @@ def _stream_seconds(container, stream) -> float | None:
     if container.duration is not None:
         return container.duration / 1_000_000
     return None
-

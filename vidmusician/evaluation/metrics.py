@@ -410,4 +410,3 @@ def mean_scores(rows: Sequence[dict[str, float]], keys: Sequence[str]) -> dict[s
     if {"loris_cover", "loris_hit", "loris_f1"} <= set(keys):
         means["loris_f1"] = f1_score(means["loris_cover"], means["loris_hit"])
     return means
-

@@ -74,4 +74,3 @@ def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0)
                 return
 
     threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()
-

@@ -71,7 +71,6 @@ def check_container(path: Path) -> tuple[int, int, bool, float | None]:
     return width, height, has_audio, duration
 
 
-
 def _check_frames(container, stream, path: Path) -> int:
     """Decodes the first frame and checks the last packets hold data; returns the rotation.
 
@@ -90,7 +89,6 @@ def _check_frames(container, stream, path: Path) -> int:
         raise VideoError(f"{path}: the video stream has no frames")
     _check_tail(container, stream, path)
     return int(round(getattr(first, "rotation", 0) or 0))
-
 
 
 def _check_tail(container, stream, path: Path) -> None:
@@ -122,7 +120,6 @@ def _check_tail(container, stream, path: Path) -> None:
         raise VideoError(f"{path}: is truncated (the frames near the end are missing)")
 
 
-
 def _frame_period(stream, packets) -> float:
     """Seconds from one frame to the next near the stream's end.
 
@@ -135,4 +132,3 @@ def _frame_period(stream, packets) -> float:
     if len(gaps):
         return float(np.median(gaps) * stream.time_base)
     return 1.0 / float(stream.guessed_rate or stream.base_rate or stream.average_rate or 25)
-

@@ -313,4 +313,3 @@ def _conversion_hint(path: Path) -> str:
         return ""
     return (f"; its {codec} video stream is not one the frame reader decodes: convert it first, "
             f"e.g. ffmpeg -i IN -c:v libx264 -crf 18 OUT.mp4")
-

@@ -109,4 +109,3 @@ def run(args) -> int:
         report.write_json(args.out)
         log(f"wrote {printable(args.out)}")
     return 0
-

@@ -259,4 +259,3 @@ def run_many(args) -> int:
     failed = "".join(f"\n  {line}" for line in report.failures())
     print(f"vidmusician generate: {report.summary()} into {short_path(folder)}{failed}", file=sys.stderr)
     return 1 if report.failed else 0
-
