@@ -36,4 +36,3 @@ def test_weight_decay_reaches_the_weights_of_linear_maps_only(tiny):
     assert all(kinds.values()), {k: len(v) for k, v in kinds.items()}  # the adapters have each kind
     assert decayed == kinds["linear weights"]
     assert kinds["biases"] | kinds["norms"] | kinds["positions"] <= rest
-

@@ -67,7 +67,6 @@ def test_a_batch_and_each_window_read_the_video_at_frame_offset_plus_step_over_t
             np.testing.assert_allclose(row.numpy(), want, rtol=0, atol=1e-6)
 
 
-
 def before_the_start_as_the_first_frame(local: np.ndarray, local_fps: float, times: np.ndarray) -> np.ndarray:
     """The reference with the video's first frame before it (what the rhythm input's earlier frames read)."""
     return reference(local, local_fps, np.maximum(times, 0.0))

@@ -646,7 +646,6 @@ def test_workers_stop_when_the_launcher_is_killed(flash_data, tmp_path):
                 pass
 
 
-
 @pytest.fixture(scope="module")
 def style_data(tmp_path_factory):
     """16 training and 6 holdout 1 s videos, each one scene all along (one of two); the music's
