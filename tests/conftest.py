@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import pytest
 import torch
@@ -30,6 +31,17 @@ def pytest_collection_modifyitems(config, items):
 # these cases and the other tests of CUDA's own behaviour (what benchmarks/gpu.sh runs on a GPU).
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NEEDS_CUDA])]
+
+
+def takes_ctrl_c() -> None:
+    """``preexec_fn`` of a child a test interrupts with SIGINT: Ctrl+C's default action there.
+
+    A shell without job control starts ``cmd &`` with SIGINT ignored, and children inherit
+    that (Python then installs no KeyboardInterrupt handler): a suite started that way would
+    see a SIGINT test hang, where a terminal's Ctrl+C stops the command.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 # Widths of the tiny visual encoder (`load_encoder('tiny')`): CLIP embedding and patch count.
 TINY_GLOBAL_DIM = 32

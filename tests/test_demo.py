@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import takes_ctrl_c
 from media import flash_video, write_audio
 
 from vidmusician import cli
@@ -520,7 +521,7 @@ class _Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vidmusician", "demo", "--backbone", "tiny", "--encoder", "tiny", "--device", "cpu",
              "--port", str(port), "--max-duration", "120"],
-            cwd=folder, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=folder, env=env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=takes_ctrl_c)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + PAGE_TIMEOUT

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import takes_ctrl_c
 from media import flash_video
 
 from vidmusician.random_backbones import TINY_CODEC
@@ -554,7 +555,8 @@ def test_an_interrupted_run_says_where_resume_goes_on_in_one_line(flash_data, tm
             "--output", tmp_path / "run", "--backbone", "tiny"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "vidmusician.training.train"] + [str(a) for a in args], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=takes_ctrl_c)
     log, deadline = tmp_path / "run" / "log.jsonl", time.time() + 120
     while not (log.is_file() and len(log.read_text().splitlines()) >= 3) and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
