@@ -383,3 +383,23 @@ def test_video_outputs_shorter_than_the_duration_say_the_music_was_cut(folder, a
     assert "note: the music was cut to the video's length in 1 of 2 outputs (--duration is longer)" in err, err
     assert cli.main([*argv[:3], str(tmp_path / "wav"), *argv[4:]]) == 0  # audio outputs keep it all
     assert "was cut" not in capsys.readouterr().err
+
+
+def test_a_loaded_encoder_is_taken_with_and_without_an_adapter(folder, adapter_dir, tmp_path):
+    """encoder= may be a VisualEncoder already loaded (as generate's check says): it encodes the
+    videos, and the outputs record its name for `vidmusician eval`."""
+    from vidmusician import generate
+    from vidmusician.audio_io import read_tags
+    from vidmusician.video.encoders import load_encoder
+
+    encoder = load_encoder("tiny", device="cpu")
+    with pytest.warns(UserWarning, match="no adapter"):
+        wav, _ = generate(folder / "b.mp4", backbone="tiny", encoder=encoder, duration=0.2, progress=False)
+    assert wav.shape[-1] > 0
+    report = score(adapter_dir, [folder / "b.mp4"], tmp_path / "out", encoder=encoder, duration=0.2)
+    assert len(report.scored) == 1 and not report.failed
+    assert read_tags(report.scored[0])["encoder"] == "tiny"
+    with pytest.warns(UserWarning, match="no adapter"):
+        report = generate_many([folder / "b.mp4"], tmp_path / "plain", backbone="tiny", encoder=encoder,
+                               duration=0.2, progress=False)
+    assert len(report.scored) == 1 and not report.failed

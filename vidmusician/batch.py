@@ -338,13 +338,16 @@ def video_seed(seed: int, video) -> int:
 
 def music_tags(adapter, encoder=None) -> dict | None:
     """What made the music, stored in the output for `vidmusician eval` to find the same
-    visual encoder (None: no adapter, no visual encoder shaped the music)."""
+    visual encoder (None: no adapter, no visual encoder shaped the music). ``encoder``: a
+    spec, a loaded :class:`~vidmusician.video.encoders.VisualEncoder`, or None (the adapter's)."""
     if not adapter:
         return None
     from .config import CONFIG_NAME, AdapterConfig
     from .hub import resolve_adapter
     from .video.encoder_specs import natural_activation
 
+    if encoder is not None and hasattr(encoder, "activation"):  # a loaded VisualEncoder: what it is
+        return {"encoder": encoder.name, "encoder_activation": encoder.activation, "adapter": printable(adapter)}
     config = AdapterConfig.load(resolve_adapter(adapter, files=(CONFIG_NAME,)))  # a Hub id: the cached copy
     encoder = encoder or config.encoder
     activation = config.encoder_activation or natural_activation(encoder)

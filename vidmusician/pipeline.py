@@ -167,7 +167,8 @@ def load_models(adapter=None, backbone=None, encoder=None, device=None):
     musicgen = backbone if _is_musicgen(backbone) else load_backbone(backbone or DEFAULT_BACKBONE, device=device)
     if encoder is None:
         return None, musicgen
-    enc = load_encoder(encoder, device=next(musicgen.lm.parameters()).device)
+    enc = (encoder if isinstance(encoder, VisualEncoder)
+           else load_encoder(encoder, device=next(musicgen.lm.parameters()).device))
     # Fresh adapters are identity at init: the video runs through every step of
     # the path (an installation check) and the music equals the base model's.
     config = config_for_backbone(musicgen, global_dim=enc.global_dim, local_dim=enc.num_patches,
