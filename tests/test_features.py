@@ -360,15 +360,16 @@ def test_features_output_and_cache_folder_are_checked_before_the_work(tmp_path, 
                  "--cache-dir", str(video / "sub")]) == 2  # a folder under a file
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(video) in err and computed == [] and not out.exists()
+    assert "cannot hold the feature cache" in err and "pass a folder" in err, err
     # A cache that cannot be written after the work: the features are still the output, with a warning.
-    save, cache = VideoFeatures.save, tmp_path / "cache"
+    write, cache = features_mod.atomic_write, tmp_path / "cache"
 
-    def full_cache(self, path):
+    def full_cache(path, *args, **kwargs):  # the disk fills under the cache only: save's own error path
         if cache in Path(path).parents:
             raise OSError(28, "No space left on device")
-        save(self, path)
+        return write(path, *args, **kwargs)
 
-    monkeypatch.setattr(VideoFeatures, "save", full_cache)
+    monkeypatch.setattr(features_mod, "atomic_write", full_cache)
     assert main(["features", str(video), "--encoder", "tiny", "-q", "-o", str(out),
                  "--cache-dir", str(cache)]) == 0
     err = capsys.readouterr().err

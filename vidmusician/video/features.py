@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..checks import MAX_COUNT, number
-from ..errors import ConfigError, DataError, one_line
+from ..errors import ConfigError, DataError, one_line, short_path
 from ..fileio import atomic_write, native_name
 from ..progress import progress_bar
 from .encoders import DEFAULT_ENCODER, VisualEncoder, encoder_fingerprint, load_encoder
@@ -224,7 +224,11 @@ def extract_features(
     cache_file = None
     if cache_dir is not None and cache_dir is not False:
         cache_file = _cache_path(cache_dir, video, encoder, global_fps, local_fps)
-        cache_file.parent.mkdir(parents=True, exist_ok=True)  # a cache folder that cannot be: said before the work
+        try:  # a cache folder that cannot be: said before the work
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{short_path(cache_dir)}: cannot hold the feature cache ({one_line(exc)}); "
+                              f"pass a folder") from None
         cached = _read_cache(cache_file)
         if cached is not None:
             return cached
@@ -236,7 +240,7 @@ def extract_features(
     if cache_file is not None:
         try:
             feats.save(cache_file)
-        except OSError as exc:  # a full disk, say: the features are made, only not kept
+        except (OSError, DataError) as exc:  # a full disk, say: the features are made, only not kept
             warnings.warn(f"{cache_file.parent}: the features were not cached ({one_line(exc)})", stacklevel=2)
     return feats
 
