@@ -56,6 +56,8 @@ def with_value(name: str, row: int, column: int, value: float) -> torch.Tensor:
     ("duration", lambda: 0.0, "duration must be a positive number of seconds"),
     ("duration", lambda: float("inf"), "duration must be a positive number of seconds"),
     ("duration", lambda: True, "duration must be a positive number of seconds"),
+    ("encoder", lambda: None, "encoder must be the encoder's spec (a string, e.g. 'ViT-B-32:openai'), got None"),
+    ("encoder_activation", lambda: 5, "encoder_activation must be 'quick_gelu', 'gelu' or None, got 5"),
 ])
 def test_video_features_refuse_bad_fields_in_one_line(field, value, words):
     with pytest.raises(DataError) as info:

@@ -180,6 +180,10 @@ def _problem(feats: VideoFeatures) -> str | None:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
                 math.isfinite(value) and 0 < value <= high):
             return f"{name} must be {wanted}, got {value!r}"
+    if not isinstance(feats.encoder, str):
+        return f"encoder must be the encoder's spec (a string, e.g. 'ViT-B-32:openai'), got {feats.encoder!r}"
+    if feats.encoder_activation is not None and not isinstance(feats.encoder_activation, str):
+        return f"encoder_activation must be 'quick_gelu', 'gelu' or None, got {feats.encoder_activation!r}"
     return None
 
 
