@@ -162,6 +162,22 @@ def test_generate_refuses_bad_arguments_before_any_model_loads(clip, monkeypatch
     assert loaded == []
 
 
+def test_a_loaded_model_given_as_adapter_or_backbone_is_one_line(clip, tmp_path):
+    """generate(video, adapter=vm): the model is loaded already; its own generate is the call."""
+    from vidmusician import attach_adapters, generate, generate_many
+    from vidmusician.random_backbones import tiny_musicgen
+
+    vm = attach_adapters(tiny_musicgen(), tiny_config(tiny_musicgen()))
+    loaded = "^a loaded VidMusician is no adapter or backbone to load: call its own vm.generate\\(videos\\)"
+    for kwargs in (dict(adapter=vm), dict(backbone=vm), dict(adapter=vm, backbone=vm)):
+        with pytest.raises(ConfigError, match=loaded):
+            generate(clip, progress=False, **kwargs)
+    with pytest.raises(ConfigError, match=loaded):
+        generate_many([clip], tmp_path / "out", adapter=vm, progress=False)
+    with pytest.raises(ConfigError, match="^adapter must be an adapter folder or a Hub id \\(org/name\\), got int$"):
+        generate(clip, adapter=5, progress=False)
+
+
 # --------------------------------------------------------------------------- #
 # A half-precision LM on the CPU (adapters cast with it)
 

@@ -157,8 +157,13 @@ def load_models(adapter=None, backbone=None, encoder=None, device=None):
     """
     # audiocraft comes with the model, not with this module: `vidmusician generate`
     # refuses a bad video or argument before it loads (seconds, not tens of them).
-    from .model import attach_adapters, load_adapter
+    from .model import VidMusician, attach_adapters, load_adapter
 
+    if isinstance(adapter, VidMusician) or isinstance(backbone, VidMusician):
+        raise ConfigError("a loaded VidMusician is no adapter or backbone to load: call its own vm.generate(videos) "
+                          "(adapter= takes an adapter folder or Hub id, backbone= a MusicGen or its name)")
+    if adapter is not None and not isinstance(adapter, (str, os.PathLike)):
+        raise ConfigError(f"adapter must be an adapter folder or a Hub id (org/name), got {type(adapter).__name__}")
     if adapter is not None:
         vm = load_adapter(adapter, backbone=backbone, device=device)
         if encoder is not None:
