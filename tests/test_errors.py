@@ -97,13 +97,14 @@ def test_differing_fields_name_each_difference_in_one_line():
     assert differing_fields(adapter, Spec()) == ""
 
 
-def test_features_of_the_adapters_own_encoder_that_do_not_fit_say_to_size_the_config(tiny):
+def test_features_of_the_adapters_own_encoder_that_do_not_fit_say_to_size_the_config(tiny, tmp_path):
     """A config that names the features' encoder but kept another encoder's widths
     (``config_for_backbone(musicgen, encoder="tiny")``): extracting again cannot help, so the
-    line says how to size the config instead."""
+    line says how to size the config instead, given features or a video file to encode."""
     import torch
 
     from conftest import TINY_GLOBAL_DIM, TINY_LOCAL_DIM, tiny_config
+    from media import flash_video
     from vidmusician.errors import ConfigError
     from vidmusician.model import attach_adapters
     from vidmusician.video.features import VideoFeatures
@@ -114,23 +115,28 @@ def test_features_of_the_adapters_own_encoder_that_do_not_fit_say_to_size_the_co
     def features(encoder):
         return VideoFeatures(torch.randn(2, TINY_GLOBAL_DIM), torch.rand(50, TINY_LOCAL_DIM), 1.0, 25.0, 2.0, encoder)
 
-    with pytest.raises(ConfigError, match=rf"^video features of encoder 'tiny' do not fit the adapter \(global_dim: "
-                                          rf"features {TINY_GLOBAL_DIM} vs adapter 512; local_dim: features "
-                                          rf"{TINY_LOCAL_DIM} vs adapter 49\): its config names that encoder but is "
-                                          rf"sized for another; size it to the features, e\.g\. config_for_backbone"
-                                          rf"\(musicgen, encoder='tiny', global_dim={TINY_GLOBAL_DIM}, "
-                                          rf"local_dim={TINY_LOCAL_DIM}\)$"):
+    sized = (rf"features of encoder 'tiny' do not fit the adapter \(global_dim: features {TINY_GLOBAL_DIM} vs "
+             rf"adapter 512; local_dim: features {TINY_LOCAL_DIM} vs adapter 49\): its config names that encoder but "
+             rf"is sized for another; size it to the features, e\.g\. config_for_backbone\(musicgen, encoder='tiny', "
+             rf"global_dim={TINY_GLOBAL_DIM}, local_dim={TINY_LOCAL_DIM}\)$")
+    with pytest.raises(ConfigError, match=rf"^video {sized}"):
         vm.make_batch([features("tiny"), None])
     with pytest.raises(ConfigError, match=r"^video features do not fit the adapter \(.*\); extract them with "
                                           r"encoder 'tiny'$"):
         vm.make_batch([features("ViT-B-16:openai")])  # another encoder's features: extract with the adapter's
+    clip = flash_video(tmp_path / "clip.mp4", [0.5], duration=1.0)  # encoded by the adapter's encoder: same line
+    with pytest.raises(ConfigError, match=rf"^visual encoder 'tiny': {sized}"):
+        vm.generate([str(clip)], duration=0.5, progress=False)
 
 
 def test_fit_checks_name_the_differing_fields_and_the_fix(tiny, tmp_path):
     import types
 
+    import torch
+
     from conftest import TINY_GLOBAL_DIM, TINY_LOCAL_DIM, random_video_batch, tiny_config
     from vidmusician.training.dataset import DatasetMeta
+    from vidmusician.video.features import VideoFeatures
     from vidmusician.video.encoder_specs import check_encoder_fit
     from vidmusician.errors import ConfigError
     from vidmusician.model import attach_adapters
@@ -147,13 +153,22 @@ def test_fit_checks_name_the_differing_fields_and_the_fix(tiny, tmp_path):
     from dataclasses import replace
     twice = replace(random_video_batch(2, [True, False]), global_fps=2.0)  # the memory's positions are seconds
     with pytest.raises(ConfigError, match=r"^video features have 2 global frames per second, the adapter reads 1; "
-                                          r"extract them with --global-fps 1$"):
+                                          r"extract them at the adapter's rate \(global_fps=1; --global-fps 1 on the "
+                                          r"command line\)$"):
         vm.make_batch(twice)
     vm.make_batch(replace(random_video_batch(2, [False, False]), global_fps=2.0))  # no video: no rate to check
-    with pytest.raises(ConfigError, match=rf"^f.safetensors: features from encoder 'tiny' do not fit the adapter "
-                                          rf"trained on 'tiny' \(local_dim: features 8 vs adapter {TINY_LOCAL_DIM}\); "
-                                          rf"use the adapter's encoder"):
-        check_encoder_fit(vm.config, "f.safetensors", "tiny", None, (TINY_GLOBAL_DIM, 8))
+    # The change signal over 0.1 s is not the 40 ms one the rhythm adapter learned.
+    at = {fps: VideoFeatures(torch.randn(2, TINY_GLOBAL_DIM), torch.rand(round(2 * fps), TINY_LOCAL_DIM), 1.0, fps,
+                             2.0, "tiny") for fps in (10.0, 25.0)}
+    with pytest.raises(ConfigError, match=r"^video features have 10 local frames per second, the adapter reads 25; "
+                                          r"extract them at the adapter's rate \(local_fps=25; --local-fps 25 on the "
+                                          r"command line\)$"):
+        vm.make_batch([at[25.0], None, at[10.0]])
+    vm.make_batch([at[25.0], None])
+    with pytest.raises(ConfigError, match=rf"^f.safetensors: features from encoder 'ViT-B-16:openai' do not fit the "
+                                          rf"adapter trained on 'tiny' \(local_dim: features 8 vs adapter "
+                                          rf"{TINY_LOCAL_DIM}\); use the adapter's encoder 'tiny'"):
+        check_encoder_fit(vm.config, "f.safetensors", "ViT-B-16:openai", None, (TINY_GLOBAL_DIM, 8))
 
     meta = DatasetMeta(backbone="tiny", sample_rate=32000, channels=1, frame_rate=50.0, n_q=4, card=2048,
                        encoder="tiny", global_dim=TINY_GLOBAL_DIM, local_dim=TINY_LOCAL_DIM, global_fps=1.0,
@@ -171,3 +186,10 @@ def test_fit_checks_name_the_differing_fields_and_the_fix(tiny, tmp_path):
                                         r"prepare it with --global-fps 1, or train a fresh adapter on it$"):
         build_model(args, Recipe(), meta, "cpu")
     build_model(types.SimpleNamespace(backbone=None, data="ds", init=None), Recipe(), meta, "cpu")  # a fresh one
+    # ... and of another local frame rate: its rhythm adapter learned change over 40 ms, not 0.1 s.
+    meta = dataclasses.replace(meta, global_fps=1.0, local_fps=10.0)
+    with pytest.raises(DataError, match=r"^ds: prepared with 10 local frames per second, the adapter reads 25; "
+                                        r"prepare it with --local-fps 25, or train a fresh adapter on it$"):
+        build_model(args, Recipe(), meta, "cpu")
+    assert build_model(types.SimpleNamespace(backbone=None, data="ds", init=None), Recipe(), meta,
+                       "cpu").config.local_fps == 10.0  # a fresh one reads the data's rate

@@ -24,6 +24,7 @@ from .sizing import config_for_backbone
 from .errors import AdapterError, ConfigError, differing_fields
 from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .hub import resolve_adapter, save_and_push
+from .video.encoder_specs import rate_misfit, sized_for_another
 from .runtime import seeded
 from .generation.windows import generate_batch
 
@@ -110,13 +111,14 @@ class VidMusician:
         """A :class:`VideoBatch` on the model's device from features (``None`` entries: null video)."""
         if videos is None:
             return None
-        encoders = None  # the specs that made the features, where they are known
+        encoders = local_rates = None  # the specs that made the features, their local rates: where known
         if not isinstance(videos, VideoBatch):
             features = list(videos)
             videos = VideoBatch.from_features(features, self.config.frame_rate, num_frames,
                                               self.config.global_dim, self.config.local_dim)
             encoders = {f.encoder for f in features if f is not None}  # checked as features by from_features
-        self._check_batch(videos, encoders)
+            local_rates = {f.local_fps for f in features if f is not None}
+        self._check_batch(videos, encoders, local_rates)
         return videos.to(self.device)
 
     def set_video(self, videos: VideoBatch | Sequence | None, frame_offset: int = 0,
@@ -146,27 +148,24 @@ class VidMusician:
         finally:
             self.context.set(None)
 
-    def _check_batch(self, batch: VideoBatch, encoders: set | None = None):
+    def _check_batch(self, batch: VideoBatch, encoders: set | None = None, local_rates: set | None = None):
+        """Refuses a batch the adapter cannot read; ``encoders``, ``local_rates``: of its features, where known."""
         c = self.config
         widths = dict(global_dim=batch.global_feats.shape[-1], local_dim=batch.local.shape[-1])
         diffs = differing_fields(widths, c, list(widths), ("features", "adapter"))
         if diffs and encoders == {c.encoder}:
-            # The features come from the adapter's own encoder: the config names it but was
-            # sized for another one (config_for_backbone(musicgen, encoder=...) alone keeps the
-            # preset's widths), so extracting again would not help.
-            raise ConfigError(f"video features of encoder {c.encoder!r} do not fit the adapter ({diffs}): its config "
-                              f"names that encoder but is sized for another; size it to the features, e.g. "
-                              f"config_for_backbone(musicgen, encoder={c.encoder!r}, "
-                              f"global_dim={widths['global_dim']}, local_dim={widths['local_dim']})")
+            raise ConfigError(f"video {sized_for_another(c, widths, diffs)}")
         if diffs:
             raise ConfigError(f"video features do not fit the adapter ({diffs}); extract them with encoder {c.encoder!r}")
         if abs(batch.frame_rate - c.frame_rate) > 1e-6:
             raise ConfigError(f"video batch aligned to {batch.frame_rate} Hz, the codec runs at {c.frame_rate} Hz")
-        # The memory's positions count the adapter's global frames: features at another rate would
-        # put every frame at another time.
-        if bool(batch.present.any()) and abs(batch.global_fps - c.global_fps) > 1e-6:
-            raise ConfigError(f"video features have {batch.global_fps:g} global frames per second, the adapter reads "
-                              f"{c.global_fps:g}; extract them with --global-fps {c.global_fps:g}")
+        # Null videos have no rate; a VideoBatch's local signal is at the codec's rate, its own unknown.
+        rates = dict(global_fps={batch.global_fps} if bool(batch.present.any()) else (), local_fps=local_rates or ())
+        misfit = rate_misfit(c, rates)
+        if misfit:
+            field, want, words = misfit
+            raise ConfigError(f"video features have {words}; extract them at the adapter's rate "
+                              f"({field}={want:g}; --{field.replace('_', '-')} {want:g} on the command line)")
 
     # -- training state ------------------------------------------------------
 

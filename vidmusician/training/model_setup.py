@@ -15,7 +15,7 @@ from ..backbones import backbone_spec, load_backbone
 from ..errors import DataError, differing_fields, printable
 from ..model import VidMusician, attach_adapters
 from ..sizing import config_for_backbone
-from ..video.encoder_specs import check_encoder_fit
+from ..video.encoder_specs import check_encoder_fit, rate_misfit
 from ..video.reader import frames_covering
 from .codec_identity import codec_identity
 from .dataset import DatasetMeta
@@ -87,9 +87,11 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device, longest: float 
     c = vm.config
     check_encoder_fit(c, str(args.data), meta.encoder, meta.encoder_activation, (meta.global_dim, meta.local_dim),
                       error=DataError, same_spec=True, fix=f"prepare it with --encoder {c.encoder}, or train a fresh adapter on it")
-    if abs(meta.global_fps - c.global_fps) > 1e-6:
-        raise DataError(f"{args.data}: prepared with {meta.global_fps:g} global frames per second, the adapter reads "
-                        f"{c.global_fps:g}; prepare it with --global-fps {c.global_fps:g}, or train a fresh adapter on it")
+    misfit = rate_misfit(c, dict(global_fps={meta.global_fps}, local_fps={meta.local_fps}))
+    if misfit:
+        field, want, words = misfit
+        raise DataError(f"{args.data}: prepared with {words}; prepare it with --{field.replace('_', '-')} {want:g}, "
+                        f"or train a fresh adapter on it")
     if frames_covering(meta.window, meta.global_fps) > c.max_global_tokens:
         raise DataError(f"{args.data}: {meta.window:g} s windows exceed the adapter's {c.max_global_tokens} global tokens")
     vm.set_stage(recipe.stage)

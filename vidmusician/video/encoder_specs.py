@@ -164,16 +164,20 @@ def check_encoder_fit(config, source: str, encoder: str, activation: str | None,
         dims: ``(global_dim, local_dim)`` of the features, or None to skip.
         error: Exception class to raise (ConfigError, DataError).
         same_spec: The spec must equal the adapter's.
-        fix: What to do, ending the message (default: use the adapter's encoder).
+        fix: What to do, ending the message (default: use the adapter's encoder; or, for
+            the adapter's own encoder at other widths, size the config: :func:`sized_for_another`).
 
     Raises:
         error: One line naming both sides and the fix.
     """
+    own_encoder = fix is None and encoder == config.encoder  # other widths: the config is what to change
     fix = fix or f"use the adapter's encoder {config.encoder!r} (a video file is encoded as the adapter expects)"
     mismatch = f"{source}: features from encoder {encoder!r} do not fit the adapter trained on {config.encoder!r}"
     if dims is not None:
-        diffs = differing_fields(dict(global_dim=dims[0], local_dim=dims[1]), config, ("global_dim", "local_dim"),
-                                 ("features", "adapter"))
+        widths = dict(global_dim=dims[0], local_dim=dims[1])
+        diffs = differing_fields(widths, config, list(widths), ("features", "adapter"))
+        if diffs and own_encoder:
+            raise error(f"{source}: {sized_for_another(config, widths, diffs)}")
         if diffs:
             raise error(f"{mismatch} ({diffs}); {fix}")
     have = activation or legacy_activation(encoder)
@@ -186,6 +190,49 @@ def check_encoder_fit(config, source: str, encoder: str, activation: str | None,
             raise error(f"{mismatch}; {fix}")
         warnings.warn(f"{source}: features from encoder {encoder!r}, the adapter was trained with "
                       f"{config.encoder!r}; the music may not follow the video", stacklevel=3)
+
+
+def sized_for_another(config, widths: dict, diffs: str) -> str:
+    """Why features of the adapter's own encoder do not fit it, and the fix (no source named).
+
+    The config names the encoder but kept another encoder's widths
+    (``config_for_backbone(musicgen, encoder=...)`` alone keeps the preset's), so
+    encoding the video again would not help: the config must be sized to the features.
+
+    Args:
+        config: The adapter's :class:`~vidmusician.config.AdapterConfig`.
+        widths: The features' ``global_dim`` and ``local_dim``.
+        diffs: Their difference from the config's (:func:`~vidmusician.errors.differing_fields`).
+    """
+    return (f"features of encoder {config.encoder!r} do not fit the adapter ({diffs}): its config names that "
+            f"encoder but is sized for another; size it to the features, e.g. config_for_backbone(musicgen, "
+            f"encoder={config.encoder!r}, global_dim={widths['global_dim']}, local_dim={widths['local_dim']})")
+
+
+def rate_misfit(config, rates: dict) -> tuple[str, float, str] | None:
+    """The first feature rate the adapter does not read: ``(field, adapter's rate, words)``.
+
+    Both rates are part of what an adapter learned. Its memory's positions count
+    global frames: features at another ``global_fps`` put every frame at another
+    time. The change signal is the difference between consecutive local frames:
+    at another ``local_fps`` it measures change over another span (0.1 s at 10 fps,
+    not the 40 ms of 25 fps), with other statistics than the rhythm adapter learned.
+
+    Args:
+        config: The adapter's :class:`~vidmusician.config.AdapterConfig`.
+        rates: ``global_fps`` and/or ``local_fps`` -> the rates the features have.
+
+    Returns:
+        None when every rate is the adapter's, else e.g. ``("local_fps", 25.0,
+        "10 local frames per second, the adapter reads 25")`` for the caller's line.
+    """
+    for field, found in rates.items():
+        want = getattr(config, field)
+        for rate in sorted(found):
+            if abs(rate - want) > 1e-6:
+                kind = field.removesuffix("_fps")
+                return field, want, f"{rate:g} {kind} frames per second, the adapter reads {want:g}"
+    return None
 
 
 def natural_activation(spec: str | None) -> str | None:
