@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .adapter.context import VideoBatch, VideoContext
-from .adapter.wiring import adapter_modules, unwire_adapters, wire_adapters
+from .adapter.wiring import adapter_modules, unwired_on_error, wire_adapters
 from .adapter_files import check_finite, read_adapter, write_adapter
 from .backbones import load_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
@@ -53,10 +53,9 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None) -> "VidMusici
 
 
 def load_adapter(directory, backbone=None, device=None, revision: str | None = None) -> "VidMusician":
-    """Loads a saved adapter onto a backbone: the adapter folder's counterpart of :func:`attach_adapters`.
+    """Loads a saved adapter onto a backbone (also :meth:`VidMusician.from_pretrained`).
 
-    Also :meth:`VidMusician.from_pretrained`. Load once and call :meth:`VidMusician.generate`
-    as often as needed: a backbone holds one set of adapters.
+    Load once, then call :meth:`VidMusician.generate` as often as needed: a backbone holds one set of adapters.
 
     Args:
         directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, or a
@@ -91,16 +90,6 @@ def load_adapter(directory, backbone=None, device=None, revision: str | None = N
         vm.load_adapter_state_dict(state, source=str(directory))
         vm.eval()
     return vm
-
-
-@contextlib.contextmanager
-def unwired_on_error(musicgen):
-    """Takes the adapters just attached back out of ``musicgen`` when the block raises."""
-    try:
-        yield
-    except BaseException:
-        unwire_adapters(musicgen)
-        raise
 
 
 class VidMusician:

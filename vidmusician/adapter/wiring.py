@@ -14,6 +14,7 @@ model object: :func:`vidmusician.model.attach_adapters` assembles a
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -281,6 +282,16 @@ def unwire_adapters(musicgen) -> None:
     if not isinstance(inputs, VideoInputs):
         raise BackboneError(f"{musicgen.name}: no adapters are attached to this model")
     _restore(lm, inputs.before)
+
+
+@contextlib.contextmanager
+def unwired_on_error(musicgen):
+    """``with unwired_on_error(musicgen): ...`` takes the adapters just wired back out when the block raises."""
+    try:
+        yield
+    except BaseException:
+        unwire_adapters(musicgen)
+        raise
 
 
 def _restore(lm, before: BaseState) -> None:
