@@ -159,8 +159,10 @@ LOADS = "a model would load here"
     ([*TINY, "--extend-stride", "0.01"], "--extend-stride 0.01: shorter than one codec frame (1/50 s)"),
     (["--encoder", "tiny", "--top-k", "2049"], "--top-k 2049: more than the backbone's 2048 tokens"),
     (["--adapter", "ADAPTER", "--top-k", "401"], "--top-k 401: more than the backbone's 400 tokens"),
+    (["--adapter", "ADAPTER/adapter_config.json", "--top-k", "401"], "--top-k 401: more than the backbone's 400 tokens"),
     ([*TINY, "--top-k", "400", "--extend-stride", "29.9"], LOADS),  # within: on to the models
-], ids=["top-k", "long stride", "short stride", "default backbone", "adapter's backbone", "within"])
+], ids=["top-k", "long stride", "short stride", "default backbone", "adapter's backbone", "adapter's config file",
+        "within"])
 @pytest.mark.parametrize("many", [False, True], ids=["one", "many"])
 def test_generate_refuses_a_backbone_bound_before_it_loads(args, needle, many, clip, tiny_adapter, tmp_path,
                                                            capsys, monkeypatch):
@@ -171,7 +173,7 @@ def test_generate_refuses_a_backbone_bound_before_it_loads(args, needle, many, c
         raise ConfigError(LOADS)
 
     monkeypatch.setattr(pipeline, "load_models", load_models)
-    args = [tiny_adapter if a == "ADAPTER" else a for a in args]
+    args = [a.replace("ADAPTER", str(tiny_adapter)) if a.startswith("ADAPTER") else a for a in args]
     out = f"{tmp_path / 'scored'}/" if many else tmp_path / "out.wav"  # a folder: the batch path
     err = refused(run(capsys, "generate", clip, "-o", out, "-q", *args), needle)
     assert needle == LOADS or LOADS not in err

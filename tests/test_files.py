@@ -102,9 +102,11 @@ def test_a_config_that_is_not_utf8_or_a_weights_file_is_one_line(saved, capsys):
     config.write_bytes(config.read_text().encode("utf-16"))  # what some editors save
     with pytest.raises(ConfigError, match=r"adapter_config.json: not UTF-8 text; save it as UTF-8 JSON$"):
         AdapterConfig.load(folder)
-    assert main(["info", str(folder / WEIGHTS_NAME)]) == 2
+    other = folder / "model.safetensors"  # a weights file not of an adapter folder (the folder's own is taken for it)
+    other.write_bytes((folder / WEIGHTS_NAME).read_bytes())
+    assert main(["info", str(other)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "a weights file; give its adapter folder" in err
+    assert err.count("\n") == 1 and "model.safetensors: a weights file; give its adapter folder" in err
 
 
 def test_a_training_run_folder_given_for_its_adapter_names_the_adapter_inside(saved, tiny, capsys):
@@ -119,6 +121,117 @@ def test_a_training_run_folder_given_for_its_adapter_names_the_adapter_inside(sa
         VidMusician.from_pretrained(run, backbone=tiny())
     with pytest.raises(ConfigError, match=r"an adapter folder holds adapter_config.json$"):  # no adapter/ inside
         AdapterConfig.load(folder / "checkpoints")
+
+
+def backbone_state(musicgen) -> dict:
+    """What attaching adapters changes in a MusicGen: its modules (the very objects), hooks and flags."""
+    lm = musicgen.lm
+    return dict(modules=[(name, id(m), m.training) for name, m in lm.named_modules()],
+                requires_grad=[(name, p.requires_grad) for name, p in lm.named_parameters()],
+                hooks=[(name, len(m._forward_pre_hooks), len(m._forward_hooks)) for name, m in lm.named_modules()
+                       if m._forward_pre_hooks or m._forward_hooks],
+                video_inputs=hasattr(lm, "video_inputs"))
+
+
+@pytest.mark.parametrize("damage", ["nan", "shape", "after attaching"])
+def test_a_failed_load_leaves_the_backbone_as_it_was(saved, tiny, tmp_path, monkeypatch, damage):
+    """The caller's backbone takes a good adapter after a bad one, and makes the same music as a fresh one."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    import vidmusician.model as model
+
+    vm, folder = saved
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    tensors = load_file(bad / WEIGHTS_NAME)
+    name = sorted(tensors)[0]
+    if damage == "nan":
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+    elif damage == "shape":
+        tensors[name] = tensors[name][..., :-1].contiguous()
+    save_file(tensors, bad / WEIGHTS_NAME)
+    wired = []
+    wire = model.wire_adapters
+    monkeypatch.setattr(model, "wire_adapters", lambda *args: wired.append(1) or wire(*args))
+    if damage == "after attaching":
+        def refuse(self, state, source):
+            raise AdapterError(f"{source}: refused")
+        monkeypatch.setattr(model.VidMusician, "load_adapter_state_dict", refuse)
+    musicgen = tiny()
+    musicgen.lm.transformer.layers[1].train()  # a mode of the caller's that wiring would change
+    before = backbone_state(musicgen)
+    with pytest.raises(AdapterError, match=f"^{bad}: "):
+        VidMusician.from_pretrained(bad, backbone=musicgen)
+    assert backbone_state(musicgen) == before
+    assert wired == ([] if damage == "nan" else [1])  # weights no backbone takes: refused before attaching
+    monkeypatch.undo()
+    musicgen.lm.transformer.layers[1].eval()
+    video = random_video_batch(1, [True])
+    got = VidMusician.from_pretrained(folder, backbone=musicgen).generate(video, duration=0.5, seed=0)
+    want = VidMusician.from_pretrained(folder, backbone=tiny()).generate(video, duration=0.5, seed=0)
+    assert torch.equal(got, want)
+
+
+def test_a_failure_after_wiring_takes_the_adapters_out_again(tiny, monkeypatch):
+    """attach_adapters, and wiring itself part way, also leave the backbone as it was."""
+    import vidmusician.adapter.wiring as wiring
+    import vidmusician.model as model
+
+    musicgen = tiny()
+    before = backbone_state(musicgen)
+    monkeypatch.setattr(model.VidMusician, "set_stage", lambda self, stage: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        attach_adapters(musicgen, tiny_config(musicgen))
+    assert backbone_state(musicgen) == before
+    monkeypatch.undo()
+    layer_adapters = wiring.layer_adapters
+    calls = []
+
+    def third_fails(config, i):  # two layers already adapted when it fails
+        calls.append(i)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return layer_adapters(config, i)
+
+    monkeypatch.setattr(wiring, "layer_adapters", third_fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        attach_adapters(musicgen, tiny_config(musicgen))
+    assert backbone_state(musicgen) == before
+    monkeypatch.undo()
+    attach_adapters(musicgen, tiny_config(musicgen))
+    assert backbone_state(musicgen) != before
+    wiring.unwire_adapters(musicgen)
+    assert backbone_state(musicgen) == before
+
+
+@pytest.mark.parametrize("file", ["adapter_config.json", WEIGHTS_NAME])
+def test_a_path_to_either_file_of_an_adapter_folder_means_the_folder(saved, tiny, tmp_path, capsys, file):
+    import vidmusician
+    from media import flash_video
+
+    vm, folder = saved
+    path = folder / file
+    for load in (VidMusician.from_pretrained, vidmusician.load_adapter):
+        loaded = load(path, backbone=tiny())
+        assert loaded.config == vm.config
+        assert all(torch.equal(v, vm.adapter_state_dict()[k]) for k, v in loaded.adapter_state_dict().items())
+    assert main(["info", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["backbone"] == "tiny"
+    video = flash_video(tmp_path / "clip.mp4", [0.3], 1.0, size=32)
+    assert main(["generate", str(video), "--adapter", str(path), "-o", str(tmp_path / "out.wav"), "-q",
+                 "--duration", "0.5"]) == 0, capsys.readouterr().err  # its backbone, 'tiny', read from the folder
+    assert (tmp_path / "out.wav").is_file()
+    with pytest.raises(AdapterError, match=r"clip.mp4: a file, not an adapter folder; give the folder that holds "):
+        VidMusician.from_pretrained(video, backbone=tiny())
+
+
+def test_load_adapter_is_public():
+    import vidmusician
+    from vidmusician.model import load_adapter
+
+    assert vidmusician.load_adapter is load_adapter and "load_adapter" in vidmusician.__all__
 
 
 def test_missing_folder_is_a_clear_error(tmp_path, tiny):

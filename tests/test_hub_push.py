@@ -133,6 +133,14 @@ def test_push_sends_the_adapter_files_and_a_card_only(trained, report, commits, 
     assert commits[0][2]["private"] is True and commits[0][2]["exist_ok"] is True
 
 
+def test_push_takes_a_path_to_either_file_of_the_folder_for_the_folder(trained, commits):
+    folder = trained[1] / "adapter"
+    push_adapter(folder / "adapter_model.safetensors", "org/name")
+    files = sent(commits)
+    assert sorted(files) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert all(files[name] == (folder / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors"))
+
+
 def test_the_card_says_what_made_the_adapter(trained, report, commits):
     stage1, stage2 = trained
     push_adapter(stage2 / "adapter", "org/name", report=report)  # the run: the folder above the adapter

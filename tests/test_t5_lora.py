@@ -251,6 +251,26 @@ def test_save_load_round_trip_holds_only_adapter_tensors(base_t5, tmp_path):
     assert torch.equal(got[mask], want[mask])
 
 
+def test_a_saved_t5_adapter_on_a_backbone_without_t5_names_its_folder_and_backbone(base_t5, tiny, tmp_path):
+    """'linear' would not load its LoRA weights: the fix is the backbone it was made for."""
+    from vidmusician import VidMusician
+
+    adapted(base_t5).save_pretrained(tmp_path / "a")
+    plain = tiny()
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'a'}: adapter config for 'tiny-t5' runs the video through "
+                                          r"that backbone's T5 text encoder \(semantic_encoder 't5-lora'\), and "
+                                          r"backbone 'tiny' has none; use backbone 'tiny-t5', the one it was made for$"):
+        VidMusician.from_pretrained(tmp_path / "a", backbone=plain)
+    assert not hasattr(plain.lm, "video_inputs")
+    plain.name = "tiny-t5"  # named as the adapter's backbone, without its T5
+    with pytest.raises(ConfigError, match=r"has none; load the 'tiny-t5' with the T5 it was made for$"):
+        VidMusician.from_pretrained(tmp_path / "a", backbone=plain)
+    # A fresh config, which no T5 sized yet: 'linear' is the fix there.
+    by_hand = AdapterConfig(**dict(t5_config(fresh(base_t5)).to_dict(), t5=None))
+    with pytest.raises(ConfigError, match=r"^backbone 'tiny' has no T5 text encoder.*use semantic_encoder 'linear'$"):
+        attach_adapters(tiny(), by_hand)
+
+
 @pytest.mark.numerics
 def test_an_adapter_folder_without_the_key_loads_as_linear_with_the_same_logits():
     """tests/data/linear-adapter was written before the semantic encoder was a choice."""

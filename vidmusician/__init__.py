@@ -2,7 +2,7 @@
 
 Public API::
 
-    from vidmusician import generate, generate_many, attach_adapters, VidMusician, AdapterConfig
+    from vidmusician import generate, generate_many, attach_adapters, load_adapter, VidMusician, AdapterConfig
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ if logging.getLogger("xformers").level == logging.NOTSET:
 _EXPORTS = {
     "AdapterConfig": "vidmusician.config",
     "attach_adapters": "vidmusician.model",
+    "load_adapter": "vidmusician.model",
     "VidMusician": "vidmusician.model",
     "VideoBatch": "vidmusician.adapter.context",
     "load_backbone": "vidmusician.backbones",

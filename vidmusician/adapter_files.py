@@ -14,11 +14,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import __version__
-from .config import CONFIG_NAME, AdapterConfig
+from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, adapter_folder
 from .errors import AdapterError, ConfigError, VidMusicianError, one_line
 from .fileio import atomic_write, native_name, write_safetensors
-
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tensor]) -> Path:
@@ -45,8 +43,14 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
 
 
 def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
-    """Reads an adapter folder: ``(config, tensors)``; a missing or damaged file is an AdapterError."""
-    directory = Path(directory)
+    """Reads an adapter folder: ``(config, tensors)``; a missing or damaged file is an AdapterError.
+
+    A path to either of the folder's files means the folder (:func:`~vidmusician.config.adapter_folder`).
+    """
+    directory = adapter_folder(directory)
+    if directory.is_file():
+        raise AdapterError(f"{directory}: a file, not an adapter folder; give the folder that holds "
+                           f"{CONFIG_NAME} and {WEIGHTS_NAME}")
     if not directory.is_dir():
         raise AdapterError(f"{directory}: adapter folder not found (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
@@ -74,15 +78,20 @@ def nonfinite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
     return next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
 
 
+def check_finite(tensors: dict[str, torch.Tensor], source) -> None:
+    """Refuses weights holding NaN or infinite values, what a diverged training saves (AdapterError)."""
+    broken = nonfinite_tensor(tensors)
+    if broken is not None:
+        raise AdapterError(f"{source}: tensor {broken} holds NaN or infinite values (the training diverged); "
+                           f"use an earlier checkpoint")
+
+
 def check_adapter_tensors(config: AdapterConfig, tensors: dict[str, torch.Tensor], source) -> None:
     """What a folder's weights must be to load onto any backbone its config fits, without the
     backbone: finite, and as many values as the config's adapters hold (AdapterError)."""
     from .adapter.parameter_counts import count_adapter_parameters
 
-    broken = nonfinite_tensor(tensors)
-    if broken is not None:
-        raise AdapterError(f"{source}: tensor {broken} holds NaN or infinite values (the training diverged); "
-                           f"use an earlier checkpoint")
+    check_finite(tensors, source)
     held, expected = sum(v.numel() for v in tensors.values()), count_adapter_parameters(config)["total"]
     if held != expected:
         raise AdapterError(f"{source}: {WEIGHTS_NAME} holds {held:,} adapter values where its {CONFIG_NAME} "

@@ -19,7 +19,23 @@ from .checks import MAX_COUNT, number
 from .errors import ConfigError, one_line
 from .video.encoder_specs import legacy_activation
 
+# An adapter folder's two files (see vidmusician.adapter_files).
 CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def adapter_folder(path) -> Path:
+    """The adapter folder a path names: a folder as it is, and either of an adapter folder's
+    files (``adapter_config.json``, ``adapter_model.safetensors``) for the folder that holds it.
+
+    Every reader of adapter folders (loading, ``info``, ``generate --adapter``, ``push``)
+    goes through here, so each takes the same paths.
+    """
+    path = Path(path)
+    if path.name in (CONFIG_NAME, WEIGHTS_NAME) and path.is_file():
+        return path.parent
+    return path
+
 
 # What the adapters need to know of a T5 encoder: the shapes the LoRA layers take
 # (``d_model``, ``num_heads * d_kv``, one set per block) and the width of its inputs.
@@ -249,7 +265,7 @@ class AdapterConfig:
 
     @classmethod
     def load(cls, path) -> "AdapterConfig":
-        path = Path(path)
+        path = adapter_folder(path)
         if path.is_dir():
             path = path / CONFIG_NAME
         if path.suffix == ".safetensors":

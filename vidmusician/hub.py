@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .adapter_files import WEIGHTS_NAME, check_adapter_tensors, read_adapter
-from .config import CONFIG_NAME
+from .config import CONFIG_NAME, adapter_folder
 from .errors import AdapterError, ConfigError, one_line
 from .hub_reach import REPO_ID, is_repo_id, no_answer
 
@@ -175,7 +175,7 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
 
     from .model_card import adapter_card
 
-    folder = Path(folder)
+    folder = adapter_folder(folder)  # the folder, also when given one of its files
     config, tensors = read_adapter(folder)  # refuses a folder that is not a readable adapter, before any upload
     check_adapter_tensors(config, tensors, folder)  # ... or weights that no backbone would load
     repo, own = split_revision(repo_id, revision)

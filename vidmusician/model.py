@@ -16,8 +16,8 @@ from typing import Sequence
 import torch
 
 from .adapter.context import VideoBatch, VideoContext
-from .adapter.wiring import adapter_modules, wire_adapters
-from .adapter_files import nonfinite_tensor, read_adapter, write_adapter
+from .adapter.wiring import adapter_modules, unwired_on_error, wire_adapters
+from .adapter_files import check_finite, read_adapter, write_adapter
 from .backbones import load_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .sizing import config_for_backbone
@@ -33,7 +33,7 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None) -> "VidMusici
     """Attaches video adapters to a MusicGen in place and returns a :class:`VidMusician`.
 
     Every backbone parameter is frozen; the adapters start so that the model's
-    output equals the base model's exactly.
+    output equals the base model's exactly. An error leaves the MusicGen as it was.
 
     Args:
         musicgen: an audiocraft ``MusicGen`` (pretrained, tiny or random).
@@ -42,38 +42,54 @@ def attach_adapters(musicgen, config: AdapterConfig | None = None) -> "VidMusici
 
     Raises:
         AdapterError: the config does not fit the backbone (width, depth, frame rate).
+        BackboneError: adapters are already attached to it, or it is no MusicGen they support.
     """
     if config is None:
         config = config_for_backbone(musicgen)
     context, hook, config = wire_adapters(musicgen, config)
-    vm = VidMusician(musicgen, config, context, hook)
-    vm.set_stage(config.stage)
+    with unwired_on_error(musicgen):
+        vm = VidMusician(musicgen, config, context, hook)
+        vm.set_stage(config.stage)
     return vm
 
 
 def load_adapter(directory, backbone=None, device=None, revision: str | None = None) -> "VidMusician":
-    """Loads an adapter folder, or a Hub adapter, onto a backbone (a loaded MusicGen, or a name/path to load).
+    """Loads a saved adapter onto a backbone (also :meth:`VidMusician.from_pretrained`).
+
+    Load once, then call :meth:`VidMusician.generate` as often as needed: a backbone holds one set of adapters.
 
     Args:
-        directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``),
-            or a Hugging Face Hub id (``org/name``, ``org/name@revision``) whose two files
-            are fetched into the Hugging Face cache; a folder that exists wins.
-        backbone: a loaded MusicGen, or a name/path for :func:`load_backbone`
-            (default: the backbone named in the config).
+        directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, or a
+            path to either file), or a Hugging Face Hub id (``org/name``, ``org/name@revision``)
+            whose two files are fetched into the Hugging Face cache; a folder that exists wins.
+        backbone: a loaded MusicGen (the adapters are attached to it in place), or a name/path
+            for :func:`~vidmusician.backbones.load_backbone` (default: the backbone named in
+            the adapter's config).
         device: device for a backbone loaded here.
         revision: branch, tag or commit of a Hub id.
+
+    Returns:
+        The :class:`VidMusician`, in eval mode.
+
+    Raises:
+        AdapterError: the folder is missing, damaged, holds NaN weights (a diverged training),
+            or does not fit the backbone. Any error leaves a given backbone as it was, so the
+            same backbone can take another adapter.
+        ConfigError: the adapter needs a T5 text encoder that the backbone lacks, or another one.
     """
     config, state = read_adapter(resolve_adapter(directory, revision))
+    check_finite(state, directory)  # before the backbone changes: what can be checked without it
     if backbone is None or isinstance(backbone, (str, os.PathLike)):
         backbone = load_backbone(backbone or config.backbone, device=device)
     try:
         # The fresh adapters' random initial weights, which the file's replace, do not move the caller's stream.
         with seeded(0, next(backbone.lm.parameters()).device):
             vm = attach_adapters(backbone, config)
-    except AdapterError as exc:
-        raise AdapterError(f"{directory}: {exc}") from None
-    vm.load_adapter_state_dict(state, source=str(directory))
-    vm.eval()
+    except (AdapterError, ConfigError) as exc:  # the same error, naming the adapter
+        raise (AdapterError if isinstance(exc, AdapterError) else ConfigError)(f"{directory}: {exc}") from None
+    with unwired_on_error(backbone):  # a file that does not fit leaves the caller's backbone as it was
+        vm.load_adapter_state_dict(state, source=str(directory))
+        vm.eval()
     return vm
 
 
@@ -274,10 +290,7 @@ class VidMusician:
         if bad:
             raise AdapterError(f"{source}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
                                f"expected {tuple(own[bad[0]].shape)}")
-        broken = nonfinite_tensor({k: state[k] for k in own})
-        if broken is not None:
-            raise AdapterError(f"{source}: tensor {broken} holds NaN or infinite values (the training "
-                               f"diverged); use an earlier checkpoint")
+        check_finite({k: state[k] for k in own}, source)
         with torch.no_grad():
             for key, target in own.items():
                 target.copy_(state[key].to(target.dtype))
@@ -288,11 +301,12 @@ class VidMusician:
 
     @classmethod
     def from_pretrained(cls, directory, backbone=None, device=None, revision: str | None = None) -> "VidMusician":
-        """Loads an adapter folder or a Hub adapter onto a backbone.
+        """Loads an adapter folder or a Hub adapter onto a backbone (:func:`load_adapter`).
 
         Args:
-            directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``),
-                or a Hub id (``org/name``, ``org/name@revision``); a folder that exists wins.
+            directory: adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``,
+                or a path to either file), or a Hub id (``org/name``, ``org/name@revision``);
+                a folder that exists wins.
             backbone: a loaded MusicGen, or a name/path for :func:`load_backbone`
                 (default: the backbone named in the config).
             device: device for a backbone loaded here.

@@ -73,26 +73,39 @@ def config_for_backbone(musicgen, **overrides) -> AdapterConfig:
 
 def backbone_t5(musicgen) -> dict:
     """The architecture of the backbone's T5 text encoder; ConfigError when it has none."""
+    own = _t5_architecture(musicgen)
+    if own is None:
+        raise ConfigError(f"backbone {musicgen.name!r} has no T5 text encoder, which semantic_encoder 't5-lora' "
+                          f"runs the video through; use semantic_encoder 'linear'")
+    return own
+
+
+def _t5_architecture(musicgen) -> dict | None:
     from .adapter.t5 import architecture, text_conditioner  # torch and audiocraft: only with a model
 
     conditioner = text_conditioner(musicgen)
-    if conditioner is None:
-        raise ConfigError(f"backbone {musicgen.name!r} has no T5 text encoder, which semantic_encoder 't5-lora' "
-                          f"runs the video through; use semantic_encoder 'linear'")
-    return architecture(conditioner.t5)
+    return architecture(conditioner.t5) if conditioner is not None else None
 
 
 def sized_to_t5(config: AdapterConfig, musicgen) -> AdapterConfig:
     """``config`` with ``t5`` set to the backbone's T5 ('t5-lora'; a copy when it was unset).
 
     Raises:
-        ConfigError: the config was made for another T5 than the backbone's.
+        ConfigError: the config was made for another T5 than the backbone's, or for a T5
+            where the backbone has none.
     """
     if config.semantic_encoder != "t5-lora":
         return config
-    own = backbone_t5(musicgen)
     if config.t5 is None:
-        return config.replace(t5=own)  # a config made by hand: sized to this backbone's T5
+        return config.replace(t5=backbone_t5(musicgen))  # a config made by hand: sized to this backbone's T5
+    own = _t5_architecture(musicgen)
+    if own is None:
+        # A config made for a backbone's T5 (a saved adapter's): its LoRA weights are that T5's,
+        # so 'linear' would not load them; the backbone it was made for would.
+        fix = (f"use backbone {config.backbone!r}, the one it was made for" if config.backbone != musicgen.name
+               else f"load the {config.backbone!r} with the T5 it was made for")
+        raise ConfigError(f"adapter config for {config.backbone!r} runs the video through that backbone's T5 text "
+                          f"encoder (semantic_encoder 't5-lora'), and backbone {musicgen.name!r} has none; {fix}")
     if config.t5 != own:
         diffs = differing_fields(config.t5, own, list(own), ("adapter", "backbone"))
         raise ConfigError(f"adapter config for {config.backbone!r} was made for another T5 text encoder than "

@@ -14,6 +14,7 @@ model object: :func:`vidmusician.model.attach_adapters` assembles a
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -188,7 +189,8 @@ def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object
     """Wires video adapters into a MusicGen's LM in place; the model object is assembled on top.
 
     Every backbone parameter is frozen and the LM put in eval mode; the adapters
-    start so that the LM's output equals the base model's exactly.
+    start so that the LM's output equals the base model's exactly. A failure leaves the
+    MusicGen as it was; :func:`unwire_adapters` takes the adapters out again.
 
     Args:
         musicgen: an audiocraft ``MusicGen`` (pretrained, tiny or random).
@@ -205,6 +207,18 @@ def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object
     check_fit(config, musicgen)
     config = sized_to_t5(config, musicgen)
     text_conditioner = _text_conditioner(config, musicgen)
+    before = BaseState.of(lm)
+    try:
+        context, hook = _wire(musicgen, config, text_conditioner, before)
+    except BaseException:
+        _restore(lm, before)  # a failure part way leaves the backbone as it was given
+        raise
+    return context, hook, config
+
+
+def _wire(musicgen, config: AdapterConfig, text_conditioner, before: "BaseState"):
+    """:func:`wire_adapters`' changes to the LM, recorded in ``before`` as they are made."""
+    lm = musicgen.lm
     for p in lm.parameters():
         p.requires_grad_(False)
     lm.eval()
@@ -212,6 +226,7 @@ def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object
     ref = next(lm.parameters())
     context = VideoContext(config.max_global_tokens)
     inputs = VideoInputs(config, text_conditioner).to(ref.device)
+    inputs.__dict__["before"] = before  # what unwire_adapters puts back
     lm.add_module("video_inputs", inputs)
     layers = lm.transformer.layers
     for i in sorted(set(config.semantic_layers) | set(config.rhythm_layers)):
@@ -231,8 +246,66 @@ def wire_adapters(musicgen, config: AdapterConfig) -> tuple[VideoContext, object
                               "call set_generation_params(two_step_cfg=False)")
         context.begin_forward(x.shape[0], streaming_position(transformer), x.shape[1], x.device, inputs)
 
-    hook = lm.transformer.register_forward_pre_hook(begin_forward, with_kwargs=True)
-    return context, hook, config
+    before.hook = lm.transformer.register_forward_pre_hook(begin_forward, with_kwargs=True)
+    return context, before.hook
+
+
+@dataclass
+class BaseState:
+    """What :func:`wire_adapters` changes in an LM besides the modules it adds, as it was before.
+
+    Attributes:
+        requires_grad: every LM parameter with its ``requires_grad`` (wiring freezes them all).
+        training: every LM module with its ``training`` flag (wiring puts the LM in eval mode).
+        hook: the forward pre-hook wiring registered on ``lm.transformer`` (None until then).
+    """
+
+    requires_grad: list[tuple[nn.Parameter, bool]]
+    training: list[tuple[nn.Module, bool]]
+    hook: object = None
+
+    @classmethod
+    def of(cls, lm) -> "BaseState":
+        return cls([(p, p.requires_grad) for p in lm.parameters()], [(m, m.training) for m in lm.modules()])
+
+
+def unwire_adapters(musicgen) -> None:
+    """Takes :func:`wire_adapters`' adapters back out of a MusicGen, leaving it as it was before.
+
+    The base layers go back into the transformer, ``lm.video_inputs`` and the forward
+    pre-hook go, and every LM parameter and module gets back its ``requires_grad`` and
+    training mode. For a load that fails after wiring: the caller's backbone can be
+    loaded onto again.
+    """
+    lm = musicgen.lm
+    inputs = lm._modules.get("video_inputs")
+    if not isinstance(inputs, VideoInputs):
+        raise BackboneError(f"{musicgen.name}: no adapters are attached to this model")
+    _restore(lm, inputs.before)
+
+
+@contextlib.contextmanager
+def unwired_on_error(musicgen):
+    """``with unwired_on_error(musicgen): ...`` takes the adapters just wired back out when the block raises."""
+    try:
+        yield
+    except BaseException:
+        unwire_adapters(musicgen)
+        raise
+
+
+def _restore(lm, before: BaseState) -> None:
+    layers = lm.transformer.layers
+    for i, layer in enumerate(layers):
+        if isinstance(layer, AdaptedLayer):
+            layers[i] = layer.base_layer
+    lm._modules.pop("video_inputs", None)
+    if before.hook is not None:
+        before.hook.remove()
+    for p, flag in before.requires_grad:
+        p.requires_grad_(flag)
+    for m, mode in before.training:
+        m.training = mode
 
 
 def _text_conditioner(config: AdapterConfig, musicgen):

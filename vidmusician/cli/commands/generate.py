@@ -183,7 +183,7 @@ def backbone_name(args) -> str:
         return args.backbone
     if not args.adapter:
         return DEFAULT_BACKBONE
-    from ...config import CONFIG_NAME, AdapterConfig
+    from ...config import CONFIG_NAME, AdapterConfig, adapter_folder
     from ...hub import is_hub_id
 
     if is_hub_id(args.adapter):
@@ -191,7 +191,7 @@ def backbone_name(args) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the adapter's load shows them, once
-            return AdapterConfig.load(Path(args.adapter) / CONFIG_NAME).backbone
+            return AdapterConfig.load(adapter_folder(args.adapter) / CONFIG_NAME).backbone
     except (VidMusicianError, OSError):
         return ""  # the adapter's load says what is wrong with it, before any model loads
 

@@ -59,7 +59,7 @@ def run(args) -> int:
 
 
 def _load(name: str):
-    """The config of an adapter folder (or its adapter_config.json), a Hub id or a preset."""
+    """The config of an adapter folder (or either of its files), a Hub id or a preset."""
     from ...config import CONFIG_NAME, AdapterConfig
     from ...errors import ConfigError
     from ...sizing import load_preset, preset_names
