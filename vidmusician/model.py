@@ -21,10 +21,10 @@ from .adapter_files import check_finite, read_adapter, write_adapter
 from .backbones import load_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .sizing import config_for_backbone
-from .errors import AdapterError, ConfigError, differing_fields
+from .errors import AdapterError, ConfigError
 from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
 from .hub import resolve_adapter, save_and_push
-from .video.encoder_specs import rate_misfit, sized_for_another
+from .video.encoder_specs import check_batch_fit
 from .runtime import seeded
 from .generation.windows import generate_batch
 
@@ -165,23 +165,8 @@ class VidMusician:
             self.context.set(None)
 
     def _check_batch(self, batch: VideoBatch, encoders: set | None = None, local_rates: set | None = None):
-        """Refuses a batch the adapter cannot read; ``encoders``, ``local_rates``: of its features, where known."""
-        c = self.config
-        widths = dict(global_dim=batch.global_feats.shape[-1], local_dim=batch.local.shape[-1])
-        diffs = differing_fields(widths, c, list(widths), ("features", "adapter"))
-        if diffs and encoders == {c.encoder}:
-            raise ConfigError(f"video {sized_for_another(c, widths, diffs)}")
-        if diffs:
-            raise ConfigError(f"video features do not fit the adapter ({diffs}); extract them with encoder {c.encoder!r}")
-        if abs(batch.frame_rate - c.frame_rate) > 1e-6:
-            raise ConfigError(f"video batch aligned to {batch.frame_rate} Hz, the codec runs at {c.frame_rate} Hz")
-        # Null videos have no rate; a VideoBatch's local signal is at the codec's rate, its own unknown.
-        rates = dict(global_fps={batch.global_fps} if bool(batch.present.any()) else (), local_fps=local_rates or ())
-        misfit = rate_misfit(c, rates)
-        if misfit:
-            field, want, words = misfit
-            raise ConfigError(f"video features have {words}; extract them at the adapter's rate "
-                              f"({field}={want:g}; --{field.replace('_', '-')} {want:g} on the command line)")
+        """Refuses a batch the adapter cannot read (:func:`~vidmusician.video.encoder_specs.check_batch_fit`)."""
+        check_batch_fit(self.config, batch, encoders, local_rates)
 
     # -- training state ------------------------------------------------------
 

@@ -209,6 +209,36 @@ def sized_for_another(config, widths: dict, diffs: str) -> str:
             f"encoder={config.encoder!r}, global_dim={widths['global_dim']}, local_dim={widths['local_dim']})")
 
 
+def check_batch_fit(config, batch, encoders: set | None = None, local_rates: set | None = None) -> None:
+    """Refuses a :class:`~vidmusician.adapter.context.VideoBatch` the adapter of ``config`` cannot read.
+
+    Args:
+        config: The adapter's :class:`~vidmusician.config.AdapterConfig`.
+        batch: The batch: its widths, codec rate and global rate are checked.
+        encoders, local_rates: the specs and local rates of the features it was made from,
+            where known (a batch's local signal is at the codec's rate, its own rate lost).
+
+    Raises:
+        ConfigError: One line: the misfit and the fix.
+    """
+    c = config
+    widths = dict(global_dim=batch.global_feats.shape[-1], local_dim=batch.local.shape[-1])
+    diffs = differing_fields(widths, c, list(widths), ("features", "adapter"))
+    if diffs and encoders == {c.encoder}:
+        raise ConfigError(f"video {sized_for_another(c, widths, diffs)}")
+    if diffs:
+        raise ConfigError(f"video features do not fit the adapter ({diffs}); extract them with encoder {c.encoder!r}")
+    if abs(batch.frame_rate - c.frame_rate) > 1e-6:
+        raise ConfigError(f"video batch aligned to {batch.frame_rate} Hz, the codec runs at {c.frame_rate} Hz")
+    # Null videos have no rate.
+    rates = dict(global_fps={batch.global_fps} if bool(batch.present.any()) else (), local_fps=local_rates or ())
+    misfit = rate_misfit(c, rates)
+    if misfit:
+        field, want, words = misfit
+        raise ConfigError(f"video features have {words}; extract them at the adapter's rate "
+                          f"({field}={want:g}; --{field.replace('_', '-')} {want:g} on the command line)")
+
+
 def rate_misfit(config, rates: dict) -> tuple[str, float, str] | None:
     """The first feature rate the adapter does not read: ``(field, adapter's rate, words)``.
 
