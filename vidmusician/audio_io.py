@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import AudioError, ConfigError, one_line, short_path
-from .fileio import atomic_write
+from .fileio import atomic_write, name_room
 
 __all__ = ["AUDIO_FORMATS", "VIDEO_FORMATS", "read_audio", "check_output_path", "write_audio"]
 
@@ -118,15 +118,11 @@ def check_writable(path) -> None:
     """Refuses, before any work, a file that cannot be created: read-only folder, name too long."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    try:
-        name_max = os.pathconf(parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    # The atomic writer adds a hidden prefix and a suffix to the name: leave room for them.
+    room = name_room(parent)  # the atomic writer's temporary name is longer
     size = len(os.fsencode(path.name))  # the bytes on disk (a name may not be UTF-8)
-    if size + 40 > name_max:
+    if size > room:
         raise ConfigError(f"{short_path(path)}: the file name is too long for this file system "
-                          f"({size} bytes, at most {name_max - 40}); use a shorter name")
+                          f"({size} bytes, at most {room}); use a shorter name")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"{path}: folder {parent} is not writable (read-only or no permission); "
                           f"choose another output folder")

@@ -9,6 +9,19 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
+# Bytes atomic_write adds to a file's name for its temporary one (".NAME.PID.TID.part").
+TEMP_NAME_BYTES = 40
+
+
+def name_room(folder) -> int:
+    """Bytes a file name in ``folder`` may have, leaving room for :func:`atomic_write`'s temporary name."""
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    return name_max - TEMP_NAME_BYTES
+
+
 def _default_mode() -> int:
     # umask can only be read by setting it; set it straight back.
     mask = os.umask(0)

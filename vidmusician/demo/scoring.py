@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, VidMusicianError, printable
+from ..fileio import name_room
 
 __all__ = ["DEFAULT_MAX_DURATION", "Cancelled", "LoadedModels", "ScoreRequest", "ScoreResult", "Scorer"]
 
@@ -36,8 +37,6 @@ _SEED_RANGE = 2 ** 31
 # A job's files are named after the upload, as the visitor downloads them: "<stem>_music.wav",
 # "<stem>_scored.mp4" (or .mkv) and, the longest, "<stem>_alignment.png".
 _LONGEST_SUFFIX = len("_alignment.png")
-# What the atomic writer adds beside a name (".<name>.PID.TID.part"), as audio_io.check_writable reserves.
-_WRITER_RESERVE = 40
 # Enough of the upload's name to recognise it by; a longer one (a 75-character CJK
 # title is 225 bytes) is cut, since the writer's hidden name would pass NAME_MAX.
 _STEM_BYTES = 120
@@ -262,11 +261,7 @@ def _job_stem(video, folder: Path) -> str:
     between characters: a UTF-8 name stays valid UTF-8.
     """
     stem = Path(video).stem or "video"
-    try:
-        name_max = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    budget = min(_STEM_BYTES, name_max - _WRITER_RESERVE - _LONGEST_SUFFIX)
+    budget = min(_STEM_BYTES, name_room(folder) - _LONGEST_SUFFIX)
     raw = os.fsencode(stem)  # the bytes on disk (a name may not be UTF-8)
     if len(raw) <= budget:
         return stem
