@@ -203,10 +203,11 @@ def test_the_library_names_its_keywords():
     from vidmusician.errors import ConfigError
     from vidmusician.generation.guidance import GenerationParams
 
+    musicgen = SimpleNamespace(lm=SimpleNamespace(card=400), max_duration=30, frame_rate=50)
     with pytest.raises(ConfigError, match=r"^top_k=401: more than the backbone's 400 tokens per codebook; use top_k=400 "):
-        GenerationParams(top_k=401).check(SimpleNamespace(card=400))
+        GenerationParams(top_k=401).check(musicgen)
     with pytest.raises(ConfigError, match=r"^extend_stride=30: must be shorter than the backbone's 30 s window"):
-        GenerationParams(extend_stride=30.0).window_frames(SimpleNamespace(frame_rate=50, max_duration=30))
+        GenerationParams(extend_stride=30.0).check(musicgen)
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-t5", "tiny-learned"])
@@ -215,7 +216,7 @@ def test_the_bounds_known_by_name_are_the_loaded_ones(name):
     from vidmusician.generation.limits import BackboneLimits, known_limits
 
     musicgen = load_backbone(name, device="cpu")
-    assert known_limits(name) == BackboneLimits(musicgen.lm.card, musicgen.max_duration, musicgen.frame_rate)
+    assert known_limits(name) == BackboneLimits.of(musicgen)
 
 
 def test_generate_never_writes_over_its_input(clip, tmp_path, capsys):

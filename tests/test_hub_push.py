@@ -252,6 +252,18 @@ def test_a_local_backbone_is_named_by_its_folder_and_the_usage_passes_a_copy(tra
     assert "`facebook/musicgen-small` (frozen" in hub and "--backbone" not in hub
 
 
+def test_a_run_started_from_a_file_of_an_adapter_folder_leads_the_card_to_that_run(trained, tmp_path):
+    """--init takes either file of an adapter folder for the folder: so does the card."""
+    from vidmusician.model_card import adapter_card
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[1], run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(dict(info, init_adapter=str(trained[0] / "adapter" / "adapter_config.json"))))
+    text = adapter_card(run / "adapter", AdapterConfig.load(run / "adapter"), "org/name").text
+    assert text.index("**stage 1** (`") < text.index("**stage 2** (`")
+
+
 def test_push_while_offline_is_one_line(trained, monkeypatch):
     import huggingface_hub.constants as constants
 

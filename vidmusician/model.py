@@ -134,7 +134,7 @@ class VidMusician:
                                               self.config.global_dim, self.config.local_dim)
             encoders = {f.encoder for f in features if f is not None}  # checked as features by from_features
             local_rates = {f.local_fps for f in features if f is not None}
-        self._check_batch(videos, encoders, local_rates)
+        check_batch_fit(self.config, videos, encoders, local_rates)
         return videos.to(self.device)
 
     def set_video(self, videos: VideoBatch | Sequence | None, frame_offset: int = 0,
@@ -163,10 +163,6 @@ class VidMusician:
             yield self
         finally:
             self.context.set(None)
-
-    def _check_batch(self, batch: VideoBatch, encoders: set | None = None, local_rates: set | None = None):
-        """Refuses a batch the adapter cannot read (:func:`~vidmusician.video.encoder_specs.check_batch_fit`)."""
-        check_batch_fit(self.config, batch, encoders, local_rates)
 
     # -- training state ------------------------------------------------------
 

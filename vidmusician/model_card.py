@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .adapter.parameter_counts import count_adapter_parameters
-from .config import STAGE_GROUPS, AdapterConfig, describe_memory, describe_rhythm_input
+from .config import STAGE_GROUPS, AdapterConfig, adapter_folder, describe_memory, describe_rhythm_input
 from .errors import ConfigError
 from .hub_reach import is_repo_id
 
@@ -134,8 +134,8 @@ def training_record(folder: Path, run=None, depth: int = 4) -> list[dict]:
              "holdout_loss": losses[-1]["holdout_loss"] if losses else None}
     init = info.get("init_adapter", recipe.get("init_adapter"))  # --init overrides the recipe's
     earlier = []
-    if isinstance(init, str) and depth > 1 and Path(init).is_dir():
-        earlier = training_record(Path(init), None, depth - 1)
+    if isinstance(init, str) and depth > 1 and Path(init).exists():  # a folder, or a file in it
+        earlier = training_record(adapter_folder(init), None, depth - 1)
     elif isinstance(init, str):
         stage["init"] = init
     return earlier + [stage]

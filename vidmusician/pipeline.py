@@ -132,8 +132,7 @@ def load_for_generation(adapter, backbone, encoder, device, params: GenerationPa
         LimitError: ``top_k`` or ``extend_stride`` beyond the backbone's bounds (before any video's features).
     """
     vm, musicgen = load_models(adapter, backbone, encoder, device)
-    params.check(musicgen.lm)
-    params.window_frames(musicgen)
+    params.check(musicgen)
     if adapter is None:
         warnings.warn("no adapter: the video does not condition the music, it only sets its length "
                       "(pass an adapter folder for music that follows the video)", stacklevel=3)
@@ -172,8 +171,7 @@ def load_models(adapter=None, backbone=None, encoder=None, device=None):
     musicgen = backbone if _is_musicgen(backbone) else load_backbone(backbone or DEFAULT_BACKBONE, device=device)
     if encoder is None:
         return None, musicgen
-    enc = (encoder if isinstance(encoder, VisualEncoder)
-           else load_encoder(encoder, device=next(musicgen.lm.parameters()).device))
+    enc = load_encoder(encoder, device=next(musicgen.lm.parameters()).device)
     # Fresh adapters are identity at init: the video runs through every step of
     # the path (an installation check) and the music equals the base model's.
     config = config_for_backbone(musicgen, global_dim=enc.global_dim, local_dim=enc.num_patches,

@@ -31,7 +31,7 @@ import torch
 
 from ..checks import guidance as check_guidance
 from ..errors import ConfigError
-from .limits import STRIDE_FRACTION, check_extend_stride, check_top_k
+from .limits import STRIDE_FRACTION, BackboneLimits
 
 __all__ = ["DEFAULT_PLAUSIBILITY", "GenerationParams", "Guidance", "guidance_conditions", "guided_logits", "sample_window"]
 
@@ -221,15 +221,14 @@ class GenerationParams:
         v = self.cfg_coef if self.video_cfg_coef is None else self.video_cfg_coef
         return Guidance.plan(float(t), float(v), has_video, has_text, float(self.plausibility))
 
-    def check(self, lm) -> None:
-        """Checks the parameters against the backbone (:class:`~vidmusician.generation.limits.LimitError`)."""
-        check_top_k(self.top_k, int(lm.card))
+    def check(self, musicgen) -> None:
+        """Checks top_k and extend_stride against the backbone (:class:`~vidmusician.generation.limits.LimitError`)."""
+        BackboneLimits.of(musicgen).check(self.top_k, self.extend_stride)
 
     def window_frames(self, musicgen) -> tuple[int, int]:
-        """(window length, stride) in codec frames for this backbone."""
+        """(window length, stride) in codec frames for this backbone (:meth:`check` bounds the stride)."""
         fr, max_duration = musicgen.frame_rate, musicgen.max_duration
         stride = STRIDE_FRACTION * max_duration if self.extend_stride is None else self.extend_stride
-        check_extend_stride(stride, max_duration, fr)
         return int(max_duration * fr), int(fr * stride)
 
 

@@ -37,23 +37,21 @@ class BackboneLimits:
     window: float
     frame_rate: float
 
-    def check(self, top_k: int, extend_stride: float | None, names: dict[str, str] | None = None) -> None:
+    def check(self, top_k: int, extend_stride: float | None) -> None:
         """Checks both parameters (``extend_stride`` None: the default stride, always valid).
 
-        Args:
-            names: the spelling of each parameter for the message, e.g. ``{"top_k": "--top-k"}``;
-                default: the Python keyword (``top_k=...``).
-
         Raises:
-            LimitError: one line naming the parameter as spelled, its value and the bound.
+            LimitError: one line naming the parameter as a Python keyword (:meth:`LimitError.named`
+                words it otherwise), its value and the bound.
         """
-        names = names or {}
-        try:
-            check_top_k(top_k, self.card)
-            if extend_stride is not None:
-                check_extend_stride(extend_stride, self.window, self.frame_rate)
-        except LimitError as exc:
-            raise exc.named(names) from None
+        check_top_k(top_k, self.card)
+        if extend_stride is not None:
+            check_extend_stride(extend_stride, self.window, self.frame_rate)
+
+    @classmethod
+    def of(cls, musicgen) -> "BackboneLimits":
+        """The limits of a loaded MusicGen."""
+        return cls(int(musicgen.lm.card), float(musicgen.max_duration), float(musicgen.frame_rate))
 
 
 # The backbones whose shape is known by name, without loading them. Every released MusicGen
@@ -92,19 +90,12 @@ class LimitError(ConfigError):
 
     def __init__(self, parameter: str, wording, *values, name: str | None = None):
         self.parameter = parameter
-        self._wording, self._values, self._name = wording, values, name
+        self._wording, self._values = wording, values
         super().__init__(wording(name or parameter, *values))
-
-    def __reduce__(self):  # its arguments are not the message: pickled (across processes) as made
-        return _remade, (self.parameter, self._wording, self._values, self._name)
 
     def named(self, names: dict[str, str]) -> "LimitError":
         """The same error, naming the parameter as ``names`` spells it (``{"top_k": "--top-k"}``)."""
         return LimitError(self.parameter, self._wording, *self._values, name=names.get(self.parameter))
-
-
-def _remade(parameter, wording, values, name):
-    return LimitError(parameter, wording, *values, name=name)
 
 
 def check_top_k(top_k: int, card: int) -> None:

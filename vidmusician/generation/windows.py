@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..progress import progress_bar
 from ..runtime import seeded
 from ..video.encoder_specs import check_encoder_fit
-from ..video.encoders import VisualEncoder, load_encoder
+from ..video.encoders import load_encoder
 from ..video.features import VideoFeatures, extract_features
 from ..video.reader import frames_covering
 from .engine_select import select_engine
@@ -103,7 +103,7 @@ def generate_tokens(musicgen, attributes, num_frames: int, params: GenerationPar
         ``[B, K, num_frames]`` codes.
     """
     lm = musicgen.lm
-    params.check(lm)
+    params.check(musicgen)
     window, stride = params.window_frames(musicgen)
     windows = plan_windows(num_frames, window, stride)
     has_video = vm is not None and videos is not None and bool(videos.present.any())
@@ -273,7 +273,7 @@ def set_encoder(vm, spec):
     """Loads the encoder ``spec`` for ``vm`` (checked against the adapter's widths and activation)."""
     c = vm.config
     activation = c.encoder_activation if spec == c.encoder else None  # the adapter's own encoder, as it was trained
-    enc = spec if isinstance(spec, VisualEncoder) else load_encoder(spec, device=vm.device, activation=activation)
+    enc = load_encoder(spec, device=vm.device, activation=activation)
     check_encoder_fit(c, f"visual encoder {enc.name!r}", enc.name, enc.activation, (enc.global_dim, enc.num_patches))
     vm.encoder = enc
     return enc

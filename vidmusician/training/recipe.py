@@ -173,7 +173,6 @@ NOT_IN_RECIPES = {
     "are recorded by training from the dataset's windows (prepare --window sets them)": ("trained_window",),
     "are written by vidmusician": ("version",),
 }
-FROM_BACKBONE_AND_DATA = tuple(key for keys in NOT_IN_RECIPES.values() for key in keys)
 
 
 def check_adapter_overrides(adapter: dict, source: str = "recipe") -> None:
@@ -181,7 +180,7 @@ def check_adapter_overrides(adapter: dict, source: str = "recipe") -> None:
     fields = {f.name for f in dataclasses.fields(AdapterConfig)}
     unknown = sorted(set(adapter) - fields)
     if unknown:
-        settable = sorted(fields - set(FROM_BACKBONE_AND_DATA))
+        settable = sorted(fields.difference(*NOT_IN_RECIPES.values()))
         raise ConfigError(f"{source}: unknown adapter config keys {unknown}; known: {settable}")
     said = [f"adapter fields {fixed} {why}" for why, keys in NOT_IN_RECIPES.items()
             if (fixed := sorted(set(adapter) & set(keys)))]

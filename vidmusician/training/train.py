@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ..arguments import Parser
+from ..config import adapter_folder
 from ..errors import ConfigError, VidMusicianError, one_line, printable
 from ..fileio import atomic_write
 from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, PreparedDataset, TextDropout,
@@ -144,8 +145,9 @@ def _train(args, progress: dict) -> Path:
     train_set = PreparedDataset(args.data, "train")
     holdout = PreparedDataset(args.data, "holdout")
     check_training_split(len(train_set), len(holdout), recipe.batch_size * accelerator.num_processes, args.data)
-    longest = max((float(row["seconds"]) for row in train_set.rows), default=None)  # short clips: shorter windows
-    vm = build_model(args, recipe, meta, accelerator.device, longest)
+    # The longest window trained on (clips shorter than --window give shorter ones): the adapter's trained_window.
+    window = max((float(row["seconds"]) for row in train_set.rows), default=meta.window)
+    vm = build_model(args, recipe, meta, accelerator.device, window)
     params = vm.trainable_parameters()
     optimizer = torch.optim.AdamW(optimizer_groups(vm, recipe.weight_decay), lr=recipe.lr, betas=tuple(recipe.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, recipe))
@@ -243,10 +245,10 @@ def _train(args, progress: dict) -> Path:
         # An init folder as an absolute path (the card follows it to stage 1's run from wherever
         # `push` runs); the window the longest trained on, as the adapter's trained_window.
         init = args.init or recipe.init_adapter
-        init = str(Path(init).resolve()) if init is not None and Path(init).is_dir() else init
+        init = str(adapter_folder(init).resolve()) if init is not None and Path(init).exists() else init
         record = dict(recipe=printable(args.recipe), init_adapter=init,
                       data=printable(args.data), train_windows=len(train_set),
-                      holdout_windows=len(holdout), window=longest or meta.window, steps=state.step,
+                      holdout_windows=len(holdout), window=window, steps=state.step,
                       global_batch=sampler.global_batch * recipe.grad_accum, processes=accelerator.num_processes)
         atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True)
                                                                          + "\n"))

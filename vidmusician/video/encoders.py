@@ -210,12 +210,14 @@ class VisualEncoder:
         return torch.autocast("cuda", dtype=dtype)
 
 
-def load_encoder(spec: str | None = None, device=None, activation: str | None = None) -> VisualEncoder:
+def load_encoder(spec: "str | VisualEncoder | None" = None, device=None,
+                 activation: str | None = None) -> VisualEncoder:
     """Builds the visual encoder named by a spec (see the module docstring).
 
     Args:
         spec: ``NAME[:TAG]``, ``NAME:/path/to/checkpoint``, a folder in open_clip's
-            format, ``hf-hub:org/repo``, ``tiny``, or None for ``ViT-B-32:openai``.
+            format, ``hf-hub:org/repo``, ``tiny``, or None for ``ViT-B-32:openai``;
+            a :class:`VisualEncoder` already loaded is returned as it is.
         device: Device to run on; None picks CUDA when available.
         activation: The activation an adapter's features were made with, when it
             differs from the one the weights were trained with (adapters written
@@ -231,6 +233,8 @@ def load_encoder(spec: str | None = None, device=None, activation: str | None = 
     """
     import open_clip
 
+    if isinstance(spec, VisualEncoder):
+        return spec
     plan = resolve_encoder(spec, activation)
     device = default_device(device)
     if plan.activation != plan.trained_with and plan.trained_with is not None:

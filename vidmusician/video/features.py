@@ -236,8 +236,7 @@ def extract_features(
         cached = _read_cache(cache_file)
         if cached is not None:
             return cached
-    if not isinstance(encoder, VisualEncoder):
-        encoder = load_encoder(encoder, device)
+    encoder = load_encoder(encoder, device)
     # Decode at the size open_clip's transform resizes to: the decoder does the resize.
     reader = FrameReader(video, size=encoder.resize_size)
     feats = _compute(reader, encoder, float(global_fps), float(local_fps), int(batch_size), progress)

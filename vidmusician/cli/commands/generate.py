@@ -171,7 +171,8 @@ def check_backbone_limits(args) -> None:
     """
     limits = known_limits(backbone_name(args))
     if limits is not None:
-        limits.check(args.top_k, args.extend_stride, OPTIONS)
+        with option_names():
+            limits.check(args.top_k, args.extend_stride)
 
 
 def backbone_name(args) -> str:
@@ -183,7 +184,7 @@ def backbone_name(args) -> str:
         return args.backbone
     if not args.adapter:
         return DEFAULT_BACKBONE
-    from ...config import CONFIG_NAME, AdapterConfig, adapter_folder
+    from ...config import AdapterConfig
     from ...hub import is_hub_id
 
     if is_hub_id(args.adapter):
@@ -191,7 +192,7 @@ def backbone_name(args) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the adapter's load shows them, once
-            return AdapterConfig.load(adapter_folder(args.adapter) / CONFIG_NAME).backbone
+            return AdapterConfig.load(args.adapter).backbone
     except (VidMusicianError, OSError):
         return ""  # the adapter's load says what is wrong with it, before any model loads
 
