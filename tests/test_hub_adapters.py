@@ -187,14 +187,14 @@ def test_the_command_line_takes_a_hub_id(adapter_hub, adapters, tmp_path, capsys
 ])
 def test_adapters_and_backbones_agree_on_what_a_hub_id_is(name, repo_id, tmp_path, monkeypatch):
     """One form of 'org/name' for --adapter and --backbone: a name is a Hub id for both or for neither."""
-    from vidmusician.backbones import _is_local
+    from vidmusician.hub_reach import is_local_name
     from vidmusician.hub import is_hub_id, split_revision
 
     monkeypatch.chdir(tmp_path)  # nothing here has the name: the form alone decides
-    assert is_hub_id(name) is repo_id and _is_local(name) is not repo_id
+    assert is_hub_id(name) is repo_id and is_local_name(name) is not repo_id
     assert is_hub_id(f"{name}@v1") is repo_id
     if repo_id:
         assert split_revision(f"{name}@refs/pr/1") == (name, "refs/pr/1")
     (tmp_path / "org").mkdir()
     (tmp_path / "org" / "name").mkdir()
-    assert not is_hub_id("org/name") and _is_local("org/name")  # a folder wins
+    assert not is_hub_id("org/name") and is_local_name("org/name")  # a folder wins

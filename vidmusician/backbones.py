@@ -20,7 +20,7 @@ import torch
 
 from .backbone_spec import BackboneSpec, backbone_spec, check_fuser  # noqa: F401  (their old home)
 from .errors import BackboneError, one_line
-from .hub_reach import hub_unreachable, is_repo_id, offline_mode, offline_set
+from .hub_reach import hub_unreachable, is_local_name, offline_mode, offline_set
 from .runtime import default_device
 from .testing import random_backbones
 from .testing.learned_base import learned_musicgen, music_codec
@@ -56,7 +56,7 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         return random_backbones.random_musicgen(name.removeprefix("random-"), device=device)
     # A Hub that does not answer: audiocraft's downloads (weights, codec, T5) come from the cache at
     # once, not after the ~25 s of retries each that huggingface_hub spends on an unreachable Hub.
-    with offline_mode(not _is_local(name) and hub_unreachable(name, "state_dict.bin")):
+    with offline_mode(not is_local_name(name) and hub_unreachable(name, "state_dict.bin")):
         read_lm_config(name)
         with _load_errors(name, "MusicGen backbone"):
             musicgen = MusicGen.get_pretrained(name, device=device)
@@ -101,7 +101,7 @@ def load_codec(name_or_path: str = "facebook/musicgen-small", device=None):
     if built == "random":
         random_backbones.architecture(name.removeprefix("random-"))  # the codec is the same for every size
         return random_backbones.build_codec(codec_config(**RANDOM_CODEC, device=device), seed=0)
-    with offline_mode(not _is_local(name) and hub_unreachable(name, "state_dict.bin")):
+    with offline_mode(not is_local_name(name) and hub_unreachable(name, "state_dict.bin")):
         cfg = read_lm_config(name)
         with _load_errors(name, "codec"):
             codec = loaders.load_compression_model(name, device=device)
@@ -122,7 +122,7 @@ def read_lm_config(name: str):
     """
     from omegaconf import OmegaConf
 
-    if _is_local(name):
+    if is_local_name(name):
         _check_local_folder(name, ("state_dict.bin", "compression_state_dict.bin"))
         state_dict = os.path.join(name, "state_dict.bin")
     else:
@@ -138,11 +138,6 @@ def read_lm_config(name: str):
     cfg = OmegaConf.create(pkg["xp.cfg"])
     check_fuser(name, cfg.get("fuser") or {})
     return cfg
-
-
-def _is_local(name: str) -> bool:
-    """Whether ``name`` means a folder: it exists, or it cannot be a hub repository id ('org/name')."""
-    return os.path.exists(name) or not is_repo_id(name)
 
 
 def _check_local_folder(name: str, files: tuple[str, ...]) -> None:

@@ -9,9 +9,10 @@ tells that case apart, so cached files load at once and uncached ones fail in on
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 
-__all__ = ["REPO_ID", "is_repo_id", "hub_unreachable", "no_answer", "offline_mode", "offline_set"]
+__all__ = ["REPO_ID", "is_repo_id", "is_local_name", "hub_unreachable", "no_answer", "offline_mode", "offline_set"]
 
 # A Hugging Face repository id: 'org/name' (adapters and backbones by id; an adapter id may
 # add '@revision' after it).
@@ -21,6 +22,11 @@ REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 def is_repo_id(name: str) -> bool:
     """Whether ``name`` has the form of a repository id (``org/name``, no ``..``: that is a path)."""
     return REPO_ID.fullmatch(name) is not None and ".." not in name
+
+
+def is_local_name(name: str) -> bool:
+    """Whether a backbone ``name`` means a folder: it exists, or it cannot be a repository id ('org/name')."""
+    return os.path.exists(name) or not is_repo_id(name)
 
 
 def hub_unreachable(repo: str, filename: str, revision: str | None = None) -> bool:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from .adapter.parameter_counts import count_adapter_parameters
 from .config import STAGE_GROUPS, AdapterConfig, adapter_folder, describe_memory, describe_rhythm_input
 from .errors import ConfigError
-from .hub_reach import is_repo_id
+from .hub_reach import is_local_name
 
 __all__ = ["adapter_card", "training_record", "MUSICGEN_LICENSE"]
 
@@ -34,7 +33,7 @@ BUILT_BACKBONES = ("tiny", "tiny-t5", "tiny-learned", "random-small", "random-me
 def shown_backbone(name: str) -> tuple[str, bool]:
     """The backbone as a public card names it, and whether it is a local folder (named by its
     last part only: a card names no local folder, and no one else can load it by that path)."""
-    if name in BUILT_BACKBONES or (is_repo_id(name) and not os.path.exists(name)):
+    if name in BUILT_BACKBONES or not is_local_name(name):
         return name, False
     return Path(name).name or name, True
 

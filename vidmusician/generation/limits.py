@@ -12,10 +12,10 @@ No torch here: the command line imports this before anything heavy.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..hub_reach import is_local_name
 
 __all__ = ["STRIDE_FRACTION", "BackboneLimits", "LimitError", "known_limits", "check_top_k", "check_extend_stride"]
 
@@ -76,7 +76,7 @@ def known_limits(backbone: str) -> BackboneLimits | None:
     name = str(backbone)
     if name in _BUILT:  # built by name, whatever lies on disk
         return _BUILT[name]
-    if name in _RELEASED and not os.path.exists(name):
+    if name in _RELEASED and not is_local_name(name):
         return _RELEASED[name]
     return None
 
