@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 from media import flash_video
 
-from vidmusician.evaluation import metrics
+from vidmusician.evaluation import frechet
 from vidmusician.cli import main
 from vidmusician.evaluation.embedders import (
     DEFAULT_CLAP,
@@ -92,7 +92,7 @@ def _fad_is_zero_with_itself_and_grows_with_a_shift(embedder, n=4):
     music_a = [_music(rng, 1.0, sr) for _ in range(n)]
     music_b = [_music(rng, 1.0, sr) for _ in range(n)]
     noise = [rng.standard_normal(sr).astype(np.float32) for _ in range(n)]
-    same, other, shifted = (metrics.frechet_audio_distance(music_a, x, sr, embedder) for x in (music_a, music_b, noise))
+    same, other, shifted = (frechet.frechet_audio_distance(music_a, x, sr, embedder) for x in (music_a, music_b, noise))
     assert abs(same) < 1e-6 * other
     assert 0 < other < shifted / 5, (other, shifted)
 

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from media import click_track, flash_video
 
-from vidmusician.evaluation import metrics
+from vidmusician.evaluation import frechet, metrics
 from vidmusician.cli import main
 from vidmusician.evaluation.beats import load_audio, music_rhythm
 
@@ -148,7 +148,7 @@ def test_frechet_distance_uses_the_embedder(run):
     names = sorted(CASES)
     gen = [load_audio(root / "generated" / f"{n}.wav", 16000) for n in names]
     ref = [load_audio(root / "videos" / f"{n}.mp4", 16000) for n in names]
-    expected = metrics.frechet_audio_distance(gen, ref, 16000, toy_embedder)
+    expected = frechet.frechet_audio_distance(gen, ref, 16000, toy_embedder)
     assert report["frechet_distance"] == {"test_eval_cli:toy_embedder": pytest.approx(expected, rel=1e-9)}
     assert expected > 0
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vidmusician.evaluation import metrics
+from vidmusician.evaluation import frechet, metrics
 from vidmusician.errors import ConfigError
 
 # Reference onsets in 4 distinct 1-second bins (0, 1, 2, 3); off-integer times so
@@ -130,7 +130,7 @@ def _with_exact_stats(rng: np.random.Generator, n: int, mu: np.ndarray, cov: np.
 
 def test_frechet_of_a_set_with_itself_is_zero():
     x = np.random.default_rng(0).standard_normal((200, 8))
-    assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+    assert frechet.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
 
 
 def test_frechet_matches_closed_form_for_diagonal_gaussians():
@@ -142,7 +142,7 @@ def test_frechet_matches_closed_form_for_diagonal_gaussians():
     # Commuting covariances: d^2 = |dmu|^2 + sum (sqrt(v1) - sqrt(v2))^2 = 5 + (4 + 1 + 0).
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
     assert expected == pytest.approx(10.0)
-    assert metrics.frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
+    assert frechet.frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_matches_closed_form_for_general_gaussians():
@@ -156,9 +156,9 @@ def test_frechet_matches_closed_form_for_general_gaussians():
     r1 = v @ np.diag(np.sqrt(w)) @ v.T
     tr_sqrt = np.sum(np.sqrt(np.linalg.eigvalsh(r1 @ s2 @ r1)))
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
-    assert metrics.frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    assert frechet.frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
     x, y = _with_exact_stats(rng, 400, mu1, s1), _with_exact_stats(rng, 400, mu2, s2)
-    assert metrics.frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
+    assert frechet.frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_with_a_pluggable_embedder():
@@ -171,17 +171,17 @@ def test_frechet_with_a_pluggable_embedder():
 
     quiet = [0.1 * rng.standard_normal(2000) for _ in range(3)]
     loud = [1.0 * rng.standard_normal(2000) for _ in range(3)]
-    same = metrics.frechet_audio_distance(quiet, quiet, 16000, embedder)
-    other = metrics.frechet_audio_distance(quiet, loud, 16000, embedder)
+    same = frechet.frechet_audio_distance(quiet, quiet, 16000, embedder)
+    other = frechet.frechet_audio_distance(quiet, loud, 16000, embedder)
     assert same == pytest.approx(0.0, abs=1e-9)
     assert other > 0.5  # std 0.1 vs 1.0: the second coordinate's means differ by ~0.9
 
 
 def test_frechet_refuses_mismatched_sets():
     with pytest.raises(ConfigError, match="same embedder"):
-        metrics.frechet_distance(np.zeros((5, 3)) + np.arange(5)[:, None], np.ones((5, 2)) * np.arange(5)[:, None])
+        frechet.frechet_distance(np.zeros((5, 3)) + np.arange(5)[:, None], np.ones((5, 2)) * np.arange(5)[:, None])
     with pytest.raises(ConfigError, match="N >= 2"):
-        metrics.frechet_distance(np.zeros((1, 3)), np.zeros((4, 3)))
+        frechet.frechet_distance(np.zeros((1, 3)), np.zeros((4, 3)))
 
 
 # --------------------------------------------------------------------------- #

@@ -14,7 +14,7 @@ Weights download on first use (Hugging Face cache for CLAP, torch hub cache
 for VGGish); a local folder or file can be given instead. Every embedder is a
 callable ``(audio [S] float32, sample_rate) -> [n, D]`` with a
 ``sample_rate`` attribute (the rate it wants its audio at), so it plugs into
-:func:`vidmusician.evaluation.metrics.frechet_audio_distance`.
+:func:`vidmusician.evaluation.frechet.frechet_audio_distance`.
 """
 
 from __future__ import annotations

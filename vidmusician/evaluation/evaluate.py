@@ -29,7 +29,7 @@ from ..errors import ConfigError, printable
 from ..fileio import atomic_write
 from ..video.encoder_specs import ACTIVATION_NAMES, natural_activation
 from ..video.features import VisualEncoder, load_encoder
-from . import metrics
+from . import frechet, metrics
 from .clips import METRICS, REFERENCE_METRICS, ClipResult, EvalSettings, score_clip  # noqa: F401  (here too)
 from .clips import evaluate_clip, format_score, json_float
 from .embedders import clap_text_scores
@@ -115,7 +115,7 @@ def evaluate(
     *,
     encoder: Any = None,
     settings: EvalSettings = EvalSettings(),
-    embedders: Mapping[str, metrics.Embedder] | None = None,
+    embedders: Mapping[str, frechet.Embedder] | None = None,
     prompts: Mapping[str, str] | str | None = None,
     text_embedder: Any = None,
     kl_metric: Any = None,
@@ -231,7 +231,7 @@ def evaluate(
         gen = [load_audio(c.generated, rate) for c in paired]
         ref = [load_audio(c.reference, rate) for c in paired]
         try:
-            fd[name] = metrics.frechet_audio_distance(gen, ref, rate, embedder)
+            fd[name] = frechet.frechet_audio_distance(gen, ref, rate, embedder)
         except ConfigError as exc:
             raise ConfigError(f"frechet_distance[{name}]: {exc}{_per_unit(embedder)}") from None
         log(f"frechet_distance[{name}]: {format_score(fd[name])}")
@@ -246,7 +246,7 @@ def evaluate(
     return EvalReport(clips, means, fd, unmatched, settings, kl, used)
 
 
-def check_embedding_counts(name: str, embedder: metrics.Embedder, generated: list[Path],
+def check_embedding_counts(name: str, embedder: frechet.Embedder, generated: list[Path],
                            reference: list[Path]) -> None:
     """Refuses, before any clip is scored, a Fréchet distance whose sets give too few embeddings.
 
@@ -267,7 +267,7 @@ def check_embedding_counts(name: str, embedder: metrics.Embedder, generated: lis
             totals[role] += count(len(load_audio(path, rate)))
             if totals[role] >= 2:  # enough: the other files need not be read
                 break
-    short = metrics.too_few_embeddings(totals)
+    short = frechet.too_few_embeddings(totals)
     if short:
         raise ConfigError(f"frechet_distance[{name}]: {short}{_per_unit(embedder)}")
 
