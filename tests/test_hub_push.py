@@ -291,3 +291,29 @@ def test_vm_push_to_hub_names_the_base_model(offline_hub, commits):
     assert "No training record" in card.text
     with pytest.raises(ConfigError):
         vm.push_to_hub("org/name", run=offline_hub)  # not a run folder
+
+
+def test_a_backbone_folder_given_relative_is_recorded_absolute_and_is_no_base_model(tiny, tmp_path, monkeypatch,
+                                                                                       commits, capsys):
+    """'models/mygen' has the form of a Hub id: the adapter records the folder's absolute path, so a
+    push from another working directory names no base_model, and the adapter still loads from there."""
+    from conftest import tiny_config
+
+    from vidmusician.backbones import load_backbone
+    from vidmusician.model import attach_adapters, load_adapter
+    from vidmusician.random_backbones import TINY_CODEC, codec_config, export_musicgen, lm_config
+
+    work = tmp_path / "work"
+    export_musicgen(tiny(), lm_config(32, 4, 4, card=400), codec_config(**TINY_CODEC), work / "models" / "mygen")
+    monkeypatch.chdir(work)
+    musicgen = load_backbone("models/mygen", device="cpu")
+    folder = attach_adapters(musicgen, tiny_config(musicgen)).save_pretrained(tmp_path / "adapter")
+    monkeypatch.chdir(tmp_path)  # elsewhere: 'models/mygen' names no folder here
+    push_adapter(folder, "org/name")
+    card = card_of(sent(commits))
+    assert card.data.base_model is None
+    assert "`mygen` (a local checkpoint in audiocraft's format, frozen" in card.text and str(work) not in card.text
+    assert AdapterConfig.load(folder).backbone == str(work / "models" / "mygen")
+    assert load_adapter(folder, device="cpu").config.backbone == str(work / "models" / "mygen")
+    assert cli.main(["info", str(folder)]) == 0
+    assert f"adapter for {work / 'models' / 'mygen'} (dim 32" in capsys.readouterr().out

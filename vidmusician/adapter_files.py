@@ -3,24 +3,49 @@
 Pure file I/O: no model object, no backbone. Weights are only ever read with
 safetensors (no pickle). Whether an adapter fits a backbone is checked where it
 is wired (:func:`vidmusician.adapter.wiring.check_fit`).
+
+Two files cannot be replaced in one atomic step, so a save into a folder that already
+holds an adapter, killed between its two renames, leaves the new weights beside the old
+config. The weights record the SHA-256 of the config text saved with them and of the
+config they replaced; :func:`read_adapter` refuses a folder whose config is the replaced
+one. A config edited by hand since (any other text) still loads, as do folders saved
+before the digests were recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 
 from . import __version__
 from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, adapter_folder
 from .errors import AdapterError, ConfigError, VidMusicianError, one_line
 from .fileio import atomic_write, native_name, write_safetensors
 
+# Keys of adapter_model.safetensors' metadata: the SHA-256 (hex) of the adapter_config.json text
+# saved with the weights, and of the one that was in the folder before (when it differed).
+CONFIG_DIGEST = "config_sha256"
+REPLACED_DIGEST = "replaced_config_sha256"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _config_digest(directory: Path) -> str | None:
+    """The SHA-256 of the folder's config text, None when there is none to read."""
+    try:
+        return _sha256((directory / CONFIG_NAME).read_bytes())
+    except OSError:
+        return None
+
 
 def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tensor]) -> Path:
-    """Writes an adapter folder, each file atomically (to a temporary name, then renamed).
+    """Writes an adapter folder, each file atomically (to a temporary name, then renamed): the
+    weights, then the config, both written in full before the first rename.
 
     Args:
         directory: the folder (created if needed).
@@ -35,10 +60,21 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
         raise ConfigError(f"{directory}: is a file; an adapter is saved as a folder (give a folder name)")
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    config = config.replace(version=__version__)
-    meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone}
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata=meta))
-    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config.to_json()))
+    text = config.replace(version=__version__).to_json().encode("utf-8")
+    meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone,
+            CONFIG_DIGEST: _sha256(text)}
+    replaced = _config_digest(directory)
+    if replaced is not None and replaced != meta[CONFIG_DIGEST]:
+        meta[REPLACED_DIGEST] = replaced
+
+    def write_both(config_tmp: Path) -> None:
+        # The config's temporary file, then the whole weights file and its rename; atomic_write
+        # renames the config right after. A kill can only mix the pair between the two renames,
+        # and REPLACED_DIGEST tells read_adapter when it did.
+        config_tmp.write_bytes(text)
+        atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata=meta))
+
+    atomic_write(directory / CONFIG_NAME, write_both)
     return directory
 
 
@@ -57,17 +93,28 @@ def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
         config = AdapterConfig.load(directory / CONFIG_NAME)
     except VidMusicianError as exc:
         raise AdapterError(str(exc)) from None
-    return config, read_adapter_weights(directory / WEIGHTS_NAME)
+    tensors, meta = _read_weights(directory / WEIGHTS_NAME)
+    replaced = meta.get(REPLACED_DIGEST)
+    if replaced is not None and _config_digest(directory) == replaced:
+        raise AdapterError(f"{directory}: half saved: {WEIGHTS_NAME} is new and {CONFIG_NAME} is the one it "
+                           f"replaced (the save was stopped between the two files); save the adapter again, "
+                           f"or use the checkpoint before it")
+    return config, tensors
 
 
 def read_adapter_weights(path) -> dict[str, torch.Tensor]:
     """Reads ``adapter_model.safetensors``; a corrupt or truncated file is an AdapterError."""
+    return _read_weights(path)[0]
+
+
+def _read_weights(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of ``adapter_model.safetensors`` (AdapterError when missing or damaged)."""
     path = Path(path)
     if not path.is_file():
         raise AdapterError(f"{path}: no such file; an adapter folder holds {WEIGHTS_NAME}")
     try:
-        with native_name(path) as name:
-            return load_file(name)
+        with native_name(path) as name, safe_open(name, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise AdapterError(f"{path}: corrupt or truncated safetensors file ({one_line(exc)}); re-download or re-save it") from None
 

@@ -38,7 +38,8 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     Args:
         name_or_path: a hub name ('facebook/musicgen-small', 'facebook/musicgen-stereo-small',
             or any repository in audiocraft's export format; downloaded on first use),
-            a local folder in that format (``state_dict.bin`` + ``compression_state_dict.bin``),
+            a local folder in that format (``state_dict.bin`` + ``compression_state_dict.bin``;
+            the model's ``name`` is then its absolute path),
             'tiny' / 'tiny-t5' (:func:`~vidmusician.testing.random_backbones.tiny_musicgen`), 'tiny-learned'
             (its LM trained on synthetic music: :func:`vidmusician.testing.learned_base.learned_musicgen`), or
             'random-small' / 'random-medium' / 'random-large'
@@ -60,7 +61,9 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         read_lm_config(name)
         with _load_errors(name, "MusicGen backbone"):
             musicgen = MusicGen.get_pretrained(name, device=device)
-    musicgen.name = name
+    # A folder goes by its absolute path, which an adapter trained on it records: it names the
+    # folder from any working directory, and never reads as a Hub id ('models/mygen' as 'org/name').
+    musicgen.name = os.path.abspath(name) if is_local_name(name) else name
     return musicgen
 
 

@@ -173,16 +173,15 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .model_card import adapter_card
+    from .model_card import adapter_card, base_model_id
 
     folder = adapter_folder(folder)  # the folder, also when given one of its files
     config, tensors = read_adapter(folder)  # refuses a folder that is not a readable adapter, before any upload
     check_adapter_tensors(config, tensors, folder)  # ... or weights that no backbone would load
     repo, own = split_revision(repo_id, revision)
-    # base_model must be a Hub id (the Hub checks it); 'tiny' or a local export is named in the text only.
     card = adapter_card(folder, config, repo, report=report, run=run, license=license,
-                        backbone_parameters=backbone_parameters,
-                        base_model=config.backbone if is_hub_id(config.backbone) else None, revision=own)
+                        backbone_parameters=backbone_parameters, base_model=base_model_id(config.backbone),
+                        revision=own)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in ADAPTER_FILES]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     api = HfApi(token=token, library_name="vidmusician", library_version=__version__)

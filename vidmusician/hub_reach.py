@@ -4,6 +4,8 @@ block when it does not.
 When nothing answers, ``huggingface_hub`` retries each download for ~25 s (with a
 warning line each time) before it falls back to the cache; one plain request first
 tells that case apart, so cached files load at once and uncached ones fail in one line.
+The request's own timeout does not cover name resolution (``getaddrinfo``) and some
+proxies hold a connection open, so the whole request is bounded in wall time.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 
 __all__ = ["REPO_ID", "is_repo_id", "is_local_name", "hub_unreachable", "no_answer", "offline_mode", "offline_set"]
 
@@ -45,18 +48,38 @@ def hub_unreachable(repo: str, filename: str, revision: str | None = None) -> bo
         return False
 
 
+# Seconds a request to the Hub may take in all before it counts as no answer; None means
+# huggingface_hub's HF_HUB_ETAG_TIMEOUT (10 s unless set), the bound it puts on the same request.
+PROBE_SECONDS: float | None = None
+
+
 def no_answer(repo: str, filename: str, revision: str | None) -> bool:
-    """True when a plain request for the file gets no answer; an error answer is raised."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    """True when a plain request for the file gets no answer within :data:`PROBE_SECONDS`; an
+    error answer is raised."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
 
-    try:
-        get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
-    except HfHubHTTPError:
-        raise
-    except Exception:  # noqa: BLE001 - any failure to reach the Hub
+    outcome: list = []  # what the request ended in: False (an answer), True (none) or the error answer
+
+    def probe() -> None:
+        try:
+            get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision))
+            outcome.append(False)
+        except HfHubHTTPError as exc:
+            outcome.append(exc)
+        except Exception:  # noqa: BLE001 - any failure to reach the Hub
+            outcome.append(True)
+
+    # A daemon thread: one still waiting on a name lookup or a silent proxy is left behind
+    # without keeping the interpreter from exiting.
+    thread = threading.Thread(target=probe, name="vidmusician-hub-probe", daemon=True)
+    thread.start()
+    thread.join(PROBE_SECONDS if PROBE_SECONDS is not None else constants.HF_HUB_ETAG_TIMEOUT)
+    if not outcome:
         return True
-    return False
+    if isinstance(outcome[0], HfHubHTTPError):
+        raise outcome[0]
+    return outcome[0]
 
 
 _FORCED: list = []  # the offline_mode blocks running that turned offline mode on

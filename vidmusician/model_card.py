@@ -18,7 +18,7 @@ from .config import STAGE_GROUPS, AdapterConfig, adapter_folder, describe_memory
 from .errors import ConfigError
 from .hub_reach import is_local_name
 
-__all__ = ["adapter_card", "training_record", "MUSICGEN_LICENSE"]
+__all__ = ["adapter_card", "base_model_id", "training_record", "MUSICGEN_LICENSE"]
 
 TAGS = ["vidmusician", "video-to-music", "music-generation", "musicgen", "audiocraft", "adapter"]
 MUSICGEN_LICENSE = "cc-by-nc-4.0"  # MusicGen's weights (audiocraft's code is MIT)
@@ -28,6 +28,14 @@ RECIPE_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmu
 
 # Backbones built by name (load_backbone), which every vidmusician install has.
 BUILT_BACKBONES = ("tiny", "tiny-t5", "tiny-learned", "random-small", "random-medium", "random-large")
+
+
+def base_model_id(name: str) -> str | None:
+    """The backbone's Hub id for the card's ``base_model`` (the Hub checks that it names a
+    repository): None for a backbone built by name or a local folder, which are named in the
+    text only. A folder is recorded by its absolute path (:func:`~vidmusician.backbones.load_backbone`),
+    never in the form of a Hub id."""
+    return None if shown_backbone(name)[1] or name in BUILT_BACKBONES else name
 
 
 def shown_backbone(name: str) -> tuple[str, bool]:

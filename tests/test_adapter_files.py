@@ -1,0 +1,77 @@
+"""Adapter folders on disk: a save stopped between its two files is refused, not loaded mixed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import vidmusician.fileio as fileio
+from vidmusician.adapter_files import read_adapter, write_adapter
+from vidmusician.config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
+from vidmusician.errors import AdapterError
+
+OLD = AdapterConfig(dim=32, num_layers=4, rhythm_rank=None, encoder="tiny", stage=1)
+NEW = OLD.replace(stage=2, rhythm_context=2)
+
+
+class Killed(BaseException):
+    """What a kill looks like to the code it stops: nothing after it runs (no except clause catches it)."""
+
+
+def save_killed_before_the_config(monkeypatch, folder, config, state):
+    """``write_adapter`` stopped right after the weights' rename, before the config's."""
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == CONFIG_NAME:
+            raise Killed
+        real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    with pytest.raises(Killed):
+        write_adapter(folder, config, state)
+    monkeypatch.setattr(fileio.os, "replace", real)
+
+
+def test_a_save_stopped_between_the_two_files_is_refused_in_one_line(tmp_path, monkeypatch):
+    folder = tmp_path / "adapter"
+    write_adapter(folder, OLD, {"w": torch.ones(2)})
+    save_killed_before_the_config(monkeypatch, folder, NEW, {"w": torch.zeros(3)})
+    # The folder now holds the new weights beside the old config ...
+    assert load_file(folder / WEIGHTS_NAME)["w"].shape == (3,) and AdapterConfig.load(folder) == OLD
+    # ... which read_adapter refuses, naming the folder and the fix.
+    with pytest.raises(AdapterError) as info:
+        read_adapter(folder)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{folder}: half saved")
+    assert "save the adapter again, or use the checkpoint before it" in message
+    # Saving again completes the pair.
+    write_adapter(folder, NEW, {"w": torch.zeros(3)})
+    config, tensors = read_adapter(folder)
+    assert config == NEW and tensors["w"].shape == (3,)
+
+
+def test_a_stopped_save_of_the_same_config_leaves_a_pair_that_loads(tmp_path, monkeypatch):
+    """A checkpoint re-saved with the same config: the new weights do belong with the config there."""
+    folder = tmp_path / "adapter"
+    write_adapter(folder, OLD, {"w": torch.ones(2)})
+    save_killed_before_the_config(monkeypatch, folder, OLD, {"w": torch.full((2,), 2.0)})
+    config, tensors = read_adapter(folder)
+    assert config == OLD and torch.equal(tensors["w"], torch.full((2,), 2.0))
+
+
+def test_folders_without_the_digests_and_edited_configs_still_load(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    # As releases before the digests wrote it.
+    save_file({"w": torch.ones(2)}, folder / WEIGHTS_NAME, {"format": "pt", "backbone": OLD.backbone})
+    (folder / CONFIG_NAME).write_text(OLD.to_json())
+    assert read_adapter(folder)[0] == OLD
+    # A completed save over another adapter, its config edited by hand afterwards.
+    write_adapter(tmp_path / "adapter", NEW, {"w": torch.zeros(3)})
+    (folder / CONFIG_NAME).write_text(NEW.replace(trained_window=5.0).to_json())
+    assert read_adapter(folder)[0].trained_window == 5.0
