@@ -669,7 +669,8 @@ def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
     assert "backbone tiny" in models and "adapter none" in models and "visual encoder tiny" in models, models
     assert "random stand-in: it makes noise, not music" in models, models
     # Seed empty (random) by default; Cancel off while no job runs.
-    assert browser.execute_script("return document.querySelector('#seed input').value") == ""
+    seed = _wait(browser, "var s = document.querySelector('#seed input'); return s && [s.value]", "the seed field")
+    assert seed == [""], seed
     assert browser.execute_script("return document.querySelector('#cancel').disabled")
 
     _upload(browser, clip)
@@ -718,8 +719,19 @@ def test_page_scores_a_video_in_a_browser(server, browser, clip, tmp_path):
 
     (folder,) = server.tmp.glob("vidmusician-demo-*")
     assert sorted(p.name for p in folder.iterdir()) == ["examples", "gradio"]  # job folders went once served
-    assert server.stop() == 143  # SIGTERM: 128 + 15, as for every command
-    assert not folder.exists()  # and the rest on exit
+
+    # SIGTERM while a long job runs: the job stops at its next step, the server exits as every
+    # command does (143: 128 + 15), with the CLI's line last, and the job's folder goes with the rest.
+    _set_duration(browser, 120)
+    browser.find_element(By.CSS_SELECTOR, "#run").click()
+    _wait(browser, f"return {PROGRESS}.test(document.body.innerText)", "progress in steps")
+    assert len(list(folder.iterdir())) == 3  # the running job's folder beside examples and gradio
+    started = time.monotonic()
+    assert server.stop() == 143
+    stopping = time.monotonic() - started
+    assert stopping < 20, stopping  # about 8 s here, not the rest of the job's 6,000 steps
+    assert server.log_path.read_text().splitlines()[-1] == "vidmusician demo: stopped by SIGTERM"
+    assert not folder.exists()  # the job's folder and the rest, on exit
 
 
 @pytest.mark.parametrize("signum, status, line", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
