@@ -82,6 +82,15 @@ def test_train_refuses_a_missing_dataset_in_one_line(processes, tmp_path, capsys
     assert not out.exists()  # a run failing before its first step leaves no folder
 
 
+def test_num_processes_refuses_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert train("--recipe", recipe(tmp_path), "--data", tmp_path, "--output", tmp_path / "run",
+                 "--num-processes", "2") == 2
+    err = capsys.readouterr().err
+    assert err == "vidmusician train: error: --num-processes 2: this machine has 1 GPU, one per process: give at most 1\n"
+
+
 def test_sigterm_keeps_the_checkpoints_and_says_how_to_resume(data, tmp_path, capsys):
     """SIGTERM mid-run (as a scheduler sends it): 143 and one line naming the last checkpoint, which stays."""
     out = tmp_path / "run"
