@@ -23,7 +23,7 @@ from ..arguments import Parser
 from ..errors import VidMusicianError, one_line
 from ..training.launch import Terminated, stop_on_sigterm
 
-COMMANDS = ("info", "features", "generate", "prepare", "eval", "demo", "push")
+COMMANDS = ("info", "features", "generate", "prepare", "train", "eval", "demo", "push")
 
 
 def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:

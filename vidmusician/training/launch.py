@@ -1,5 +1,5 @@
-"""A process's lifetime: SIGTERM as an exception (every command), and a worker under a launcher
-(``accelerate launch`` / torchrun) that ends with it."""
+"""A process's lifetime: SIGTERM as an exception (every command), a worker under a launcher
+(``accelerate launch`` / torchrun) that ends with it, and a command that becomes such a launcher."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from typing import NoReturn
 
-__all__ = ["Terminated", "stop_on_sigterm", "stop_with_launcher"]
+__all__ = ["Terminated", "launch_here", "stop_on_sigterm", "stop_with_launcher"]
 
 
 class Terminated(BaseException):
@@ -74,3 +75,31 @@ def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0)
                 return
 
     threading.Thread(target=watch, name="stop-with-launcher", daemon=True).start()
+
+
+def launch_command(num_processes: int, module: list[str], mixed_precision: str, port: int) -> list[str]:
+    """``accelerate launch`` running ``python -m MODULE...`` in ``num_processes`` processes on this machine."""
+    # Every value the launcher would otherwise take from a config file or a default (with a warning).
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
+            "--main_process_port", str(port), "-m", *module]
+
+
+def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> NoReturn:
+    """Replaces this process with :func:`launch_command`'s launcher: DDP over this machine's GPUs, one
+    process each (over gloo on the CPU where there is no GPU).
+
+    Replaced, not waited for: Ctrl-C, a scheduler's SIGTERM or a closed terminal reach the launcher
+    as they reach an ``accelerate launch`` typed by hand (it passes them to its workers, each in its own
+    session), and the launcher's exit status is the command's.
+    """
+    import socket
+
+    # A free port, not accelerate's fixed default (29500): two runs on one machine must not meet.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = launch_command(num_processes, module, mixed_precision, port)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)

@@ -1,6 +1,6 @@
 """Trains the video adapters of a frozen MusicGen on a prepared dataset, with Accelerate.
 
-One process::
+One process (``vidmusician train`` takes the same options)::
 
     python -m vidmusician.training.train --recipe recipes/stage1_semantic.json --data data/ --output runs/stage1
 
@@ -48,7 +48,11 @@ from .objective import Objective, codebook_weights, holdout_loss
 from .recipe import (Recipe, Resumed, check_init_adapter, check_resume, lr_factor, lr_warning, schedule_change,
                      schedule_warning)
 from .run_folder import RunFolder
+from .train_options import add_arguments, mixed_precision
 from .train_state import TrainState, interrupted_line, latest_checkpoint, restore_rng, resume, save_checkpoint
+
+
+PROGRAM = "vidmusician.training.train"
 
 
 def parse_args(argv=None):
@@ -56,23 +60,9 @@ def parse_args(argv=None):
 
 
 def build_parser() -> Parser:
-    """The command line of ``python -m vidmusician.training.train``."""
+    """The command line of ``python -m vidmusician.training.train`` (``vidmusician train`` has the same options)."""
     p = Parser(prog="python -m vidmusician.training.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", required=True, metavar="FILE", help="recipe JSON (recipes/stage1_semantic.json, ...)")
-    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder from `vidmusician prepare`")
-    p.add_argument("--output", required=True, metavar="DIR", help="run folder: checkpoints/, adapter/, log.jsonl")
-    p.add_argument("--backbone", default=None, metavar="NAME|PATH|tiny",
-                   help="MusicGen name or folder, or 'tiny' (default: the dataset's)")
-    p.add_argument("--init", default=None, metavar="DIR|ORG/NAME[@REV]",
-                   help="adapter folder or Hub id (org/name[@revision]) to start from (overrides the recipe's "
-                        "init_adapter)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output, if any")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="default: the accelerate config's (bf16 in recipes/accelerate/*.yaml), else no")
-    p.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
-                   help="Accelerate trackers for losses, learning rate and audio samples: tensorboard, wandb, "
-                        "mlflow, ... or all (files under --output's trackers/; default: none)")
+    add_arguments(p)
     return p
 
 
@@ -84,8 +74,10 @@ class Interrupted(BaseException):
         self.step, self.sigterm = step, sigterm
 
 
-def train(args) -> Path:
+def train(args, program: str = PROGRAM) -> Path:
     """Runs one training stage; returns the release adapter folder.
+
+    ``program`` starts the lines it prints on stderr (warnings, a damaged checkpoint passed over).
 
     A run that fails before its first step takes back what it added to ``--output``
     (:class:`~vidmusician.training.run_folder.RunFolder`); the folder of a run that has
@@ -98,7 +90,7 @@ def train(args) -> Path:
     folder = RunFolder(args.output)
     progress = {"resumed": False, "stepped": False, "step": 0}
     try:
-        return _train(args, progress)
+        return _train(args, progress, program)
     except BaseException as exc:
         # Process 0 alone: the others wrote nothing there, and on a shared file system they would race it.
         if not (progress["resumed"] or progress["stepped"]) and int(os.environ.get("RANK", "0")) == 0:
@@ -108,7 +100,7 @@ def train(args) -> Path:
         raise
 
 
-def _train(args, progress: dict) -> Path:
+def _train(args, progress: dict, program: str) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -119,13 +111,14 @@ def _train(args, progress: dict) -> Path:
     # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes, but
     # Accelerate forms their (gloo) process group only when told to run on the CPU.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=recipe.grad_accum,
-                              cpu=cpu, log_with=trackers or None,
+    # Under accelerate launch its config's precision; otherwise the device's (train_options.mixed_precision).
+    accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision),
+                              gradient_accumulation_steps=recipe.grad_accum, cpu=cpu, log_with=trackers or None,
                               project_config=ProjectConfiguration(project_dir=str(out),
                                                                   logging_dir=str(out / "trackers")))
     for warning in (schedule_warning(recipe), lr_warning(recipe)):
         if accelerator.is_main_process and warning:
-            print(f"vidmusician.training.train: warning: {warning}", file=sys.stderr)
+            print(f"{program}: warning: {warning}", file=sys.stderr)
     resume_from = latest_checkpoint(out)
     progress["resumed"] = resume_from is not None
     if resume_from is not None and not args.resume:
@@ -157,7 +150,7 @@ def _train(args, progress: dict) -> Path:
     if resume_from is not None:
         state = resume(out, vm, optimizer, scheduler, accelerator,
                        say=lambda line: accelerator.is_main_process
-                       and print(f"vidmusician.training.train: {printable(line)}", file=sys.stderr))
+                       and print(f"{program}: {printable(line)}", file=sys.stderr))
         accelerator.print(f"resumed at step {state.step}")
         change = schedule_change(resumed.max_steps, recipe, state.step)
         if change:
@@ -194,7 +187,7 @@ def _train(args, progress: dict) -> Path:
     batches = iter(loader)  # draws a seed from the RNG: restore the checkpoint's state after it
     restore_rng(state)
     accelerator.print(f"training {len(train_set)} windows, global batch {sampler.global_batch * recipe.grad_accum}, "
-                      f"steps {state.step} -> {recipe.max_steps}")
+                      f"steps {state.step} -> {recipe.max_steps}, mixed precision {accelerator.mixed_precision}")
     t0, logged = time.time(), state.step
     # backward() divides by grad_accum and DDP averages over processes: undo both, so
     # that each micro-batch's share of the global mean reaches the gradient whole.
@@ -259,21 +252,33 @@ def _train(args, progress: dict) -> Path:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv), PROGRAM)
+
+
+def run(args, program: str) -> int:
+    """Trains as a command does: returns the exit status, says a user error or an interruption in one line.
+
+    Args:
+        args: the options of :func:`~vidmusician.training.train_options.add_arguments`, parsed.
+        program: the command's name, which starts each line (``vidmusician train``).
+
+    Returns:
+        0; 2 for a user error; 130 after Ctrl-C, 143 after SIGTERM (128 + the signal, what a shell reports).
+    """
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by accelerate launch / torchrun
-        stop_with_launcher("vidmusician.training.train")
+        stop_with_launcher(program)
     try:
         with stop_on_sigterm():
-            train(args)
+            train(args, program)
     except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
         # checkpoints already written stay.
-        print(f"vidmusician.training.train: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{program}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except Interrupted as exc:
         # No checkpoint is written here: the processes stop at different points of a step,
         # while a checkpoint (for an exact resume) needs all of them at the same step boundary.
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"vidmusician.training.train: {interrupted_line(exc.step, args.output)}", file=sys.stderr)
+            print(f"{program}: {interrupted_line(exc.step, args.output)}", file=sys.stderr)
         return 143 if exc.sigterm else 130  # 128 + the signal, what a shell reports for it
     return 0
 

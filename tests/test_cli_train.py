@@ -1,0 +1,158 @@
+"""`vidmusician train`: the trainer behind the same CLI as every other command.
+
+It trains in this process with ``python -m vidmusician.training.train``'s options, exit
+statuses and one-line messages (its own name in front); the precision it computes in is the
+device's unless a launcher's config says otherwise; ``--num-processes N`` trains in N processes
+through ``accelerate launch`` (gloo on the CPU here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_damage import random_dataset
+
+from vidmusician import cli
+from vidmusician.training.train_options import add_arguments, command_line, mixed_precision
+from vidmusician.training.train_state import latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Six training and two holdout windows of the tiny backbone's shapes."""
+    return random_dataset(tmp_path_factory.mktemp("train-cli") / "data")
+
+
+def recipe(tmp_path: Path, **fields) -> Path:
+    """A stage-1 recipe of tiny adapters, two steps of batch 2."""
+    body = {"stage": 1, "batch_size": 2, "max_steps": 2, "warmup_steps": 1, "num_workers": 0, "eval_every": 1000,
+            "save_every": 1000, "gradient_checkpointing": False,
+            "adapter": {"memory_dim": 32, "attn_dim": 16, "attn_heads": 2}, **fields}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def train(*args) -> int:
+    """`vidmusician train ARGS...` in this process, on one thread (a fresh interpreter's start-up would be most
+    of a short run's time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli.main(["train", *map(str, args)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_train_writes_the_adapter_and_says_its_precision(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train("--recipe", recipe(tmp_path), "--data", data, "--output", out, "--backbone", "tiny") == 0
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()][-1] == 2
+    # The settings line says the precision chosen: on this CPU, with no launcher, float32.
+    assert re.search(r"^training 6 windows, global batch 2, steps 0 -> 2, mixed precision no$",
+                     capsys.readouterr().out, re.M)
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_train_refuses_a_missing_dataset_in_one_line(processes, tmp_path, capsys, monkeypatch):
+    """Also before N processes start: from them the line would come N times, under the launcher's report."""
+    def launch(*args):
+        raise AssertionError(f"launched with a missing dataset: {args}")
+
+    monkeypatch.setattr("vidmusician.training.launch.launch_here", launch)
+    out = tmp_path / "run"
+    assert train("--recipe", recipe(tmp_path), "--data", tmp_path / "none", "--output", out,
+                 "--num-processes", processes) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidmusician train: error: ") and len(err.strip().splitlines()) == 1, err
+    assert "not a prepared dataset" in err and "Traceback" not in err, err
+    assert not out.exists()  # a run failing before its first step leaves no folder
+
+
+def test_num_processes_refuses_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert train("--recipe", recipe(tmp_path), "--data", tmp_path, "--output", tmp_path / "run",
+                 "--num-processes", "2") == 2
+    err = capsys.readouterr().err
+    assert err == "vidmusician train: error: --num-processes 2: this machine has 1 GPU, one per process: give at most 1\n"
+
+
+def test_sigterm_keeps_the_checkpoints_and_says_how_to_resume(data, tmp_path, capsys):
+    """SIGTERM mid-run (as a scheduler sends it): 143 and one line naming the last checkpoint, which stays."""
+    out = tmp_path / "run"
+    log = out / "log.jsonl"
+
+    def stop():
+        deadline = time.time() + 60
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 3) and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler turns it into an exception, in the main thread
+
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    code = train("--recipe", recipe(tmp_path, max_steps=100000, save_every=2), "--data", data, "--output", out,
+                 "--backbone", "tiny")
+    stopper.join()
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    found = re.fullmatch(r"vidmusician train: interrupted at step (\d+); the last checkpoint is step (\d+): "
+                         r"`--resume` continues from there", last)
+    assert code == 143 and found and "Traceback" not in err, err
+    assert latest_checkpoint(out).name == f"step-{int(found[2]):08d}"
+
+
+@pytest.mark.parametrize("requested, environ, cuda, bf16, expected", [
+    (None, {}, False, False, "no"),
+    (None, {}, True, True, "bf16"),
+    (None, {}, True, False, "fp16"),  # a GPU before bf16 units (pre-Ampere)
+    (None, {"ACCELERATE_MIXED_PRECISION": "fp16"}, True, True, None),  # accelerate launch: its config decides
+    (None, {"ACCELERATE_MIXED_PRECISION": "no"}, False, False, None),
+    ("no", {}, True, True, "no"),  # --mixed-precision wins
+    ("bf16", {"ACCELERATE_MIXED_PRECISION": "fp16"}, False, False, "bf16"),
+])
+def test_the_precision_is_the_devices_unless_a_launcher_or_the_option_says(requested, environ, cuda, bf16, expected,
+                                                                           monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    # Native bf16 only: torch's default answer also counts emulated bf16, which pre-Ampere GPUs have.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
+    assert mixed_precision(requested, environ) == expected
+
+
+def test_the_relaunch_command_line_parses_back_to_the_same_options():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for argv in (["--recipe", "r.json", "--data", "d", "--output", "o"],
+                 ["--recipe", "r.json", "--data", "d", "--output", "o", "--backbone", "tiny", "--init", "a",
+                  "--resume", "--set", "lr=1e-3", "--set", "max_steps=5", "--mixed-precision", "bf16",
+                  "--report-to", "tensorboard", "wandb"]):
+        args = parser.parse_args(argv)
+        assert parser.parse_args(command_line(args)) == args, command_line(args)
+
+
+def test_num_processes_trains_in_two_processes(data, tmp_path):
+    """`--num-processes 2` on a machine without GPUs: two processes over gloo, global batch 2 x 2, exit 0."""
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "vidmusician", "train", "--num-processes", "2",
+                           "--recipe", str(recipe(tmp_path)), "--data", str(data), "--output", str(out),
+                           "--backbone", "tiny"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "global batch 4" in proc.stdout and "mixed precision no" in proc.stdout, proc.stdout
+    assert json.loads((out / "run.json").read_text())["processes"] == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
