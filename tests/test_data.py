@@ -271,3 +271,23 @@ def test_cli_prepare_and_its_errors(folder, tmp_path, capsys):
     assert "no such folder or file" in capsys.readouterr().err
     with pytest.raises(DataError, match="not a prepared dataset"):
         PreparedDataset(tmp_path / "x")
+
+
+def test_a_backbone_folder_given_relative_is_recorded_absolute(folder, tmp_path, monkeypatch):
+    """'models/mygen' names a folder only from where it was given (and has the form of a Hub id): the
+    dataset records its absolute path, which training takes from any working directory; a rerun given the
+    same relative name, or a dataset that recorded it as given, is the same dataset."""
+    from vidmusician.random_backbones import TINY_CODEC, codec_config, export_musicgen, lm_config
+
+    work = tmp_path / "work"
+    export_musicgen(tiny_musicgen(), lm_config(32, 4, 4, card=400), codec_config(**TINY_CODEC), work / "models" / "mygen")
+    monkeypatch.chdir(work)
+    options = dict(TINY, backbone="models/mygen", window=2.0, hop=1.0, holdout=0.0)
+    prepare(folder, tmp_path / "ds", **options)
+    meta = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert meta["backbone"] == str(work / "models" / "mygen")
+    assert prepare(folder, tmp_path / "ds", **options).prepared == 0  # the same dataset, nothing redone
+    (tmp_path / "ds" / "dataset.json").write_text(json.dumps(dict(meta, backbone="models/mygen")))
+    assert prepare(folder, tmp_path / "ds", **options).prepared == 0  # recorded as given: the same folder
+    with pytest.raises(DataError, match="backbone"):
+        prepare(folder, tmp_path / "ds", **dict(options, backbone="tiny"))

@@ -61,10 +61,16 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
         read_lm_config(name)
         with _load_errors(name, "MusicGen backbone"):
             musicgen = MusicGen.get_pretrained(name, device=device)
-    # A folder goes by its absolute path, which an adapter trained on it records: it names the
-    # folder from any working directory, and never reads as a Hub id ('models/mygen' as 'org/name').
-    musicgen.name = os.path.abspath(name) if is_local_name(name) else name
+    musicgen.name = recorded_name(name)
     return musicgen
+
+
+def recorded_name(name) -> str:
+    """A backbone's name as adapters and datasets record it: a local folder by its absolute path,
+    which names the folder from any working directory and never reads as a Hub id ('models/mygen'
+    as 'org/name'); a name the backbone is built from ('tiny', 'random-small') or a Hub id as it is."""
+    name = str(name)
+    return os.path.abspath(name) if built_codec(name) is None and is_local_name(name) else name
 
 
 def built_codec(name: str) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import load_codec
+from ..backbones import load_codec, recorded_name
 from ..checks import number
 from ..errors import ConfigError, DataError, VidMusicianError, one_line
 from ..progress import progress_bar
@@ -180,7 +180,9 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
     """
     out = Path(out)
     old = DatasetMeta.load(out) if (out / META_NAME).is_file() else None
-    given = dict(backbone=backbone, encoder=encoder, window=window, hop=hop, global_fps=global_fps,
+    if old is not None and old.backbone is not None:  # a folder recorded as given before it was absolute
+        old.backbone = recorded_name(old.backbone)
+    given = dict(backbone=None if backbone is None else recorded_name(backbone), encoder=encoder, window=window, hop=hop, global_fps=global_fps,
                  local_fps=local_fps, holdout=holdout)
     recorded = {k: getattr(old, k, None) for k in given} if old is not None else {}
     asked = {k: v if v is not None else recorded.get(k) if recorded.get(k) is not None else DEFAULTS[k]
