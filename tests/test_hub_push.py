@@ -317,3 +317,25 @@ def test_a_backbone_folder_given_relative_is_recorded_absolute_and_is_no_base_mo
     assert load_adapter(folder, device="cpu").config.backbone == str(work / "models" / "mygen")
     assert cli.main(["info", str(folder)]) == 0
     assert f"adapter for {work / 'models' / 'mygen'} (dim 32" in capsys.readouterr().out
+
+
+def test_an_adapter_whose_backbone_folder_is_not_here_says_to_pass_one(tiny, tmp_path, capsys):
+    """A Hub adapter trained on someone's local MusicGen folder records that folder: loading it without a
+    backbone says which folder it was and the option that gives one, before anything loads."""
+    from conftest import tiny_config
+
+    from vidmusician.model import attach_adapters, load_adapter
+
+    folder = attach_adapters(tiny(), tiny_config(tiny())).save_pretrained(tmp_path / "adapter")
+    config = AdapterConfig.load(folder)
+    config.replace(backbone="/home/someone/models/mygen").save(folder / "adapter_config.json")
+    with pytest.raises(AdapterError, match="trained on the backbone folder /home/someone/models/mygen, which is not "
+                                           "on this machine; pass that MusicGen: --backbone"):
+        load_adapter(folder, device="cpu")
+    assert load_adapter(folder, backbone="tiny", device="cpu").config.backbone == "/home/someone/models/mygen"
+    clip = tmp_path / "clip.mp4"
+    flash_video(clip, [0.5], 1.0)
+    assert cli.main(["generate", str(clip), "--adapter", str(folder), "--encoder", "tiny", "-o",
+                     str(tmp_path / "out.wav"), "--duration", "0.2", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--backbone NAME_OR_FOLDER" in err, err

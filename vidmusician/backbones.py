@@ -65,6 +65,12 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     return musicgen
 
 
+def missing_folder(name) -> bool:
+    """Whether a backbone name means a local folder (:func:`recorded_name`) that is not on this machine."""
+    name = str(name)
+    return built_codec(name) is None and is_local_name(name) and not os.path.exists(name)
+
+
 def recorded_name(name) -> str:
     """A backbone's name as adapters and datasets record it: a local folder by its absolute path,
     which names the folder from any working directory and never reads as a Hub id ('models/mygen'

@@ -18,7 +18,7 @@ import torch
 from .adapter.context import VideoBatch, VideoContext
 from .adapter.wiring import adapter_modules, unwired_on_error, wire_adapters
 from .adapter_files import check_finite, read_adapter, write_adapter
-from .backbones import load_backbone
+from .backbones import load_backbone, missing_folder
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .sizing import config_for_backbone
 from .errors import AdapterError, ConfigError
@@ -73,12 +73,16 @@ def load_adapter(directory, backbone=None, device=None, revision: str | None = N
 
     Raises:
         AdapterError: the folder is missing, damaged, holds NaN weights (a diverged training),
-            or does not fit the backbone. Any error leaves a given backbone as it was, so the
+            or does not fit the backbone, or its backbone is a folder not on this machine and
+            ``backbone`` is not given. Any error leaves a given backbone as it was, so the
             same backbone can take another adapter.
         ConfigError: the adapter needs a T5 text encoder that the backbone lacks, or another one.
     """
     config, state = read_adapter(resolve_adapter(directory, revision))
     check_finite(state, directory)  # before the backbone changes: what can be checked without it
+    if backbone is None and missing_folder(config.backbone):  # trained on a folder of another machine
+        raise AdapterError(f"{directory}: trained on the backbone folder {config.backbone}, which is not on this "
+                           f"machine; pass that MusicGen: --backbone NAME_OR_FOLDER (backbone= in Python)")
     if backbone is None or isinstance(backbone, (str, os.PathLike)):
         backbone = load_backbone(backbone or config.backbone, device=device)
     try:
