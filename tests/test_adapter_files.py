@@ -64,6 +64,35 @@ def test_a_stopped_save_of_the_same_config_leaves_a_pair_that_loads(tmp_path, mo
     assert config == OLD and torch.equal(tensors["w"], torch.full((2,), 2.0))
 
 
+def test_a_save_that_fails_before_its_renames_leaves_the_old_pair_and_no_mark(tmp_path, monkeypatch):
+    """A full disk (or Ctrl-C) while the weights are written: the folder is as it was, and an edit by hand
+    afterwards still loads."""
+    folder = tmp_path / "adapter"
+    write_adapter(folder, OLD, {"w": torch.ones(2)})
+
+    def full(path, tensors, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vidmusician.adapter_files.write_safetensors", full)
+    with pytest.raises(OSError):
+        write_adapter(folder, NEW, {"w": torch.zeros(3)})
+    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    (folder / CONFIG_NAME).write_text(OLD.replace(trained_window=5.0).to_json())
+    config, tensors = read_adapter(folder)
+    assert config.trained_window == 5.0 and torch.equal(tensors["w"], torch.ones(2))
+
+
+def test_the_same_edit_by_hand_after_a_resave_still_loads(tmp_path):
+    """A script that sets a field, a save of new weights, the same script again: the pair belongs together."""
+    folder = tmp_path / "adapter"
+    write_adapter(folder, OLD, {"w": torch.ones(2)})
+    edited = OLD.replace(trained_window=5.0).to_json()
+    (folder / CONFIG_NAME).write_text(edited)
+    write_adapter(folder, AdapterConfig.load(folder).replace(trained_window=2.0), {"w": torch.zeros(2)})
+    (folder / CONFIG_NAME).write_text(edited)
+    assert read_adapter(folder)[0].trained_window == 5.0
+
+
 def test_folders_without_the_digests_and_edited_configs_still_load(tmp_path):
     folder = tmp_path / "adapter"
     folder.mkdir()

@@ -6,9 +6,10 @@ is wired (:func:`vidmusician.adapter.wiring.check_fit`).
 
 Two files cannot be replaced in one atomic step, so a save into a folder that already
 holds an adapter, killed between its two renames, leaves the new weights beside the old
-config. The weights record the SHA-256 of the config text saved with them and of the
-config they replaced; :func:`read_adapter` refuses a folder whose config is the replaced
-one. A config edited by hand since (any other text) still loads, as do folders saved
+config. The weights record the SHA-256 of the config text saved with them, and a save
+marks the folder (:data:`SAVING_NAME`) from before its first rename to after its last:
+:func:`read_adapter` refuses a marked folder whose weights were saved with another config
+than the one beside them. A config edited by hand (no mark) loads, as do folders saved
 before the digests were recorded.
 """
 
@@ -25,10 +26,11 @@ from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, adapter_folder
 from .errors import AdapterError, ConfigError, VidMusicianError, one_line
 from .fileio import atomic_write, native_name, write_safetensors
 
-# Keys of adapter_model.safetensors' metadata: the SHA-256 (hex) of the adapter_config.json text
-# saved with the weights, and of the one that was in the folder before (when it differed).
+# adapter_model.safetensors' metadata key for the SHA-256 (hex) of the adapter_config.json text saved with it.
 CONFIG_DIGEST = "config_sha256"
-REPLACED_DIGEST = "replaced_config_sha256"
+# Present in an adapter folder while a save renames its two files (holds the new config's digest):
+# left behind, it tells an interrupted save from a config edited by hand.
+SAVING_NAME = ".saving"
 
 
 def _sha256(data: bytes) -> str:
@@ -61,20 +63,27 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
     text = config.replace(version=__version__).to_json().encode("utf-8")
-    meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone,
-            CONFIG_DIGEST: _sha256(text)}
-    replaced = _config_digest(directory)
-    if replaced is not None and replaced != meta[CONFIG_DIGEST]:
-        meta[REPLACED_DIGEST] = replaced
+    digest = _sha256(text)
+    meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone, CONFIG_DIGEST: digest}
+    marker = directory / SAVING_NAME
+
+    renamed = []  # the weights' rename happened
 
     def write_both(config_tmp: Path) -> None:
-        # The config's temporary file, then the whole weights file and its rename; atomic_write
-        # renames the config right after. A kill can only mix the pair between the two renames,
-        # and REPLACED_DIGEST tells read_adapter when it did.
+        # The config's temporary file, the mark, then the whole weights file and its rename;
+        # atomic_write renames the config right after, and the mark goes once both are in place.
         config_tmp.write_bytes(text)
+        marker.write_text(digest)
         atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata=meta))
+        renamed.append(True)
 
-    atomic_write(directory / CONFIG_NAME, write_both)
+    try:
+        atomic_write(directory / CONFIG_NAME, write_both)
+    except BaseException:
+        if not renamed:  # the folder holds its old pair, as it was: no mark
+            marker.unlink(missing_ok=True)
+        raise
+    marker.unlink(missing_ok=True)
     return directory
 
 
@@ -94,8 +103,8 @@ def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     except VidMusicianError as exc:
         raise AdapterError(str(exc)) from None
     tensors, meta = _read_weights(directory / WEIGHTS_NAME)
-    replaced = meta.get(REPLACED_DIGEST)
-    if replaced is not None and _config_digest(directory) == replaced:
+    saved_with = meta.get(CONFIG_DIGEST)
+    if (directory / SAVING_NAME).exists() and saved_with is not None and saved_with != _config_digest(directory):
         raise AdapterError(f"{directory}: half saved: {WEIGHTS_NAME} is new and {CONFIG_NAME} is the one it "
                            f"replaced (the save was stopped between the two files); save the adapter again, "
                            f"or use the checkpoint before it")
