@@ -14,6 +14,8 @@ import shutil
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load
 from hub import MUSICGEN, hub_cache, offline_env, offline_hub  # noqa: F401 (fixtures)
 from media import flash_video
 
@@ -314,6 +316,16 @@ def test_a_backbone_folder_given_relative_is_recorded_absolute_and_is_no_base_mo
     assert card.data.base_model is None
     assert "`mygen` (a local checkpoint in audiocraft's format, frozen" in card.text and str(work) not in card.text
     assert AdapterConfig.load(folder).backbone == str(work / "models" / "mygen")
+    # What goes up names the folder by its last part, in the config and in the weights' metadata.
+    files = sent(commits)
+    assert all(str(work).encode() not in files[name] for name in files)
+    assert json.loads(files["adapter_config.json"])["backbone"] == "mygen"
+    (tmp_path / "sent.safetensors").write_bytes(files["adapter_model.safetensors"])
+    with safe_open(str(tmp_path / "sent.safetensors"), framework="pt") as f:
+        assert f.metadata()["backbone"] == "mygen"
+    local = load((folder / "adapter_model.safetensors").read_bytes())
+    up = load(files["adapter_model.safetensors"])
+    assert up.keys() == local.keys() and all(torch.equal(v, up[k]) for k, v in local.items())
     assert load_adapter(folder, device="cpu").config.backbone == str(work / "models" / "mygen")
     assert cli.main(["info", str(folder)]) == 0
     assert f"adapter for {work / 'models' / 'mygen'} (dim 32" in capsys.readouterr().out

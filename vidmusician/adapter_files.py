@@ -111,6 +111,20 @@ def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     return config, tensors
 
 
+def renamed_backbone(directory, name: str) -> dict[str, bytes]:
+    """An adapter folder's two files, as bytes, with ``name`` for its backbone in the config and in
+    the weights' metadata, and the tensors as they are: what push sends for a backbone folder of this
+    machine, whose path names nothing elsewhere (and may hold a user name)."""
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    config = AdapterConfig.load(directory / CONFIG_NAME)
+    tensors, meta = _read_weights(directory / WEIGHTS_NAME)
+    text = config.replace(backbone=name).to_json().encode("utf-8")
+    meta = {**meta, "backbone": name, CONFIG_DIGEST: _sha256(text)}
+    return {CONFIG_NAME: text, WEIGHTS_NAME: save(tensors, metadata=meta)}
+
+
 def read_adapter_weights(path) -> dict[str, torch.Tensor]:
     """Reads ``adapter_model.safetensors``; a corrupt or truncated file is an AdapterError."""
     return _read_weights(path)[0]

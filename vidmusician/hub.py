@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .adapter_files import WEIGHTS_NAME, check_adapter_tensors, read_adapter
+from .adapter_files import WEIGHTS_NAME, check_adapter_tensors, read_adapter, renamed_backbone
 from .config import CONFIG_NAME, adapter_folder
 from .errors import AdapterError, ConfigError, one_line
 from .hub_reach import REPO_ID, is_repo_id, no_answer
@@ -152,7 +152,9 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
 
     Only ``adapter_config.json``, ``adapter_model.safetensors`` and the card
     (``README.md``) are sent: other files in the folder (checkpoints, pickles, a
-    backbone) stay here.
+    backbone) stay here. An adapter trained on a backbone folder of this machine is
+    sent with that folder's last part for its backbone (the path names nothing elsewhere);
+    its users pass the backbone with ``--backbone``.
 
     Args:
         folder: the adapter folder (read and checked before anything is sent).
@@ -173,7 +175,7 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .model_card import adapter_card, base_model_id
+    from .model_card import adapter_card, base_model_id, shown_backbone
 
     folder = adapter_folder(folder)  # the folder, also when given one of its files
     config, tensors = read_adapter(folder)  # refuses a folder that is not a readable adapter, before any upload
@@ -182,7 +184,11 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
     card = adapter_card(folder, config, repo, report=report, run=run, license=license,
                         backbone_parameters=backbone_parameters, base_model=base_model_id(config.backbone),
                         revision=own)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in ADAPTER_FILES]
+    files = {name: str(folder / name) for name in ADAPTER_FILES}
+    shown, local = shown_backbone(config.backbone)
+    if local:  # a backbone folder of this machine: named by its last part, as the card names it
+        files = renamed_backbone(folder, shown)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=files[name]) for name in ADAPTER_FILES]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     api = HfApi(token=token, library_name="vidmusician", library_version=__version__)
     with hub_errors(repo, own, push=True):
