@@ -49,7 +49,8 @@ def hub_unreachable(repo: str, filename: str, revision: str | None = None) -> bo
 
 
 # Seconds a request to the Hub may take in all before it counts as no answer; None means
-# huggingface_hub's HF_HUB_ETAG_TIMEOUT (10 s unless set), the bound it puts on the same request.
+# twice huggingface_hub's HF_HUB_ETAG_TIMEOUT (10 s unless set), which it puts on the same request's
+# connection and on its reading, each: a slow Hub that answers within those bounds still counts.
 PROBE_SECONDS: float | None = None
 
 
@@ -74,7 +75,7 @@ def no_answer(repo: str, filename: str, revision: str | None) -> bool:
     # without keeping the interpreter from exiting.
     thread = threading.Thread(target=probe, name="vidmusician-hub-probe", daemon=True)
     thread.start()
-    thread.join(PROBE_SECONDS if PROBE_SECONDS is not None else constants.HF_HUB_ETAG_TIMEOUT)
+    thread.join(PROBE_SECONDS if PROBE_SECONDS is not None else 2 * constants.HF_HUB_ETAG_TIMEOUT)
     if not outcome:
         return True
     if isinstance(outcome[0], HfHubHTTPError):
