@@ -25,6 +25,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from .frechet import (Embedder, embedding_stats, frechet_audio_distance, frechet_distance,  # noqa: F401
+                      frechet_distance_from_stats, too_few_embeddings)  # (their old home)
 
 # Bailando's beat-alignment score uses sigma = 3 frames (its `BA()` divides the
 # squared frame distance by 2 * 9) of its 60 fps AIST++ features: 0.05 s.
