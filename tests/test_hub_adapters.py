@@ -179,6 +179,18 @@ def test_the_command_line_takes_a_hub_id(adapter_hub, adapters, tmp_path, capsys
         assert err.count("\n") == 1 and "someone/absent: no such folder, and the Hub adapter is not in the Hugging Face cache" in err
 
 
+def test_a_top_k_past_a_hub_adapters_backbone_is_refused_before_any_model_loads(adapter_hub, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """The Hub adapter's config alone tells its backbone ('tiny': 400 tokens per codebook)."""
+    import vidmusician.model
+
+    monkeypatch.setattr(vidmusician.model, "load_backbone", lambda *a, **k: pytest.fail("a model loaded"))
+    clip = flash_video(tmp_path / "clip.mp4", [0.2], 0.6)
+    assert cli.main(["generate", str(clip), "--adapter", REPO, "--top-k", "401", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--top-k 401: more than the backbone's 400 tokens per codebook" in err, err
+
+
 @pytest.mark.parametrize("name, repo_id", [
     ("facebook/musicgen-small", True), ("someone/vid.adapter_2", True), ("Org-1/x", True),
     ("musicgen-small", False), ("org/name/more", False), ("_org/name", False), ("org/.name", False),

@@ -165,8 +165,8 @@ def check_backbone_limits(args) -> None:
     """Refuses --top-k and --extend-stride beyond the backbone's bounds, when its name tells them.
 
     A backbone known by name (a released MusicGen, tiny, random-*: see
-    :func:`~vidmusician.generation.limits.known_limits`), given with --backbone or named in a
-    local adapter's config, is checked here, before it loads; any other is checked once loaded
+    :func:`~vidmusician.generation.limits.known_limits`), given with --backbone or named in the
+    adapter's config, is checked here, before it loads; any other is checked once loaded
     (:func:`option_names` words that error the same way).
     """
     limits = known_limits(backbone_name(args))
@@ -177,21 +177,22 @@ def check_backbone_limits(args) -> None:
 
 def backbone_name(args) -> str:
     """The backbone generate loads, as far as it is known without loading: --backbone, else the
-    adapter's (read from a local adapter folder's config; '' for a Hub adapter), else the default."""
+    adapter's (read from its config: a local folder's, or a Hub adapter's, fetched alone into the
+    cache where the adapter's load finds it), else the default."""
     from ...pipeline import DEFAULT_BACKBONE
 
     if args.backbone:
         return args.backbone
     if not args.adapter:
         return DEFAULT_BACKBONE
-    from ...config import AdapterConfig
-    from ...hub import is_hub_id
+    from ...config import CONFIG_NAME, AdapterConfig
+    from ...hub import is_hub_id, resolve_adapter
 
-    if is_hub_id(args.adapter):
-        return ""  # its config is downloaded with the adapter
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the adapter's load shows them, once
+            if is_hub_id(args.adapter):
+                return AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,))).backbone
             return AdapterConfig.load(args.adapter).backbone
     except (VidMusicianError, OSError):
         return ""  # the adapter's load says what is wrong with it, before any model loads
