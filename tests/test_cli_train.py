@@ -209,6 +209,31 @@ def test_the_launcher_takes_every_gpu_whatever_the_default_config_says():
     assert args.gpu_ids == "all" and args.num_processes == 2
 
 
+@pytest.mark.parametrize("raised, expected", [
+    ("worker", 2),  # the first failure's status (a user error), not the SIGTERM of the worker stopped after it
+    ("sigterm", 143),
+    ("sigint", 130),
+])
+def test_the_launchers_end_is_the_commands_exit_status(raised, expected, monkeypatch):
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from vidmusician.training.launch import launch_here
+
+    def launch(args):
+        if raised == "worker":
+            raise ChildFailedError("vidmusician", {1: ProcessFailure(1, 101, 2, "<N/A>"),
+                                                   0: ProcessFailure(0, 100, -signal.SIGTERM, "<N/A>")})
+        sig = signal.SIGTERM if raised == "sigterm" else signal.SIGINT
+        signal.signal(sig, signal.SIG_IGN)  # the launcher's handler, left in place as it leaves its own
+        raise SignalException(f"got {sig}", sigval=sig)
+
+    monkeypatch.setattr("accelerate.commands.launch.launch_command", launch)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert launch_here(2, ["vidmusician", "train"], "no") == expected
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # put back
+
+
 def test_num_processes_trains_in_two_processes(data, tmp_path):
     """`--num-processes 2` on a machine without GPUs: two processes over gloo, global batch 2 x 2, exit 0."""
     out = tmp_path / "run"
