@@ -158,11 +158,15 @@ def test_a_resumed_run_keeps_its_precision(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert train("--recipe", rec, "--data", data, "--output", out, "--backbone", "tiny") == 0
     capsys.readouterr()
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as a new process starts: no precision set yet
     # The device's default, were the run new: bf16 (a GPU that computes in it).
     monkeypatch.setattr("vidmusician.training.preflight.mixed_precision", lambda requested: requested or "bf16")
     assert train("--recipe", rec, "--data", data, "--output", out, "--backbone", "tiny", "--resume",
                  "--set", "max_steps=2") == 0
-    assert re.search(r"^training .*, steps 1 -> 2, mixed precision no$", capsys.readouterr().out, re.M)
+    said = capsys.readouterr().out
+    assert re.search(r"^training .*, steps 1 -> 2, mixed precision no$", said, re.M), said
 
 
 @pytest.mark.parametrize("requested, environ, cuda, bf16, expected", [
