@@ -10,13 +10,14 @@ Light on purpose: no audiocraft import, so the launching process starts its work
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import ConfigError
 from .dataset import DatasetMeta, PreparedDataset, check_training_split, verify_dataset
 from .monitor import check_trackers
-from .recipe import Recipe, Resumed, check_init_adapter, check_resume
+from .recipe import Recipe, Resumed, check_init_adapter, check_resume, lr_warning, schedule_warning
 from .train_options import mixed_precision
 from .train_state import latest_checkpoint, saved_precision
 
@@ -36,12 +37,14 @@ class Start(NamedTuple):
     holdout: PreparedDataset
 
 
-def check_start(args, num_processes: int) -> Start:
+def check_start(args, num_processes: int, warn: Callable[[str], object] | None = None) -> Start:
     """Checks a run's options against its recipe, run folder and dataset, before any model loads.
 
     Args:
         args: the options of :func:`~vidmusician.training.train_options.add_arguments`, parsed.
         num_processes: the processes that will train (the global batch is ``batch_size`` x this).
+        warn: called with what a recipe trains but likely not as meant (a schedule that never
+            reaches its learning rate, a learning rate above the safe range), first; None: not said.
 
     Raises:
         ConfigError: a mistyped recipe or tracker; checkpoints in ``--output`` without ``--resume``; a
@@ -50,6 +53,9 @@ def check_start(args, num_processes: int) -> Start:
             than one global batch.
     """
     recipe = Recipe.load(args.recipe, args.set)
+    for warning in (schedule_warning(recipe), lr_warning(recipe)):
+        if warn and warning:
+            warn(warning)
     out = Path(args.output)
     trackers = check_trackers(args.report_to)
     checkpoint = latest_checkpoint(out)

@@ -45,7 +45,7 @@ from .model_setup import build_model, optimizer_groups
 from .monitor import Monitor
 from .objective import Objective, codebook_weights, holdout_loss
 from .preflight import check_start
-from .recipe import lr_factor, lr_warning, schedule_change, schedule_warning
+from .recipe import lr_factor, schedule_change
 from .run_folder import RunFolder
 from .train_options import add_arguments
 from .train_state import TrainState, interrupted_line, latest_checkpoint, restore_rng, resume, save_checkpoint
@@ -108,7 +108,10 @@ def _train(args, progress: dict, program: str) -> Path:
     # Checkpoints there: the folder is the run's, whatever fails below (train() never takes it back).
     progress["resumed"] = latest_checkpoint(out) is not None
     num_processes = int(os.environ.get("WORLD_SIZE", "1"))  # what the Accelerator below will count
-    start = check_start(args, num_processes)
+    # Process 0 alone says the recipe's warnings, before what may stop the run.
+    warn = (lambda line: print(f"{program}: warning: {line}", file=sys.stderr)) \
+        if int(os.environ.get("RANK", "0")) == 0 else None
+    start = check_start(args, num_processes, warn)
     recipe, resumed, resume_from, meta, train_set, holdout = (start.recipe, start.resumed, start.checkpoint,
                                                               start.meta, start.train_set, start.holdout)
     # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes, but
@@ -121,9 +124,6 @@ def _train(args, progress: dict, program: str) -> Path:
                               log_with=start.trackers or None,
                               project_config=ProjectConfiguration(project_dir=str(out),
                                                                   logging_dir=str(out / "trackers")))
-    for warning in (schedule_warning(recipe), lr_warning(recipe)):
-        if accelerator.is_main_process and warning:
-            print(f"{program}: warning: {warning}", file=sys.stderr)
     # Same seed on every process: identical adapter initialization (DDP also broadcasts it).
     set_seed(recipe.seed)
     # The longest window trained on (clips shorter than --window give shorter ones): the adapter's trained_window.
