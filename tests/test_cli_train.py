@@ -82,6 +82,42 @@ def test_train_refuses_a_missing_dataset_in_one_line(processes, tmp_path, capsys
     assert not out.exists()  # a run failing before its first step leaves no folder
 
 
+def checkpointed(out: Path, recipe_file: Path, **changed) -> Path:
+    """``out`` as a run that saved a checkpoint in float32 (no weights: only what the checks before a run read),
+    its recipe.json ``recipe_file``'s with the fields ``changed``."""
+    (out / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (out / "checkpoints" / "step-00000002" / "trainer_state.json").write_text('{"mixed_precision": "no"}')
+    (out / "recipe.json").write_text(json.dumps({**json.loads(recipe_file.read_text()), **changed}))
+    return out
+
+
+@pytest.mark.parametrize("case, argv, expected", [
+    ("rerun", [], "already holds checkpoints: pass --resume"),
+    ("rerun", ["--resume", "--set", "lr=1e-3"], "--resume with a recipe unlike the run's (lr: 0.0001 -> 0.001)"),
+    ("rerun", ["--resume", "--mixed-precision", "bf16"], "--mixed-precision bf16: the run trained in no"),
+    ("new", ["--init", "no/such/folder"], "no/such/folder: adapter folder not found (--init)"),
+    ("new", ["--report-to", "nosuchtracker"], "--report-to nosuchtracker: unknown tracker"),
+    # 6 windows: one process trains on batches of 4, two need 8.
+    ("new", ["--set", "batch_size=4"], "the training split has 6 windows, fewer than one global batch (8)"),
+])
+def test_num_processes_says_a_user_error_once_before_launching(case, argv, expected, data, tmp_path, capsys,
+                                                                monkeypatch):
+    """What each process would refuse (a rerun without --resume, a resume unlike the run, a missing --init, an
+    unknown tracker, too few windows for the global batch) is refused before the processes start: one line,
+    exit 2, where the processes would say it once each under the launcher's traceback."""
+    def launch(*args):
+        raise AssertionError(f"launched: {args}")
+
+    monkeypatch.setattr("vidmusician.training.launch.launch_here", launch)
+    rec = recipe(tmp_path, lr=1e-4)
+    out = checkpointed(tmp_path / "run", rec) if case == "rerun" else tmp_path / "run"
+    assert train("--recipe", rec, "--data", data, "--output", out, "--backbone", "tiny", "--num-processes", "2",
+                 *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidmusician train: error: ") and len(err.strip().splitlines()) == 1, err
+    assert expected in err, err
+
+
 def test_num_processes_refuses_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -115,6 +151,24 @@ def test_sigterm_keeps_the_checkpoints_and_says_how_to_resume(data, tmp_path, ca
     assert latest_checkpoint(out).name == f"step-{int(found[2]):08d}"
 
 
+def test_a_resumed_run_keeps_its_precision(data, tmp_path, capsys, monkeypatch):
+    """A run begun in float32 (here, on the CPU) and resumed where the device's default is bf16 goes on in
+    float32: resume is exact."""
+    rec = recipe(tmp_path, max_steps=1, save_every=1)
+    out = tmp_path / "run"
+    assert train("--recipe", rec, "--data", data, "--output", out, "--backbone", "tiny") == 0
+    capsys.readouterr()
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as a new process starts: no precision set yet
+    # The device's default, were the run new: bf16 (a GPU that computes in it).
+    monkeypatch.setattr("vidmusician.training.preflight.mixed_precision", lambda requested: requested or "bf16")
+    assert train("--recipe", rec, "--data", data, "--output", out, "--backbone", "tiny", "--resume",
+                 "--set", "max_steps=2") == 0
+    said = capsys.readouterr().out
+    assert re.search(r"^training .*, steps 1 -> 2, mixed precision no$", said, re.M), said
+
+
 @pytest.mark.parametrize("requested, environ, cuda, bf16, expected", [
     (None, {}, False, False, "no"),
     (None, {}, True, True, "bf16"),
@@ -145,6 +199,45 @@ def test_the_relaunch_command_line_parses_back_to_the_same_options():
         assert parser.parse_args(command_line(args)) == args, command_line(args)
 
 
+def test_the_launcher_takes_every_gpu_whatever_the_default_config_says():
+    """A default accelerate config for one GPU (gpu_ids '0', what `accelerate config` writes there) would make
+    the launcher refuse --multi_gpu: the launch names every GPU itself."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    from vidmusician.training.launch import launch_command
+
+    argv = launch_command(2, ["vidmusician", "train"], "no", 29500)
+    args = launch_command_parser().parse_args(["--config_file", str(REPO / "recipes/accelerate/single_gpu.yaml"),
+                                               *argv])
+    _validate_launch_command(args)  # raises ValueError where the config's gpu_ids '0' would be taken
+    assert args.gpu_ids == "all" and args.num_processes == 2
+
+
+@pytest.mark.parametrize("raised, expected", [
+    ("worker", 2),  # the first failure's status (a user error), not the SIGTERM of the worker stopped after it
+    ("sigterm", 143),
+    ("sigint", 130),
+])
+def test_the_launchers_end_is_the_commands_exit_status(raised, expected, monkeypatch):
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from vidmusician.training.launch import launch_here
+
+    def launch(args):
+        if raised == "worker":
+            raise ChildFailedError("vidmusician", {1: ProcessFailure(1, 101, 2, "<N/A>"),
+                                                   0: ProcessFailure(0, 100, -signal.SIGTERM, "<N/A>")})
+        sig = signal.SIGTERM if raised == "sigterm" else signal.SIGINT
+        signal.signal(sig, signal.SIG_IGN)  # the launcher's handler, left in place as it leaves its own
+        raise SignalException(f"got {sig}", sigval=sig)
+
+    monkeypatch.setattr("accelerate.commands.launch.launch_command", launch)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert launch_here(2, ["vidmusician", "train"], "no") == expected
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # put back
+
+
 def test_num_processes_trains_in_two_processes(data, tmp_path):
     """`--num-processes 2` on a machine without GPUs: two processes over gloo, global batch 2 x 2, exit 0."""
     out = tmp_path / "run"
@@ -156,3 +249,29 @@ def test_num_processes_trains_in_two_processes(data, tmp_path):
     assert "global batch 4" in proc.stdout and "mixed precision no" in proc.stdout, proc.stdout
     assert json.loads((out / "run.json").read_text())["processes"] == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_sigterm_stops_two_processes_with_one_line(data, tmp_path):
+    """SIGTERM to `vidmusician train --num-processes 2` (a scheduler's stop): the launcher passes it to both
+    processes; 143 and the trainer's one line, no launcher traceback or report of the signal passed on."""
+    out = tmp_path / "run"
+    log = out / "log.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "vidmusician", "train", "--num-processes", "2",
+                             "--recipe", str(recipe(tmp_path, max_steps=100000, save_every=2)), "--data", str(data),
+                             "--output", str(out), "--backbone", "tiny"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 3) and time.time() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        stdout, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "signal" not in err.lower(), err
+    assert len(re.findall(r"^vidmusician train: interrupted at step \d+; the last checkpoint is step \d+", err,
+                          re.M)) == 1, err
+    assert "global batch 4" in stdout, stdout

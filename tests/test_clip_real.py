@@ -290,7 +290,8 @@ def test_legacy_adapter_gets_the_activation_it_was_trained_on_with_a_warning(ada
 
 def test_training_refuses_a_dataset_of_the_other_activation(adapted, tmp_path):
     from vidmusician.training.model_setup import build_model
-    from vidmusician.training.train import Recipe, parse_args
+    from vidmusician.training.recipe import Recipe
+    from vidmusician.training.train import parse_args
 
     init = tmp_path / "init"
     adapted.save_pretrained(init)

@@ -162,7 +162,8 @@ def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch
 
 
 def test_a_schedule_that_never_reaches_its_learning_rate_warns(tmp_path, capsys):
-    from vidmusician.training.train import lr_factor, main, schedule_warning
+    from vidmusician.training.recipe import schedule_warning
+    from vidmusician.training.train import lr_factor, main
 
     assert schedule_warning(Recipe(max_steps=20, warmup_steps=2)) is None
     assert lr_factor(2, Recipe(max_steps=20, warmup_steps=2)) == pytest.approx(1.0)
@@ -178,7 +179,8 @@ def test_a_schedule_that_never_reaches_its_learning_rate_warns(tmp_path, capsys)
 
 def test_a_learning_rate_above_the_measured_safe_range_warns(tmp_path, capsys):
     from vidmusician.training.recipe import MAX_SAFE_LR as high
-    from vidmusician.training.train import lr_warning, main
+    from vidmusician.training.recipe import lr_warning
+    from vidmusician.training.train import main
 
     assert lr_warning(Recipe(lr=1e-4)) is None and lr_warning(Recipe(lr=high, min_lr=0)) is None
     assert f"lr 0.1 is above {high:g}" in lr_warning(Recipe(lr=0.1))

@@ -28,7 +28,8 @@ from vidmusician.training.dataset import DatasetMeta, ShardWriter
 from vidmusician.errors import DataError
 from vidmusician.video.features import extract_features, load_encoder
 from vidmusician.training.losses import codebook_losses
-from vidmusician.training.train import EpochBatches, Recipe, lr_factor, main
+from vidmusician.training.recipe import Recipe
+from vidmusician.training.train import EpochBatches, lr_factor, main
 from vidmusician.training.train_state import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

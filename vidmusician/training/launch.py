@@ -1,5 +1,5 @@
 """A process's lifetime: SIGTERM as an exception (every command), a worker under a launcher
-(``accelerate launch`` / torchrun) that ends with it, and a command that becomes such a launcher."""
+(``accelerate launch`` / torchrun) that ends with it, and a command that runs such a launcher."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import NoReturn
 
 __all__ = ["Terminated", "launch_here", "stop_on_sigterm", "stop_with_launcher"]
 
@@ -78,28 +77,69 @@ def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0)
 
 
 def launch_command(num_processes: int, module: list[str], mixed_precision: str, port: int) -> list[str]:
-    """``accelerate launch`` running ``python -m MODULE...`` in ``num_processes`` processes on this machine."""
+    """The arguments of ``accelerate launch`` running ``python -m MODULE...`` in ``num_processes`` processes on
+    this machine."""
     # Every value the launcher would otherwise take from a config file or a default (with a warning).
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-            "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", *module]
+    # All GPUs: a default config of `accelerate config` for one GPU (gpu_ids '0') would refuse --multi_gpu.
+    return ["--multi_gpu", "--num_processes", str(num_processes), "--gpu_ids", "all", "--num_machines", "1",
+            "--mixed_precision", mixed_precision, "--dynamo_backend", "no", "--main_process_port", str(port),
+            "-m", *module]
 
 
-def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> NoReturn:
-    """Replaces this process with :func:`launch_command`'s launcher: DDP over this machine's GPUs, one
-    process each (over gloo on the CPU where there is no GPU).
+# The launcher's loggers: each worker's failure, and each signal it passes on, as a line of its own.
+LAUNCHER_LOGGERS = ("torch.distributed.run", "torch.distributed.launcher", "torch.distributed.elastic")
 
-    Replaced, not waited for: Ctrl-C, a scheduler's SIGTERM or a closed terminal reach the launcher
-    as they reach an ``accelerate launch`` typed by hand (it passes them to its workers, each in its own
-    session), and the launcher's exit status is the command's.
+
+def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> int:
+    """Runs :func:`launch_command`'s ``accelerate launch`` in this process: DDP over this machine's GPUs, one
+    process each (over gloo on the CPU where there is no GPU); returns the exit status.
+
+    Ctrl-C, a scheduler's SIGTERM or a closed terminal reach the launcher as they reach an
+    ``accelerate launch`` typed by hand: it passes them to its workers (each in its own session)
+    and waits for them. Each worker says its own error or interruption; the launcher's report of
+    it (a traceback, a table of failures, a line per signal passed on) is left out.
+
+    Returns:
+        0; the exit status of the worker that failed first (2 for a user error); 128 + the signal
+        that stopped the launcher (130 after Ctrl-C, 143 after SIGTERM), what a shell reports.
     """
+    import logging
     import socket
+
+    from accelerate.commands.launch import launch_command as accelerate_launch
+    from accelerate.commands.launch import launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    import torch.distributed.run  # noqa: F401  (creates the launcher's loggers, quieted below)
 
     # A free port, not accelerate's fixed default (29500): two runs on one machine must not meet.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = launch_command(num_processes, module, mixed_precision, port)
+    args = launch_command_parser().parse_args(launch_command(num_processes, module, mixed_precision, port))
+    # LOGLEVEL is torch.distributed.elastic's own switch: set, its lines are what was asked for.
+    quiet = [] if "LOGLEVEL" in os.environ else [
+        logger for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger) and name.startswith(LAUNCHER_LOGGERS)]
+    levels = [logger.level for logger in quiet]
+    # The launcher handles these signals while its workers run, and does not put the handlers back.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+    try:
+        for logger in quiet:
+            logger.setLevel(logging.CRITICAL + 1)
+        accelerate_launch(args)
+    except ChildFailedError as exc:
+        _, failure = exc.get_first_failure()
+        # A worker a signal ended has a negative exit code, as in subprocess.
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    except SignalException as exc:  # the launcher passed it on to the workers and waited for them
+        return 128 + exc.sigval
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: not set from Python, nothing to put back
+                signal.signal(sig, handler)
+    return 0

@@ -36,19 +36,18 @@ import torch
 
 from ..arguments import Parser
 from ..config import adapter_folder
-from ..errors import ConfigError, VidMusicianError, one_line, printable
+from ..errors import VidMusicianError, one_line, printable
 from ..fileio import atomic_write
-from .dataset import (Collate, DatasetMeta, EpochBatches, MismatchedVideos, PreparedDataset, TextDropout,
-                      check_training_split, verify_dataset)
+from .dataset import Collate, EpochBatches, MismatchedVideos, TextDropout
 from .launch import Terminated, stop_on_sigterm, stop_with_launcher
 from .losses import loss_mask
 from .model_setup import build_model, optimizer_groups
-from .monitor import Monitor, check_trackers
+from .monitor import Monitor
 from .objective import Objective, codebook_weights, holdout_loss
-from .recipe import (Recipe, Resumed, check_init_adapter, check_resume, lr_factor, lr_warning, schedule_change,
-                     schedule_warning)
+from .preflight import check_start
+from .recipe import lr_factor, schedule_change
 from .run_folder import RunFolder
-from .train_options import add_arguments, mixed_precision
+from .train_options import add_arguments
 from .train_state import TrainState, interrupted_line, latest_checkpoint, restore_rng, resume, save_checkpoint
 
 
@@ -105,39 +104,28 @@ def _train(args, progress: dict, program: str) -> Path:
     from accelerate.utils import ProjectConfiguration, set_seed
 
 
-    recipe = Recipe.load(args.recipe, args.set)
     out = Path(args.output)
-    trackers = check_trackers(args.report_to)
+    # Checkpoints there: the folder is the run's, whatever fails below (train() never takes it back).
+    progress["resumed"] = latest_checkpoint(out) is not None
+    num_processes = int(os.environ.get("WORLD_SIZE", "1"))  # what the Accelerator below will count
+    # Process 0 alone says the recipe's warnings, before what may stop the run.
+    warn = (lambda line: print(f"{program}: warning: {line}", file=sys.stderr)) \
+        if int(os.environ.get("RANK", "0")) == 0 else None
+    start = check_start(args, num_processes, warn)
+    recipe, resumed, resume_from, meta, train_set, holdout = (start.recipe, start.resumed, start.checkpoint,
+                                                              start.meta, start.train_set, start.holdout)
     # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes, but
     # Accelerate forms their (gloo) process group only when told to run on the CPU.
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # Under accelerate launch its config's precision; otherwise the device's (train_options.mixed_precision).
-    accelerator = Accelerator(mixed_precision=mixed_precision(args.mixed_precision),
-                              gradient_accumulation_steps=recipe.grad_accum, cpu=cpu, log_with=trackers or None,
+    cpu = not torch.cuda.is_available() and num_processes > 1
+    # Under accelerate launch its config's precision; otherwise the device's (train_options.mixed_precision),
+    # and a resumed run's own.
+    accelerator = Accelerator(mixed_precision=start.mixed_precision,
+                              gradient_accumulation_steps=recipe.grad_accum, cpu=cpu,
+                              log_with=start.trackers or None,
                               project_config=ProjectConfiguration(project_dir=str(out),
                                                                   logging_dir=str(out / "trackers")))
-    for warning in (schedule_warning(recipe), lr_warning(recipe)):
-        if accelerator.is_main_process and warning:
-            print(f"{program}: warning: {warning}", file=sys.stderr)
-    resume_from = latest_checkpoint(out)
-    progress["resumed"] = resume_from is not None
-    if resume_from is not None and not args.resume:
-        raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or use a new --output")
-    check_init_adapter(args.init or recipe.init_adapter, from_recipe=not args.init)
-    resumed = Resumed(recipe)
-    if resume_from is not None:
-        resumed = check_resume(recipe, out)  # before recipe.json is written again below
-        recipe = resumed.recipe
-
     # Same seed on every process: identical adapter initialization (DDP also broadcasts it).
     set_seed(recipe.seed)
-    meta = DatasetMeta.load(args.data)
-    # Every shard there and whole (a stat each), so a short run cannot miss a shard cut short;
-    # `vidmusician prepare --verify` reads everything. Every process checks: all stop alike.
-    verify_dataset(args.data, full=False)
-    train_set = PreparedDataset(args.data, "train")
-    holdout = PreparedDataset(args.data, "holdout")
-    check_training_split(len(train_set), len(holdout), recipe.batch_size * accelerator.num_processes, args.data)
     # The longest window trained on (clips shorter than --window give shorter ones): the adapter's trained_window.
     window = max((float(row["seconds"]) for row in train_set.rows), default=meta.window)
     vm = build_model(args, recipe, meta, accelerator.device, window)

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                         help="autocast precision. Default: under accelerate launch its config's (bf16 in "
                              "recipes/accelerate/*.yaml); otherwise bf16 on a GPU that computes in it, fp16 on an "
-                             "older GPU, no on a CPU")
+                             "older GPU, no on a CPU. --resume: the run's own (its checkpoints record it)")
     parser.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
                         help="Accelerate trackers for losses, learning rate and audio samples: tensorboard, wandb, "
                              "mlflow, ... or all (files under --output's trackers/; default: none)")

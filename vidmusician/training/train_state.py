@@ -4,7 +4,8 @@ A checkpoint is a folder ``OUTPUT/checkpoints/step-00001000``::
 
     adapter_config.json, adapter_model.safetensors   the adapter (a loadable adapter folder)
     optimizer.safetensors   AdamW state, keyed by adapter parameter name
-    trainer_state.json      step, optimizer hyper-parameters, scheduler, grad scaler, RNG per process
+    trainer_state.json      step, optimizer hyper-parameters, scheduler, grad scaler, RNG per process,
+                            the mixed precision trained in
 
 It is written into a hidden temporary folder, synced, renamed into place in one
 ``os.replace``, and only then named by ``checkpoints/latest`` (itself replaced
@@ -26,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapter.wiring import adapter_modules
 from ..adapter_files import WEIGHTS_NAME, nonfinite_tensor, read_adapter_weights
 from ..errors import AdapterError, ConfigError, DataError, VidMusicianError, one_line
 from ..fileio import atomic_write, native_name, write_safetensors
@@ -69,8 +69,24 @@ def interrupted_line(step: int, run_dir) -> str:
             f"`--resume` continues from there")
 
 
+def saved_precision(checkpoint) -> str | None:
+    """The mixed precision ``checkpoint`` was trained in (``no``, ``fp16``, ``bf16``).
+
+    None where it does not say: written before checkpoints recorded it, or unreadable
+    (:func:`resume` reports the damage and goes back to the checkpoint before it).
+    """
+    try:
+        saved = json.loads((Path(checkpoint) / STATE_NAME).read_text())
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return None
+    return saved.get("mixed_precision") if isinstance(saved, dict) else None
+
+
 def parameter_names(vm) -> dict[int, str]:
     """``id(parameter) -> name`` for every adapter parameter (names as in the adapter file)."""
+    # Imported here: the module's other readers (a run's checks before it starts) need no audiocraft.
+    from ..adapter.wiring import adapter_modules
+
     return {id(p): f"{prefix}.{name}" for mods in adapter_modules(vm.lm).values()
             for prefix, module in mods.items() for name, p in module.named_parameters()}
 
@@ -97,7 +113,8 @@ def save_checkpoint(run_dir, state: TrainState, vm, optimizer, scheduler, accele
         write_safetensors(tmp / OPTIMIZER_NAME, tensors)
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
         meta = {"step": state.step, "param_groups": groups, "scheduler": scheduler.state_dict(),
-                "scaler": scaler, "rng": rng, "num_processes": accelerator.num_processes}
+                "scaler": scaler, "rng": rng, "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision}
         (tmp / STATE_NAME).write_text(json.dumps(meta, sort_keys=True))
         _fsync_tree(tmp)
         if final.exists():  # a save of this step that `latest` never named (killed before the pointer)

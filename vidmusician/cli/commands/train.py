@@ -9,7 +9,6 @@ machine through ``accelerate launch``; several machines, or a launcher config of
 from __future__ import annotations
 
 import os
-from typing import NoReturn
 
 from ...checks import MAX_COUNT, arg_number
 from ...errors import ConfigError
@@ -31,21 +30,20 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.num_processes > 1:
-        relaunch(args)
+        return relaunch(args)
     from ...training.train import run as train
 
     return train(args, "vidmusician train")
 
 
-def relaunch(args) -> NoReturn:
-    """``--num-processes N``: this process becomes ``accelerate launch`` of ``vidmusician train`` in N processes,
-    once what would fail in each of them has been checked here."""
+def relaunch(args) -> int:
+    """``--num-processes N``: runs ``accelerate launch`` of ``vidmusician train`` in N processes, once what would
+    fail in each of them has been checked here; returns the exit status."""
     import torch
 
-    from ...training.dataset import DatasetMeta
     from ...training.launch import launch_here
-    from ...training.recipe import Recipe
-    from ...training.train_options import command_line, mixed_precision
+    from ...training.preflight import check_start
+    from ...training.train_options import command_line
 
     if "WORLD_SIZE" in os.environ:
         raise ConfigError("--num-processes: this process was started by a launcher (accelerate launch, "
@@ -54,10 +52,8 @@ def relaunch(args) -> NoReturn:
     if 0 < gpus < args.num_processes:  # DDP takes a GPU per process: cuda:1 of a one-GPU machine fails late
         raise ConfigError(f"--num-processes {args.num_processes}: this machine has {gpus} GPU"
                           f"{'s' if gpus > 1 else ''}, one per process: give at most {gpus}")
-    # A mistyped recipe or dataset, said here in one line: from the workers it would come once per
-    # process, under the launcher's report of their failure.
-    Recipe.load(args.recipe, args.set)
-    DatasetMeta.load(args.data)
+    # A user error said here in one line: from the workers it would come once per process.
+    start = check_start(args, args.num_processes)
     # Chosen here, where no launcher config is set: the precision one process would train in.
-    precision = mixed_precision(args.mixed_precision) or os.environ[LAUNCHER_PRECISION]
-    launch_here(args.num_processes, ["vidmusician", "train", *command_line(args)], precision)
+    precision = start.mixed_precision or os.environ[LAUNCHER_PRECISION]
+    return launch_here(args.num_processes, ["vidmusician", "train", *command_line(args)], precision)
