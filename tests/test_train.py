@@ -189,11 +189,11 @@ def test_two_processes_give_the_adapter_of_one(mixed_data, tmp_path):
     one = tmp_path / "one"
     train_here(["--recipe", r, "--data", mixed_data, "--output", one, "--set", "batch_size=2"])
     two = tmp_path / "two"
-    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "vidmusician.training.train"]
+    # `vidmusician train --num-processes 2`: accelerate launch, run by the command (gloo on the CPU).
+    launcher = [sys.executable, "-m", "vidmusician", "train", "--num-processes", "2"]
     proc = ok(run(["--recipe", r, "--data", mixed_data, "--output", two, "--set", "batch_size=1"], launcher=launcher))
-    assert "global batch 4" in proc.stdout  # really two processes of one window each
+    assert "global batch 4" in proc.stdout and "mixed precision no" in proc.stdout  # two processes of one window
+    assert json.loads((two / "run.json").read_text())["processes"] == 2
     accumulated = tmp_path / "accumulated"
     train_here(["--recipe", r, "--data", mixed_data, "--output", accumulated, "--set", "batch_size=1",
                 "--set", "grad_accum=4"])
