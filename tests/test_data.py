@@ -289,5 +289,9 @@ def test_a_backbone_folder_given_relative_is_recorded_absolute(folder, tmp_path,
     assert prepare(folder, tmp_path / "ds", **options).prepared == 0  # the same dataset, nothing redone
     (tmp_path / "ds" / "dataset.json").write_text(json.dumps(dict(meta, backbone="models/mygen")))
     assert prepare(folder, tmp_path / "ds", **options).prepared == 0  # recorded as given: the same folder
+    more = tmp_path / "more"  # ... also for a rerun that has sources left to prepare
+    shutil.copytree(folder, more)
+    flash_video(more / "late.mp4", [1.0], 3.0, audio=noise_track(3.0, 7))
+    assert prepare(more, tmp_path / "ds", **options).prepared == 1
     with pytest.raises(DataError, match="backbone"):
         prepare(folder, tmp_path / "ds", **dict(options, backbone="tiny"))

@@ -179,9 +179,7 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
         DataError: ``verify`` found a damaged shard (named).
     """
     out = Path(out)
-    old = DatasetMeta.load(out) if (out / META_NAME).is_file() else None
-    if old is not None and old.backbone is not None:  # a folder recorded as given before it was absolute
-        old.backbone = recorded_name(old.backbone)
+    old = _recorded_meta(out)
     given = dict(backbone=None if backbone is None else recorded_name(backbone), encoder=encoder, window=window, hop=hop, global_fps=global_fps,
                  local_fps=local_fps, holdout=holdout)
     recorded = {k: getattr(old, k, None) for k in given} if old is not None else {}
@@ -216,6 +214,17 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
         if created is not None and not any(p.is_file() for p in created.rglob("*")):
             shutil.rmtree(created, ignore_errors=True)  # a backbone or encoder that failed to load: no empty folder
         raise
+
+
+def _recorded_meta(out: Path) -> DatasetMeta | None:
+    """The dataset's ``dataset.json`` (None: a new dataset), with a backbone folder recorded as given,
+    before folders were recorded by their absolute path, read as :func:`~vidmusician.backbones.recorded_name` records it."""
+    if not (out / META_NAME).is_file():
+        return None
+    meta = DatasetMeta.load(out)
+    if meta.backbone is not None:
+        meta.backbone = recorded_name(meta.backbone)
+    return meta
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -278,7 +287,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
                        n_q=int(cm.num_codebooks), card=int(cm.cardinality), global_dim=int(enc.global_dim),
                        local_dim=int(enc.num_patches), encoder_activation=enc.activation,
                        codec_id=codec_identity(asked["backbone"], cm), **asked)
-    old = DatasetMeta.load(out) if (out / META_NAME).is_file() else None
+    old = _recorded_meta(out)
     if old is not None and old.codec_id is None:
         # Its first sources were prepared before the codec was recorded: which made them is unknown.
         meta.codec_id = None
