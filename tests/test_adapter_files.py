@@ -104,3 +104,23 @@ def test_folders_without_the_digests_and_edited_configs_still_load(tmp_path):
     write_adapter(tmp_path / "adapter", NEW, {"w": torch.zeros(3)})
     (folder / CONFIG_NAME).write_text(NEW.replace(trained_window=5.0).to_json())
     assert read_adapter(folder)[0].trained_window == 5.0
+
+
+def test_a_mark_left_by_a_save_killed_before_its_renames_does_not_refuse_an_edit_by_hand(tmp_path, monkeypatch):
+    """SIGKILL while the weights are written (the long part of a save): the old pair and a mark naming the
+    new config stay; the old pair loads, and so does its config edited by hand."""
+    folder = tmp_path / "adapter"
+    write_adapter(folder, OLD, {"w": torch.ones(2)})
+
+    def killed(path, tensors, metadata=None):
+        raise Killed
+
+    monkeypatch.setattr("vidmusician.adapter_files.write_safetensors", killed)
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)  # a kill runs no cleanup
+    with pytest.raises(Killed):
+        write_adapter(folder, NEW, {"w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert (folder / ".saving").is_file()
+    (folder / CONFIG_NAME).write_text(OLD.replace(trained_window=5.0).to_json())
+    config, tensors = read_adapter(folder)
+    assert config.trained_window == 5.0 and torch.equal(tensors["w"], torch.ones(2))

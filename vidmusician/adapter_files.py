@@ -7,10 +7,11 @@ is wired (:func:`vidmusician.adapter.wiring.check_fit`).
 Two files cannot be replaced in one atomic step, so a save into a folder that already
 holds an adapter, killed between its two renames, leaves the new weights beside the old
 config. The weights record the SHA-256 of the config text saved with them, and a save
-marks the folder (:data:`SAVING_NAME`) from before its first rename to after its last:
-:func:`read_adapter` refuses a marked folder whose weights were saved with another config
-than the one beside them. A config edited by hand (no mark) loads, as do folders saved
-before the digests were recorded.
+marks the folder (:data:`SAVING_NAME`, holding that digest) from before its first rename to
+after its last: :func:`read_adapter` refuses a folder whose mark names its weights' config
+while the config beside them is another. A config edited by hand (no mark, or a mark left
+by a save killed before its renames, which names other weights) loads, as do folders
+saved before the digests were recorded.
 """
 
 from __future__ import annotations
@@ -103,12 +104,22 @@ def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     except VidMusicianError as exc:
         raise AdapterError(str(exc)) from None
     tensors, meta = _read_weights(directory / WEIGHTS_NAME)
-    saved_with = meta.get(CONFIG_DIGEST)
-    if (directory / SAVING_NAME).exists() and saved_with is not None and saved_with != _config_digest(directory):
+    if _half_saved(directory, meta.get(CONFIG_DIGEST)):
         raise AdapterError(f"{directory}: half saved: {WEIGHTS_NAME} is new and {CONFIG_NAME} is the one it "
                            f"replaced (the save was stopped between the two files); save the adapter again, "
                            f"or use the checkpoint before it")
     return config, tensors
+
+
+def _half_saved(directory: Path, saved_with: str | None) -> bool:
+    """Whether a save stopped between its renames: the folder's mark names the weights' config (they
+    are the new ones; a save killed before it renamed them leaves the old weights and a mark that
+    names another), and the config beside them is another one."""
+    try:
+        marked = (directory / SAVING_NAME).read_text().strip()
+    except OSError:
+        return False  # no mark: no save was under way (a config edited by hand loads)
+    return saved_with is not None and marked == saved_with and _config_digest(directory) != saved_with
 
 
 def renamed_backbone(directory, name: str) -> dict[str, bytes]:
