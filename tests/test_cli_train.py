@@ -167,6 +167,14 @@ def test_a_resumed_run_keeps_its_precision(data, tmp_path, capsys, monkeypatch):
                  "--set", "max_steps=2") == 0
     said = capsys.readouterr().out
     assert re.search(r"^training .*, steps 1 -> 2, mixed precision no$", said, re.M), said
+    # The newest checkpoint's state cut short: resume goes back to the one before it, and so does its precision.
+    state = out / "checkpoints" / "step-00000002" / "trainer_state.json"
+    state.write_text(state.read_text()[:20])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert train("--recipe", rec, "--data", data, "--output", out, "--backbone", "tiny", "--resume",
+                 "--set", "max_steps=3") == 0
+    said = capsys.readouterr().out
+    assert re.search(r"^training .*, steps 1 -> 3, mixed precision no$", said, re.M), said
 
 
 @pytest.mark.parametrize("requested, environ, cuda, bf16, expected", [

@@ -66,7 +66,7 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
     if checkpoint is not None:
         resumed = check_resume(recipe, out)  # before the trainer writes recipe.json again
         recipe = resumed.recipe
-        precision = _resumed_precision(args.mixed_precision, checkpoint) or precision
+        precision = _resumed_precision(args.mixed_precision, out) or precision
     meta = DatasetMeta.load(args.data)
     # Every shard there and whole (a stat each), so a short run cannot miss a shard cut short;
     # `vidmusician prepare --verify` reads everything. Every process checks: all stop alike.
@@ -76,14 +76,14 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
     return Start(recipe, resumed, checkpoint, precision, trackers, meta, train_set, holdout)
 
 
-def _resumed_precision(requested: str | None, checkpoint: Path) -> str | None:
-    """The precision a resumed run trains in: the one its checkpoint was trained in (None: not recorded).
+def _resumed_precision(requested: str | None, run_dir: Path) -> str | None:
+    """The precision a resumed run trains in: the one its checkpoints were trained in (None: not recorded).
 
     Resume is exact: a run begun in float32 on one machine goes on in float32 on a GPU whose
     default is bf16. Another precision is refused, as a recipe field that changes the
     numbers is (:func:`~vidmusician.training.recipe.check_resume`).
     """
-    saved = saved_precision(checkpoint)
+    saved, checkpoint = saved_precision(run_dir)
     if saved is not None and requested is not None and requested != saved:
         raise ConfigError(f"--mixed-precision {requested}: the run trained in {saved} ({checkpoint.name}), and a "
                           f"resumed run keeps its precision: leave --mixed-precision out, or train with {requested} "

@@ -69,17 +69,19 @@ def interrupted_line(step: int, run_dir) -> str:
             f"`--resume` continues from there")
 
 
-def saved_precision(checkpoint) -> str | None:
-    """The mixed precision ``checkpoint`` was trained in (``no``, ``fp16``, ``bf16``).
-
-    None where it does not say: written before checkpoints recorded it, or unreadable
-    (:func:`resume` reports the damage and goes back to the checkpoint before it).
-    """
-    try:
-        saved = json.loads((Path(checkpoint) / STATE_NAME).read_text())
-    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
-        return None
-    return saved.get("mixed_precision") if isinstance(saved, dict) else None
+def saved_precision(run_dir) -> tuple[str | None, Path | None]:
+    """The mixed precision (``no``, ``fp16``, ``bf16``) a run's checkpoints were trained in, and the
+    checkpoint that says it: the newest whose state is readable, in :func:`resume`'s order (a damaged
+    one is passed over there too). ``(None, None)`` where none says: written before checkpoints
+    recorded it, or none readable (:func:`resume` reports that)."""
+    for path in sorted((p for p in (Path(run_dir) / CHECKPOINTS).glob("step-*") if p.is_dir()), reverse=True):
+        try:
+            saved = json.loads((path / STATE_NAME).read_text())
+        except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+            continue
+        if isinstance(saved, dict):
+            return saved.get("mixed_precision"), path
+    return None, None
 
 
 def parameter_names(vm) -> dict[int, str]:
