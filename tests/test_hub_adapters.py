@@ -8,6 +8,7 @@ them as it would after a download.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -189,6 +190,18 @@ def test_a_top_k_past_a_hub_adapters_backbone_is_refused_before_any_model_loads(
     assert cli.main(["generate", str(clip), "--adapter", REPO, "--top-k", "401", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--top-k 401: more than the backbone's 400 tokens per codebook" in err, err
+    # A top-k every known backbone takes, and no stride: nothing to refuse, so no request before the adapter's
+    # load; and a bad argument is said before any request either.
+    import vidmusician.hub
+
+    from vidmusician.cli.commands.generate import backbone_name
+
+    monkeypatch.setattr(vidmusician.hub, "resolve_adapter", lambda *a, **k: pytest.fail("the Hub was asked"))
+    assert backbone_name(SimpleNamespace(backbone=None, adapter=REPO, top_k=400, extend_stride=None)) == ""
+    argv = ["--top-k", "401", "--format", "mkv", "-o", str(tmp_path / "out.wav")]
+    assert cli.main(["generate", str(clip), "--adapter", REPO, *argv, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--format names the outputs made for you" in err, err
 
 
 @pytest.mark.parametrize("name, repo_id", [

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..hub_reach import is_local_name
 
-__all__ = ["STRIDE_FRACTION", "BackboneLimits", "LimitError", "known_limits", "check_top_k", "check_extend_stride"]
+__all__ = ["STRIDE_FRACTION", "SMALLEST_CARD", "BackboneLimits", "LimitError", "known_limits", "check_top_k", "check_extend_stride"]
 
 # audiocraft extends by 18 s of a 30 s window; keep that ratio for other window lengths.
 STRIDE_FRACTION = 0.6
@@ -63,6 +63,8 @@ _MUSICGEN = BackboneLimits(card=2048, window=30.0, frame_rate=50.0)
 _TINY = BackboneLimits(card=400, window=30.0, frame_rate=50.0)
 _BUILT = {"tiny": _TINY, "tiny-t5": _TINY, "tiny-learned": _TINY,
           **{f"random-{size}": _MUSICGEN for size in ("small", "medium", "large")}}
+# The fewest tokens per codebook of the backbones known by name: a top-k up to it fits every one of them.
+SMALLEST_CARD = min(limits.card for limits in (_MUSICGEN, _TINY))
 _RELEASED = {f"facebook/musicgen-{size}": _MUSICGEN
              for size in ("small", "medium", "large", "stereo-small", "stereo-medium", "stereo-large")}
 

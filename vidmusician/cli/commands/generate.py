@@ -15,7 +15,7 @@ from pathlib import Path
 from ...batch import DEFAULT_BATCH_SIZE, generate_many, music_tags, output_path, output_suffix
 from ...checks import MAX_GUIDANCE, arg_number
 from ...errors import ConfigError, VidMusicianError, printable, short_path
-from ...generation.limits import LimitError, known_limits
+from ...generation.limits import SMALLEST_CARD, LimitError, known_limits
 from . import one_line_warnings
 
 HELP = "generate music for a video (WAV/FLAC, or the video with the music as its soundtrack)"
@@ -91,7 +91,6 @@ def run(args) -> int:
 
     # Every check that needs no model comes first: a bad argument costs nothing.
     check_duration(args.duration)
-    check_backbone_limits(args)
     video = args.videos[0]
     if args.output and args.format:
         raise ConfigError(f"--format names the outputs made for you; with -o {args.output} give one or the other")
@@ -108,6 +107,7 @@ def run(args) -> int:
     # A fix names what the user typed: --format mkv, or a .mkv name for -o.
     format_option = "--format" if args.format else None
     check_muxable(video, output, keep_soundtrack=args.keep_soundtrack, format_option=format_option)
+    check_backbone_limits(args)  # last: a Hub adapter's config may be fetched for it
     with one_line_warnings("generate"), option_names():
         wav, sample_rate = generate(video, **generation_options(args))
     with warnings.catch_warnings():
@@ -192,10 +192,18 @@ def backbone_name(args) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the adapter's load shows them, once
             if is_hub_id(args.adapter):
+                if not could_pass_a_bound(args):
+                    return ""  # nothing to refuse: no request to the Hub before the adapter's load
                 return AdapterConfig.load(resolve_adapter(args.adapter, files=(CONFIG_NAME,))).backbone
             return AdapterConfig.load(args.adapter).backbone
     except (VidMusicianError, OSError):
         return ""  # the adapter's load says what is wrong with it, before any model loads
+
+
+def could_pass_a_bound(args) -> bool:
+    """Whether --top-k or --extend-stride could pass some backbone's bound: a top-k above the smallest
+    known tokens per codebook, or a stride given (the default stride always fits)."""
+    return args.top_k > SMALLEST_CARD or args.extend_stride is not None
 
 
 @contextlib.contextmanager
