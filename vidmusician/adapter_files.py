@@ -68,22 +68,18 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
     meta = {"format": "pt", "vidmusician_version": __version__, "backbone": config.backbone, CONFIG_DIGEST: digest}
     marker = directory / SAVING_NAME
 
-    renamed = []  # the weights' rename happened
-
     def write_both(config_tmp: Path) -> None:
         # The config's temporary file, the mark, then the whole weights file and its rename;
         # atomic_write renames the config right after, and the mark goes once both are in place.
         config_tmp.write_bytes(text)
         marker.write_text(digest)
-        atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata=meta))
-        renamed.append(True)
-
-    try:
-        atomic_write(directory / CONFIG_NAME, write_both)
-    except BaseException:
-        if not renamed:  # the folder holds its old pair, as it was: no mark
+        try:
+            atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tmp, state, metadata=meta))
+        except BaseException:  # not renamed: the folder holds its old pair, as it was, and no mark
             marker.unlink(missing_ok=True)
-        raise
+            raise
+
+    atomic_write(directory / CONFIG_NAME, write_both)
     marker.unlink(missing_ok=True)
     return directory
 
