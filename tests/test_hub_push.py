@@ -319,10 +319,10 @@ def test_a_backbone_folder_given_relative_is_recorded_absolute_and_is_no_base_mo
     # What goes up names the folder by its last part, in the config and in the weights' metadata.
     files = sent(commits)
     assert all(str(work).encode() not in files[name] for name in files)
-    assert json.loads(files["adapter_config.json"])["backbone"] == "mygen"
+    assert json.loads(files["adapter_config.json"])["backbone"] == "./mygen"
     (tmp_path / "sent.safetensors").write_bytes(files["adapter_model.safetensors"])
     with safe_open(str(tmp_path / "sent.safetensors"), framework="pt") as f:
-        assert f.metadata()["backbone"] == "mygen"
+        assert f.metadata()["backbone"] == "./mygen"
     local = load((folder / "adapter_model.safetensors").read_bytes())
     up = load(files["adapter_model.safetensors"])
     assert up.keys() == local.keys() and all(torch.equal(v, up[k]) for k, v in local.items())

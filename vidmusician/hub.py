@@ -153,7 +153,7 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
     Only ``adapter_config.json``, ``adapter_model.safetensors`` and the card
     (``README.md``) are sent: other files in the folder (checkpoints, pickles, a
     backbone) stay here. An adapter trained on a backbone folder of this machine is
-    sent with that folder's last part for its backbone (the path names nothing elsewhere);
+    sent with that folder's last part for its backbone, as ``./NAME`` (the path names nothing elsewhere);
     its users pass the backbone with ``--backbone``.
 
     Args:
@@ -186,8 +186,9 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
                         revision=own)
     files = {name: str(folder / name) for name in ADAPTER_FILES}
     shown, local = shown_backbone(config.backbone)
-    if local:  # a backbone folder of this machine: named by its last part, as the card names it
-        files = renamed_backbone(folder, shown)
+    if local:  # a backbone folder of this machine: named by its last part, as the card names it, as a
+        # folder ('./tiny' is no backbone built by name; 'mygen' alone would read as one being a file name)
+        files = renamed_backbone(folder, f"./{shown}")
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=files[name]) for name in ADAPTER_FILES]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
     api = HfApi(token=token, library_name="vidmusician", library_version=__version__)
