@@ -15,7 +15,7 @@ import os
 import re
 import threading
 
-__all__ = ["REPO_ID", "is_repo_id", "is_local_name", "hub_unreachable", "no_answer", "offline_mode", "offline_set"]
+__all__ = ["REPO_ID", "BUILT_BACKBONES", "is_repo_id", "is_local_name", "hub_unreachable", "no_answer", "offline_mode", "offline_set"]
 
 # A Hugging Face repository id: 'org/name' (adapters and backbones by id; an adapter id may
 # add '@revision' after it).
@@ -25,6 +25,11 @@ REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 def is_repo_id(name: str) -> bool:
     """Whether ``name`` has the form of a repository id (``org/name``, no ``..``: that is a path)."""
     return REPO_ID.fullmatch(name) is not None and ".." not in name
+
+
+# Backbones built by name (vidmusician.backbones.load_backbone), which every vidmusician install has:
+# neither a folder nor a Hub id.
+BUILT_BACKBONES = ("tiny", "tiny-t5", "tiny-learned", "random-small", "random-medium", "random-large")
 
 
 def is_local_name(name: str) -> bool:

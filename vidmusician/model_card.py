@@ -16,7 +16,7 @@ from pathlib import Path
 from .adapter.parameter_counts import count_adapter_parameters
 from .config import STAGE_GROUPS, AdapterConfig, adapter_folder, describe_memory, describe_rhythm_input
 from .errors import ConfigError
-from .hub_reach import is_local_name
+from .hub_reach import BUILT_BACKBONES, is_local_name
 
 __all__ = ["adapter_card", "base_model_id", "training_record", "MUSICGEN_LICENSE"]
 
@@ -24,10 +24,6 @@ TAGS = ["vidmusician", "video-to-music", "music-generation", "musicgen", "audioc
 MUSICGEN_LICENSE = "cc-by-nc-4.0"  # MusicGen's weights (audiocraft's code is MIT)
 # Recipe fields worth a reader's time, in the order shown.
 RECIPE_FIELDS = ("max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "weight_decay", "seed")
-
-
-# Backbones built by name (load_backbone), which every vidmusician install has.
-BUILT_BACKBONES = ("tiny", "tiny-t5", "tiny-learned", "random-small", "random-medium", "random-large")
 
 
 def base_model_id(name: str) -> str | None:

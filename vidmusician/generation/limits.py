@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..hub_reach import is_local_name
+from ..hub_reach import BUILT_BACKBONES, is_local_name
 
 __all__ = ["STRIDE_FRACTION", "SMALLEST_CARD", "BackboneLimits", "LimitError", "known_limits", "check_top_k", "check_extend_stride"]
 
@@ -61,8 +61,7 @@ class BackboneLimits:
 # (tests/test_bad_input.py checks the tiny ones against the loaded models.)
 _MUSICGEN = BackboneLimits(card=2048, window=30.0, frame_rate=50.0)
 _TINY = BackboneLimits(card=400, window=30.0, frame_rate=50.0)
-_BUILT = {"tiny": _TINY, "tiny-t5": _TINY, "tiny-learned": _TINY,
-          **{f"random-{size}": _MUSICGEN for size in ("small", "medium", "large")}}
+_BUILT = {name: _TINY if name.startswith("tiny") else _MUSICGEN for name in BUILT_BACKBONES}
 # The fewest tokens per codebook of the backbones known by name: a top-k up to it fits every one of them.
 SMALLEST_CARD = min(limits.card for limits in (_MUSICGEN, _TINY))
 _RELEASED = {f"facebook/musicgen-{size}": _MUSICGEN
