@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import vidmusician.fileio as fileio
 from vidmusician.adapter_files import read_adapter, write_adapter
+from vidmusician.cli import main
 from vidmusician.config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig
 from vidmusician.errors import AdapterError
 
@@ -124,3 +125,20 @@ def test_a_mark_left_by_a_save_killed_before_its_renames_does_not_refuse_an_edit
     (folder / CONFIG_NAME).write_text(OLD.replace(trained_window=5.0).to_json())
     config, tensors = read_adapter(folder)
     assert config.trained_window == 5.0 and torch.equal(tensors["w"], torch.ones(2))
+
+
+def test_info_refuses_a_half_saved_folder_in_the_line_loading_gives(tmp_path, monkeypatch, capsys):
+    """`vidmusician info` shows the config: beside the weights of a stopped save it is not theirs, so info
+    refuses it as loading does (exit 2), given the folder or its config file; a whole folder shows as before."""
+    folder = tmp_path / "adapter"
+    write_adapter(folder, OLD, {"w": torch.ones(2)})
+    assert main(["info", str(folder)]) == 0 and "stage            1" in capsys.readouterr().out
+    save_killed_before_the_config(monkeypatch, folder, NEW, {"w": torch.zeros(3)})
+    with pytest.raises(AdapterError) as loading:
+        read_adapter(folder)
+    for given in (folder, folder / CONFIG_NAME):
+        assert main(["info", str(given)]) == 2
+        out, err = capsys.readouterr()
+        assert (out, err) == ("", f"vidmusician info: error: {loading.value}\n")
+    write_adapter(folder, NEW, {"w": torch.zeros(3)})
+    assert main(["info", str(folder)]) == 0 and "stage            2" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,26 @@ def test_train_refuses_a_missing_dataset_in_one_line(processes, tmp_path, capsys
     assert err.startswith("vidmusician train: error: ") and len(err.strip().splitlines()) == 1, err
     assert "not a prepared dataset" in err and "Traceback" not in err, err
     assert not out.exists()  # a run failing before its first step leaves no folder
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_dataset_whose_backbone_folder_is_not_here_says_to_pass_one(processes, data, tmp_path, capsys, monkeypatch):
+    """A dataset prepared on another machine records that machine's backbone folder: without --backbone, one
+    line names it and the option (not the loader's "no such folder"), before N processes start."""
+    def launch(*args):
+        raise AssertionError(f"launched: {args}")
+
+    monkeypatch.setattr("vidmusician.training.launch.launch_here", launch)
+    copied, there = tmp_path / "data", tmp_path / "elsewhere" / "mygen"
+    shutil.copytree(data, copied)
+    meta = json.loads((copied / "dataset.json").read_text())
+    (copied / "dataset.json").write_text(json.dumps(dict(meta, backbone=str(there))))
+    out = tmp_path / "run"
+    assert train("--recipe", recipe(tmp_path), "--data", copied, "--output", out, "--num-processes", processes) == 2
+    err = capsys.readouterr().err
+    assert err == (f"vidmusician train: error: {copied}: prepared with the backbone folder {there}, which is not on "
+                   f"this machine; pass that MusicGen: --backbone NAME_OR_FOLDER\n"), err
+    assert not out.exists()
 
 
 def checkpointed(out: Path, recipe_file: Path, **changed) -> Path:

@@ -295,3 +295,48 @@ def test_a_backbone_folder_given_relative_is_recorded_absolute(folder, tmp_path,
     assert prepare(more, tmp_path / "ds", **options).prepared == 1
     with pytest.raises(DataError, match="backbone"):
         prepare(folder, tmp_path / "ds", **dict(options, backbone="tiny"))
+
+
+def test_a_dataset_whose_backbone_folder_moved_takes_the_same_musicgen_from_its_new_place(tmp_path, capsys):
+    """A dataset records its backbone folder's path on the machine that prepared it. Copied to a machine
+    where that folder is not, a rerun takes the same MusicGen at another path when its codec is the one
+    the dataset recorded, keeps the windows done and records the new path; another codec is refused, as
+    is any folder for a dataset that recorded no codec; none given names the folder and the option."""
+    from vidmusician.random_backbones import TINY_CODEC, codec_config, export_musicgen, lm_config
+
+    def export(musicgen, folder):
+        return export_musicgen(musicgen, lm_config(32, 4, 4, card=400), codec_config(**TINY_CODEC), folder)
+
+    src, out = tmp_path / "videos", tmp_path / "ds"
+    src.mkdir()
+    flash_video(src / "a.mp4", [1.0], 3.0, audio=noise_track(3.0, 0))
+    old = export(tiny_musicgen(), tmp_path / "there" / "mygen")
+    options = dict(TINY, backbone=None, window=2.0, hop=1.0, holdout=0.0)
+    prepare(src, out, **dict(options, backbone=str(old)))
+    done = read_jsonl(out / INDEX_NAME)
+    new = tmp_path / "here" / "mygen"
+    new.parent.mkdir()
+    old.rename(new)
+    other = tiny_musicgen()
+    with torch.no_grad():  # the same shapes of codes, another codec
+        next(other.compression_model.parameters()).add_(0.5)
+    export(other, tmp_path / "other")
+    flash_video(src / "b.mp4", [1.0], 3.0, audio=noise_track(3.0, 1))
+    assert main(["prepare", str(src), str(out), "--encoder", "tiny", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (f"{out}: prepared with the backbone folder {old}, which is not on this machine; "
+                                     f"pass that MusicGen: --backbone NAME_OR_FOLDER") in err, err
+    with pytest.raises(DataError, match=f"{tmp_path / 'other'} has another codec .* pass --backbone with the MusicGen"):
+        prepare(src, out, **dict(options, backbone=str(tmp_path / "other")))
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["backbone"] == str(old)
+    (out / "dataset.json").write_text(json.dumps(dict(meta, codec_id=None)))
+    with pytest.raises(DataError, match="before datasets recorded their codec"):
+        prepare(src, out, **dict(options, backbone=str(new)))
+    (out / "dataset.json").write_text(json.dumps(meta))
+    report = prepare(src, out, **dict(options, backbone=str(new)))
+    assert (report.already_done, report.prepared) == (1, 1)
+    assert json.loads((out / "dataset.json").read_text())["backbone"] == str(new)  # training here finds it
+    rows = read_jsonl(out / INDEX_NAME)
+    assert rows[:len(done)] == done and {r["source"] for r in rows} == {"a.mp4", "b.mp4"}
+    assert prepare(src, out, **options).already_done == 2  # a rerun without --backbone: the new path

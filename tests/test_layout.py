@@ -316,3 +316,20 @@ def test_info_for_a_preset_loads_no_model_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("\n[]"), out.stdout + out.stderr
     assert "QuickGELU" in out.stdout and "(21.58M)" in out.stdout  # the whole answer, not a shortcut
+
+
+def test_info_for_an_adapter_folder_loads_no_torch(tmp_path):
+    """`vidmusician info FOLDER` reads the config and, to refuse a half-saved folder, the weights' header alone."""
+    import torch
+
+    from vidmusician.adapter_files import write_adapter
+    from vidmusician.config import AdapterConfig
+
+    write_adapter(tmp_path / "adapter", AdapterConfig(dim=32, num_layers=4, rhythm_rank=None, encoder="tiny"),
+                  {"w": torch.ones(2)})
+    code = (f"import sys; from vidmusician.cli import main; main(['info', {str(tmp_path / 'adapter')!r}]); "
+            "print(sorted({'audiocraft', 'numpy', 'open_clip', 'torch', 'transformers'} & set(sys.modules)))")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("\n[]"), out.stdout + out.stderr
+    assert "adapter for facebook/musicgen-small (dim 32, 4 layers" in out.stdout

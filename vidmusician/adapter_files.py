@@ -12,20 +12,27 @@ after its last: :func:`read_adapter` refuses a folder whose mark names its weigh
 while the config beside them is another. A config edited by hand (no mark, or a mark left
 by a save killed before its renames, which names other weights) loads, as do folders
 saved before the digests were recorded.
+
+torch is imported only inside the functions that handle tensors: `vidmusician info`
+refuses a half-saved folder with :func:`check_saved_whole` and stays light.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from . import __version__
 from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, adapter_folder
 from .errors import AdapterError, ConfigError, VidMusicianError, one_line
 from .fileio import atomic_write, native_name, write_safetensors
+
+if TYPE_CHECKING:
+    import torch
 
 # adapter_model.safetensors' metadata key for the SHA-256 (hex) of the adapter_config.json text saved with it.
 CONFIG_DIGEST = "config_sha256"
@@ -58,6 +65,8 @@ def write_adapter(directory, config: AdapterConfig, state: dict[str, torch.Tenso
     Returns:
         The folder.
     """
+    import torch
+
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{directory}: is a file; an adapter is saved as a folder (give a folder name)")
@@ -100,11 +109,46 @@ def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     except VidMusicianError as exc:
         raise AdapterError(str(exc)) from None
     tensors, meta = _read_weights(directory / WEIGHTS_NAME)
-    if _half_saved(directory, meta.get(CONFIG_DIGEST)):
+    check_saved_whole(directory, meta.get(CONFIG_DIGEST))
+    return config, tensors
+
+
+def check_saved_whole(directory: Path, saved_with: str | None) -> None:
+    """Refuses a folder that a save stopped between its two renames, in one line (AdapterError).
+
+    Args:
+        directory: the adapter folder.
+        saved_with: the config digest its weights record (:data:`CONFIG_DIGEST`; None: none).
+    """
+    if _half_saved(directory, saved_with):
         raise AdapterError(f"{directory}: half saved: {WEIGHTS_NAME} is new and {CONFIG_NAME} is the one it "
                            f"replaced (the save was stopped between the two files); save the adapter again, "
                            f"or use the checkpoint before it")
-    return config, tensors
+
+
+# safetensors' own bound on a header: a larger length is a damaged file, not one to read whole.
+MAX_HEADER_BYTES = 100_000_000
+
+
+def saved_config_digest(path) -> str | None:
+    """The config digest a weights file records, read from its header alone: no tensors, no torch.
+
+    A safetensors file begins with its header's length (8 bytes, little-endian), then the
+    header, JSON whose ``__metadata__`` holds :data:`CONFIG_DIGEST`.
+
+    Returns:
+        The digest; None when none is recorded, or the file is missing or its header unreadable
+        (loading the folder says what is wrong with it).
+    """
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if size <= MAX_HEADER_BYTES else None
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    digest = meta.get(CONFIG_DIGEST) if isinstance(meta, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 def _half_saved(directory: Path, saved_with: str | None) -> bool:
@@ -152,6 +196,8 @@ def _read_weights(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def nonfinite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
     """The name of the first floating-point tensor holding NaN or infinite values (what a
     diverged training leaves), or None."""
+    import torch
+
     return next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..adapter.context import VideoBatch
+from ..backbones import missing_folder
 from ..errors import DataError, differing_fields, one_line, printable
 from ..fileio import atomic_write, native_name
 from ..video.encoder_specs import legacy_activation
@@ -67,6 +68,23 @@ class DatasetMeta:
             return cls(**data)
         except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: unreadable dataset description ({exc})") from None
+
+    def backbone_to_load(self, root, given: str | None = None) -> str:
+        """The backbone whose codec reads this dataset's codes: ``given`` (``--backbone``), else the recorded one.
+
+        A dataset copied from another machine may record a backbone folder of that machine:
+        then the one line says so, rather than the loader's "no such folder" for a name the
+        user never gave.
+
+        Raises:
+            DataError: the recorded backbone is a folder that is not on this machine, and none is given.
+        """
+        if given:
+            return given
+        if missing_folder(self.backbone):
+            raise DataError(f"{printable(root)}: prepared with the backbone folder {printable(self.backbone)}, "
+                            f"which is not on this machine; pass that MusicGen: --backbone NAME_OR_FOLDER")
+        return self.backbone
 
     def differences(self, other: "DatasetMeta") -> str:
         """Fields that differ (other than the version), in one line ('name: mine vs theirs; ...'; '' when none)."""

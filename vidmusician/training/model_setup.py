@@ -71,7 +71,7 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device, longest: float 
     ``longest``: seconds of the longest window the run trains on (None: the dataset's ``--window``;
     clips shorter than it give shorter windows), recorded as the adapter's ``trained_window``.
     """
-    musicgen = load_backbone(args.backbone or meta.backbone, device=device)
+    musicgen = load_backbone(meta.backbone_to_load(args.data, args.backbone), device=device)
     use_training_precision(musicgen)
     spec = backbone_spec(musicgen)
     diffs = differing_fields(meta, spec, ("frame_rate", "n_q", "card", "sample_rate"), ("data", "backbone"))

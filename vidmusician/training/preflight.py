@@ -50,7 +50,7 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
         ConfigError: a mistyped recipe or tracker; checkpoints in ``--output`` without ``--resume``; a
             ``--resume`` whose recipe or ``--mixed-precision`` differs from the run's; a missing ``--init``.
         DataError: not a prepared dataset, a shard missing or cut short, fewer training windows
-            than one global batch.
+            than one global batch; a dataset whose backbone folder is not on this machine, without ``--backbone``.
     """
     recipe = Recipe.load(args.recipe, args.set)
     for warning in (schedule_warning(recipe), lr_warning(recipe)):
@@ -68,6 +68,7 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
         recipe = resumed.recipe
         precision = _resumed_precision(args.mixed_precision, out) or precision
     meta = DatasetMeta.load(args.data)
+    meta.backbone_to_load(args.data, args.backbone)  # a folder of the machine that prepared it: said here, once
     # Every shard there and whole (a stat each), so a short run cannot miss a shard cut short;
     # `vidmusician prepare --verify` reads everything. Every process checks: all stop alike.
     verify_dataset(args.data, full=False)

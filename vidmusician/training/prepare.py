@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import load_codec, recorded_name
+from ..backbones import load_codec, missing_folder, recorded_name
 from ..checks import number
 from ..errors import ConfigError, DataError, VidMusicianError, one_line
 from ..progress import progress_bar
@@ -158,7 +158,9 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
         src: a folder of music videos, or a CSV/JSONL of ``video, audio, text`` pairs.
         out: dataset folder; a rerun continues where the last run stopped.
         backbone: MusicGen whose codec encodes the music (a name for ``load_codec``: hub
-            name, local folder, 'tiny', 'random-SIZE').
+            name, local folder, 'tiny', 'random-SIZE'). A dataset copied from another machine, whose
+            backbone folder is not on this one, takes the same MusicGen from elsewhere (its codec's
+            fingerprint is the recorded one) and records it.
         encoder: visual encoder spec for :func:`vidmusician.video.features.load_encoder`.
         window, hop: window length and step in seconds.
         holdout: fraction of sources held out for evaluation (whole sources; training always keeps
@@ -176,7 +178,8 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
 
     Raises:
         Terminated: on SIGTERM; every source finished before it is kept.
-        DataError: ``verify`` found a damaged shard (named).
+        DataError: ``verify`` found a damaged shard (named); ``out`` was prepared with other settings, or
+            with a backbone folder not on this machine and ``backbone`` is left out or has another codec.
     """
     out = Path(out)
     old = _recorded_meta(out)
@@ -199,12 +202,15 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
     if device is not None:
         device = default_device(device)  # a device this machine lacks: one line, before anything is written
     asked = {k: v if k in ("backbone", "encoder") else float(v) for k, v in asked.items()}
+    moved = old is not None and backbone is not None and _take_moved_backbone(out, old, asked["backbone"])
     if old is not None:
         # A setting the dataset did not record (prepared before it was) is not compared.
         diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items() if getattr(old, k) not in (None, v)]
         if diffs:
             raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); leave those options out "
                             f"(a rerun takes the dataset's), or prepare into a new folder")
+    if moved:
+        old.save(out)  # the folder on this machine: training here finds it without --backbone
     created = _first_missing(out)  # the outermost folder this call makes (None: OUT is there)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -225,6 +231,32 @@ def _recorded_meta(out: Path) -> DatasetMeta | None:
     if meta.backbone is not None:
         meta.backbone = recorded_name(meta.backbone)
     return meta
+
+
+def _take_moved_backbone(out: Path, old: DatasetMeta, given: str) -> bool:
+    """Whether ``given`` replaces a backbone folder the dataset records that is not on this machine.
+
+    A dataset copied from another machine records that machine's path of the MusicGen folder.
+    The same MusicGen elsewhere is taken when its codec's fingerprint is the one the dataset
+    recorded: the codes stay those that codec makes. ``old.backbone`` becomes ``given``.
+
+    Raises:
+        DataError: the dataset recorded no codec (nothing shows ``given``'s is the same), or ``given``'s
+            codec is another.
+    """
+    if given == old.backbone or not missing_folder(old.backbone):
+        return False  # the same, or a folder here: another backbone is refused with the other settings
+    where = f"{out}: prepared with the backbone folder {old.backbone}, which is not on this machine"
+    if old.codec_id is None:
+        raise DataError(f"{where}, before datasets recorded their codec, so nothing shows that {given} has the same "
+                        f"one; prepare it where that folder is, or prepare into a new folder")
+    # On the CPU: a fingerprint is the same on any device, and each process of a launch checks it.
+    found = codec_identity(given, load_codec(given, device="cpu"))
+    if found != old.codec_id:
+        raise DataError(f"{where}, and {given} has another codec ({old.codec_id} vs {found}); pass --backbone with "
+                        f"the MusicGen it was prepared with, or prepare into a new folder")
+    old.backbone = given
+    return True
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -281,13 +313,15 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     The next source's audio decodes in a thread meanwhile, and the next videos' frames
     in another (:func:`~vidmusician.video.frame_batches.video_features`).
     """
+    old = _recorded_meta(out)
+    if old is not None:
+        old.backbone_to_load(out)  # its folder not on this machine (no --backbone): one line saying so
     cm = load_codec(asked["backbone"], device=device)  # the codec alone: the LM is not needed to encode
     enc = load_encoder(asked["encoder"], device=device)
     meta = DatasetMeta(sample_rate=int(cm.sample_rate), channels=int(cm.channels), frame_rate=float(cm.frame_rate),
                        n_q=int(cm.num_codebooks), card=int(cm.cardinality), global_dim=int(enc.global_dim),
                        local_dim=int(enc.num_patches), encoder_activation=enc.activation,
                        codec_id=codec_identity(asked["backbone"], cm), **asked)
-    old = _recorded_meta(out)
     if old is not None and old.codec_id is None:
         # Its first sources were prepared before the codec was recorded: which made them is unknown.
         meta.codec_id = None

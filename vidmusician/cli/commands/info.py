@@ -20,8 +20,8 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    # Nothing here loads torch, open_clip or audiocraft for a preset: its config and counts
-    # are data and arithmetic (a Hub id needs huggingface_hub).
+    # Nothing here loads torch, open_clip or audiocraft for a preset or a folder: a config and its
+    # counts are data and arithmetic (a Hub id needs huggingface_hub).
     from ...adapter.parameter_counts import count_adapter_parameters
     from ...config import describe_memory, describe_rhythm_input
     from . import one_line_warnings
@@ -60,12 +60,19 @@ def run(args) -> int:
 
 def _load(name: str):
     """The config of an adapter folder (or either of its files), a Hub id or a preset."""
-    from ...config import CONFIG_NAME, AdapterConfig
+    from ...config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, adapter_folder
     from ...errors import ConfigError
     from ...sizing import load_preset, preset_names
 
     if Path(name).exists():
-        return AdapterConfig.load(name)
+        config = AdapterConfig.load(name)
+        folder = adapter_folder(name)
+        # A config that a stopped save left beside new weights describes other weights: refused, as loading does.
+        if folder.is_dir():
+            from ...adapter_files import check_saved_whole, saved_config_digest
+
+            check_saved_whole(folder, saved_config_digest(folder / WEIGHTS_NAME))
+        return config
     if name.removeprefix("facebook/") in preset_names():
         return load_preset(name)
     from ...hub import is_hub_id, resolve_adapter  # huggingface_hub: not for a preset
