@@ -291,3 +291,31 @@ def test_sigterm_stops_two_processes_with_one_line(data, tmp_path):
     assert len(re.findall(r"^vidmusician train: interrupted at step \d+; the last checkpoint is step \d+", err,
                           re.M)) == 1, err
     assert "global batch 4" in stdout, stdout
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+@pytest.mark.parametrize("command, stop, status, line", [
+    ("info", KeyboardInterrupt, 130, "vidmusician info: interrupted"),
+    ("info", "Terminated", 143, "vidmusician info: stopped by SIGTERM"),
+    ("prepare", "Terminated", 143, "vidmusician prepare: stopped by SIGTERM; every finished video is kept in out: "
+                                   "run the same command again to continue")])
+def test_under_a_launcher_process_0_alone_says_that_a_signal_stopped_it(rank, command, stop, status, line,
+                                                                        monkeypatch, capsys):
+    """A launcher passes a signal to every process (one that arrives while they start reaches the CLI's own
+    handler): the line is said once, by process 0; every process ends with the signal's status."""
+    from vidmusician.training.launch import Terminated
+
+    stop = Terminated if stop == "Terminated" else stop
+
+    def stopped(*args, **kwargs):
+        raise stop()
+
+    monkeypatch.setenv("RANK", rank)
+    if command == "info":
+        monkeypatch.setattr("vidmusician.cli.commands.info.run", stopped)
+        argv = ["info", "some-adapter"]
+    else:
+        monkeypatch.setattr("vidmusician.training.prepare.prepare", stopped)
+        argv = ["prepare", "videos", "out"]
+    assert cli.main(argv) == status
+    assert capsys.readouterr().err == (f"{line}\n" if rank == "0" else "")

@@ -9,11 +9,20 @@ import sys
 import time
 from contextlib import contextmanager
 
-__all__ = ["Terminated", "launch_here", "stop_on_sigterm", "stop_with_launcher"]
+__all__ = ["Terminated", "first_process", "launch_here", "stop_on_sigterm", "stop_with_launcher"]
 
 
 class Terminated(BaseException):
     """SIGTERM arrived (what schedulers send before a kill). Not an Exception: nothing may swallow it."""
+
+
+def first_process() -> bool:
+    """Whether this is process 0 of a launch (``accelerate launch`` / torchrun set ``RANK``), or no launch.
+
+    What every process of a launch would say alike (a signal reaches them all; a warning
+    about the recipe) is said by this one alone: once, not once per process.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @contextmanager

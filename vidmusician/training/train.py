@@ -39,7 +39,7 @@ from ..config import adapter_folder
 from ..errors import VidMusicianError, one_line, printable
 from ..fileio import atomic_write
 from .dataset import Collate, EpochBatches, MismatchedVideos, TextDropout
-from .launch import Terminated, stop_on_sigterm, stop_with_launcher
+from .launch import Terminated, first_process, stop_on_sigterm, stop_with_launcher
 from .losses import loss_mask
 from .model_setup import build_model, optimizer_groups
 from .monitor import Monitor
@@ -92,7 +92,7 @@ def train(args, program: str = PROGRAM) -> Path:
         return _train(args, progress, program)
     except BaseException as exc:
         # Process 0 alone: the others wrote nothing there, and on a shared file system they would race it.
-        if not (progress["resumed"] or progress["stepped"]) and int(os.environ.get("RANK", "0")) == 0:
+        if not (progress["resumed"] or progress["stepped"]) and first_process():
             folder.remove_additions()
         if isinstance(exc, (KeyboardInterrupt, Terminated)):
             raise Interrupted(progress["step"], isinstance(exc, Terminated)) from None
@@ -110,7 +110,7 @@ def _train(args, progress: dict, program: str) -> Path:
     num_processes = int(os.environ.get("WORLD_SIZE", "1"))  # what the Accelerator below will count
     # Process 0 alone says the recipe's warnings, before what may stop the run.
     warn = (lambda line: print(f"{program}: warning: {line}", file=sys.stderr)) \
-        if int(os.environ.get("RANK", "0")) == 0 else None
+        if first_process() else None
     start = check_start(args, num_processes, warn)
     recipe, resumed, resume_from, meta, train_set, holdout = (start.recipe, start.resumed, start.checkpoint,
                                                               start.meta, start.train_set, start.holdout)
@@ -265,7 +265,7 @@ def run(args, program: str) -> int:
     except Interrupted as exc:
         # No checkpoint is written here: the processes stop at different points of a step,
         # while a checkpoint (for an exact resume) needs all of them at the same step boundary.
-        if int(os.environ.get("RANK", "0")) == 0:
+        if first_process():
             print(f"{program}: {interrupted_line(exc.step, args.output)}", file=sys.stderr)
         return 143 if exc.sigterm else 130  # 128 + the signal, what a shell reports for it
     return 0
