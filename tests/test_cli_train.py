@@ -103,6 +103,27 @@ def test_a_dataset_whose_backbone_folder_is_not_here_says_to_pass_one(processes,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("backbone, said", [
+    ("{tmp}/nowhere", "{tmp}/nowhere: no such folder; pass a hub name like facebook/musicgen-small"),
+    ("{tmp}", "{tmp}: not a MusicGen folder (missing state_dict.bin, compression_state_dict.bin)"),
+    ("random-huge", "unknown architecture 'huge'; choose one of small")])
+def test_a_backbone_that_names_none_is_said_once_before_the_processes_start(backbone, said, data, tmp_path, capsys,
+                                                                           monkeypatch):
+    """What loading would refuse without a file read or the Hub is checked before `--num-processes` launches:
+    one line, not one from each process."""
+    def launch(*args):
+        raise AssertionError(f"launched: {args}")
+
+    monkeypatch.setattr("vidmusician.training.launch.launch_here", launch)
+    backbone, said = backbone.format(tmp=tmp_path), said.format(tmp=tmp_path)
+    out = tmp_path / "run"
+    assert train("--recipe", recipe(tmp_path), "--data", data, "--output", out, "--backbone", backbone,
+                 "--num-processes", "2") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vidmusician train: error: {said}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def checkpointed(out: Path, recipe_file: Path, **changed) -> Path:
     """``out`` as a run that saved a checkpoint in float32 (no weights: only what the checks before a run read),
     its recipe.json ``recipe_file``'s with the fields ``changed``."""

@@ -29,6 +29,10 @@ from .testing.random_backbones import ARCHITECTURES, ENCODEC_32KHZ_SEANET, RANDO
 HUB_NAMES = {f"facebook/musicgen-{size}": size for size in ARCHITECTURES}
 
 
+# A local MusicGen folder in audiocraft's export format.
+MUSICGEN_FILES = ("state_dict.bin", "compression_state_dict.bin")
+
+
 def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
     """Loads a MusicGen through audiocraft's ``MusicGen.get_pretrained``.
 
@@ -63,6 +67,17 @@ def load_backbone(name_or_path: str = "facebook/musicgen-small", device=None):
             musicgen = MusicGen.get_pretrained(name, device=device)
     musicgen.name = recorded_name(name)
     return musicgen
+
+
+def check_name(name) -> None:
+    """What :func:`load_backbone` would refuse about a name without reading a file or asking the Hub: an
+    unknown 'random-SIZE', a local folder that is not there or lacks a MusicGen's files (BackboneError).
+    Run before work starts in several processes, so the line comes once, not from each of them."""
+    name = str(name)
+    if name.startswith("random-"):
+        random_backbones.architecture(name.removeprefix("random-"))
+    elif name not in ("tiny", "tiny-t5", "tiny-learned") and is_local_name(name):
+        _check_local_folder(name, MUSICGEN_FILES)
 
 
 def missing_folder(name) -> bool:
@@ -138,7 +153,7 @@ def read_lm_config(name: str):
     from omegaconf import OmegaConf
 
     if is_local_name(name):
-        _check_local_folder(name, ("state_dict.bin", "compression_state_dict.bin"))
+        _check_local_folder(name, MUSICGEN_FILES)
         state_dict = os.path.join(name, "state_dict.bin")
     else:
         hf_config = _hub_file(name, "config.json", required=False)

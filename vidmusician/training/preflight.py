@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from ..backbones import check_name
 from ..errors import ConfigError
 from .dataset import DatasetMeta, PreparedDataset, check_training_split, verify_dataset
 from .monitor import check_trackers
@@ -51,6 +52,8 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
             ``--resume`` whose recipe or ``--mixed-precision`` differs from the run's; a missing ``--init``.
         DataError: not a prepared dataset, a shard missing or cut short, fewer training windows
             than one global batch; a dataset whose backbone folder is not on this machine, without ``--backbone``.
+        BackboneError: a backbone that names none (:func:`~vidmusician.backbones.check_name`: an unknown
+            'random-SIZE', a folder that is not there or holds no MusicGen).
     """
     recipe = Recipe.load(args.recipe, args.set)
     for warning in (schedule_warning(recipe), lr_warning(recipe)):
@@ -68,7 +71,8 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
         recipe = resumed.recipe
         precision = _resumed_precision(args.mixed_precision, out) or precision
     meta = DatasetMeta.load(args.data)
-    meta.backbone_to_load(args.data, args.backbone)  # a folder of the machine that prepared it: said here, once
+    # A folder of the machine that prepared it, or a --backbone that names none: said here, once.
+    check_name(meta.backbone_to_load(args.data, args.backbone))
     # Every shard there and whole (a stat each), so a short run cannot miss a shard cut short;
     # `vidmusician prepare --verify` reads everything. Every process checks: all stop alike.
     verify_dataset(args.data, full=False)
