@@ -17,7 +17,7 @@ from vidmusician.cli import main
 from vidmusician.random_backbones import tiny_musicgen
 from vidmusician.training.dataset import (INDEX_NAME, Collate, DatasetMeta, MismatchedVideos, PreparedDataset,
                                          read_jsonl)
-from vidmusician.errors import ConfigError, DataError
+from vidmusician.errors import BackboneError, ConfigError, DataError
 from vidmusician.audio_io import read_audio
 from vidmusician.training.prepare import holdout_ids, list_sources, prepare, window_starts
 
@@ -328,13 +328,22 @@ def test_a_dataset_whose_backbone_folder_moved_takes_the_same_musicgen_from_its_
                                      f"pass that MusicGen: --backbone NAME_OR_FOLDER") in err, err
     with pytest.raises(DataError, match=f"{tmp_path / 'other'} has another codec .* pass --backbone with the MusicGen"):
         prepare(src, out, **dict(options, backbone=str(tmp_path / "other")))
+    # The recorded folder given again: the loader's line for a folder that is not there.
+    with pytest.raises(BackboneError, match=f"^{old}: no such folder"):
+        prepare(src, out, **dict(options, backbone=str(old)))
+    # Another setting too: refused for it before any codec loads.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(prepare_module, "load_codec", lambda *a, **k: pytest.fail("a codec loaded"))
+        with pytest.raises(DataError, match="prepared with other settings .window: 2.0 vs 3.0"):
+            prepare(src, out, **dict(options, backbone=str(tmp_path / "other"), window=3.0))
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["backbone"] == str(old)
     (out / "dataset.json").write_text(json.dumps(dict(meta, codec_id=None)))
     with pytest.raises(DataError, match="before datasets recorded their codec"):
         prepare(src, out, **dict(options, backbone=str(new)))
     (out / "dataset.json").write_text(json.dumps(meta))
-    report = prepare(src, out, **dict(options, backbone=str(new)))
+    with pytest.warns(UserWarning, match=f"backbone folder {old} is not on this machine; the dataset now records {new}"):
+        report = prepare(src, out, **dict(options, backbone=str(new)))
     assert (report.already_done, report.prepared) == (1, 1)
     assert json.loads((out / "dataset.json").read_text())["backbone"] == str(new)  # training here finds it
     rows = read_jsonl(out / INDEX_NAME)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import load_codec, missing_folder, recorded_name
+from ..backbones import check_name, load_codec, missing_folder, recorded_name
 from ..checks import number
 from ..errors import ConfigError, DataError, VidMusicianError, one_line
 from ..progress import progress_bar
@@ -31,7 +32,7 @@ from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_fe
 from ..video.reader import FRAME_TOLERANCE
 from .codec_identity import codec_identity
 from .dataset import DatasetMeta, verify_dataset
-from .launch import Terminated, stop_on_sigterm  # noqa: F401 (Terminated: raised through prepare())
+from .launch import Terminated, first_process, stop_on_sigterm  # noqa: F401 (Terminated: raised through prepare())
 from .shards import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, append_jsonl,
                      commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files, read_jsonl,
                      write_jsonl)
@@ -159,8 +160,8 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
         out: dataset folder; a rerun continues where the last run stopped.
         backbone: MusicGen whose codec encodes the music (a name for ``load_codec``: hub
             name, local folder, 'tiny', 'random-SIZE'). A dataset copied from another machine, whose
-            backbone folder is not on this one, takes the same MusicGen from elsewhere (its codec's
-            fingerprint is the recorded one) and records it.
+            backbone folder is not on this one, takes a MusicGen from elsewhere whose codec (its
+            fingerprint) is the recorded one, and records it, with a warning.
         encoder: visual encoder spec for :func:`vidmusician.video.features.load_encoder`.
         window, hop: window length and step in seconds.
         holdout: fraction of sources held out for evaluation (whole sources; training always keeps
@@ -202,14 +203,20 @@ def prepare(src, out, backbone: str | None = None, encoder: str | None = None, w
     if device is not None:
         device = default_device(device)  # a device this machine lacks: one line, before anything is written
     asked = {k: v if k in ("backbone", "encoder") else float(v) for k, v in asked.items()}
-    moved = old is not None and backbone is not None and _take_moved_backbone(out, old, asked["backbone"])
+    if backbone is not None:
+        check_name(asked["backbone"])  # a folder that is not there: the loader's line, before anything loads
+    # A dataset copied from another machine, whose backbone folder is not on this one, and another given.
+    moved = old is not None and backbone is not None and asked["backbone"] != old.backbone \
+        and missing_folder(old.backbone)
     if old is not None:
         # A setting the dataset did not record (prepared before it was) is not compared.
-        diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items() if getattr(old, k) not in (None, v)]
+        diffs = [f"{k}: {getattr(old, k)} vs {v}" for k, v in asked.items()
+                 if getattr(old, k) not in (None, v) and not (moved and k == "backbone")]
         if diffs:
             raise DataError(f"{out}: prepared with other settings ({'; '.join(diffs)}); leave those options out "
                             f"(a rerun takes the dataset's), or prepare into a new folder")
     if moved:
+        _take_moved_backbone(out, old, asked["backbone"])
         old.save(out)  # the folder on this machine: training here finds it without --backbone
     created = _first_missing(out)  # the outermost folder this call makes (None: OUT is there)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,19 +240,19 @@ def _recorded_meta(out: Path) -> DatasetMeta | None:
     return meta
 
 
-def _take_moved_backbone(out: Path, old: DatasetMeta, given: str) -> bool:
-    """Whether ``given`` replaces a backbone folder the dataset records that is not on this machine.
+def _take_moved_backbone(out: Path, old: DatasetMeta, given: str) -> None:
+    """Takes ``given`` for the backbone folder the dataset records, which is not on this machine.
 
     A dataset copied from another machine records that machine's path of the MusicGen folder.
-    The same MusicGen elsewhere is taken when its codec's fingerprint is the one the dataset
-    recorded: the codes stay those that codec makes. ``old.backbone`` becomes ``given``.
+    A MusicGen elsewhere is taken when its codec's fingerprint is the one the dataset recorded:
+    the codes stay those that codec makes. Only the codec can be checked (the recorded folder is
+    not here), and MusicGen sizes share one: a warning says what the dataset records now, the
+    backbone that training takes when ``--backbone`` is left out. ``old.backbone`` becomes ``given``.
 
     Raises:
         DataError: the dataset recorded no codec (nothing shows ``given``'s is the same), or ``given``'s
             codec is another.
     """
-    if given == old.backbone or not missing_folder(old.backbone):
-        return False  # the same, or a folder here: another backbone is refused with the other settings
     where = f"{out}: prepared with the backbone folder {old.backbone}, which is not on this machine"
     if old.codec_id is None:
         raise DataError(f"{where}, before datasets recorded their codec, so nothing shows that {given} has the same "
@@ -255,8 +262,11 @@ def _take_moved_backbone(out: Path, old: DatasetMeta, given: str) -> bool:
     if found != old.codec_id:
         raise DataError(f"{where}, and {given} has another codec ({old.codec_id} vs {found}); pass --backbone with "
                         f"the MusicGen it was prepared with, or prepare into a new folder")
+    if first_process():  # every process of a launch checks it; one says it
+        warnings.warn(f"{out}: the backbone folder {old.backbone} is not on this machine; the dataset now records "
+                      f"{given}, whose codec made its music (training takes it when --backbone is left out)",
+                      stacklevel=3)
     old.backbone = given
-    return True
 
 
 def _first_missing(path: Path) -> Path | None:
