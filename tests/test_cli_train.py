@@ -314,17 +314,16 @@ def test_sigterm_stops_two_processes_with_one_line(data, tmp_path):
     assert "global batch 4" in stdout, stdout
 
 
+@pytest.mark.parametrize("launched_here", [True, False])
 @pytest.mark.parametrize("rank", ["0", "1"])
-@pytest.mark.parametrize("command, stop, status, line", [
-    ("info", KeyboardInterrupt, 130, "vidmusician info: interrupted"),
-    ("info", "Terminated", 143, "vidmusician info: stopped by SIGTERM"),
-    ("prepare", "Terminated", 143, "vidmusician prepare: stopped by SIGTERM; every finished video is kept in out: "
-                                   "run the same command again to continue")])
-def test_under_a_launcher_process_0_alone_says_that_a_signal_stopped_it(rank, command, stop, status, line,
-                                                                        monkeypatch, capsys):
-    """A launcher passes a signal to every process (one that arrives while they start reaches the CLI's own
-    handler): the line is said once, by process 0; every process ends with the signal's status."""
-    from vidmusician.training.launch import Terminated
+@pytest.mark.parametrize("stop, status, line", [(KeyboardInterrupt, 130, "vidmusician train: interrupted"),
+                                                ("Terminated", 143, "vidmusician train: stopped by SIGTERM")])
+def test_under_num_processes_process_0_alone_says_that_a_signal_stopped_it(launched_here, rank, stop, status, line,
+                                                                          monkeypatch, capsys):
+    """`--num-processes` passes a signal to every process (one that arrives while they start reaches the CLI's
+    own handler): process 0 says it, once. Under a launcher typed by hand a signal may reach one process alone
+    (one machine of several stopped): each says it. Every process ends with the signal's status."""
+    from vidmusician.training.launch import LAUNCHED_HERE, Terminated
 
     stop = Terminated if stop == "Terminated" else stop
 
@@ -332,11 +331,22 @@ def test_under_a_launcher_process_0_alone_says_that_a_signal_stopped_it(rank, co
         raise stop()
 
     monkeypatch.setenv("RANK", rank)
-    if command == "info":
-        monkeypatch.setattr("vidmusician.cli.commands.info.run", stopped)
-        argv = ["info", "some-adapter"]
+    if launched_here:
+        monkeypatch.setenv(LAUNCHED_HERE, "1")
     else:
-        monkeypatch.setattr("vidmusician.training.prepare.prepare", stopped)
-        argv = ["prepare", "videos", "out"]
-    assert cli.main(argv) == status
-    assert capsys.readouterr().err == (f"{line}\n" if rank == "0" else "")
+        monkeypatch.delenv(LAUNCHED_HERE, raising=False)
+    monkeypatch.setattr("vidmusician.cli.commands.train.run", stopped)
+    assert cli.main(["train", "--recipe", "r.json", "--data", "d", "--output", "o"]) == status
+    said = rank == "0" or not launched_here
+    assert capsys.readouterr().err == (f"{line}\n" if said else "")
+
+
+def test_the_processes_of_num_processes_know_they_were_launched_here(monkeypatch):
+    """launch_here marks its workers' environment (what says_stop reads), and only while they run."""
+    from vidmusician.training.launch import LAUNCHED_HERE, launch_here
+
+    seen = []
+    monkeypatch.delenv(LAUNCHED_HERE, raising=False)
+    monkeypatch.setattr("accelerate.commands.launch.launch_command", lambda args: seen.append(os.environ.get(LAUNCHED_HERE)))
+    assert launch_here(2, ["vidmusician", "train", "--help"], "no") == 0
+    assert seen == ["1"] and LAUNCHED_HERE not in os.environ

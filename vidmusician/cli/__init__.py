@@ -21,7 +21,7 @@ import sys
 from .. import __version__
 from ..arguments import Parser
 from ..errors import VidMusicianError, one_line
-from ..training.launch import Terminated, first_process, stop_on_sigterm
+from ..training.launch import Terminated, says_stop, stop_on_sigterm
 
 COMMANDS = ("info", "features", "generate", "prepare", "train", "eval", "demo", "push")
 
@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vidmusician {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if first_process():  # under a launcher every process gets the signal: one line for them all
+        if says_stop():  # under --num-processes every process gets the signal: one line for them all
             print(f"vidmusician {args.command}: interrupted", file=sys.stderr)
         return 130
     except Terminated:
-        if first_process():
+        if says_stop():
             print(f"vidmusician {args.command}: stopped by SIGTERM", file=sys.stderr)
         return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 

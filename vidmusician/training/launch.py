@@ -9,20 +9,34 @@ import sys
 import time
 from contextlib import contextmanager
 
-__all__ = ["Terminated", "first_process", "launch_here", "stop_on_sigterm", "stop_with_launcher"]
+__all__ = ["Terminated", "first_process", "launch_here", "says_stop", "stop_on_sigterm", "stop_with_launcher"]
 
 
 class Terminated(BaseException):
     """SIGTERM arrived (what schedulers send before a kill). Not an Exception: nothing may swallow it."""
 
 
+# Set for the processes :func:`launch_here` starts: one command's, whose signals all come from it.
+LAUNCHED_HERE = "VIDMUSICIAN_LAUNCHED_HERE"
+
+
 def first_process() -> bool:
     """Whether this is process 0 of a launch (``accelerate launch`` / torchrun set ``RANK``), or no launch.
 
-    What every process of a launch would say alike (a signal reaches them all; a warning
-    about the recipe) is said by this one alone: once, not once per process.
+    What every process of a launch would say alike (a warning about the recipe, the step a run
+    was interrupted at) is said by this one alone: once, not once per process.
     """
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def says_stop() -> bool:
+    """Whether this process says that a signal stopped it.
+
+    Under :func:`launch_here` (``--num-processes``), process 0 alone: the launcher passes the
+    signal to every process. Under a launcher typed by hand, every process: a signal may reach
+    one alone (a scheduler stopping one machine of several), and its line is the one its log shows.
+    """
+    return os.environ.get(LAUNCHED_HERE) != "1" or first_process()
 
 
 @contextmanager
@@ -105,8 +119,8 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
 
     Ctrl-C, a scheduler's SIGTERM or a closed terminal reach the launcher as they reach an
     ``accelerate launch`` typed by hand: it passes them to its workers (each in its own session)
-    and waits for them. Each worker says its own error or interruption; the launcher's report of
-    it (a traceback, a table of failures, a line per signal passed on) is left out.
+    and waits for them. Each worker says its own error, and process 0 the interruption (:func:`says_stop`);
+    the launcher's report of it (a traceback, a table of failures, a line per signal passed on) is left out.
 
     Returns:
         0; the exit status of the worker that failed first (2 for a user error); 128 + the signal
@@ -135,6 +149,7 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     sys.stdout.flush()
     sys.stderr.flush()
+    os.environ[LAUNCHED_HERE] = "1"  # the workers take this process's environment
     try:
         for logger in quiet:
             logger.setLevel(logging.CRITICAL + 1)
@@ -146,6 +161,7 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
     except SignalException as exc:  # the launcher passed it on to the workers and waited for them
         return 128 + exc.sigval
     finally:
+        os.environ.pop(LAUNCHED_HERE, None)
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
         for sig, handler in handlers.items():

@@ -59,7 +59,6 @@ def add_arguments(parser):
 def run(args) -> int:
     import sys
 
-    from ...training.launch import first_process
     from ...training.prepare import Terminated, prepare
 
     if args.practice is not None:
@@ -75,9 +74,8 @@ def run(args) -> int:
                              encoder_batch=args.encoder_batch, per_video_batches=args.per_video_batches,
                              verify=args.verify)
     except Terminated:
-        if first_process():  # under a launcher every process gets it: one line for them all
-            print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {printable(args.out)}: "
-                  f"run the same command again to continue", file=sys.stderr)
+        print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {printable(args.out)}: "
+              f"run the same command again to continue", file=sys.stderr)
         return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
     print(f"{report.sources} sources: {report.already_done} already done, {report.prepared} prepared "
           f"({report.windows} windows), {len(report.failed)} failed")
