@@ -76,7 +76,7 @@ def check_name(name) -> None:
     name = str(name)
     if name.startswith("random-"):
         random_backbones.architecture(name.removeprefix("random-"))
-    elif name not in ("tiny", "tiny-t5", "tiny-learned") and is_local_name(name):
+    elif built_codec(name) is None and is_local_name(name):  # as load_backbone reads a name
         _check_local_folder(name, MUSICGEN_FILES)
 
 
