@@ -124,6 +124,16 @@ def test_a_backbone_that_names_none_is_said_once_before_the_processes_start(back
     assert not out.exists()
 
 
+def test_the_early_backbone_check_takes_every_name_built_by_name():
+    """check_name refuses no name that load_backbone or load_codec builds ('random-encodec', a codec alone,
+    is prepare's: the GPU script's prepare benchmark encodes with it)."""
+    from vidmusician.backbones import check_name
+    from vidmusician.hub_reach import BUILT_BACKBONES
+
+    for name in (*BUILT_BACKBONES, "random-encodec"):
+        check_name(name)
+
+
 def checkpointed(out: Path, recipe_file: Path, **changed) -> Path:
     """``out`` as a run that saved a checkpoint in float32 (no weights: only what the checks before a run read),
     its recipe.json ``recipe_file``'s with the fields ``changed``."""

@@ -73,10 +73,10 @@ def check_name(name) -> None:
     """What :func:`load_backbone` would refuse about a name without reading a file or asking the Hub: an
     unknown 'random-SIZE', a local folder that is not there or lacks a MusicGen's files (BackboneError).
     Run before work starts in several processes, so the line comes once, not from each of them."""
-    name = str(name)
-    if name.startswith("random-"):
+    name, built = str(name), built_codec(str(name))
+    if built == "random":  # 'random-encodec', a codec alone, is prepare's
         random_backbones.architecture(name.removeprefix("random-"))
-    elif built_codec(name) is None and is_local_name(name):  # as load_backbone reads a name
+    elif built is None and is_local_name(name):  # as load_backbone reads a name
         _check_local_folder(name, MUSICGEN_FILES)
 
 
