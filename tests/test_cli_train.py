@@ -352,11 +352,42 @@ def test_under_num_processes_process_0_alone_says_that_a_signal_stopped_it(launc
 
 
 def test_the_processes_of_num_processes_know_they_were_launched_here(monkeypatch):
-    """launch_here marks its workers' environment (what says_stop reads), and only while they run."""
+    """launch_here marks its workers' environment with a folder of the launch (what says_stop and say_error
+    read), there only while they run."""
     from vidmusician.training.launch import LAUNCHED_HERE, launch_here
 
     seen = []
     monkeypatch.delenv(LAUNCHED_HERE, raising=False)
-    monkeypatch.setattr("accelerate.commands.launch.launch_command", lambda args: seen.append(os.environ.get(LAUNCHED_HERE)))
+    monkeypatch.setattr("accelerate.commands.launch.launch_command",
+                        lambda args: seen.append((os.environ.get(LAUNCHED_HERE), os.path.isdir(os.environ[LAUNCHED_HERE]))))
     assert launch_here(2, ["vidmusician", "train", "--help"], "no") == 0
-    assert seen == ["1"] and LAUNCHED_HERE not in os.environ
+    assert len(seen) == 1 and seen[0][1] and LAUNCHED_HERE not in os.environ and not os.path.exists(seen[0][0])
+
+
+def test_num_processes_says_each_error_the_processes_met_once(monkeypatch, capsys):
+    """What only the processes find (a backbone not in the cache offline, data of another codec) each of them
+    meets: the launcher says each different line once, in the order of the processes, after them."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from vidmusician.errors import ConfigError
+    from vidmusician.training.launch import launch_here
+
+    messages = iter(["same", "caf\udce9 only 1", "same"])  # process 1's two, then process 0's
+
+    def fails(args):
+        raise ConfigError(next(messages))
+
+    def launch(args):
+        for rank, errors in ((1, 2), (0, 1)):
+            monkeypatch.setenv("RANK", str(rank))
+            for _ in range(errors):
+                assert cli.main(["train", "--recipe", "r.json", "--data", "d", "--output", "o"]) == 2
+        monkeypatch.delenv("RANK")
+        assert capsys.readouterr().err == ""  # nothing from the processes themselves
+        raise ChildFailedError("vidmusician", {0: ProcessFailure(0, 100, 2, "<N/A>")})
+
+    monkeypatch.setattr("vidmusician.cli.commands.train.run", fails)
+    monkeypatch.setattr("accelerate.commands.launch.launch_command", launch)
+    assert launch_here(2, ["vidmusician", "train"], "no") == 2
+    assert capsys.readouterr().err == ("vidmusician train: error: same\n"
+                                       "vidmusician train: error: caf\\xe9 only 1\n")

@@ -9,14 +9,16 @@ import sys
 import time
 from contextlib import contextmanager
 
-__all__ = ["Terminated", "first_process", "launch_here", "says_stop", "stop_on_sigterm", "stop_with_launcher"]
+__all__ = ["Terminated", "first_process", "launch_here", "say_error", "says_stop", "stop_on_sigterm",
+           "stop_with_launcher"]
 
 
 class Terminated(BaseException):
     """SIGTERM arrived (what schedulers send before a kill). Not an Exception: nothing may swallow it."""
 
 
-# Set for the processes :func:`launch_here` starts: one command's, whose signals all come from it.
+# Set for the processes :func:`launch_here` starts (one command's, whose signals all come from it): a
+# folder of the launch, where they leave their user errors for the launcher to say (:func:`say_error`).
 LAUNCHED_HERE = "VIDMUSICIAN_LAUNCHED_HERE"
 
 
@@ -36,7 +38,30 @@ def says_stop() -> bool:
     signal to every process. Under a launcher typed by hand, every process: a signal may reach
     one alone (a scheduler stopping one machine of several), and its line is the one its log shows.
     """
-    return os.environ.get(LAUNCHED_HERE) != "1" or first_process()
+    return not os.environ.get(LAUNCHED_HERE) or first_process()
+
+
+def say_error(line: str) -> None:
+    """Says a user error's line on stderr; under :func:`launch_here`, leaves it for the launcher, which says
+    each different line once: every process meets the same errors (a backbone not in the cache offline,
+    data of another codec), and N processes would say each N times."""
+    folder = os.environ.get(LAUNCHED_HERE)
+    if folder and os.path.isdir(folder):
+        rank = int(os.environ.get("RANK", "0"))
+        with open(os.path.join(folder, f"{rank}.errors"), "a", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(line + "\n")
+        return
+    print(line, file=sys.stderr)
+
+
+def _say_errors(folder: str) -> None:
+    """The lines :func:`say_error` left in ``folder``, each different one once, in the order of the processes."""
+    said = []
+    for name in sorted(os.listdir(folder), key=lambda name: int(name.split(".")[0])):  # RANK.errors
+        with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as f:
+            said += [line for line in f.read().splitlines() if line not in said]
+    for line in said:
+        print(line, file=sys.stderr)
 
 
 @contextmanager
@@ -119,15 +144,18 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
 
     Ctrl-C, a scheduler's SIGTERM or a closed terminal reach the launcher as they reach an
     ``accelerate launch`` typed by hand: it passes them to its workers (each in its own session)
-    and waits for them. Each worker says its own error, and process 0 the interruption (:func:`says_stop`);
-    the launcher's report of it (a traceback, a table of failures, a line per signal passed on) is left out.
+    and waits for them. Process 0 says the interruption (:func:`says_stop`), and this process each
+    different user error the workers met, once (:func:`say_error`); the launcher's report of them (a
+    traceback, a table of failures, a line per signal passed on) is left out.
 
     Returns:
         0; the exit status of the worker that failed first (2 for a user error); 128 + the signal
         that stopped the launcher (130 after Ctrl-C, 143 after SIGTERM), what a shell reports.
     """
     import logging
+    import shutil
     import socket
+    import tempfile
 
     from accelerate.commands.launch import launch_command as accelerate_launch
     from accelerate.commands.launch import launch_command_parser
@@ -149,7 +177,8 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.environ[LAUNCHED_HERE] = "1"  # the workers take this process's environment
+    folder = tempfile.mkdtemp(prefix="vidmusician-launch-")
+    os.environ[LAUNCHED_HERE] = folder  # the workers take this process's environment
     try:
         for logger in quiet:
             logger.setLevel(logging.CRITICAL + 1)
@@ -162,6 +191,8 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
         return 128 + exc.sigval
     finally:
         os.environ.pop(LAUNCHED_HERE, None)
+        _say_errors(folder)
+        shutil.rmtree(folder, ignore_errors=True)
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
         for sig, handler in handlers.items():

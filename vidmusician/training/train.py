@@ -39,7 +39,7 @@ from ..config import adapter_folder
 from ..errors import VidMusicianError, one_line, printable
 from ..fileio import atomic_write
 from .dataset import Collate, EpochBatches, MismatchedVideos, TextDropout
-from .launch import Terminated, first_process, stop_on_sigterm, stop_with_launcher
+from .launch import Terminated, first_process, say_error, stop_on_sigterm, stop_with_launcher
 from .losses import loss_mask
 from .model_setup import build_model, optimizer_groups
 from .monitor import Monitor
@@ -260,7 +260,7 @@ def run(args, program: str) -> int:
             train(args, program)
     except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
         # checkpoints already written stay.
-        print(f"{program}: error: {one_line(exc)}", file=sys.stderr)
+        say_error(f"{program}: error: {one_line(exc)}")
         return 2
     except Interrupted as exc:
         # No checkpoint is written here: the processes stop at different points of a step,
