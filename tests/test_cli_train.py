@@ -328,11 +328,12 @@ def test_sigterm_stops_two_processes_with_one_line(data, tmp_path):
 @pytest.mark.parametrize("rank", ["0", "1"])
 @pytest.mark.parametrize("stop, status, line", [(KeyboardInterrupt, 130, "vidmusician train: interrupted"),
                                                 ("Terminated", 143, "vidmusician train: stopped by SIGTERM")])
-def test_under_num_processes_process_0_alone_says_that_a_signal_stopped_it(launched_here, rank, stop, status, line,
-                                                                          monkeypatch, capsys):
-    """`--num-processes` passes a signal to every process (one that arrives while they start reaches the CLI's
-    own handler): process 0 says it, once. Under a launcher typed by hand a signal may reach one process alone
-    (one machine of several stopped): each says it. Every process ends with the signal's status."""
+def test_a_process_of_num_processes_leaves_its_last_line_to_the_launcher(launched_here, rank, stop, status, line,
+                                                                         tmp_path, monkeypatch, capsys):
+    """A signal that arrives while the processes start reaches the CLI's own handler. Under `--num-processes`
+    each process leaves its line to the launcher, which says it once; under a launcher typed by hand a
+    signal may reach one process alone (one machine of several stopped), and each says its own.
+    Every process ends with the signal's status."""
     from vidmusician.training.launch import LAUNCHED_HERE, Terminated
 
     stop = Terminated if stop == "Terminated" else stop
@@ -342,18 +343,20 @@ def test_under_num_processes_process_0_alone_says_that_a_signal_stopped_it(launc
 
     monkeypatch.setenv("RANK", rank)
     if launched_here:
-        monkeypatch.setenv(LAUNCHED_HERE, "1")
+        monkeypatch.setenv(LAUNCHED_HERE, str(tmp_path))
     else:
         monkeypatch.delenv(LAUNCHED_HERE, raising=False)
     monkeypatch.setattr("vidmusician.cli.commands.train.run", stopped)
     assert cli.main(["train", "--recipe", "r.json", "--data", "d", "--output", "o"]) == status
-    said = rank == "0" or not launched_here
-    assert capsys.readouterr().err == (f"{line}\n" if said else "")
+    assert capsys.readouterr().err == ("" if launched_here else f"{line}\n")
+    assert [p.name for p in tmp_path.iterdir()] == ([f"{rank}.stop"] if launched_here else [])
+    if launched_here:
+        assert (tmp_path / f"{rank}.stop").read_text() == f"{line}\n"
 
 
 def test_the_processes_of_num_processes_know_they_were_launched_here(monkeypatch):
-    """launch_here marks its workers' environment with a folder of the launch (what says_stop and say_error
-    read), there only while they run."""
+    """launch_here marks its workers' environment with a folder of the launch (what say_last reads), there only
+    while they run."""
     from vidmusician.training.launch import LAUNCHED_HERE, launch_here
 
     seen = []
@@ -364,30 +367,39 @@ def test_the_processes_of_num_processes_know_they_were_launched_here(monkeypatch
     assert len(seen) == 1 and seen[0][1] and LAUNCHED_HERE not in os.environ and not os.path.exists(seen[0][0])
 
 
-def test_num_processes_says_each_error_the_processes_met_once(monkeypatch, capsys):
-    """What only the processes find (a backbone not in the cache offline, data of another codec) each of them
-    meets: the launcher says each different line once, in the order of the processes, after them."""
+@pytest.mark.parametrize("end, left, said", [
+    # A user error every process meets (and one only process 1 met); process 0 stopped by the launcher after.
+    ("failed", {1: [("error", "same"), ("error", "only 1")], 0: [("error", "same")]}, ["error: same", "error: only 1"]),
+    ("failed", {1: [("error", "same")], 0: [("stop", "stopped by SIGTERM")]}, ["error: same"]),
+    # One process stopped alone (a SIGTERM to its pid), the other by the launcher after it.
+    ("failed", {1: [("stop", "stopped by SIGTERM")], 0: [("stop", "interrupted at step 3")]},
+     ["interrupted at step 3"]),
+    # A signal to the command: every process stopped, at steps of their own.
+    ("signal", {0: [("stop", "interrupted at step 7")], 1: [("stop", "stopped by SIGTERM")]},
+     ["interrupted at step 7"]),
+    ("signal", {1: [("stop", "stopped by SIGTERM")]}, ["stopped by SIGTERM"]),
+])
+def test_num_processes_says_the_last_lines_as_one_process_would(end, left, said, monkeypatch, capsys):
+    """Each different user error once, in the order of the processes; else the first process's stop line:
+    not a line per process, and not the launcher's stop of the others after one failed."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from vidmusician.errors import ConfigError
-    from vidmusician.training.launch import launch_here
-
-    messages = iter(["same", "caf\udce9 only 1", "same"])  # process 1's two, then process 0's
-
-    def fails(args):
-        raise ConfigError(next(messages))
+    from vidmusician.training.launch import launch_here, say_last
 
     def launch(args):
-        for rank, errors in ((1, 2), (0, 1)):
+        for rank, lines in left.items():
             monkeypatch.setenv("RANK", str(rank))
-            for _ in range(errors):
-                assert cli.main(["train", "--recipe", "r.json", "--data", "d", "--output", "o"]) == 2
+            for kind, line in lines:
+                say_last(f"vidmusician train: {line}" if kind == "stop" else f"vidmusician train: error: {line}",
+                         stop=kind == "stop")
         monkeypatch.delenv("RANK")
         assert capsys.readouterr().err == ""  # nothing from the processes themselves
-        raise ChildFailedError("vidmusician", {0: ProcessFailure(0, 100, 2, "<N/A>")})
+        if end == "signal":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's handler, left in place
+            raise SignalException("got SIGTERM", sigval=signal.SIGTERM)
+        raise ChildFailedError("vidmusician", {1: ProcessFailure(1, 101, 2, "<N/A>")})
 
-    monkeypatch.setattr("vidmusician.cli.commands.train.run", fails)
     monkeypatch.setattr("accelerate.commands.launch.launch_command", launch)
-    assert launch_here(2, ["vidmusician", "train"], "no") == 2
-    assert capsys.readouterr().err == ("vidmusician train: error: same\n"
-                                       "vidmusician train: error: caf\\xe9 only 1\n")
+    assert launch_here(2, ["vidmusician", "train"], "no") in (2, 143)
+    assert capsys.readouterr().err == "".join(f"vidmusician train: {line}\n" for line in said)

@@ -21,7 +21,7 @@ import sys
 from .. import __version__
 from ..arguments import Parser
 from ..errors import VidMusicianError, one_line
-from ..training.launch import Terminated, say_error, says_stop, stop_on_sigterm
+from ..training.launch import Terminated, say_last, stop_on_sigterm
 
 COMMANDS = ("info", "features", "generate", "prepare", "train", "eval", "demo", "push")
 
@@ -65,15 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_sigterm():
             return int(args._run(args) or 0)
     except (VidMusicianError, OSError) as exc:  # OSError: the file system said no (full disk, read-only)
-        say_error(f"vidmusician {args.command}: error: {one_line(exc)}")
+        say_last(f"vidmusician {args.command}: error: {one_line(exc)}")
         return 2
     except KeyboardInterrupt:
-        if says_stop():  # under --num-processes every process gets the signal: one line for them all
-            print(f"vidmusician {args.command}: interrupted", file=sys.stderr)
+        say_last(f"vidmusician {args.command}: interrupted", stop=True)
         return 130
     except Terminated:
-        if says_stop():
-            print(f"vidmusician {args.command}: stopped by SIGTERM", file=sys.stderr)
+        say_last(f"vidmusician {args.command}: stopped by SIGTERM", stop=True)
         return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 

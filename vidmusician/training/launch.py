@@ -9,8 +9,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-__all__ = ["Terminated", "first_process", "launch_here", "say_error", "says_stop", "stop_on_sigterm",
-           "stop_with_launcher"]
+__all__ = ["Terminated", "first_process", "launch_here", "say_last", "stop_on_sigterm", "stop_with_launcher"]
 
 
 class Terminated(BaseException):
@@ -18,7 +17,7 @@ class Terminated(BaseException):
 
 
 # Set for the processes :func:`launch_here` starts (one command's, whose signals all come from it): a
-# folder of the launch, where they leave their user errors for the launcher to say (:func:`say_error`).
+# folder of the launch, where each leaves its last line for the launcher to choose from (:func:`say_last`).
 LAUNCHED_HERE = "VIDMUSICIAN_LAUNCHED_HERE"
 
 
@@ -31,36 +30,39 @@ def first_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def says_stop() -> bool:
-    """Whether this process says that a signal stopped it.
+def say_last(line: str, stop: bool = False, every_process: bool = True) -> None:
+    """Says a command's last line on stderr: a user error, or (``stop``) the signal that stopped it.
 
-    Under :func:`launch_here` (``--num-processes``), process 0 alone: the launcher passes the
-    signal to every process. Under a launcher typed by hand, every process: a signal may reach
-    one alone (a scheduler stopping one machine of several), and its line is the one its log shows.
+    Under :func:`launch_here` (``--num-processes``) the line is left for the launcher, which says
+    what one process would: each different error once (every process meets the same ones: a
+    backbone not in the cache offline, data of another codec), or, when a signal stopped the run
+    (or it stopped one process, and the launcher the others), the first process's stop line.
+    Under a launcher typed by hand each process says its own (``every_process`` False: process 0
+    alone), since a signal may reach one of them alone (one machine of several stopped).
     """
-    return not os.environ.get(LAUNCHED_HERE) or first_process()
-
-
-def say_error(line: str) -> None:
-    """Says a user error's line on stderr; under :func:`launch_here`, leaves it for the launcher, which says
-    each different line once: every process meets the same errors (a backbone not in the cache offline,
-    data of another codec), and N processes would say each N times."""
     folder = os.environ.get(LAUNCHED_HERE)
     if folder and os.path.isdir(folder):
         rank = int(os.environ.get("RANK", "0"))
-        with open(os.path.join(folder, f"{rank}.errors"), "a", encoding="utf-8", errors="surrogateescape") as f:
+        kind = "stop" if stop else "error"
+        with open(os.path.join(folder, f"{rank}.{kind}"), "a", encoding="utf-8", errors="surrogateescape") as f:
             f.write(line + "\n")
-        return
-    print(line, file=sys.stderr)
+    elif every_process or first_process():
+        print(line, file=sys.stderr)
 
 
-def _say_errors(folder: str) -> None:
-    """The lines :func:`say_error` left in ``folder``, each different one once, in the order of the processes."""
-    said = []
-    for name in sorted(os.listdir(folder), key=lambda name: int(name.split(".")[0])):  # RANK.errors
+def _say_last_lines(folder: str, signalled: bool) -> None:
+    """What :func:`say_last` left in ``folder``, as one process would say it (see there)."""
+    lines: dict[str, dict[int, list[str]]] = {"error": {}, "stop": {}}
+    for name in os.listdir(folder):  # RANK.error, RANK.stop
+        rank, kind = name.split(".")
         with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as f:
-            said += [line for line in f.read().splitlines() if line not in said]
-    for line in said:
+            lines[kind][int(rank)] = f.read().splitlines()
+    errors = []
+    for rank in sorted(lines["error"]):
+        errors += [line for line in lines["error"][rank] if line not in errors]
+    # A process stopped after another failed was stopped by the launcher: its line would mislead.
+    stops = lines["stop"][min(lines["stop"])] if lines["stop"] else []
+    for line in (errors if errors and not signalled else stops):
         print(line, file=sys.stderr)
 
 
@@ -144,9 +146,9 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
 
     Ctrl-C, a scheduler's SIGTERM or a closed terminal reach the launcher as they reach an
     ``accelerate launch`` typed by hand: it passes them to its workers (each in its own session)
-    and waits for them. Process 0 says the interruption (:func:`says_stop`), and this process each
-    different user error the workers met, once (:func:`say_error`); the launcher's report of them (a
-    traceback, a table of failures, a line per signal passed on) is left out.
+    and waits for them. The workers' last lines are said here, as one process would say them
+    (:func:`say_last`); the launcher's report (a traceback, a table of failures, a line per signal
+    passed on) is left out.
 
     Returns:
         0; the exit status of the worker that failed first (2 for a user error); 128 + the signal
@@ -179,6 +181,7 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
     sys.stderr.flush()
     folder = tempfile.mkdtemp(prefix="vidmusician-launch-")
     os.environ[LAUNCHED_HERE] = folder  # the workers take this process's environment
+    signalled = False
     try:
         for logger in quiet:
             logger.setLevel(logging.CRITICAL + 1)
@@ -188,10 +191,11 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
         # A worker a signal ended has a negative exit code, as in subprocess.
         return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
     except SignalException as exc:  # the launcher passed it on to the workers and waited for them
+        signalled = True
         return 128 + exc.sigval
     finally:
         os.environ.pop(LAUNCHED_HERE, None)
-        _say_errors(folder)
+        _say_last_lines(folder, signalled)
         shutil.rmtree(folder, ignore_errors=True)
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)

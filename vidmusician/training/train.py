@@ -39,7 +39,7 @@ from ..config import adapter_folder
 from ..errors import VidMusicianError, one_line, printable
 from ..fileio import atomic_write
 from .dataset import Collate, EpochBatches, MismatchedVideos, TextDropout
-from .launch import Terminated, first_process, say_error, stop_on_sigterm, stop_with_launcher
+from .launch import Terminated, first_process, say_last, stop_on_sigterm, stop_with_launcher
 from .losses import loss_mask
 from .model_setup import build_model, optimizer_groups
 from .monitor import Monitor
@@ -260,13 +260,12 @@ def run(args, program: str) -> int:
             train(args, program)
     except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
         # checkpoints already written stay.
-        say_error(f"{program}: error: {one_line(exc)}")
+        say_last(f"{program}: error: {one_line(exc)}")
         return 2
     except Interrupted as exc:
         # No checkpoint is written here: the processes stop at different points of a step,
         # while a checkpoint (for an exact resume) needs all of them at the same step boundary.
-        if first_process():
-            print(f"{program}: {interrupted_line(exc.step, args.output)}", file=sys.stderr)
+        say_last(f"{program}: {interrupted_line(exc.step, args.output)}", stop=True, every_process=False)
         return 143 if exc.sigterm else 130  # 128 + the signal, what a shell reports for it
     return 0
 
