@@ -371,6 +371,11 @@ def test_the_processes_of_num_processes_know_they_were_launched_here(monkeypatch
     # A user error every process meets (and one only process 1 met); process 0 stopped by the launcher after.
     ("failed", {1: [("error", "same"), ("error", "only 1")], 0: [("error", "same")]}, ["error: same", "error: only 1"]),
     ("failed", {1: [("error", "same")], 0: [("stop", "stopped by SIGTERM")]}, ["error: same"]),
+    ("failed", {1: [("error", "b")], 0: [("error", "a")]}, ["error: a", "error: b"]),  # in the processes' order
+    # Ctrl-C while the launcher stops the others after an error: the error, and the stop.
+    ("signal", {1: [("error", "same")], 0: [("stop", "interrupted at step 3")]},
+     ["error: same", "interrupted at step 3"]),
+    ("signal", {1: [("error", "same\x1cstill one line")]}, ["error: same\x1cstill one line"]),
     # One process stopped alone (a SIGTERM to its pid), the other by the launcher after it.
     ("failed", {1: [("stop", "stopped by SIGTERM")], 0: [("stop", "interrupted at step 3")]},
      ["interrupted at step 3"]),
@@ -403,3 +408,15 @@ def test_num_processes_says_the_last_lines_as_one_process_would(end, left, said,
     monkeypatch.setattr("accelerate.commands.launch.launch_command", launch)
     assert launch_here(2, ["vidmusician", "train"], "no") in (2, 143)
     assert capsys.readouterr().err == "".join(f"vidmusician train: {line}\n" for line in said)
+
+
+def test_a_last_line_that_cannot_be_left_for_the_launcher_is_said_here(tmp_path, monkeypatch, capsys):
+    """A full disk, or the launcher's folder gone (the launcher killed): the line goes to stderr, not lost."""
+    from vidmusician.training.launch import LAUNCHED_HERE, say_last
+
+    monkeypatch.setenv("RANK", "1")
+    (tmp_path / "1.error").mkdir()  # where the line would go: not a file that can be written
+    for folder in (tmp_path, tmp_path / "gone"):
+        monkeypatch.setenv(LAUNCHED_HERE, str(folder))
+        say_last("vidmusician train: error: x")
+        assert capsys.readouterr().err == "vidmusician train: error: x\n"

@@ -35,18 +35,24 @@ def say_last(line: str, stop: bool = False, every_process: bool = True) -> None:
 
     Under :func:`launch_here` (``--num-processes``) the line is left for the launcher, which says
     what one process would: each different error once (every process meets the same ones: a
-    backbone not in the cache offline, data of another codec), or, when a signal stopped the run
-    (or it stopped one process, and the launcher the others), the first process's stop line.
-    Under a launcher typed by hand each process says its own (``every_process`` False: process 0
-    alone), since a signal may reach one of them alone (one machine of several stopped).
+    backbone not in the cache offline, data of another codec), and, when a signal stopped the
+    run (or no error was left), the first process's stop line. A line that cannot be left there
+    (a full disk, the launcher gone) is said here. Otherwise (no launcher, or one typed by hand,
+    where a signal may reach one process alone: one machine of several stopped) it is said here,
+    by every process, or by process 0 alone where ``every_process`` is False (a line the others
+    would repeat).
     """
     folder = os.environ.get(LAUNCHED_HERE)
-    if folder and os.path.isdir(folder):
+    if folder:
         rank = int(os.environ.get("RANK", "0"))
-        kind = "stop" if stop else "error"
-        with open(os.path.join(folder, f"{rank}.{kind}"), "a", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(line + "\n")
-    elif every_process or first_process():
+        try:
+            with open(os.path.join(folder, f"{rank}.{'stop' if stop else 'error'}"), "a", encoding="utf-8",
+                      errors="surrogateescape", newline="") as f:
+                f.write(line + "\n")
+            return
+        except OSError:
+            pass
+    if folder or every_process or first_process():
         print(line, file=sys.stderr)
 
 
@@ -55,14 +61,15 @@ def _say_last_lines(folder: str, signalled: bool) -> None:
     lines: dict[str, dict[int, list[str]]] = {"error": {}, "stop": {}}
     for name in os.listdir(folder):  # RANK.error, RANK.stop
         rank, kind = name.split(".")
-        with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape") as f:
-            lines[kind][int(rank)] = f.read().splitlines()
+        with open(os.path.join(folder, name), encoding="utf-8", errors="surrogateescape", newline="") as f:
+            lines[kind][int(rank)] = f.read().split("\n")[:-1]  # lines may hold any other separator
     errors = []
     for rank in sorted(lines["error"]):
         errors += [line for line in lines["error"][rank] if line not in errors]
-    # A process stopped after another failed was stopped by the launcher: its line would mislead.
-    stops = lines["stop"][min(lines["stop"])] if lines["stop"] else []
-    for line in (errors if errors and not signalled else stops):
+    # After an error the others were stopped by the launcher: their lines would mislead, unless a signal
+    # stopped the run too.
+    stops = lines["stop"][min(lines["stop"])] if lines["stop"] and (signalled or not errors) else []
+    for line in errors + stops:
         print(line, file=sys.stderr)
 
 
@@ -117,6 +124,7 @@ def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0)
             time.sleep(interval)
             if os.getppid() != launcher:
                 say("the launcher is gone; stopping this worker")
+                os.environ.pop(LAUNCHED_HERE, None)  # nothing reads its folder now: the stop's line goes to stderr
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(grace)
                 say(f"still running {grace:g} s after SIGTERM; killing this worker")
