@@ -203,11 +203,13 @@ def launch_here(num_processes: int, module: list[str], mixed_precision: str) -> 
         return 128 + exc.sigval
     finally:
         os.environ.pop(LAUNCHED_HERE, None)
-        _say_last_lines(folder, signalled)
-        shutil.rmtree(folder, ignore_errors=True)
-        for logger, level in zip(quiet, levels):
-            logger.setLevel(level)
-        for sig, handler in handlers.items():
-            if handler is not None:  # None: not set from Python, nothing to put back
-                signal.signal(sig, handler)
+        try:
+            _say_last_lines(folder, signalled)
+        finally:  # also where stderr is gone
+            shutil.rmtree(folder, ignore_errors=True)
+            for logger, level in zip(quiet, levels):
+                logger.setLevel(level)
+            for sig, handler in handlers.items():
+                if handler is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(sig, handler)
     return 0
