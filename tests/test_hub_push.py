@@ -104,6 +104,8 @@ def commits(monkeypatch):
 
     for name in ("create_repo", "create_branch", "create_commit"):
         monkeypatch.setattr(HfApi, name, recorder(name))
+    # The models on this recorded Hub: MusicGen's.
+    monkeypatch.setattr(HfApi, "repo_exists", lambda self, repo_id, **kwargs: repo_id.startswith("facebook/musicgen"))
     return calls
 
 
@@ -329,6 +331,24 @@ def test_a_backbone_folder_given_relative_is_recorded_absolute_and_is_no_base_mo
     assert load_adapter(folder, device="cpu").config.backbone == str(work / "models" / "mygen")
     assert cli.main(["info", str(folder)]) == 0
     assert f"adapter for {work / 'models' / 'mygen'} (dim 32" in capsys.readouterr().out
+
+
+def test_a_backbone_that_names_no_model_on_the_hub_is_no_base_model(trained, commits, tmp_path):
+    """The Hub refuses a card whose base_model is not a model there: an adapter saved by an older
+    vidmusician records a relative backbone folder ('models/mygen') in a Hub id's form, which
+    names nothing from another working directory."""
+    folder = tmp_path / "adapter"
+    shutil.copytree(trained[0] / "adapter", folder)
+    config = AdapterConfig.load(folder)
+    config.replace(backbone=MUSICGEN).save(folder / "adapter_config.json")
+    push_adapter(folder, "org/name")
+    assert card_of(sent(commits)).data.base_model == MUSICGEN
+    commits.clear()
+    config.replace(backbone="models/mygen").save(folder / "adapter_config.json")
+    with pytest.warns(UserWarning, match="models/mygen: not a model on the Hugging Face Hub; the card names it"):
+        push_adapter(folder, "org/name")
+    card = card_of(sent(commits))
+    assert card.data.base_model is None and "models/mygen" in card.text
 
 
 def test_an_adapter_whose_backbone_folder_is_not_here_says_to_pass_one(tiny, tmp_path, capsys):

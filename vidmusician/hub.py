@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -181,9 +182,17 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
     config, tensors = read_adapter(folder)  # refuses a folder that is not a readable adapter, before any upload
     check_adapter_tensors(config, tensors, folder)  # ... or weights that no backbone would load
     repo, own = split_revision(repo_id, revision)
+    api = HfApi(token=token, library_name="vidmusician", library_version=__version__)
+    base_model = base_model_id(config.backbone)
+    with hub_errors(repo, own, push=True):
+        if base_model is not None and not api.repo_exists(base_model, repo_type="model"):
+            # The Hub refuses a card whose base_model names no model: an adapter saved by an older
+            # vidmusician recorded a relative backbone folder ('models/mygen') in that form.
+            warnings.warn(f"{config.backbone}: not a model on the Hugging Face Hub; the card names it in its "
+                          f"text only, not as base_model")
+            base_model = None
     card = adapter_card(folder, config, repo, report=report, run=run, license=license,
-                        backbone_parameters=backbone_parameters, base_model=base_model_id(config.backbone),
-                        revision=own)
+                        backbone_parameters=backbone_parameters, base_model=base_model, revision=own)
     files = {name: str(folder / name) for name in ADAPTER_FILES}
     shown, local = shown_backbone(config.backbone)
     if local:  # a backbone folder of this machine: named by its last part, as the card names it, as a
@@ -191,7 +200,6 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
         files = renamed_backbone(folder, f"./{shown}")
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=files[name]) for name in ADAPTER_FILES]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()))
-    api = HfApi(token=token, library_name="vidmusician", library_version=__version__)
     with hub_errors(repo, own, push=True):
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
         if own:
