@@ -145,6 +145,9 @@ def test_a_rerun_or_a_check_takes_the_datasets_own_settings(prepared, folder, ca
     assert main(["prepare", str(folder), str(out), "--verify"]) == 0
     printed = capsys.readouterr().out
     assert "5 already done, 0 prepared" in printed and "intact" in printed
+    train, held = PreparedDataset(out, "train").rows, PreparedDataset(out, "holdout").rows
+    assert (len(train), len(held)) == (2, 5)  # the fixture's 3 good videos: 1 for training, 2 held out
+    assert "  dataset: 2 training windows from 1 video, 5 holdout windows from 2 videos\n" in printed
     report = prepare(folder, out, progress=False)  # the library's too: no backbone, encoder, window, ... given
     assert (report.already_done, report.prepared) == (5, 0)
 

@@ -63,3 +63,26 @@ def test_a_second_checkout_runs_its_own_code_and_leaves_this_one_alone(own_venv,
     # This checkout still runs its own code.
     assert imported_from(own_venv) == REPO / "vidmusician"
     assert script_python(own_venv) == f"#!{own_venv / 'bin' / 'python'}"
+
+
+def test_the_wheel_holds_the_presets_and_the_recipes(tmp_path):
+    """A `pip install` gets the adapter presets and the training recipes inside the package (links in
+    the source tree: vidmusician/presets -> adapters/, vidmusician/recipes -> recipes/)."""
+    import zipfile
+
+    src = tmp_path / "src"  # a copy: a build writes build/ and *.egg-info beside the sources
+    for name in CHECKOUT + ["adapters", "recipes"]:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, src / name)
+    out = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "pip", "wheel", "--no-deps",
+                          "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel"), str(src)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (wheel,) = (tmp_path / "wheel").glob("vidmusician-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"vidmusician/presets/{p.name}" for p in (REPO / "adapters").glob("*.json")}
+    shipped |= {f"vidmusician/recipes/{p.relative_to(REPO / 'recipes')}"
+                for pattern in ("*.json", "accelerate/*.yaml") for p in (REPO / "recipes").glob(pattern)}
+    assert len(shipped) >= 11 and shipped <= names, sorted(shipped - names)

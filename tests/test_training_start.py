@@ -94,6 +94,7 @@ def test_when_the_videos_for_training_fail_the_held_one_moves_to_training(tmp_pa
     report = prepare(src, tmp_path / "data", window=2.0, hop=2.0, holdout=0.05, **TINY)
     assert len(report.failed) == 1 and report.prepared == 1
     assert splits(tmp_path / "data") == {held: "train"}
+    assert report.splits == {"train": (1, len(PreparedDataset(tmp_path / "data", "train").rows)), "holdout": (0, 0)}
     assert report.holdout_note == (f"no holdout: {held} was moved to training, where no other video has a window "
                                    f"(training runs without a holdout loss)")
 

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from vidmusician import generate, generate_many, attach_adapters, load_adapter, VidMusician, AdapterConfig
+    from vidmusician import generate, generate_many, write_output, attach_adapters, load_adapter, VidMusician, AdapterConfig
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ _EXPORTS = {
     "VideoFeatures": "vidmusician.video.features",
     "probe": "vidmusician.video.reader",
     "VidMusicianError": "vidmusician.errors",
+    "write_output": "vidmusician.muxing",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

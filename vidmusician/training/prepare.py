@@ -35,7 +35,7 @@ from .dataset import DatasetMeta, verify_dataset
 from .launch import Terminated, first_process, stop_on_sigterm  # noqa: F401 (Terminated: raised through prepare())
 from .shards import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, append_jsonl,
                      commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files, read_jsonl,
-                     write_jsonl)
+                     split_counts, write_jsonl)
 # The sources and their windows, importable from here as before they had a module of their own.
 from .sources import (MIN_SECONDS, Source, encode_windows, holdout_ids, holdout_order, list_sources,  # noqa: F401
                       load_audio, process_source, slice_features, window_starts)
@@ -54,6 +54,7 @@ class PrepareReport:
     elapsed: float = 0.0  # wall seconds from the first pending source to the last, models loaded
     verified: tuple | None = None  # (shards, windows) read whole by the check of ``verify=True``
     holdout_note: str | None = None  # one line when the dataset has no holdout or a video left it for training
+    splits: dict = field(default_factory=dict)  # the whole dataset's (videos, windows) per split, after this run
 
 
 class Processes:
@@ -310,6 +311,7 @@ def _prepare(sources: list[Source], out: Path, asked: dict, retry_errors: bool, 
     if procs.rank == 0:
         merge_parts(out)
         report.holdout_note = keep_a_training_window(out, holdout)
+        report.splits = split_counts(dataset_rows(out))
     procs.barrier()  # no process returns before the dataset is whole
     if verify and procs.rank == 0:  # after the last barrier: the others need not wait for the check
         report.verified = verify_dataset(out)

@@ -21,6 +21,25 @@ __all__ = ["FORMER_VALUES", "RESUME_SAFE", "Recipe", "Resumed", "check_init_adap
 # "Learning rate"): where the unscaled adapter output starts to blow up, minus a margin.
 MAX_SAFE_LR = 3e-2
 
+# The shipped recipes: recipes/ of a checkout, which the package holds once installed (a link
+# in the source tree), so `--recipe stage1_semantic` names one from anywhere.
+SHIPPED_RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def recipe_file(path) -> Path:
+    """The recipe file ``path`` names: itself where it exists; else, for a bare name
+    ('stage1_semantic', 'stage1_semantic.json'), the shipped recipe of that name, if any."""
+    given = Path(path)
+    if given.exists() or given.parent != Path("."):
+        return given
+    shipped = SHIPPED_RECIPES / (given.name if given.suffix == ".json" else f"{given.name}.json")
+    return shipped if shipped.is_file() else given
+
+
+def _no_recipe(path, what: str) -> ConfigError:
+    names = ", ".join(sorted(p.stem for p in SHIPPED_RECIPES.glob("*.json")))
+    return ConfigError(f"{path}: {what}; pass a recipe file (JSON), or the name of a shipped one: {names}")
+
 
 @dataclass
 class Recipe:
@@ -127,11 +146,11 @@ class Recipe:
     @classmethod
     def load(cls, path, overrides: list[str] = ()) -> "Recipe":
         try:
-            data = json_object(json.loads(Path(path).read_text()), str(path))
+            data = json_object(json.loads(recipe_file(path).read_text()), str(path))
         except FileNotFoundError:
-            raise ConfigError(f"{path}: no such recipe; see recipes/ for examples") from None
+            raise _no_recipe(path, "no such recipe") from None
         except IsADirectoryError:
-            raise ConfigError(f"{path}: a folder, not a recipe file; see recipes/ for examples") from None
+            raise _no_recipe(path, "a folder, not a recipe file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             reason = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
             raise ConfigError(f"{path}: not valid JSON ({reason})") from None

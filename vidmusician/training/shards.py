@@ -145,6 +145,15 @@ def dataset_rows(root) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def split_counts(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    """Videos and windows per split (``train``, ``holdout``) of :func:`dataset_rows`' rows."""
+    counts = {}
+    for split in ("train", "holdout"):
+        mine = [r for r in rows if r["split"] == split]
+        counts[split] = (len({r["source"] for r in mine}), len(mine))
+    return counts
+
+
 def error_rows(root) -> list[dict]:
     """The sources listed as bad in ``errors.jsonl`` and its parts, each once, sorted by source."""
     rows: dict[str, dict] = {}

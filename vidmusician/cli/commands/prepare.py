@@ -84,6 +84,10 @@ def run(args) -> int:
               + f" ({report.elapsed:.2f} from the first video to the last)")
     for failure in report.failed:
         print(f"  skipped {failure['error']}")
+    if report.splits:  # the whole dataset, also what earlier runs prepared
+        (videos, windows), (held, held_windows) = report.splits["train"], report.splits["holdout"]
+        print(f"  dataset: {windows} training windows from {videos} video{'s' * (videos != 1)}, "
+              f"{held_windows} holdout windows from {held} video{'s' * (held != 1)}")
     if report.holdout_note:
         print(f"  {report.holdout_note}")
     if report.verified:
