@@ -17,8 +17,8 @@ torch.set_num_threads(int(os.environ.get("VIDMUSICIAN_TEST_THREADS", "1")))
 
 # Under pytest-xdist (`make test`), the longest files are handed out first, so that none of
 # them starts last and runs alone at the end.
-SLOWEST_FILES = ("test_odd_names.py", "test_train.py", "test_learned_base.py", "test_prepare_scale.py",
-                 "test_demo.py", "test_adapters.py", "test_alignment_benchmark.py")
+SLOWEST_FILES = ("test_odd_names.py", "test_train_resume.py", "test_learned_base.py", "test_prepare_scale.py",
+                 "test_demo_server.py", "test_adapters.py", "test_alignment_benchmark.py", "test_train_learning.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import adapter, flash_data, max_diff, recipe, train_here  # noqa: F401 (flash_data: a fixture)
+from train_runs import adapter, max_diff, recipe, train_here
+from train_runs import flash_data  # noqa: F401  (a pytest fixture)
 
 from vidmusician.errors import ConfigError
 from vidmusician.training.recipe import Recipe

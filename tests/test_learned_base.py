@@ -13,7 +13,7 @@ import random
 import pytest
 import torch
 from media import flash_video
-from test_train import TINY_ADAPTER, log_rows, recipe, train_here
+from train_runs import TINY_ADAPTER, log_rows, recipe, train_here
 
 from vidmusician import learned_base as lb
 from vidmusician.training.dataset import DatasetMeta, ShardWriter

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 from conftest import perturb_adapters, random_video_batch, tiny_config
-from test_train import adapter, max_diff, recipe, train_here
+from train_runs import adapter, max_diff, recipe, train_here
 
 from vidmusician.errors import ConfigError
 from vidmusician.model import attach_adapters

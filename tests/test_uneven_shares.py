@@ -1,7 +1,7 @@
 """Multi-process commands where one process has nothing to do: they finish, they never wait forever.
 
 ``prepare`` here; the trainer with a holdout that one process has no window of is in
-test_train (its launcher test evaluates at every step on one holdout window).
+test_train_resume (its launcher test evaluates at every step on one holdout window).
 
 Processes over gloo on the CPU, as ``accelerate launch --multi_gpu --num_processes N``
 starts them. Each run has a timeout: a process waiting for a collective that its peer
