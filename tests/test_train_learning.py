@@ -23,7 +23,7 @@ from vidmusician.video.features import extract_features, load_encoder
 
 @pytest.fixture(scope="module")
 def mixed_data(flash_data, tmp_path_factory):
-    """flash_data with every third window cut to 2 s: windows of two lengths, as short clips give."""
+    """flash_data with every third window cut to half its length: windows of two lengths, as short clips give."""
     from vidmusician.training.dataset import PreparedDataset
     from vidmusician.training.prepare import slice_features
 
