@@ -160,6 +160,31 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def metrics_env(tmp_path: Path, proxy: str, offline: bool = False) -> dict:
+    """An `eval`'s environment: an empty torch hub cache, downloads through ``proxy``; online (the
+    download is tried) or with HF_HUB_OFFLINE=1."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_HOME=str(tmp_path / "torch"), https_proxy=proxy,
+               HTTPS_PROXY=proxy, http_proxy=proxy, HTTP_PROXY=proxy)
+    for key in ("no_proxy", "NO_PROXY", "HF_HUB_OFFLINE"):
+        env.pop(key, None)
+    return dict(env, HF_HUB_OFFLINE="1") if offline else env
+
+
+def metrics_argv(folder: Path, option: list[str]) -> list[str]:
+    """`vidmusician eval` of the clip against itself with the audio metric ``option``."""
+    return ["eval", "--videos", str(folder / "v"), "--generated", str(folder / "g"), "--reference",
+            str(folder / "v"), "--encoder", "tiny", "--quiet", *option]
+
+
+def said_in_one_line(out: subprocess.CompletedProcess, *needles: str) -> None:
+    """`eval` stopped with exit status 2 and one error line holding every needle."""
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vidmusician eval: error: "), out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 @pytest.mark.parametrize("option, names", [
     (["--kl"], ("PaSST", "hear21passt", "leave out --kl")),
     (["--embedder", "vggish"], ("VGGish", "torchvggish", "--vggish-weights FILE")),
@@ -168,19 +193,9 @@ def test_weights_of_the_audio_metrics_offline_are_one_line(clip_without_adapter,
     """PaSST (--kl) and VGGish download their weights into the torch hub cache on first use: with an
     empty cache and no way out, one line naming the model and saying that the download needs internet."""
     proxy = _closed_port_url()  # downloads go through a proxy that refuses them, network or not
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_HOME=str(tmp_path / "torch"), https_proxy=proxy,
-               HTTPS_PROXY=proxy, http_proxy=proxy, HTTP_PROXY=proxy)
-    for key in ("no_proxy", "NO_PROXY"):
-        env.pop(key, None)
-    folder = clip_without_adapter
-    cmd = [sys.executable, "-m", "vidmusician", "eval", "--videos", str(folder / "v"), "--generated",
-           str(folder / "g"), "--reference", str(folder / "v"), "--encoder", "tiny", "--quiet", *option]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vidmusician eval: error: "), out.stderr
-    for needle in (*names, "downloaded once, on first use", "needs internet", str(tmp_path / "torch")):
-        assert needle in lines[0], lines[0]
+    cmd = [sys.executable, "-m", "vidmusician", *metrics_argv(clip_without_adapter, option)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=metrics_env(tmp_path, proxy), timeout=300)
+    said_in_one_line(out, *names, "downloaded once, on first use", "needs internet", str(tmp_path / "torch"))
 
 
 @pytest.mark.parametrize("option, names", [
@@ -191,21 +206,62 @@ def test_a_download_that_gets_no_answer_ends_in_one_line(clip_without_adapter, t
     """A network that never answers: the weights' download gives up (here after 1 s) and says what it
     was fetching and how to provide it without the network, instead of waiting for good."""
     proxy = CountingServer(hold=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TORCH_HOME=str(tmp_path / "torch"), https_proxy=proxy.url,
-               HTTPS_PROXY=proxy.url, http_proxy=proxy.url, HTTP_PROXY=proxy.url)
-    for key in ("no_proxy", "NO_PROXY"):
-        env.pop(key, None)
-    folder = clip_without_adapter
-    argv = ["eval", "--videos", str(folder / "v"), "--generated", str(folder / "g"), "--reference",
-            str(folder / "v"), "--encoder", "tiny", "--quiet", *option]
+    env, argv = metrics_env(tmp_path, proxy.url), metrics_argv(clip_without_adapter, option)
     code = ("import sys\nimport vidmusician.evaluation.downloads as downloads\ndownloads.DOWNLOAD_TIMEOUT = 1.0\n"
             f"from vidmusician.cli import main\nsys.exit(main({argv!r}))\n")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=90)
     finally:
         proxy.close()
-    assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vidmusician eval: error: "), out.stderr
-    for needle in (*names, "no answer in 1 s", "needs internet", str(tmp_path / "torch")):
-        assert needle in lines[0], lines[0]
+    said_in_one_line(out, *names, "no answer in 1 s", "needs internet", str(tmp_path / "torch"))
+
+
+@pytest.mark.parametrize("option, names", [
+    (["--kl"], ("PaSST", "hear21passt", "put a copy of https://", "leave out --kl")),
+    (["--embedder", "vggish"], ("VGGish", "torchvggish", "--vggish-weights FILE, a copy of https://")),
+])
+def test_offline_the_audio_metrics_weights_not_in_the_cache_are_refused_asking_nothing(clip_without_adapter, tmp_path,
+                                                                                      option, names):
+    """HF_HUB_OFFLINE=1 and an empty torch hub cache: one line at once, naming the weights, where they go and
+    how to fetch them once online; no request (a proxy counts them) and no "Downloading" line first."""
+    proxy = CountingServer()
+    cmd = [sys.executable, "-m", "vidmusician", *metrics_argv(clip_without_adapter, option)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=metrics_env(tmp_path, proxy.url, offline=True),
+                             timeout=300)
+    finally:
+        proxy.close()
+    said_in_one_line(out, *names, "HF_HUB_OFFLINE is set", "once online without HF_HUB_OFFLINE",
+                     str(tmp_path / "torch"))
+    assert proxy.connections == 0
+
+
+def test_a_server_whose_name_never_resolves_is_given_up_in_bounded_time(tmp_path, monkeypatch):
+    """The socket timeout does not bound a name lookup: the check before the download bounds it all."""
+    import time
+
+    from vidmusician.errors import ConfigError
+    from vidmusician.evaluation import downloads
+
+    released = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: released.wait(60) and [])
+    monkeypatch.setattr(downloads, "DOWNLOAD_TIMEOUT", 0.5)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # online: the server is asked
+    for key in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    outcome = []
+
+    def check():
+        try:
+            downloads.check_download("X's weights", "https://example.invalid/x.pth", "pass --x FILE")
+        except ConfigError as exc:
+            outcome.append(str(exc))
+
+    start = time.monotonic()
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join(20)
+    released.set()
+    assert outcome and time.monotonic() - start < 10, "the check waited on the name lookup"
+    assert "no answer in 0.5 s" in outcome[0] and "pass --x FILE" in outcome[0], outcome[0]

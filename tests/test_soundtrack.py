@@ -1,8 +1,10 @@
-"""A video's own soundtrack: replaced by the music (and said so), or kept as a second audio stream."""
+"""A video's own soundtrack: replaced by the music (and said so), or kept as a second audio stream; music
+longer than the video cut at its end (and only that much generated)."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import av
 import numpy as np
@@ -106,18 +108,57 @@ def test_many_videos_keeping_their_soundtracks_count_those_without_one(with_audi
     assert [len(audio_streams(out / name)) for name in ("clip_music.mp4", "silent_music.mp4")] == [2, 1]
 
 
-def test_music_longer_than_the_video_is_cut_and_the_written_length_is_said(with_audio, tmp_path, capsys):
-    """--duration past the video's end: the output holds the video's length of music, and says so."""
+def test_music_longer_than_the_video_is_cut_and_the_written_length_is_said(with_audio, tmp_path, capsys,
+                                                                           monkeypatch):
+    """--duration past the video's end: the output holds the video's length of music, and says so
+    before sampling, which samples only that length (the rest would be thrown away)."""
+    import vidmusician.pipeline
+
+    real, asked = vidmusician.pipeline.generate, []
+
+    def recording(video, **kwargs):
+        asked.append(kwargs["duration"])
+        print("sampling", file=sys.stderr)
+        return real(video, **kwargs)
+
+    monkeypatch.setattr(vidmusician.pipeline, "generate", recording)
     assert generate(with_audio, tmp_path / "scored.mov", "--duration", "2.5", "--keep-soundtrack") == 0
     err = capsys.readouterr().err
+    assert asked == [pytest.approx(1.6, abs=0.05)]
     (music, _) = audio_streams(tmp_path / "scored.mov")
     assert music[3] == pytest.approx(1.6, abs=0.05)
     assert "(1.60 s, 32000 Hz)" in err and "2.50 s," not in err, err
-    notes = [line for line in err.splitlines() if "cut to the video's length" in line]
-    assert len(notes) == 1 and "1.60 s of 2.50 s" in notes[0] and ".wav" in notes[0], err
+    notes = [i for i, line in enumerate(err.splitlines()) if "cut to the video's length" in line]
+    assert len(notes) == 1 and notes[0] < err.splitlines().index("sampling"), err
+    note = err.splitlines()[notes[0]]
+    assert "1.60 s of 2.50 s" in note and "only that is generated" in note and ".wav" in note, err
     assert generate(with_audio, tmp_path / "full.wav", "--duration", "2.5") == 0  # an audio output keeps it all
     err = capsys.readouterr().err
-    assert "(2.50 s, 32000 Hz)" in err and "cut to" not in err, err
+    assert asked[1:] == [2.5] and "(2.50 s, 32000 Hz)" in err and "cut to" not in err, err
+
+
+def test_many_video_outputs_sample_only_the_videos_length_and_say_so_first(with_audio, tmp_path):
+    """generate_many into mp4 with a duration past a video's end: that video's music is sampled to
+    its end only (fewer steps than an audio output's), said before sampling, and reported."""
+    from vidmusician.batch import generate_many
+
+    silent = flash_video(tmp_path / "silent.mp4", [0.2], duration=0.6)
+    runs = {}
+    for fmt in ("mp4", "wav"):
+        lines, totals = [], []
+        report = generate_many([with_audio, silent], tmp_path / fmt, backbone="tiny", encoder="tiny", duration=1.0,
+                               seed=1, progress=False, output_format=fmt, batch_size=1,
+                               log=lambda line: lines.append(line),
+                               on_step=lambda done, total: totals.append((total, len(lines))))
+        assert len(report.scored) == 2 and not report.failed
+        runs[fmt] = report, lines, totals
+    report, lines, totals = runs["mp4"]
+    assert report.cut_music == [silent]
+    assert lines == ["note: the music is cut to the video's length in 1 of 2 outputs (duration is longer), so only "
+                     "that is generated; an audio output (output_format 'wav') keeps all of it"]
+    assert totals[0][1] == 1  # said before the first step
+    assert totals[0][0] < runs["wav"][2][0][0]  # the silent video's 0.6 s, not 1.0 s, sampled
+    assert runs["wav"][0].cut_music == [] and runs["wav"][1] == []
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp4"])

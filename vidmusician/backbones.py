@@ -94,6 +94,18 @@ def recorded_name(name) -> str:
     return os.path.abspath(name) if built_codec(name) is None and is_local_name(name) else name
 
 
+def other_backbone(recorded: str, running: str | None) -> bool:
+    """Whether an adapter recorded for backbone ``recorded`` runs on another one, named ``running``.
+
+    Names are compared as recorded (:func:`recorded_name`: a folder by its
+    absolute path). A recorded folder not on this machine (another machine's, or the ``./NAME`` a
+    pushed adapter records) is not another backbone: passing one is how such an adapter runs.
+    """
+    if running is None or missing_folder(recorded):
+        return False
+    return recorded_name(recorded) != recorded_name(running)
+
+
 def built_codec(name: str) -> str | None:
     """The codec :func:`load_codec` builds for a backbone name, by name ('tiny' and 'tiny-t5' share
     'tiny', every 'random-SIZE' 'random'); None for a codec it loads (a hub name or a folder)."""

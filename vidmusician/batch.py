@@ -49,7 +49,8 @@ class ManyReport:
         no_soundtrack: videos without audio of their own, whose video output has only the
             music although ``keep_soundtrack`` asked to keep theirs.
         cut_music: videos whose video output holds less music than asked for: a
-            ``duration`` longer than the video is cut at its end (an audio output keeps it).
+            ``duration`` longer than the video is cut at its end, and only the video's length
+            is generated (an audio output keeps it all).
     """
 
     scored: list[Path] = field(default_factory=list)
@@ -103,8 +104,9 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             video with the music).
         keep_soundtrack: a video output keeps the video's own audio as a second audio
             stream (the music stays the first, default one); otherwise it is left out.
-        log: called with a line for each video that fails, as it fails, and once with
-            the number of outputs skipped.
+        log: called with a line for each video that fails, as it fails, once with the
+            number of outputs skipped, and once, before sampling, with the number of video
+            outputs whose music a longer ``duration`` would not fit (see ``cut_music``).
         on_step: called after every sampling step as ``on_step(done, total)``: the
             steps done so far and the steps of the whole run (every batch's windows,
             counted once the models are loaded; a batch that loses a video to a bad
@@ -126,7 +128,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             video does not raise: it is in the report's ``failed``.
     """
     from .audio_io import VIDEO_FORMATS, check_writable
-    from .muxing import check_muxable, muxed_samples, write_output
+    from .muxing import check_muxable, muxed_duration, write_output
     from .generation.guidance import DEFAULT_PLAUSIBILITY, GenerationParams
     from .generation.windows import check_duration, check_seed, count_steps, decode, features_of, sample_tokens
     from .pipeline import load_for_generation
@@ -187,11 +189,19 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
             infos[video] = probe(video)
             check_muxable(video, outputs[video], keep_soundtrack=keep_soundtrack, format_option=format_option)
             lengths[video] = duration if duration is not None else infos[video].duration
+            if suffix in VIDEO_FORMATS and duration is not None:
+                # A video output holds the video's length of music: the rest would be sampled to be thrown away.
+                lengths[video] = muxed_duration(video, duration)
         except VidMusicianError as exc:
             failed(video, exc)
     pending = [v for v in pending if v in lengths]
     if not pending:
         return report
+    cut = {v for v in pending if duration is not None and lengths[v] < duration}
+    if cut:
+        said = ("--duration", "--format wav") if format_option else ("duration", "output_format 'wav'")
+        say(f"note: the music is cut to the video's length in {len(cut)} of {len(pending)} outputs ({said[0]} is "
+            f"longer), so only that is generated; an audio output ({said[1]}) keeps all of it")
 
     vm, musicgen, params = load_for_generation(adapter, backbone, encoder, device, params)
     tags = music_tags(adapter, encoder)
@@ -247,7 +257,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
                         report.replaced_soundtracks.append(video)
                     if keep_soundtrack and not infos[video].has_audio:  # (refused above for an audio output)
                         report.no_soundtrack.append(video)
-                    if suffix in VIDEO_FORMATS and muxed_samples(video, wav.shape[-1], sample_rate) < wav.shape[-1]:
+                    if video in cut:
                         report.cut_music.append(video)
                 bar.update(1)
     finally:

@@ -18,7 +18,7 @@ import torch
 from .adapter.context import VideoBatch, VideoContext
 from .adapter.wiring import adapter_modules, unwired_on_error, wire_adapters
 from .adapter_files import check_finite, read_adapter, write_adapter
-from .backbones import load_backbone, missing_folder
+from .backbones import load_backbone, missing_folder, other_backbone
 from .config import GROUP_NAMES, STAGE_GROUPS, AdapterConfig, check_stage
 from .sizing import config_for_backbone
 from .errors import AdapterError, ConfigError
@@ -77,6 +77,9 @@ def load_adapter(directory, backbone=None, device=None, revision: str | None = N
             ``backbone`` is not given. Any error leaves a given backbone as it was, so the
             same backbone can take another adapter.
         ConfigError: the adapter needs a T5 text encoder that the backbone lacks, or another one.
+
+    A backbone other than the one the adapter records (the same shape, other weights) is taken
+    with a warning naming both.
     """
     config, state = read_adapter(resolve_adapter(directory, revision))
     check_finite(state, directory)  # before the backbone changes: what can be checked without it
@@ -94,6 +97,11 @@ def load_adapter(directory, backbone=None, device=None, revision: str | None = N
     with unwired_on_error(backbone):  # a file that does not fit leaves the caller's backbone as it was
         vm.load_adapter_state_dict(state, source=str(directory))
         vm.eval()
+    if other_backbone(config.backbone, getattr(backbone, "name", None)):
+        # The same shape loads without an error, but the adapters learned another LM's activations.
+        warnings.warn(f"{directory}: the adapter was trained on backbone {config.backbone}; running it on "
+                      f"{backbone.name}, whose weights may differ (the music may not follow the video as it "
+                      f"did in training)", stacklevel=2)
     return vm
 
 

@@ -248,6 +248,20 @@ def muxed_samples(video, samples: int, sample_rate: int) -> int:
         return samples
 
 
+def muxed_duration(video, duration: float) -> float:
+    """The seconds of ``duration`` seconds of music that a video output of ``video`` holds: cut
+    at the video's end (:func:`muxed_samples`), so that generation need not sample the rest;
+    all of them where the video's length is unknown."""
+    import av
+
+    try:
+        with av.open(str(video)) as src:
+            seconds = _stream_seconds(src, src.streams.video[0])
+    except (av.FFmpegError, OSError, IndexError):
+        return duration
+    return duration if seconds is None or seconds <= 0 else min(duration, seconds)
+
+
 def _kept_samples(video_seconds: float | None, samples: int, sample_rate: int) -> int:
     if video_seconds is None:
         return samples

@@ -19,7 +19,7 @@ import torch
 
 from ..adapter.audiocraft_internals import passt_kl_metric_class
 from ..errors import ConfigError
-from .downloads import download_timeout, weights_unavailable
+from .downloads import check_download, download_timeout, weights_unavailable
 from .onsets import load_audio
 
 
@@ -33,16 +33,25 @@ class PasstKL(passt_kl_metric_class()):
     """
 
     def __init__(self, model: Any = None):
+        url = _passt_weights_url()
+        if model is None and url:  # not in the cache, offline or unreachable: said before hear21passt says a word
+            check_download(PASST_WEIGHTS_NAME, url, passt_fix(url))
         try:
             with download_timeout():  # a network that never answers: one line, not a wait for good
                 super().__init__(model)
         except ModuleNotFoundError:
             raise ConfigError("the KL divergence needs hear21passt: `pip install hear21passt`") from None
         except OSError as exc:  # hear21passt downloads its weights on first use
-            url = _passt_weights_url()
-            copy = f"put a copy of {url} into that folder, or " if url else ""
-            raise weights_unavailable("PaSST's AudioSet weights (hear21passt, for the KL divergence, --kl)", exc,
-                                      f"{copy}leave out --kl") from None
+            raise weights_unavailable(PASST_WEIGHTS_NAME, exc, passt_fix(url)) from None
+
+
+PASST_WEIGHTS_NAME = "PaSST's AudioSet weights (hear21passt, for the KL divergence, --kl)"
+
+
+def passt_fix(url: str | None) -> str:
+    """How to do without downloading PaSST's weights."""
+    copy = f"put a copy of {url} into that folder, or " if url else ""
+    return f"{copy}leave out --kl"
 
 
 def _passt_weights_url() -> str | None:

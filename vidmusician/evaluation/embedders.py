@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError, one_line
 from ..hub_reach import hub_unreachable, offline_mode, offline_set
-from .downloads import download_timeout, weights_unavailable
+from .downloads import check_download, download_timeout, weights_unavailable
 from .onsets import load_audio
 
 DEFAULT_CLAP = "laion/larger_clap_music"
@@ -192,6 +192,7 @@ class VGGishEmbedder:
         model = cls.build()
         try:
             if weights is None:
+                check_download(VGGISH_WEIGHTS_NAME, VGGISH_WEIGHTS, vggish_fix(VGGISH_WEIGHTS))
                 with download_timeout():  # a network that never answers: one line, not a wait for good
                     state = torch.hub.load_state_dict_from_url(VGGISH_WEIGHTS, progress=False, map_location="cpu")
             else:
@@ -199,8 +200,7 @@ class VGGishEmbedder:
             model.load_state_dict(state)
         except OSError as exc:
             if weights is None:  # the download: no network, or the release cannot be reached
-                raise weights_unavailable("VGGish's weights (torchvggish)", exc,
-                                          f"pass --vggish-weights FILE, a copy of {VGGISH_WEIGHTS}") from None
+                raise weights_unavailable(VGGISH_WEIGHTS_NAME, exc, vggish_fix(VGGISH_WEIGHTS)) from None
             raise ConfigError(f"VGGish weights {weights}: cannot be loaded ({type(exc).__name__}); check the file") from None
         except (RuntimeError, KeyError, pickle.UnpicklingError) as exc:
             where = VGGISH_WEIGHTS if weights is None else weights
@@ -218,6 +218,14 @@ class VGGishEmbedder:
             raise ConfigError(f"VGGish needs at least 0.96 s of audio, got {len(audio) / sample_rate:.2f} s")
         with torch.no_grad():
             return self.model(examples.to(self.device)).float().cpu().numpy().reshape(examples.shape[0], -1)
+
+
+VGGISH_WEIGHTS_NAME = "VGGish's weights (torchvggish)"
+
+
+def vggish_fix(url: str) -> str:
+    """How to run the vggish embedder without downloading its weights."""
+    return f"pass --vggish-weights FILE, a copy of {url}"
 
 
 def load_embedder(spec: str, clap_model: str = DEFAULT_CLAP, vggish_weights: str | Path | None = None) -> Any:

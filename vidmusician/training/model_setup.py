@@ -81,7 +81,9 @@ def build_model(args, recipe: Recipe, meta: DatasetMeta, device, longest: float 
     check_codec(meta, spec.name, musicgen.compression_model, args.data)
     init = args.init or recipe.init_adapter
     if init:
-        vm = VidMusician.from_pretrained(init, backbone=musicgen)
+        vm = VidMusician.from_pretrained(init, backbone=musicgen)  # another backbone than init's: a warning
+        # The release records the backbone this run trains it on, which generation then loads by default.
+        vm.config = vm.config.replace(backbone=spec.name)
     else:
         vm = attach_adapters(musicgen, fresh_config(musicgen, meta, recipe))
     c = vm.config

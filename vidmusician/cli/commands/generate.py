@@ -85,7 +85,7 @@ def run(args) -> int:
     if many_videos(args):
         return run_many(args)
     from ...audio_io import AUDIO_FORMATS, VIDEO_FORMATS, check_output_path
-    from ...muxing import check_muxable, muxed_samples, write_output
+    from ...muxing import check_muxable, muxed_duration, muxed_samples, write_output
     from ...pipeline import check_duration, generate
     from ...video.reader import probe
 
@@ -108,8 +108,16 @@ def run(args) -> int:
     format_option = "--format" if args.format else None
     check_muxable(video, output, keep_soundtrack=args.keep_soundtrack, format_option=format_option)
     check_backbone_limits(args)  # last: a Hub adapter's config may be fetched for it
+    options = generation_options(args)
+    if kind == "video" and args.duration is not None:
+        # A video output holds the video's length of music: the rest would be sampled to be thrown away.
+        options["duration"] = muxed_duration(video, args.duration)
+        if options["duration"] < args.duration:
+            print(f"vidmusician generate: note: the music is cut to the video's length ({options['duration']:.2f} s "
+                  f"of {args.duration:.2f} s), so only that is generated; an audio output (.wav, .flac) keeps all "
+                  f"of it", file=sys.stderr)
     with one_line_warnings("generate"), option_names():
-        wav, sample_rate = generate(video, **generation_options(args))
+        wav, sample_rate = generate(video, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the adapter's config again: generate showed its warnings
         tags = music_tags(args.adapter, args.encoder)
@@ -262,10 +270,6 @@ def run_many(args) -> int:
         print(f"vidmusician generate: note: {len(report.no_soundtrack)} of {len(report.scored)} videos have no "
               f"soundtrack of their own to keep (--keep-soundtrack); their outputs hold the music alone",
               file=sys.stderr)
-    if report.cut_music:
-        print(f"vidmusician generate: note: the music was cut to the video's length in {len(report.cut_music)} "
-              f"of {len(report.scored)} outputs (--duration is longer); an audio output (--format wav) keeps "
-              f"all of it", file=sys.stderr)
     failed = "".join(f"\n  {line}" for line in report.failures())
     print(f"vidmusician generate: {report.summary()} into {short_path(folder)}{failed}", file=sys.stderr)
     return 1 if report.failed else 0
