@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -243,6 +244,17 @@ def main(argv=None) -> int:
     return run(parse_args(argv), PROGRAM)
 
 
+def _warning_line(program: str):
+    """Shows a library's warning as one line of the command's, from the first process alone: Python's
+    display adds the file and line of the code that warned, and every process would repeat it."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if first_process():
+            print(f"{program}: warning: {printable(str(message))}", file=sys.stderr)
+
+    return show
+
+
 def run(args, program: str) -> int:
     """Trains as a command does: returns the exit status, says a user error or an interruption in one line.
 
@@ -256,7 +268,8 @@ def run(args, program: str) -> int:
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by accelerate launch / torchrun
         stop_with_launcher(program)
     try:
-        with stop_on_sigterm():
+        with stop_on_sigterm(), warnings.catch_warnings():
+            warnings.showwarning = _warning_line(program)
             train(args, program)
     except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
         # checkpoints already written stay.
