@@ -170,10 +170,10 @@ def test_num_processes_says_a_user_error_once_before_launching(case, argv, expec
     assert expected in err, err
 
 
-def test_num_processes_refuses_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
+def test_num_processes_refuses_more_processes_than_gpus(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert train("--recipe", recipe(tmp_path), "--data", tmp_path, "--output", tmp_path / "run",
+    assert train("--recipe", recipe(tmp_path), "--data", data, "--output", tmp_path / "run",
                  "--num-processes", "2") == 2
     err = capsys.readouterr().err
     assert err == "vidmusician train: error: --num-processes 2: this machine has 1 GPU, one per process: give at most 1\n"

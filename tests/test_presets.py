@@ -162,33 +162,46 @@ def test_training_holds_the_backbone_in_float32_under_autocast(tiny, monkeypatch
 
 
 def test_a_schedule_that_never_reaches_its_learning_rate_warns(tmp_path, capsys):
-    from vidmusician.training.recipe import schedule_warning
-    from vidmusician.training.train import lr_factor, main
+    from vidmusician.training.recipe import lr_factor, schedule_warning
 
     assert schedule_warning(Recipe(max_steps=20, warmup_steps=2)) is None
     assert lr_factor(2, Recipe(max_steps=20, warmup_steps=2)) == pytest.approx(1.0)
     message = schedule_warning(Recipe(max_steps=20, warmup_steps=500, lr=1e-4))
     assert "warmup_steps 500 >= max_steps 20" in message and "peaks at 4e-06" in message
-    # The trainer says it before anything else (here the missing dataset then stops it).
     recipe = tmp_path / "recipe.json"
-    recipe.write_text('{"stage": 1, "max_steps": 20}')
-    assert main(["--recipe", str(recipe), "--data", str(tmp_path / "none"), "--output", str(tmp_path / "run")]) == 2
+    recipe.write_text('{"stage": 1, "max_steps": 20, "batch_size": 2}')
+    assert said_before_training(recipe, tmp_path, capsys) == [message]
+
+
+def said_before_training(recipe: Path, tmp_path: Path, capsys) -> list[str]:
+    """The warnings the trainer says about ``recipe`` once its checks pass (on a prepared dataset), before it
+    builds a model; where a check stops the run (a missing dataset), it says the error alone."""
+    from test_damage import random_dataset
+
+    from vidmusician.training.preflight import check_start
+    from vidmusician.training.train import main, parse_args
+
+    capsys.readouterr()
+    args = ["--recipe", str(recipe), "--output", str(tmp_path / "run")]
+    assert main([*args, "--data", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
-    assert "warning: warmup_steps 500 >= max_steps 20" in err and len(err.strip().splitlines()) == 2
+    assert err.startswith(f"vidmusician.training.train: error: {tmp_path / 'none'}: not a prepared "
+                          f"dataset") and err.count("\n") == 1, err
+    said = []
+    check_start(parse_args([*args, "--data", str(random_dataset(tmp_path / "data")), "--backbone", "tiny"]), 1,
+                said.append)
+    return said
 
 
 def test_a_learning_rate_above_the_measured_safe_range_warns(tmp_path, capsys):
     from vidmusician.training.recipe import MAX_SAFE_LR as high
     from vidmusician.training.recipe import lr_warning
-    from vidmusician.training.train import main
 
     assert lr_warning(Recipe(lr=1e-4)) is None and lr_warning(Recipe(lr=high, min_lr=0)) is None
     assert f"lr 0.1 is above {high:g}" in lr_warning(Recipe(lr=0.1))
     recipe = tmp_path / "recipe.json"
-    recipe.write_text('{"stage": 1, "max_steps": 20, "warmup_steps": 2, "lr": 0.1}')
-    assert main(["--recipe", str(recipe), "--data", str(tmp_path / "none"), "--output", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert f"warning: lr 0.1 is above {high:g}" in err and len(err.strip().splitlines()) == 2
+    recipe.write_text('{"stage": 1, "max_steps": 20, "warmup_steps": 2, "lr": 0.1, "batch_size": 2}')
+    assert said_before_training(recipe, tmp_path, capsys) == [lr_warning(Recipe(lr=0.1))]
 
 
 @pytest.mark.parametrize("rank, dim, ok", [(15, 32, True), (16, 32, False), (64, 32, False), (64, 1024, True)])

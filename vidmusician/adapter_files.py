@@ -98,12 +98,7 @@ def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
 
     A path to either of the folder's files means the folder (:func:`~vidmusician.config.adapter_folder`).
     """
-    directory = adapter_folder(directory)
-    if directory.is_file():
-        raise AdapterError(f"{directory}: a file, not an adapter folder; give the folder that holds "
-                           f"{CONFIG_NAME} and {WEIGHTS_NAME}")
-    if not directory.is_dir():
-        raise AdapterError(f"{directory}: adapter folder not found (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    directory = check_folder(directory)
     try:
         config = AdapterConfig.load(directory / CONFIG_NAME)
     except VidMusicianError as exc:
@@ -111,6 +106,18 @@ def read_adapter(directory) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
     tensors, meta = _read_weights(directory / WEIGHTS_NAME)
     check_saved_whole(directory, meta.get(CONFIG_DIGEST))
     return config, tensors
+
+
+def check_folder(directory) -> Path:
+    """The adapter folder ``directory`` names (a path to either of its files means the folder), refused
+    when it is a file or not there (AdapterError); its files are not read."""
+    directory = adapter_folder(directory)
+    if directory.is_file():
+        raise AdapterError(f"{directory}: a file, not an adapter folder; give the folder that holds "
+                           f"{CONFIG_NAME} and {WEIGHTS_NAME}")
+    if not directory.is_dir():
+        raise AdapterError(f"{directory}: adapter folder not found (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    return directory
 
 
 def check_saved_whole(directory: Path, saved_with: str | None) -> None:

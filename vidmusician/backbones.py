@@ -19,8 +19,8 @@ import zipfile
 import torch
 
 from .backbone_spec import BackboneSpec, backbone_spec, check_fuser  # noqa: F401  (their old home)
-from .errors import BackboneError, one_line
-from .hub_reach import hub_unreachable, is_local_name, offline_mode, offline_set
+from .errors import BackboneError, did_you_mean, one_line
+from .hub_reach import BUILT_BACKBONES, hub_unreachable, is_local_name, offline_mode, offline_set
 from .runtime import default_device
 from .testing import random_backbones
 from .testing.learned_base import learned_musicgen, music_codec
@@ -184,12 +184,20 @@ def read_lm_config(name: str):
 
 def _check_local_folder(name: str, files: tuple[str, ...]) -> None:
     if not os.path.isdir(name):
-        raise BackboneError(f"{name}: no such folder; pass a hub name like facebook/musicgen-small "
+        raise BackboneError(f"{name}: no such folder{_built_hint(name)}; pass a hub name like facebook/musicgen-small "
                             f"or a folder in audiocraft's layout ({', '.join(files)})")
     missing = [f for f in files if not os.path.isfile(os.path.join(name, f))]
     if missing:
         raise BackboneError(f"{name}: not a MusicGen folder (missing {', '.join(missing)}); "
                             f"pass a hub name like facebook/musicgen-small or a folder in audiocraft's layout")
+
+
+def _built_hint(name: str) -> str:
+    """`` (did you mean tiny?)`` for a bare name close to one built by name: 'tiy' meant 'tiny' more likely
+    than a folder; a path (``models/tiy``) names a folder."""
+    if os.sep in name or "/" in name:
+        return ""
+    return did_you_mean(name, (*BUILT_BACKBONES, "random-encodec"))
 
 
 def _hub_file(repo: str, filename: str, required: bool = True) -> str | None:

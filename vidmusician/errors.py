@@ -5,6 +5,7 @@ is one line that names the input and the fix. The CLI prints that line and exits
 with status 2, never a traceback.
 """
 
+import difflib
 import errno
 import os
 import re
@@ -109,6 +110,40 @@ def shorten(text: str, limit: int) -> str:
             break
         kept += " " + word
     return kept if kept == text else kept + " ..."
+
+
+def did_you_mean(word, choices) -> str:
+    """`` (did you mean X?)`` for the one of ``choices`` closest to a mistyped ``word``, or '' when none is close.
+
+    Args:
+        word: What the user typed (a key, a name).
+        choices: The names it may have meant.
+
+    Returns:
+        The hint, with a leading space, to put after the name in a message.
+    """
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_keys(what: str, keys, known, named: bool = True) -> str:
+    """``unknown recipe key max_step (did you mean max_steps?)``: keys no field has, each with its closest field.
+
+    Every known field is listed only when some key is close to none of them (that list is long).
+
+    Args:
+        what: What the keys are ('recipe', 'adapter config').
+        keys: The unknown keys, in message order.
+        known: The fields there are.
+        named: Whether to name the keys (False: the message's source names the one key already).
+    """
+    keys, known = list(keys), sorted(known)
+    hints = [did_you_mean(key, known) for key in keys]
+    listed = "" if all(hints) else f"; known: {', '.join(known)}"
+    if not named:
+        return f"unknown {what} key{''.join(hints)}{listed}"
+    return f"unknown {what} key{'s' if len(keys) > 1 else ''} " \
+           f"{', '.join(key + hint for key, hint in zip(keys, hints))}{listed}"
 
 
 def short_path(path, limit: int = 120) -> str:

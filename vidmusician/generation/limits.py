@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..hub_reach import BUILT_BACKBONES, is_local_name
 
-__all__ = ["STRIDE_FRACTION", "SMALLEST_CARD", "BackboneLimits", "LimitError", "known_limits", "check_top_k", "check_extend_stride"]
+__all__ = ["STRIDE_FRACTION", "MAX_DURATION", "MIN_DURATION", "SMALLEST_CARD", "BackboneLimits", "LimitError",
+           "known_limits", "check_top_k", "check_extend_stride"]
 
 # audiocraft extends by 18 s of a 30 s window; keep that ratio for other window lengths.
 STRIDE_FRACTION = 0.6
+
+# The music's duration, whatever the backbone (here, where the command line reads them before torch loads).
+# 24 hours: far beyond any video anyone scores; larger values are typos that would overflow.
+MAX_DURATION = 86400.0
+MIN_DURATION = 0.02  # one frame of MusicGen's 50 Hz codec
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,12 @@ from ..video.features import VideoFeatures, extract_features
 from ..video.reader import frames_covering
 from .engine_select import select_engine
 from .guidance import GenerationParams, guidance_conditions, sample_window
+from .limits import MAX_DURATION, MIN_DURATION
 from .row_seeds import RowSeeds
 
 __all__ = ["GenerationParams", "Window", "plan_windows", "generate_tokens", "generate_batch", "check_duration",
            "check_seed", "features_of", "sample_and_decode", "sample_tokens", "decode", "set_encoder"]
 
-# 24 hours: far beyond any video anyone scores; larger values are typos that would overflow.
-MAX_DURATION = 86400.0
-MIN_DURATION = 0.02  # one frame of MusicGen's 50 Hz codec
 
 # Called after every sampling step with (steps done, total steps of the generation).
 StepCallback = Callable[[int, int], object]

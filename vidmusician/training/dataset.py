@@ -20,8 +20,8 @@ from ..video.encoder_specs import legacy_activation
 from ..video.features import VideoFeatures
 # The file layout and its writers, importable from here as before they had a module of their own.
 from .shards import (ERRORS_NAME, ERRORS_PART, FORMAT_VERSION, INDEX_KEYS, INDEX_NAME, INDEX_PART,  # noqa: F401
-                     META_NAME, SHARD_DIR, ShardWriter, append_jsonl, commit_source, complete_rows, dataset_rows,
-                     error_rows, file_crc32, has_torn_tail, index_files, read_jsonl, shard_name)
+                     META_NAME, SHARD_DIR, ShardWriter, append_jsonl, check_prepared, commit_source, complete_rows,
+                     dataset_rows, error_rows, file_crc32, has_torn_tail, index_files, read_jsonl, shard_name)
 
 
 @dataclass
@@ -58,9 +58,7 @@ class DatasetMeta:
 
     @classmethod
     def load(cls, root) -> "DatasetMeta":
-        path = Path(root) / META_NAME
-        if not path.is_file():
-            raise DataError(f"{root}: not a prepared dataset (no {META_NAME}); run `vidmusician prepare SRC {root}`")
+        path = check_prepared(root)
         try:
             data = json.loads(path.read_text())
             if "encoder_activation" not in data:

@@ -45,7 +45,8 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
         args: the options of :func:`~vidmusician.training.train_options.add_arguments`, parsed.
         num_processes: the processes that will train (the global batch is ``batch_size`` x this).
         warn: called with what a recipe trains but likely not as meant (a schedule that never
-            reaches its learning rate, a learning rate above the safe range), first; None: not said.
+            reaches its learning rate, a learning rate above the safe range), once every check has
+            passed; None: not said.
 
     Raises:
         ConfigError: a mistyped recipe or tracker; checkpoints in ``--output`` without ``--resume``; a
@@ -56,9 +57,6 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
             'random-SIZE', a folder that is not there or holds no MusicGen).
     """
     recipe = Recipe.load(args.recipe, args.set)
-    for warning in (schedule_warning(recipe), lr_warning(recipe)):
-        if warn and warning:
-            warn(warning)
     out = Path(args.output)
     trackers = check_trackers(args.report_to)
     checkpoint = latest_checkpoint(out)
@@ -78,6 +76,10 @@ def check_start(args, num_processes: int, warn: Callable[[str], object] | None =
     verify_dataset(args.data, full=False)
     train_set, holdout = PreparedDataset(args.data, "train"), PreparedDataset(args.data, "holdout")
     check_training_split(len(train_set), len(holdout), recipe.batch_size * num_processes, args.data)
+    # Last: a run that one of the checks above stops says its error alone, not after a warning about its recipe.
+    for warning in (schedule_warning(recipe), lr_warning(recipe)):
+        if warn and warning:
+            warn(warning)
     return Start(recipe, resumed, checkpoint, precision, trackers, meta, train_set, holdout)
 
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from ..checks import MAX_COUNT, json_object, number
 from ..config import GROUP_NAMES, AdapterConfig, check_stage
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_keys
 
 __all__ = ["FORMER_VALUES", "RESUME_SAFE", "Recipe", "Resumed", "check_init_adapter", "check_resume", "lr_factor",
            "lr_warning", "schedule_change", "schedule_warning"]
@@ -155,6 +155,12 @@ class Recipe:
             reason = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not text"
             raise ConfigError(f"{path}: not valid JSON ({reason})") from None
         data.pop("description", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{path}: {unknown_keys('recipe', unknown, known)}")
+        if isinstance(data.get("adapter"), dict):  # the file's own adapter keys, said naming the file alone
+            check_adapter_overrides(data["adapter"], str(path))
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep:
@@ -164,16 +170,17 @@ class Recipe:
             except json.JSONDecodeError:
                 pass  # a bare string
             *parents, leaf = key.split(".")
+            # A mistyped key is said naming the --set it came from, not the recipe file.
+            if key.split(".")[0] not in known:
+                raise ConfigError(f"--set {key}: {unknown_keys('recipe', [key.split('.')[0]], known, named=False)}")
+            if parents == ["adapter"] and leaf not in {f.name for f in dataclasses.fields(AdapterConfig)}:
+                check_adapter_overrides({leaf: value}, f"--set {key}", named=False)
             target = data
             for p in parents:
                 target = target.setdefault(p, {})
                 if not isinstance(target, dict):
                     raise ConfigError(f"--set {item!r}: {p} is not an object")
             target[leaf] = value
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown recipe keys {unknown}; known: {sorted(known)}")
         try:
             return cls(**data)
         except ConfigError as exc:  # name the file (and the --set) rather than "recipe"
@@ -194,13 +201,15 @@ NOT_IN_RECIPES = {
 }
 
 
-def check_adapter_overrides(adapter: dict, source: str = "recipe") -> None:
-    """Refuses recipe ``adapter`` keys that are no adapter config field, or that the backbone and dataset set."""
+def check_adapter_overrides(adapter: dict, source: str = "recipe", named: bool = True) -> None:
+    """Refuses recipe ``adapter`` keys that are no adapter config field, or that the backbone and dataset set.
+
+    ``named``: False where ``source`` names the one key (``--set adapter.rnak``)."""
     fields = {f.name for f in dataclasses.fields(AdapterConfig)}
     unknown = sorted(set(adapter) - fields)
     if unknown:
-        settable = sorted(fields.difference(*NOT_IN_RECIPES.values()))
-        raise ConfigError(f"{source}: unknown adapter config keys {unknown}; known: {settable}")
+        settable = fields.difference(*NOT_IN_RECIPES.values())
+        raise ConfigError(f"{source}: {unknown_keys('adapter config', unknown, settable, named)}")
     said = [f"adapter fields {fixed} {why}" for why, keys in NOT_IN_RECIPES.items()
             if (fixed := sorted(set(adapter) & set(keys)))]
     if said:

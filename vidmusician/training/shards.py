@@ -30,12 +30,15 @@ import json
 import os
 import zlib
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import DataError
 from ..fileio import atomic_write
-from ..video.features import VideoFeatures
+
+if TYPE_CHECKING:  # torch only where tensors are written: `vidmusician train` looks for META_NAME before it loads
+    import torch
+
+    from ..video.features import VideoFeatures
 
 META_NAME = "dataset.json"
 INDEX_NAME = "index.jsonl"
@@ -47,6 +50,14 @@ INDEX_KEYS = ("source", "split", "shard", "key", "window", "windows", "seconds",
 ERRORS_NAME = "errors.jsonl"
 SHARD_DIR = "shards"
 FORMAT_VERSION = 2  # 2: index lines carry each shard's size and CRC-32
+
+
+def check_prepared(root) -> Path:
+    """The description of the dataset in folder ``root`` (:data:`META_NAME`); a DataError when there is none."""
+    path = Path(root) / META_NAME
+    if not path.is_file():
+        raise DataError(f"{root}: not a prepared dataset (no {META_NAME}); run `vidmusician prepare SRC {root}`")
+    return path
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
@@ -169,6 +180,8 @@ def shard_name(source_id: str) -> str:
 
 
 def _window_tensors(key: str, codes: torch.Tensor, feats: VideoFeatures) -> dict[str, torch.Tensor]:
+    import torch
+
     return {f"{key}.codes": codes.to(torch.int16).cpu().contiguous(),
             f"{key}.global": feats.global_feats.to(torch.float16).cpu().contiguous(),
             f"{key}.local": feats.local_feats.to(torch.float16).cpu().contiguous()}

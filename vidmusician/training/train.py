@@ -109,7 +109,7 @@ def _train(args, progress: dict, program: str) -> Path:
     # Checkpoints there: the folder is the run's, whatever fails below (train() never takes it back).
     progress["resumed"] = latest_checkpoint(out) is not None
     num_processes = int(os.environ.get("WORLD_SIZE", "1"))  # what the Accelerator below will count
-    # Process 0 alone says the recipe's warnings, before what may stop the run.
+    # Process 0 alone says the recipe's warnings, once its checks passed, before what may stop the run later.
     warn = (lambda line: print(f"{program}: warning: {line}", file=sys.stderr)) \
         if first_process() else None
     start = check_start(args, num_processes, warn)

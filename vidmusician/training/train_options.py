@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder from `vidmusician prepare`")
     parser.add_argument("--output", required=True, metavar="DIR", help="run folder: checkpoints/, adapter/, log.jsonl")
     parser.add_argument("--backbone", default=None, metavar="NAME|PATH|tiny",
-                        help="MusicGen name or folder, or 'tiny' (default: the dataset's)")
+                        help="MusicGen name or folder, 'tiny' (random) or 'tiny-learned' (the practice run's, trained "
+                             "on synthetic music) (default: the dataset's)")
     parser.add_argument("--init", default=None, metavar="DIR|ORG/NAME[@REV]",
                         help="adapter folder or Hub id (org/name[@revision]) to start from (overrides the recipe's "
                              "init_adapter)")
@@ -35,6 +36,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
                         help="Accelerate trackers for losses, learning rate and audio samples: tensorboard, wandb, "
                              "mlflow, ... or all (files under --output's trackers/; default: none)")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The plain mistakes in a training command line's files: a recipe that is not there, or a key in it (or in a
+    --set) that no field has; a --data folder that holds no prepared dataset.
+
+    ``vidmusician train`` says them before it imports the trainer (torch and audiocraft: seconds); the trainer
+    says the same lines (:func:`~vidmusician.training.preflight.check_start`), where it is started otherwise.
+
+    Raises:
+        ConfigError: the recipe (:meth:`~vidmusician.training.recipe.Recipe.load`).
+        DataError: no prepared dataset in --data.
+    """
+    from .recipe import Recipe
+    from .shards import check_prepared
+
+    Recipe.load(args.recipe, args.set)
+    check_prepared(args.data)
 
 
 def command_line(args: argparse.Namespace) -> list[str]:

@@ -29,7 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, differing_fields
+from ..errors import ConfigError, did_you_mean, differing_fields
 
 QUICK_GELU = "quick_gelu"
 GELU = "gelu"
@@ -291,9 +291,11 @@ def _parse_spec(spec: str) -> tuple[str, str | None, Path | None]:
         raise ConfigError(f"visual encoder {spec!r}: a checkpoint file needs its architecture, e.g. ViT-B-32:{spec}")
     name, _, pretrained = spec.partition(":")
     if name.replace("/", "-") not in open_clip.list_models():
+        # 'tny' meant 'tiny', 'ViT-B-23' 'ViT-B-32': the close name, when there is one.
+        hint = did_you_mean(name, [TINY_SPEC, *(m for m in open_clip.list_models() if m != TINY_MODEL_NAME)])
         raise ConfigError(
             f"visual encoder {spec!r}: unknown open_clip model {name!r} "
-            "(e.g. ViT-B-32, ViT-B-16, ViT-L-14; see open_clip.list_models()), or a folder that does not exist"
+            f"(e.g. ViT-B-32, ViT-B-16, ViT-L-14; see open_clip.list_models()), or a folder that does not exist{hint}"
         )
     if not pretrained:
         return name, None, None

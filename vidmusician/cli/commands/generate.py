@@ -15,7 +15,7 @@ from pathlib import Path
 from ...batch import DEFAULT_BATCH_SIZE, generate_many, music_tags, output_path, output_suffix
 from ...checks import MAX_GUIDANCE, arg_number
 from ...errors import ConfigError, VidMusicianError, printable, short_path
-from ...generation.limits import SMALLEST_CARD, LimitError, known_limits
+from ...generation.limits import MAX_DURATION, MIN_DURATION, SMALLEST_CARD, LimitError, known_limits
 from . import one_line_warnings
 
 HELP = "generate music for a video (WAV/FLAC, or the video with the music as its soundtrack)"
@@ -33,11 +33,13 @@ def add_arguments(parser) -> None:
                         help="adapter folder or Hugging Face Hub id; without one the video only sets the length")
     parser.add_argument("--backbone", metavar="NAME|PATH|tiny",
                         help="MusicGen hub name or folder (default: the adapter's, or facebook/musicgen-small; "
-                             "downloaded on first use); 'tiny' is a random offline model that makes noise")
+                             "downloaded on first use); 'tiny' is a random offline model that makes noise, "
+                             "'tiny-learned' (the practice run's) an offline one trained on synthetic music")
     parser.add_argument("--encoder", metavar="SPEC|tiny",
                         help="visual encoder (default: the adapter's); 'tiny' is a random offline one")
     parser.add_argument("--text", metavar="T", help="text prompt, e.g. 'lo-fi, piano', used together with the video")
-    parser.add_argument("--duration", type=float, metavar="S", help="seconds of music (default: the video's length)")
+    parser.add_argument("--duration", type=arg_number(low=MIN_DURATION, high=MAX_DURATION), metavar="S",
+                        help="seconds of music (default: the video's length)")
     parser.add_argument("--seed", type=int, metavar="N", help="same seed, same music")
     coef = arg_number(low=0.0, high=MAX_GUIDANCE)
     parser.add_argument("--cfg-coef", type=coef, default=3.0, metavar="X",
@@ -82,15 +84,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    check_local_adapter(args.adapter)
     if many_videos(args):
         return run_many(args)
     from ...audio_io import AUDIO_FORMATS, VIDEO_FORMATS, check_output_path
     from ...muxing import check_muxable, muxed_duration, muxed_samples, write_output
-    from ...pipeline import check_duration, generate
+    from ...pipeline import generate
     from ...video.reader import probe
 
     # Every check that needs no model comes first: a bad argument costs nothing.
-    check_duration(args.duration)
     video = args.videos[0]
     if args.output and args.format:
         raise ConfigError(f"--format names the outputs made for you; with -o {args.output} give one or the other")
@@ -137,6 +139,16 @@ def run(args) -> int:
         print(f"vidmusician generate: note: the video has no soundtrack of its own to keep (--keep-soundtrack); "
               f"the output holds the music alone", file=sys.stderr)
     return 0
+
+
+def check_local_adapter(adapter: str | None) -> None:
+    """Refuses an --adapter folder that is not there (a name that is no Hub id) before the model stack
+    imports (seconds): the line loading would give. A Hub id is the Hub's to answer."""
+    from ...adapter_files import check_folder
+    from ...hub import is_hub_id
+
+    if adapter and not is_hub_id(adapter):
+        check_folder(adapter)
 
 
 def check_keep_soundtrack(args, suffix: str) -> None:

@@ -23,8 +23,9 @@ def add_arguments(parser):
     parser.add_argument("out", metavar="OUT", help="dataset folder to write (a rerun continues, with the "
                                                     "dataset's own settings for the options below left out)")
     parser.add_argument("--backbone", default=None, metavar="NAME|PATH|tiny",
-                        help="MusicGen whose codec encodes the music: hub name, local folder or 'tiny' "
-                             "(only the codec is loaded; default facebook/musicgen-small)")
+                        help="MusicGen whose codec encodes the music: hub name, local folder, 'tiny' or "
+                             "'tiny-learned' (the practice run's); only the codec is loaded (default "
+                             "facebook/musicgen-small)")
     parser.add_argument("--encoder", default=None, metavar="SPEC|tiny",
                         help="visual encoder spec (default ViT-B-32:openai; 'tiny' for tests)")
     parser.add_argument("--window", type=float, default=None, metavar="S",

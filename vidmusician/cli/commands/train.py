@@ -14,6 +14,7 @@ from ...checks import MAX_COUNT, arg_number
 from ...errors import ConfigError
 from ...training.train_options import LAUNCHER_PRECISION
 from ...training.train_options import add_arguments as training_options
+from ...training.train_options import check_paths
 
 HELP = "train video adapters on a prepared dataset: one stage of a recipe"
 
@@ -29,6 +30,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    check_paths(args)  # a mistyped path or recipe key costs no model-stack import
     if args.num_processes > 1:
         return relaunch(args)
     from ...training.train import run as train
