@@ -175,8 +175,9 @@ def test_music_without_samples_is_never_written(with_audio, tmp_path, suffix):
 
 
 def test_a_duration_under_one_codec_frame_is_refused(with_audio, tmp_path, capsys):
-    assert generate(with_audio, tmp_path / "out.wav", "--duration", "0.00001") == 2
+    with pytest.raises(SystemExit) as exit_:  # by the option's own check, before anything loads
+        generate(with_audio, tmp_path / "out.wav", "--duration", "0.00001")
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and "one codec frame at least" in errors[0] and "Traceback" not in err, err
+    assert exit_.value.code == 2 and err == ("vidmusician generate: error: argument --duration: must be in "
+                                             "[0.02, 86400], got 0.00001 (see vidmusician generate -h)\n"), err
     assert os.listdir(tmp_path) == []
