@@ -9,7 +9,8 @@ import sys
 import time
 from contextlib import contextmanager
 
-__all__ = ["Terminated", "first_process", "launch_here", "say_last", "stop_on_sigterm", "stop_with_launcher"]
+__all__ = ["Terminated", "first_process", "launch_here", "say_last", "stop_on_sigterm", "stop_with_launcher",
+           "stopped_by_sigterm"]
 
 
 class Terminated(BaseException):
@@ -84,8 +85,10 @@ def stop_on_sigterm():
     says what it kept), and the outer one is restored after.
     """
     def handler(signum, frame):
+        _sigterm["received"] = True
         raise Terminated()
 
+    _sigterm["received"] = False
     try:
         old = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
@@ -95,6 +98,19 @@ def stop_on_sigterm():
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+
+
+# Whether SIGTERM arrived since the innermost stop_on_sigterm began (kept after it ends: its caller's
+# handlers of what it raised run after).
+_sigterm = {"received": False}
+
+
+def stopped_by_sigterm(exc: BaseException) -> bool:
+    """Whether ``exc`` is how a SIGTERM under :func:`stop_on_sigterm` ended the work: :class:`Terminated`,
+    or any error after one arrived. A signal that lands inside a library's call can come out as that
+    library's own error (in safetensors' ``get_tensor``, torch's "ValueError: could not determine the
+    shape of object type 'torch.storage.UntypedStorage'"), which would otherwise end in a traceback."""
+    return isinstance(exc, Terminated) or (_sigterm["received"] and not isinstance(exc, KeyboardInterrupt))
 
 
 def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0) -> None:

@@ -40,7 +40,7 @@ from ..config import adapter_folder
 from ..errors import VidMusicianError, one_line, printable
 from ..fileio import atomic_write
 from .dataset import Collate, EpochBatches, MismatchedVideos, TextDropout
-from .launch import Terminated, first_process, say_last, stop_on_sigterm, stop_with_launcher
+from .launch import first_process, say_last, stop_on_sigterm, stop_with_launcher, stopped_by_sigterm
 from .losses import loss_mask
 from .model_setup import build_model, optimizer_groups
 from .monitor import Monitor
@@ -95,8 +95,8 @@ def train(args, program: str = PROGRAM) -> Path:
         # Process 0 alone: the others wrote nothing there, and on a shared file system they would race it.
         if not (progress["resumed"] or progress["stepped"]) and first_process():
             folder.remove_additions()
-        if isinstance(exc, (KeyboardInterrupt, Terminated)):
-            raise Interrupted(progress["step"], isinstance(exc, Terminated)) from None
+        if isinstance(exc, KeyboardInterrupt) or stopped_by_sigterm(exc):  # also an error a library made of it
+            raise Interrupted(progress["step"], not isinstance(exc, KeyboardInterrupt)) from None
         raise
 
 

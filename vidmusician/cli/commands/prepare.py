@@ -60,7 +60,8 @@ def add_arguments(parser):
 def run(args) -> int:
     import sys
 
-    from ...training.prepare import Terminated, prepare
+    from ...training.launch import stopped_by_sigterm
+    from ...training.prepare import prepare
 
     if args.practice is not None:
         from ...training.practice import write_practice_videos
@@ -74,7 +75,9 @@ def run(args) -> int:
                              local_fps=args.local_fps, retry_errors=args.retry_errors, device=args.device,
                              encoder_batch=args.encoder_batch, per_video_batches=args.per_video_batches,
                              verify=args.verify)
-    except Terminated:
+    except BaseException as exc:
+        if not stopped_by_sigterm(exc):  # (also an error a library made of it)
+            raise
         print(f"vidmusician prepare: stopped by SIGTERM; every finished video is kept in {printable(args.out)}: "
               f"run the same command again to continue", file=sys.stderr)
         return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
