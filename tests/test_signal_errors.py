@@ -82,8 +82,22 @@ def test_generate_of_several_videos_stops_and_lists_no_video_for_such_a_stop(mon
 
     for name in ("a.mp4", "b.mp4"):
         flash_video(tmp_path / name, [0.5], 1.0)
-    monkeypatch.setattr("vidmusician.video.reader.probe", lambda video: signalled_inside_a_library(VideoError))
+    # (Patched where it is looked up at each call: a module that imports it by name at import would keep the patch.)
+    monkeypatch.setattr("vidmusician.muxing.check_muxable",
+                        lambda *args, **kwargs: signalled_inside_a_library(VideoError))
     assert cli.main(["generate", str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4"), "-o", str(tmp_path / "out") + "/",
                      "--backbone", "tiny", "--encoder", "tiny"]) == 143
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == "vidmusician generate: stopped by SIGTERM" and "failed" not in err, err
+
+
+def test_the_scope_raises_the_stop_and_forgets_the_signal_once_it_ends():
+    from vidmusician.training.launch import Terminated, stop_on_sigterm, stopped_by_sigterm
+
+    with pytest.raises(Terminated):
+        with stop_on_sigterm():
+            signalled_inside_a_library()
+    assert not stopped_by_sigterm(ValueError(LIBRARY_ERROR))  # a later error is that error
+    with pytest.raises(ValueError):
+        with stop_on_sigterm():
+            raise ValueError(LIBRARY_ERROR)

@@ -21,7 +21,7 @@ import sys
 from .. import __version__
 from ..arguments import Parser
 from ..errors import VidMusicianError, one_line
-from ..training.launch import say_last, stop_on_sigterm, stopped_by_sigterm
+from ..training.launch import Terminated, say_last, stop_on_sigterm
 
 COMMANDS = ("info", "features", "generate", "prepare", "train", "eval", "demo", "push")
 
@@ -64,17 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_on_sigterm():
             return int(args._run(args) or 0)
+    except (VidMusicianError, OSError) as exc:  # OSError: the file system said no (full disk, read-only)
+        say_last(f"vidmusician {args.command}: error: {one_line(exc)}")
+        return 2
     except KeyboardInterrupt:
         say_last(f"vidmusician {args.command}: interrupted", stop=True)
         return 130
-    except BaseException as exc:
-        if stopped_by_sigterm(exc):  # also an error a library made of it
-            say_last(f"vidmusician {args.command}: stopped by SIGTERM", stop=True)
-            return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
-        if isinstance(exc, (VidMusicianError, OSError)):  # OSError: the file system said no (full disk, read-only)
-            say_last(f"vidmusician {args.command}: error: {one_line(exc)}")
-            return 2
-        raise
+    except Terminated:  # (also an error a library made of the signal: stop_on_sigterm raises it as this)
+        say_last(f"vidmusician {args.command}: stopped by SIGTERM", stop=True)
+        return 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 
 if __name__ == "__main__":

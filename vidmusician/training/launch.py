@@ -88,29 +88,35 @@ def stop_on_sigterm():
         _sigterm["received"] = True
         raise Terminated()
 
-    _sigterm["received"] = False
+    before, _sigterm["received"] = _sigterm["received"], False
     try:
         old = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
         old = None
     try:
         yield
+    except BaseException as exc:
+        if stopped_by_sigterm(exc) and not isinstance(exc, Terminated):
+            raise Terminated() from exc  # an error a library made of the signal: the stop it is
+        raise
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+        _sigterm["received"] = before
 
 
-# Whether SIGTERM arrived since the innermost stop_on_sigterm began (kept after it ends: its caller's
-# handlers of what it raised run after).
+# Whether SIGTERM arrived since the innermost stop_on_sigterm began (as it was before, once that ends).
 _sigterm = {"received": False}
 
 
 def stopped_by_sigterm(exc: BaseException) -> bool:
     """Whether ``exc`` is how a SIGTERM under :func:`stop_on_sigterm` ended the work: :class:`Terminated`,
-    or any error after one arrived. A signal that lands inside a library's call can come out as that
-    library's own error (in safetensors' ``get_tensor``, torch's "ValueError: could not determine the
-    shape of object type 'torch.storage.UntypedStorage'"), which would otherwise end in a traceback."""
-    return isinstance(exc, Terminated) or (_sigterm["received"] and not isinstance(exc, KeyboardInterrupt))
+    or any error (an Exception: a stop of a command's own, as training's, is kept) after one arrived in
+    the scope still open. A signal that lands inside a library's call
+    can come out as that library's own error (in safetensors' ``get_tensor``, torch's "ValueError: could
+    not determine the shape of object type 'torch.storage.UntypedStorage'"), which would otherwise end in
+    a traceback, or count as a bad file's error; the scope raises it as :class:`Terminated` when it ends."""
+    return isinstance(exc, Terminated) or (_sigterm["received"] and isinstance(exc, Exception))
 
 
 def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0) -> None:
