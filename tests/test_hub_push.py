@@ -345,7 +345,8 @@ def test_a_backbone_that_names_no_model_on_the_hub_is_no_base_model(trained, com
     assert card_of(sent(commits)).data.base_model == MUSICGEN
     commits.clear()
     config.replace(backbone="models/mygen").save(folder / "adapter_config.json")
-    with pytest.warns(UserWarning, match="models/mygen: not a model on the Hugging Face Hub; the card names it"):
+    with pytest.warns(UserWarning, match=r"models/mygen: no model of that name on the Hugging Face Hub \(or not "
+                                          r"one this token can read\); the card names it"):
         push_adapter(folder, "org/name")
     card = card_of(sent(commits))
     assert card.data.base_model is None and "models/mygen" in card.text

@@ -115,3 +115,17 @@ def test_stage_2_on_another_backbone_than_stage_1_warns_and_records_the_one_it_t
         ": the adapter was trained on backbone tiny-learned; running it on tiny, whose weights may differ "
         "(the music may not follow the video as it did in training)"), said
     assert json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())["backbone"] == "tiny"
+
+
+def test_the_same_folder_by_a_link_or_the_recorded_hub_names_last_part_is_no_other_backbone(tmp_path, monkeypatch):
+    """A folder behind a link is the folder; a folder named as a recorded Hub name's last part is a local
+    copy of that model, or the folder an adapter of an older vidmusician recorded relative ('models/mygen')."""
+    real = tmp_path / "real" / "gen"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    assert not other_backbone(str(real), str(tmp_path / "link" / "gen"))
+    assert not other_backbone("models/gen", str(real))  # no such folder here: read as a Hub id
+    assert not other_backbone("facebook/gen", "real/gen")
+    assert other_backbone("facebook/musicgen-small", str(real))
+    assert other_backbone(str(real), "tiny") and other_backbone("tiny-learned", "tiny")

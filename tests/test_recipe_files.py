@@ -38,3 +38,13 @@ def test_no_such_recipe_names_the_shipped_ones(name, tmp_path, monkeypatch):
         Recipe.load(name)
     assert str(exc.value) == (f"{name}: no such recipe; pass a recipe file (JSON), or the name of a shipped one: "
                               f"stage1_semantic, stage2_rhythm")
+
+
+def test_a_folder_of_that_name_does_not_hide_the_shipped_recipe_and_a_path_names_a_file(tmp_path, monkeypatch):
+    """`--output stage1_semantic` then `--recipe stage1_semantic --resume`: the run's folder is no recipe.
+    './stage1_semantic' is a path the user typed: no shipped recipe stands in for it."""
+    monkeypatch.chdir(tmp_path)
+    Path("stage1_semantic").mkdir()
+    assert Recipe.load("stage1_semantic") == Recipe.load(REPO / "recipes" / "stage1_semantic.json")
+    with pytest.raises(ConfigError, match=r"^\./stage2_rhythm: no such recipe"):
+        Recipe.load("./stage2_rhythm")

@@ -101,3 +101,49 @@ def test_the_scope_raises_the_stop_and_forgets_the_signal_once_it_ends():
     with pytest.raises(ValueError):
         with stop_on_sigterm():
             raise ValueError(LIBRARY_ERROR)
+
+
+def test_a_checkpoint_read_a_sigterm_broke_is_no_damaged_checkpoint(monkeypatch, tmp_path, capsys):
+    """resume passes over a damaged checkpoint to the one before: one whose read a SIGTERM broke
+    (the library's error made a DataError) stops the run there, and is not called damaged."""
+    import vidmusician.training.train_state as train_state
+    from vidmusician.errors import DataError
+    from vidmusician.training.launch import Terminated, stop_on_sigterm
+
+    for step in ("step-00000010", "step-00000020"):
+        (tmp_path / "checkpoints" / step).mkdir(parents=True)
+    monkeypatch.setattr(train_state, "read_checkpoint", lambda path: signalled_inside_a_library(DataError))
+    with pytest.raises(Terminated):
+        with stop_on_sigterm():
+            train_state.resume(tmp_path, None, None, None, None)
+    assert "trying the checkpoint before it" not in capsys.readouterr().out
+
+
+def test_a_stop_swallowed_on_the_way_is_the_stop_when_the_scope_ends():
+    from vidmusician.training.launch import Terminated, stop_on_sigterm
+
+    with pytest.raises(Terminated):
+        with stop_on_sigterm():
+            try:
+                signalled_inside_a_library()
+            except ValueError:  # taken for an error of its own, and passed over
+                pass
+
+
+def test_a_scope_in_another_thread_leaves_the_signals_to_the_main_thread():
+    import threading
+
+    from vidmusician.training import launch
+
+    def elsewhere():
+        with launch.stop_on_sigterm():
+            pass
+
+    launch._sigterm["received"] = True  # a signal the main thread's scope has seen
+    try:
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        assert launch._sigterm["received"]
+    finally:
+        launch._sigterm["received"] = False

@@ -181,3 +181,14 @@ def test_a_duration_under_one_codec_frame_is_refused(with_audio, tmp_path, capsy
     assert exit_.value.code == 2 and err == ("vidmusician generate: error: argument --duration: must be in "
                                              "[0.02, 86400], got 0.00001 (see vidmusician generate -h)\n"), err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_video_shorter_than_the_shortest_music_gets_the_shortest(tmp_path):
+    """A video of one frame at 60 fps (17 ms) holds less than generation's shortest music (one codec
+    frame): that is generated, and the output cuts it, as before the cap."""
+    from vidmusician.generation.windows import MIN_DURATION
+    from vidmusician.muxing import muxed_duration
+
+    flash_video(tmp_path / "one.mp4", [], 1 / 60, fps=60)
+    assert muxed_duration(tmp_path / "one.mp4", 10.0) == MIN_DURATION
+    assert muxed_duration(tmp_path / "one.mp4", 0.01) == 0.01  # (refused later, as any such duration)

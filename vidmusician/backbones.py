@@ -98,12 +98,21 @@ def other_backbone(recorded: str, running: str | None) -> bool:
     """Whether an adapter recorded for backbone ``recorded`` runs on another one, named ``running``.
 
     Names are compared as recorded (:func:`recorded_name`: a folder by its
-    absolute path). A recorded folder not on this machine (another machine's, or the ``./NAME`` a
-    pushed adapter records) is not another backbone: passing one is how such an adapter runs.
+    absolute path), two folders by where their links lead. A recorded folder not on this machine
+    (another machine's, or the ``./NAME`` a pushed adapter records) is not another backbone: passing
+    one is how such an adapter runs. Nor is a folder of the recorded Hub name's last part: a local
+    copy of that model, or the relative folder an adapter of an older vidmusician recorded
+    ('models/mygen', which reads as a Hub id).
     """
     if running is None or missing_folder(recorded):
         return False
-    return recorded_name(recorded) != recorded_name(running)
+    recorded, running = recorded_name(recorded), recorded_name(running)
+    if os.path.isabs(running):
+        if os.path.isabs(recorded):
+            return os.path.realpath(recorded) != os.path.realpath(running)
+        if not is_local_name(recorded) and os.path.basename(recorded) == os.path.basename(running):
+            return False
+    return recorded != running
 
 
 def built_codec(name: str) -> str | None:

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from .errors import ConfigError, VidMusicianError, one_line, printable, short_path
 from .progress import progress_bar
-from .training.launch import Terminated, stopped_by_sigterm
+from .training.launch import check_stop
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ManyReport", "generate_many", "find_videos", "output_path",
            "group_by_length", "video_seed", "music_tags"]
@@ -164,8 +164,7 @@ def generate_many(videos, output_dir, adapter=None, backbone=None, encoder=None,
     say = log or (lambda line: None)
 
     def failed(video, exc):
-        if stopped_by_sigterm(exc):  # a SIGTERM a library turned into this video's error: the run stops
-            raise Terminated() from None
+        check_stop()  # a SIGTERM a library turned into this video's error: the run stops
         report.failed.append((video, one_line(exc)))
         say(f"failed: {failure_line(video, one_line(exc))}")
 

@@ -186,10 +186,10 @@ def push_adapter(folder, repo_id: str, private: bool | None = None, revision: st
     base_model = base_model_id(config.backbone)
     with hub_errors(repo, own, push=True):
         if base_model is not None and not api.repo_exists(base_model, repo_type="model"):
-            # The Hub refuses a card whose base_model names no model: an adapter saved by an older
+            # The Hub refuses a card whose base_model names no model it has: an adapter saved by an older
             # vidmusician recorded a relative backbone folder ('models/mygen') in that form.
-            warnings.warn(f"{config.backbone}: not a model on the Hugging Face Hub; the card names it in its "
-                          f"text only, not as base_model")
+            warnings.warn(f"{config.backbone}: no model of that name on the Hugging Face Hub (or not one this "
+                          f"token can read); the card names it in its text only, not as base_model")
             base_model = None
     card = adapter_card(folder, config, repo, report=report, run=run, license=license,
                         backbone_parameters=backbone_parameters, base_model=base_model, revision=own)

@@ -251,15 +251,18 @@ def muxed_samples(video, samples: int, sample_rate: int) -> int:
 def muxed_duration(video, duration: float) -> float:
     """The seconds of ``duration`` seconds of music that a video output of ``video`` holds: cut
     at the video's end (:func:`muxed_samples`), so that generation need not sample the rest;
-    all of them where the video's length is unknown."""
+    all of them where the video's length is unknown, and no less than generation's shortest
+    (a video of one frame holds less: the output cuts it)."""
     import av
+
+    from .generation.windows import MIN_DURATION
 
     try:
         with av.open(str(video)) as src:
             seconds = _stream_seconds(src, src.streams.video[0])
     except (av.FFmpegError, OSError, IndexError):
         return duration
-    return duration if seconds is None or seconds <= 0 else min(duration, seconds)
+    return duration if seconds is None or seconds <= 0 else min(duration, max(seconds, MIN_DURATION))
 
 
 def _kept_samples(video_seconds: float | None, samples: int, sample_rate: int) -> int:

@@ -9,8 +9,8 @@ import sys
 import time
 from contextlib import contextmanager
 
-__all__ = ["Terminated", "first_process", "launch_here", "say_last", "stop_on_sigterm", "stop_with_launcher",
-           "stopped_by_sigterm"]
+__all__ = ["Terminated", "check_stop", "first_process", "launch_here", "say_last", "stop_on_sigterm",
+           "stop_with_launcher", "stopped_by_sigterm"]
 
 
 class Terminated(BaseException):
@@ -88,20 +88,21 @@ def stop_on_sigterm():
         _sigterm["received"] = True
         raise Terminated()
 
-    before, _sigterm["received"] = _sigterm["received"], False
     try:
         old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        old = None
+    except ValueError:  # not the main thread: leave signals alone (and the main thread's record of one)
+        yield
+        return
+    before, _sigterm["received"] = _sigterm["received"], False
     try:
         yield
+        check_stop()  # a stop something swallowed on the way (a damaged-file fallback, say) is still the stop
     except BaseException as exc:
         if stopped_by_sigterm(exc) and not isinstance(exc, Terminated):
             raise Terminated() from exc  # an error a library made of the signal: the stop it is
         raise
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGTERM, old)
         _sigterm["received"] = before
 
 
@@ -117,6 +118,15 @@ def stopped_by_sigterm(exc: BaseException) -> bool:
     not determine the shape of object type 'torch.storage.UntypedStorage'"), which would otherwise end in
     a traceback, or count as a bad file's error; the scope raises it as :class:`Terminated` when it ends."""
     return isinstance(exc, Terminated) or (_sigterm["received"] and isinstance(exc, Exception))
+
+
+def check_stop() -> None:
+    """Raises :class:`Terminated` where a SIGTERM arrived in the open :func:`stop_on_sigterm` scope and
+    something took the exception its handler raised for an error of its own and went on (a read that
+    failed for it, taken for a damaged file). Called where work goes on to its next piece (a training
+    step, a video): the stop comes there, not when the work is done."""
+    if _sigterm["received"]:
+        raise Terminated()
 
 
 def stop_with_launcher(program: str, interval: float = 1.0, grace: float = 60.0) -> None:

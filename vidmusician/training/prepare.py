@@ -32,7 +32,7 @@ from ..video.frame_batches import CPU_ENCODER_BATCH, GPU_ENCODER_BATCH, video_fe
 from ..video.reader import FRAME_TOLERANCE
 from .codec_identity import codec_identity
 from .dataset import DatasetMeta, verify_dataset
-from .launch import Terminated, first_process, stop_on_sigterm, stopped_by_sigterm
+from .launch import Terminated, check_stop, first_process, stop_on_sigterm  # noqa: F401 (Terminated: raised through prepare())
 from .shards import (ERRORS_NAME, ERRORS_PART, INDEX_KEYS, INDEX_NAME, INDEX_PART, META_NAME, SHARD_DIR, append_jsonl,
                      commit_source, complete_rows, dataset_rows, error_rows, has_torn_tail, index_files, read_jsonl,
                      split_counts, write_jsonl)
@@ -358,6 +358,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidmusician-audio") as pool, closing(features):
         ahead = pool.submit(load, pending[0])
         for n, source in enumerate(bar):
+            check_stop()
             wav, took = ahead.result()
             seconds["audio"] = seconds.get("audio", 0.0) + took
             if n + 1 < len(pending):
@@ -373,8 +374,7 @@ def _prepare_sources(pending: list[Source], out: Path, index: Path, errors_file:
                         raise failed
                 windows = process_source(source, cm, meta, feats, wav, seconds=seconds)
             except VidMusicianError as exc:
-                if stopped_by_sigterm(exc):  # a SIGTERM a library turned into this source's error: not the file's
-                    raise Terminated() from None
+                check_stop()  # a SIGTERM a library turned into this source's error: not the file's
                 report.failed.append({"source": source.id, "error": one_line(exc)})
                 append_jsonl(errors_file, [report.failed[-1]])
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -27,10 +28,11 @@ SHIPPED_RECIPES = Path(__file__).parents[1] / "recipes"
 
 
 def recipe_file(path) -> Path:
-    """The recipe file ``path`` names: itself where it exists; else, for a bare name
-    ('stage1_semantic', 'stage1_semantic.json'), the shipped recipe of that name, if any."""
+    """The recipe file ``path`` names: itself where it is a file; else, for a bare name
+    ('stage1_semantic', 'stage1_semantic.json': no folder in it, not even './'), the shipped recipe
+    of that name, if any. A folder of that name (a run's, say) does not hide it."""
     given = Path(path)
-    if given.exists() or given.parent != Path("."):
+    if given.is_file() or "/" in str(path) or os.sep in str(path):
         return given
     shipped = SHIPPED_RECIPES / (given.name if given.suffix == ".json" else f"{given.name}.json")
     return shipped if shipped.is_file() else given

@@ -40,7 +40,7 @@ from ..config import adapter_folder
 from ..errors import VidMusicianError, one_line, printable
 from ..fileio import atomic_write
 from .dataset import Collate, EpochBatches, MismatchedVideos, TextDropout
-from .launch import first_process, say_last, stop_on_sigterm, stop_with_launcher, stopped_by_sigterm
+from .launch import check_stop, first_process, say_last, stop_on_sigterm, stop_with_launcher, stopped_by_sigterm
 from .losses import loss_mask
 from .model_setup import build_model, optimizer_groups
 from .monitor import Monitor
@@ -183,6 +183,7 @@ def _train(args, progress: dict, program: str) -> Path:
     share = recipe.grad_accum * accelerator.num_processes
     weights = codebook_weights(recipe, vm.lm.num_codebooks).to(accelerator.device)
     while state.step < recipe.max_steps:
+        check_stop()
         micro = [next(batches).to(accelerator.device) for _ in range(recipe.grad_accum)]
         # The step's loss is the mean over every valid token of the global batch (per
         # codebook), however the batch is split over processes and micro-batches.

@@ -30,6 +30,7 @@ import torch
 from ..adapter_files import WEIGHTS_NAME, nonfinite_tensor, read_adapter_weights
 from ..errors import AdapterError, ConfigError, DataError, VidMusicianError, one_line
 from ..fileio import atomic_write, native_name, write_safetensors
+from .launch import check_stop
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -190,6 +191,7 @@ def resume(run_dir, vm, optimizer, scheduler, accelerator, say=print) -> TrainSt
             ckpt = read_checkpoint(path)
             _apply(ckpt, vm, optimizer, scheduler, accelerator)
         except DataError as exc:
+            check_stop()  # a read a SIGTERM broke is no damaged checkpoint: the run stops, this one stays
             damaged.append(str(exc))
             say(f"warning: {exc}; trying the checkpoint before it")
             continue

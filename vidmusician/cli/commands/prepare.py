@@ -90,8 +90,8 @@ def run(args) -> int:
         print(f"  skipped {failure['error']}")
     if report.splits:  # the whole dataset, also what earlier runs prepared
         (videos, windows), (held, held_windows) = report.splits["train"], report.splits["holdout"]
-        print(f"  dataset: {windows} training windows from {videos} video{'s' * (videos != 1)}, "
-              f"{held_windows} holdout windows from {held} video{'s' * (held != 1)}")
+        print(f"  dataset: {windows} training window{'s' * (windows != 1)} from {videos} video{'s' * (videos != 1)}, "
+              f"{held_windows} holdout window{'s' * (held_windows != 1)} from {held} video{'s' * (held != 1)}")
     if report.holdout_note:
         print(f"  {report.holdout_note}")
     if report.verified:
