@@ -21,6 +21,7 @@ import torch
 from .audio_io import LAYOUTS, VIDEO_FORMATS, as_float_array, check_output_path, no_samples, tag_text, write_audio
 from .errors import AudioError, ConfigError, VideoError, one_line
 from .fileio import atomic_write
+from .generation.limits import MIN_DURATION
 
 __all__ = ["check_muxable", "write_output", "mux_audio", "muxed_samples"]
 
@@ -254,8 +255,6 @@ def muxed_duration(video, duration: float) -> float:
     all of them where the video's length is unknown, and no less than generation's shortest
     (a video of one frame holds less: the output cuts it)."""
     import av
-
-    from .generation.windows import MIN_DURATION
 
     try:
         with av.open(str(video)) as src:
