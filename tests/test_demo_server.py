@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -36,6 +37,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1280,1560")
 PAGE_TIMEOUT = 240  # seconds; a slow, shared 2-core machine
+# Seconds a browser may live: a page and server that spun (seen once, on a machine loaded past 80)
+# left a WebDriver command waiting for good, which no wait's timeout bounds. Past this the browser
+# is killed, and the command waiting on it fails the test instead of holding the suite.
+BROWSER_LIMIT = 900
 PROGRESS = r"/\d+\/[\d.]+k? step/"  # tqdm's count as Gradio shows it: "44/1.8k step"
 
 
@@ -106,11 +111,26 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}")
+    profile = tempfile.mkdtemp(dir=tmp_path, prefix="chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(PAGE_TIMEOUT)
     driver.out_dir = tmp_path  # where a timed-out wait leaves its screenshot
+
+    killed = []
+
+    def kill():  # chromedriver, and the Chromium of this profile
+        killed.append(BROWSER_LIMIT)
+        driver.service.process.kill()
+        subprocess.run(["pkill", "-KILL", "-f", profile], check=False)
+
+    watchdog = threading.Timer(BROWSER_LIMIT, kill)
+    watchdog.daemon = True
+    watchdog.start()
     yield driver
+    watchdog.cancel()
+    if killed:
+        pytest.fail(f"the browser was killed after {BROWSER_LIMIT} s: a page or server that does not answer")
     driver.quit()
 
 
