@@ -193,3 +193,15 @@ def test_fit_checks_name_the_differing_fields_and_the_fix(tiny, tmp_path):
         build_model(args, Recipe(), meta, "cpu")
     assert build_model(types.SimpleNamespace(backbone=None, data="ds", init=None), Recipe(), meta,
                        "cpu").config.local_fps == 10.0  # a fresh one reads the data's rate
+
+
+def test_warnings_are_one_line_of_the_command_and_only_where_shown(capsys):
+    """`vidmusician train` shows a library's warning from process 0 alone: the others would repeat it."""
+    import warnings
+
+    from vidmusician.errors import warnings_as_lines
+
+    for rank in (0, 1):
+        with warnings_as_lines("vidmusician train", shown=lambda: rank == 0):
+            warnings.warn("the adapter was trained on backbone tiny-learned")
+    assert capsys.readouterr().err == "vidmusician train: warning: the adapter was trained on backbone tiny-learned\n"

@@ -5,10 +5,14 @@ is one line that names the input and the fix. The CLI prints that line and exits
 with status 2, never a traceback.
 """
 
+import contextlib
 import difflib
 import errno
 import os
 import re
+import sys
+import warnings
+from collections.abc import Callable
 
 
 class VidMusicianError(Exception):
@@ -204,3 +208,25 @@ def differing_fields(mine, theirs, fields=None, sides: tuple[str, str] = ("", ""
     a, b = (f"{side} " if side else "" for side in sides)
     return "; ".join(f"{name}: {a}{value(mine, name)} vs {b}{value(theirs, name)}"
                      for name in fields if value(mine, name) != value(theirs, name))
+
+
+@contextlib.contextmanager
+def warnings_as_lines(program: str, shown: Callable[[], bool] | None = None):
+    """Shows the warnings raised inside as one line each, ``PROGRAM: warning: ...``.
+
+    Python's default display adds the file, line and source of the code that warned, which
+    tells a user of the command line nothing.
+
+    Args:
+        program: What starts each line (``vidmusician generate``).
+        shown: Whether to show them at all, asked at each warning (process 0 of a launch alone:
+            every process would repeat it); default: always.
+    """
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if shown is None or shown():
+            print(f"{program}: warning: {printable(str(message))}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

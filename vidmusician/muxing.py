@@ -240,13 +240,7 @@ def mux_audio(video, wav: torch.Tensor, sample_rate: int, path, tags: dict | Non
 def muxed_samples(video, samples: int, sample_rate: int) -> int:
     """How many of ``samples`` music samples a video output of ``video`` holds: the
     music is cut at the video's end (see :func:`mux_audio`)."""
-    import av
-
-    try:
-        with av.open(str(video)) as src:
-            return _kept_samples(_stream_seconds(src, src.streams.video[0]), samples, sample_rate)
-    except (av.FFmpegError, OSError, IndexError):
-        return samples
+    return _kept_samples(_video_seconds(video), samples, sample_rate)
 
 
 def muxed_duration(video, duration: float) -> float:
@@ -254,14 +248,19 @@ def muxed_duration(video, duration: float) -> float:
     at the video's end (:func:`muxed_samples`), so that generation need not sample the rest;
     all of them where the video's length is unknown, and no less than generation's shortest
     (a video of one frame holds less: the output cuts it)."""
+    seconds = _video_seconds(video)
+    return duration if seconds is None or seconds <= 0 else min(duration, max(seconds, MIN_DURATION))
+
+
+def _video_seconds(video) -> float | None:
+    """The length of ``video``'s video stream, where the container tells it."""
     import av
 
     try:
         with av.open(str(video)) as src:
-            seconds = _stream_seconds(src, src.streams.video[0])
+            return _stream_seconds(src, src.streams.video[0])
     except (av.FFmpegError, OSError, IndexError):
-        return duration
-    return duration if seconds is None or seconds <= 0 else min(duration, max(seconds, MIN_DURATION))
+        return None
 
 
 def _kept_samples(video_seconds: float | None, samples: int, sample_rate: int) -> int:

@@ -30,14 +30,13 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..arguments import Parser
 from ..config import adapter_folder
-from ..errors import VidMusicianError, one_line, printable
+from ..errors import VidMusicianError, one_line, printable, warnings_as_lines
 from ..fileio import atomic_write
 from .dataset import Collate, EpochBatches, MismatchedVideos, TextDropout
 from .launch import check_stop, first_process, say_last, stop_on_sigterm, stop_with_launcher, stopped_by_sigterm
@@ -245,17 +244,6 @@ def main(argv=None) -> int:
     return run(parse_args(argv), PROGRAM)
 
 
-def _warning_line(program: str):
-    """Shows a library's warning as one line of the command's, from the first process alone: Python's
-    display adds the file and line of the code that warned, and every process would repeat it."""
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if first_process():
-            print(f"{program}: warning: {printable(str(message))}", file=sys.stderr)
-
-    return show
-
-
 def run(args, program: str) -> int:
     """Trains as a command does: returns the exit status, says a user error or an interruption in one line.
 
@@ -269,8 +257,8 @@ def run(args, program: str) -> int:
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by accelerate launch / torchrun
         stop_with_launcher(program)
     try:
-        with stop_on_sigterm(), warnings.catch_warnings():
-            warnings.showwarning = _warning_line(program)
+        # A library's warning: one line of the command's, from the first process alone (the others would repeat it).
+        with stop_on_sigterm(), warnings_as_lines(program, shown=first_process):
             train(args, program)
     except (VidMusicianError, OSError) as exc:  # OSError: a full disk or a read-only run folder;
         # checkpoints already written stay.

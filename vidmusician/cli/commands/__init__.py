@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import warnings
-
-from ...errors import printable
+from ...errors import warnings_as_lines
 
 
-@contextlib.contextmanager
 def one_line_warnings(command: str):
-    """Shows the warnings raised inside as one line each, ``vidmusician COMMAND: warning: ...``.
-
-    Python's default display adds the file, line and source of the code that
-    warned, which tells a user of the command line nothing.
-    """
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"vidmusician {command}: warning: {printable(str(message))}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
+    """Shows the warnings raised inside as one line each, ``vidmusician COMMAND: warning: ...``
+    (:func:`~vidmusician.errors.warnings_as_lines`)."""
+    return warnings_as_lines(f"vidmusician {command}")
