@@ -9,6 +9,9 @@ import signal
 import pytest
 import torch
 
+# Processes a test leaves running are killed at its end (tests/leftovers.py).
+pytest_plugins = ["leftovers"]
+
 logging.getLogger("xformers").setLevel(logging.ERROR)
 # The test models are tiny: one thread avoids torch's threads spin-waiting on each
 # other at every small op (several times faster on a 2-core machine). VIDMUSICIAN_TEST_THREADS

@@ -36,6 +36,7 @@ def own_venv():
     return venv
 
 
+@pytest.mark.timeout(900)  # a whole `make setup` (its own limit: 600 s)
 def test_a_second_checkout_runs_its_own_code_and_leaves_this_one_alone(own_venv, tmp_path):
     other = tmp_path / "other-clone"
     other.mkdir()
