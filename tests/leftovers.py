@@ -67,6 +67,15 @@ def marked(take: Callable[[str], bool]) -> list[int]:
     return found
 
 
+def stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name (state first, nice at 16); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def describe(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -100,6 +109,10 @@ def sweep(take: Callable[[str], bool], settle: float = 0.0) -> list[str]:
 
 _numbers = itertools.count()
 _MARK = pytest.StashKey[str]()
+_TIMER = pytest.StashKey[threading.Timer]()
+_over: dict[str, float] = {}  # the test over its limit, and the limit
+# pytest's and xdist's own frames, left out of the stacks: a test hangs in its code or in what it calls.
+_RUNNER = ("/_pytest/", "/pluggy/", "/execnet/", "/xdist/")
 
 
 def _controller(config) -> bool:
@@ -199,8 +212,3 @@ def _over_limit(item, limit: float) -> None:
     finally:
         os._exit(1)
 
-
-# pytest's and xdist's own frames, left out of the stacks: a test hangs in its code or in what it calls.
-_RUNNER = ("/_pytest/", "/pluggy/", "/execnet/", "/xdist/")
-_TIMER = pytest.StashKey[threading.Timer]()
-_over: dict[str, float] = {}  # the test over its limit, and the limit

@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from conftest import takes_ctrl_c
+from leftovers import stat
 from demo_clip import clip  # noqa: F401  (a pytest fixture)
 
 from vidmusician.video.reader import probe
@@ -40,10 +41,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 PAGE_TIMEOUT = 240  # seconds; a slow, shared 2-core machine
 # Seconds one WebDriver command may take (Selenium's own default is no limit): more than a page load.
 COMMAND_TIMEOUT = PAGE_TIMEOUT + 60
-# Seconds a browser may live: a page and server that spun
-# (seen three times in some thirty runs of the suite, on a loaded machine; the server's scoring thread
-# at 100% after the job's music and video were written) held the test. Past this the server's stacks
-# go to its log, and the browser and server are killed: the test fails with the stacks in its message.
+# Seconds a browser may live: a page and server that stopped answering (seen three times in some thirty
+# runs of the suite, on a loaded machine, with Chromium's threads busy; see the browser fixture) held the
+# test. Past this the server's stacks go to its log, and the browser and server are killed: the test
+# fails with the stacks in its message.
 BROWSER_LIMIT = 480
 PROGRESS = r"/\d+\/[\d.]+k? step/"  # tqdm's count as Gradio shows it: "44/1.8k step"
 
@@ -168,14 +169,7 @@ def browser(tmp_path, server):
 def _niceness(profile: str) -> set[int]:
     """The nice values of the Chromium processes of ``profile``."""
     found = subprocess.run(["pgrep", "-f", profile], capture_output=True, text=True).stdout.split()
-    values = set()
-    for pid in found:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                values.add(int(f.read().rsplit(")", 1)[1].split()[16]))
-        except OSError:
-            pass
-    return values
+    return {int(fields[16]) for fields in map(stat, map(int, found)) if fields is not None}
 
 
 def _wait(driver, script: str, what: str):
